@@ -1,0 +1,668 @@
+//! Command-line arguments, and the one place where outcomes become exit codes.
+
+use crate::config::{self, Config, ConfigError};
+use crate::journal::{Record, RevLines};
+use crate::lock;
+use crate::run::{self, Env, Status, Wait};
+use crate::schedule::{self, Schedule};
+use chrono::{DateTime, SecondsFormat, Utc};
+use chrono_tz::Tz;
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_LOCKED: u8 = 75;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "syncjob",
+    version,
+    about = "Keep a directory identical on many servers: scheduled, locked, logged syncs",
+    after_help = "Exit codes: 0 ok, 1 a run failed, 2 usage or config error, 75 skipped (job lock held)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Jobs file [default: $SYNCJOB_CONFIG, ./jobs.yaml, /etc/syncjob/jobs.yaml]
+    #[arg(short = 'c', long = "config", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Lock and state directory [default: /var/lib/syncjob as root, else $XDG_STATE_HOME/syncjob]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Run log (JSON Lines) [default: <state-dir>/runs.jsonl]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Print each applied change
+    #[arg(short, long, global = true, conflicts_with = "quiet")]
+    pub verbose: bool,
+    /// Print only errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run jobs now, under each job's lock
+    Run {
+        /// Jobs to run
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        jobs: Vec<String>,
+        /// Run every job in the file
+        #[arg(long)]
+        all: bool,
+        /// Print the itemized plan and change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait for a running instance to finish (forever, or up to SECS) instead of exiting 75
+        #[arg(long, value_name = "SECS", num_args = 0..=1, require_equals = true)]
+        wait: Option<Option<u64>>,
+    },
+    /// Run the scheduler in the foreground (what the systemd unit starts)
+    Daemon,
+    /// Validate the jobs file
+    Check,
+    /// Jobs with schedule, targets, last outcome and next fire time
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Next fire instants of a job or a spec, RFC 3339, one per line
+    Next {
+        /// A job in the jobs file
+        #[arg(required_unless_present = "spec", conflicts_with = "spec")]
+        job: Option<String>,
+        /// A schedule spec instead of a job
+        #[arg(long, value_name = "EXPR")]
+        spec: Option<String>,
+        /// Time zone for --spec (IANA name) [default: the system's]
+        #[arg(long, value_name = "TZ")]
+        tz: Option<String>,
+        /// Start from this instant instead of now
+        #[arg(long, value_name = "RFC3339")]
+        from: Option<String>,
+        /// How many instants
+        #[arg(short = 'n', default_value_t = 5)]
+        n: usize,
+    },
+    /// Recent outcomes from the run log, newest last
+    Log {
+        /// Only this job
+        job: Option<String>,
+        /// How many records
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+        /// Only records with this status (ok, failed, skipped, dry_run)
+        #[arg(long)]
+        status: Option<String>,
+        /// Only records since this instant (RFC 3339) or this long ago (1h, 30m, 2d)
+        #[arg(long)]
+        since: Option<String>,
+        /// Print the records as stored (JSON Lines)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Running jobs (lock holders) and daemon state
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// An error that ends the command, with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CliError {
+    pub fn code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Config(_) => EXIT_USAGE,
+            CliError::Failed(_) => EXIT_FAILED,
+        }
+    }
+}
+
+/// The exit code for a set of job outcomes: any failure wins, then a skip
+/// because of a held lock, else success.
+pub fn exit_code_for(statuses: &[Status]) -> u8 {
+    if statuses.contains(&Status::Failed) {
+        EXIT_FAILED
+    } else if statuses.contains(&Status::Skipped) {
+        EXIT_LOCKED
+    } else {
+        EXIT_OK
+    }
+}
+
+pub fn default_state_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/syncjob");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return PathBuf::from(x).join("syncjob");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".local/state/syncjob")
+}
+
+impl Global {
+    pub fn env(&self) -> Env {
+        let state_dir = self.state_dir.clone().unwrap_or_else(default_state_dir);
+        let log = self
+            .log
+            .clone()
+            .unwrap_or_else(|| state_dir.join("runs.jsonl"));
+        Env { state_dir, log }
+    }
+
+    pub fn load(&self) -> Result<Config, CliError> {
+        let path = config::locate(self.config.as_deref())?;
+        Ok(config::load(&path)?)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match dispatch(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("syncjob: {e}");
+            ExitCode::from(e.code())
+        }
+    }
+}
+
+fn dispatch(cli: &Cli) -> Result<u8, CliError> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Run {
+            jobs,
+            all,
+            dry_run,
+            wait,
+        } => cmd_run(g, jobs, *all, *dry_run, *wait),
+        Command::Daemon => crate::daemon::run(g).map(|()| EXIT_OK),
+        Command::Check => cmd_check(g),
+        Command::List { json } => cmd_list(g, *json),
+        Command::Next {
+            job,
+            spec,
+            tz,
+            from,
+            n,
+        } => cmd_next(
+            g,
+            job.as_deref(),
+            spec.as_deref(),
+            tz.as_deref(),
+            from.as_deref(),
+            *n,
+        ),
+        Command::Log {
+            job,
+            n,
+            status,
+            since,
+            json,
+        } => cmd_log(
+            g,
+            job.as_deref(),
+            *n,
+            status.as_deref(),
+            since.as_deref(),
+            *json,
+        ),
+        Command::Status { json } => cmd_status(g, *json),
+    }
+}
+
+fn cmd_run(
+    g: &Global,
+    names: &[String],
+    all: bool,
+    dry_run: bool,
+    wait: Option<Option<u64>>,
+) -> Result<u8, CliError> {
+    let cfg = g.load()?;
+    let jobs: Vec<&config::Job> = if all {
+        cfg.jobs.iter().collect()
+    } else {
+        let mut v = Vec::new();
+        for n in names {
+            match cfg.job(n) {
+                Some(j) => v.push(j),
+                None => {
+                    return Err(CliError::Usage(format!(
+                        "no job named {n:?} in {} (jobs: {})",
+                        cfg.path.display(),
+                        cfg.jobs
+                            .iter()
+                            .map(|j| j.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+        }
+        v
+    };
+    let opts = run::Options {
+        trigger: "manual",
+        dry_run,
+        wait: match wait {
+            None => Wait::No,
+            Some(None) => Wait::Forever,
+            Some(Some(s)) => Wait::Upto(std::time::Duration::from_secs(s)),
+        },
+        verbose: g.verbose,
+        quiet: g.quiet,
+    };
+    let env = g.env();
+    let cancel = AtomicBool::new(false);
+    let statuses: Vec<Status> = jobs
+        .iter()
+        .map(|j| run::run_job(j, &env, &opts, &cancel).status)
+        .collect();
+    Ok(exit_code_for(&statuses))
+}
+
+fn fmt_instant(t: DateTime<Utc>, tz: Tz) -> String {
+    t.with_timezone(&tz)
+        .to_rfc3339_opts(SecondsFormat::Secs, false)
+}
+
+fn cmd_check(g: &Global) -> Result<u8, CliError> {
+    let path = config::locate(g.config.as_deref())?;
+    let cfg = match config::load(&path) {
+        Ok(c) => c,
+        Err(ConfigError::Invalid(problems)) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!(
+                "syncjob: {} problem(s) in {}",
+                problems.len(),
+                path.display()
+            );
+            return Ok(EXIT_USAGE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !g.quiet {
+        let now = Utc::now();
+        for j in &cfg.jobs {
+            let tz = j.tz();
+            let sched = match &j.schedule {
+                Some(s) => {
+                    let next: Vec<String> = s
+                        .upcoming(now, tz, 3)
+                        .into_iter()
+                        .map(|t| fmt_instant(t, tz))
+                        .collect();
+                    format!("{s} ({tz}), next: {}", next.join(", "))
+                }
+                None => "manual only".into(),
+            };
+            println!("{}: {} -> {}", j.name, j.source.display(), join_targets(j));
+            println!(
+                "  {} {}{}, schedule {sched}",
+                j.mode.as_str(),
+                if j.delete { "with delete" } else { "no delete" },
+                if j.exclude.is_empty() {
+                    String::new()
+                } else {
+                    format!(", exclude {}", j.exclude.join(" "))
+                }
+            );
+        }
+        println!("{}: {} job(s) ok", cfg.path.display(), cfg.jobs.len());
+    }
+    Ok(EXIT_OK)
+}
+
+fn join_targets(j: &config::Job) -> String {
+    j.targets
+        .iter()
+        .map(|t| t.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parse_from(s: &str) -> Result<DateTime<Utc>, CliError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "--from {s:?}: not an RFC 3339 instant ({e}); example: 2026-03-08T01:00:00-05:00"
+            ))
+        })
+}
+
+fn cmd_next(
+    g: &Global,
+    job: Option<&str>,
+    spec: Option<&str>,
+    tz: Option<&str>,
+    from: Option<&str>,
+    n: usize,
+) -> Result<u8, CliError> {
+    let from = match from {
+        Some(s) => parse_from(s)?,
+        None => Utc::now(),
+    };
+    let (sched, tz) = match (job, spec) {
+        (_, Some(spec)) => {
+            let s = Schedule::parse(spec)
+                .map_err(|e| CliError::Usage(format!("bad schedule {spec:?}: {e}")))?;
+            let tz = match tz {
+                Some(t) => schedule::parse_tz(t).map_err(CliError::Usage)?,
+                None => schedule::system_tz(),
+            };
+            (s, tz)
+        }
+        (Some(name), None) => {
+            let cfg = g.load()?;
+            let j = cfg
+                .job(name)
+                .ok_or_else(|| CliError::Usage(format!("no job named {name:?}")))?;
+            let s = j.schedule.clone().ok_or_else(|| {
+                CliError::Usage(format!(
+                    "job {name} has no schedule (it runs only when asked)"
+                ))
+            })?;
+            let tz = match tz {
+                Some(t) => schedule::parse_tz(t).map_err(CliError::Usage)?,
+                None => j.tz(),
+            };
+            (s, tz)
+        }
+        (None, None) => return Err(CliError::Usage("give a JOB or --spec EXPR".into())),
+    };
+    for t in sched.upcoming(from, tz, n) {
+        println!("{}", fmt_instant(t, tz));
+    }
+    Ok(EXIT_OK)
+}
+
+/// Parse `--since`: an RFC 3339 instant or a duration back from now.
+fn parse_since(s: &str) -> Result<DateTime<Utc>, CliError> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let d = config::parse_duration(s).map_err(|e| {
+        CliError::Usage(format!(
+            "--since {s:?}: give an RFC 3339 instant or a duration such as 1h ({e})"
+        ))
+    })?;
+    Ok(Utc::now() - chrono::Duration::from_std(d).unwrap_or_default())
+}
+
+/// The newest `n` log lines (as stored) that pass the filters, oldest first.
+fn read_log(
+    path: &Path,
+    job: Option<&str>,
+    n: usize,
+    status: Option<&str>,
+    since: Option<DateTime<Utc>>,
+) -> Result<Vec<(String, Option<Record>)>, CliError> {
+    let lines = match RevLines::open(path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(CliError::Failed(format!(
+                "cannot read run log {}: {e}",
+                path.display()
+            )));
+        }
+    };
+    let mut out = Vec::new();
+    for line in lines {
+        if out.len() >= n {
+            break;
+        }
+        let line =
+            line.map_err(|e| CliError::Failed(format!("reading {}: {e}", path.display())))?;
+        let text = String::from_utf8_lossy(&line).into_owned();
+        let rec: Option<Record> = serde_json::from_str(&text).ok();
+        let v: serde_json::Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        if let Some(j) = job
+            && v.get("job").and_then(|x| x.as_str()) != Some(j)
+        {
+            continue;
+        }
+        if let Some(s) = status
+            && v.get("status").and_then(|x| x.as_str()) != Some(s)
+        {
+            continue;
+        }
+        if let Some(since) = since {
+            let ts = v
+                .get("ts")
+                .and_then(|x| x.as_str())
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+            match ts {
+                Some(t) if t.with_timezone(&Utc) < since => break,
+                Some(_) => {}
+                None => continue,
+            }
+        }
+        out.push((text, rec));
+    }
+    out.reverse();
+    Ok(out)
+}
+
+fn cmd_log(
+    g: &Global,
+    job: Option<&str>,
+    n: usize,
+    status: Option<&str>,
+    since: Option<&str>,
+    json: bool,
+) -> Result<u8, CliError> {
+    if let Some(s) = status
+        && !["ok", "failed", "skipped", "dry_run"].contains(&s)
+    {
+        return Err(CliError::Usage(format!(
+            "--status {s:?}: one of ok, failed, skipped, dry_run"
+        )));
+    }
+    let since = since.map(parse_since).transpose()?;
+    let env = g.env();
+    let rows = read_log(&env.log, job, n, status, since)?;
+    if json {
+        for (text, _) in &rows {
+            println!("{text}");
+        }
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "{:<25} {:<16} {:<9} {:<8} {:>7} {:>10} {:>7} {:>8}  TARGET / REASON",
+        "TIME", "JOB", "TRIGGER", "STATUS", "FILES", "BYTES", "DELETED", "MS"
+    );
+    for (_, rec) in rows {
+        let Some(r) = rec else { continue };
+        println!(
+            "{:<25} {:<16} {:<9} {:<8} {:>7} {:>10} {:>7} {:>8}  {}{}",
+            r.ts.get(..23).unwrap_or(&r.ts),
+            r.job,
+            r.trigger,
+            r.status,
+            r.files_transferred,
+            run::human_bytes(r.bytes_transferred),
+            r.files_deleted,
+            r.duration_ms,
+            r.target,
+            r.reason.map(|x| format!(" ({x})")).unwrap_or_default()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+/// The newest record of each job, reading the log from its end.
+fn last_outcomes(log: &Path, jobs: &[&str]) -> std::collections::HashMap<String, Record> {
+    let mut found = std::collections::HashMap::new();
+    let Ok(lines) = RevLines::open(log) else {
+        return found;
+    };
+    for line in lines.flatten() {
+        if found.len() == jobs.len() {
+            break;
+        }
+        if let Ok(r) = serde_json::from_slice::<Record>(&line)
+            && jobs.contains(&r.job.as_str())
+            && !found.contains_key(&r.job)
+        {
+            found.insert(r.job.clone(), r);
+        }
+    }
+    found
+}
+
+fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
+    let cfg = g.load()?;
+    let env = g.env();
+    let names: Vec<&str> = cfg.jobs.iter().map(|j| j.name.as_str()).collect();
+    let last = last_outcomes(&env.log, &names);
+    let now = Utc::now();
+    let mut rows = Vec::new();
+    for j in &cfg.jobs {
+        let tz = j.tz();
+        let next = j
+            .schedule
+            .as_ref()
+            .and_then(|s| s.next_after(now, tz))
+            .map(|t| fmt_instant(t, tz));
+        let l = last.get(&j.name);
+        rows.push(serde_json::json!({
+            "job": j.name,
+            "schedule": j.schedule.as_ref().map(|s| s.text().to_string()),
+            "timezone": tz.name(),
+            "mode": j.mode.as_str(),
+            "delete": j.delete,
+            "source": j.source.display().to_string(),
+            "targets": j.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+            "last_status": l.map(|r| r.status.clone()),
+            "last_run": l.map(|r| r.finished_at.clone()),
+            "next": next,
+        }));
+    }
+    if json {
+        for r in rows {
+            println!("{r}");
+        }
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "{:<16} {:<18} {:<16} {:<11} {:<8} {:<25} TARGETS",
+        "JOB", "SCHEDULE", "TIMEZONE", "MODE", "LAST", "NEXT"
+    );
+    for (j, r) in cfg.jobs.iter().zip(rows) {
+        println!(
+            "{:<16} {:<18} {:<16} {:<11} {:<8} {:<25} {}",
+            j.name,
+            r["schedule"].as_str().unwrap_or("-"),
+            r["timezone"].as_str().unwrap_or("-"),
+            j.mode.as_str(),
+            r["last_status"].as_str().unwrap_or("-"),
+            r["next"].as_str().unwrap_or("-"),
+            join_targets(j)
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+fn cmd_status(g: &Global, json: bool) -> Result<u8, CliError> {
+    let env = g.env();
+    let daemon = lock::holder(&lock::daemon_lock_path(&env.state_dir));
+    let mut running = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(env.state_dir.join("locks")) {
+        let mut names: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".lock"))
+                    .map(String::from)
+            })
+            .collect();
+        names.sort();
+        for n in names {
+            if let Some(h) = lock::holder(&lock::job_lock_path(&env.state_dir, &n)) {
+                running.push((n, h));
+            }
+        }
+    }
+    if json {
+        let v = serde_json::json!({
+            "daemon": daemon.as_ref().map(|d| serde_json::json!({"pid": d.pid, "since": d.since})),
+            "running": running.iter().map(|(n, h)| serde_json::json!({
+                "job": n, "pid": h.pid, "since": h.since, "trigger": h.trigger
+            })).collect::<Vec<_>>(),
+        });
+        println!("{v}");
+        return Ok(EXIT_OK);
+    }
+    match &daemon {
+        Some(d) => println!("daemon: running, pid {} since {}", d.pid, d.since),
+        None => println!(
+            "daemon: not running (state dir {})",
+            env.state_dir.display()
+        ),
+    }
+    if running.is_empty() {
+        println!("no job running");
+    } else {
+        println!("{:<16} {:>8} {:<9} SINCE", "JOB", "PID", "TRIGGER");
+        for (n, h) in running {
+            println!("{:<16} {:>8} {:<9} {}", n, h.pid, h.trigger, h.since);
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_decided_in_one_place() {
+        assert_eq!(exit_code_for(&[]), 0);
+        assert_eq!(exit_code_for(&[Status::Ok, Status::DryRun]), 0);
+        assert_eq!(exit_code_for(&[Status::Ok, Status::Skipped]), 75);
+        assert_eq!(exit_code_for(&[Status::Skipped, Status::Failed]), 1);
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

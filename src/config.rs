@@ -1,0 +1,924 @@
+//! The jobs file: YAML → validated jobs.
+//!
+//! Parsed with a position-keeping YAML tree (see `yaml`), so every problem is
+//! reported as `file:line:column: job NAME: what is wrong`, and all problems
+//! are collected, not only the first.
+
+use crate::filter::Filter;
+use crate::schedule::{self, Schedule};
+use crate::target::{self, Target};
+use crate::yaml::{self, Kind, Node, Pos};
+use chrono_tz::Tz;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Full,
+    Incremental,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Incremental => "incremental",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    SizeMtime,
+    Checksum,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    Skip,
+    Queue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    Strict,
+    AcceptNew,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshOptions {
+    pub identity: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    pub strict_host_key_checking: HostKeyPolicy,
+    pub password_file: Option<PathBuf>,
+    pub port: u16,
+    pub timeout: Duration,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        SshOptions {
+            identity: None,
+            known_hosts: None,
+            strict_host_key_checking: HostKeyPolicy::Strict,
+            password_file: None,
+            port: 22,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub pos: Pos,
+    pub source: PathBuf,
+    pub targets: Vec<Target>,
+    pub mode: Mode,
+    pub delete: bool,
+    pub schedule: Option<Schedule>,
+    /// The zone named in the file; `None` means the system's.
+    pub timezone: Option<Tz>,
+    pub exclude: Vec<String>,
+    pub filter: Filter,
+    pub compare: Compare,
+    pub retries: u32,
+    pub retry_interval: Option<Duration>,
+    pub allow_empty_source: bool,
+    pub max_delete: Option<u64>,
+    pub preserve_owner: bool,
+    pub overlap: Overlap,
+    pub catch_up: bool,
+    pub parallel: usize,
+    pub ssh: SshOptions,
+}
+
+impl Job {
+    pub fn tz(&self) -> Tz {
+        self.timezone.unwrap_or_else(schedule::system_tz)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    /// Jobs in file order.
+    pub jobs: Vec<Job>,
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+}
+
+/// One problem in the jobs file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub pos: Pos,
+    pub job: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file.display(), self.pos)?;
+        if let Some(j) = &self.job {
+            write!(f, "job {j}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no jobs file found: tried $SYNCJOB_CONFIG (unset), ./jobs.yaml and /etc/syncjob/jobs.yaml; pass one with -c FILE"
+    )]
+    NotFound,
+    #[error("cannot read jobs file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// Find the jobs file: `-c`, then `$SYNCJOB_CONFIG`, `./jobs.yaml`,
+/// `/etc/syncjob/jobs.yaml`.
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("SYNCJOB_CONFIG").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    for p in ["jobs.yaml", "/etc/syncjob/jobs.yaml"] {
+        if Path::new(p).exists() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    Err(ConfigError::NotFound)
+}
+
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    parse(path, &bytes)
+}
+
+/// Parse "30s", "2m30s", "1h", "500ms" or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(n) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(n));
+    }
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        while let Some(&d) = chars.peek() {
+            if d.is_ascii_alphabetic() {
+                unit.push(d);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("bad duration {s:?} (examples: 30s, 2m30s, 1h)"))?;
+        num.clear();
+        let d = match unit.as_str() {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86400),
+            _ => {
+                return Err(format!(
+                    "bad duration {s:?}: unknown unit {unit:?} (use ms, s, m, h, d)"
+                ));
+            }
+        };
+        total += d;
+        any = true;
+    }
+    if !num.is_empty() || !any {
+        return Err(format!(
+            "bad duration {s:?}: a number needs a unit (examples: 30s, 2m30s, 1h)"
+        ));
+    }
+    Ok(total)
+}
+
+fn valid_job_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+const JOB_KEYS: &[&str] = &[
+    "source",
+    "remote",
+    "mode",
+    "delete",
+    "schedule",
+    "timezone",
+    "exclude",
+    "compare",
+    "retries",
+    "retry_interval",
+    "allow_empty_source",
+    "max_delete",
+    "preserve_owner",
+    "overlap",
+    "catch_up",
+    "parallel",
+    "ssh",
+];
+const SSH_KEYS: &[&str] = &[
+    "identity",
+    "known_hosts",
+    "strict_host_key_checking",
+    "password_file",
+    "port",
+    "timeout",
+];
+const TOP_KEYS: &[&str] = &["defaults", "jobs", "shutdown_timeout"];
+
+/// Closest known key, for "did you mean".
+fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    fn dist(a: &str, b: &str) -> usize {
+        let a: Vec<char> = a.chars().collect();
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for i in 1..=a.len() {
+            let mut cur = vec![i; b.len() + 1];
+            for j in 1..=b.len() {
+                let cost = usize::from(a[i - 1] != b[j - 1]);
+                cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    let best = known.iter().min_by_key(|k| dist(key, k))?;
+    (dist(key, best) <= 2).then_some(*best)
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, pos: Pos, job: Option<&str>, msg: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.to_path_buf(),
+            pos,
+            job: job.map(String::from),
+            message: msg.into(),
+        });
+    }
+
+    /// The pairs of a mapping with duplicate and unknown keys reported.
+    fn map<'n>(
+        &mut self,
+        node: &'n Node,
+        what: &str,
+        known: &[&str],
+        job: Option<&str>,
+    ) -> Vec<(&'n str, &'n Node, Pos)> {
+        let Kind::Map(pairs) = &node.kind else {
+            if !node.is_null() {
+                self.err(
+                    node.pos,
+                    job,
+                    format!("{what} must be a mapping, found {}", node.type_name()),
+                );
+            }
+            return Vec::new();
+        };
+        let mut out: Vec<(&str, &Node, Pos)> = Vec::new();
+        for (k, v) in pairs {
+            let Some(key) = k.scalar() else {
+                self.err(k.pos, job, format!("{what}: keys must be plain names"));
+                continue;
+            };
+            if let Some((_, _, first)) = out.iter().find(|(n, _, _)| *n == key) {
+                let first = *first;
+                self.err(
+                    k.pos,
+                    job,
+                    format!(
+                        "duplicate key `{key}` in {what} (first at line {})",
+                        first.line
+                    ),
+                );
+                continue;
+            }
+            if !known.is_empty() && !known.contains(&key) {
+                let hint = suggest(key, known)
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_else(|| format!("; known keys: {}", known.join(", ")));
+                self.err(k.pos, job, format!("unknown key `{key}` in {what}{hint}"));
+                continue;
+            }
+            out.push((key, v, k.pos));
+        }
+        out
+    }
+}
+
+/// Raw settings of one job or of `defaults`, each with its node for positions.
+#[derive(Default, Clone)]
+struct Raw<'n> {
+    fields: BTreeMap<&'static str, &'n Node>,
+    ssh: BTreeMap<&'static str, &'n Node>,
+}
+
+fn static_key(k: &str, known: &[&'static str]) -> &'static str {
+    known.iter().find(|x| **x == k).copied().unwrap_or("")
+}
+
+fn raw<'n>(ctx: &mut Ctx, node: &'n Node, what: &str, job: Option<&str>) -> Raw<'n> {
+    let mut r = Raw::default();
+    for (k, v, _) in ctx.map(node, what, JOB_KEYS, job) {
+        if k == "ssh" {
+            for (sk, sv, _) in ctx.map(v, "ssh", SSH_KEYS, job) {
+                r.ssh.insert(static_key(sk, SSH_KEYS), sv);
+            }
+        } else {
+            r.fields.insert(static_key(k, JOB_KEYS), v);
+        }
+    }
+    r
+}
+
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
+    let mut ctx = Ctx {
+        file: path,
+        problems: Vec::new(),
+    };
+    let invalid = |ctx: Ctx| Err(ConfigError::Invalid(ctx.problems));
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let good = &bytes[..e.valid_up_to()];
+            let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+            let col = good.len() - good.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
+            ctx.err(Pos { line, col }, None, "the jobs file is not valid UTF-8");
+            return invalid(ctx);
+        }
+    };
+    let root = match yaml::parse(text) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            ctx.err(
+                Pos { line: 1, col: 1 },
+                None,
+                "the jobs file is empty; it needs a `jobs:` mapping (see jobs.example.yaml)",
+            );
+            return invalid(ctx);
+        }
+        Err(e) => {
+            ctx.err(e.pos, None, format!("YAML syntax error: {}", e.message));
+            return invalid(ctx);
+        }
+    };
+    let base = path
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .or_else(|| path.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+
+    let top = ctx.map(&root, "the top level", TOP_KEYS, None);
+    if !matches!(root.kind, Kind::Map(_)) {
+        return invalid(ctx);
+    }
+    let mut defaults = Raw::default();
+    let mut jobs_node = None;
+    let mut shutdown_timeout = Duration::from_secs(30);
+    for (k, v, kpos) in &top {
+        match *k {
+            "defaults" => {
+                defaults = raw(&mut ctx, v, "defaults", None);
+                for forbidden in ["source", "remote"] {
+                    if let Some(n) = defaults.fields.remove(forbidden) {
+                        ctx.err(
+                            n.pos,
+                            None,
+                            format!("`{forbidden}` cannot be a default; set it per job"),
+                        );
+                    }
+                }
+            }
+            "jobs" => jobs_node = Some((*v, *kpos)),
+            "shutdown_timeout" => match v.scalar().map(parse_duration) {
+                Some(Ok(d)) => shutdown_timeout = d,
+                Some(Err(e)) => ctx.err(v.pos, None, format!("shutdown_timeout: {e}")),
+                None => ctx.err(
+                    v.pos,
+                    None,
+                    "shutdown_timeout must be a duration such as 30s",
+                ),
+            },
+            _ => {}
+        }
+    }
+    let Some((jobs_node, _)) = jobs_node else {
+        ctx.err(root.pos, None, "missing `jobs:` mapping");
+        return invalid(ctx);
+    };
+    let mut jobs = Vec::new();
+    for (name, node, kpos) in ctx.map(jobs_node, "jobs", &[], None) {
+        if !valid_job_name(name) {
+            ctx.err(
+                kpos,
+                Some(name),
+                "a job name may use only letters, digits, `.`, `_` and `-`",
+            );
+            continue;
+        }
+        let own = raw(&mut ctx, node, &format!("job {name}"), Some(name));
+        let mut merged = defaults.clone();
+        merged.fields.extend(own.fields);
+        merged.ssh.extend(own.ssh);
+        if let Some(job) = build_job(&mut ctx, name, kpos, node, &merged, &base) {
+            jobs.push(job);
+        }
+    }
+    if jobs_node.is_null() || matches!(&jobs_node.kind, Kind::Map(p) if p.is_empty()) {
+        ctx.err(jobs_node.pos, None, "`jobs:` holds no job");
+    }
+    if ctx.problems.is_empty() {
+        Ok(Config {
+            path: path.to_path_buf(),
+            jobs,
+            shutdown_timeout,
+        })
+    } else {
+        invalid(ctx)
+    }
+}
+
+fn build_job(
+    ctx: &mut Ctx,
+    name: &str,
+    pos: Pos,
+    node: &Node,
+    r: &Raw,
+    base: &Path,
+) -> Option<Job> {
+    let before = ctx.problems.len();
+    let j = Some(name);
+    let f = |k: &str| r.fields.get(k).copied().filter(|n| !n.is_null());
+
+    let string = |ctx: &mut Ctx, n: &Node, key: &str| -> Option<String> {
+        match n.as_str() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                ctx.err(
+                    n.pos,
+                    j,
+                    format!("`{key}` must be a string, found {}", n.type_name()),
+                );
+                None
+            }
+        }
+    };
+    let boolean = |ctx: &mut Ctx, key: &str, default: bool| -> bool {
+        match f(key) {
+            None => default,
+            Some(n) => n.as_bool().unwrap_or_else(|| {
+                ctx.err(
+                    n.pos,
+                    j,
+                    format!("`{key}` must be true or false, found {}", n.type_name()),
+                );
+                default
+            }),
+        }
+    };
+    let number = |ctx: &mut Ctx, key: &str| -> Option<u64> {
+        let n = f(key)?;
+        n.as_u64().or_else(|| {
+            ctx.err(
+                n.pos,
+                j,
+                format!("`{key}` must be a whole number, found {}", n.type_name()),
+            );
+            None
+        })
+    };
+    let duration = |ctx: &mut Ctx, n: &Node, key: &str| -> Option<Duration> {
+        let s = n.scalar().unwrap_or("");
+        match parse_duration(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                ctx.err(n.pos, j, format!("`{key}`: {e}"));
+                None
+            }
+        }
+    };
+    let choice = |ctx: &mut Ctx, key: &str, options: &[&str]| -> Option<usize> {
+        let n = f(key)?;
+        let s = n.scalar().unwrap_or("");
+        match options.iter().position(|o| *o == s) {
+            Some(i) => Some(i),
+            None => {
+                ctx.err(
+                    n.pos,
+                    j,
+                    format!(
+                        "`{key}` must be one of {}, found {s:?}",
+                        options.join(" | ")
+                    ),
+                );
+                None
+            }
+        }
+    };
+
+    // source
+    let source = match f("source") {
+        None => {
+            ctx.err(pos, j, "missing `source` (the local directory to mirror)");
+            None
+        }
+        Some(n) => string(ctx, n, "source").and_then(|s| {
+            if s.contains("://") || (s.contains(':') && !s.starts_with('/') && !s.starts_with('.'))
+            {
+                ctx.err(
+                    n.pos,
+                    j,
+                    format!("`source` must be a local directory, found {s:?}"),
+                );
+                return None;
+            }
+            let p = Path::new(&s);
+            Some(if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            })
+        }),
+    };
+    // remote: one string or a list
+    let mut targets = Vec::new();
+    match f("remote") {
+        None => ctx.err(pos, j, "missing `remote` (one target or a list of targets)"),
+        Some(n) => {
+            let items: Vec<&Node> = match &n.kind {
+                Kind::Seq(items) => items.iter().collect(),
+                _ => vec![n],
+            };
+            if items.is_empty() {
+                ctx.err(n.pos, j, "`remote` is an empty list");
+            }
+            for item in items {
+                let Some(s) = string(ctx, item, "remote") else {
+                    continue;
+                };
+                match target::parse(&s, base) {
+                    Ok(t) => {
+                        if targets.contains(&t) {
+                            ctx.err(item.pos, j, format!("target {s:?} is listed twice"));
+                        } else {
+                            targets.push(t)
+                        }
+                    }
+                    Err(e) => ctx.err(item.pos, j, format!("bad target: {e}")),
+                }
+            }
+        }
+    }
+    if let Some(src) = &source {
+        for t in &targets {
+            if let Target::Local(p) = t
+                && (p.starts_with(src) || src.starts_with(p))
+            {
+                ctx.err(
+                    pos,
+                    j,
+                    format!(
+                        "target {} overlaps the source {} (one lies inside the other)",
+                        p.display(),
+                        src.display()
+                    ),
+                );
+            }
+        }
+    }
+    let mode = match choice(ctx, "mode", &["incremental", "full"]) {
+        Some(1) => Mode::Full,
+        _ => Mode::Incremental,
+    };
+    let compare = match choice(ctx, "compare", &["size_mtime", "checksum"]) {
+        Some(1) => Compare::Checksum,
+        _ => Compare::SizeMtime,
+    };
+    let overlap = match choice(ctx, "overlap", &["skip", "queue"]) {
+        Some(1) => Overlap::Queue,
+        _ => Overlap::Skip,
+    };
+    let delete = boolean(ctx, "delete", false);
+    let allow_empty_source = boolean(ctx, "allow_empty_source", false);
+    let preserve_owner = boolean(ctx, "preserve_owner", false);
+    let catch_up = boolean(ctx, "catch_up", false);
+    let schedule = f("schedule").and_then(|n| {
+        let s = string(ctx, n, "schedule")?;
+        match Schedule::parse(&s) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                ctx.err(n.pos, j, format!("bad schedule {s:?}: {e}"));
+                None
+            }
+        }
+    });
+    let timezone = f("timezone").and_then(|n| {
+        let s = string(ctx, n, "timezone")?;
+        match schedule::parse_tz(&s) {
+            Ok(z) => Some(z),
+            Err(e) => {
+                ctx.err(n.pos, j, e);
+                None
+            }
+        }
+    });
+    let mut exclude = Vec::new();
+    if let Some(n) = f("exclude") {
+        let items: Vec<&Node> = match &n.kind {
+            Kind::Seq(items) => items.iter().collect(),
+            _ => vec![n],
+        };
+        for item in items {
+            if let Some(s) = string(ctx, item, "exclude") {
+                match Filter::check_pattern(&s) {
+                    Ok(()) => exclude.push(s),
+                    Err(e) => ctx.err(item.pos, j, e),
+                }
+            }
+        }
+    }
+    let filter = Filter::new(&exclude).unwrap_or_default();
+    let retries = number(ctx, "retries").unwrap_or(3).min(100) as u32;
+    let retry_interval = f("retry_interval").and_then(|n| duration(ctx, n, "retry_interval"));
+    let max_delete = number(ctx, "max_delete");
+    let parallel = match number(ctx, "parallel") {
+        Some(0) => {
+            ctx.err(
+                f("parallel").unwrap().pos,
+                j,
+                "`parallel` must be at least 1",
+            );
+            4
+        }
+        Some(n) => n as usize,
+        None => 4,
+    };
+
+    // ssh
+    let mut ssh = SshOptions::default();
+    let s = |k: &str| r.ssh.get(k).copied().filter(|n| !n.is_null());
+    let path_of = |ctx: &mut Ctx, n: &Node, key: &str| -> Option<PathBuf> {
+        let v = string(ctx, n, key)?;
+        let p = PathBuf::from(&v);
+        Some(if p.is_absolute() { p } else { base.join(p) })
+    };
+    if let Some(n) = s("identity") {
+        ssh.identity = path_of(ctx, n, "ssh.identity");
+    }
+    if let Some(n) = s("known_hosts") {
+        ssh.known_hosts = path_of(ctx, n, "ssh.known_hosts");
+    }
+    if let Some(n) = s("password_file") {
+        ssh.password_file = path_of(ctx, n, "ssh.password_file");
+    }
+    if let Some(n) = s("strict_host_key_checking") {
+        match n.scalar() {
+            Some("strict") | Some("yes") | Some("true") => {
+                ssh.strict_host_key_checking = HostKeyPolicy::Strict
+            }
+            Some("accept-new") => ssh.strict_host_key_checking = HostKeyPolicy::AcceptNew,
+            _ => ctx.err(
+                n.pos,
+                j,
+                "`ssh.strict_host_key_checking` must be strict or accept-new (unknown keys are never accepted silently)",
+            ),
+        }
+    }
+    if let Some(n) = s("port") {
+        match n.as_u64().filter(|p| (1..=65535).contains(p)) {
+            Some(p) => ssh.port = p as u16,
+            None => ctx.err(n.pos, j, "`ssh.port` must be a port number 1-65535"),
+        }
+    }
+    if let Some(n) = s("timeout")
+        && let Some(d) = duration(ctx, n, "ssh.timeout")
+    {
+        ssh.timeout = d;
+    }
+    let _ = node;
+    if ctx.problems.len() > before {
+        return None;
+    }
+    Some(Job {
+        name: name.to_string(),
+        pos,
+        source: source?,
+        targets,
+        mode,
+        delete,
+        schedule,
+        timezone,
+        exclude,
+        filter,
+        compare,
+        retries,
+        retry_interval,
+        allow_empty_source,
+        max_delete,
+        preserve_owner,
+        overlap,
+        catch_up,
+        parallel,
+        ssh,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match parse(Path::new("/etc/syncjob/jobs.yaml"), text.as_bytes()) {
+            Ok(_) => vec![],
+            Err(ConfigError::Invalid(p)) => p.iter().map(|p| p.to_string()).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn full_example_parses_with_defaults_merged() {
+        let c = parse(
+            Path::new("/etc/syncjob/jobs.yaml"),
+            br#"
+defaults:
+  timezone: Asia/Shanghai
+  retries: 5
+  ssh: { port: 2200, timeout: 10s }
+jobs:
+  tp5shop:
+    source: /usr/local/nginx/html/tp5shop
+    remote:
+      - root@192.168.17.101:/usr/local/nginx/html/tp5shop
+      - ssh://deploy@web3:2222/srv/tp5shop
+    mode: incremental
+    delete: true
+    schedule: "*/1 * * * * *"
+    exclude: ["*.svn", "*.gz", "/info/", "/static/"]
+    ssh: { identity: keys/id }
+  other:
+    source: site
+    remote: /srv/copy
+    retries: 1
+    mode: full
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.jobs.len(), 2);
+        let a = &c.jobs[0];
+        assert_eq!(a.name, "tp5shop");
+        assert_eq!(a.targets.len(), 2);
+        assert!(a.delete);
+        assert_eq!(a.retries, 5);
+        assert_eq!(a.timezone, Some(chrono_tz::Asia::Shanghai));
+        assert_eq!(a.ssh.port, 2200, "ssh merged per key");
+        assert_eq!(a.ssh.timeout, Duration::from_secs(10));
+        assert_eq!(a.ssh.identity, Some(PathBuf::from("/etc/syncjob/keys/id")));
+        assert_eq!(a.exclude.len(), 4);
+        let b = &c.jobs[1];
+        assert_eq!(b.retries, 1);
+        assert_eq!(b.mode, Mode::Full);
+        assert_eq!(b.source, PathBuf::from("/etc/syncjob/site"));
+        assert!(b.schedule.is_none());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_column_and_job() {
+        let p = problems("jobs:\n  web:\n    source: /a\n    remote: /b\n    delet: true\n");
+        assert_eq!(
+            p,
+            [
+                "/etc/syncjob/jobs.yaml:5:5: job web: unknown key `delet` in job web; did you mean `delete`?"
+            ]
+        );
+    }
+
+    #[test]
+    fn all_problems_are_reported() {
+        let p = problems(
+            "jobs:\n  a:\n    source: /a\n    remote: /b\n    schedule: \"61 * * * *\"\n  b:\n    source: /a\n    remote: host:/\n    mode: fast\n",
+        );
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(
+            p[0].starts_with("/etc/syncjob/jobs.yaml:5:15: job a: bad schedule"),
+            "{}",
+            p[0]
+        );
+        assert!(p[0].contains("out of range"));
+        assert!(
+            p[1].starts_with("/etc/syncjob/jobs.yaml:8:13: job b: bad target"),
+            "{}",
+            p[1]
+        );
+        assert!(p[1].contains("`/` is refused"));
+        assert!(p[2].starts_with("/etc/syncjob/jobs.yaml:9:11: job b: `mode` must be one of"));
+    }
+
+    #[test]
+    fn type_errors() {
+        let p = problems(
+            "jobs:\n  a:\n    source: /a\n    remote: /b\n    delete: \"yes\"\n    retries: many\n",
+        );
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(p[0].contains("5:13: job a: `delete` must be true or false, found a string"));
+        assert!(p[1].contains("6:14: job a: `retries` must be a whole number"));
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let p = problems("jobs:\n  a:\n    source: [/a\n    remote: /b\n");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("/etc/syncjob/jobs.yaml:"), "{}", p[0]);
+        assert!(p[0].contains("YAML syntax error"), "{}", p[0]);
+    }
+
+    #[test]
+    fn duplicates_missing_and_bad_names() {
+        let p = problems(
+            "jobs:\n  a:\n    source: /a\n    remote: /b\n  a:\n    source: /c\n    remote: /d\n  b c:\n    source: /a\n    remote: /e\n  d:\n    remote: /f\n",
+        );
+        assert_eq!(p.len(), 3, "{p:#?}");
+        assert!(
+            p[0].contains("5:3: duplicate key `a` in jobs (first at line 2)"),
+            "{}",
+            p[0]
+        );
+        assert!(
+            p[1].contains("8:3: job b c: a job name may use only"),
+            "{}",
+            p[1]
+        );
+        assert!(p[2].contains("11:3: job d: missing `source`"), "{}", p[2]);
+    }
+
+    #[test]
+    fn empty_and_non_utf8_files() {
+        assert_eq!(problems("").len(), 1);
+        assert!(problems("")[0].contains("empty"));
+        let e = parse(Path::new("j.yaml"), b"jobs:\n  a\xff: 1\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("j.yaml:2:4: the jobs file is not valid UTF-8"),
+            "{e}"
+        );
+        assert!(problems("jobs: {}\n")[0].contains("holds no job"));
+        assert!(problems("- a\n- b\n")[0].contains("the top level must be a mapping"));
+    }
+
+    #[test]
+    fn overlap_of_source_and_target_is_refused() {
+        let p = problems("jobs:\n  a:\n    source: /srv/a\n    remote: /srv/a/copy\n");
+        assert!(p[0].contains("overlaps the source"), "{p:?}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2m30s").unwrap(), Duration::from_secs(150));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("5m3").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! The run log: JSON Lines, one object per job run and target, appended.
+//!
+//! Each record is written with one `write(2)` on an `O_APPEND` descriptor
+//! while holding an exclusive `flock` on the log file, so concurrent writers
+//! (the daemon and any number of one-shot runs) never interleave or tear a
+//! line, even if a write were split. The file is reopened for every record,
+//! so a rotated log (logrotate's create or copytruncate) is safe.
+
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PathError {
+    pub path: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Record {
+    pub ts: String,
+    pub job: String,
+    pub run_id: String,
+    pub trigger: String,
+    pub target: String,
+    pub mode: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub started_at: String,
+    pub finished_at: String,
+    pub duration_ms: u64,
+    pub files_scanned: u64,
+    pub files_transferred: u64,
+    pub bytes_transferred: u64,
+    pub files_deleted: u64,
+    pub errors: Vec<PathError>,
+    #[serde(default)]
+    pub warnings: Vec<PathError>,
+    pub host: String,
+    pub pid: u32,
+    pub version: String,
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Append one record as one line.
+pub fn append(path: &Path, rec: &Record) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    append_line(path, &line)
+}
+
+pub fn append_line(path: &Path, line: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = OpenOptions::new().append(true).create(true).open(path)?;
+    f.lock()?;
+    let r = f.write_all(line);
+    let _ = f.unlock();
+    r
+}
+
+/// Iterate the lines of a file from the last to the first, reading blocks
+/// from the end, so the newest records of a large log come without reading
+/// all of it.
+pub struct RevLines {
+    file: File,
+    pos: u64,
+    buf: Vec<u8>,
+}
+
+impl RevLines {
+    pub fn open(path: &Path) -> std::io::Result<RevLines> {
+        let mut file = File::open(path)?;
+        let pos = file.seek(SeekFrom::End(0))?;
+        Ok(RevLines {
+            file,
+            pos,
+            buf: Vec::new(),
+        })
+    }
+}
+
+impl Iterator for RevLines {
+    type Item = std::io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            // a complete line sits after the last newline in buf (excluding a trailing one)
+            let trimmed = if self.buf.last() == Some(&b'\n') {
+                &self.buf[..self.buf.len() - 1]
+            } else {
+                &self.buf[..]
+            };
+            if let Some(i) = trimmed.iter().rposition(|b| *b == b'\n') {
+                let line = trimmed[i + 1..].to_vec();
+                self.buf.truncate(i + 1);
+                return Some(Ok(line));
+            }
+            if self.pos == 0 {
+                if trimmed.is_empty() {
+                    return None;
+                }
+                let line = trimmed.to_vec();
+                self.buf.clear();
+                return Some(Ok(line));
+            }
+            let n = self.pos.min(64 * 1024);
+            self.pos -= n;
+            let mut chunk = vec![0u8; n as usize];
+            if let Err(e) = self
+                .file
+                .seek(SeekFrom::Start(self.pos))
+                .and_then(|_| self.file.read_exact(&mut chunk))
+            {
+                return Some(Err(e));
+            }
+            chunk.extend_from_slice(&self.buf);
+            self.buf = chunk;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reverse_lines_across_blocks() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("log");
+        let mut want = Vec::new();
+        for i in 0..20000 {
+            let l = format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(i % 13));
+            append_line(&p, format!("{l}\n").as_bytes()).unwrap();
+            want.push(l);
+        }
+        let got: Vec<String> = RevLines::open(&p)
+            .unwrap()
+            .map(|l| String::from_utf8(l.unwrap()).unwrap())
+            .collect();
+        want.reverse();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn no_trailing_newline_and_empty() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("log");
+        std::fs::write(&p, "a\nb").unwrap();
+        let got: Vec<_> = RevLines::open(&p).unwrap().map(|l| l.unwrap()).collect();
+        assert_eq!(got, vec![b"b".to_vec(), b"a".to_vec()]);
+        std::fs::write(&p, "").unwrap();
+        assert_eq!(RevLines::open(&p).unwrap().count(), 0);
+    }
+}

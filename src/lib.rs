@@ -1,0 +1,20 @@
+//! syncjob: keep a directory identical on many servers.
+//!
+//! A run flows through `config` (YAML → validated jobs) → `schedule` (specs →
+//! next instants) → `daemon` (timer loop) → `lock` → `plan` (walk, list, diff)
+//! → `transport` (local, ssh) → `executor` (apply) → `journal` (run log).
+//! `cli` maps arguments to these and outcomes to exit codes.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod executor;
+pub mod filter;
+pub mod journal;
+pub mod lock;
+pub mod plan;
+pub mod run;
+pub mod schedule;
+pub mod target;
+pub mod transport;
+pub mod yaml;

@@ -1,0 +1,898 @@
+//! Walk the source, take the target's listing, and diff them into actions.
+
+use crate::config::{Compare, Mode};
+use crate::filter::Filter;
+use crate::journal::PathError;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Temporary files are named `.syncjob-tmp.<pid>.<n>.<name>`; one left by a
+/// killed run is removed by the next run, and the source walk skips them.
+pub const TEMP_PREFIX: &str = ".syncjob-tmp.";
+
+pub fn is_temp_name(p: &Path) -> bool {
+    p.file_name()
+        .is_some_and(|n| n.as_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+    Special,
+}
+
+impl EntryKind {
+    pub fn letter(self) -> char {
+        match self {
+            EntryKind::File => 'f',
+            EntryKind::Dir => 'd',
+            EntryKind::Symlink => 'L',
+            EntryKind::Special => 'D',
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_ns: u32,
+    /// Permission bits (`& 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// A symlink's target, as stored (never followed).
+    pub link: Option<PathBuf>,
+}
+
+impl Entry {
+    pub fn from_metadata(md: &Metadata, link: Option<PathBuf>) -> Entry {
+        let ft = md.file_type();
+        let kind = if ft.is_file() {
+            EntryKind::File
+        } else if ft.is_dir() {
+            EntryKind::Dir
+        } else if ft.is_symlink() {
+            EntryKind::Symlink
+        } else {
+            EntryKind::Special
+        };
+        Entry {
+            kind,
+            size: if kind == EntryKind::File {
+                md.size()
+            } else {
+                0
+            },
+            mtime: md.mtime(),
+            mtime_ns: md.mtime_nsec() as u32,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            link,
+        }
+    }
+
+    pub fn mtime_eq(&self, other: &Entry, nanos: bool) -> bool {
+        self.mtime == other.mtime && (!nanos || self.mtime_ns == other.mtime_ns)
+    }
+}
+
+/// Entries keyed by path relative to the root; the root itself is `""`.
+/// `Path`'s order is by component, so a directory sorts before its contents.
+pub type Tree = BTreeMap<PathBuf, Entry>;
+
+/// The source as walked.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub root: PathBuf,
+    pub entries: Tree,
+    pub errors: Vec<PathError>,
+    pub warnings: Vec<PathError>,
+    /// Paths whose state is unknown (unreadable directory, vanished or
+    /// unreadable entry, skipped special file): nothing at or below them is
+    /// deleted on the target.
+    pub unknown: BTreeSet<PathBuf>,
+}
+
+impl Scan {
+    pub fn files(&self) -> u64 {
+        self.entries
+            .values()
+            .filter(|e| e.kind != EntryKind::Dir)
+            .count() as u64
+    }
+
+    /// The source holds nothing but its root directory.
+    pub fn is_empty(&self) -> bool {
+        self.entries.len() <= 1
+    }
+
+    fn is_unknown(&self, p: &Path) -> bool {
+        p.ancestors().any(|a| self.unknown.contains(a))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("source {0} does not exist")]
+    Missing(PathBuf),
+    #[error("source {0} is not a directory")]
+    NotADir(PathBuf),
+    #[error("cannot read source {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+pub fn display_path(p: &Path) -> String {
+    if p.as_os_str().is_empty() {
+        ".".into()
+    } else {
+        p.to_string_lossy().into_owned()
+    }
+}
+
+/// Walk the source tree (symlinks are not followed; excluded directories are
+/// not entered).
+pub fn scan_source(root: &Path, filter: &Filter) -> Result<Scan, ScanError> {
+    let md = match std::fs::metadata(root) {
+        Ok(md) => md,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ScanError::Missing(root.to_path_buf()));
+        }
+        Err(e) => return Err(ScanError::Io(root.to_path_buf(), e)),
+    };
+    if !md.is_dir() {
+        return Err(ScanError::NotADir(root.to_path_buf()));
+    }
+    // the root is read once more without following, for its own attributes
+    if let Err(e) = std::fs::read_dir(root) {
+        return Err(ScanError::Io(root.to_path_buf(), e));
+    }
+    let mut scan = Scan {
+        root: root.to_path_buf(),
+        ..Default::default()
+    };
+    scan.entries
+        .insert(PathBuf::new(), Entry::from_metadata(&md, None));
+    let walker = walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| {
+            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+            !is_temp_name(rel) && !filter.excluded(rel, e.file_type().is_dir())
+        });
+    for item in walker {
+        match item {
+            Ok(e) => {
+                let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
+                let md = match e.metadata() {
+                    Ok(md) => md,
+                    Err(err) => {
+                        scan.errors.push(PathError {
+                            path: display_path(&rel),
+                            message: format!("cannot stat: {}", io_msg(&err)),
+                        });
+                        scan.unknown.insert(rel);
+                        continue;
+                    }
+                };
+                let ft = md.file_type();
+                if ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device() {
+                    scan.warnings.push(PathError {
+                        path: display_path(&rel),
+                        message: "special file (fifo, socket or device) skipped".into(),
+                    });
+                    scan.unknown.insert(rel);
+                    continue;
+                }
+                let link = if ft.is_symlink() {
+                    match std::fs::read_link(e.path()) {
+                        Ok(l) => Some(l),
+                        Err(err) => {
+                            scan.errors.push(PathError {
+                                path: display_path(&rel),
+                                message: format!("cannot read link: {err}"),
+                            });
+                            scan.unknown.insert(rel);
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                scan.entries.insert(rel, Entry::from_metadata(&md, link));
+            }
+            Err(err) => {
+                let path = err.path().unwrap_or(root);
+                let rel = path.strip_prefix(root).unwrap_or(path).to_path_buf();
+                scan.errors.push(PathError {
+                    path: display_path(&rel),
+                    message: io_msg(&err),
+                });
+                scan.unknown.insert(rel);
+            }
+        }
+    }
+    Ok(scan)
+}
+
+fn io_msg(e: &walkdir::Error) -> String {
+    match e.io_error() {
+        Some(io) => io.to_string(),
+        None => e.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    New,
+    Changed,
+    /// `mode: full` transfers every file.
+    Full,
+    /// The target held another type of entry at this path.
+    Replace,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Delete {
+        path: PathBuf,
+        kind: EntryKind,
+        /// Counts toward `max_delete` (absent from the source, not a type
+        /// change or a stale temporary file).
+        counted: bool,
+    },
+    Mkdir {
+        path: PathBuf,
+    },
+    Copy {
+        path: PathBuf,
+        why: Why,
+        size: u64,
+        /// which attributes differ, for the itemized line
+        size_differs: bool,
+        time_differs: bool,
+    },
+    Symlink {
+        path: PathBuf,
+        target: PathBuf,
+        why: Why,
+        /// the link's own mtime, where the target can set it
+        mtime: Option<(i64, u32)>,
+    },
+    SetAttrs {
+        path: PathBuf,
+        kind: EntryKind,
+        mode: Option<u32>,
+        mtime: Option<(i64, u32)>,
+        owner: Option<(u32, u32)>,
+        /// the entry was created by this run (a new directory)
+        new: bool,
+    },
+}
+
+impl Action {
+    pub fn path(&self) -> &Path {
+        match self {
+            Action::Delete { path, .. }
+            | Action::Mkdir { path }
+            | Action::Copy { path, .. }
+            | Action::Symlink { path, .. }
+            | Action::SetAttrs { path, .. } => path,
+        }
+    }
+
+    /// One line in the manner of `rsync -i`.
+    pub fn itemize(&self) -> String {
+        let p = escape(self.path());
+        match self {
+            Action::Delete { kind, .. } => {
+                let slash = if *kind == EntryKind::Dir { "/" } else { "" };
+                format!("*deleting   {p}{slash}")
+            }
+            Action::Mkdir { .. } => format!("cd+++++++++ {p}/"),
+            Action::Copy {
+                why,
+                size_differs,
+                time_differs,
+                ..
+            } => match why {
+                Why::New | Why::Replace => format!(">f+++++++++ {p}"),
+                Why::Full | Why::Changed => format!(
+                    ">f.{}{}...... {p}",
+                    if *size_differs { 's' } else { '.' },
+                    if *time_differs { 't' } else { '.' }
+                ),
+            },
+            Action::Symlink { target, why, .. } => {
+                let flags = match why {
+                    Why::New | Why::Replace => "+++++++++",
+                    _ => ".........",
+                };
+                format!("cL{flags} {p} -> {}", escape(target))
+            }
+            Action::SetAttrs {
+                kind,
+                mode,
+                mtime,
+                owner,
+                new,
+                ..
+            } => {
+                if *new {
+                    return String::new();
+                }
+                let slash = if *kind == EntryKind::Dir && !p.ends_with('/') {
+                    "/"
+                } else {
+                    ""
+                };
+                format!(
+                    ".{}..{}{}{}.... {p}{slash}",
+                    kind.letter(),
+                    if mtime.is_some() { 't' } else { '.' },
+                    if mode.is_some() { 'p' } else { '.' },
+                    if owner.is_some() { 'o' } else { '.' },
+                )
+            }
+        }
+    }
+}
+
+/// Paths printed as rsync does: bytes that are not printable are `\#ooo`.
+pub fn escape(p: &Path) -> String {
+    if p.as_os_str().is_empty() {
+        return ".".into();
+    }
+    let s = String::from_utf8_lossy(p.as_os_str().as_bytes());
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            let mut b = [0u8; 4];
+            for byte in c.encode_utf8(&mut b).bytes() {
+                out.push_str(&format!("\\#{byte:03o}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub mode: Mode,
+    pub compare: Compare,
+    pub delete: bool,
+    pub preserve_owner: bool,
+    /// the target keeps (and reports) nanosecond mtimes
+    pub mtime_nanos: bool,
+    /// the target can set a symlink's own mtime
+    pub symlink_times: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// paths the plan could not handle (reported, the rest proceeds)
+    pub errors: Vec<PathError>,
+}
+
+impl Plan {
+    pub fn is_noop(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+/// Diff the source scan against the target listing (`None`: the target root
+/// does not exist yet). `same_content` is asked only with `compare: checksum`.
+pub fn diff(
+    src: &Scan,
+    dst: Option<&Tree>,
+    filter: &Filter,
+    opts: Options,
+    same_content: &mut dyn FnMut(&Path) -> std::io::Result<bool>,
+) -> Plan {
+    let empty = Tree::new();
+    let dst = dst.unwrap_or(&empty);
+    let mut plan = Plan::default();
+    let mut deletes: Vec<Action> = Vec::new();
+    let mut creates: Vec<Action> = Vec::new();
+    let mut attrs: Vec<Action> = Vec::new();
+    // directories whose listing changes (their mtime must be set again)
+    let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
+    // paths whose old entry could not be removed: nothing is created there
+    let mut blocked: Vec<PathBuf> = Vec::new();
+    let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    // 1. stale temporary files, and entries to delete (deepest first)
+    for (path, te) in dst.iter().rev() {
+        if path.as_os_str().is_empty() {
+            continue;
+        }
+        if is_temp_name(path) {
+            deletes.push(Action::Delete {
+                path: path.clone(),
+                kind: te.kind,
+                counted: false,
+            });
+            touched.insert(parent(path));
+            continue;
+        }
+        if filter.excluded_with_parents(path, te.kind == EntryKind::Dir) || src.is_unknown(path) {
+            continue;
+        }
+        match src.entries.get(path) {
+            Some(se) if se.kind == te.kind => {}
+            Some(_) => {
+                // type change: the old entry goes, whatever `delete` says;
+                // a non-empty directory only when `delete` allows its contents to go
+                let has_children = te.kind == EntryKind::Dir
+                    && dst
+                        .range::<PathBuf, _>((
+                            std::ops::Bound::Excluded(path.clone()),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .next()
+                        .is_some_and(|(p, _)| p.starts_with(path));
+                if has_children && !opts.delete {
+                    plan.errors.push(PathError {
+                        path: display_path(path),
+                        message: "a non-empty directory on the target stands where the source has another type; enable `delete` to replace it".into(),
+                    });
+                    blocked.push(path.clone());
+                    continue;
+                }
+                deletes.push(Action::Delete {
+                    path: path.clone(),
+                    kind: te.kind,
+                    counted: false,
+                });
+                touched.insert(parent(path));
+            }
+            None => {
+                if opts.delete {
+                    deletes.push(Action::Delete {
+                        path: path.clone(),
+                        kind: te.kind,
+                        counted: true,
+                    });
+                    touched.insert(parent(path));
+                }
+            }
+        }
+    }
+    // a blocked directory keeps its contents too
+    if !blocked.is_empty() {
+        deletes.retain(|a| !blocked.iter().any(|b| a.path().starts_with(b)));
+    }
+
+    // 2. creations and updates, parents first
+    for (path, se) in &src.entries {
+        if blocked.iter().any(|b| path.starts_with(b)) {
+            continue;
+        }
+        let te = dst.get(path).filter(|te| te.kind == se.kind);
+        let is_root = path.as_os_str().is_empty();
+        match se.kind {
+            EntryKind::Dir => {
+                let new = te.is_none();
+                // directory attributes are set at the end, deepest first
+                if new && !is_root {
+                    creates.push(Action::Mkdir { path: path.clone() });
+                    touched.insert(parent(path));
+                }
+            }
+            EntryKind::File => {
+                let why = match te {
+                    None if dst.contains_key(path) => Some(Why::Replace),
+                    None => Some(Why::New),
+                    Some(_) if opts.mode == Mode::Full => Some(Why::Full),
+                    Some(te) => {
+                        let differ = te.size != se.size
+                            || (opts.compare == Compare::SizeMtime
+                                && !te.mtime_eq(se, opts.mtime_nanos));
+                        if differ {
+                            Some(Why::Changed)
+                        } else if opts.compare == Compare::Checksum {
+                            match same_content(path) {
+                                Ok(true) => None,
+                                Ok(false) => Some(Why::Changed),
+                                Err(e) => {
+                                    plan.errors.push(PathError {
+                                        path: display_path(path),
+                                        message: format!("cannot compare content: {e}"),
+                                    });
+                                    continue;
+                                }
+                            }
+                        } else {
+                            None
+                        }
+                    }
+                };
+                match why {
+                    Some(why) => {
+                        creates.push(Action::Copy {
+                            path: path.clone(),
+                            why,
+                            size: se.size,
+                            size_differs: te.is_some_and(|t| t.size != se.size),
+                            time_differs: te.is_some_and(|t| !t.mtime_eq(se, opts.mtime_nanos)),
+                        });
+                        touched.insert(parent(path));
+                    }
+                    None => {
+                        let te = te.unwrap();
+                        let a = attr_action(path, se, te, opts, false);
+                        if let Some(a) = a {
+                            attrs.push(a);
+                        }
+                    }
+                }
+            }
+            EntryKind::Symlink => {
+                let same = te.is_some_and(|te| te.link == se.link);
+                let link_time = opts.symlink_times.then_some((se.mtime, se.mtime_ns));
+                if !same {
+                    let why = if dst.contains_key(path) {
+                        if te.is_some() {
+                            Why::Changed
+                        } else {
+                            Why::Replace
+                        }
+                    } else {
+                        Why::New
+                    };
+                    creates.push(Action::Symlink {
+                        path: path.clone(),
+                        target: se.link.clone().unwrap_or_default(),
+                        why,
+                        mtime: link_time,
+                    });
+                    touched.insert(parent(path));
+                } else if let Some(te) = te {
+                    let owner = (opts.preserve_owner && (te.uid, te.gid) != (se.uid, se.gid))
+                        .then_some((se.uid, se.gid));
+                    let mtime = link_time.filter(|_| !te.mtime_eq(se, opts.mtime_nanos));
+                    if owner.is_some() || mtime.is_some() {
+                        attrs.push(Action::SetAttrs {
+                            path: path.clone(),
+                            kind: EntryKind::Symlink,
+                            mode: None,
+                            mtime,
+                            owner,
+                            new: false,
+                        });
+                    }
+                }
+            }
+            EntryKind::Special => {}
+        }
+    }
+
+    // 3. directory attributes, deepest first, after everything inside is done
+    let mut dir_attrs = Vec::new();
+    for (path, se) in src.entries.iter().rev() {
+        if se.kind != EntryKind::Dir || blocked.iter().any(|b| path.starts_with(b)) {
+            continue;
+        }
+        let te = dst.get(path).filter(|te| te.kind == EntryKind::Dir);
+        match te {
+            None => dir_attrs.push(Action::SetAttrs {
+                path: path.clone(),
+                kind: EntryKind::Dir,
+                mode: Some(se.mode),
+                mtime: Some((se.mtime, se.mtime_ns)),
+                owner: opts.preserve_owner.then_some((se.uid, se.gid)),
+                new: true,
+            }),
+            Some(te) => {
+                let mut a = attr_action(path, se, te, opts, touched.contains(path));
+                if let Some(Action::SetAttrs { mtime, .. }) = &mut a
+                    && touched.contains(path)
+                {
+                    *mtime = Some((se.mtime, se.mtime_ns));
+                }
+                if let Some(a) = a {
+                    dir_attrs.push(a);
+                }
+            }
+        }
+    }
+
+    plan.actions = deletes;
+    plan.actions.extend(creates);
+    plan.actions.extend(attrs);
+    plan.actions.extend(dir_attrs);
+    plan
+}
+
+fn attr_action(
+    path: &Path,
+    se: &Entry,
+    te: &Entry,
+    opts: Options,
+    force_time: bool,
+) -> Option<Action> {
+    let mode = (se.mode != te.mode).then_some(se.mode);
+    let mtime =
+        (force_time || !se.mtime_eq(te, opts.mtime_nanos)).then_some((se.mtime, se.mtime_ns));
+    let owner =
+        (opts.preserve_owner && (se.uid, se.gid) != (te.uid, te.gid)).then_some((se.uid, se.gid));
+    if mode.is_none() && mtime.is_none() && owner.is_none() {
+        return None;
+    }
+    Some(Action::SetAttrs {
+        path: path.to_path_buf(),
+        kind: se.kind,
+        mode,
+        mtime,
+        owner,
+        new: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(kind: EntryKind, size: u64, mtime: i64) -> Entry {
+        Entry {
+            kind,
+            size,
+            mtime,
+            mtime_ns: 0,
+            mode: if kind == EntryKind::Dir { 0o755 } else { 0o644 },
+            uid: 0,
+            gid: 0,
+            link: None,
+        }
+    }
+    fn tree(items: &[(&str, Entry)]) -> Tree {
+        items
+            .iter()
+            .map(|(p, e)| (PathBuf::from(p), e.clone()))
+            .collect()
+    }
+    fn scan(items: &[(&str, Entry)]) -> Scan {
+        Scan {
+            entries: tree(items),
+            ..Default::default()
+        }
+    }
+    fn opts(delete: bool) -> Options {
+        Options {
+            mode: Mode::Incremental,
+            compare: Compare::SizeMtime,
+            delete,
+            preserve_owner: false,
+            mtime_nanos: true,
+            symlink_times: false,
+        }
+    }
+    fn lines(p: &Plan) -> Vec<String> {
+        p.actions
+            .iter()
+            .map(|a| a.itemize())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+    use EntryKind::*;
+
+    #[test]
+    fn new_target_gets_everything_parents_first() {
+        let s = scan(&[
+            ("", e(Dir, 0, 1)),
+            ("a", e(Dir, 0, 1)),
+            ("a/x", e(File, 3, 1)),
+            ("b", e(File, 1, 1)),
+        ]);
+        let p = diff(&s, None, &Filter::default(), opts(true), &mut |_| Ok(true));
+        assert_eq!(
+            lines(&p),
+            ["cd+++++++++ a/", ">f+++++++++ a/x", ">f+++++++++ b"]
+        );
+        // directory attributes come last, deepest first, root included
+        let dirs: Vec<_> = p
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SetAttrs {
+                    path, new: true, ..
+                } => Some(display_path(path)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dirs, ["a", "."]);
+    }
+
+    #[test]
+    fn incremental_compares_size_and_mtime() {
+        let s = scan(&[
+            ("", e(Dir, 0, 1)),
+            ("same", e(File, 3, 5)),
+            ("size", e(File, 4, 5)),
+            ("time", e(File, 3, 6)),
+        ]);
+        let t = tree(&[
+            ("", e(Dir, 0, 1)),
+            ("same", e(File, 3, 5)),
+            ("size", e(File, 3, 5)),
+            ("time", e(File, 3, 5)),
+        ]);
+        let p = diff(&s, Some(&t), &Filter::default(), opts(false), &mut |_| {
+            Ok(true)
+        });
+        assert_eq!(
+            lines(&p),
+            [">f.s....... size", ">f..t...... time", ".d..t...... ./"]
+        );
+        let mut full = opts(false);
+        full.mode = Mode::Full;
+        let p = diff(&s, Some(&t), &Filter::default(), full, &mut |_| Ok(true));
+        assert_eq!(
+            p.actions
+                .iter()
+                .filter(|a| matches!(a, Action::Copy { .. }))
+                .count(),
+            3
+        );
+    }
+
+    #[test]
+    fn checksum_asks_content_when_size_equal() {
+        let s = scan(&[
+            ("", e(Dir, 0, 1)),
+            ("a", e(File, 3, 5)),
+            ("b", e(File, 3, 5)),
+        ]);
+        let t = tree(&[
+            ("", e(Dir, 0, 1)),
+            ("a", e(File, 3, 9)),
+            ("b", e(File, 3, 5)),
+        ]);
+        let mut o = opts(false);
+        o.compare = Compare::Checksum;
+        let mut asked = vec![];
+        let p = diff(&s, Some(&t), &Filter::default(), o, &mut |p| {
+            asked.push(p.to_path_buf());
+            Ok(p != Path::new("b"))
+        });
+        assert_eq!(asked.len(), 2);
+        // a: same content, only its time is set; b: content differs
+        assert_eq!(
+            lines(&p),
+            [">f......... b", ".f..t...... a", ".d..t...... ./"]
+        );
+    }
+
+    #[test]
+    fn delete_only_with_flag_and_never_excluded_or_unknown() {
+        let mut s = scan(&[("", e(Dir, 0, 1)), ("keep", e(File, 1, 1))]);
+        s.unknown.insert(PathBuf::from("vanished"));
+        let t = tree(&[
+            ("", e(Dir, 0, 1)),
+            ("keep", e(File, 1, 1)),
+            ("old", e(Dir, 0, 1)),
+            ("old/f", e(File, 1, 1)),
+            ("x.gz", e(File, 1, 1)),
+            ("vanished", e(File, 1, 1)),
+            (".syncjob-tmp.1.2.keep", e(File, 1, 1)),
+        ]);
+        let f = Filter::new(&["*.gz"]).unwrap();
+        let p = diff(&s, Some(&t), &f, opts(false), &mut |_| Ok(true));
+        assert_eq!(
+            lines(&p),
+            ["*deleting   .syncjob-tmp.1.2.keep", ".d..t...... ./"]
+        );
+        let p = diff(&s, Some(&t), &f, opts(true), &mut |_| Ok(true));
+        assert_eq!(
+            lines(&p),
+            [
+                "*deleting   old/f",
+                "*deleting   old/",
+                "*deleting   .syncjob-tmp.1.2.keep",
+                ".d..t...... ./"
+            ]
+        );
+    }
+
+    #[test]
+    fn type_changes_replace() {
+        let mut link = e(Symlink, 0, 1);
+        link.link = Some(PathBuf::from("target"));
+        let s = scan(&[
+            ("", e(Dir, 0, 1)),
+            ("d", e(File, 1, 1)),
+            ("f", e(Dir, 0, 1)),
+            ("l", e(File, 1, 1)),
+            ("x", link.clone()),
+        ]);
+        let t = tree(&[
+            ("", e(Dir, 0, 1)),
+            ("d", e(Dir, 0, 1)),
+            ("f", e(File, 1, 1)),
+            ("l", link),
+            ("x", e(File, 1, 1)),
+        ]);
+        let p = diff(&s, Some(&t), &Filter::default(), opts(false), &mut |_| {
+            Ok(true)
+        });
+        assert_eq!(
+            lines(&p),
+            [
+                "*deleting   x",
+                "*deleting   l",
+                "*deleting   f",
+                "*deleting   d/",
+                ">f+++++++++ d",
+                "cd+++++++++ f/",
+                ">f+++++++++ l",
+                "cL+++++++++ x -> target",
+                ".d..t...... ./"
+            ]
+        );
+        assert!(
+            p.actions
+                .iter()
+                .all(|a| !matches!(a, Action::Delete { counted: true, .. }))
+        );
+    }
+
+    #[test]
+    fn non_empty_dir_replaced_only_with_delete() {
+        let s = scan(&[("", e(Dir, 0, 1)), ("d", e(File, 1, 1))]);
+        let t = tree(&[
+            ("", e(Dir, 0, 1)),
+            ("d", e(Dir, 0, 1)),
+            ("d/in", e(File, 1, 1)),
+        ]);
+        let p = diff(&s, Some(&t), &Filter::default(), opts(false), &mut |_| {
+            Ok(true)
+        });
+        assert_eq!(p.errors.len(), 1);
+        assert!(
+            lines(&p)
+                .iter()
+                .all(|l| !l.contains("d/in") && !l.starts_with(">f"))
+        );
+        let p = diff(&s, Some(&t), &Filter::default(), opts(true), &mut |_| {
+            Ok(true)
+        });
+        assert_eq!(
+            lines(&p),
+            [
+                "*deleting   d/in",
+                "*deleting   d/",
+                ">f+++++++++ d",
+                ".d..t...... ./"
+            ]
+        );
+    }
+
+    #[test]
+    fn mode_only_change_sets_attributes() {
+        let mut m = e(File, 1, 1);
+        m.mode = 0o600;
+        let s = scan(&[("", e(Dir, 0, 1)), ("a", m)]);
+        let t = tree(&[("", e(Dir, 0, 1)), ("a", e(File, 1, 1))]);
+        let p = diff(&s, Some(&t), &Filter::default(), opts(false), &mut |_| {
+            Ok(true)
+        });
+        assert_eq!(lines(&p), [".f...p..... a"]);
+    }
+
+    #[test]
+    fn escape_control_bytes() {
+        assert_eq!(escape(Path::new("a\nb")), "a\\#012b");
+        assert_eq!(escape(Path::new("ünï code")), "ünï code");
+    }
+}

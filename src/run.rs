@@ -1,0 +1,535 @@
+//! One run of one job: lock, walk the source once, then plan, apply and log
+//! each target (several targets concurrently, bounded by `parallel`).
+
+use crate::config::Job;
+use crate::executor::{self, Outcome, Settings};
+use crate::journal::{self, PathError, Record};
+use crate::lock;
+use crate::plan::{self, Action, Scan, ScanError};
+use crate::target::Target;
+use crate::transport;
+use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    No,
+    Forever,
+    Upto(Duration),
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub trigger: &'static str,
+    pub dry_run: bool,
+    pub wait: Wait,
+    pub verbose: bool,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    Ok,
+    DryRun,
+    Skipped,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::DryRun => "dry_run",
+            Status::Skipped => "skipped",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct JobResult {
+    pub job: String,
+    /// The worst status over the targets.
+    pub status: Status,
+    pub records: Vec<Record>,
+}
+
+pub fn new_run_id() -> String {
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!(
+        "{}-{}-{:06x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        std::process::id(),
+        r & 0xff_ffff
+    )
+}
+
+/// What every record of one run shares.
+struct RecordBase<'a> {
+    job: &'a Job,
+    run_id: String,
+    trigger: &'static str,
+    host: String,
+}
+
+impl RecordBase<'_> {
+    fn record(
+        &self,
+        target: &Target,
+        status: Status,
+        reason: Option<String>,
+        started: (String, Instant),
+        files_scanned: u64,
+        o: &Outcome,
+    ) -> Record {
+        let finished = journal::now_rfc3339();
+        let mut errors = o.errors.clone();
+        if o.errors_dropped > 0 {
+            errors.push(PathError {
+                path: String::new(),
+                message: format!("... and {} more errors", o.errors_dropped),
+            });
+        }
+        Record {
+            ts: finished.clone(),
+            job: self.job.name.clone(),
+            run_id: self.run_id.clone(),
+            trigger: self.trigger.into(),
+            target: target.to_string(),
+            mode: self.job.mode.as_str().into(),
+            status: status.as_str().into(),
+            reason,
+            started_at: started.0,
+            finished_at: finished,
+            duration_ms: started.1.elapsed().as_millis() as u64,
+            files_scanned,
+            files_transferred: o.files_transferred,
+            bytes_transferred: o.bytes_transferred,
+            files_deleted: o.files_deleted,
+            errors,
+            warnings: o.warnings.clone(),
+            host: self.host.clone(),
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+}
+
+/// Write records for a run that did not happen (lock held, overlap, ...).
+pub fn log_skipped(job: &Job, env: &Env, trigger: &'static str, reason: &str) -> JobResult {
+    let base = RecordBase {
+        job,
+        run_id: new_run_id(),
+        trigger,
+        host: journal::hostname(),
+    };
+    let started = (journal::now_rfc3339(), Instant::now());
+    let records: Vec<Record> = job
+        .targets
+        .iter()
+        .map(|t| {
+            base.record(
+                t,
+                Status::Skipped,
+                Some(reason.into()),
+                started.clone(),
+                0,
+                &Outcome::default(),
+            )
+        })
+        .collect();
+    for r in &records {
+        if let Err(e) = journal::append(&env.log, r) {
+            eprintln!(
+                "syncjob: cannot append to run log {}: {e}",
+                env.log.display()
+            );
+        }
+    }
+    JobResult {
+        job: job.name.clone(),
+        status: Status::Skipped,
+        records,
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// Run one job now. Prints the dry-run plan or a summary per target to
+/// stdout (unless quiet) and appends one record per target to the run log.
+pub fn run_job(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> JobResult {
+    let lock_path = lock::job_lock_path(&env.state_dir, &job.name);
+    // A dry run changes nothing and takes no lock.
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        let got = match opts.wait {
+            Wait::No => lock::try_acquire(&lock_path, opts.trigger),
+            Wait::Forever => lock::acquire_wait(&lock_path, opts.trigger, None),
+            Wait::Upto(d) => lock::acquire_wait(&lock_path, opts.trigger, Some(d)),
+        };
+        match got {
+            Ok(Some(l)) => Some(l),
+            Ok(None) => {
+                if !opts.quiet {
+                    let who = lock::holder(&lock_path)
+                        .map(|h| format!(" by pid {} since {}", h.pid, h.since))
+                        .unwrap_or_default();
+                    eprintln!("syncjob: job {} is already running{who}; skipped", job.name);
+                }
+                return log_skipped(job, env, opts.trigger, "locked");
+            }
+            Err(e) => {
+                return fail_all(
+                    job,
+                    env,
+                    opts,
+                    format!("cannot take the job lock {}: {e}", lock_path.display()),
+                );
+            }
+        }
+    };
+
+    let started = (journal::now_rfc3339(), Instant::now());
+    let scan = match plan::scan_source(&job.source, &job.filter) {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = match &e {
+                ScanError::Missing(_) => format!("{e}; nothing was changed on the targets"),
+                _ => e.to_string(),
+            };
+            return fail_all(job, env, opts, reason);
+        }
+    };
+    if job.delete && scan.is_empty() && !job.allow_empty_source {
+        return fail_all(
+            job,
+            env,
+            opts,
+            format!(
+                "source {} is empty and delete is on: refusing to empty the targets (set allow_empty_source: true if this is intended)",
+                job.source.display()
+            ),
+        );
+    }
+
+    let base = RecordBase {
+        job,
+        run_id: new_run_id(),
+        trigger: opts.trigger,
+        host: journal::hostname(),
+    };
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<(usize, Record)>> = Mutex::new(Vec::new());
+    let print_lock = Mutex::new(());
+    let workers = job.parallel.min(job.targets.len()).max(1);
+    std::thread::scope(|sc| {
+        for _ in 0..workers {
+            sc.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(target) = job.targets.get(i) else {
+                        break;
+                    };
+                    let (rec, text) =
+                        sync_target(job, target, &scan, opts, cancel, &base, &started);
+                    if let Err(e) = journal::append(&env.log, &rec) {
+                        eprintln!(
+                            "syncjob: cannot append to run log {}: {e}",
+                            env.log.display()
+                        );
+                    }
+                    if !text.is_empty() {
+                        let _g = print_lock.lock().unwrap();
+                        print!("{text}");
+                    }
+                    results.lock().unwrap().push((i, rec));
+                }
+            });
+        }
+    });
+    let mut recs = results.into_inner().unwrap();
+    recs.sort_by_key(|(i, _)| *i);
+    let records: Vec<Record> = recs.into_iter().map(|(_, r)| r).collect();
+    let status = records
+        .iter()
+        .map(|r| match r.status.as_str() {
+            "ok" => Status::Ok,
+            "dry_run" => Status::DryRun,
+            "skipped" => Status::Skipped,
+            _ => Status::Failed,
+        })
+        .max()
+        .unwrap_or(Status::Ok);
+    JobResult {
+        job: job.name.clone(),
+        status,
+        records,
+    }
+}
+
+fn fail_all(job: &Job, env: &Env, opts: &Options, reason: String) -> JobResult {
+    if !opts.quiet {
+        eprintln!("syncjob: job {}: {reason}", job.name);
+    }
+    let base = RecordBase {
+        job,
+        run_id: new_run_id(),
+        trigger: opts.trigger,
+        host: journal::hostname(),
+    };
+    let started = (journal::now_rfc3339(), Instant::now());
+    let records: Vec<Record> = job
+        .targets
+        .iter()
+        .map(|t| {
+            base.record(
+                t,
+                Status::Failed,
+                Some(reason.clone()),
+                started.clone(),
+                0,
+                &Outcome::default(),
+            )
+        })
+        .collect();
+    for r in &records {
+        if let Err(e) = journal::append(&env.log, r) {
+            eprintln!(
+                "syncjob: cannot append to run log {}: {e}",
+                env.log.display()
+            );
+        }
+    }
+    JobResult {
+        job: job.name.clone(),
+        status: Status::Failed,
+        records,
+    }
+}
+
+/// Plan and apply one target; returns its record and the text to print.
+fn sync_target(
+    job: &Job,
+    target: &Target,
+    scan: &Scan,
+    opts: &Options,
+    cancel: &AtomicBool,
+    base: &RecordBase,
+    started: &(String, Instant),
+) -> (Record, String) {
+    let mut text = String::new();
+    let mut outcome = Outcome {
+        errors: scan.errors.clone(),
+        warnings: scan.warnings.clone(),
+        ..Default::default()
+    };
+    let files_scanned = scan.files();
+    let fail = |outcome: &Outcome, reason: String, text: &mut String| {
+        if !opts.quiet {
+            text.push_str(&format!("{} -> {target}: failed: {reason}\n", job.name));
+        }
+        base.record(
+            target,
+            Status::Failed,
+            Some(reason),
+            started.clone(),
+            files_scanned,
+            outcome,
+        )
+    };
+    let mut t = match transport::open(target, job) {
+        Ok(t) => t,
+        Err(e) => {
+            return (
+                fail(&outcome, format!("cannot reach target: {e}"), &mut text),
+                text,
+            );
+        }
+    };
+    let listing = match t.list(&job.filter) {
+        Ok(l) => l,
+        Err(e) => {
+            return (
+                fail(&outcome, format!("cannot list target: {e}"), &mut text),
+                text,
+            );
+        }
+    };
+    outcome.errors.extend(listing.errors.iter().cloned());
+    let popts = plan::Options {
+        mode: job.mode,
+        compare: job.compare,
+        delete: job.delete,
+        preserve_owner: job.preserve_owner && unsafe { libc::geteuid() } == 0,
+        mtime_nanos: t.mtime_nanos(),
+        symlink_times: t.symlink_times(),
+    };
+    let plan = {
+        let src_root = &job.source;
+        let tr = &mut t;
+        plan::diff(
+            scan,
+            listing.tree.as_ref(),
+            &job.filter,
+            popts,
+            &mut |rel| tr.same_content(rel, &src_root.join(rel)),
+        )
+    };
+    outcome.errors.extend(plan.errors.iter().cloned());
+
+    if opts.dry_run {
+        let mut transfers = 0u64;
+        let mut bytes = 0u64;
+        let mut deletes = 0u64;
+        if !opts.quiet {
+            text.push_str(&format!("# {} -> {target} (dry run)\n", job.name));
+        }
+        for a in &plan.actions {
+            match a {
+                Action::Copy { size, .. } => {
+                    transfers += 1;
+                    bytes += size;
+                }
+                Action::Delete { counted: true, .. } => deletes += 1,
+                _ => {}
+            }
+            let line = a.itemize();
+            if !line.is_empty() {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        if !opts.quiet {
+            text.push_str(&format!(
+                "# would transfer {transfers} files ({}), delete {deletes}\n",
+                human_bytes(bytes)
+            ));
+        }
+        let o = Outcome {
+            errors: outcome.errors,
+            warnings: outcome.warnings,
+            ..Default::default()
+        };
+        let rec = base.record(
+            target,
+            Status::DryRun,
+            None,
+            started.clone(),
+            files_scanned,
+            &o,
+        );
+        return (rec, text);
+    }
+
+    if listing.tree.is_none()
+        && let Err(e) = t.ensure_root()
+    {
+        return (
+            fail(
+                &outcome,
+                format!("cannot create target root: {e}"),
+                &mut text,
+            ),
+            text,
+        );
+    }
+    let verbose_lines = Mutex::new(String::new());
+    let on_done = |a: &Action| {
+        if opts.verbose {
+            let l = a.itemize();
+            if !l.is_empty() {
+                let mut v = verbose_lines.lock().unwrap();
+                v.push_str(&l);
+                v.push('\n');
+            }
+        }
+    };
+    let settings = Settings {
+        source_root: &job.source,
+        max_delete: job.max_delete,
+        preserve_owner: popts.preserve_owner,
+        cancel,
+        on_done: &on_done,
+    };
+    let applied = executor::execute(&plan, t.as_mut(), &settings);
+    outcome.files_transferred = applied.files_transferred;
+    outcome.bytes_transferred = applied.bytes_transferred;
+    outcome.files_deleted = applied.files_deleted;
+    outcome.errors.extend(applied.errors);
+    outcome.errors_dropped = applied.errors_dropped;
+    outcome.warnings.extend(applied.warnings);
+    text.push_str(&verbose_lines.into_inner().unwrap());
+
+    let mut reasons = Vec::new();
+    if let Some(a) = &applied.aborted {
+        reasons.push(a.clone());
+    }
+    if applied.deletes_withheld > 0 {
+        reasons.push(format!(
+            "max_delete ({}) reached: {} deletions not done",
+            job.max_delete.unwrap_or(0),
+            applied.deletes_withheld
+        ));
+    }
+    if !outcome.errors.is_empty() {
+        let first = &outcome.errors[0];
+        reasons.push(format!(
+            "{} error(s); first: {}: {}",
+            outcome.errors.len() as u64 + outcome.errors_dropped,
+            first.path,
+            first.message
+        ));
+    }
+    let status = if reasons.is_empty() {
+        Status::Ok
+    } else {
+        Status::Failed
+    };
+    let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
+    let rec = base.record(
+        target,
+        status,
+        reason.clone(),
+        started.clone(),
+        files_scanned,
+        &outcome,
+    );
+    if !opts.quiet {
+        text.push_str(&format!(
+            "{} -> {target}: {}, {} transferred ({}), {} deleted, {} ms{}\n",
+            job.name,
+            status.as_str(),
+            rec.files_transferred,
+            human_bytes(rec.bytes_transferred),
+            rec.files_deleted,
+            rec.duration_ms,
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
+        ));
+    }
+    (rec, text)
+}

@@ -1,0 +1,311 @@
+//! Target strings: a local path, scp style `[user@]host:/path` (`[::1]:/path`),
+//! or `ssh://[user@]host[:port]/path`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Local(PathBuf),
+    Ssh(SshTarget),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    pub user: Option<String>,
+    pub host: String,
+    /// A port given in an `ssh://` URL; scp-style targets take the job's `ssh.port`.
+    pub port: Option<u16>,
+    /// The directory on the remote host (absolute, or relative to the login directory).
+    pub path: String,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Local(p) => write!(f, "{}", p.display()),
+            Target::Ssh(t) => {
+                let host = if t.host.contains(':') {
+                    format!("[{}]", t.host)
+                } else {
+                    t.host.clone()
+                };
+                let user = t
+                    .user
+                    .as_deref()
+                    .map(|u| format!("{u}@"))
+                    .unwrap_or_default();
+                match t.port {
+                    Some(p) => {
+                        let sep = if t.path.starts_with('/') { "" } else { "/~/" };
+                        write!(f, "ssh://{user}{host}:{p}{sep}{}", t.path)
+                    }
+                    None => write!(f, "{user}{host}:{}", t.path),
+                }
+            }
+        }
+    }
+}
+
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '%'))
+}
+
+fn valid_user(u: &str) -> bool {
+    !u.is_empty()
+        && u.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '$'))
+}
+
+fn split_user(s: &str) -> Result<(Option<String>, &str), String> {
+    match s.rsplit_once('@') {
+        Some((u, rest)) => {
+            if !valid_user(u) {
+                return Err(format!("invalid user name {u:?}"));
+            }
+            Ok((Some(u.to_string()), rest))
+        }
+        None => Ok((None, s)),
+    }
+}
+
+fn check_root(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("the target path is empty".into());
+    }
+    if Path::new(path).components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::RootDir | std::path::Component::CurDir
+        )
+    }) && path.starts_with('/')
+    {
+        return Err(
+            "a target root of `/` is refused (it would mirror over the whole file system)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Parse a target string. Relative local paths are resolved against `base`
+/// (the directory of the jobs file).
+pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("the target is empty".into());
+    }
+    if let Some(rest) = s.strip_prefix("ssh://") {
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => {
+                return Err(format!(
+                    "{s:?}: an ssh:// target needs a path (ssh://host/path)"
+                ));
+            }
+        };
+        let path = path.strip_prefix("/~/").unwrap_or(path);
+        let (user, hostport) = split_user(authority).map_err(|e| format!("{s:?}: {e}"))?;
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{s:?}: unclosed `[` in the host"))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("{s:?}: bad port"))?,
+                ),
+            };
+            (h, port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        let port = match port {
+            None => None,
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("{s:?}: bad port {p:?}"))?,
+            ),
+        };
+        if !valid_host(host) {
+            return Err(format!("{s:?}: invalid host {host:?}"));
+        }
+        check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
+        return Ok(Target::Ssh(SshTarget {
+            user,
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+        }));
+    }
+    if s.contains("://") {
+        return Err(format!(
+            "{s:?}: unsupported URL scheme (use a local path, [user@]host:/path or ssh://[user@]host[:port]/path)"
+        ));
+    }
+    // scp style: a colon before the first slash. `[v6]:/path` too.
+    if let Some(v6) = s.strip_prefix('[').or_else(|| {
+        // user@[v6]:/path
+        s.split_once("@[").map(|(_, r)| r)
+    }) {
+        let user = if s.starts_with('[') {
+            None
+        } else {
+            let (u, _) = s.split_once("@[").unwrap();
+            if !valid_user(u) {
+                return Err(format!("{s:?}: invalid user name {u:?}"));
+            }
+            Some(u.to_string())
+        };
+        let (host, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: unclosed `[` in the host"))?;
+        let path = after
+            .strip_prefix(':')
+            .ok_or_else(|| format!("{s:?}: expected `:` and a path after `]`"))?;
+        if !valid_host(host) {
+            return Err(format!("{s:?}: invalid host {host:?}"));
+        }
+        check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
+        return Ok(Target::Ssh(SshTarget {
+            user,
+            host: host.to_string(),
+            port: None,
+            path: path.to_string(),
+        }));
+    }
+    let colon = s.find(':');
+    let slash = s.find('/');
+    if let Some(c) = colon
+        && slash.is_none_or(|sl| c < sl)
+    {
+        let (userhost, path) = (&s[..c], &s[c + 1..]);
+        if path.starts_with(':') {
+            return Err(format!(
+                "{s:?}: rsync daemon targets (host::module) are not supported; use ssh"
+            ));
+        }
+        let (user, host) = split_user(userhost).map_err(|e| format!("{s:?}: {e}"))?;
+        if !valid_host(host) {
+            return Err(format!("{s:?}: invalid host {host:?}"));
+        }
+        check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
+        return Ok(Target::Ssh(SshTarget {
+            user,
+            host: host.to_string(),
+            port: None,
+            path: path.to_string(),
+        }));
+    }
+    check_root(s).map_err(|e| format!("{s:?}: {e}"))?;
+    let p = Path::new(s);
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    Ok(Target::Local(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ssh(user: Option<&str>, host: &str, port: Option<u16>, path: &str) -> Target {
+        Target::Ssh(SshTarget {
+            user: user.map(String::from),
+            host: host.into(),
+            port,
+            path: path.into(),
+        })
+    }
+
+    #[test]
+    fn all_contract_forms() {
+        let b = Path::new("/etc/syncjob");
+        assert_eq!(
+            parse("/srv/copy", b).unwrap(),
+            Target::Local("/srv/copy".into())
+        );
+        assert_eq!(
+            parse("copy", b).unwrap(),
+            Target::Local("/etc/syncjob/copy".into())
+        );
+        assert_eq!(
+            parse("root@192.168.17.101:/usr/local/nginx/html/tp5shop", b).unwrap(),
+            ssh(
+                Some("root"),
+                "192.168.17.101",
+                None,
+                "/usr/local/nginx/html/tp5shop"
+            )
+        );
+        assert_eq!(
+            parse("web2:/srv/x", b).unwrap(),
+            ssh(None, "web2", None, "/srv/x")
+        );
+        assert_eq!(
+            parse("[::1]:/srv/x", b).unwrap(),
+            ssh(None, "::1", None, "/srv/x")
+        );
+        assert_eq!(
+            parse("deploy@[::1]:/srv/x", b).unwrap(),
+            ssh(Some("deploy"), "::1", None, "/srv/x")
+        );
+        assert_eq!(
+            parse("ssh://deploy@web3:2222/srv/tp5shop", b).unwrap(),
+            ssh(Some("deploy"), "web3", Some(2222), "/srv/tp5shop")
+        );
+        assert_eq!(
+            parse("ssh://[::1]:2200/srv", b).unwrap(),
+            ssh(None, "::1", Some(2200), "/srv")
+        );
+        assert_eq!(
+            parse("ssh://web3/srv", b).unwrap(),
+            ssh(None, "web3", None, "/srv")
+        );
+    }
+
+    #[test]
+    fn refused_forms() {
+        let b = Path::new("/");
+        for bad in [
+            "/",
+            "//",
+            "/./",
+            "host:/",
+            "ssh://host/",
+            "[::1]:/",
+            "ssh://host",
+            "ssh://host:0/x",
+            "ssh://host:99999/x",
+            "rsync://host/x",
+            "host::module",
+            "",
+            "bad host:/x",
+        ] {
+            assert!(parse(bad, b).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        let b = Path::new("/");
+        for s in [
+            "root@web2:/srv/x",
+            "ssh://deploy@web3:2222/srv/tp5shop",
+            "/srv/copy",
+            "[::1]:/srv",
+        ] {
+            let t = parse(s, b).unwrap();
+            assert_eq!(parse(&t.to_string(), b).unwrap(), t, "{s}");
+        }
+    }
+}

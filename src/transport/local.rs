@@ -1,0 +1,241 @@
+//! A target directory on this machine.
+
+use super::{Listing, Transport, open_source, temp_name, verify_unchanged};
+use crate::filter::Filter;
+use crate::journal::PathError;
+use crate::plan::{Entry, EntryKind, Tree, display_path, is_temp_name};
+use std::fs::{self, File, FileTimes, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub struct Local {
+    root: PathBuf,
+}
+
+impl Local {
+    pub fn new(root: PathBuf) -> Local {
+        Local { root }
+    }
+
+    fn path(&self, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+}
+
+pub fn system_time(secs: i64, nanos: u32) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nanos as u64)
+    }
+}
+
+fn same_bytes(a: &mut File, b: &mut File) -> io::Result<bool> {
+    let mut ba = vec![0u8; 256 * 1024];
+    let mut bb = vec![0u8; 256 * 1024];
+    loop {
+        let n = read_full(a, &mut ba)?;
+        let m = read_full(b, &mut bb)?;
+        if n != m || ba[..n] != bb[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+impl Transport for Local {
+    fn mtime_nanos(&self) -> bool {
+        true
+    }
+
+    fn list(&mut self, filter: &Filter) -> io::Result<Listing> {
+        let md = match fs::metadata(&self.root) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Listing::default()),
+            Err(e) => return Err(e),
+        };
+        if !md.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("target {} is not a directory", self.root.display()),
+            ));
+        }
+        let mut tree = Tree::new();
+        let mut errors = Vec::new();
+        tree.insert(PathBuf::new(), Entry::from_metadata(&md, None));
+        let root = self.root.clone();
+        let walker = walkdir::WalkDir::new(&root)
+            .follow_links(false)
+            .min_depth(1)
+            .into_iter()
+            .filter_entry(|e| {
+                let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
+                is_temp_name(rel) || !filter.excluded(rel, e.file_type().is_dir())
+            });
+        for item in walker {
+            match item {
+                Ok(e) => {
+                    let rel = e.path().strip_prefix(&root).unwrap().to_path_buf();
+                    match e.metadata() {
+                        Ok(md) => {
+                            let link = if md.file_type().is_symlink() {
+                                fs::read_link(e.path()).ok()
+                            } else {
+                                None
+                            };
+                            tree.insert(rel, Entry::from_metadata(&md, link));
+                        }
+                        // vanished between readdir and stat: absent
+                        Err(_) => {}
+                    }
+                }
+                Err(err) => {
+                    let p = err.path().unwrap_or(&root);
+                    errors.push(PathError {
+                        path: display_path(p.strip_prefix(&root).unwrap_or(p)),
+                        message: format!("cannot list target: {err}"),
+                    });
+                }
+            }
+        }
+        Ok(Listing {
+            tree: Some(tree),
+            errors,
+        })
+    }
+
+    fn ensure_root(&mut self) -> io::Result<()> {
+        fs::create_dir_all(&self.root)
+    }
+
+    fn same_content(&mut self, rel: &Path, src: &Path) -> io::Result<bool> {
+        let mut a = File::open(src)?;
+        let mut b = File::open(self.path(rel))?;
+        if a.metadata()?.len() != b.metadata()?.len() {
+            return Ok(false);
+        }
+        same_bytes(&mut a, &mut b)
+    }
+
+    fn mkdir(&mut self, rel: &Path) -> io::Result<()> {
+        fs::create_dir(self.path(rel))
+    }
+
+    fn put_file(&mut self, rel: &Path, src: &Path, preserve_owner: bool) -> io::Result<u64> {
+        let (mut input, before) = open_source(src)?;
+        let tmp = self.path(&temp_name(rel));
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let result = (|| {
+            let n = io::copy(&mut input, &mut out)?;
+            verify_unchanged(&input, &before, n)?;
+            use std::os::unix::fs::MetadataExt;
+            if preserve_owner {
+                std::os::unix::fs::fchown(&out, Some(before.uid()), Some(before.gid()))?;
+            }
+            out.set_permissions(fs::Permissions::from_mode(before.mode() & 0o7777))?;
+            let mtime = system_time(before.mtime(), before.mtime_nsec() as u32);
+            out.set_times(FileTimes::new().set_modified(mtime))?;
+            drop(out);
+            fs::rename(&tmp, self.path(rel))?;
+            Ok(n)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn symlink_times(&self) -> bool {
+        true
+    }
+
+    fn symlink(&mut self, rel: &Path, target: &Path, mtime: Option<(i64, u32)>) -> io::Result<()> {
+        let tmp = self.path(&temp_name(rel));
+        std::os::unix::fs::symlink(target, &tmp)?;
+        if let Some((s, ns)) = mtime {
+            let t = filetime::FileTime::from_unix_time(s, ns);
+            if let Err(e) = filetime::set_symlink_file_times(&tmp, t, t) {
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
+        }
+        fs::rename(&tmp, self.path(rel)).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+    }
+
+    fn set_attrs(
+        &mut self,
+        rel: &Path,
+        kind: EntryKind,
+        mode: Option<u32>,
+        mtime: Option<(i64, u32)>,
+        owner: Option<(u32, u32)>,
+    ) -> io::Result<()> {
+        let p = self.path(rel);
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::lchown(&p, Some(uid), Some(gid))?;
+        }
+        if kind == EntryKind::Symlink {
+            if let Some((s, ns)) = mtime {
+                let t = filetime::FileTime::from_unix_time(s, ns);
+                filetime::set_symlink_file_times(&p, t, t)?;
+            }
+            return Ok(());
+        }
+        // the entry is checked to still be what the plan expects, so a
+        // symlink swapped in meanwhile is never followed
+        let md = fs::symlink_metadata(&p)?;
+        let ok = match kind {
+            EntryKind::Dir => md.is_dir(),
+            EntryKind::File => md.is_file(),
+            _ => false,
+        };
+        if !ok {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the target entry changed type during the run",
+            ));
+        }
+        if let Some(m) = mode {
+            fs::set_permissions(&p, fs::Permissions::from_mode(m))?;
+        }
+        if let Some((s, ns)) = mtime {
+            filetime::set_file_mtime(&p, filetime::FileTime::from_unix_time(s, ns))?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, rel: &Path, kind: EntryKind) -> io::Result<()> {
+        let p = self.path(rel);
+        match kind {
+            EntryKind::Dir => fs::remove_dir(p),
+            _ => fs::remove_file(p),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Where a target's files live. One trait, two implementations: `local`
+//! (a directory on this machine) and `ssh` (a directory on a remote host).
+//!
+//! Paths handed to a transport are relative to the target root and come from
+//! the planner, never from the remote side unchecked.
+
+pub mod local;
+
+use crate::config::Job;
+use crate::filter::Filter;
+use crate::journal::PathError;
+use crate::plan::{EntryKind, TEMP_PREFIX, Tree};
+use crate::target::Target;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The target's state as listed.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// `None` when the target root does not exist yet.
+    pub tree: Option<Tree>,
+    pub errors: Vec<PathError>,
+}
+
+pub trait Transport: Send {
+    /// Whether listed mtimes carry nanoseconds that `set_attrs` can set.
+    fn mtime_nanos(&self) -> bool;
+    /// List everything under the root (no symlink followed; excluded
+    /// directories may be pruned).
+    fn list(&mut self, filter: &Filter) -> io::Result<Listing>;
+    /// Create the root directory (and its parents) if missing.
+    fn ensure_root(&mut self) -> io::Result<()>;
+    /// Does the target file hold the same bytes as the local `src`?
+    fn same_content(&mut self, rel: &Path, src: &Path) -> io::Result<bool>;
+    fn mkdir(&mut self, rel: &Path) -> io::Result<()>;
+    /// Write `src` to `rel` under a temporary name, set its mode, mtime (and
+    /// owner), then rename it into place. Returns the bytes written.
+    fn put_file(&mut self, rel: &Path, src: &Path, preserve_owner: bool) -> io::Result<u64>;
+    /// Whether a symlink's own mtime can be set.
+    fn symlink_times(&self) -> bool {
+        false
+    }
+    /// Create or atomically replace a symlink (and set its own mtime).
+    fn symlink(&mut self, rel: &Path, target: &Path, mtime: Option<(i64, u32)>) -> io::Result<()>;
+    fn set_attrs(
+        &mut self,
+        rel: &Path,
+        kind: EntryKind,
+        mode: Option<u32>,
+        mtime: Option<(i64, u32)>,
+        owner: Option<(u32, u32)>,
+    ) -> io::Result<()>;
+    /// Remove one entry (a directory only when empty).
+    fn remove(&mut self, rel: &Path, kind: EntryKind) -> io::Result<()>;
+}
+
+/// Open the transport for a target of a job.
+pub fn open(target: &Target, job: &Job) -> io::Result<Box<dyn Transport>> {
+    let _ = job;
+    match target {
+        Target::Local(root) => Ok(Box::new(local::Local::new(root.clone()))),
+        Target::Ssh(_) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the ssh transport is not available in this build yet",
+        )),
+    }
+}
+
+/// A source file changed while it was being copied.
+#[derive(Debug)]
+pub struct ChangedDuringCopy;
+
+impl std::fmt::Display for ChangedDuringCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the source file changed while it was being copied")
+    }
+}
+impl std::error::Error for ChangedDuringCopy {}
+
+pub fn is_changed_during_copy(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<ChangedDuringCopy>())
+}
+
+/// Open a source file for copying without following a symlink that may have
+/// replaced it since the scan; returns its metadata as of the open.
+pub fn open_source(path: &Path) -> io::Result<(File, Metadata)> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let md = f.metadata()?;
+    if !md.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the source entry is no longer a regular file",
+        ));
+    }
+    Ok((f, md))
+}
+
+/// After a copy: did the source stay as it was when opened?
+pub fn verify_unchanged(f: &File, before: &Metadata, copied: u64) -> io::Result<()> {
+    let now = f.metadata()?;
+    if now.size() != before.size()
+        || now.mtime() != before.mtime()
+        || now.mtime_nsec() != before.mtime_nsec()
+        || copied != before.size()
+    {
+        return Err(io::Error::other(ChangedDuringCopy));
+    }
+    Ok(())
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temporary name beside `rel`: `.syncjob-tmp.<pid>.<n>.<name>`.
+pub fn temp_name(rel: &Path) -> PathBuf {
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or(b"x");
+    // keep the whole name under NAME_MAX (255)
+    let keep = &name[..name.len().min(180)];
+    let mut tmp = format!("{TEMP_PREFIX}{}.{n}.", std::process::id()).into_bytes();
+    tmp.extend_from_slice(keep);
+    let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
+    match rel.parent() {
+        Some(p) => p.join(tmp),
+        None => tmp,
+    }
+}
