@@ -97,17 +97,14 @@ impl Transport for Local {
             match item {
                 Ok(e) => {
                     let rel = e.path().strip_prefix(&root).unwrap().to_path_buf();
-                    match e.metadata() {
-                        Ok(md) => {
-                            let link = if md.file_type().is_symlink() {
-                                fs::read_link(e.path()).ok()
-                            } else {
-                                None
-                            };
-                            tree.insert(rel, Entry::from_metadata(&md, link));
-                        }
-                        // vanished between readdir and stat: absent
-                        Err(_) => {}
+                    // an entry that vanished between readdir and stat is absent
+                    if let Ok(md) = e.metadata() {
+                        let link = if md.file_type().is_symlink() {
+                            fs::read_link(e.path()).ok()
+                        } else {
+                            None
+                        };
+                        tree.insert(rel, Entry::from_metadata(&md, link));
                     }
                 }
                 Err(err) => {

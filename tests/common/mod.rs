@@ -1,0 +1,179 @@
+//! Test harness: a temp dir with `src/`, `dst/`, a state dir and a jobs file,
+//! and a small builder that runs the real `syncjob` binary in it.
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_syncjob");
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        let dir = tempfile::Builder::new()
+            .prefix("syncjob-test")
+            .tempdir()
+            .unwrap();
+        fs::create_dir(dir.path().join("src")).unwrap();
+        Lab { dir }
+    }
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn src(&self) -> PathBuf {
+        self.path("src")
+    }
+    pub fn dst(&self) -> PathBuf {
+        self.path("dst")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.path("state")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.state().join("runs.jsonl")
+    }
+    /// Write the jobs file; `{src}`, `{dst}` and `{dir}` are replaced.
+    pub fn config(&self, yaml: &str) -> &Self {
+        let text = yaml
+            .replace("{src}", self.src().to_str().unwrap())
+            .replace("{dst}", self.dst().to_str().unwrap())
+            .replace("{dir}", self.dir.path().to_str().unwrap());
+        fs::write(self.path("jobs.yaml"), text).unwrap();
+        self
+    }
+    /// A plain job `web` from src to dst with extra YAML lines.
+    pub fn job(&self, extra: &str) -> &Self {
+        let mut y = String::from("jobs:\n  web:\n    source: {src}\n    remote: {dst}\n");
+        for l in extra.lines() {
+            y.push_str("    ");
+            y.push_str(l);
+            y.push('\n');
+        }
+        self.config(&y)
+    }
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("-c")
+            .arg(self.path("jobs.yaml"))
+            .arg("--state-dir")
+            .arg(self.state())
+            .env_remove("SYNCJOB_CONFIG")
+            .env("TZ", "UTC")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        c
+    }
+    pub fn run(&self, args: &[&str]) -> Run {
+        let out = self.cmd().args(args).output().unwrap();
+        Run::from(out)
+    }
+    pub fn write(&self, rel: &str, content: &[u8]) {
+        let p = self.src().join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, content).unwrap();
+    }
+    /// The records of the run log.
+    pub fn log(&self) -> Vec<serde_json::Value> {
+        match fs::read_to_string(self.log_path()) {
+            Ok(t) => t
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("every log line is JSON"))
+                .collect(),
+            Err(_) => vec![],
+        }
+    }
+    pub fn last(&self) -> serde_json::Value {
+        self.log().pop().expect("a log record")
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn code(&self, want: i32) -> &Self {
+        assert_eq!(
+            self.code, want,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// `rsync -anc --delete --itemize-changes src/ dst/`: what rsync would still
+/// change. Empty means the trees are equal in content, mtimes, modes, links.
+pub fn rsync_diff(src: &Path, dst: &Path, extra: &[&str]) -> String {
+    let out = Command::new("rsync")
+        .args(["-anc", "--delete", "--itemize-changes"])
+        .args(extra)
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", dst.display()))
+        .output()
+        .expect("rsync is installed (the README test command installs it)");
+    assert!(
+        out.status.success(),
+        "rsync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn mode(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+pub fn mtime(p: &Path) -> (i64, i64) {
+    let m = fs::symlink_metadata(p).unwrap();
+    (m.mtime(), m.mtime_nsec())
+}
+
+pub fn set_mtime(p: &Path, secs: i64, nanos: u32) {
+    filetime::set_symlink_file_times(
+        p,
+        filetime::FileTime::from_unix_time(secs, nanos),
+        filetime::FileTime::from_unix_time(secs, nanos),
+    )
+    .unwrap();
+}
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Names of every entry below `dir` (relative), sorted.
+pub fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    v.sort();
+    v
+}
