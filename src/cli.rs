@@ -1,7 +1,7 @@
 //! Command-line arguments, and the one place where outcomes become exit codes.
 
 use crate::config::{self, Config, ConfigError};
-use crate::journal::{Record, RevLines};
+use crate::journal::{self, Record, RevLines};
 use crate::lock;
 use crate::run::{self, Env, Status, Wait};
 use crate::schedule::{self, Schedule};
@@ -280,6 +280,7 @@ fn cmd_run(
         },
         verbose: g.verbose,
         quiet: g.quiet,
+        scheduled_for: None,
     };
     let env = g.env();
     let cancel = AtomicBool::new(false);
@@ -526,31 +527,11 @@ fn cmd_log(
     Ok(EXIT_OK)
 }
 
-/// The newest record of each job, reading the log from its end.
-fn last_outcomes(log: &Path, jobs: &[&str]) -> std::collections::HashMap<String, Record> {
-    let mut found = std::collections::HashMap::new();
-    let Ok(lines) = RevLines::open(log) else {
-        return found;
-    };
-    for line in lines.flatten() {
-        if found.len() == jobs.len() {
-            break;
-        }
-        if let Ok(r) = serde_json::from_slice::<Record>(&line)
-            && jobs.contains(&r.job.as_str())
-            && !found.contains_key(&r.job)
-        {
-            found.insert(r.job.clone(), r);
-        }
-    }
-    found
-}
-
 fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
     let cfg = g.load()?;
     let env = g.env();
     let names: Vec<&str> = cfg.jobs.iter().map(|j| j.name.as_str()).collect();
-    let last = last_outcomes(&env.log, &names);
+    let last = journal::last_records(&env.log, &names);
     let now = Utc::now();
     let mut rows = Vec::new();
     for j in &cfg.jobs {

@@ -123,7 +123,7 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
                 let src = s.source_root.join(path);
                 let mut tries = 0;
                 loop {
-                    match t.put_file(path, &src, s.preserve_owner) {
+                    match t.put_file(path, &src, s.preserve_owner, s.cancel) {
                         Ok(n) => {
                             out.files_transferred += 1;
                             out.bytes_transferred += n;

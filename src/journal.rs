@@ -37,13 +37,17 @@ pub struct Record {
     pub errors: Vec<PathError>,
     #[serde(default)]
     pub warnings: Vec<PathError>,
+    /// For scheduled runs: the instant the firing was due (lateness =
+    /// `started_at - scheduled_for`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<String>,
     pub host: String,
     pub pid: u32,
     pub version: String,
 }
 
 pub fn now_rfc3339() -> String {
-    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
 }
 
 pub fn hostname() -> String {
@@ -75,6 +79,26 @@ pub fn append_line(path: &Path, line: &[u8]) -> std::io::Result<()> {
     let r = f.write_all(line);
     let _ = f.unlock();
     r
+}
+
+/// The newest record of each of `jobs`, reading the log from its end.
+pub fn last_records(log: &Path, jobs: &[&str]) -> std::collections::HashMap<String, Record> {
+    let mut found = std::collections::HashMap::new();
+    let Ok(lines) = RevLines::open(log) else {
+        return found;
+    };
+    for line in lines.flatten() {
+        if found.len() == jobs.len() {
+            break;
+        }
+        if let Ok(r) = serde_json::from_slice::<Record>(&line)
+            && jobs.contains(&r.job.as_str())
+            && !found.contains_key(&r.job)
+        {
+            found.insert(r.job.clone(), r);
+        }
+    }
+    found
 }
 
 /// Iterate the lines of a file from the last to the first, reading blocks

@@ -34,6 +34,8 @@ pub struct Options {
     pub wait: Wait,
     pub verbose: bool,
     pub quiet: bool,
+    /// The instant a scheduled firing was due.
+    pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -81,6 +83,26 @@ struct RecordBase<'a> {
     run_id: String,
     trigger: &'static str,
     host: String,
+    scheduled_for: Option<String>,
+}
+
+impl<'a> RecordBase<'a> {
+    fn new(
+        job: &'a Job,
+        trigger: &'static str,
+        scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Self {
+        RecordBase {
+            job,
+            run_id: new_run_id(),
+            trigger,
+            host: journal::hostname(),
+            scheduled_for: scheduled_for.map(|t| {
+                t.with_timezone(&chrono::Local)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+            }),
+        }
+    }
 }
 
 impl RecordBase<'_> {
@@ -119,6 +141,7 @@ impl RecordBase<'_> {
             files_deleted: o.files_deleted,
             errors,
             warnings: o.warnings.clone(),
+            scheduled_for: self.scheduled_for.clone(),
             host: self.host.clone(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -128,12 +151,7 @@ impl RecordBase<'_> {
 
 /// Write records for a run that did not happen (lock held, overlap, ...).
 pub fn log_skipped(job: &Job, env: &Env, trigger: &'static str, reason: &str) -> JobResult {
-    let base = RecordBase {
-        job,
-        run_id: new_run_id(),
-        trigger,
-        host: journal::hostname(),
-    };
+    let base = RecordBase::new(job, trigger, None);
     let started = (journal::now_rfc3339(), Instant::now());
     let records: Vec<Record> = job
         .targets
@@ -237,12 +255,7 @@ pub fn run_job(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> Job
         );
     }
 
-    let base = RecordBase {
-        job,
-        run_id: new_run_id(),
-        trigger: opts.trigger,
-        host: journal::hostname(),
-    };
+    let base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, Record)>> = Mutex::new(Vec::new());
     let print_lock = Mutex::new(());
@@ -296,12 +309,7 @@ fn fail_all(job: &Job, env: &Env, opts: &Options, reason: String) -> JobResult {
     if !opts.quiet {
         eprintln!("syncjob: job {}: {reason}", job.name);
     }
-    let base = RecordBase {
-        job,
-        run_id: new_run_id(),
-        trigger: opts.trigger,
-        host: journal::hostname(),
-    };
+    let base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
     let started = (journal::now_rfc3339(), Instant::now());
     let records: Vec<Record> = job
         .targets

@@ -1,6 +1,6 @@
 //! A target directory on this machine.
 
-use super::{Listing, Transport, open_source, temp_name, verify_unchanged};
+use super::{Listing, Transport, copy_cancellable, open_source, temp_name, verify_unchanged};
 use crate::filter::Filter;
 use crate::journal::PathError;
 use crate::plan::{Entry, EntryKind, Tree, display_path, is_temp_name};
@@ -8,6 +8,7 @@ use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub struct Local {
@@ -139,7 +140,13 @@ impl Transport for Local {
         fs::create_dir(self.path(rel))
     }
 
-    fn put_file(&mut self, rel: &Path, src: &Path, preserve_owner: bool) -> io::Result<u64> {
+    fn put_file(
+        &mut self,
+        rel: &Path,
+        src: &Path,
+        preserve_owner: bool,
+        cancel: &AtomicBool,
+    ) -> io::Result<u64> {
         let (mut input, before) = open_source(src)?;
         let tmp = self.path(&temp_name(rel));
         let mut out = OpenOptions::new()
@@ -148,7 +155,7 @@ impl Transport for Local {
             .mode(0o600)
             .open(&tmp)?;
         let result = (|| {
-            let n = io::copy(&mut input, &mut out)?;
+            let n = copy_cancellable(&mut input, &mut out, cancel)?;
             verify_unchanged(&input, &before, n)?;
             use std::os::unix::fs::MetadataExt;
             if preserve_owner {

@@ -16,7 +16,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// The target's state as listed.
 #[derive(Debug, Default)]
@@ -39,7 +39,14 @@ pub trait Transport: Send {
     fn mkdir(&mut self, rel: &Path) -> io::Result<()>;
     /// Write `src` to `rel` under a temporary name, set its mode, mtime (and
     /// owner), then rename it into place. Returns the bytes written.
-    fn put_file(&mut self, rel: &Path, src: &Path, preserve_owner: bool) -> io::Result<u64>;
+    /// Gives up (removing its temporary file) when `cancel` is set.
+    fn put_file(
+        &mut self,
+        rel: &Path,
+        src: &Path,
+        preserve_owner: bool,
+        cancel: &AtomicBool,
+    ) -> io::Result<u64>;
     /// Whether a symlink's own mtime can be set.
     fn symlink_times(&self) -> bool {
         false
@@ -113,6 +120,31 @@ pub fn verify_unchanged(f: &File, before: &Metadata, copied: u64) -> io::Result<
         return Err(io::Error::other(ChangedDuringCopy));
     }
     Ok(())
+}
+
+/// Copy `input` to `out` in large chunks (in-kernel `copy_file_range` where
+/// both are files), checking `cancel` between chunks.
+pub fn copy_cancellable(
+    input: &mut File,
+    out: &mut impl io::Write,
+    cancel: &AtomicBool,
+) -> io::Result<u64> {
+    use std::io::Read;
+    const CHUNK: u64 = 16 << 20;
+    let mut total = 0;
+    loop {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "aborted by shutdown",
+            ));
+        }
+        let n = io::copy(&mut input.by_ref().take(CHUNK), out)?;
+        total += n;
+        if n < CHUNK {
+            return Ok(total);
+        }
+    }
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
