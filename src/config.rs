@@ -93,6 +93,19 @@ pub struct Job {
     pub catch_up: bool,
     pub parallel: usize,
     pub ssh: SshOptions,
+    pub hooks: Hooks,
+}
+
+/// Shell commands run around a job's run (like sersync's command plugin).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// Runs before the run; a failure (non-zero exit, timeout) aborts it.
+    pub before: Option<String>,
+    /// Runs after every run, with the outcome in `SYNCJOB_*` variables.
+    pub after: Option<String>,
+    /// Runs after a failed run.
+    pub on_failure: Option<String>,
+    pub timeout: Duration,
 }
 
 impl Job {
@@ -252,6 +265,10 @@ const JOB_KEYS: &[&str] = &[
     "catch_up",
     "parallel",
     "ssh",
+    "before",
+    "after",
+    "on_failure",
+    "hook_timeout",
 ];
 const SSH_KEYS: &[&str] = &[
     "identity",
@@ -738,6 +755,24 @@ fn build_job(
         ssh.timeout = d;
     }
     let _ = node;
+    let mut hooks = Hooks {
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    for (key, slot) in [
+        ("before", &mut hooks.before),
+        ("after", &mut hooks.after),
+        ("on_failure", &mut hooks.on_failure),
+    ] {
+        if let Some(n) = f(key) {
+            *slot = string(ctx, n, key);
+        }
+    }
+    if let Some(n) = f("hook_timeout")
+        && let Some(d) = duration(ctx, n, "hook_timeout")
+    {
+        hooks.timeout = d;
+    }
     if ctx.problems.len() > before {
         return None;
     }
@@ -762,6 +797,7 @@ fn build_job(
         catch_up,
         parallel,
         ssh,
+        hooks,
     })
 }
 

@@ -199,7 +199,64 @@ pub fn human_bytes(n: u64) -> String {
 
 /// Run one job now. Prints the dry-run plan or a summary per target to
 /// stdout (unless quiet) and appends one record per target to the run log.
+/// Runs the job's `after` (and on failure `on_failure`) hook at the end of a
+/// real run.
 pub fn run_job(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> JobResult {
+    let res = run_job_locked(job, env, opts, cancel);
+    if opts.dry_run || res.status == Status::Skipped {
+        return res;
+    }
+    let sum = |f: fn(&Record) -> u64| res.records.iter().map(f).sum::<u64>().to_string();
+    let vars = [
+        ("SYNCJOB_JOB", job.name.clone()),
+        ("SYNCJOB_STATUS", res.status.as_str().to_string()),
+        ("SYNCJOB_TRIGGER", opts.trigger.to_string()),
+        (
+            "SYNCJOB_RUN_ID",
+            res.records
+                .first()
+                .map(|r| r.run_id.clone())
+                .unwrap_or_default(),
+        ),
+        ("SYNCJOB_SOURCE", job.source.display().to_string()),
+        (
+            "SYNCJOB_TARGETS",
+            job.targets
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        ("SYNCJOB_FILES_TRANSFERRED", sum(|r| r.files_transferred)),
+        ("SYNCJOB_BYTES_TRANSFERRED", sum(|r| r.bytes_transferred)),
+        ("SYNCJOB_FILES_DELETED", sum(|r| r.files_deleted)),
+        (
+            "SYNCJOB_REASON",
+            res.records
+                .iter()
+                .find_map(|r| r.reason.clone())
+                .unwrap_or_default(),
+        ),
+    ];
+    let mut hooks = vec![("after", &job.hooks.after)];
+    if res.status == Status::Failed {
+        hooks.push(("on_failure", &job.hooks.on_failure));
+    }
+    for (name, cmd) in hooks {
+        if let Some(cmd) = cmd {
+            let r = crate::hooks::run(cmd, &vars, job.hooks.timeout);
+            if !r.ok {
+                eprintln!(
+                    "syncjob: job {}: {name} hook failed ({}): {}",
+                    job.name, r.status, r.output
+                );
+            }
+        }
+    }
+    res
+}
+
+fn run_job_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> JobResult {
     let lock_path = lock::job_lock_path(&env.state_dir, &job.name);
     // A dry run changes nothing and takes no lock.
     let _lock = if opts.dry_run {
@@ -232,6 +289,27 @@ pub fn run_job(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> Job
         }
     };
 
+    if !opts.dry_run
+        && let Some(cmd) = &job.hooks.before
+    {
+        let r = crate::hooks::run(
+            cmd,
+            &[
+                ("SYNCJOB_JOB", job.name.clone()),
+                ("SYNCJOB_TRIGGER", opts.trigger.to_string()),
+                ("SYNCJOB_SOURCE", job.source.display().to_string()),
+            ],
+            job.hooks.timeout,
+        );
+        if !r.ok {
+            return fail_all(
+                job,
+                env,
+                opts,
+                format!("before hook failed ({}): {}", r.status, r.output),
+            );
+        }
+    }
     let started = (journal::now_rfc3339(), Instant::now());
     let scan = match plan::scan_source(&job.source, &job.filter) {
         Ok(s) => s,

@@ -407,3 +407,32 @@ fn permission_denied_on_a_source_file_is_reported_and_the_rest_proceeds() {
     let rec = lab.last();
     assert_eq!(rec["errors"][0]["path"], "locked.txt");
 }
+
+#[test]
+fn hooks_run_around_the_job_with_its_outcome() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    let out = lab.path("hook.out");
+    lab.job(&format!(
+        "after: 'echo \"$SYNCJOB_JOB $SYNCJOB_STATUS $SYNCJOB_FILES_TRANSFERRED\" >> {0}'\non_failure: 'echo failed >> {0}'",
+        out.display()
+    ));
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(fs::read_to_string(&out).unwrap(), "web ok 1\n");
+    // a failing before hook aborts the run before any change
+    fs::remove_dir_all(lab.dst()).unwrap();
+    lab.job(&format!(
+        "before: 'echo not now; exit 4'\non_failure: 'echo \"failed: $SYNCJOB_REASON\" >> {}'",
+        out.display()
+    ));
+    lab.run(&["run", "web"]).code(1);
+    assert!(!lab.dst().exists());
+    let rec = lab.last();
+    assert_eq!(rec["status"], "failed");
+    assert_eq!(rec["reason"], "before hook failed (exit 4): not now");
+    assert!(
+        fs::read_to_string(&out)
+            .unwrap()
+            .ends_with("failed: before hook failed (exit 4): not now\n")
+    );
+}
