@@ -11,6 +11,8 @@ command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v flock >/dev/null 2>&1 || need+=(util-linux)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# the ssh2 crate builds libssh2 against the system OpenSSL
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing: ${need[*]}" >&2

@@ -24,6 +24,8 @@ pub struct Outcome {
     pub deletes_withheld: u64,
     /// stopped early (shutdown, or the target went away)
     pub aborted: Option<String>,
+    /// the connection to the target was lost (worth a retry)
+    pub lost_target: bool,
 }
 
 impl Outcome {
@@ -158,6 +160,7 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
                 out.error(path, e.to_string());
                 if fatal {
                     out.aborted = Some(format!("target lost: {e}"));
+                    out.lost_target = true;
                     break;
                 }
             }

@@ -418,7 +418,37 @@ fn fail_all(job: &Job, env: &Env, opts: &Options, reason: String) -> JobResult {
     }
 }
 
+/// Wait before retry number `n` (0-based): 1s, 2s, 4s, ... up to 30s.
+/// Returns false if a shutdown came meanwhile.
+fn backoff(n: u32, cancel: &AtomicBool) -> bool {
+    let d = Duration::from_secs(1u64 << n.min(5)).min(Duration::from_secs(30));
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if cancel.load(Ordering::Relaxed) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// Connect to a target and list it.
+fn connect(
+    job: &Job,
+    target: &Target,
+) -> Result<(Box<dyn transport::Transport>, transport::Listing), (String, std::io::Error)> {
+    let mut t = transport::open(target, job).map_err(|e| ("cannot reach target".to_string(), e))?;
+    let l = t
+        .list(&job.filter)
+        .map_err(|e| ("cannot list target".to_string(), e))?;
+    Ok((t, l))
+}
+
 /// Plan and apply one target; returns its record and the text to print.
+/// Transient failures (connection refused, timeout, a channel lost midway)
+/// are retried `retries` times with exponential backoff, each time listing
+/// and planning afresh, so work already done is not repeated; permanent
+/// ones (auth refused, host key unknown or changed) are not.
 fn sync_target(
     job: &Job,
     target: &Target,
@@ -435,187 +465,194 @@ fn sync_target(
         ..Default::default()
     };
     let files_scanned = scan.files();
-    let fail = |outcome: &Outcome, reason: String, text: &mut String| {
-        if !opts.quiet {
-            text.push_str(&format!("{} -> {target}: failed: {reason}\n", job.name));
-        }
-        base.record(
+    let finish = |outcome: &Outcome, status: Status, reason: Option<String>, text: &mut String| {
+        let rec = base.record(
             target,
-            Status::Failed,
-            Some(reason),
+            status,
+            reason.clone(),
             started.clone(),
             files_scanned,
             outcome,
-        )
-    };
-    let mut t = match transport::open(target, job) {
-        Ok(t) => t,
-        Err(e) => {
-            return (
-                fail(&outcome, format!("cannot reach target: {e}"), &mut text),
-                text,
-            );
-        }
-    };
-    let listing = match t.list(&job.filter) {
-        Ok(l) => l,
-        Err(e) => {
-            return (
-                fail(&outcome, format!("cannot list target: {e}"), &mut text),
-                text,
-            );
-        }
-    };
-    outcome.errors.extend(listing.errors.iter().cloned());
-    let popts = plan::Options {
-        mode: job.mode,
-        compare: job.compare,
-        delete: job.delete,
-        preserve_owner: job.preserve_owner && unsafe { libc::geteuid() } == 0,
-        mtime_nanos: t.mtime_nanos(),
-        symlink_times: t.symlink_times(),
-    };
-    let plan = {
-        let src_root = &job.source;
-        let tr = &mut t;
-        plan::diff(
-            scan,
-            listing.tree.as_ref(),
-            &job.filter,
-            popts,
-            &mut |rel| tr.same_content(rel, &src_root.join(rel)),
-        )
-    };
-    outcome.errors.extend(plan.errors.iter().cloned());
-
-    if opts.dry_run {
-        let mut transfers = 0u64;
-        let mut bytes = 0u64;
-        let mut deletes = 0u64;
-        if !opts.quiet {
-            text.push_str(&format!("# {} -> {target} (dry run)\n", job.name));
-        }
-        for a in &plan.actions {
-            match a {
-                Action::Copy { size, .. } => {
-                    transfers += 1;
-                    bytes += size;
-                }
-                Action::Delete { counted: true, .. } => deletes += 1,
-                _ => {}
-            }
-            let line = a.itemize();
-            if !line.is_empty() {
-                text.push_str(&line);
-                text.push('\n');
-            }
-        }
+        );
         if !opts.quiet {
             text.push_str(&format!(
-                "# would transfer {transfers} files ({}), delete {deletes}\n",
-                human_bytes(bytes)
+                "{} -> {target}: {}, {} transferred ({}), {} deleted, {} ms{}\n",
+                job.name,
+                status.as_str(),
+                rec.files_transferred,
+                human_bytes(rec.bytes_transferred),
+                rec.files_deleted,
+                rec.duration_ms,
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
             ));
         }
-        let o = Outcome {
-            errors: outcome.errors,
-            warnings: outcome.warnings,
-            ..Default::default()
-        };
-        let rec = base.record(
-            target,
-            Status::DryRun,
-            None,
-            started.clone(),
-            files_scanned,
-            &o,
-        );
-        return (rec, text);
-    }
-
-    if listing.tree.is_none()
-        && let Err(e) = t.ensure_root()
-    {
-        return (
-            fail(
-                &outcome,
-                format!("cannot create target root: {e}"),
-                &mut text,
-            ),
-            text,
-        );
-    }
-    let verbose_lines = Mutex::new(String::new());
-    let on_done = |a: &Action| {
-        if opts.verbose {
-            let l = a.itemize();
-            if !l.is_empty() {
-                let mut v = verbose_lines.lock().unwrap();
-                v.push_str(&l);
-                v.push('\n');
+        rec
+    };
+    let mut attempt = 0u32;
+    let mut retried = Vec::new();
+    loop {
+        let (mut t, listing) = match connect(job, target) {
+            Ok(x) => x,
+            Err((what, e)) => {
+                let permanent = transport::ssh::is_permanent(&e);
+                if !permanent && attempt < job.retries && !opts.dry_run && backoff(attempt, cancel)
+                {
+                    retried.push(format!("{what}: {e}"));
+                    attempt += 1;
+                    continue;
+                }
+                let mut reason = format!("{what}: {e}");
+                if permanent {
+                    reason.push_str(" (not retried)");
+                } else if attempt > 0 {
+                    reason.push_str(&format!(" (after {attempt} retries)"));
+                }
+                return (
+                    finish(&outcome, Status::Failed, Some(reason), &mut text),
+                    text,
+                );
             }
-        }
-    };
-    let settings = Settings {
-        source_root: &job.source,
-        max_delete: job.max_delete,
-        preserve_owner: popts.preserve_owner,
-        cancel,
-        on_done: &on_done,
-    };
-    let applied = executor::execute(&plan, t.as_mut(), &settings);
-    outcome.files_transferred = applied.files_transferred;
-    outcome.bytes_transferred = applied.bytes_transferred;
-    outcome.files_deleted = applied.files_deleted;
-    outcome.errors.extend(applied.errors);
-    outcome.errors_dropped = applied.errors_dropped;
-    outcome.warnings.extend(applied.warnings);
-    text.push_str(&verbose_lines.into_inner().unwrap());
+        };
+        let mut errors_now = listing.errors.clone();
+        let popts = plan::Options {
+            mode: job.mode,
+            compare: job.compare,
+            delete: job.delete,
+            preserve_owner: job.preserve_owner && unsafe { libc::geteuid() } == 0,
+            mtime_nanos: t.mtime_nanos(),
+            symlink_times: t.symlink_times(),
+        };
+        let plan = {
+            let src_root = &job.source;
+            let tr = &mut t;
+            plan::diff(
+                scan,
+                listing.tree.as_ref(),
+                &job.filter,
+                popts,
+                &mut |rel| tr.same_content(rel, &src_root.join(rel)),
+            )
+        };
+        errors_now.extend(plan.errors.iter().cloned());
 
-    let mut reasons = Vec::new();
-    if let Some(a) = &applied.aborted {
-        reasons.push(a.clone());
+        if opts.dry_run {
+            let mut transfers = 0u64;
+            let mut bytes = 0u64;
+            let mut deletes = 0u64;
+            if !opts.quiet {
+                text.push_str(&format!("# {} -> {target} (dry run)\n", job.name));
+            }
+            for a in &plan.actions {
+                match a {
+                    Action::Copy { size, .. } => {
+                        transfers += 1;
+                        bytes += size;
+                    }
+                    Action::Delete { counted: true, .. } => deletes += 1,
+                    _ => {}
+                }
+                let line = a.itemize();
+                if !line.is_empty() {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+            if !opts.quiet {
+                text.push_str(&format!(
+                    "# would transfer {transfers} files ({}), delete {deletes}\n",
+                    human_bytes(bytes)
+                ));
+            }
+            outcome.errors.extend(errors_now);
+            let rec = base.record(
+                target,
+                Status::DryRun,
+                None,
+                started.clone(),
+                files_scanned,
+                &outcome,
+            );
+            return (rec, text);
+        }
+
+        if listing.tree.is_none()
+            && let Err(e) = t.ensure_root()
+        {
+            outcome.errors.extend(errors_now);
+            let reason = format!("cannot create target root: {e}");
+            return (
+                finish(&outcome, Status::Failed, Some(reason), &mut text),
+                text,
+            );
+        }
+        let verbose_lines = Mutex::new(String::new());
+        let on_done = |a: &Action| {
+            if opts.verbose {
+                let l = a.itemize();
+                if !l.is_empty() {
+                    let mut v = verbose_lines.lock().unwrap();
+                    v.push_str(&l);
+                    v.push('\n');
+                }
+            }
+        };
+        let settings = Settings {
+            source_root: &job.source,
+            max_delete: job.max_delete,
+            preserve_owner: popts.preserve_owner,
+            cancel,
+            on_done: &on_done,
+        };
+        let applied = executor::execute(&plan, t.as_mut(), &settings);
+        drop(t);
+        text.push_str(&verbose_lines.into_inner().unwrap());
+        outcome.files_transferred += applied.files_transferred;
+        outcome.bytes_transferred += applied.bytes_transferred;
+        outcome.files_deleted += applied.files_deleted;
+        outcome.warnings.extend(applied.warnings);
+        let lost = applied.lost_target;
+        if lost && attempt < job.retries && backoff(attempt, cancel) {
+            retried.push(applied.aborted.clone().unwrap_or_default());
+            attempt += 1;
+            continue;
+        }
+        outcome.errors.extend(errors_now);
+        outcome.errors.extend(applied.errors);
+        outcome.errors_dropped += applied.errors_dropped;
+
+        let mut reasons = Vec::new();
+        if let Some(a) = &applied.aborted {
+            reasons.push(a.clone());
+        }
+        if applied.deletes_withheld > 0 {
+            reasons.push(format!(
+                "max_delete ({}) reached: {} deletions not done",
+                job.max_delete.unwrap_or(0),
+                applied.deletes_withheld
+            ));
+        }
+        if !outcome.errors.is_empty() {
+            let first = &outcome.errors[0];
+            reasons.push(format!(
+                "{} error(s); first: {}: {}",
+                outcome.errors.len() as u64 + outcome.errors_dropped,
+                first.path,
+                first.message
+            ));
+        }
+        if !retried.is_empty() && !reasons.is_empty() {
+            reasons.push(format!(
+                "after {} retries ({})",
+                retried.len(),
+                retried.join("; ")
+            ));
+        }
+        let status = if reasons.is_empty() {
+            Status::Ok
+        } else {
+            Status::Failed
+        };
+        let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
+        return (finish(&outcome, status, reason, &mut text), text);
     }
-    if applied.deletes_withheld > 0 {
-        reasons.push(format!(
-            "max_delete ({}) reached: {} deletions not done",
-            job.max_delete.unwrap_or(0),
-            applied.deletes_withheld
-        ));
-    }
-    if !outcome.errors.is_empty() {
-        let first = &outcome.errors[0];
-        reasons.push(format!(
-            "{} error(s); first: {}: {}",
-            outcome.errors.len() as u64 + outcome.errors_dropped,
-            first.path,
-            first.message
-        ));
-    }
-    let status = if reasons.is_empty() {
-        Status::Ok
-    } else {
-        Status::Failed
-    };
-    let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
-    let rec = base.record(
-        target,
-        status,
-        reason.clone(),
-        started.clone(),
-        files_scanned,
-        &outcome,
-    );
-    if !opts.quiet {
-        text.push_str(&format!(
-            "{} -> {target}: {}, {} transferred ({}), {} deleted, {} ms{}\n",
-            job.name,
-            status.as_str(),
-            rec.files_transferred,
-            human_bytes(rec.bytes_transferred),
-            rec.files_deleted,
-            rec.duration_ms,
-            reason.map(|r| format!(": {r}")).unwrap_or_default()
-        ));
-    }
-    (rec, text)
 }

@@ -5,6 +5,8 @@
 //! the planner, never from the remote side unchecked.
 
 pub mod local;
+pub mod sftp;
+pub mod ssh;
 
 use crate::config::Job;
 use crate::filter::Filter;
@@ -67,13 +69,9 @@ pub trait Transport: Send {
 
 /// Open the transport for a target of a job.
 pub fn open(target: &Target, job: &Job) -> io::Result<Box<dyn Transport>> {
-    let _ = job;
     match target {
         Target::Local(root) => Ok(Box::new(local::Local::new(root.clone()))),
-        Target::Ssh(_) => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "the ssh transport is not available in this build yet",
-        )),
+        Target::Ssh(t) => Ok(Box::new(ssh::Ssh::connect(t, job)?)),
     }
 }
 

@@ -2,6 +2,8 @@
 //! and a small builder that runs the real `syncjob` binary in it.
 #![allow(dead_code)]
 
+pub mod sshd;
+
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -162,6 +164,9 @@ pub fn is_root() -> bool {
 
 /// Names of every entry below `dir` (relative), sorted.
 pub fn listing(dir: &Path) -> Vec<String> {
+    if !dir.exists() {
+        return vec![];
+    }
     let mut v: Vec<String> = walkdir::WalkDir::new(dir)
         .min_depth(1)
         .into_iter()

@@ -1,0 +1,899 @@
+//! A target directory on a remote host, over SSH (libssh2 through `ssh2`).
+//!
+//! - Host keys are checked against `known_hosts`; an unknown or changed key
+//!   is refused with its fingerprint and the `ssh-keyscan` line to add it,
+//!   unless `strict_host_key_checking: accept-new` (unknown keys are then
+//!   appended; a changed key is still refused).
+//! - Auth: the `identity` file (or ssh-agent, then `~/.ssh/id_ed25519`,
+//!   `~/.ssh/id_rsa`), with a passphrase or password from `password_file`
+//!   (which must not be readable by group or others).
+//! - Listing: one remote `find -printf` over an exec channel, NUL-separated;
+//!   SFTP readdir when the remote has no GNU find. Names are validated: an
+//!   entry that would resolve outside the target root is rejected.
+//! - Writes: SFTP (own client, `sftp.rs`): a temporary name, pipelined
+//!   WRITEs, mode/mtime set on the open handle, then `posix-rename` over the
+//!   final name (atomic).
+
+use super::sftp::{self, Attrs, FXF_CREAT, FXF_EXCL, FXF_WRITE, Reply, Sftp, secs32};
+use super::{Listing, Transport, open_source, temp_name, verify_unchanged};
+use crate::config::{HostKeyPolicy, Job};
+use crate::filter::Filter;
+use crate::journal::PathError;
+use crate::plan::{Entry, EntryKind, Tree};
+use crate::target::SshTarget;
+use sha2::{Digest, Sha256};
+use std::io::{self, Read};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// An error that retrying cannot fix (auth refused, host key unknown or
+/// changed, bad password file).
+#[derive(Debug)]
+pub struct Permanent(pub String);
+
+impl std::fmt::Display for Permanent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Permanent {}
+
+fn permanent(kind: io::ErrorKind, msg: String) -> io::Error {
+    io::Error::new(kind, Permanent(msg))
+}
+
+pub fn is_permanent(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<Permanent>())
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+pub fn base64(data: &[u8], pad: bool) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else if pad {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn key_type_name(t: ssh2::HostKeyType) -> &'static str {
+    use ssh2::HostKeyType::*;
+    match t {
+        Rsa => "ssh-rsa",
+        Dss => "ssh-dss",
+        Ecdsa256 => "ecdsa-sha2-nistp256",
+        Ecdsa384 => "ecdsa-sha2-nistp384",
+        Ecdsa521 => "ecdsa-sha2-nistp521",
+        Ed25519 => "ssh-ed25519",
+        Unknown => "unknown",
+    }
+}
+
+/// Single-quote a byte string for the remote POSIX shell.
+pub fn shell_quote(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    out.push(b'\'');
+    for &b in s {
+        if b == b'\'' {
+            out.extend_from_slice(b"'\\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
+    out
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+fn local_user() -> String {
+    for v in ["USER", "LOGNAME"] {
+        if let Ok(u) = std::env::var(v)
+            && !u.is_empty()
+        {
+            return u;
+        }
+    }
+    // SAFETY: getpwuid returns a pointer to static storage or null.
+    unsafe {
+        let pw = libc::getpwuid(libc::geteuid());
+        if !pw.is_null() {
+            return std::ffi::CStr::from_ptr((*pw).pw_name)
+                .to_string_lossy()
+                .into_owned();
+        }
+    }
+    "root".into()
+}
+
+fn read_secret(path: &Path) -> io::Result<String> {
+    let md = std::fs::metadata(path)
+        .map_err(|e| permanent(e.kind(), format!("password_file {}: {e}", path.display())))?;
+    if md.permissions().mode() & 0o077 != 0 {
+        return Err(permanent(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "password_file {} is readable by group or others (mode {:o}); chmod 600 it",
+                path.display(),
+                md.permissions().mode() & 0o777
+            ),
+        ));
+    }
+    let s = std::fs::read_to_string(path)?;
+    Ok(s.lines().next().unwrap_or("").to_string())
+}
+
+pub struct Ssh {
+    sess: ssh2::Session,
+    sftp: Sftp,
+    /// the target root as the remote sees it (bytes)
+    root: Vec<u8>,
+    label: String,
+}
+
+impl Ssh {
+    pub fn connect(t: &SshTarget, job: &Job) -> io::Result<Ssh> {
+        let o = &job.ssh;
+        let port = t.port.unwrap_or(o.port);
+        let label = format!("{}:{port}", t.host);
+        let addrs: Vec<_> = (t.host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("cannot resolve {}: {e}", t.host),
+                )
+            })?
+            .collect();
+        let mut last = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no address for {}", t.host),
+        );
+        let mut tcp = None;
+        for a in addrs {
+            match TcpStream::connect_timeout(&a, o.timeout) {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = io::Error::new(e.kind(), format!("connect to {label}: {e}")),
+            }
+        }
+        let tcp = tcp.ok_or(last)?;
+        let _ = tcp.set_nodelay(true);
+        let mut sess = ssh2::Session::new().map_err(io::Error::from)?;
+        sess.set_tcp_stream(tcp);
+        sess.set_timeout(o.timeout.as_millis().min(u32::MAX as u128) as u32);
+        sess.handshake().map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("ssh handshake with {label}: {e}"),
+            )
+        })?;
+        check_host_key(&sess, &t.host, port, job)?;
+        let user = t.user.clone().unwrap_or_else(local_user);
+        authenticate(&sess, &user, &t.host, job)?;
+        let chan = sess.channel_session().map_err(io::Error::from)?;
+        let sftp = Sftp::start(chan)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start sftp on {label}: {e}")))?;
+        Ok(Ssh {
+            sess,
+            sftp,
+            root: t.path.as_bytes().to_vec(),
+            label,
+        })
+    }
+
+    fn path(&self, rel: &Path) -> Vec<u8> {
+        let mut p = self.root.clone();
+        let r = rel.as_os_str().as_bytes();
+        if !r.is_empty() {
+            if !p.ends_with(b"/") {
+                p.push(b'/');
+            }
+            p.extend_from_slice(r);
+        }
+        p
+    }
+
+    /// Run a command; returns (exit status, stdout). Stderr is ignored when
+    /// `ignore_stderr`, else returned after stdout.
+    fn exec(&self, cmd: &[u8], ignore_stderr: bool) -> io::Result<(i32, Vec<u8>, Vec<u8>)> {
+        let mut ch = self.sess.channel_session().map_err(io::Error::from)?;
+        if ignore_stderr {
+            ch.handle_extended_data(ssh2::ExtendedData::Ignore)
+                .map_err(io::Error::from)?;
+        }
+        let cmd = String::from_utf8_lossy(cmd).into_owned();
+        ch.exec(&cmd).map_err(io::Error::from)?;
+        let mut out = Vec::new();
+        ch.read_to_end(&mut out)?;
+        let mut err = Vec::new();
+        if !ignore_stderr {
+            ch.stderr().read_to_end(&mut err)?;
+        }
+        ch.wait_close().map_err(io::Error::from)?;
+        let code = ch.exit_status().map_err(io::Error::from)?;
+        Ok((code, out, err))
+    }
+
+    fn list_find(&self) -> io::Result<Option<(i32, Vec<u8>)>> {
+        let mut cmd = b"root=".to_vec();
+        cmd.extend_from_slice(&shell_quote(&self.root));
+        cmd.extend_from_slice(
+            b"; if [ ! -e \"$root\" ] && [ ! -L \"$root\" ]; then exit 3; fi; \
+              cd -- \"$root\" || exit 4; \
+              exec find . -printf '%y\\0%s\\0%T@\\0%m\\0%U\\0%G\\0%P\\0%l\\0'",
+        );
+        let (code, out, _) = self.exec(&cmd, true)?;
+        match code {
+            3 => Ok(Some((3, Vec::new()))),
+            4 => Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!(
+                    "target {} is not a directory",
+                    String::from_utf8_lossy(&self.root)
+                ),
+            )),
+            0 | 1 if out.starts_with(b"d\0") => Ok(Some((code, out))),
+            // no GNU find there
+            _ => Ok(None),
+        }
+    }
+
+    fn list_sftp(&mut self) -> io::Result<Option<Tree>> {
+        let root = self.root.clone();
+        let top = match self.sftp.readdir(&root) {
+            Ok(v) => v,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut tree = Tree::new();
+        tree.insert(
+            PathBuf::new(),
+            Entry {
+                kind: EntryKind::Dir,
+                size: 0,
+                mtime: 0,
+                mtime_ns: 0,
+                mode: 0,
+                uid: 0,
+                gid: 0,
+                link: None,
+            },
+        );
+        let mut queue = vec![(PathBuf::new(), top)];
+        while let Some((dir, items)) = queue.pop() {
+            for (name, a) in items {
+                if name.is_empty() || name.contains(&b'/') {
+                    continue;
+                }
+                let rel = dir.join(std::ffi::OsStr::from_bytes(&name));
+                let perm = a.perm.unwrap_or(0);
+                let kind = if sftp::is_dir_mode(perm) {
+                    EntryKind::Dir
+                } else if sftp::is_file_mode(perm) {
+                    EntryKind::File
+                } else if sftp::is_link_mode(perm) {
+                    EntryKind::Symlink
+                } else {
+                    EntryKind::Special
+                };
+                let link = if kind == EntryKind::Symlink {
+                    let p = self.path(&rel);
+                    Some(PathBuf::from(std::ffi::OsString::from_vec(
+                        self.sftp.readlink(&p)?,
+                    )))
+                } else {
+                    None
+                };
+                let (uid, gid) = a.uid_gid.unwrap_or((0, 0));
+                tree.insert(
+                    rel.clone(),
+                    Entry {
+                        kind,
+                        size: if kind == EntryKind::File {
+                            a.size.unwrap_or(0)
+                        } else {
+                            0
+                        },
+                        mtime: a.times.map(|t| t.1 as i64).unwrap_or(0),
+                        mtime_ns: 0,
+                        mode: perm & 0o7777,
+                        uid,
+                        gid,
+                        link,
+                    },
+                );
+                if kind == EntryKind::Dir {
+                    let p = self.path(&rel);
+                    let sub = self.sftp.readdir(&p)?;
+                    queue.push((rel, sub));
+                }
+            }
+        }
+        Ok(Some(tree))
+    }
+
+    fn wait_ok(&mut self, id: u32, what: &str) -> io::Result<()> {
+        self.sftp.wait(id)?.ok(what)
+    }
+}
+
+fn check_host_key(sess: &ssh2::Session, host: &str, port: u16, job: &Job) -> io::Result<()> {
+    let (key, ktype) = sess
+        .host_key()
+        .ok_or_else(|| io::Error::other("the server sent no host key"))?;
+    let fp = sess
+        .host_key_hash(ssh2::HashType::Sha256)
+        .map(|h| format!("SHA256:{}", base64(h, false)))
+        .unwrap_or_default();
+    let kh_path = job
+        .ssh
+        .known_hosts
+        .clone()
+        .unwrap_or_else(|| home().join(".ssh/known_hosts"));
+    let mut kh = sess.known_hosts().map_err(io::Error::from)?;
+    if kh_path.exists() {
+        kh.read_file(&kh_path, ssh2::KnownHostFileKind::OpenSSH)
+            .map_err(|e| io::Error::other(format!("cannot read {}: {e}", kh_path.display())))?;
+    }
+    let name = if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    let keyscan = if port == 22 {
+        format!(
+            "ssh-keyscan -t {} {host} >> {}",
+            key_type_name(ktype),
+            kh_path.display()
+        )
+    } else {
+        format!(
+            "ssh-keyscan -p {port} -t {} {host} >> {}",
+            key_type_name(ktype),
+            kh_path.display()
+        )
+    };
+    match kh.check_port(host, port, key) {
+        ssh2::CheckResult::Match => Ok(()),
+        ssh2::CheckResult::Mismatch => Err(permanent(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "HOST KEY CHANGED for {name}: the server now presents {} {fp}, which differs from {}; \
+                 this may be an attack. If the change is expected, remove the old entry (ssh-keygen -R '{name}' -f {}) and add the new one: {keyscan}",
+                key_type_name(ktype),
+                kh_path.display(),
+                kh_path.display()
+            ),
+        )),
+        ssh2::CheckResult::NotFound
+            if job.ssh.strict_host_key_checking == HostKeyPolicy::AcceptNew =>
+        {
+            if let Some(dir) = kh_path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let line = format!("{name} {} {}\n", key_type_name(ktype), base64(key, true));
+            crate::journal::append_line(&kh_path, line.as_bytes())?;
+            eprintln!(
+                "syncjob: added the host key of {name} ({} {fp}) to {} (accept-new)",
+                key_type_name(ktype),
+                kh_path.display()
+            );
+            Ok(())
+        }
+        ssh2::CheckResult::NotFound | ssh2::CheckResult::Failure => Err(permanent(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "host key of {name} is unknown ({} {fp}, not in {}); verify the fingerprint and add it with: {keyscan} \
+                 (or set ssh.strict_host_key_checking: accept-new)",
+                key_type_name(ktype),
+                kh_path.display()
+            ),
+        )),
+    }
+}
+
+fn authenticate(sess: &ssh2::Session, user: &str, host: &str, job: &Job) -> io::Result<()> {
+    let o = &job.ssh;
+    let secret = match &o.password_file {
+        Some(p) => Some(read_secret(p)?),
+        None => None,
+    };
+    let mut tried = Vec::new();
+    let keys: Vec<PathBuf> = match &o.identity {
+        Some(p) => vec![p.clone()],
+        None => {
+            if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+                tried.push("ssh-agent".to_string());
+                if sess.userauth_agent(user).is_ok() && sess.authenticated() {
+                    return Ok(());
+                }
+            }
+            ["id_ed25519", "id_rsa"]
+                .iter()
+                .map(|n| home().join(".ssh").join(n))
+                .filter(|p| p.exists())
+                .collect()
+        }
+    };
+    for k in keys {
+        tried.push(k.display().to_string());
+        if o.identity.is_some() && !k.exists() {
+            return Err(permanent(
+                io::ErrorKind::NotFound,
+                format!("identity file {} does not exist", k.display()),
+            ));
+        }
+        if sess
+            .userauth_pubkey_file(user, None, &k, secret.as_deref())
+            .is_ok()
+            && sess.authenticated()
+        {
+            return Ok(());
+        }
+    }
+    if let Some(pw) = &secret {
+        tried.push("password".into());
+        if sess.userauth_password(user, pw).is_ok() && sess.authenticated() {
+            return Ok(());
+        }
+    }
+    Err(permanent(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "authentication refused for {user}@{host} (tried: {})",
+            if tried.is_empty() {
+                "no key found".to_string()
+            } else {
+                tried.join(", ")
+            }
+        ),
+    ))
+}
+
+/// Parse the NUL-separated output of the remote `find -printf`. Entries
+/// whose names are unsafe (empty, `.`/`..` components, absolute) or whose
+/// parent is not a listed directory (they would be reached through a
+/// symlink) are rejected into `errors`.
+pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
+    let mut tree = Tree::new();
+    let fields: Vec<&[u8]> = out.split(|b| *b == 0).collect();
+    let mut i = 0;
+    while i + 8 <= fields.len() {
+        let f = &fields[i..i + 8];
+        i += 8;
+        let (ty, size, mtime, mode, uid, gid, name, link) =
+            (f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]);
+        let show = String::from_utf8_lossy(name).into_owned();
+        let mut reject = |why: &str| {
+            errors.push(PathError {
+                path: show.clone(),
+                message: format!("remote listing entry rejected: {why}"),
+            })
+        };
+        let rel = PathBuf::from(std::ffi::OsStr::from_bytes(name));
+        let is_root = name.is_empty();
+        if !is_root
+            && (name.starts_with(b"/")
+                || name
+                    .split(|b| *b == b'/')
+                    .any(|c| c.is_empty() || c == b"." || c == b".."))
+        {
+            reject("unsafe name");
+            continue;
+        }
+        if is_root && !tree.is_empty() {
+            reject("second root entry");
+            continue;
+        }
+        if !is_root {
+            let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+            if tree.get(&parent).map(|e| e.kind) != Some(EntryKind::Dir) {
+                reject("its parent is not a listed directory");
+                continue;
+            }
+        }
+        let kind = match ty {
+            b"f" => EntryKind::File,
+            b"d" => EntryKind::Dir,
+            b"l" => EntryKind::Symlink,
+            b"p" | b"s" | b"c" | b"b" | b"D" => EntryKind::Special,
+            _ => {
+                reject("unknown type");
+                continue;
+            }
+        };
+        let num = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+        };
+        let (secs, nanos) = {
+            let s = std::str::from_utf8(mtime).unwrap_or("");
+            let (a, b) = s.split_once('.').unwrap_or((s, "0"));
+            let ns: String = b.chars().chain(std::iter::repeat('0')).take(9).collect();
+            (a.parse::<i64>().ok(), ns.parse::<u32>().ok())
+        };
+        let mode = std::str::from_utf8(mode)
+            .ok()
+            .and_then(|m| u32::from_str_radix(m, 8).ok());
+        let (Some(size), Some(secs), Some(nanos), Some(mode), Some(uid), Some(gid)) =
+            (num(size), secs, nanos, mode, num(uid), num(gid))
+        else {
+            reject("malformed attributes");
+            continue;
+        };
+        if is_root && kind != EntryKind::Dir {
+            reject("the target root is not a directory");
+            continue;
+        }
+        tree.insert(
+            rel,
+            Entry {
+                kind,
+                size: if kind == EntryKind::File { size } else { 0 },
+                mtime: secs,
+                mtime_ns: nanos,
+                mode: mode & 0o7777,
+                uid: uid as u32,
+                gid: gid as u32,
+                link: (kind == EntryKind::Symlink)
+                    .then(|| PathBuf::from(std::ffi::OsStr::from_bytes(link))),
+            },
+        );
+    }
+    tree
+}
+
+impl Transport for Ssh {
+    fn mtime_nanos(&self) -> bool {
+        // SFTP v3 sets whole seconds
+        false
+    }
+
+    fn symlink_times(&self) -> bool {
+        self.sftp.lsetstat
+    }
+
+    fn list(&mut self, _filter: &Filter) -> io::Result<Listing> {
+        let mut errors = Vec::new();
+        match self.list_find()? {
+            Some((3, _)) => Ok(Listing::default()),
+            Some((code, out)) => {
+                let tree = parse_find(&out, &mut errors);
+                if code != 0 {
+                    errors.push(PathError {
+                        path: String::new(),
+                        message: format!(
+                            "remote find on {} reported unreadable entries (exit {code})",
+                            self.label
+                        ),
+                    });
+                }
+                Ok(Listing {
+                    tree: Some(tree),
+                    errors,
+                })
+            }
+            None => Ok(Listing {
+                tree: self.list_sftp()?,
+                errors,
+            }),
+        }
+    }
+
+    fn ensure_root(&mut self) -> io::Result<()> {
+        let mut cmd = b"mkdir -p -- ".to_vec();
+        cmd.extend_from_slice(&shell_quote(&self.root));
+        let (code, _, err) = self.exec(&cmd, false)?;
+        if code != 0 {
+            return Err(io::Error::other(format!(
+                "mkdir -p on {}: {}",
+                self.label,
+                String::from_utf8_lossy(&err).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    fn same_content(&mut self, rel: &Path, src: &Path) -> io::Result<bool> {
+        let mut f = std::fs::File::open(src)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let local: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let mut cmd = b"sha256sum < ".to_vec();
+        cmd.extend_from_slice(&shell_quote(&self.path(rel)));
+        let (code, out, err) = self.exec(&cmd, false)?;
+        if code != 0 {
+            return Err(io::Error::other(format!(
+                "sha256sum on {}: {}",
+                self.label,
+                String::from_utf8_lossy(&err).trim()
+            )));
+        }
+        Ok(out.starts_with(local.as_bytes()))
+    }
+
+    fn mkdir(&mut self, rel: &Path) -> io::Result<()> {
+        let p = self.path(rel);
+        let id = self.sftp.mkdir(
+            &p,
+            &Attrs {
+                perm: Some(0o700),
+                ..Default::default()
+            },
+        )?;
+        self.wait_ok(id, "mkdir")
+    }
+
+    fn put_file(
+        &mut self,
+        rel: &Path,
+        src: &Path,
+        preserve_owner: bool,
+        cancel: &AtomicBool,
+    ) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let (mut input, before) = open_source(src)?;
+        let tmp = self.path(&temp_name(rel));
+        let fin = self.path(rel);
+        let id = self.sftp.open(
+            &tmp,
+            FXF_WRITE | FXF_CREAT | FXF_EXCL,
+            &Attrs {
+                perm: Some(0o600),
+                ..Default::default()
+            },
+        )?;
+        let handle = self.sftp.handle(id, "create temporary file")?;
+        let result = (|| {
+            let mut ids = Vec::new();
+            let mut off = 0u64;
+            let mut buf = vec![0u8; sftp::WRITE_CHUNK];
+            loop {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "aborted by shutdown",
+                    ));
+                }
+                let n = input.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                ids.push(self.sftp.write(&handle, off, &buf[..n])?);
+                off += n as u64;
+            }
+            let mut first_err = None;
+            for id in ids {
+                if let Err(e) = self.sftp.wait(id)?.ok("write") {
+                    first_err.get_or_insert(e);
+                }
+            }
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+            verify_unchanged(&input, &before, off)?;
+            let attrs = Attrs {
+                perm: Some(before.mode() & 0o7777),
+                times: Some((secs32(before.atime()), secs32(before.mtime()))),
+                uid_gid: preserve_owner.then_some((before.uid(), before.gid())),
+                size: None,
+            };
+            let a = self.sftp.fsetstat(&handle, &attrs)?;
+            let c = self.sftp.close(&handle)?;
+            let ra = self.sftp.wait(a)?;
+            let rc = self.sftp.wait(c)?;
+            ra.ok("set mode and mtime")?;
+            rc.ok("close")?;
+            self.rename_over(&tmp, &fin)?;
+            Ok(off)
+        })();
+        if result.is_err() {
+            // best effort: the handle may still be open
+            if let Ok(c) = self.sftp.close(&handle) {
+                let _ = self.sftp.wait(c);
+            }
+            if let Ok(r) = self.sftp.remove(&tmp) {
+                let _ = self.sftp.wait(r);
+            }
+        }
+        result
+    }
+
+    fn symlink(&mut self, rel: &Path, target: &Path, mtime: Option<(i64, u32)>) -> io::Result<()> {
+        let tmp = self.path(&temp_name(rel));
+        let fin = self.path(rel);
+        let id = self.sftp.symlink(&tmp, target.as_os_str().as_bytes())?;
+        self.wait_ok(id, "symlink")?;
+        if let Some((s, _)) = mtime
+            && self.sftp.lsetstat
+        {
+            let id = self.sftp.lsetstat(
+                &tmp,
+                &Attrs {
+                    times: Some((secs32(s), secs32(s))),
+                    ..Default::default()
+                },
+            )?;
+            let _ = self.sftp.wait(id)?;
+        }
+        self.rename_over(&tmp, &fin).inspect_err(|_| {
+            if let Ok(r) = self.sftp.remove(&tmp) {
+                let _ = self.sftp.wait(r);
+            }
+        })
+    }
+
+    fn set_attrs(
+        &mut self,
+        rel: &Path,
+        kind: EntryKind,
+        mode: Option<u32>,
+        mtime: Option<(i64, u32)>,
+        owner: Option<(u32, u32)>,
+    ) -> io::Result<()> {
+        let p = self.path(rel);
+        let attrs = Attrs {
+            perm: if kind == EntryKind::Symlink {
+                None
+            } else {
+                mode
+            },
+            times: mtime.map(|(s, _)| (secs32(s), secs32(s))),
+            uid_gid: owner,
+            size: None,
+        };
+        let id = if kind == EntryKind::Symlink {
+            if !self.sftp.lsetstat {
+                return Ok(());
+            }
+            self.sftp.lsetstat(&p, &attrs)?
+        } else {
+            self.sftp.setstat(&p, &attrs)?
+        };
+        self.wait_ok(id, "set attributes")
+    }
+
+    fn remove(&mut self, rel: &Path, kind: EntryKind) -> io::Result<()> {
+        let p = self.path(rel);
+        if kind == EntryKind::Dir {
+            let id = self.sftp.rmdir(&p)?;
+            match self.sftp.wait(id)? {
+                Reply::Status(0, _) => Ok(()),
+                // OpenSSH answers a non-empty directory with a plain failure
+                Reply::Status(4, _) => Err(io::Error::new(
+                    io::ErrorKind::DirectoryNotEmpty,
+                    "directory not empty",
+                )),
+                other => Err(other.into_err("rmdir")),
+            }
+        } else {
+            let id = self.sftp.remove(&p)?;
+            self.wait_ok(id, "remove")
+        }
+    }
+}
+
+impl Ssh {
+    /// Rename `tmp` over `fin` atomically (posix-rename); without that
+    /// extension, remove then rename (a short window without the file).
+    fn rename_over(&mut self, tmp: &[u8], fin: &[u8]) -> io::Result<()> {
+        if self.sftp.posix_rename {
+            let id = self.sftp.posix_rename(tmp, fin)?;
+            return self.wait_ok(id, "rename into place");
+        }
+        let r = self.sftp.remove(fin)?;
+        let _ = self.sftp.wait(r)?;
+        let id = self.sftp.send_rename(tmp, fin)?;
+        self.wait_ok(id, "rename into place")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(ty: &str, name: &[u8], link: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for f in [
+            ty.as_bytes(),
+            b"12",
+            b"1600000000.5000000000",
+            b"644",
+            b"0",
+            b"0",
+            name,
+            link,
+        ] {
+            v.extend_from_slice(f);
+            v.push(0);
+        }
+        v
+    }
+
+    #[test]
+    fn parses_find_output_with_any_bytes_in_names() {
+        let mut out = rec("d", b"", b"");
+        out.extend(rec("d", b"dir", b""));
+        out.extend(rec("f", b"dir/new\nline", b""));
+        out.extend(rec("l", b"link", b"../x"));
+        out.extend(rec("f", b"\xff\xfe bytes", b""));
+        let mut errors = vec![];
+        let t = parse_find(&out, &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(t.len(), 5);
+        let f = &t[Path::new("dir/new\nline")];
+        assert_eq!(
+            (f.kind, f.size, f.mtime, f.mtime_ns, f.mode),
+            (EntryKind::File, 12, 1_600_000_000, 500_000_000, 0o644)
+        );
+        assert_eq!(
+            t[Path::new("link")].link.as_deref(),
+            Some(Path::new("../x"))
+        );
+    }
+
+    #[test]
+    fn rejects_entries_escaping_the_root() {
+        let mut out = rec("d", b"", b"");
+        out.extend(rec("l", b"evil", b"/etc"));
+        for bad in [
+            &b"../x"[..],
+            b"/etc/passwd",
+            b"a/../../x",
+            b"evil/passwd",
+            b"nodir/x",
+            b"a//b",
+            b".",
+        ] {
+            out.extend(rec("f", bad, b""));
+        }
+        let mut errors = vec![];
+        let t = parse_find(&out, &mut errors);
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!(errors.len(), 7, "{errors:?}");
+    }
+
+    #[test]
+    fn truncated_or_garbage_listing_does_not_panic() {
+        let mut errors = vec![];
+        let t = parse_find(b"d\0\0\0\0\0\0\0\0f\0x", &mut errors);
+        assert!(t.is_empty());
+        let t = parse_find(&rec("f", b"", b""), &mut errors);
+        assert!(t.is_empty(), "a root that is not a directory is rejected");
+    }
+
+    #[test]
+    fn base64_and_quoting() {
+        assert_eq!(base64(b"foobar", true), "Zm9vYmFy");
+        assert_eq!(base64(b"fooba", true), "Zm9vYmE=");
+        assert_eq!(base64(b"foob", false), "Zm9vYg");
+        assert_eq!(shell_quote(b"it's"), b"'it'\\''s'");
+    }
+}

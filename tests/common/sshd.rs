@@ -1,0 +1,195 @@
+//! A private OpenSSH sshd on 127.0.0.1 for tests: its own host key, client
+//! key, authorized_keys, known_hosts, config, pid file and free port. Stopped
+//! (with all its session processes) when dropped.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct Sshd {
+    pub dir: PathBuf,
+    pub port: u16,
+    /// client private key (authorized)
+    pub key: PathBuf,
+    /// a known_hosts file with this server's key
+    pub known_hosts: PathBuf,
+    pid: Option<u32>,
+}
+
+fn keygen(path: &Path, comment: &str) {
+    if !path.exists() {
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+            .arg(path)
+            .status()
+            .expect("ssh-keygen (openssh-client; the README test command installs it)");
+        assert!(st.success());
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            let out = Command::new("id").arg("-un").output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        })
+}
+
+impl Sshd {
+    pub fn start(dir: &Path) -> Sshd {
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "/usr/sbin/sshd missing: run the README test command (it installs openssh-server)"
+        );
+        fs::create_dir_all(dir).unwrap();
+        keygen(&dir.join("host_key"), "test-host");
+        keygen(&dir.join("id_ed25519"), "test-client");
+        fs::copy(dir.join("id_ed25519.pub"), dir.join("authorized_keys")).unwrap();
+        let mut s = Sshd {
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            key: dir.join("id_ed25519"),
+            known_hosts: dir.join("known_hosts"),
+            pid: None,
+        };
+        s.write_known_hosts();
+        s.launch();
+        s
+    }
+
+    pub fn host_pub(&self) -> String {
+        let p = fs::read_to_string(self.dir.join("host_key.pub")).unwrap();
+        p.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+    }
+
+    fn write_known_hosts(&self) {
+        fs::write(
+            &self.known_hosts,
+            format!("[127.0.0.1]:{} {}\n", self.port, self.host_pub()),
+        )
+        .unwrap();
+    }
+
+    fn launch(&mut self) {
+        let d = &self.dir;
+        let cfg = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
+             PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nStrictModes no\nUseDNS no\nPrintMotd no\nPrintLastLog no\nX11Forwarding no\n\
+             AllowTcpForwarding no\nMaxStartups 100:30:200\nMaxSessions 64\nLogLevel ERROR\n\
+             Subsystem sftp internal-sftp\n",
+            port = self.port,
+            d = d.display()
+        );
+        fs::write(d.join("sshd_config"), cfg).unwrap();
+        let _ = fs::remove_file(d.join("sshd.pid"));
+        if !Path::new("/run/sshd").exists() {
+            let _ = fs::create_dir_all("/run/sshd");
+        }
+        let st = Command::new("/usr/sbin/sshd")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .arg("-E")
+            .arg(d.join("sshd.log"))
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "sshd failed to start: {}",
+            fs::read_to_string(d.join("sshd.log")).unwrap_or_default()
+        );
+        let t = Instant::now();
+        loop {
+            if let Ok(p) = fs::read_to_string(d.join("sshd.pid"))
+                && let Ok(pid) = p.trim().parse()
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
+                self.pid = Some(pid);
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "sshd did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stop the server and every session it serves (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let mut all = vec![pid];
+            let mut i = 0;
+            while i < all.len() {
+                all.extend(children(all[i]));
+                i += 1;
+            }
+            for p in all {
+                unsafe { libc::kill(p as i32, libc::SIGKILL) };
+            }
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// `ssh://user@127.0.0.1:PORT/path`
+    pub fn url(&self, path: &Path) -> String {
+        format!("ssh://{}@127.0.0.1:{}{}", user(), self.port, path.display())
+    }
+
+    /// The YAML `ssh:` block for a job using this server.
+    pub fn ssh_yaml(&self) -> String {
+        format!(
+            "ssh: {{ identity: {}, known_hosts: {}, timeout: 10s }}",
+            self.key.display(),
+            self.known_hosts.display()
+        )
+    }
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) {
+                // pid (comm) state ppid ...
+                if let Some(rest) = stat.rsplit_once(')').map(|x| x.1) {
+                    let ppid: u32 = rest
+                        .split_whitespace()
+                        .nth(1)
+                        .and_then(|x| x.parse().ok())
+                        .unwrap_or(0);
+                    if ppid == pid {
+                        out.push(p);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,304 @@
+//! The SSH transport against a real OpenSSH sshd started by the test.
+
+mod common;
+use common::sshd::Sshd;
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn ssh_job(lab: &Lab, s: &Sshd, extra: &str) {
+    let mut y = format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: {}\n    {}\n",
+        s.url(&lab.dst()),
+        s.ssh_yaml()
+    );
+    for l in extra.lines() {
+        y.push_str("    ");
+        y.push_str(l);
+        y.push('\n');
+    }
+    lab.config(&y);
+}
+
+fn populate(lab: &Lab) {
+    lab.write("index.html", b"<h1>hello</h1>\n");
+    lab.write("css/site.css", b"body{}\n");
+    lab.write("with space.txt", b"space\n");
+    lab.write("\u{fc}n\u{ef}c\u{f6}d\u{e9}.txt", b"unicode\n");
+    lab.write("-leading-dash", b"dash\n");
+    lab.write("new\nline", b"newline in name\n");
+    lab.write("it's \"quoted\" $(x).txt", b"shell metacharacters\n");
+    lab.write("bin/run.sh", b"#!/bin/sh\necho hi\n");
+    fs::set_permissions(
+        lab.src().join("bin/run.sh"),
+        fs::Permissions::from_mode(0o750),
+    )
+    .unwrap();
+    lab.write("big.bin", &vec![7u8; 3 << 20]);
+    lab.write("cache.gz", b"excluded");
+    fs::create_dir_all(lab.src().join("empty/dir")).unwrap();
+    std::os::unix::fs::symlink("index.html", lab.src().join("home.html")).unwrap();
+    set_mtime(&lab.src().join("index.html"), 1_600_000_000, 0);
+    set_mtime(&lab.src().join("home.html"), 1_400_000_000, 0);
+    set_mtime(&lab.src().join("css"), 1_200_000_000, 0);
+}
+
+#[test]
+fn full_copy_incremental_delete_excludes_over_ssh() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    populate(&lab);
+    ssh_job(&lab, &s, "delete: true\nexclude: [\"*.gz\"]");
+    lab.run(&["run", "web"]).code(0);
+    let dst = lab.dst();
+    assert_eq!(
+        fs::read(dst.join("new\nline")).unwrap(),
+        b"newline in name\n"
+    );
+    assert_eq!(
+        fs::read(dst.join("it's \"quoted\" $(x).txt")).unwrap(),
+        b"shell metacharacters\n"
+    );
+    assert_eq!(fs::read(dst.join("big.bin")).unwrap().len(), 3 << 20);
+    assert_eq!(mode(&dst.join("bin/run.sh")), 0o750);
+    assert_eq!(mtime(&dst.join("index.html")).0, 1_600_000_000);
+    assert_eq!(mtime(&dst.join("css")).0, 1_200_000_000);
+    assert_eq!(
+        fs::read_link(dst.join("home.html")).unwrap(),
+        Path::new("index.html")
+    );
+    assert!(dst.join("empty/dir").is_dir());
+    assert!(!dst.join("cache.gz").exists());
+    assert_eq!(rsync_diff(&lab.src(), &dst, &["--exclude", "*.gz"]), "");
+    let rec = lab.last();
+    assert_eq!(rec["status"], "ok", "{rec}");
+    assert_eq!(rec["files_transferred"], 9);
+    assert!(rec["target"].as_str().unwrap().starts_with("ssh://"));
+
+    // no-op
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(lab.last()["files_transferred"], 0, "{}", lab.last());
+    // incremental: one changed, one added, one deleted on the source; one extra on the target
+    lab.write("index.html", b"<h1>changed</h1>\n");
+    lab.write("css/new.css", b"new\n");
+    fs::remove_file(lab.src().join("with space.txt")).unwrap();
+    fs::write(dst.join("target-only"), b"x").unwrap();
+    fs::write(dst.join("kept.gz"), b"excluded on target").unwrap();
+    lab.run(&["run", "web"]).code(0);
+    let rec = lab.last();
+    assert_eq!(rec["files_transferred"], 2);
+    assert_eq!(rec["files_deleted"], 2);
+    assert!(dst.join("kept.gz").exists());
+    assert_eq!(rsync_diff(&lab.src(), &dst, &["--exclude", "*.gz"]), "");
+    assert!(listing(&dst).iter().all(|n| !n.contains(".syncjob-tmp.")));
+
+    // dry run lists only
+    lab.write("later.txt", b"l");
+    let r = lab.run(&["run", "web", "--dry-run"]);
+    r.code(0);
+    assert!(r.stdout.contains(">f+++++++++ later.txt"), "{}", r.stdout);
+    assert!(!dst.join("later.txt").exists());
+}
+
+#[test]
+fn unknown_and_changed_host_keys_are_refused_without_retry() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    lab.write("a", b"a");
+    // unknown: an empty known_hosts
+    fs::write(&s.known_hosts, "").unwrap();
+    ssh_job(&lab, &s, "retries: 3");
+    let t = Instant::now();
+    let r = lab.run(&["run", "web"]);
+    r.code(1);
+    assert!(t.elapsed() < Duration::from_secs(5), "not retried");
+    let reason = lab.last()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("is unknown"), "{reason}");
+    assert!(reason.contains("SHA256:"), "{reason}");
+    assert!(
+        reason.contains(&format!("ssh-keyscan -p {}", s.port)),
+        "{reason}"
+    );
+    assert!(reason.contains("not retried"), "{reason}");
+    assert!(!lab.dst().exists());
+
+    // changed: another key recorded for this host
+    let other = lab.path("other");
+    fs::create_dir_all(&other).unwrap();
+    Command_keygen(&other.join("k"));
+    let other_pub = fs::read_to_string(other.join("k.pub")).unwrap();
+    let other_pub: Vec<&str> = other_pub.split_whitespace().take(2).collect();
+    fs::write(
+        &s.known_hosts,
+        format!("[127.0.0.1]:{} {}\n", s.port, other_pub.join(" ")),
+    )
+    .unwrap();
+    lab.run(&["run", "web"]).code(1);
+    let reason = lab.last()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("HOST KEY CHANGED"), "{reason}");
+    assert!(!lab.dst().exists());
+
+    // accept-new adds an unknown key and proceeds, but never a changed one
+    lab.config(&format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: {}\n    ssh: {{ identity: {}, known_hosts: {}, strict_host_key_checking: accept-new }}\n",
+        s.url(&lab.dst()),
+        s.key.display(),
+        s.known_hosts.display()
+    ));
+    lab.run(&["run", "web"]).code(1);
+    assert!(
+        lab.last()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("HOST KEY CHANGED")
+    );
+    fs::write(&s.known_hosts, "").unwrap();
+    lab.run(&["run", "web"]).code(0);
+    let kh = fs::read_to_string(&s.known_hosts).unwrap();
+    assert_eq!(
+        kh.trim(),
+        format!("[127.0.0.1]:{} {}", s.port, s.host_pub())
+    );
+    assert_eq!(fs::read(lab.dst().join("a")).unwrap(), b"a");
+}
+
+#[allow(non_snake_case)]
+fn Command_keygen(p: &Path) {
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn wrong_client_key_is_refused_without_a_retry_storm() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    lab.write("a", b"a");
+    let wrong = lab.path("wrong_key");
+    Command_keygen(&wrong);
+    lab.config(&format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: {}\n    retries: 5\n    ssh: {{ identity: {}, known_hosts: {} }}\n",
+        s.url(&lab.dst()),
+        wrong.display(),
+        s.known_hosts.display()
+    ));
+    let t = Instant::now();
+    lab.run(&["run", "web"]).code(1);
+    assert!(t.elapsed() < Duration::from_secs(5), "not retried");
+    let reason = lab.last()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("authentication refused"), "{reason}");
+    assert!(reason.contains("not retried"), "{reason}");
+    // exactly one connection attempt reached the server's log? at least no dst
+    assert!(!lab.dst().exists());
+}
+
+#[test]
+fn a_password_file_readable_by_others_is_refused() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    lab.write("a", b"a");
+    let pw = lab.path("pass");
+    fs::write(&pw, "secret\n").unwrap();
+    fs::set_permissions(&pw, fs::Permissions::from_mode(0o644)).unwrap();
+    lab.config(&format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: {}\n    ssh: {{ identity: {}, known_hosts: {}, password_file: {} }}\n",
+        s.url(&lab.dst()),
+        s.key.display(),
+        s.known_hosts.display(),
+        pw.display()
+    ));
+    lab.run(&["run", "web"]).code(1);
+    assert!(
+        lab.last()["reason"].as_str().unwrap().contains("chmod 600"),
+        "{}",
+        lab.last()
+    );
+    fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
+    lab.run(&["run", "web"]).code(0);
+}
+
+#[test]
+fn one_dead_target_does_not_stop_the_other_and_converges_later() {
+    let lab = Lab::new();
+    let mut a = Sshd::start(&lab.path("sshd-a"));
+    let b = Sshd::start(&lab.path("sshd-b"));
+    // b trusts a's client key too, so one identity serves both
+    fs::copy(&a.key, &b.key).unwrap();
+    fs::copy(a.dir.join("id_ed25519.pub"), b.dir.join("authorized_keys")).unwrap();
+    let kh = lab.path("known_hosts");
+    fs::write(
+        &kh,
+        format!(
+            "{}{}",
+            fs::read_to_string(&a.known_hosts).unwrap(),
+            fs::read_to_string(&b.known_hosts).unwrap()
+        ),
+    )
+    .unwrap();
+    lab.write("big.bin", &vec![1u8; 150 << 20]);
+    for i in 0..50 {
+        lab.write(&format!("small/{i}.txt"), format!("{i}").as_bytes());
+    }
+    let (da, db) = (lab.path("dst-a"), lab.path("dst-b"));
+    lab.config(&format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: [{}, {}]\n    retries: 1\n    parallel: 2\n    ssh: {{ identity: {}, known_hosts: {}, timeout: 5s }}\n",
+        a.url(&da),
+        b.url(&db),
+        a.key.display(),
+        kh.display()
+    ));
+    let child = lab
+        .cmd()
+        .args(["run", "web"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // kill a's sshd (and its sessions) while the big file is on its way
+    let t = Instant::now();
+    while !listing(&da).iter().any(|n| n.contains(".syncjob-tmp.")) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no transfer to a seen"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    a.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let log = lab.log();
+    assert_eq!(log.len(), 2, "one record per target");
+    let ra = log
+        .iter()
+        .find(|r| r["target"].as_str().unwrap().contains(&a.port.to_string()))
+        .unwrap();
+    let rb = log
+        .iter()
+        .find(|r| r["target"].as_str().unwrap().contains(&b.port.to_string()))
+        .unwrap();
+    assert_eq!(rb["status"], "ok", "{rb}");
+    assert_eq!(rsync_diff(&lab.src(), &db, &[]), "");
+    assert_eq!(ra["status"], "failed", "{ra}");
+    let reason = ra["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("after 1 retries") || reason.contains("refused"),
+        "{reason}"
+    );
+    // the final name never holds a partial file
+    if let Ok(m) = fs::metadata(da.join("big.bin")) {
+        assert_eq!(m.len(), 150 << 20);
+    }
+    // back up: the next run converges and removes the stale temporary file
+    a.restart();
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(rsync_diff(&lab.src(), &da, &[]), "");
+    assert!(
+        listing(&da).iter().all(|n| !n.contains(".syncjob-tmp.")),
+        "{:?}",
+        listing(&da)
+    );
+}
