@@ -11,7 +11,7 @@ pub mod ssh;
 use crate::config::Job;
 use crate::filter::Filter;
 use crate::journal::PathError;
-use crate::plan::{EntryKind, TEMP_PREFIX, Tree};
+use crate::plan::{Action, EntryKind, TEMP_PREFIX, Tree};
 use crate::target::Target;
 use std::fs::{File, Metadata};
 use std::io;
@@ -65,6 +65,53 @@ pub trait Transport: Send {
     ) -> io::Result<()>;
     /// Remove one entry (a directory only when empty).
     fn remove(&mut self, rel: &Path, kind: EntryKind) -> io::Result<()>;
+
+    /// Several files at once (`put_file` each by default; a remote transport
+    /// pipelines them). One result per item, in order.
+    fn put_files(
+        &mut self,
+        items: &[(&Path, PathBuf)],
+        preserve_owner: bool,
+        cancel: &AtomicBool,
+    ) -> Vec<io::Result<u64>> {
+        items
+            .iter()
+            .map(|(rel, src)| self.put_file(rel, src, preserve_owner, cancel))
+            .collect()
+    }
+
+    /// Several actions of one kind other than copies, applied in order (one
+    /// by one by default; a remote transport pipelines them). One result per
+    /// action, in order.
+    fn apply(&mut self, actions: &[&Action]) -> Vec<io::Result<()>> {
+        actions.iter().map(|a| apply_one(self, a)).collect()
+    }
+}
+
+/// Apply one non-copy action through the single-entry methods.
+pub fn apply_one<T: Transport + ?Sized>(t: &mut T, a: &Action) -> io::Result<()> {
+    match a {
+        Action::Delete { path, kind, .. } => t.remove(path, *kind),
+        Action::Mkdir { path } => t.mkdir(path),
+        Action::Symlink {
+            path,
+            target,
+            mtime,
+            ..
+        } => t.symlink(path, target, *mtime),
+        Action::SetAttrs {
+            path,
+            kind,
+            mode,
+            mtime,
+            owner,
+            ..
+        } => t.set_attrs(path, *kind, *mode, *mtime, *owner),
+        Action::Copy { .. } => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "copies go through put_files",
+        )),
+    }
 }
 
 /// Open the transport for a target of a job.

@@ -225,8 +225,16 @@ pub struct Sftp {
     pub posix_rename: bool,
     pub lsetstat: bool,
     pub fsync: bool,
-    buf: Vec<u8>,
+    /// requests not yet written to the channel: small requests go out
+    /// together in one SSH packet
+    out: Vec<u8>,
+    /// bytes read from the channel and not yet parsed
+    inbuf: Vec<u8>,
+    inpos: usize,
 }
+
+/// Flush queued requests once this much is waiting (about one SSH packet).
+const OUT_FLUSH: usize = 32 * 1024;
 
 /// Any failure of the channel itself is fatal for the session.
 fn chan_err(e: io::Error) -> io::Error {
@@ -250,7 +258,9 @@ impl Sftp {
             posix_rename: false,
             lsetstat: false,
             fsync: false,
-            buf: Vec::with_capacity(WRITE_CHUNK + 64),
+            out: Vec::with_capacity(2 * OUT_FLUSH + WRITE_CHUNK),
+            inbuf: Vec::with_capacity(64 * 1024),
+            inpos: 0,
         };
         let mut p = Vec::new();
         put_u32(&mut p, 3);
@@ -278,27 +288,59 @@ impl Sftp {
     }
 
     fn send_packet(&mut self, t: u8, payload: &[u8]) -> io::Result<()> {
-        let mut head = Vec::with_capacity(5);
-        put_u32(&mut head, payload.len() as u32 + 1);
-        head.push(t);
-        self.chan.write_all(&head).map_err(chan_err)?;
-        self.chan.write_all(payload).map_err(chan_err)
+        put_u32(&mut self.out, payload.len() as u32 + 1);
+        self.out.push(t);
+        self.out.extend_from_slice(payload);
+        self.flush()
+    }
+
+    /// Write every queued request to the channel.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let r = self.chan.write_all(&self.out).map_err(chan_err);
+        self.out.clear();
+        r
+    }
+
+    /// Make `n` unparsed bytes available in `inbuf[inpos..]`.
+    fn fill(&mut self, n: usize) -> io::Result<()> {
+        if self.inbuf.len() - self.inpos >= n {
+            return Ok(());
+        }
+        self.flush()?;
+        self.inbuf.drain(..self.inpos);
+        self.inpos = 0;
+        let mut chunk = [0u8; 32 * 1024];
+        while self.inbuf.len() < n {
+            let k = self.chan.read(&mut chunk).map_err(chan_err)?;
+            if k == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "ssh channel: the SFTP server closed the channel",
+                ));
+            }
+            self.inbuf.extend_from_slice(&chunk[..k]);
+        }
+        Ok(())
     }
 
     fn read_packet(&mut self) -> io::Result<(u8, Vec<u8>)> {
-        let mut len = [0u8; 4];
-        self.chan.read_exact(&mut len).map_err(chan_err)?;
-        let len = u32::from_be_bytes(len) as usize;
+        self.fill(4)?;
+        let len =
+            u32::from_be_bytes(self.inbuf[self.inpos..self.inpos + 4].try_into().unwrap()) as usize;
         if len == 0 || len > 4 << 20 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("bad SFTP packet length {len}"),
             ));
         }
-        let mut body = vec![0u8; len];
-        self.chan.read_exact(&mut body).map_err(chan_err)?;
-        let t = body[0];
-        body.remove(0);
+        self.fill(4 + len)?;
+        let start = self.inpos + 4;
+        let t = self.inbuf[start];
+        let body = self.inbuf[start + 1..start + len].to_vec();
+        self.inpos = start + len;
         Ok((t, body))
     }
 
@@ -342,13 +384,16 @@ impl Sftp {
         }
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
-        let mut p = std::mem::take(&mut self.buf);
-        p.clear();
-        put_u32(&mut p, id);
-        build(&mut p);
-        let r = self.send_packet(t, &p);
-        self.buf = p;
-        r?;
+        // length, type, id, then the request; the length is filled in last
+        let at = self.out.len();
+        self.out.extend_from_slice(&[0, 0, 0, 0, t]);
+        put_u32(&mut self.out, id);
+        build(&mut self.out);
+        let len = (self.out.len() - at - 4) as u32;
+        self.out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+        if self.out.len() >= OUT_FLUSH {
+            self.flush()?;
+        }
         self.pending.push_back(id);
         Ok(id)
     }

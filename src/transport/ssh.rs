@@ -19,7 +19,7 @@ use super::{Listing, Transport, open_source, temp_name, verify_unchanged};
 use crate::config::{HostKeyPolicy, Job};
 use crate::filter::Filter;
 use crate::journal::PathError;
-use crate::plan::{Entry, EntryKind, Tree};
+use crate::plan::{Action, Entry, EntryKind, Tree};
 use crate::target::SshTarget;
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
@@ -179,6 +179,13 @@ impl Ssh {
         let _ = tcp.set_nodelay(true);
         let mut sess = ssh2::Session::new().map_err(io::Error::from)?;
         sess.set_tcp_stream(tcp);
+        // AEAD ciphers first (one pass over the data instead of cipher +
+        // MAC). Measured with bench/compare.sh on 1 GiB through libssh2:
+        // chacha20-poly1305 3.70 s, aes128-ctr 4.61 s, aes128-gcm 4.75 s.
+        const CIPHERS: &str = "chacha20-poly1305@openssh.com,aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes256-ctr,aes192-ctr";
+        for m in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
+            let _ = sess.method_pref(m, CIPHERS);
+        }
         sess.set_timeout(o.timeout.as_millis().min(u32::MAX as u128) as u32);
         sess.handshake().map_err(|e| {
             io::Error::new(
@@ -564,6 +571,75 @@ pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
 }
 
 impl Transport for Ssh {
+    fn put_files(
+        &mut self,
+        items: &[(&Path, PathBuf)],
+        preserve_owner: bool,
+        cancel: &AtomicBool,
+    ) -> Vec<io::Result<u64>> {
+        match self.put_batch(items, preserve_owner, cancel) {
+            Ok(r) => r,
+            // the session itself failed: every file of the batch failed with it
+            Err(e) => items
+                .iter()
+                .map(|_| Err(io::Error::new(e.kind(), e.to_string())))
+                .collect(),
+        }
+    }
+
+    fn apply(&mut self, actions: &[&Action]) -> Vec<io::Result<()>> {
+        if matches!(actions.first(), Some(Action::Symlink { .. })) {
+            return actions.iter().map(|a| super::apply_one(self, a)).collect();
+        }
+        let mut sent = Vec::with_capacity(actions.len());
+        for a in actions {
+            match self.send_action(a) {
+                Ok(id) => sent.push(Ok(id)),
+                Err(e) => {
+                    let fatal = io::Error::new(e.kind(), e.to_string());
+                    sent.push(Err(e));
+                    // nothing more can be sent on a broken channel
+                    while sent.len() < actions.len() {
+                        sent.push(Err(io::Error::new(fatal.kind(), fatal.to_string())));
+                    }
+                    break;
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(actions.len());
+        for (a, s) in actions.iter().zip(sent) {
+            let r = match s {
+                Err(e) => Err(e),
+                Ok(None) => Ok(()),
+                Ok(Some(id)) => match self.sftp.wait(id) {
+                    Err(e) => Err(e),
+                    Ok(Reply::Status(0, _)) => Ok(()),
+                    Ok(Reply::Status(4, _))
+                        if matches!(
+                            a,
+                            Action::Delete {
+                                kind: EntryKind::Dir,
+                                ..
+                            }
+                        ) =>
+                    {
+                        Err(io::Error::new(
+                            io::ErrorKind::DirectoryNotEmpty,
+                            "directory not empty",
+                        ))
+                    }
+                    Ok(other) => Err(other.into_err(match a {
+                        Action::Delete { .. } => "remove",
+                        Action::Mkdir { .. } => "mkdir",
+                        _ => "set attributes",
+                    })),
+                },
+            };
+            out.push(r);
+        }
+        out
+    }
+
     fn mtime_nanos(&self) -> bool {
         // SFTP v3 sets whole seconds
         false
@@ -800,7 +876,222 @@ impl Transport for Ssh {
     }
 }
 
+/// One file of a pipelined batch.
+struct Put {
+    tmp: Vec<u8>,
+    fin: Vec<u8>,
+    input: Option<(std::fs::File, std::fs::Metadata)>,
+    handle: Option<Vec<u8>>,
+    result: Option<io::Result<u64>>,
+}
+
 impl Ssh {
+    /// Pipelined upload of several files: all OPENs, then all WRITEs, then
+    /// all FSETSTAT+CLOSE, then all renames, each phase sent before its
+    /// replies are read, so a batch costs a few round trips, not a few per file.
+    fn put_batch(
+        &mut self,
+        items: &[(&Path, PathBuf)],
+        preserve_owner: bool,
+        cancel: &AtomicBool,
+    ) -> io::Result<Vec<io::Result<u64>>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut puts: Vec<Put> = Vec::with_capacity(items.len());
+        let mut open_ids = Vec::new();
+        for (rel, src) in items {
+            let mut p = Put {
+                tmp: self.path(&temp_name(rel)),
+                fin: self.path(rel),
+                input: None,
+                handle: None,
+                result: None,
+            };
+            match open_source(src) {
+                Ok(x) => {
+                    p.input = Some(x);
+                    let id = self.sftp.open(
+                        &p.tmp,
+                        FXF_WRITE | FXF_CREAT | FXF_EXCL,
+                        &Attrs {
+                            perm: Some(0o600),
+                            ..Default::default()
+                        },
+                    )?;
+                    open_ids.push((puts.len(), id));
+                }
+                Err(e) => p.result = Some(Err(e)),
+            }
+            puts.push(p);
+        }
+        for (k, id) in open_ids {
+            match self.sftp.wait(id)? {
+                Reply::Handle(h) => puts[k].handle = Some(h),
+                other => puts[k].result = Some(Err(other.into_err("create temporary file"))),
+            }
+        }
+        // writes, file after file, many requests in flight
+        let mut buf = vec![0u8; sftp::WRITE_CHUNK];
+        let mut write_ids: Vec<(usize, u32)> = Vec::new();
+        let mut sizes = vec![0u64; puts.len()];
+        for (k, p) in puts.iter_mut().enumerate() {
+            let (Some(h), Some((input, _))) = (&p.handle, &mut p.input) else {
+                continue;
+            };
+            loop {
+                if cancel.load(Ordering::Relaxed) {
+                    p.result = Some(Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "aborted by shutdown",
+                    )));
+                    break;
+                }
+                let n = match input.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        p.result = Some(Err(e));
+                        break;
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                write_ids.push((k, self.sftp.write(h, sizes[k], &buf[..n])?));
+                sizes[k] += n as u64;
+            }
+        }
+        for (k, id) in write_ids {
+            if let Err(e) = self.sftp.wait(id)?.ok("write")
+                && puts[k].result.is_none()
+            {
+                puts[k].result = Some(Err(e));
+            }
+        }
+        // attributes and close (failed files: close only)
+        let mut tail_ids: Vec<(usize, Option<u32>, u32)> = Vec::new();
+        for (k, p) in puts.iter_mut().enumerate() {
+            let Some(h) = p.handle.take() else { continue };
+            let (input, before) = p.input.as_ref().unwrap();
+            if p.result.is_none()
+                && let Err(e) = verify_unchanged(input, before, sizes[k])
+            {
+                p.result = Some(Err(e));
+            }
+            let set = if p.result.is_none() {
+                let attrs = Attrs {
+                    perm: Some(before.mode() & 0o7777),
+                    times: Some((secs32(before.atime()), secs32(before.mtime()))),
+                    uid_gid: preserve_owner.then_some((before.uid(), before.gid())),
+                    size: None,
+                };
+                Some(self.sftp.fsetstat(&h, &attrs)?)
+            } else {
+                None
+            };
+            let close = self.sftp.close(&h)?;
+            tail_ids.push((k, set, close));
+        }
+        for (k, set, close) in tail_ids {
+            if let Some(set) = set
+                && let Err(e) = self.sftp.wait(set)?.ok("set mode and mtime")
+            {
+                puts[k].result.get_or_insert(Err(e));
+            }
+            if let Err(e) = self.sftp.wait(close)?.ok("close") {
+                puts[k].result.get_or_insert(Err(e));
+            }
+        }
+        // rename the complete files into place; remove the temporaries of the others
+        let mut last_ids: Vec<(usize, u32, bool)> = Vec::new();
+        for (k, p) in puts.iter().enumerate() {
+            if p.input.is_none() {
+                continue;
+            }
+            if p.result.is_none() {
+                let id = if self.sftp.posix_rename {
+                    self.sftp.posix_rename(&p.tmp, &p.fin)?
+                } else {
+                    let r = self.sftp.remove(&p.fin)?;
+                    let _ = self.sftp.wait(r)?;
+                    self.sftp.send_rename(&p.tmp, &p.fin)?
+                };
+                last_ids.push((k, id, true));
+            } else {
+                last_ids.push((k, self.sftp.remove(&p.tmp)?, false));
+            }
+        }
+        let mut cleanup = Vec::new();
+        for (k, id, is_rename) in last_ids {
+            let r = self.sftp.wait(id)?;
+            if is_rename {
+                match r.ok("rename into place") {
+                    Ok(()) => puts[k].result = Some(Ok(sizes[k])),
+                    Err(e) => {
+                        puts[k].result = Some(Err(e));
+                        cleanup.push(self.sftp.remove(&puts[k].tmp)?);
+                    }
+                }
+            }
+        }
+        for id in cleanup {
+            let _ = self.sftp.wait(id)?;
+        }
+        Ok(puts
+            .into_iter()
+            .map(|p| {
+                p.result
+                    .unwrap_or_else(|| Err(io::Error::other("not attempted")))
+            })
+            .collect())
+    }
+
+    /// Send the request for one non-copy action; the id of its reply.
+    fn send_action(&mut self, a: &Action) -> io::Result<Option<u32>> {
+        let p = self.path(a.path());
+        Ok(Some(match a {
+            Action::Delete {
+                kind: EntryKind::Dir,
+                ..
+            } => self.sftp.rmdir(&p)?,
+            Action::Delete { .. } => self.sftp.remove(&p)?,
+            Action::Mkdir { .. } => self.sftp.mkdir(
+                &p,
+                &Attrs {
+                    perm: Some(0o700),
+                    ..Default::default()
+                },
+            )?,
+            Action::SetAttrs {
+                kind,
+                mode,
+                mtime,
+                owner,
+                ..
+            } => {
+                let attrs = Attrs {
+                    perm: if *kind == EntryKind::Symlink {
+                        None
+                    } else {
+                        *mode
+                    },
+                    times: mtime.map(|(s, _)| (secs32(s), secs32(s))),
+                    uid_gid: *owner,
+                    size: None,
+                };
+                if *kind == EntryKind::Symlink {
+                    if !self.sftp.lsetstat {
+                        return Ok(None);
+                    }
+                    self.sftp.lsetstat(&p, &attrs)?
+                } else {
+                    self.sftp.setstat(&p, &attrs)?
+                }
+            }
+            Action::Symlink { .. } | Action::Copy { .. } => {
+                return Err(io::Error::other("not pipelined"));
+            }
+        }))
+    }
+
     /// Rename `tmp` over `fin` atomically (posix-rename); without that
     /// extension, remove then rename (a short window without the file).
     fn rename_over(&mut self, tmp: &[u8], fin: &[u8]) -> io::Result<()> {
