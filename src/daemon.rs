@@ -40,7 +40,8 @@ const ABORT_GRACE: Duration = Duration::from_secs(10);
 enum Event {
     Terminate(i32),
     Reload,
-    Finished(String),
+    /// A run ended: the job's name and whether it failed.
+    Finished(String, bool),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +93,9 @@ struct JobState {
     next: Option<DateTime<Utc>>,
     running: bool,
     queued: bool,
+    /// A failed run is retried at this instant (`retry_interval`), when
+    /// that comes before the next scheduled firing.
+    retry_at: Option<DateTime<Utc>>,
 }
 
 struct Daemon {
@@ -109,10 +113,11 @@ impl Daemon {
         let mut old = std::mem::take(&mut self.jobs);
         for j in &self.cfg.jobs {
             let next = j.schedule.as_ref().and_then(|s| s.next_after(now, j.tz()));
-            let (running, queued) = old
+            let (running, queued, retry_at) = old
                 .remove(&j.name)
-                .map(|s| (s.running, s.queued))
-                .unwrap_or((false, false));
+                .map(|s| (s.running, s.queued, s.retry_at))
+                .unwrap_or((false, false, None));
+            let retry_at = retry_at.filter(|_| j.retry_interval.is_some());
             self.jobs.insert(
                 j.name.clone(),
                 JobState {
@@ -120,6 +125,7 @@ impl Daemon {
                     next,
                     running,
                     queued,
+                    retry_at,
                 },
             );
         }
@@ -131,6 +137,7 @@ impl Daemon {
                     JobState {
                         next: None,
                         queued: false,
+                        retry_at: None,
                         ..s
                     },
                 );
@@ -138,11 +145,12 @@ impl Daemon {
         }
     }
 
-    fn start(&mut self, name: &str, due: Option<DateTime<Utc>>) {
+    fn start(&mut self, name: &str, due: Option<DateTime<Utc>>, trigger: &'static str) {
         let Some(st) = self.jobs.get_mut(name) else {
             return;
         };
         st.running = true;
+        st.retry_at = None;
         self.running += 1;
         let job = st.job.clone();
         let env = self.env.clone();
@@ -150,7 +158,7 @@ impl Daemon {
         let tx = self.tx.clone();
         std::thread::spawn(move || {
             let opts = run::Options {
-                trigger: "schedule",
+                trigger,
                 dry_run: false,
                 wait: Wait::No,
                 verbose: false,
@@ -182,7 +190,8 @@ impl Daemon {
                     ),
                 );
             }
-            let _ = tx.send(Event::Finished(job.name.clone()));
+            let failed = res.status == Status::Failed;
+            let _ = tx.send(Event::Finished(job.name.clone(), failed));
         });
     }
 
@@ -218,22 +227,44 @@ impl Daemon {
                 }
                 continue;
             }
-            self.start(&name, Some(at));
+            self.start(&name, Some(at), "schedule");
+        }
+        let retries: Vec<String> = self
+            .jobs
+            .iter()
+            .filter(|(_, s)| !s.running && s.retry_at.is_some_and(|t| t <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in retries {
+            say(
+                Level::Info,
+                &format!("job {name}: retrying the failed run (retry_interval)"),
+            );
+            self.start(&name, None, "retry");
         }
     }
 
-    fn finished(&mut self, name: &str) {
+    fn finished(&mut self, name: &str, failed: bool) {
         self.running = self.running.saturating_sub(1);
         let Some(st) = self.jobs.get_mut(name) else {
             return;
         };
         st.running = false;
+        // a failed run is retried after `retry_interval`, unless the
+        // schedule fires again before that anyway
+        st.retry_at = match (failed, st.job.retry_interval) {
+            (true, Some(iv)) => {
+                let at = Utc::now() + chrono::Duration::from_std(iv).unwrap_or_default();
+                (st.next.is_none_or(|n| at < n)).then_some(at)
+            }
+            _ => None,
+        };
         let queued = std::mem::take(&mut st.queued);
         let gone = !self.cfg.jobs.iter().any(|j| j.name == name);
         if gone {
             self.jobs.remove(name);
         } else if queued && !self.cancel.load(Ordering::Relaxed) {
-            self.start(name, None);
+            self.start(name, None, "schedule");
         }
     }
 
@@ -275,7 +306,7 @@ impl Daemon {
             }
         }
         for n in to_run {
-            self.start(&n, None);
+            self.start(&n, None, "schedule");
         }
     }
 
@@ -379,7 +410,12 @@ pub fn run(g: &Global) -> Result<(), CliError> {
     let signal = loop {
         let now = Utc::now();
         d.fire_due(now);
-        let next = d.jobs.values().filter_map(|s| s.next).min();
+        let next = d
+            .jobs
+            .values()
+            .flat_map(|s| [s.next, s.retry_at.filter(|_| !s.running)])
+            .flatten()
+            .min();
         let sleep = match next {
             Some(t) => (t - Utc::now())
                 .to_std()
@@ -394,7 +430,7 @@ pub fn run(g: &Global) -> Result<(), CliError> {
                 d.reload();
                 sd_notify("READY=1");
             }
-            Ok(Event::Finished(name)) => d.finished(&name),
+            Ok(Event::Finished(name, failed)) => d.finished(&name, failed),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break 0,
         }
@@ -433,7 +469,7 @@ pub fn run(g: &Global) -> Result<(), CliError> {
             continue;
         }
         match rx.recv_timeout(limit - now) {
-            Ok(Event::Finished(name)) => {
+            Ok(Event::Finished(name, _)) => {
                 d.running = d.running.saturating_sub(1);
                 if let Some(s) = d.jobs.get_mut(&name) {
                     s.running = false;

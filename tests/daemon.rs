@@ -347,3 +347,43 @@ fn notifies_systemd_ready_when_notify_socket_is_set() {
     assert_eq!(&buf[..n], b"STOPPING=1");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn a_failed_run_is_retried_after_retry_interval() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"one");
+    let marker = lab.path("ready");
+    // fire once, about two seconds from now (a daily spec at that second)
+    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    let spec = at.format("%S %M %H * * *").to_string();
+    lab.job(&format!(
+        "schedule: \"{spec}\"\ntimezone: UTC\nretry_interval: 1s\nbefore: test -e {}",
+        marker.display()
+    ));
+    let mut d = Daemon::start(&lab);
+    let t = Instant::now();
+    while lab.log().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.err());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::write(&marker, b"").unwrap();
+    while lab.log().len() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(15), "{}", d.err());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(10)), 0);
+    let log = lab.log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0]["trigger"], "schedule");
+    assert_eq!(log[0]["status"], "failed");
+    assert_eq!(log[1]["trigger"], "retry");
+    assert_eq!(log[1]["status"], "ok", "{}", log[1]);
+    let gap = parse_ts(log[1]["started_at"].as_str().unwrap())
+        - parse_ts(log[0]["finished_at"].as_str().unwrap());
+    assert!(
+        gap >= chrono::Duration::milliseconds(900),
+        "retried after the interval, not at once: {gap}"
+    );
+    assert_eq!(fs::read(lab.dst().join("a.txt")).unwrap(), b"one");
+}
