@@ -24,6 +24,13 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# the packaging test builds the .deb with cargo-deb
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "installing cargo-deb (cargo install --locked cargo-deb)" >&2
+  cargo install --locked --quiet cargo-deb
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+bash tests/packaging.sh

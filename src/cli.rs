@@ -97,7 +97,11 @@ pub enum Command {
     /// Recent outcomes from the run log, newest last
     Log {
         /// Only this job
+        #[arg(conflicts_with = "job_opt")]
         job: Option<String>,
+        /// Only this job (same as the positional JOB)
+        #[arg(long = "job", value_name = "JOB")]
+        job_opt: Option<String>,
         /// How many records
         #[arg(short = 'n', default_value_t = 20)]
         n: usize,
@@ -115,6 +119,12 @@ pub enum Command {
     Status {
         #[arg(long)]
         json: bool,
+    },
+    /// Write the man page and bash/zsh/fish completions into DIR (for packagers)
+    #[command(hide = true)]
+    Generate {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -224,20 +234,59 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         ),
         Command::Log {
             job,
+            job_opt,
             n,
             status,
             since,
             json,
         } => cmd_log(
             g,
-            job.as_deref(),
+            job.as_deref().or(job_opt.as_deref()),
             *n,
             status.as_deref(),
             since.as_deref(),
             *json,
         ),
         Command::Status { json } => cmd_status(g, *json),
+        Command::Generate { dir } => cmd_generate(dir),
     }
+}
+
+/// The man page and shell completions, from the clap definitions.
+fn cmd_generate(dir: &Path) -> Result<u8, CliError> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let fail =
+        |what: &str, e: std::io::Error| CliError::Failed(format!("cannot write {what}: {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| fail(&dir.display().to_string(), e))?;
+    let cmd = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .render(&mut page)
+        .map_err(|e| fail("man page", e))?;
+    let p = dir.join("syncjob.1");
+    std::fs::write(&p, &page).map_err(|e| fail(&p.display().to_string(), e))?;
+    // and a page per command: syncjob-run(1), syncjob-daemon(1), ...
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name: &'static str = Box::leak(format!("syncjob-{}", sub.get_name()).into_boxed_str());
+        let mut page = Vec::new();
+        clap_mangen::Man::new(sub.clone().name(name))
+            .render(&mut page)
+            .map_err(|e| fail("man page", e))?;
+        let p = dir.join(format!("{name}.1"));
+        std::fs::write(&p, &page).map_err(|e| fail(&p.display().to_string(), e))?;
+    }
+    for (shell, file) in [
+        (Shell::Bash, "syncjob.bash"),
+        (Shell::Zsh, "_syncjob"),
+        (Shell::Fish, "syncjob.fish"),
+    ] {
+        let mut buf = Vec::new();
+        clap_complete::generate(shell, &mut cmd.clone(), "syncjob", &mut buf);
+        let p = dir.join(file);
+        std::fs::write(&p, buf).map_err(|e| fail(&p.display().to_string(), e))?;
+    }
+    Ok(EXIT_OK)
 }
 
 fn cmd_run(
@@ -280,6 +329,7 @@ fn cmd_run(
         },
         verbose: g.verbose,
         quiet: g.quiet,
+        progress: !g.quiet && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdout()),
         scheduled_for: None,
     };
     let env = g.env();
@@ -440,6 +490,19 @@ fn read_log(
             )));
         }
     };
+    // cheap substring tests before parsing JSON (records are written
+    // compactly by serde_json, so the exact bytes are known); a match is
+    // then confirmed on the parsed value
+    let needles: Vec<Vec<u8>> = [("job", job), ("status", status)]
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| serde_json::json!({ *k: v }).to_string()))
+        .map(|t| {
+            t.trim_start_matches('{')
+                .trim_end_matches('}')
+                .as_bytes()
+                .to_vec()
+        })
+        .collect();
     let mut out = Vec::new();
     for line in lines {
         if out.len() >= n {
@@ -447,6 +510,13 @@ fn read_log(
         }
         let line =
             line.map_err(|e| CliError::Failed(format!("reading {}: {e}", path.display())))?;
+        if since.is_none()
+            && !needles
+                .iter()
+                .all(|nd| line.windows(nd.len()).any(|w| w == nd.as_slice()))
+        {
+            continue;
+        }
         let text = String::from_utf8_lossy(&line).into_owned();
         let rec: Option<Record> = serde_json::from_str(&text).ok();
         let v: serde_json::Value = match serde_json::from_str(&text) {

@@ -278,7 +278,7 @@ const SSH_KEYS: &[&str] = &[
     "port",
     "timeout",
 ];
-const TOP_KEYS: &[&str] = &["defaults", "jobs", "shutdown_timeout"];
+const TOP_KEYS: &[&str] = &["defaults", "include", "jobs", "shutdown_timeout"];
 
 /// Closest known key, for "did you mean".
 fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
@@ -300,15 +300,15 @@ fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
     (dist(key, best) <= 2).then_some(*best)
 }
 
-struct Ctx<'a> {
-    file: &'a Path,
+struct Ctx {
+    file: PathBuf,
     problems: Vec<Problem>,
 }
 
-impl Ctx<'_> {
+impl Ctx {
     fn err(&mut self, pos: Pos, job: Option<&str>, msg: impl Into<String>) {
         self.problems.push(Problem {
-            file: self.file.to_path_buf(),
+            file: self.file.clone(),
             pos,
             job: job.map(String::from),
             message: msg.into(),
@@ -389,12 +389,8 @@ fn raw<'n>(ctx: &mut Ctx, node: &'n Node, what: &str, job: Option<&str>) -> Raw<
     r
 }
 
-pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
-    let mut ctx = Ctx {
-        file: path,
-        problems: Vec::new(),
-    };
-    let invalid = |ctx: Ctx| Err(ConfigError::Invalid(ctx.problems));
+/// Parse one YAML document: UTF-8 check, syntax, `${VAR}` expansion.
+fn read_doc(ctx: &mut Ctx, bytes: &[u8]) -> Option<Node> {
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
@@ -402,30 +398,163 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
             let line = good.iter().filter(|b| **b == b'\n').count() + 1;
             let col = good.len() - good.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
             ctx.err(Pos { line, col }, None, "the jobs file is not valid UTF-8");
-            return invalid(ctx);
+            return None;
         }
     };
-    let root = match yaml::parse(text) {
-        Ok(Some(r)) => r,
+    match yaml::parse(text) {
+        Ok(Some(mut r)) => {
+            expand_env(ctx, &mut r, &|k| std::env::var(k).ok());
+            Some(r)
+        }
         Ok(None) => {
             ctx.err(
                 Pos { line: 1, col: 1 },
                 None,
                 "the jobs file is empty; it needs a `jobs:` mapping (see jobs.example.yaml)",
             );
-            return invalid(ctx);
+            None
         }
         Err(e) => {
             ctx.err(e.pos, None, format!("YAML syntax error: {}", e.message));
-            return invalid(ctx);
+            None
         }
+    }
+}
+
+/// Expand `${NAME}` and `${NAME:-default}` in every scalar value (not in
+/// keys); `$${` gives a literal `${`. A `$` not followed by `{` is kept as
+/// is. An unset variable without a default is an error at the value.
+fn expand_env(ctx: &mut Ctx, node: &mut Node, get: &dyn Fn(&str) -> Option<String>) {
+    match &mut node.kind {
+        Kind::Scalar { text, .. } => {
+            if text.contains("${") {
+                match expand_str(text, get) {
+                    Ok(t) => *text = t,
+                    Err(e) => ctx.err(node.pos, None, e),
+                }
+            }
+        }
+        Kind::Seq(items) => {
+            for n in items {
+                expand_env(ctx, n, get);
+            }
+        }
+        Kind::Map(pairs) => {
+            for (_, v) in pairs {
+                expand_env(ctx, v, get);
+            }
+        }
+        Kind::Null => {}
+    }
+}
+
+pub fn expand_str(s: &str, get: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix("${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let Some(end) = body.find('}') else {
+                return Err(format!("unclosed `${{` in {s:?}"));
+            };
+            let inner = &body[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            let valid = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!("`${{{inner}}}`: not a variable name"));
+            }
+            match (get(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (write `${{{name}:-default}}` for a default)"
+                    ));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The files an `include:` pattern names, sorted. A wildcard may appear in
+/// the last component only (`/etc/syncjob/jobs.d/*.yaml`); a pattern
+/// without one names one file, which must exist.
+fn include_files(pattern: &str, base: &Path) -> Result<Vec<PathBuf>, String> {
+    let full = base.join(pattern);
+    let name = full
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = full.parent().unwrap_or(Path::new("/"));
+    let wild = |s: &str| s.contains(['*', '?', '[']);
+    if wild(&dir.to_string_lossy()) {
+        return Err(format!(
+            "include {pattern:?}: wildcards are allowed in the file name only"
+        ));
+    }
+    if !wild(&name) {
+        return if full.is_file() {
+            Ok(vec![full])
+        } else {
+            Err(format!(
+                "include {pattern:?}: {} does not exist",
+                full.display()
+            ))
+        };
+    }
+    let glob = globset::Glob::new(&name)
+        .map_err(|e| format!("include {pattern:?}: {e}"))?
+        .compile_matcher();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        // an absent jobs.d is like an empty one
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("include {pattern:?}: {}: {e}", dir.display())),
     };
-    let base = path
-        .canonicalize()
+    let mut v: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| glob.is_match(e.file_name()))
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn dir_of(path: &Path) -> PathBuf {
+    path.canonicalize()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .or_else(|| path.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."));
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
+    let mut ctx = Ctx {
+        file: path.to_path_buf(),
+        problems: Vec::new(),
+    };
+    let invalid = |ctx: Ctx| Err(ConfigError::Invalid(ctx.problems));
+    let Some(root) = read_doc(&mut ctx, bytes) else {
+        return invalid(ctx);
+    };
+    let base = dir_of(path);
 
     let top = ctx.map(&root, "the top level", TOP_KEYS, None);
     if !matches!(root.kind, Kind::Map(_)) {
@@ -433,6 +562,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
     }
     let mut defaults = Raw::default();
     let mut jobs_node = None;
+    let mut include_node = None;
     let mut shutdown_timeout = Duration::from_secs(30);
     for (k, v, kpos) in &top {
         match *k {
@@ -449,6 +579,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
                 }
             }
             "jobs" => jobs_node = Some((*v, *kpos)),
+            "include" => include_node = Some(*v),
             "shutdown_timeout" => match v.scalar().map(parse_duration) {
                 Some(Ok(d)) => shutdown_timeout = d,
                 Some(Err(e)) => ctx.err(v.pos, None, format!("shutdown_timeout: {e}")),
@@ -461,30 +592,103 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
             _ => {}
         }
     }
-    let Some((jobs_node, _)) = jobs_node else {
-        ctx.err(root.pos, None, "missing `jobs:` mapping");
-        return invalid(ctx);
-    };
-    let mut jobs = Vec::new();
-    for (name, node, kpos) in ctx.map(jobs_node, "jobs", &[], None) {
-        if !valid_job_name(name) {
-            ctx.err(
-                kpos,
-                Some(name),
-                "a job name may use only letters, digits, `.`, `_` and `-`",
-            );
-            continue;
-        }
-        let own = raw(&mut ctx, node, &format!("job {name}"), Some(name));
-        let mut merged = defaults.clone();
-        merged.fields.extend(own.fields);
-        merged.ssh.extend(own.ssh);
-        if let Some(job) = build_job(&mut ctx, name, kpos, node, &merged, &base) {
-            jobs.push(job);
+
+    // included files: each holds a `jobs:` mapping; `defaults` of this
+    // file apply to their jobs; their relative paths are resolved against
+    // their own directory
+    let mut included: Vec<(PathBuf, Node)> = Vec::new();
+    if let Some(inc) = include_node {
+        let patterns: Vec<&Node> = match &inc.kind {
+            Kind::Seq(items) => items.iter().collect(),
+            _ if inc.is_null() => Vec::new(),
+            _ => vec![inc],
+        };
+        for pn in patterns {
+            let Some(pat) = pn.as_str() else {
+                ctx.err(
+                    pn.pos,
+                    None,
+                    format!("include: expected a path or glob, found {}", pn.type_name()),
+                );
+                continue;
+            };
+            match include_files(pat, &base) {
+                Ok(files) => {
+                    for f in files {
+                        let canon = f.canonicalize().unwrap_or_else(|_| f.clone());
+                        if canon == path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+                            || included.iter().any(|(p, _)| *p == f)
+                        {
+                            continue;
+                        }
+                        match std::fs::read(&f) {
+                            Ok(b) => {
+                                ctx.file = f.clone();
+                                if let Some(r) = read_doc(&mut ctx, &b) {
+                                    included.push((f, r));
+                                }
+                                ctx.file = path.to_path_buf();
+                            }
+                            Err(e) => {
+                                ctx.err(pn.pos, None, format!("include {}: {e}", f.display()))
+                            }
+                        }
+                    }
+                }
+                Err(e) => ctx.err(pn.pos, None, e),
+            }
         }
     }
-    if jobs_node.is_null() || matches!(&jobs_node.kind, Kind::Map(p) if p.is_empty()) {
-        ctx.err(jobs_node.pos, None, "`jobs:` holds no job");
+
+    if jobs_node.is_none() && include_node.is_none() {
+        ctx.err(root.pos, None, "missing `jobs:` mapping");
+        return invalid(ctx);
+    }
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut seen: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
+    let mut add_jobs = |ctx: &mut Ctx, jobs_node: &Node, base: &Path| {
+        for (name, node, kpos) in ctx.map(jobs_node, "jobs", &[], None) {
+            if !valid_job_name(name) {
+                ctx.err(
+                    kpos,
+                    Some(name),
+                    "a job name may use only letters, digits, `.`, `_` and `-`",
+                );
+                continue;
+            }
+            if let Some((f, p)) = seen.get(name) {
+                let msg = format!("job name defined twice (first at {}:{p})", f.display());
+                ctx.err(kpos, Some(name), msg);
+                continue;
+            }
+            seen.insert(name.to_string(), (ctx.file.clone(), kpos));
+            let own = raw(ctx, node, &format!("job {name}"), Some(name));
+            let mut merged = defaults.clone();
+            merged.fields.extend(own.fields);
+            merged.ssh.extend(own.ssh);
+            if let Some(job) = build_job(ctx, name, kpos, node, &merged, base) {
+                jobs.push(job);
+            }
+        }
+    };
+    if let Some((jn, _)) = jobs_node {
+        add_jobs(&mut ctx, jn, &base);
+    }
+    for (f, r) in &included {
+        ctx.file = f.clone();
+        let top = ctx.map(r, "an included file", &["jobs"], None);
+        match top.iter().find(|(k, _, _)| *k == "jobs") {
+            Some((_, jn, _)) => add_jobs(&mut ctx, jn, &dir_of(f)),
+            None if matches!(r.kind, Kind::Map(_)) => {
+                ctx.err(r.pos, None, "an included file needs a `jobs:` mapping")
+            }
+            None => {}
+        }
+    }
+    ctx.file = path.to_path_buf();
+    if jobs.is_empty() && ctx.problems.is_empty() {
+        let pos = jobs_node.map(|(n, _)| n.pos).unwrap_or(root.pos);
+        ctx.err(pos, None, "`jobs:` holds no job");
     }
     if ctx.problems.is_empty() {
         Ok(Config {
@@ -956,5 +1160,104 @@ jobs:
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("5m3").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn env_expansion() {
+        let get = |k: &str| match k {
+            "HOST" => Some("web2".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(
+            expand_str("root@${HOST}:/srv", &get).unwrap(),
+            "root@web2:/srv"
+        );
+        assert_eq!(expand_str("${NOPE:-web9}:/x", &get).unwrap(), "web9:/x");
+        assert_eq!(expand_str("${EMPTY:-d}", &get).unwrap(), "d");
+        assert_eq!(
+            expand_str("cost $5 $${HOST}", &get).unwrap(),
+            "cost $5 ${HOST}"
+        );
+        assert!(
+            expand_str("${NOPE}", &get)
+                .unwrap_err()
+                .contains("NOPE is not set")
+        );
+        assert!(expand_str("${HOST", &get).unwrap_err().contains("unclosed"));
+        assert!(
+            expand_str("${1X}", &get)
+                .unwrap_err()
+                .contains("not a variable")
+        );
+    }
+
+    #[test]
+    fn unset_variable_is_reported_at_its_value() {
+        let p = problems(
+            "jobs:\n  web:\n    source: /srv/a\n    remote: ${SYNCJOB_TEST_SURELY_UNSET_VAR}\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("/etc/syncjob/jobs.yaml:4:13: "), "{p:?}");
+        assert!(
+            p[0].contains("SYNCJOB_TEST_SURELY_UNSET_VAR is not set"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn includes_add_jobs_with_their_own_positions() {
+        let d = tempfile::tempdir().unwrap();
+        let main = d.path().join("jobs.yaml");
+        std::fs::create_dir(d.path().join("jobs.d")).unwrap();
+        std::fs::write(
+            &main,
+            "defaults:\n  retries: 7\ninclude: jobs.d/*.yaml\njobs:\n  a:\n    source: /srv/a\n    remote: /srv/b\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join("jobs.d/x.yaml"),
+            "jobs:\n  x:\n    source: site\n    remote: /srv/x\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("jobs.d/ignored.txt"), "not yaml: [").unwrap();
+        let c = load(&main).unwrap();
+        let names: Vec<&str> = c.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["a", "x"]);
+        let x = c.job("x").unwrap();
+        assert_eq!(x.retries, 7, "defaults apply to included jobs");
+        assert_eq!(
+            x.source,
+            d.path().canonicalize().unwrap().join("jobs.d/site")
+        );
+
+        // a duplicate name and a bad key in the included file, each located
+        std::fs::write(
+            d.path().join("jobs.d/y.yaml"),
+            "jobs:\n  a:\n    source: /srv/a\n    remote: /srv/c\n  y:\n    source: /srv/y\n    remote: /srv/z\n    delet: true\n",
+        )
+        .unwrap();
+        let err = load(&main).unwrap_err().to_string();
+        let y = d.path().join("jobs.d/y.yaml");
+        assert!(
+            err.contains(&format!(
+                "{}:2:3: job a: job name defined twice",
+                y.display()
+            )),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!("{}:8:5: job y: unknown key `delet`", y.display())),
+            "{err}"
+        );
+
+        // a named file that does not exist
+        std::fs::write(&main, "include: [other.yaml]\n").unwrap();
+        let err = load(&main).unwrap_err().to_string();
+        assert!(
+            err.contains("jobs.yaml:1:11: include \"other.yaml\"")
+                && err.contains("does not exist"),
+            "{err}"
+        );
     }
 }

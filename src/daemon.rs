@@ -163,6 +163,7 @@ impl Daemon {
                 wait: Wait::No,
                 verbose: false,
                 quiet: true,
+                progress: false,
                 scheduled_for: due,
             };
             let res = run::run_job(&job, &env, &opts, &cancel);

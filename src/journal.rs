@@ -17,6 +17,16 @@ pub struct PathError {
     pub message: String,
 }
 
+/// A hook that ran for the run: which, how it ended, its output (the last
+/// 4 KiB of stdout and stderr).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HookOutcome {
+    pub hook: String,
+    pub ok: bool,
+    pub status: String,
+    pub output: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Record {
     pub ts: String,
@@ -41,6 +51,9 @@ pub struct Record {
     /// `started_at - scheduled_for`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_for: Option<String>,
+    /// The job's hooks that ran (before, after, on_failure) with their output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookOutcome>,
     pub host: String,
     pub pid: u32,
     pub version: String,
@@ -182,6 +195,22 @@ mod tests {
             .collect();
         want.reverse();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn rotation_by_rename_loses_nothing() {
+        // what logrotate does (rename, then `create`): the next append goes
+        // to the new file, the rotated one keeps its whole lines
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("runs.jsonl");
+        append_line(&p, b"{\"n\":1}\n").unwrap();
+        std::fs::rename(&p, d.path().join("runs.jsonl.1")).unwrap();
+        append_line(&p, b"{\"n\":2}\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"{\"n\":2}\n");
+        assert_eq!(
+            std::fs::read(d.path().join("runs.jsonl.1")).unwrap(),
+            b"{\"n\":1}\n"
+        );
     }
 
     #[test]

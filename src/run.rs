@@ -34,6 +34,8 @@ pub struct Options {
     pub wait: Wait,
     pub verbose: bool,
     pub quiet: bool,
+    /// Draw a progress bar per target (an interactive `syncjob run`).
+    pub progress: bool,
     /// The instant a scheduled firing was due.
     pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -63,6 +65,8 @@ pub struct JobResult {
     /// The worst status over the targets.
     pub status: Status,
     pub records: Vec<Record>,
+    /// the records are in the run log already
+    pub appended: bool,
 }
 
 pub fn new_run_id() -> String {
@@ -84,6 +88,8 @@ struct RecordBase<'a> {
     trigger: &'static str,
     host: String,
     scheduled_for: Option<String>,
+    /// the `before` hook's outcome, in every record of the run
+    hooks: Vec<journal::HookOutcome>,
 }
 
 impl<'a> RecordBase<'a> {
@@ -101,6 +107,7 @@ impl<'a> RecordBase<'a> {
                 t.with_timezone(&chrono::Local)
                     .to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
             }),
+            hooks: Vec::new(),
         }
     }
 }
@@ -142,6 +149,7 @@ impl RecordBase<'_> {
             errors,
             warnings: o.warnings.clone(),
             scheduled_for: self.scheduled_for.clone(),
+            hooks: self.hooks.clone(),
             host: self.host.clone(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -167,7 +175,17 @@ pub fn log_skipped(job: &Job, env: &Env, trigger: &'static str, reason: &str) ->
             )
         })
         .collect();
-    for r in &records {
+    append_all(env, &records);
+    JobResult {
+        job: job.name.clone(),
+        status: Status::Skipped,
+        records,
+        appended: true,
+    }
+}
+
+fn append_all(env: &Env, records: &[Record]) {
+    for r in records {
         if let Err(e) = journal::append(&env.log, r) {
             eprintln!(
                 "syncjob: cannot append to run log {}: {e}",
@@ -175,10 +193,21 @@ pub fn log_skipped(job: &Job, env: &Env, trigger: &'static str, reason: &str) ->
             );
         }
     }
-    JobResult {
-        job: job.name.clone(),
-        status: Status::Skipped,
-        records,
+}
+
+/// Whether a real run holds its records back until its `after`/`on_failure`
+/// hooks have run, so that their outcome goes into the records. Without
+/// such hooks each target's record is appended as soon as it is done.
+fn holds_records(job: &Job, opts: &Options) -> bool {
+    !opts.dry_run && (job.hooks.after.is_some() || job.hooks.on_failure.is_some())
+}
+
+fn hook_outcome(hook: &str, r: &crate::hooks::HookResult) -> journal::HookOutcome {
+    journal::HookOutcome {
+        hook: hook.into(),
+        ok: r.ok,
+        status: r.status.clone(),
+        output: r.output.clone(),
     }
 }
 
@@ -202,8 +231,12 @@ pub fn human_bytes(n: u64) -> String {
 /// Runs the job's `after` (and on failure `on_failure`) hook at the end of a
 /// real run.
 pub fn run_job(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> JobResult {
-    let res = run_job_locked(job, env, opts, cancel);
+    let mut res = run_job_locked(job, env, opts, cancel);
     if opts.dry_run || res.status == Status::Skipped {
+        if !res.appended {
+            append_all(env, &res.records);
+            res.appended = true;
+        }
         return res;
     }
     let sum = |f: fn(&Record) -> u64| res.records.iter().map(f).sum::<u64>().to_string();
@@ -242,6 +275,7 @@ pub fn run_job(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> Job
     if res.status == Status::Failed {
         hooks.push(("on_failure", &job.hooks.on_failure));
     }
+    let mut ran = Vec::new();
     for (name, cmd) in hooks {
         if let Some(cmd) = cmd {
             let r = crate::hooks::run(cmd, &vars, job.hooks.timeout);
@@ -251,7 +285,15 @@ pub fn run_job(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> Job
                     job.name, r.status, r.output
                 );
             }
+            ran.push(hook_outcome(name, &r));
         }
+    }
+    if !res.appended {
+        for r in &mut res.records {
+            r.hooks.extend(ran.iter().cloned());
+        }
+        append_all(env, &res.records);
+        res.appended = true;
     }
     res
 }
@@ -284,11 +326,13 @@ fn run_job_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> 
                     env,
                     opts,
                     format!("cannot take the job lock {}: {e}", lock_path.display()),
+                    Vec::new(),
                 );
             }
         }
     };
 
+    let mut before = Vec::new();
     if !opts.dry_run
         && let Some(cmd) = &job.hooks.before
     {
@@ -301,12 +345,14 @@ fn run_job_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> 
             ],
             job.hooks.timeout,
         );
+        before.push(hook_outcome("before", &r));
         if !r.ok {
             return fail_all(
                 job,
                 env,
                 opts,
                 format!("before hook failed ({}): {}", r.status, r.output),
+                before,
             );
         }
     }
@@ -318,7 +364,7 @@ fn run_job_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> 
                 ScanError::Missing(_) => format!("{e}; nothing was changed on the targets"),
                 _ => e.to_string(),
             };
-            return fail_all(job, env, opts, reason);
+            return fail_all(job, env, opts, reason, before);
         }
     };
     if job.delete && scan.is_empty() && !job.allow_empty_source {
@@ -330,13 +376,25 @@ fn run_job_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> 
                 "source {} is empty and delete is on: refusing to empty the targets (set allow_empty_source: true if this is intended)",
                 job.source.display()
             ),
+            before,
         );
     }
 
-    let base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
+    let mut base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
+    base.hooks = before;
+    let hold = holds_records(job, opts);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, Record)>> = Mutex::new(Vec::new());
     let print_lock = Mutex::new(());
+    let multi = (opts.progress && !opts.dry_run).then(indicatif::MultiProgress::new);
+    let shared = RunShared {
+        scan: &scan,
+        opts,
+        cancel,
+        base: &base,
+        started: &started,
+        multi: multi.as_ref(),
+    };
     let workers = job.parallel.min(job.targets.len()).max(1);
     std::thread::scope(|sc| {
         for _ in 0..workers {
@@ -346,17 +404,16 @@ fn run_job_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> 
                     let Some(target) = job.targets.get(i) else {
                         break;
                     };
-                    let (rec, text) =
-                        sync_target(job, target, &scan, opts, cancel, &base, &started);
-                    if let Err(e) = journal::append(&env.log, &rec) {
-                        eprintln!(
-                            "syncjob: cannot append to run log {}: {e}",
-                            env.log.display()
-                        );
+                    let (rec, text) = sync_target(job, target, &shared);
+                    if !hold {
+                        append_all(env, std::slice::from_ref(&rec));
                     }
                     if !text.is_empty() {
                         let _g = print_lock.lock().unwrap();
-                        print!("{text}");
+                        match &multi {
+                            Some(m) => m.suspend(|| print!("{text}")),
+                            None => print!("{text}"),
+                        }
                     }
                     results.lock().unwrap().push((i, rec));
                 }
@@ -380,14 +437,22 @@ fn run_job_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> 
         job: job.name.clone(),
         status,
         records,
+        appended: !hold,
     }
 }
 
-fn fail_all(job: &Job, env: &Env, opts: &Options, reason: String) -> JobResult {
+fn fail_all(
+    job: &Job,
+    env: &Env,
+    opts: &Options,
+    reason: String,
+    before: Vec<journal::HookOutcome>,
+) -> JobResult {
     if !opts.quiet {
         eprintln!("syncjob: job {}: {reason}", job.name);
     }
-    let base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
+    let mut base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
+    base.hooks = before;
     let started = (journal::now_rfc3339(), Instant::now());
     let records: Vec<Record> = job
         .targets
@@ -403,19 +468,40 @@ fn fail_all(job: &Job, env: &Env, opts: &Options, reason: String) -> JobResult {
             )
         })
         .collect();
-    for r in &records {
-        if let Err(e) = journal::append(&env.log, r) {
-            eprintln!(
-                "syncjob: cannot append to run log {}: {e}",
-                env.log.display()
-            );
-        }
+    let hold = holds_records(job, opts);
+    if !hold {
+        append_all(env, &records);
     }
     JobResult {
         job: job.name.clone(),
         status: Status::Failed,
         records,
+        appended: !hold,
     }
+}
+
+/// A bar for one target: bytes done of the files to copy, files done,
+/// rate and ETA.
+fn progress_bar(
+    m: &indicatif::MultiProgress,
+    job: &Job,
+    target: &Target,
+    actions: &[Action],
+) -> (indicatif::ProgressBar, u64) {
+    let (files, bytes) = actions.iter().fold((0u64, 0u64), |(f, b), a| match a {
+        Action::Copy { size, .. } => (f + 1, b + size),
+        _ => (f, b),
+    });
+    let bar = m.add(indicatif::ProgressBar::new(bytes));
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:25}] {bytes}/{total_bytes} {msg} {binary_bytes_per_sec} ETA {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("{} -> {target}", job.name));
+    bar.set_message(format!("0/{files} files"));
+    (bar, files)
 }
 
 /// Wait before retry number `n` (0-based): 1s, 2s, 4s, ... up to 30s.
@@ -445,19 +531,30 @@ fn connect(
 }
 
 /// Plan and apply one target; returns its record and the text to print.
+/// What the targets of one run share.
+#[derive(Clone, Copy)]
+struct RunShared<'a> {
+    scan: &'a Scan,
+    opts: &'a Options,
+    cancel: &'a AtomicBool,
+    base: &'a RecordBase<'a>,
+    started: &'a (String, Instant),
+    multi: Option<&'a indicatif::MultiProgress>,
+}
+
 /// Transient failures (connection refused, timeout, a channel lost midway)
 /// are retried `retries` times with exponential backoff, each time listing
 /// and planning afresh, so work already done is not repeated; permanent
 /// ones (auth refused, host key unknown or changed) are not.
-fn sync_target(
-    job: &Job,
-    target: &Target,
-    scan: &Scan,
-    opts: &Options,
-    cancel: &AtomicBool,
-    base: &RecordBase,
-    started: &(String, Instant),
-) -> (Record, String) {
+fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) {
+    let RunShared {
+        scan,
+        opts,
+        cancel,
+        base,
+        started,
+        multi,
+    } = *run;
     let mut text = String::new();
     let mut outcome = Outcome {
         errors: scan.errors.clone(),
@@ -585,8 +682,15 @@ fn sync_target(
                 text,
             );
         }
+        let bar = multi.map(|m| progress_bar(m, job, target, &plan.actions));
+        let files_done = std::sync::atomic::AtomicU64::new(0);
         let verbose_lines = Mutex::new(String::new());
         let on_done = |a: &Action| {
+            if let (Some((bar, files)), Action::Copy { size, .. }) = (&bar, a) {
+                let n = files_done.fetch_add(1, Ordering::Relaxed) + 1;
+                bar.inc(*size);
+                bar.set_message(format!("{n}/{files} files"));
+            }
             if opts.verbose {
                 let l = a.itemize();
                 if !l.is_empty() {
@@ -605,6 +709,9 @@ fn sync_target(
         };
         let applied = executor::execute(&plan, t.as_mut(), &settings);
         drop(t);
+        if let Some((bar, _)) = &bar {
+            bar.finish();
+        }
         text.push_str(&verbose_lines.into_inner().unwrap());
         outcome.files_transferred += applied.files_transferred;
         outcome.bytes_transferred += applied.bytes_transferred;

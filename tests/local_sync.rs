@@ -435,4 +435,33 @@ fn hooks_run_around_the_job_with_its_outcome() {
             .unwrap()
             .ends_with("failed: before hook failed (exit 4): not now\n")
     );
+    let hooks = rec["hooks"].as_array().expect("hooks in the record");
+    assert_eq!(hooks[0]["hook"], "before");
+    assert_eq!(hooks[0]["ok"], false);
+    assert_eq!(hooks[0]["output"], "not now");
+    assert_eq!(hooks[1]["hook"], "on_failure");
+    assert_eq!(hooks[1]["ok"], true);
+
+    // hook output (stdout and stderr) is captured into the record
+    lab.job("before: echo warming up\nafter: 'echo \"sent $SYNCJOB_FILES_TRANSFERRED\"; echo oops >&2; exit 3'");
+    lab.run(&["run", "web"]).code(0);
+    let rec = lab.last();
+    assert_eq!(
+        rec["status"], "ok",
+        "a failing after hook does not fail the run"
+    );
+    let hooks = rec["hooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 2, "{rec}");
+    assert_eq!(hooks[0]["output"], "warming up");
+    assert_eq!(hooks[1]["hook"], "after");
+    assert_eq!(hooks[1]["status"], "exit 3");
+    let output = hooks[1]["output"].as_str().unwrap();
+    assert!(
+        output.contains("sent 1") && output.contains("oops"),
+        "{output}"
+    );
+    // without hooks the field is absent
+    lab.job("");
+    lab.run(&["run", "web"]).code(0);
+    assert!(lab.last().get("hooks").is_none());
 }
