@@ -180,12 +180,27 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
 }
 
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|e| ConfigError::Read {
+    let bytes = read_limited(path).map_err(|e| ConfigError::Read {
         path: path.to_path_buf(),
         source: e,
     })?;
     parse(path, &bytes)
 }
+
+/// Read at most `MAX_FILE + 1` bytes: enough to tell a too-large file
+/// without reading it all (a log or a device given by mistake).
+fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut v = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE as u64 + 1)
+        .read_to_end(&mut v)?;
+    Ok(v)
+}
+
+/// No duration (timeout, interval, `@every`) is longer: beyond it, instant
+/// arithmetic could overflow, and no real setting comes near.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 86400);
 
 /// Parse "30s", "2m30s", "1h", "500ms" or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -194,6 +209,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err("empty duration".into());
     }
     if let Ok(n) = s.parse::<u64>() {
+        if n > MAX_DURATION.as_secs() {
+            return Err(format!("bad duration {s:?}: longer than 10 years"));
+        }
         return Ok(Duration::from_secs(n));
     }
     let mut total = Duration::ZERO;
@@ -218,20 +236,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("bad duration {s:?} (examples: 30s, 2m30s, 1h)"))?;
         num.clear();
+        let too_long = || format!("bad duration {s:?}: too long");
+        let secs = |mul: u64| {
+            n.checked_mul(mul)
+                .map(Duration::from_secs)
+                .ok_or_else(too_long)
+        };
         let d = match unit.as_str() {
             "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86400),
+            "s" => secs(1)?,
+            "m" => secs(60)?,
+            "h" => secs(3600)?,
+            "d" => secs(86400)?,
             _ => {
                 return Err(format!(
                     "bad duration {s:?}: unknown unit {unit:?} (use ms, s, m, h, d)"
                 ));
             }
         };
-        total += d;
+        total = total.checked_add(d).ok_or_else(too_long)?;
         any = true;
+    }
+    if total > MAX_DURATION {
+        return Err(format!("bad duration {s:?}: longer than 10 years"));
     }
     if !num.is_empty() || !any {
         return Err(format!(
@@ -388,6 +415,11 @@ fn raw<'n>(ctx: &mut Ctx, node: &'n Node, what: &str, job: Option<&str>) -> Raw<
     }
     r
 }
+
+/// The largest jobs file (each included file too): far beyond any real
+/// one (thousands of jobs), small enough that a wrong file (a log, a
+/// binary) is refused at once.
+const MAX_FILE: usize = 4 << 20;
 
 /// Parse one YAML document: UTF-8 check, syntax, `${VAR}` expansion.
 fn read_doc(ctx: &mut Ctx, bytes: &[u8]) -> Option<Node> {
@@ -551,6 +583,18 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
         problems: Vec::new(),
     };
     let invalid = |ctx: Ctx| Err(ConfigError::Invalid(ctx.problems));
+    if bytes.len() > MAX_FILE {
+        ctx.err(
+            Pos { line: 1, col: 1 },
+            None,
+            format!(
+                "the jobs file is too large ({:.1} MiB; the limit is {} MiB): split it with `include:`",
+                bytes.len() as f64 / (1 << 20) as f64,
+                MAX_FILE >> 20
+            ),
+        );
+        return invalid(ctx);
+    }
     let Some(root) = read_doc(&mut ctx, bytes) else {
         return invalid(ctx);
     };
@@ -621,7 +665,12 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
                         {
                             continue;
                         }
-                        match std::fs::read(&f) {
+                        match read_limited(&f) {
+                            Ok(b) if b.len() > MAX_FILE => ctx.err(
+                                pn.pos,
+                                None,
+                                format!("include {}: the file is too large", f.display()),
+                            ),
                             Ok(b) => {
                                 ctx.file = f.clone();
                                 if let Some(r) = read_doc(&mut ctx, &b) {
@@ -1160,6 +1209,19 @@ jobs:
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("5m3").is_err());
         assert!(parse_duration("").is_err());
+        // found by fuzzing: overflow panicked (debug) or wrapped (release)
+        assert!(
+            parse_duration("9999999999999999999m30s")
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(parse_duration("18446744073709551615d").is_err());
+        assert!(parse_duration("3700d").unwrap_err().contains("10 years"));
+        assert!(
+            parse_duration("99999999999")
+                .unwrap_err()
+                .contains("10 years")
+        );
     }
 
     #[test]

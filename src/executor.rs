@@ -145,6 +145,14 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
                     std::thread::sleep(std::time::Duration::from_millis(50 * tries as u64));
                     *res = t.put_file(items[k].0, &items[k].1, s.preserve_owner, s.cancel);
                 }
+                if tries > 0 && res.is_ok() {
+                    out.warnings.push(PathError {
+                        path: display_path(items[k].0),
+                        message: format!(
+                            "changed while being copied; copied again ({tries} retries)"
+                        ),
+                    });
+                }
             }
             r
         } else {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 fn check_reports_every_problem_with_file_line_column_and_job() {
     let lab = Lab::new();
     lab.config(
-        "jobs:\n  web:\n    source: {src}\n    remote: {dst}\n    delet: true\n  api:\n    source: {src}\n    remote: host:/\n    schedule: \"*/0 * * * *\"\n",
+        "jobs:\n  web:\n    source: {src}\n    remote: {dst}\n    delet: true\n  api:\n    source: {src}\n    remote: host:/\n    schedule: \"*/0 * * * *\"\n  img:\n    source: {src}\n    remote: {dir}/img\n    exclude: [\"*.tmp\", \"[abc\"]\n",
     );
     let r = lab.run(&["check"]);
     r.code(2);
@@ -35,7 +35,12 @@ fn check_reports_every_problem_with_file_line_column_and_job() {
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains("3 problem(s)"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("{f}:13:24: job img: ")) && r.stderr.contains("[abc"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("4 problem(s)"), "{}", r.stderr);
     // nothing runs from an invalid file
     lab.run(&["run", "--all"]).code(2);
     assert!(!lab.dst().exists());

@@ -160,6 +160,9 @@ pub fn verify_unchanged(f: &File, before: &Metadata, copied: u64) -> io::Result<
     if now.size() != before.size()
         || now.mtime() != before.mtime()
         || now.mtime_nsec() != before.mtime_nsec()
+        // ctime too: a writer that restores the old mtime still moves it
+        || now.ctime() != before.ctime()
+        || now.ctime_nsec() != before.ctime_nsec()
         || copied != before.size()
     {
         return Err(io::Error::other(ChangedDuringCopy));

@@ -25,6 +25,7 @@ const RENAME: u8 = 18;
 const READLINK: u8 = 19;
 const SYMLINK: u8 = 20;
 const EXTENDED: u8 = 200;
+const EXTENDED_REPLY: u8 = 201;
 const STATUS: u8 = 101;
 const HANDLE: u8 = 102;
 const NAME: u8 = 104;
@@ -177,6 +178,8 @@ pub enum Reply {
     Status(u32, String),
     Handle(Vec<u8>),
     Name(Vec<(Vec<u8>, Attrs)>),
+    /// SSH_FXP_EXTENDED_REPLY: the payload after the id
+    Extended(Vec<u8>),
     Other(u8),
 }
 
@@ -225,6 +228,7 @@ pub struct Sftp {
     pub posix_rename: bool,
     pub lsetstat: bool,
     pub fsync: bool,
+    pub statvfs: bool,
     /// requests not yet written to the channel: small requests go out
     /// together in one SSH packet
     out: Vec<u8>,
@@ -258,6 +262,7 @@ impl Sftp {
             posix_rename: false,
             lsetstat: false,
             fsync: false,
+            statvfs: false,
             out: Vec::with_capacity(2 * OUT_FLUSH + WRITE_CHUNK),
             inbuf: Vec::with_capacity(64 * 1024),
             inpos: 0,
@@ -281,6 +286,7 @@ impl Sftp {
                 b"posix-rename@openssh.com" => s.posix_rename = true,
                 b"lsetstat@openssh.com" => s.lsetstat = true,
                 b"fsync@openssh.com" => s.fsync = true,
+                b"statvfs@openssh.com" => s.statvfs = true,
                 _ => {}
             }
         }
@@ -369,6 +375,7 @@ impl Sftp {
                 }
                 Reply::Name(v)
             }
+            EXTENDED_REPLY => Reply::Extended(r.b.to_vec()),
             other => Reply::Other(other),
         };
         Ok((id, reply))
@@ -483,6 +490,29 @@ impl Sftp {
 
     pub fn remove(&mut self, path: &[u8]) -> io::Result<u32> {
         self.send(REMOVE, |b| put_str(b, path))
+    }
+
+    /// `statvfs@openssh.com`: bytes available to us on the file system
+    /// holding `path`, or None when the server lacks the extension.
+    pub fn avail_bytes(&mut self, path: &[u8]) -> io::Result<Option<u64>> {
+        if !self.statvfs {
+            return Ok(None);
+        }
+        let reply = self.call(EXTENDED, |b| {
+            put_str(b, b"statvfs@openssh.com");
+            put_str(b, path);
+        })?;
+        let Reply::Extended(body) = reply else {
+            return Ok(None);
+        };
+        // bsize frsize blocks bfree bavail files ffree favail fsid flag namemax
+        let mut r = Reader::new(&body);
+        let _bsize = r.u64()?;
+        let frsize = r.u64()?;
+        let _blocks = r.u64()?;
+        let _bfree = r.u64()?;
+        let bavail = r.u64()?;
+        Ok(Some(bavail.saturating_mul(frsize)))
     }
 
     /// `posix-rename@openssh.com`: rename(2), replacing the target atomically.

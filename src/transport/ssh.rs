@@ -148,6 +148,29 @@ pub struct Ssh {
 }
 
 impl Ssh {
+    /// SFTP v3 reports a full disk (and quota) only as a generic "Failure".
+    /// When a write or close fails so, ask the server how much room is left
+    /// (`statvfs@openssh.com`) and say "no space" when the file cannot fit.
+    fn explain_failure(&mut self, e: io::Error, src: &Path) -> io::Error {
+        let msg = e.to_string();
+        let generic = e.kind() == io::ErrorKind::Other
+            && (msg.ends_with(": Failure") || msg.ends_with(": failure"));
+        if !generic {
+            return e;
+        }
+        let need = std::fs::metadata(src).map(|m| m.len()).unwrap_or(0);
+        let root = self.root.clone();
+        match self.sftp.avail_bytes(&root) {
+            Ok(Some(avail)) if avail < need.max(1) => io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{msg}: no space left on device on the target ({avail} bytes free, the file needs {need})"
+                ),
+            ),
+            _ => e,
+        }
+    }
+
     pub fn connect(t: &SshTarget, job: &Job) -> io::Result<Ssh> {
         let o = &job.ssh;
         let port = t.port.unwrap_or(o.port);
@@ -578,7 +601,11 @@ impl Transport for Ssh {
         cancel: &AtomicBool,
     ) -> Vec<io::Result<u64>> {
         match self.put_batch(items, preserve_owner, cancel) {
-            Ok(r) => r,
+            Ok(r) => r
+                .into_iter()
+                .zip(items)
+                .map(|(r, (_, src))| r.map_err(|e| self.explain_failure(e, src)))
+                .collect(),
             // the session itself failed: every file of the batch failed with it
             Err(e) => items
                 .iter()
@@ -799,7 +826,7 @@ impl Transport for Ssh {
                 let _ = self.sftp.wait(r);
             }
         }
-        result
+        result.map_err(|e| self.explain_failure(e, src))
     }
 
     fn symlink(&mut self, rel: &Path, target: &Path, mtime: Option<(i64, u32)>) -> io::Result<()> {
