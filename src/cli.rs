@@ -63,6 +63,9 @@ pub enum Command {
         /// Print the itemized plan and change nothing
         #[arg(long)]
         dry_run: bool,
+        /// List every target in full (ignore the manifests of unchanged targets)
+        #[arg(long)]
+        verify: bool,
         /// Wait for a running instance to finish (forever, or up to SECS) instead of exiting 75
         #[arg(long, value_name = "SECS", num_args = 0..=1, require_equals = true)]
         wait: Option<Option<u64>>,
@@ -213,8 +216,9 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             jobs,
             all,
             dry_run,
+            verify,
             wait,
-        } => cmd_run(g, jobs, *all, *dry_run, *wait),
+        } => cmd_run(g, jobs, *all, *dry_run, *verify, *wait),
         Command::Daemon => crate::daemon::run(g).map(|()| EXIT_OK),
         Command::Check => cmd_check(g),
         Command::List { json } => cmd_list(g, *json),
@@ -294,6 +298,7 @@ fn cmd_run(
     names: &[String],
     all: bool,
     dry_run: bool,
+    verify: bool,
     wait: Option<Option<u64>>,
 ) -> Result<u8, CliError> {
     let cfg = g.load()?;
@@ -329,6 +334,7 @@ fn cmd_run(
         },
         verbose: g.verbose,
         quiet: g.quiet,
+        verify,
         progress: !g.quiet && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdout()),
         scheduled_for: None,
     };

@@ -86,6 +86,9 @@ pub struct Job {
     pub compare: Compare,
     pub retries: u32,
     pub retry_interval: Option<Duration>,
+    /// How long a target's manifest is trusted to skip listing it when
+    /// nothing changed in the source (0: always list).
+    pub verify_interval: Duration,
     pub allow_empty_source: bool,
     pub max_delete: Option<u64>,
     pub preserve_owner: bool,
@@ -285,6 +288,7 @@ const JOB_KEYS: &[&str] = &[
     "compare",
     "retries",
     "retry_interval",
+    "verify_interval",
     "allow_empty_source",
     "max_delete",
     "preserve_owner",
@@ -952,6 +956,9 @@ fn build_job(
     let filter = Filter::new(&exclude).unwrap_or_default();
     let retries = number(ctx, "retries").unwrap_or(3).min(100) as u32;
     let retry_interval = f("retry_interval").and_then(|n| duration(ctx, n, "retry_interval"));
+    let verify_interval = f("verify_interval")
+        .and_then(|n| duration(ctx, n, "verify_interval"))
+        .unwrap_or(Duration::from_secs(60));
     let max_delete = number(ctx, "max_delete");
     let parallel = match number(ctx, "parallel") {
         Some(0) => {
@@ -1043,6 +1050,7 @@ fn build_job(
         compare,
         retries,
         retry_interval,
+        verify_interval,
         allow_empty_source,
         max_delete,
         preserve_owner,

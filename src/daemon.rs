@@ -164,6 +164,7 @@ impl Daemon {
                 verbose: false,
                 quiet: true,
                 progress: false,
+                verify: false,
                 scheduled_for: due,
             };
             let res = run::run_job(&job, &env, &opts, &cancel);

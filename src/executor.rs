@@ -26,6 +26,8 @@ pub struct Outcome {
     pub aborted: Option<String>,
     /// the connection to the target was lost (worth a retry)
     pub lost_target: bool,
+    /// nothing to do, decided from the target's manifest without listing it
+    pub from_manifest: bool,
 }
 
 impl Outcome {

@@ -54,6 +54,10 @@ pub struct Record {
     /// The job's hooks that ran (before, after, on_failure) with their output.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookOutcome>,
+    /// `"manifest"` when the target was not listed: nothing changed in the
+    /// source since the target was last left `ok` (see verify_interval)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_state: Option<String>,
     pub host: String,
     pub pid: u32,
     pub version: String,

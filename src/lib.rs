@@ -13,6 +13,7 @@ pub mod filter;
 pub mod hooks;
 pub mod journal;
 pub mod lock;
+pub mod manifest;
 pub mod plan;
 pub mod run;
 pub mod schedule;

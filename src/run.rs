@@ -5,6 +5,7 @@ use crate::config::Job;
 use crate::executor::{self, Outcome, Settings};
 use crate::journal::{self, PathError, Record};
 use crate::lock;
+use crate::manifest;
 use crate::plan::{self, Action, Scan, ScanError};
 use crate::target::Target;
 use crate::transport;
@@ -36,6 +37,8 @@ pub struct Options {
     pub quiet: bool,
     /// Draw a progress bar per target (an interactive `syncjob run`).
     pub progress: bool,
+    /// List every target in full, whatever its manifest says.
+    pub verify: bool,
     /// The instant a scheduled firing was due.
     pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -150,6 +153,7 @@ impl RecordBase<'_> {
             warnings: o.warnings.clone(),
             scheduled_for: self.scheduled_for.clone(),
             hooks: self.hooks.clone(),
+            target_state: o.from_manifest.then(|| "manifest".to_string()),
             host: self.host.clone(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -388,6 +392,7 @@ fn run_job_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> 
     let print_lock = Mutex::new(());
     let multi = (opts.progress && !opts.dry_run).then(indicatif::MultiProgress::new);
     let shared = RunShared {
+        env,
         scan: &scan,
         opts,
         cancel,
@@ -534,6 +539,7 @@ fn connect(
 /// What the targets of one run share.
 #[derive(Clone, Copy)]
 struct RunShared<'a> {
+    env: &'a Env,
     scan: &'a Scan,
     opts: &'a Options,
     cancel: &'a AtomicBool,
@@ -548,6 +554,7 @@ struct RunShared<'a> {
 /// ones (auth refused, host key unknown or changed) are not.
 fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) {
     let RunShared {
+        env,
         scan,
         opts,
         cancel,
@@ -585,6 +592,35 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
         }
         rec
     };
+    // nothing changed in the source since the target was last left `ok`
+    // (and listed less than verify_interval ago): no need to connect
+    let mpath = manifest::path_for(&env.state_dir, job, target);
+    let effective_owner = job.preserve_owner && unsafe { libc::geteuid() } == 0;
+    let manifest_ok = !opts.dry_run
+        && !opts.verify
+        && !job.verify_interval.is_zero()
+        && job.mode == crate::config::Mode::Incremental
+        && job.compare == crate::config::Compare::SizeMtime;
+    if manifest_ok
+        && scan.errors.is_empty()
+        && scan.unknown.is_empty()
+        && let Some((tree, caps, _)) = manifest::load(&mpath, job, target, job.verify_interval)
+        && caps.preserve_owner == effective_owner
+    {
+        let popts = plan::Options {
+            mode: job.mode,
+            compare: job.compare,
+            delete: job.delete,
+            preserve_owner: caps.preserve_owner,
+            mtime_nanos: caps.mtime_nanos,
+            symlink_times: caps.symlink_times,
+        };
+        let plan = plan::diff(scan, Some(&tree), &job.filter, popts, &mut |_| Ok(true));
+        if plan.actions.is_empty() && plan.errors.is_empty() {
+            outcome.from_manifest = true;
+            return (finish(&outcome, Status::Ok, None, &mut text), text);
+        }
+    }
     let mut attempt = 0u32;
     let mut retried = Vec::new();
     loop {
@@ -682,6 +718,15 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
                 text,
             );
         }
+        let caps = manifest::Caps {
+            mtime_nanos: popts.mtime_nanos,
+            symlink_times: popts.symlink_times,
+            preserve_owner: popts.preserve_owner,
+        };
+        let listed_at = manifest::unix_now();
+        if !plan.actions.is_empty() {
+            manifest::remove(&mpath);
+        }
         let bar = multi.map(|m| progress_bar(m, job, target, &plan.actions));
         let files_done = std::sync::atomic::AtomicU64::new(0);
         let verbose_lines = Mutex::new(String::new());
@@ -760,6 +805,22 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             Status::Failed
         };
         let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
+        if manifest_ok
+            && status == Status::Ok
+            && outcome.errors.is_empty()
+            && scan.unknown.is_empty()
+        {
+            let tree = manifest::expected_target(scan, caps);
+            if let Err(e) = manifest::save(&mpath, job, target, caps, listed_at, &tree) {
+                manifest::remove(&mpath);
+                outcome.warnings.push(PathError {
+                    path: String::new(),
+                    message: format!("cannot write the target manifest {}: {e}", mpath.display()),
+                });
+            }
+        } else {
+            manifest::remove(&mpath);
+        }
         return (finish(&outcome, status, reason, &mut text), text);
     }
 }

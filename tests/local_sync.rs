@@ -444,7 +444,8 @@ fn hooks_run_around_the_job_with_its_outcome() {
 
     // hook output (stdout and stderr) is captured into the record
     lab.job("before: echo warming up\nafter: 'echo \"sent $SYNCJOB_FILES_TRANSFERRED\"; echo oops >&2; exit 3'");
-    lab.run(&["run", "web"]).code(0);
+    // (the target was removed behind syncjob's back: --verify lists it)
+    lab.run(&["run", "web", "--verify"]).code(0);
     let rec = lab.last();
     assert_eq!(
         rec["status"], "ok",
@@ -464,4 +465,95 @@ fn hooks_run_around_the_job_with_its_outcome() {
     lab.job("");
     lab.run(&["run", "web"]).code(0);
     assert!(lab.last().get("hooks").is_none());
+}
+
+#[test]
+fn an_unchanged_source_skips_listing_the_target_until_verify() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    lab.write("d/b.txt", b"b");
+    lab.job("delete: true");
+    lab.run(&["run", "web"]).code(0);
+    let first = lab.last();
+    assert!(first.get("target_state").is_none(), "the first run lists");
+    let manifests = lab.state().join("manifests/web");
+    assert_eq!(fs::read_dir(&manifests).unwrap().count(), 1);
+
+    // nothing changed: decided from the manifest
+    lab.run(&["run", "web"]).code(0);
+    let rec = lab.last();
+    assert_eq!(rec["target_state"], "manifest", "{rec}");
+    assert_eq!(rec["files_transferred"], 0);
+
+    // drift on the target is not seen from the manifest ...
+    fs::write(lab.dst().join("a.txt"), b"edited on the target").unwrap();
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(lab.last()["target_state"], "manifest");
+    // ... but a full listing (--verify, or after verify_interval) repairs it
+    lab.run(&["run", "web", "--verify"]).code(0);
+    let rec = lab.last();
+    assert!(rec.get("target_state").is_none());
+    assert_eq!(rec["files_transferred"], 1);
+    assert_eq!(fs::read(lab.dst().join("a.txt")).unwrap(), b"a");
+
+    // a source change always lists and transfers
+    lab.write("d/b.txt", b"bb");
+    lab.write("new.txt", b"n");
+    lab.run(&["run", "web"]).code(0);
+    let rec = lab.last();
+    assert!(rec.get("target_state").is_none());
+    assert_eq!(rec["files_transferred"], 2);
+    assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &["-c"]), "");
+
+    // a failed run forgets the manifest: the next run lists again
+    lab.job("delete: true\nmax_delete: 0");
+    lab.run(&["run", "web"]).code(0);
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(lab.last()["target_state"], "manifest");
+    fs::remove_file(lab.src().join("new.txt")).unwrap();
+    lab.run(&["run", "web"]).code(1);
+    assert_eq!(
+        fs::read_dir(&manifests).unwrap().count(),
+        0,
+        "manifest removed"
+    );
+    fs::write(lab.src().join("new.txt"), b"n").unwrap();
+    set_mtime(&lab.src().join("new.txt"), 1_600_000_000, 0);
+    set_mtime(&lab.dst().join("new.txt"), 1_600_000_000, 0);
+    lab.run(&["run", "web"]).code(0);
+    assert!(
+        lab.last().get("target_state").is_none(),
+        "listed after a failure"
+    );
+
+    // verify_interval: 0 never uses a manifest; other settings invalidate it
+    lab.job("delete: true\nverify_interval: 0");
+    lab.run(&["run", "web"]).code(0);
+    lab.run(&["run", "web"]).code(0);
+    assert!(lab.last().get("target_state").is_none());
+    lab.job("delete: true");
+    lab.run(&["run", "web"]).code(0);
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(lab.last()["target_state"], "manifest");
+    lab.job("delete: true\nexclude: [\"*.tmp\"]");
+    lab.run(&["run", "web"]).code(0);
+    assert!(
+        lab.last().get("target_state").is_none(),
+        "excludes changed: the old manifest does not apply"
+    );
+    // a damaged manifest is ignored
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(lab.last()["target_state"], "manifest");
+    let m = fs::read_dir(&manifests)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = fs::read(&m).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fs::write(&m, bytes).unwrap();
+    lab.run(&["run", "web"]).code(0);
+    assert!(lab.last().get("target_state").is_none());
 }

@@ -302,3 +302,34 @@ fn one_dead_target_does_not_stop_the_other_and_converges_later() {
         listing(&da)
     );
 }
+
+#[test]
+fn an_unchanged_source_does_not_connect_until_a_change_or_verify() {
+    let lab = Lab::new();
+    let mut s = Sshd::start(&lab.path("sshd"));
+    populate(&lab);
+    ssh_job(&lab, &s, "delete: true\nretries: 0");
+    lab.run(&["run", "web"]).code(0);
+    lab.run(&["run", "web"]).code(0);
+    let rec = lab.last();
+    assert_eq!(rec["target_state"], "manifest", "{rec}");
+    // the no-op needs no connection: it holds with the server down
+    s.kill();
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(lab.last()["target_state"], "manifest");
+    // a full listing or a change does connect, and reports the dead target
+    lab.run(&["run", "web", "--verify"]).code(1);
+    assert!(
+        lab.last()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach target")
+    );
+    s.restart();
+    lab.write("index.html", b"<h1>changed</h1>\n");
+    lab.run(&["run", "web"]).code(0);
+    let rec = lab.last();
+    assert!(rec.get("target_state").is_none());
+    assert_eq!(rec["files_transferred"], 1);
+    assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &["-c"]), "");
+}
