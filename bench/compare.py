@@ -4,11 +4,12 @@ private loopback sshd. Run through bench/compare.sh.
 
 Cases (each timed RUNS times, alternating syncjob and rsync, medians):
   web-initial      ~20k files ~200 MB to an empty target over ssh
-  web-noop         the same again, nothing changed
+  web-noop         the same again, nothing changed (syncjob: from its manifest)
+  web-noop-list    the same with syncjob listing the target (--verify)
   web-mutate       1% changed, 0.5% added, 0.5% deleted (with delete)
   web-local        initial copy local -> local
   small-initial    100k files of ~1 KB over ssh
-  small-noop       the same again
+  small-noop       the same again (small-noop-list: syncjob with --verify)
   big-initial      4 x 256 MiB over ssh (compared with the raw ssh pipe rate too)
   big-tail         one 256 MiB file changed in its last 1 MiB (rsync's delta case)
   million-rss      (MILLION=1 only) peak RSS of a no-op plan over 1M files, local
@@ -164,8 +165,17 @@ def main():
         write_jobs(cfg, jobs, sshd)
         sj = lambda job: [BIN, "-c", cfg, "--state-dir", f"{LAB}/state", "-q", "run", job]
 
+        def forget():
+            # the target is changed behind syncjob's back: drop its manifests
+            shutil.rmtree(f"{LAB}/state/manifests", ignore_errors=True)
+
         def rm(p):
             shutil.rmtree(p, ignore_errors=True)
+            forget()
+
+        def reset_t(src, dst):
+            reset(src, dst)
+            forget()
 
         # case: (name, syncjob cmd, rsync cmd, prepare(tool) run untimed before each timed run)
         cases = [
@@ -173,18 +183,24 @@ def main():
              lambda tool: rm(f"{T}/{tool}-web")),
             ("web-noop", sj("web"), rsync_ssh + [f"{trees}/web/", rdest(f"{T}/rs-web")],
              lambda tool: None),
+            # the same with a full listing of the target (what happens once per
+            # verify_interval, or with verify_interval: 0)
+            ("web-noop-list", sj("web") + ["--verify"], rsync_ssh + [f"{trees}/web/", rdest(f"{T}/rs-web")],
+             lambda tool: None),
             ("web-mutate", sj("webmut"), rsync_ssh + [f"{trees}/web-mut/", rdest(f"{T}/rs-web")],
-             lambda tool: reset(f"{trees}/web", f"{T}/{tool}-web")),
+             lambda tool: reset_t(f"{trees}/web", f"{T}/{tool}-web")),
             ("web-local", sj("weblocal"), ["rsync", "-a", "--delete", f"{trees}/web/", f"{T}/rs-web-local/"],
              lambda tool: rm(f"{T}/{tool}-web-local")),
             ("small-initial", sj("small"), rsync_ssh + [f"{trees}/small/", rdest(f"{T}/rs-small")],
              lambda tool: rm(f"{T}/{tool}-small")),
             ("small-noop", sj("small"), rsync_ssh + [f"{trees}/small/", rdest(f"{T}/rs-small")],
              lambda tool: None),
+            ("small-noop-list", sj("small") + ["--verify"], rsync_ssh + [f"{trees}/small/", rdest(f"{T}/rs-small")],
+             lambda tool: None),
             ("big-initial", sj("big"), rsync_ssh + [f"{trees}/big/", rdest(f"{T}/rs-big")],
              lambda tool: rm(f"{T}/{tool}-big")),
             ("big-tail", sj("bigtail"), rsync_ssh + [f"{trees}/big-tail/", rdest(f"{T}/rs-big")],
-             lambda tool: reset(f"{trees}/big", f"{T}/{tool}-big")),
+             lambda tool: reset_t(f"{trees}/big", f"{T}/{tool}-big")),
         ]
         results = []
         for name, sj_cmd, rs_cmd, prep in cases:

@@ -95,6 +95,8 @@ pub struct Job {
     pub overlap: Overlap,
     pub catch_up: bool,
     pub parallel: usize,
+    /// Connections per target for long runs of copies.
+    pub streams: usize,
     pub ssh: SshOptions,
     pub hooks: Hooks,
 }
@@ -295,6 +297,7 @@ const JOB_KEYS: &[&str] = &[
     "overlap",
     "catch_up",
     "parallel",
+    "streams",
     "ssh",
     "before",
     "after",
@@ -972,6 +975,18 @@ fn build_job(
         Some(n) => n as usize,
         None => 4,
     };
+    let streams = match number(ctx, "streams") {
+        Some(n) if (1..=16).contains(&n) => n as usize,
+        Some(_) => {
+            ctx.err(
+                f("streams").unwrap().pos,
+                j,
+                "`streams` must be between 1 and 16",
+            );
+            4
+        }
+        None => 4,
+    };
 
     // ssh
     let mut ssh = SshOptions::default();
@@ -1057,6 +1072,7 @@ fn build_job(
         overlap,
         catch_up,
         parallel,
+        streams,
         ssh,
         hooks,
     })

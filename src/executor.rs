@@ -50,6 +50,10 @@ pub struct Settings<'a> {
     pub cancel: &'a AtomicBool,
     /// called with each applied action's itemized line (for `-v`)
     pub on_done: &'a (dyn Fn(&Action) + Sync),
+    /// opens another connection to the same target: long runs of copies
+    /// are spread over up to `streams` connections
+    pub open_extra: Option<&'a (dyn Fn() -> io::Result<Box<dyn Transport>> + Sync)>,
+    pub streams: usize,
 }
 
 /// Errors after which the rest of the target cannot proceed.
@@ -66,9 +70,72 @@ fn is_fatal(e: &io::Error) -> bool {
 
 /// How many actions of one kind go to the transport at once.
 const BATCH: usize = 256;
-/// Copies in one batch: at most this many files and bytes.
+/// Copies in one batch (one pipelined round on one connection): at most
+/// this many files and bytes.
 const COPY_BATCH_FILES: usize = 64;
 const COPY_BATCH_BYTES: u64 = 32 << 20;
+/// Copies gathered at once and spread over the connections in batches.
+const COPY_RUN_FILES: usize = 4096;
+const COPY_RUN_BYTES: u64 = 1 << 30;
+/// Extra connections are opened only for a run of copies at least this big.
+const PARALLEL_MIN_FILES: usize = 2 * COPY_BATCH_FILES;
+const PARALLEL_MIN_BYTES: u64 = 64 << 20;
+
+/// Copy one batch on one connection; a file that changed while it was
+/// copied is tried again alone. Returns per-file results and warnings.
+fn copy_batch(
+    t: &mut dyn Transport,
+    batch: &[&Action],
+    s: &Settings,
+) -> (Vec<io::Result<u64>>, Vec<PathError>) {
+    let items: Vec<(&Path, PathBuf)> = batch
+        .iter()
+        .map(|a| (a.path(), s.source_root.join(a.path())))
+        .collect();
+    let mut warnings = Vec::new();
+    let mut r = t.put_files(&items, s.preserve_owner, s.cancel);
+    for (k, res) in r.iter_mut().enumerate() {
+        let mut tries = 0;
+        while matches!(res, Err(e) if is_changed_during_copy(e)) && tries < CHANGED_RETRIES {
+            tries += 1;
+            std::thread::sleep(std::time::Duration::from_millis(50 * tries as u64));
+            *res = t.put_file(items[k].0, &items[k].1, s.preserve_owner, s.cancel);
+        }
+        if tries > 0 && res.is_ok() {
+            warnings.push(PathError {
+                path: display_path(items[k].0),
+                message: format!("changed while being copied; copied again ({tries} retries)"),
+            });
+        }
+        if res.is_ok() {
+            (s.on_done)(batch[k]);
+        }
+    }
+    (r, warnings)
+}
+
+/// Split copies into batches of at most COPY_BATCH_FILES / COPY_BATCH_BYTES.
+fn split_copies(batch: &[&Action]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (k, a) in batch.iter().enumerate() {
+        let size = match a {
+            Action::Copy { size, .. } => *size,
+            _ => 0,
+        };
+        if k > start && (k - start >= COPY_BATCH_FILES || bytes + size > COPY_BATCH_BYTES) {
+            out.push(start..k);
+            start = k;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < batch.len() {
+        out.push(start..batch.len());
+    }
+    out
+}
 
 fn same_kind(a: &Action, b: &Action) -> bool {
     std::mem::discriminant(a) == std::mem::discriminant(b)
@@ -82,6 +149,9 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
     let under_failed = |failed: &[PathBuf], p: &Path| failed.iter().any(|f| p.starts_with(f));
     let actions = &plan.actions;
     let mut i = 0;
+    // extra connections for parallel copies, opened on first need
+    let mut extras: Vec<Box<dyn Transport>> = Vec::new();
+    let mut extras_failed = false;
 
     'outer: while i < actions.len() {
         if s.cancel.load(Ordering::Relaxed) {
@@ -94,13 +164,13 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
         let mut bytes = 0u64;
         while i < actions.len() && same_kind(&actions[i], first) {
             let a = &actions[i];
-            if let Action::Copy { size, .. } = a
-                && !batch.is_empty()
-                && (batch.len() >= COPY_BATCH_FILES || bytes + size > COPY_BATCH_BYTES)
-            {
-                break;
-            }
-            if batch.len() >= BATCH {
+            if let Action::Copy { size, .. } = a {
+                if !batch.is_empty()
+                    && (batch.len() >= COPY_RUN_FILES || bytes + size > COPY_RUN_BYTES)
+                {
+                    break;
+                }
+            } else if batch.len() >= BATCH {
                 break;
             }
             i += 1;
@@ -133,30 +203,67 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
         }
 
         let results: Vec<io::Result<u64>> = if matches!(first, Action::Copy { .. }) {
-            let items: Vec<(&Path, PathBuf)> = batch
-                .iter()
-                .map(|a| (a.path(), s.source_root.join(a.path())))
-                .collect();
-            let mut r = t.put_files(&items, s.preserve_owner, s.cancel);
-            // a file that changed while it was copied is tried again alone
-            for (k, res) in r.iter_mut().enumerate() {
-                let mut tries = 0;
-                while matches!(res, Err(e) if is_changed_during_copy(e)) && tries < CHANGED_RETRIES
-                {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50 * tries as u64));
-                    *res = t.put_file(items[k].0, &items[k].1, s.preserve_owner, s.cancel);
-                }
-                if tries > 0 && res.is_ok() {
-                    out.warnings.push(PathError {
-                        path: display_path(items[k].0),
-                        message: format!(
-                            "changed while being copied; copied again ({tries} retries)"
-                        ),
-                    });
+            let groups = split_copies(&batch);
+            // more connections for a long run of copies
+            if let Some(open) = s.open_extra
+                && !extras_failed
+                && groups.len() > 1
+                && (batch.len() >= PARALLEL_MIN_FILES || bytes >= PARALLEL_MIN_BYTES)
+            {
+                let want = s.streams.min(groups.len()).saturating_sub(1);
+                while extras.len() < want {
+                    match open() {
+                        Ok(x) => extras.push(x),
+                        Err(_) => {
+                            // one connection will do
+                            extras_failed = true;
+                            break;
+                        }
+                    }
                 }
             }
-            r
+            let slots: Vec<std::sync::Mutex<Option<io::Result<u64>>>> =
+                batch.iter().map(|_| std::sync::Mutex::new(None)).collect();
+            let warnings = std::sync::Mutex::new(Vec::new());
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let work = |t: &mut dyn Transport| {
+                loop {
+                    if s.cancel.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let g = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(range) = groups.get(g) else { break };
+                    let (res, w) = copy_batch(t, &batch[range.clone()], s);
+                    let lost = res.iter().any(|r| matches!(r, Err(e) if is_fatal(e)));
+                    for (k, r) in range.clone().zip(res) {
+                        *slots[k].lock().unwrap() = Some(r);
+                    }
+                    warnings.lock().unwrap().extend(w);
+                    if lost {
+                        // this connection is gone; the others go on
+                        break;
+                    }
+                }
+            };
+            std::thread::scope(|sc| {
+                for x in extras.iter_mut() {
+                    let x: &mut dyn Transport = x.as_mut();
+                    sc.spawn(|| work(x));
+                }
+                work(t);
+            });
+            out.warnings.extend(warnings.into_inner().unwrap());
+            slots
+                .into_iter()
+                .map(|m| {
+                    m.into_inner().unwrap().unwrap_or_else(|| {
+                        Err(io::Error::new(
+                            io::ErrorKind::Interrupted,
+                            "not copied: the run stopped first",
+                        ))
+                    })
+                })
+                .collect()
         } else {
             t.apply(&batch).into_iter().map(|r| r.map(|()| 0)).collect()
         };
@@ -165,9 +272,9 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
             let path = a.path();
             match (a, r) {
                 (Action::Copy { .. }, Ok(n)) => {
+                    // (on_done was called by the copying thread)
                     out.files_transferred += 1;
                     out.bytes_transferred += n;
-                    (s.on_done)(a);
                 }
                 (Action::Delete { .. }, Ok(_)) => {
                     out.files_deleted += 1;

@@ -4,8 +4,9 @@
 //!
 //! Safety rules (a manifest can never cause a missed source change or a
 //! wrong delete):
-//! - it is only used to decide that there is *nothing to do*; any run with
-//!   work to do connects and lists the target as usual;
+//! - it holds a digest of the target's state; it is only used to decide
+//!   that there is *nothing to do* (the source scan gives the same digest);
+//!   any run with work to do connects and lists the target as usual;
 //! - it is removed before a run changes the target and written (atomically)
 //!   only after a run that ended `ok` with no error;
 //! - it is bound to everything that shapes the plan (target, source, mode,
@@ -17,7 +18,7 @@
 //! - it carries a checksum; a damaged or foreign file is ignored.
 
 use crate::config::Job;
-use crate::plan::{Entry, EntryKind, Scan, Tree};
+use crate::plan::{EntryKind, Scan};
 use crate::target::Target;
 use sha2::{Digest, Sha256};
 use std::io::{self, Write};
@@ -25,7 +26,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const MAGIC: &[u8; 8] = b"SJMANIF1";
+const MAGIC: &[u8; 8] = b"SJMANIF2";
 
 /// The settings of a target connection that shape plans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,20 +89,42 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// What the target holds after a run that ended ok: the source's entries
-/// (special files excluded, times as the target keeps them).
-pub fn expected_target(scan: &Scan, caps: Caps) -> Tree {
-    scan.entries
-        .iter()
-        .filter(|(_, e)| e.kind != EntryKind::Special)
-        .map(|(p, e)| {
-            let mut e = e.clone();
-            if !caps.mtime_nanos {
-                e.mtime_ns = 0;
+/// A digest of what the target holds after a run that ended ok: the
+/// source's entries (special files excluded, times as the target keeps
+/// them). Equal digests mean a plan against that state is empty.
+pub fn digest(scan: &Scan, caps: Caps) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut b = Vec::with_capacity(64 << 10);
+    for (p, e) in &scan.entries {
+        if e.kind == EntryKind::Special {
+            continue;
+        }
+        let name = p.as_os_str().as_bytes();
+        b.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        b.extend_from_slice(name);
+        b.push(kind_byte(e.kind));
+        b.extend_from_slice(&e.size.to_le_bytes());
+        b.extend_from_slice(&e.mtime.to_le_bytes());
+        let ns = if caps.mtime_nanos { e.mtime_ns } else { 0 };
+        b.extend_from_slice(&ns.to_le_bytes());
+        b.extend_from_slice(&e.mode.to_le_bytes());
+        b.extend_from_slice(&e.uid.to_le_bytes());
+        b.extend_from_slice(&e.gid.to_le_bytes());
+        match &e.link {
+            Some(l) => {
+                let l = l.as_os_str().as_bytes();
+                b.extend_from_slice(&(l.len() as u32).to_le_bytes());
+                b.extend_from_slice(l);
             }
-            (p.clone(), e)
-        })
-        .collect()
+            None => b.extend_from_slice(&u32::MAX.to_le_bytes()),
+        }
+        if b.len() >= 60 << 10 {
+            h.update(&b);
+            b.clear();
+        }
+    }
+    h.update(&b);
+    h.finalize().into()
 }
 
 fn kind_byte(k: EntryKind) -> u8 {
@@ -114,43 +137,23 @@ fn kind_byte(k: EntryKind) -> u8 {
 }
 
 /// Write the manifest atomically (temporary file, fsync, rename).
-/// `listed_at`: when the target state it extends was last listed in full.
+/// `listed_at`: when the target was last listed in full.
 pub fn save(
     path: &Path,
     job: &Job,
     target: &Target,
     caps: Caps,
     listed_at: u64,
-    tree: &Tree,
+    state: &[u8; 32],
 ) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut b = Vec::with_capacity(64 + tree.len() * 48);
+    let mut b = Vec::with_capacity(128);
     b.extend_from_slice(MAGIC);
     b.push(caps.to_byte());
     b.extend_from_slice(&fingerprint(job, target, caps));
     b.extend_from_slice(&listed_at.to_le_bytes());
-    b.extend_from_slice(&(tree.len() as u64).to_le_bytes());
-    for (p, e) in tree {
-        let name = p.as_os_str().as_bytes();
-        b.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        b.extend_from_slice(name);
-        b.push(kind_byte(e.kind));
-        b.extend_from_slice(&e.size.to_le_bytes());
-        b.extend_from_slice(&e.mtime.to_le_bytes());
-        b.extend_from_slice(&e.mtime_ns.to_le_bytes());
-        b.extend_from_slice(&e.mode.to_le_bytes());
-        b.extend_from_slice(&e.uid.to_le_bytes());
-        b.extend_from_slice(&e.gid.to_le_bytes());
-        match &e.link {
-            Some(l) => {
-                let l = l.as_os_str().as_bytes();
-                b.extend_from_slice(&(l.len() as u32).to_le_bytes());
-                b.extend_from_slice(l);
-            }
-            None => b.extend_from_slice(&u32::MAX.to_le_bytes()),
-        }
-    }
+    b.extend_from_slice(state);
     let sum = Sha256::digest(&b);
     b.extend_from_slice(&sum);
     let tmp = dir.join(format!(
@@ -175,94 +178,33 @@ pub fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-struct Rd<'a>(&'a [u8]);
-impl<'a> Rd<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-}
-
 /// A manifest usable now: same fingerprint, intact, listed less than
-/// `max_age` ago. Returns the tree, the target's capabilities it was made
-/// with, and when the target was last listed in full.
+/// `max_age` ago. Returns the target state's digest and the target's
+/// capabilities it was made with.
 pub fn load(
     path: &Path,
     job: &Job,
     target: &Target,
     max_age: Duration,
-) -> Option<(Tree, Caps, u64)> {
+) -> Option<([u8; 32], Caps)> {
     let b = std::fs::read(path).ok()?;
-    if b.len() < MAGIC.len() + 1 + 32 + 16 + 32 {
+    if b.len() != MAGIC.len() + 1 + 32 + 8 + 32 + 32 {
         return None;
     }
     let (body, sum) = b.split_at(b.len() - 32);
-    if Sha256::digest(body).as_slice() != sum {
+    if Sha256::digest(body).as_slice() != sum || &body[..8] != MAGIC {
         return None;
     }
-    let mut r = Rd(body);
-    if r.take(8)? != MAGIC {
+    let caps = Caps::from_byte(body[8]);
+    if body[9..41] != fingerprint(job, target, caps) {
         return None;
     }
-    let caps = Caps::from_byte(r.take(1)?[0]);
-    if r.take(32)? != fingerprint(job, target, caps) {
+    let listed_at = u64::from_le_bytes(body[41..49].try_into().ok()?);
+    let now = now_secs();
+    if listed_at > now + 60 || now.saturating_sub(listed_at) >= max_age.as_secs() {
         return None;
     }
-    let listed_at = r.u64()?;
-    let age = now_secs().saturating_sub(listed_at);
-    if listed_at > now_secs() + 60 || age >= max_age.as_secs() {
-        return None;
-    }
-    let n = r.u64()?;
-    let mut tree = Tree::new();
-    for _ in 0..n {
-        let len = r.u32()? as usize;
-        let name = PathBuf::from(std::ffi::OsStr::from_bytes(r.take(len)?));
-        let kind = match r.take(1)?[0] {
-            0 => EntryKind::File,
-            1 => EntryKind::Dir,
-            2 => EntryKind::Symlink,
-            _ => EntryKind::Special,
-        };
-        let size = r.u64()?;
-        let mtime = r.u64()? as i64;
-        let mtime_ns = r.u32()?;
-        let mode = r.u32()?;
-        let uid = r.u32()?;
-        let gid = r.u32()?;
-        let ll = r.u32()?;
-        let link = if ll == u32::MAX {
-            None
-        } else {
-            Some(PathBuf::from(std::ffi::OsStr::from_bytes(
-                r.take(ll as usize)?,
-            )))
-        };
-        tree.insert(
-            name,
-            Entry {
-                kind,
-                size,
-                mtime,
-                mtime_ns,
-                mode,
-                uid,
-                gid,
-                link,
-            },
-        );
-    }
-    r.0.is_empty().then_some((tree, caps, listed_at))
+    Some((body[49..81].try_into().ok()?, caps))
 }
 
 pub fn unix_now() -> u64 {

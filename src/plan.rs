@@ -160,73 +160,98 @@ pub fn scan_source(root: &Path, filter: &Filter) -> Result<Scan, ScanError> {
     };
     scan.entries
         .insert(PathBuf::new(), Entry::from_metadata(&md, None));
-    let walker = walkdir::WalkDir::new(root)
-        .follow_links(false)
-        .min_depth(1)
+    // sorted by name, a depth-first walk yields paths in `Path` order, so
+    // the tree is built from a sorted list without comparing paths again
+    let mut found: Vec<(PathBuf, Entry)> = Vec::new();
+    walk(root, Path::new(""), filter, &mut scan, &mut found);
+    let root_entry = scan.entries.remove(Path::new(""));
+    // BTreeMap::from_iter sorts (a sorted list costs n comparisons) and
+    // builds the tree in bulk
+    scan.entries = root_entry
+        .map(|e| (PathBuf::new(), e))
         .into_iter()
-        .filter_entry(|e| {
-            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
-            !is_temp_name(rel) && !filter.excluded(rel, e.file_type().is_dir())
-        });
-    for item in walker {
-        match item {
-            Ok(e) => {
-                let rel = e.path().strip_prefix(root).unwrap().to_path_buf();
-                let md = match e.metadata() {
-                    Ok(md) => md,
-                    Err(err) => {
-                        scan.errors.push(PathError {
-                            path: display_path(&rel),
-                            message: format!("cannot stat: {}", io_msg(&err)),
-                        });
-                        scan.unknown.insert(rel);
-                        continue;
-                    }
-                };
-                let ft = md.file_type();
-                if ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device() {
-                    scan.warnings.push(PathError {
-                        path: display_path(&rel),
-                        message: "special file (fifo, socket or device) skipped".into(),
-                    });
-                    scan.unknown.insert(rel);
-                    continue;
-                }
-                let link = if ft.is_symlink() {
-                    match std::fs::read_link(e.path()) {
-                        Ok(l) => Some(l),
-                        Err(err) => {
-                            scan.errors.push(PathError {
-                                path: display_path(&rel),
-                                message: format!("cannot read link: {err}"),
-                            });
-                            scan.unknown.insert(rel);
-                            continue;
-                        }
-                    }
-                } else {
-                    None
-                };
-                scan.entries.insert(rel, Entry::from_metadata(&md, link));
-            }
-            Err(err) => {
-                let path = err.path().unwrap_or(root);
-                let rel = path.strip_prefix(root).unwrap_or(path).to_path_buf();
-                scan.errors.push(PathError {
-                    path: display_path(&rel),
-                    message: io_msg(&err),
-                });
-                scan.unknown.insert(rel);
-            }
-        }
-    }
+        .chain(found)
+        .collect();
     Ok(scan)
 }
 
-fn io_msg(e: &walkdir::Error) -> String {
-    match e.io_error() {
-        Some(io) => io.to_string(),
-        None => e.to_string(),
+/// One directory of the source walk: entries sorted by name, each
+/// stat'ed relative to the open directory (`statx(dirfd, name)`, no path
+/// walk from the root), symlinks never followed; subdirectories after the
+/// directory's handle is closed (so deep trees do not hold a descriptor per
+/// level).
+fn walk(
+    abs: &Path,
+    rel: &Path,
+    filter: &Filter,
+    scan: &mut Scan,
+    found: &mut Vec<(PathBuf, Entry)>,
+) {
+    let fail = |scan: &mut Scan, rel: PathBuf, msg: String| {
+        scan.errors.push(PathError {
+            path: display_path(&rel),
+            message: msg,
+        });
+        scan.unknown.insert(rel);
+    };
+    let rd = match std::fs::read_dir(abs) {
+        Ok(rd) => rd,
+        Err(e) => {
+            fail(scan, rel.to_path_buf(), e.to_string());
+            return;
+        }
+    };
+    let mut items: Vec<(std::ffi::OsString, std::io::Result<std::fs::Metadata>)> = Vec::new();
+    for e in rd {
+        match e {
+            Ok(e) => {
+                let name = e.file_name();
+                let child = rel.join(&name);
+                // excluded entries are not even stat'ed
+                let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if is_temp_name(&child) || filter.excluded(&child, is_dir) {
+                    continue;
+                }
+                items.push((name, e.metadata()));
+            }
+            Err(e) => fail(scan, rel.to_path_buf(), e.to_string()),
+        }
+    }
+    items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (name, md) in items {
+        let child = rel.join(&name);
+        let md = match md {
+            Ok(md) => md,
+            Err(err) => {
+                fail(scan, child, format!("cannot stat: {err}"));
+                continue;
+            }
+        };
+        let ft = md.file_type();
+        if ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device() {
+            scan.warnings.push(PathError {
+                path: display_path(&child),
+                message: "special file (fifo, socket or device) skipped".into(),
+            });
+            scan.unknown.insert(child);
+            continue;
+        }
+        let link = if ft.is_symlink() {
+            match std::fs::read_link(abs.join(&name)) {
+                Ok(l) => Some(l),
+                Err(err) => {
+                    fail(scan, child, format!("cannot read link: {err}"));
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let is_dir = ft.is_dir();
+        found.push((child.clone(), Entry::from_metadata(&md, link)));
+        if is_dir {
+            walk(&abs.join(&name), &child, filter, scan, found);
+        }
     }
 }
 
@@ -609,6 +634,15 @@ pub fn diff(
     }
 
     plan.actions = deletes;
+    // directories first, then files, then symlinks (each in path order, so
+    // parents before children): long runs of copies can be spread over
+    // several connections
+    let rank = |a: &Action| match a {
+        Action::Mkdir { .. } => 0,
+        Action::Copy { .. } => 1,
+        _ => 2,
+    };
+    creates.sort_by_key(rank);
     plan.actions.extend(creates);
     plan.actions.extend(attrs);
     plan.actions.extend(dir_attrs);
@@ -833,8 +867,8 @@ mod tests {
                 "*deleting   l",
                 "*deleting   f",
                 "*deleting   d/",
-                ">f+++++++++ d",
                 "cd+++++++++ f/",
+                ">f+++++++++ d",
                 ">f+++++++++ l",
                 "cL+++++++++ x -> target",
                 ".d..t...... ./"

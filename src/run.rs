@@ -596,30 +596,22 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
     // (and listed less than verify_interval ago): no need to connect
     let mpath = manifest::path_for(&env.state_dir, job, target);
     let effective_owner = job.preserve_owner && unsafe { libc::geteuid() } == 0;
+    // manifests are kept for incremental size+mtime jobs; --verify lists
+    // (and then refreshes the manifest)
     let manifest_ok = !opts.dry_run
-        && !opts.verify
         && !job.verify_interval.is_zero()
         && job.mode == crate::config::Mode::Incremental
         && job.compare == crate::config::Compare::SizeMtime;
     if manifest_ok
+        && !opts.verify
         && scan.errors.is_empty()
         && scan.unknown.is_empty()
-        && let Some((tree, caps, _)) = manifest::load(&mpath, job, target, job.verify_interval)
+        && let Some((state, caps)) = manifest::load(&mpath, job, target, job.verify_interval)
         && caps.preserve_owner == effective_owner
+        && manifest::digest(scan, caps) == state
     {
-        let popts = plan::Options {
-            mode: job.mode,
-            compare: job.compare,
-            delete: job.delete,
-            preserve_owner: caps.preserve_owner,
-            mtime_nanos: caps.mtime_nanos,
-            symlink_times: caps.symlink_times,
-        };
-        let plan = plan::diff(scan, Some(&tree), &job.filter, popts, &mut |_| Ok(true));
-        if plan.actions.is_empty() && plan.errors.is_empty() {
-            outcome.from_manifest = true;
-            return (finish(&outcome, Status::Ok, None, &mut text), text);
-        }
+        outcome.from_manifest = true;
+        return (finish(&outcome, Status::Ok, None, &mut text), text);
     }
     let mut attempt = 0u32;
     let mut retried = Vec::new();
@@ -745,12 +737,15 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
                 }
             }
         };
+        let open_extra = || transport::open(target, job);
         let settings = Settings {
             source_root: &job.source,
             max_delete: job.max_delete,
             preserve_owner: popts.preserve_owner,
             cancel,
             on_done: &on_done,
+            open_extra: Some(&open_extra),
+            streams: job.streams,
         };
         let applied = executor::execute(&plan, t.as_mut(), &settings);
         drop(t);
@@ -810,8 +805,8 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             && outcome.errors.is_empty()
             && scan.unknown.is_empty()
         {
-            let tree = manifest::expected_target(scan, caps);
-            if let Err(e) = manifest::save(&mpath, job, target, caps, listed_at, &tree) {
+            let state = manifest::digest(scan, caps);
+            if let Err(e) = manifest::save(&mpath, job, target, caps, listed_at, &state) {
                 manifest::remove(&mpath);
                 outcome.warnings.push(PathError {
                     path: String::new(),

@@ -495,6 +495,9 @@ fn an_unchanged_source_skips_listing_the_target_until_verify() {
     assert!(rec.get("target_state").is_none());
     assert_eq!(rec["files_transferred"], 1);
     assert_eq!(fs::read(lab.dst().join("a.txt")).unwrap(), b"a");
+    // and refreshes the manifest
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(lab.last()["target_state"], "manifest");
 
     // a source change always lists and transfers
     lab.write("d/b.txt", b"bb");

@@ -333,3 +333,19 @@ fn an_unchanged_source_does_not_connect_until_a_change_or_verify() {
     assert_eq!(rec["files_transferred"], 1);
     assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &["-c"]), "");
 }
+
+#[test]
+fn many_files_spread_over_several_connections_arrive_intact() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    for i in 0..700 {
+        let body: Vec<u8> = (0..(i * 37 % 5000)).map(|k| (k * i % 251) as u8).collect();
+        lab.write(&format!("d{}/f{i}.dat", i % 7), &body);
+    }
+    lab.write("big/one.bin", &vec![9u8; 70 << 20]);
+    ssh_job(&lab, &s, "streams: 3");
+    lab.run(&["run", "web"]).code(0);
+    let rec = lab.last();
+    assert_eq!(rec["files_transferred"], 701, "{rec}");
+    assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &["-c"]), "");
+}
