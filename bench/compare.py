@@ -165,22 +165,23 @@ def main():
         write_jobs(cfg, jobs, sshd)
         sj = lambda job: [BIN, "-c", cfg, "--state-dir", f"{LAB}/state", "-q", "run", job]
 
-        def forget():
-            # the target is changed behind syncjob's back: drop its manifests
-            shutil.rmtree(f"{LAB}/state/manifests", ignore_errors=True)
+        def forget(tool):
+            # syncjob's target is changed behind its back: drop its manifests
+            if tool == "sj":
+                shutil.rmtree(f"{LAB}/state/manifests", ignore_errors=True)
 
-        def rm(p):
+        def rm(p, tool):
             shutil.rmtree(p, ignore_errors=True)
-            forget()
+            forget(tool)
 
-        def reset_t(src, dst):
+        def reset_t(src, dst, tool):
             reset(src, dst)
-            forget()
+            forget(tool)
 
         # case: (name, syncjob cmd, rsync cmd, prepare(tool) run untimed before each timed run)
         cases = [
             ("web-initial", sj("web"), rsync_ssh + [f"{trees}/web/", rdest(f"{T}/rs-web")],
-             lambda tool: rm(f"{T}/{tool}-web")),
+             lambda tool: rm(f"{T}/{tool}-web", tool)),
             ("web-noop", sj("web"), rsync_ssh + [f"{trees}/web/", rdest(f"{T}/rs-web")],
              lambda tool: None),
             # the same with a full listing of the target (what happens once per
@@ -188,19 +189,19 @@ def main():
             ("web-noop-list", sj("web") + ["--verify"], rsync_ssh + [f"{trees}/web/", rdest(f"{T}/rs-web")],
              lambda tool: None),
             ("web-mutate", sj("webmut"), rsync_ssh + [f"{trees}/web-mut/", rdest(f"{T}/rs-web")],
-             lambda tool: reset_t(f"{trees}/web", f"{T}/{tool}-web")),
+             lambda tool: reset_t(f"{trees}/web", f"{T}/{tool}-web", tool)),
             ("web-local", sj("weblocal"), ["rsync", "-a", "--delete", f"{trees}/web/", f"{T}/rs-web-local/"],
-             lambda tool: rm(f"{T}/{tool}-web-local")),
+             lambda tool: rm(f"{T}/{tool}-web-local", tool)),
             ("small-initial", sj("small"), rsync_ssh + [f"{trees}/small/", rdest(f"{T}/rs-small")],
-             lambda tool: rm(f"{T}/{tool}-small")),
+             lambda tool: rm(f"{T}/{tool}-small", tool)),
             ("small-noop", sj("small"), rsync_ssh + [f"{trees}/small/", rdest(f"{T}/rs-small")],
              lambda tool: None),
             ("small-noop-list", sj("small") + ["--verify"], rsync_ssh + [f"{trees}/small/", rdest(f"{T}/rs-small")],
              lambda tool: None),
             ("big-initial", sj("big"), rsync_ssh + [f"{trees}/big/", rdest(f"{T}/rs-big")],
-             lambda tool: rm(f"{T}/{tool}-big")),
+             lambda tool: rm(f"{T}/{tool}-big", tool)),
             ("big-tail", sj("bigtail"), rsync_ssh + [f"{trees}/big-tail/", rdest(f"{T}/rs-big")],
-             lambda tool: reset_t(f"{trees}/big", f"{T}/{tool}-big")),
+             lambda tool: reset_t(f"{trees}/big", f"{T}/{tool}-big", tool)),
         ]
         results = []
         for name, sj_cmd, rs_cmd, prep in cases:

@@ -281,6 +281,8 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
                     (s.on_done)(a);
                 }
                 (_, Ok(_)) => (s.on_done)(a),
+                // already gone (the plan may come from a target manifest)
+                (Action::Delete { .. }, Err(e)) if e.kind() == io::ErrorKind::NotFound => {}
                 (Action::Delete { kind, counted, .. }, Err(e))
                     if *kind == EntryKind::Dir
                         && *counted

@@ -1,24 +1,30 @@
 //! Per-target manifest: the state a target was left in by the last run that
-//! ended `ok`, so that a run in which nothing changed in the source can skip
-//! connecting to and listing the target.
+//! ended `ok` (its entries and their digest), so that a run does not have to
+//! connect to and list the target to know what is there.
 //!
-//! Safety rules (a manifest can never cause a missed source change or a
-//! wrong delete):
-//! - it holds a digest of the target's state; it is only used to decide
-//!   that there is *nothing to do* (the source scan gives the same digest);
-//!   any run with work to do connects and lists the target as usual;
+//! - Nothing changed in the source (the scan has the manifest's digest):
+//!   nothing to do, no connection at all.
+//! - The source changed: the plan is made against the manifest's entries
+//!   instead of a fresh listing, then applied over a connection.
+//!
+//! Safety rules (a manifest never hides a source change, and never causes a
+//! delete that a listing would not):
+//! - every run scans the source in full; only the target side is taken
+//!   from the manifest;
 //! - it is removed before a run changes the target and written (atomically)
-//!   only after a run that ended `ok` with no error;
+//!   only after a run that ended `ok` with no error; an interrupted or failed
+//!   run leaves none, so the next run lists;
 //! - it is bound to everything that shapes the plan (target, source, mode,
-//!   compare, delete, excludes, owner and time handling): any change makes
-//!   it unusable;
-//! - it is trusted for `verify_interval`  after the listing it
-//!   stems from (default 1m); then a full listing repairs whatever drifted on the target
-//!   (and `syncjob run --verify` forces one);
-//! - it carries a checksum; a damaged or foreign file is ignored.
+//!   compare, delete, excludes, owner and time handling): any change voids
+//!   it;
+//! - it is trusted for `verify_interval` (default 1m) after the last full
+//!   listing; then a listing repairs whatever changed on the target behind
+//!   syncjob's back (`syncjob run --verify` forces one);
+//! - its header and its entries are checksummed; a damaged or foreign file
+//!   is ignored.
 
 use crate::config::Job;
-use crate::plan::{EntryKind, Scan};
+use crate::plan::{Entry, EntryKind, Scan, Tree};
 use crate::target::Target;
 use sha2::{Digest, Sha256};
 use std::io::{self, Write};
@@ -26,7 +32,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const MAGIC: &[u8; 8] = b"SJMANIF2";
+const MAGIC: &[u8; 8] = b"SJMANIF3";
 
 /// The settings of a target connection that shape plans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,12 +95,11 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// A digest of what the target holds after a run that ended ok: the
+/// What the target holds after a run that ended ok, serialized: the
 /// source's entries (special files excluded, times as the target keeps
-/// them). Equal digests mean a plan against that state is empty.
-pub fn digest(scan: &Scan, caps: Caps) -> [u8; 32] {
-    let mut h = Sha256::new();
-    let mut b = Vec::with_capacity(64 << 10);
+/// them), in path order.
+fn serialize(scan: &Scan, caps: Caps) -> Vec<u8> {
+    let mut b = Vec::with_capacity(scan.entries.len() * 48);
     for (p, e) in &scan.entries {
         if e.kind == EntryKind::Special {
             continue;
@@ -118,13 +123,23 @@ pub fn digest(scan: &Scan, caps: Caps) -> [u8; 32] {
             }
             None => b.extend_from_slice(&u32::MAX.to_le_bytes()),
         }
-        if b.len() >= 60 << 10 {
-            h.update(&b);
-            b.clear();
-        }
     }
-    h.update(&b);
-    h.finalize().into()
+    b
+}
+
+/// The state a target is left in, serialized, and its digest. Equal
+/// digests mean a plan against that state is empty.
+pub struct State {
+    pub digest: [u8; 32],
+    bytes: Vec<u8>,
+}
+
+pub fn state(scan: &Scan, caps: Caps) -> State {
+    let bytes = serialize(scan, caps);
+    State {
+        digest: Sha256::digest(&bytes).into(),
+        bytes,
+    }
 }
 
 fn kind_byte(k: EntryKind) -> u8 {
@@ -144,18 +159,20 @@ pub fn save(
     target: &Target,
     caps: Caps,
     listed_at: u64,
-    state: &[u8; 32],
+    state: &State,
 ) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut b = Vec::with_capacity(128);
+    let mut b = Vec::with_capacity(HEADER + state.bytes.len());
     b.extend_from_slice(MAGIC);
     b.push(caps.to_byte());
     b.extend_from_slice(&fingerprint(job, target, caps));
     b.extend_from_slice(&listed_at.to_le_bytes());
-    b.extend_from_slice(state);
+    b.extend_from_slice(&state.digest);
     let sum = Sha256::digest(&b);
     b.extend_from_slice(&sum);
+    // the entries; their integrity is the state digest in the header
+    b.extend_from_slice(&state.bytes);
     let tmp = dir.join(format!(
         ".{}.tmp.{}",
         path.file_name().unwrap_or_default().to_string_lossy(),
@@ -178,20 +195,25 @@ pub fn remove(path: &Path) {
     let _ = std::fs::remove_file(path);
 }
 
-/// A manifest usable now: same fingerprint, intact, listed less than
-/// `max_age` ago. Returns the target state's digest and the target's
-/// capabilities it was made with.
-pub fn load(
-    path: &Path,
-    job: &Job,
-    target: &Target,
-    max_age: Duration,
-) -> Option<([u8; 32], Caps)> {
-    let b = std::fs::read(path).ok()?;
-    if b.len() != MAGIC.len() + 1 + 32 + 8 + 32 + 32 {
-        return None;
-    }
-    let (body, sum) = b.split_at(b.len() - 32);
+const HEADER: usize = 8 + 1 + 32 + 8 + 32 + 32;
+
+/// A target's manifest: its header is checked on load; its entries are
+/// read only when a plan needs them.
+pub struct Manifest {
+    pub digest: [u8; 32],
+    pub caps: Caps,
+    /// when the target was last listed in full
+    pub listed_at: u64,
+    path: PathBuf,
+}
+
+/// A manifest usable now: same fingerprint, intact header, target listed
+/// less than `max_age` ago.
+pub fn load(path: &Path, job: &Job, target: &Target, max_age: Duration) -> Option<Manifest> {
+    use std::io::Read;
+    let mut b = [0u8; HEADER];
+    std::fs::File::open(path).ok()?.read_exact(&mut b).ok()?;
+    let (body, sum) = b.split_at(HEADER - 32);
     if Sha256::digest(body).as_slice() != sum || &body[..8] != MAGIC {
         return None;
     }
@@ -204,7 +226,81 @@ pub fn load(
     if listed_at > now + 60 || now.saturating_sub(listed_at) >= max_age.as_secs() {
         return None;
     }
-    Some((body[49..81].try_into().ok()?, caps))
+    Some(Manifest {
+        digest: body[49..81].try_into().ok()?,
+        caps,
+        listed_at,
+        path: path.to_path_buf(),
+    })
+}
+
+impl Manifest {
+    /// The target's entries as of the manifest; None if damaged.
+    pub fn tree(&self) -> Option<Tree> {
+        let b = std::fs::read(&self.path).ok()?;
+        let body = b.get(HEADER..)?;
+        if Sha256::digest(body).as_slice() != self.digest {
+            return None;
+        }
+        let mut r = Rd(body);
+        let mut v: Vec<(PathBuf, Entry)> = Vec::new();
+        while !r.0.is_empty() {
+            let len = r.u32()? as usize;
+            let name = PathBuf::from(std::ffi::OsStr::from_bytes(r.take(len)?));
+            let kind = match r.take(1)?[0] {
+                0 => EntryKind::File,
+                1 => EntryKind::Dir,
+                2 => EntryKind::Symlink,
+                _ => return None,
+            };
+            let size = r.u64()?;
+            let mtime = r.u64()? as i64;
+            let mtime_ns = r.u32()?;
+            let mode = r.u32()?;
+            let uid = r.u32()?;
+            let gid = r.u32()?;
+            let ll = r.u32()?;
+            let link = if ll == u32::MAX {
+                None
+            } else {
+                Some(PathBuf::from(std::ffi::OsStr::from_bytes(
+                    r.take(ll as usize)?,
+                )))
+            };
+            v.push((
+                name,
+                Entry {
+                    kind,
+                    size,
+                    mtime,
+                    mtime_ns,
+                    mode,
+                    uid,
+                    gid,
+                    link,
+                },
+            ));
+        }
+        Some(v.into_iter().collect())
+    }
+}
+
+struct Rd<'a>(&'a [u8]);
+impl<'a> Rd<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
 }
 
 pub fn unix_now() -> u64 {

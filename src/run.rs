@@ -6,7 +6,7 @@ use crate::executor::{self, Outcome, Settings};
 use crate::journal::{self, PathError, Record};
 use crate::lock;
 use crate::manifest;
-use crate::plan::{self, Action, Scan, ScanError};
+use crate::plan::{self, Action, Scan, ScanError, Tree};
 use crate::target::Target;
 use crate::transport;
 use std::hash::{BuildHasher, Hasher};
@@ -602,21 +602,43 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
         && !job.verify_interval.is_zero()
         && job.mode == crate::config::Mode::Incremental
         && job.compare == crate::config::Compare::SizeMtime;
+    let mut from_manifest: Option<(Tree, u64)> = None;
     if manifest_ok
         && !opts.verify
         && scan.errors.is_empty()
         && scan.unknown.is_empty()
-        && let Some((state, caps)) = manifest::load(&mpath, job, target, job.verify_interval)
-        && caps.preserve_owner == effective_owner
-        && manifest::digest(scan, caps) == state
+        && let Some(m) = manifest::load(&mpath, job, target, job.verify_interval)
+        && m.caps.preserve_owner == effective_owner
     {
-        outcome.from_manifest = true;
-        return (finish(&outcome, Status::Ok, None, &mut text), text);
+        if manifest::state(scan, m.caps).digest == m.digest {
+            outcome.from_manifest = true;
+            return (finish(&outcome, Status::Ok, None, &mut text), text);
+        }
+        // the source changed: plan against the manifest, no listing
+        from_manifest = m.tree().map(|t| (t, m.listed_at));
     }
     let mut attempt = 0u32;
     let mut retried = Vec::new();
     loop {
-        let (mut t, listing) = match connect(job, target) {
+        let planned_from = from_manifest.take();
+        outcome.from_manifest = planned_from.is_some();
+        let listed_at = planned_from
+            .as_ref()
+            .map(|(_, at)| *at)
+            .unwrap_or_else(manifest::unix_now);
+        let conn = match planned_from {
+            Some((tree, _)) => transport::open(target, job)
+                .map(|t| {
+                    let l = transport::Listing {
+                        tree: Some(tree),
+                        errors: Vec::new(),
+                    };
+                    (t, l)
+                })
+                .map_err(|e| ("cannot reach target".to_string(), e)),
+            None => connect(job, target),
+        };
+        let (mut t, listing) = match conn {
             Ok(x) => x,
             Err((what, e)) => {
                 let permanent = transport::ssh::is_permanent(&e);
@@ -715,7 +737,6 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             symlink_times: popts.symlink_times,
             preserve_owner: popts.preserve_owner,
         };
-        let listed_at = manifest::unix_now();
         if !plan.actions.is_empty() {
             manifest::remove(&mpath);
         }
@@ -805,7 +826,7 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             && outcome.errors.is_empty()
             && scan.unknown.is_empty()
         {
-            let state = manifest::digest(scan, caps);
+            let state = manifest::state(scan, caps);
             if let Err(e) = manifest::save(&mpath, job, target, caps, listed_at, &state) {
                 manifest::remove(&mpath);
                 outcome.warnings.push(PathError {

@@ -499,14 +499,31 @@ fn an_unchanged_source_skips_listing_the_target_until_verify() {
     lab.run(&["run", "web"]).code(0);
     assert_eq!(lab.last()["target_state"], "manifest");
 
-    // a source change always lists and transfers
+    // a source change is planned against the manifest (no listing) and
+    // transferred
     lab.write("d/b.txt", b"bb");
     lab.write("new.txt", b"n");
+    lab.write("gone.txt", b"g");
     lab.run(&["run", "web"]).code(0);
     let rec = lab.last();
-    assert!(rec.get("target_state").is_none());
-    assert_eq!(rec["files_transferred"], 2);
+    assert_eq!(rec["target_state"], "manifest");
+    assert_eq!(rec["files_transferred"], 3);
     assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &["-c"]), "");
+    // a delete of an entry already gone on the target is fine
+    fs::remove_file(lab.dst().join("gone.txt")).unwrap();
+    fs::remove_file(lab.src().join("gone.txt")).unwrap();
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(lab.last()["files_deleted"], 0);
+    assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &["-c"]), "");
+    // a target wiped behind syncjob's back: the manifest-planned run fails,
+    // forgets the manifest, and the next run lists and repairs
+    fs::remove_dir_all(lab.dst()).unwrap();
+    lab.write("d/b.txt", b"bbb");
+    lab.run(&["run", "web"]).code(1);
+    lab.run(&["run", "web"]).code(0);
+    assert!(lab.last().get("target_state").is_none());
+    assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &["-c"]), "");
+    lab.run(&["run", "web"]).code(0);
 
     // a failed run forgets the manifest: the next run lists again
     lab.job("delete: true\nmax_delete: 0");
@@ -553,10 +570,21 @@ fn an_unchanged_source_skips_listing_the_target_until_verify() {
         .unwrap()
         .unwrap()
         .path();
+    // damaged entries: not used to plan a change (the run lists)
     let mut bytes = fs::read(&m).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    fs::write(&m, bytes).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0xff;
+    fs::write(&m, &bytes).unwrap();
+    lab.write("a.txt", b"a2");
+    lab.run(&["run", "web"]).code(0);
+    assert!(lab.last().get("target_state").is_none());
+    assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &["-c"]), "");
+    // a damaged header: ignored altogether
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(lab.last()["target_state"], "manifest");
+    let mut bytes = fs::read(&m).unwrap();
+    bytes[20] ^= 0xff;
+    fs::write(&m, &bytes).unwrap();
     lab.run(&["run", "web"]).code(0);
     assert!(lab.last().get("target_state").is_none());
 }

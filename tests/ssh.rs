@@ -86,7 +86,9 @@ fn full_copy_incremental_delete_excludes_over_ssh() {
     fs::remove_file(lab.src().join("with space.txt")).unwrap();
     fs::write(dst.join("target-only"), b"x").unwrap();
     fs::write(dst.join("kept.gz"), b"excluded on target").unwrap();
-    lab.run(&["run", "web"]).code(0);
+    // (entries added on the target behind syncjob's back are seen by a full
+    // listing: --verify, or the next one after verify_interval)
+    lab.run(&["run", "web", "--verify"]).code(0);
     let rec = lab.last();
     assert_eq!(rec["files_transferred"], 2);
     assert_eq!(rec["files_deleted"], 2);
@@ -329,7 +331,7 @@ fn an_unchanged_source_does_not_connect_until_a_change_or_verify() {
     lab.write("index.html", b"<h1>changed</h1>\n");
     lab.run(&["run", "web"]).code(0);
     let rec = lab.last();
-    assert!(rec.get("target_state").is_none());
+    assert_eq!(rec["status"], "ok");
     assert_eq!(rec["files_transferred"], 1);
     assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &["-c"]), "");
 }
