@@ -6,7 +6,9 @@ Cases (each timed RUNS times, alternating syncjob and rsync, medians):
   web-initial      ~20k files ~200 MB to an empty target over ssh
   web-noop         the same again, nothing changed (syncjob: from its manifest)
   web-noop-list    the same with syncjob listing the target (--verify)
-  web-mutate       1% changed, 0.5% added, 0.5% deleted (with delete)
+  web-mutate       1% changed, 0.5% added, 0.5% deleted (with delete), after a
+                   run that left the target in sync (syncjob: planned from its manifest)
+  web-mutate-list  the same, syncjob listing the target (--verify)
   web-local        initial copy local -> local
   small-initial    100k files of ~1 KB over ssh
   small-noop       the same again (small-noop-list: syncjob with --verify)
@@ -33,6 +35,8 @@ MKTREE = os.path.join(ROOT, "bench", "mktree.py")
 LAB = os.environ.get("LAB", "/tmp/syncjob-compare")
 RUNS = int(os.environ.get("RUNS", "3"))
 CASES = os.environ.get("CASES", "").split(",") if os.environ.get("CASES") else None
+# targets on a tmpfs (root only); TMPFS=0 keeps them on the disk
+TMPFS = os.geteuid() == 0 and os.environ.get("TMPFS", "1") != "0"
 USER = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
 
 
@@ -126,6 +130,7 @@ def write_jobs(path, jobs, sshd):
     for name, (src, remote) in jobs.items():
         lines += [f"  {name}:", f"    source: {src}", f"    remote: {remote}", "    delete: true",
                   "    retries: 0",
+                  f"    streams: {os.environ.get('STREAMS', '4')}",
                   f"    ssh: {{ identity: {sshd.d}/id_ed25519, known_hosts: {sshd.d}/known_hosts }}"]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -153,9 +158,17 @@ def main():
                 f.seek(-(1 << 20), 2)
                 f.write(os.urandom(1 << 20))
         T = f"{LAB}/targets"
+        os.makedirs(T, exist_ok=True)
+        if TMPFS:
+            # targets on a tmpfs: the tools' own costs, without ext4's inode
+            # allocator slowing down after each rm -rf of a target (it skips
+            # recently deleted inodes: seen as `recently_deleted` in perf,
+            # varying runs by 2-4x for both tools)
+            sh("mount", "-t", "tmpfs", "-o", "size=12g", "tmpfs", T)
         jobs = {
             "web": (f"{trees}/web", ssh_url(f"{T}/sj-web")),
             "webmut": (f"{trees}/web-mut", ssh_url(f"{T}/sj-web")),
+            "webscratch": (f"{trees}/web-scratch", ssh_url(f"{T}/sj-web")),
             "weblocal": (f"{trees}/web", f"{T}/sj-web-local"),
             "small": (f"{trees}/small", ssh_url(f"{T}/sj-small")),
             "big": (f"{trees}/big", ssh_url(f"{T}/sj-big")),
@@ -178,6 +191,15 @@ def main():
             reset(src, dst)
             forget(tool)
 
+        def mutate_prep(tool):
+            scratch = f"{trees}/web-scratch"
+            reset(f"{trees}/web", scratch)
+            reset_t(f"{trees}/web", f"{T}/{tool}-web", tool)
+            if tool == "sj":
+                # a run that finds the target in sync leaves the manifest
+                sh(*sj("webscratch"), "--verify", stdout=subprocess.DEVNULL)
+            sh(sys.executable, MKTREE, "mutate", scratch, stdout=subprocess.DEVNULL)
+
         # case: (name, syncjob cmd, rsync cmd, prepare(tool) run untimed before each timed run)
         cases = [
             ("web-initial", sj("web"), rsync_ssh + [f"{trees}/web/", rdest(f"{T}/rs-web")],
@@ -188,7 +210,12 @@ def main():
             # verify_interval, or with verify_interval: 0)
             ("web-noop-list", sj("web") + ["--verify"], rsync_ssh + [f"{trees}/web/", rdest(f"{T}/rs-web")],
              lambda tool: None),
-            ("web-mutate", sj("webmut"), rsync_ssh + [f"{trees}/web-mut/", rdest(f"{T}/rs-web")],
+            # the source changes after a run that left the target in sync (the
+            # daemon's case): syncjob plans against its manifest
+            ("web-mutate", sj("webscratch"), rsync_ssh + [f"{trees}/web-scratch/", rdest(f"{T}/rs-web")],
+             lambda tool: mutate_prep(tool)),
+            # the same, syncjob listing the target (--verify)
+            ("web-mutate-list", sj("webmut") + ["--verify"], rsync_ssh + [f"{trees}/web-mut/", rdest(f"{T}/rs-web")],
              lambda tool: reset_t(f"{trees}/web", f"{T}/{tool}-web", tool)),
             ("web-local", sj("weblocal"), ["rsync", "-a", "--delete", f"{trees}/web/", f"{T}/rs-web-local/"],
              lambda tool: rm(f"{T}/{tool}-web-local", tool)),
@@ -230,7 +257,8 @@ def main():
         pipe_rate = statistics.median(pipe)
 
         print()
-        print(f"syncjob vs rsync, medians of {RUNS} runs, {os.cpu_count()} cores, loopback ssh")
+        where = "targets on tmpfs" if TMPFS else "targets on disk"
+        print(f"syncjob vs rsync, medians of {RUNS} runs, {os.cpu_count()} cores, loopback ssh, {where}")
         print(f"{'case':<15}{'syncjob s':>10}{'rsync s':>9}{'ratio':>7}   {'sj cpu':>7}{'rs cpu':>7}   {'sj MiB':>7}{'rs MiB':>7}")
         for name, med in results:
             sjw, sjc, sjr = med["sj"]
@@ -247,6 +275,8 @@ def main():
             million(trees)
     finally:
         sshd.stop()
+        if TMPFS:
+            subprocess.run(["umount", "-l", f"{LAB}/targets"])
 
 
 def million(trees):

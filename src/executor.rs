@@ -150,8 +150,8 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
     let actions = &plan.actions;
     let mut i = 0;
     // extra connections for parallel copies, opened on first need
-    let mut extras: Vec<Box<dyn Transport>> = Vec::new();
-    let mut extras_failed = false;
+    let mut extras: Vec<Option<Box<dyn Transport>>> = Vec::new();
+    let extras_failed = AtomicBool::new(false);
 
     'outer: while i < actions.len() {
         if s.cancel.load(Ordering::Relaxed) {
@@ -204,23 +204,20 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
 
         let results: Vec<io::Result<u64>> = if matches!(first, Action::Copy { .. }) {
             let groups = split_copies(&batch);
-            // more connections for a long run of copies
-            if let Some(open) = s.open_extra
-                && !extras_failed
-                && groups.len() > 1
-                && (batch.len() >= PARALLEL_MIN_FILES || bytes >= PARALLEL_MIN_BYTES)
-            {
-                let want = s.streams.min(groups.len()).saturating_sub(1);
-                while extras.len() < want {
-                    match open() {
-                        Ok(x) => extras.push(x),
-                        Err(_) => {
-                            // one connection will do
-                            extras_failed = true;
-                            break;
-                        }
-                    }
+            // more connections for a long run of copies, opened by their
+            // worker threads while this one already copies
+            let want = match s.open_extra {
+                Some(_)
+                    if !extras_failed.load(Ordering::Relaxed)
+                        && groups.len() > 1
+                        && (batch.len() >= PARALLEL_MIN_FILES || bytes >= PARALLEL_MIN_BYTES) =>
+                {
+                    s.streams.min(groups.len()).saturating_sub(1)
                 }
+                _ => extras.len().min(groups.len().saturating_sub(1)),
+            };
+            while extras.len() < want {
+                extras.push(None);
             }
             let slots: Vec<std::sync::Mutex<Option<io::Result<u64>>>> =
                 batch.iter().map(|_| std::sync::Mutex::new(None)).collect();
@@ -246,9 +243,21 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
                 }
             };
             std::thread::scope(|sc| {
-                for x in extras.iter_mut() {
-                    let x: &mut dyn Transport = x.as_mut();
-                    sc.spawn(|| work(x));
+                for slot in extras.iter_mut().take(want) {
+                    let work = &work;
+                    let extras_failed = &extras_failed;
+                    sc.spawn(move || {
+                        if slot.is_none() && !extras_failed.load(Ordering::Relaxed) {
+                            match s.open_extra.map(|open| open()) {
+                                Some(Ok(x)) => *slot = Some(x),
+                                // one connection will do
+                                _ => extras_failed.store(true, Ordering::Relaxed),
+                            }
+                        }
+                        if let Some(x) = slot.as_mut() {
+                            work(x.as_mut());
+                        }
+                    });
                 }
                 work(t);
             });
