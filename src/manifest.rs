@@ -98,9 +98,9 @@ fn now_secs() -> u64 {
 /// What the target holds after a run that ended ok, serialized: the
 /// source's entries (special files excluded, times as the target keeps
 /// them), in path order.
-fn serialize(scan: &Scan, caps: Caps) -> Vec<u8> {
-    let mut b = Vec::with_capacity(scan.entries.len() * 48);
-    for (p, e) in &scan.entries {
+fn serialize(scan: &Scan, caps: Caps, sink: &mut dyn FnMut(&[u8])) {
+    let mut b = Vec::with_capacity(64 << 10);
+    for (p, e) in scan.entries.iter() {
         if e.kind == EntryKind::Special {
             continue;
         }
@@ -123,8 +123,19 @@ fn serialize(scan: &Scan, caps: Caps) -> Vec<u8> {
             }
             None => b.extend_from_slice(&u32::MAX.to_le_bytes()),
         }
+        if b.len() >= 60 << 10 {
+            sink(&b);
+            b.clear();
+        }
     }
-    b
+    sink(&b);
+}
+
+/// The digest of the state a target is left in (streamed: nothing held).
+pub fn digest(scan: &Scan, caps: Caps) -> [u8; 32] {
+    let mut h = Sha256::new();
+    serialize(scan, caps, &mut |b| h.update(b));
+    h.finalize().into()
 }
 
 /// The state a target is left in, serialized, and its digest. Equal
@@ -135,7 +146,8 @@ pub struct State {
 }
 
 pub fn state(scan: &Scan, caps: Caps) -> State {
-    let bytes = serialize(scan, caps);
+    let mut bytes = Vec::new();
+    serialize(scan, caps, &mut |b| bytes.extend_from_slice(b));
     State {
         digest: Sha256::digest(&bytes).into(),
         bytes,
@@ -277,7 +289,7 @@ impl Manifest {
                     mode,
                     uid,
                     gid,
-                    link,
+                    link: link.map(PathBuf::into_boxed_path),
                 },
             ));
         }

@@ -610,7 +610,7 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
         && let Some(m) = manifest::load(&mpath, job, target, job.verify_interval)
         && m.caps.preserve_owner == effective_owner
     {
-        if manifest::state(scan, m.caps).digest == m.digest {
+        if manifest::digest(scan, m.caps) == m.digest {
             outcome.from_manifest = true;
             return (finish(&outcome, Status::Ok, None, &mut text), text);
         }

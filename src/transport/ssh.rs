@@ -348,7 +348,7 @@ impl Ssh {
                         mode: perm & 0o7777,
                         uid,
                         gid,
-                        link,
+                        link: link.map(PathBuf::into_boxed_path),
                     },
                 );
                 if kind == EntryKind::Dir {
@@ -586,7 +586,7 @@ pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
                 uid: uid as u32,
                 gid: gid as u32,
                 link: (kind == EntryKind::Symlink)
-                    .then(|| PathBuf::from(std::ffi::OsStr::from_bytes(link))),
+                    .then(|| PathBuf::from(std::ffi::OsStr::from_bytes(link)).into_boxed_path()),
             },
         );
     }
