@@ -909,7 +909,7 @@ mod tests {
         assert_eq!(s.get(Path::new("a/b/c")).unwrap().size, 5);
         assert_eq!(s.get(Path::new("a-b")).unwrap().size, 3);
         assert!(s.get(Path::new("a/c")).is_none());
-        assert_eq!(s.iter().rev().next().unwrap().0, Path::new("b"));
+        assert_eq!(s.iter().next_back().unwrap().0, Path::new("b"));
         assert_eq!(s.len(), 7);
     }
 
