@@ -5,7 +5,7 @@
 //! by a vanished source, no torn log line.
 
 mod common;
-use common::sshd::Sshd;
+use common::sshd::{Sshd, ssh_job};
 use common::*;
 use std::fs;
 use std::io::Write;
@@ -163,12 +163,8 @@ fn kill_9_mid_copy_locally_leaves_old_or_new_and_converges() {
 fn kill_9_mid_copy_over_ssh_leaves_old_or_new_and_converges() {
     let lab = Lab::new();
     let s = Sshd::start(&lab.path("sshd"));
-    let dst = lab.path("remote");
-    lab.config(&format!(
-        "jobs:\n  web:\n    source: {{src}}\n    remote: {}\n    {}\n",
-        s.url(&dst),
-        s.ssh_yaml()
-    ));
+    let dst = lab.dst();
+    ssh_job(&lab, &s, "");
     kill9_mid_copy(&lab, &dst, 150 * MIB);
 }
 
@@ -176,16 +172,12 @@ fn kill_9_mid_copy_over_ssh_leaves_old_or_new_and_converges() {
 fn sshd_killed_and_restarted_mid_transfer_is_retried_and_completes() {
     let lab = Lab::new();
     let mut s = Sshd::start(&lab.path("sshd"));
-    let dst = lab.path("remote");
+    let dst = lab.dst();
     lab.write("big.bin", &vec![b'x'; 120 * MIB]);
     for i in 0..20 {
         lab.write(&format!("d/{i}"), format!("{i}").as_bytes());
     }
-    lab.config(&format!(
-        "jobs:\n  web:\n    source: {{src}}\n    remote: {}\n    retries: 3\n    {}\n",
-        s.url(&dst),
-        s.ssh_yaml()
-    ));
+    ssh_job(&lab, &s, "retries: 3");
     let mut child = lab
         .cmd()
         .args(["run", "web"])
@@ -253,12 +245,8 @@ fn full_target_disk_over_ssh_fails_with_no_space_and_loses_nothing() {
         return;
     }
     let s = Sshd::start(&lab.path("sshd"));
-    let dst = lab.path("remote");
-    lab.config(&format!(
-        "jobs:\n  web:\n    source: {{src}}\n    remote: {}\n    retries: 1\n    {}\n",
-        s.url(&dst),
-        s.ssh_yaml()
-    ));
+    let dst = lab.dst();
+    ssh_job(&lab, &s, "retries: 1");
     disk_full(&lab, &dst);
 }
 
@@ -316,15 +304,11 @@ fn rewrite(path: &Path, byte: u8, size: usize) {
 fn a_file_rewritten_during_the_copy_is_copied_again_never_mixed() {
     let lab = Lab::new();
     let s = Sshd::start(&lab.path("sshd"));
-    let dst = lab.path("remote");
+    let dst = lab.dst();
     let size = 150 * MIB;
     lab.write("big.bin", &vec![1u8; size]);
     set_mtime(&lab.src().join("big.bin"), 1_600_000_000, 0);
-    lab.config(&format!(
-        "jobs:\n  web:\n    source: {{src}}\n    remote: {}\n    {}\n",
-        s.url(&dst),
-        s.ssh_yaml()
-    ));
+    ssh_job(&lab, &s, "");
     let mut child = lab
         .cmd()
         .args(["run", "web"])

@@ -1,26 +1,12 @@
 //! The SSH transport against a real OpenSSH sshd started by the test.
 
 mod common;
-use common::sshd::Sshd;
+use common::sshd::{Sshd, ssh_job};
 use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn ssh_job(lab: &Lab, s: &Sshd, extra: &str) {
-    let mut y = format!(
-        "jobs:\n  web:\n    source: {{src}}\n    remote: {}\n    {}\n",
-        s.url(&lab.dst()),
-        s.ssh_yaml()
-    );
-    for l in extra.lines() {
-        y.push_str("    ");
-        y.push_str(l);
-        y.push('\n');
-    }
-    lab.config(&y);
-}
 
 fn populate(lab: &Lab) {
     lab.write("index.html", b"<h1>hello</h1>\n");

@@ -193,3 +193,19 @@ impl Drop for Sshd {
         self.kill();
     }
 }
+
+/// A jobs file with one job `web` mirroring the lab's source to its `dst/`
+/// on this server, plus `extra` job keys (one per line).
+pub fn ssh_job(lab: &super::Lab, s: &Sshd, extra: &str) {
+    let mut y = format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: {}\n    {}\n",
+        s.url(&lab.dst()),
+        s.ssh_yaml()
+    );
+    for l in extra.lines() {
+        y.push_str("    ");
+        y.push_str(l);
+        y.push('\n');
+    }
+    lab.config(&y);
+}
