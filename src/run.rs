@@ -592,8 +592,9 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
         }
         rec
     };
-    // nothing changed in the source since the target was last left `ok`
-    // (and listed less than verify_interval ago): no need to connect
+    // the target's manifest (see `manifest`): nothing changed in the source
+    // since the target was last left `ok` → no need to connect; the source
+    // changed → plan against the manifest instead of listing the target
     let mpath = manifest::path_for(&env.state_dir, job, target);
     let effective_owner = job.preserve_owner && unsafe { libc::geteuid() } == 0;
     // manifests are kept for incremental size+mtime jobs; --verify lists
@@ -665,7 +666,7 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             mode: job.mode,
             compare: job.compare,
             delete: job.delete,
-            preserve_owner: job.preserve_owner && unsafe { libc::geteuid() } == 0,
+            preserve_owner: effective_owner,
             mtime_nanos: t.mtime_nanos(),
             symlink_times: t.symlink_times(),
         };
