@@ -277,7 +277,16 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
             t.apply(&batch).into_iter().map(|r| r.map(|()| 0)).collect()
         };
 
+        let is_copy = matches!(first, Action::Copy { .. });
+        // copies never started because a connection was lost or a shutdown
+        // came are not errors of their own (the run says why it stopped)
+        let stopped = s.cancel.load(Ordering::Relaxed)
+            || results.iter().any(|r| matches!(r, Err(e) if is_fatal(e)));
         for (a, r) in batch.iter().zip(results) {
+            if stopped && is_copy && matches!(&r, Err(e) if e.kind() == io::ErrorKind::Interrupted)
+            {
+                continue;
+            }
             let path = a.path();
             match (a, r) {
                 (Action::Copy { .. }, Ok(n)) => {
@@ -312,14 +321,25 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
                         _ => {}
                     }
                     let fatal = is_fatal(&e);
+                    if fatal && out.lost_target {
+                        // the same lost connection again: said once
+                        continue;
+                    }
                     out.error(path, e.to_string());
                     if fatal {
                         out.aborted = Some(format!("target lost: {e}"));
                         out.lost_target = true;
-                        break 'outer;
+                        if !is_copy {
+                            break 'outer;
+                        }
+                        // copies of other connections may have succeeded:
+                        // count them before stopping
                     }
                 }
             }
+        }
+        if out.lost_target {
+            break 'outer;
         }
     }
     out
