@@ -423,6 +423,22 @@ fn raw<'n>(ctx: &mut Ctx, node: &'n Node, what: &str, job: Option<&str>) -> Raw<
     r
 }
 
+/// Problems in the order of the files (as first met) and, within a file,
+/// of their positions.
+fn in_file_order(mut problems: Vec<Problem>) -> Vec<Problem> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for p in &problems {
+        if !files.contains(&p.file) {
+            files.push(p.file.clone());
+        }
+    }
+    problems.sort_by_key(|p| {
+        let f = files.iter().position(|f| *f == p.file).unwrap_or(0);
+        (f, p.pos.line, p.pos.col)
+    });
+    problems
+}
+
 /// The largest jobs file (each included file too): far beyond any real
 /// one (thousands of jobs), small enough that a wrong file (a log, a
 /// binary) is refused at once.
@@ -589,7 +605,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
         file: path.to_path_buf(),
         problems: Vec::new(),
     };
-    let invalid = |ctx: Ctx| Err(ConfigError::Invalid(ctx.problems));
+    let invalid = |ctx: Ctx| Err(ConfigError::Invalid(in_file_order(ctx.problems)));
     if bytes.len() > MAX_FILE {
         ctx.err(
             Pos { line: 1, col: 1 },
@@ -1345,5 +1361,29 @@ jobs:
                 && err.contains("does not exist"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn streams_and_verify_interval() {
+        let p = problems(
+            "jobs:\n  a:\n    source: /srv/a\n    remote: /srv/b\n    streams: 0\n    verify_interval: 5x\n",
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(
+            p[0].contains(":5:14: job a: `streams` must be between 1 and 16"),
+            "{p:?}"
+        );
+        assert!(
+            p[1].contains(":6:22: job a: ") && p[1].contains("5x"),
+            "{p:?}"
+        );
+        let c = parse(
+            Path::new("/etc/syncjob/jobs.yaml"),
+            b"jobs:\n  a:\n    source: /srv/a\n    remote: /srv/b\n    verify_interval: 0\n  b:\n    source: /srv/a\n    remote: /srv/c\n",
+        )
+        .unwrap();
+        assert!(c.job("a").unwrap().verify_interval.is_zero());
+        assert_eq!(c.job("b").unwrap().verify_interval, Duration::from_secs(60));
+        assert_eq!(c.job("b").unwrap().streams, 4);
     }
 }
