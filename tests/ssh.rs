@@ -337,3 +337,54 @@ fn many_files_spread_over_several_connections_arrive_intact() {
     assert_eq!(rec["files_transferred"], 701, "{rec}");
     assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &["-c"]), "");
 }
+
+#[test]
+fn a_remote_without_gnu_find_is_listed_over_sftp() {
+    // the sessions of this sshd find a `find` without -printf first in PATH
+    // (as on busybox systems); listing falls back to SFTP readdir
+    let lab = Lab::new();
+    let bin = lab.path("fakebin");
+    fs::create_dir_all(&bin).unwrap();
+    let called = lab.path("fake-find-called");
+    fs::write(
+        bin.join("find"),
+        format!(
+            "#!/bin/sh\ntouch {}\necho \"find: unrecognized: -printf\" >&2\nexit 1\n",
+            called.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(
+        bin.join("find"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let s = Sshd::start_with(
+        &lab.path("sshd"),
+        &format!("SetEnv PATH={}:/usr/bin:/bin", bin.display()),
+    );
+    populate(&lab);
+    ssh_job(&lab, &s, "delete: true\nexclude: [\"*.gz\"]");
+    lab.run(&["run", "web"]).code(0);
+    let dst = lab.dst();
+    assert_eq!(rsync_diff(&lab.src(), &dst, &["--exclude", "*.gz"]), "");
+    // a full listing (over SFTP) of the synced target finds nothing to do
+    lab.run(&["run", "web", "--verify"]).code(0);
+    assert!(called.exists(), "the remote ran the fake find");
+    let rec = lab.last();
+    assert_eq!(rec["files_transferred"], 0, "{rec}");
+    assert_eq!(rec["files_deleted"], 0, "{rec}");
+    // changes, deletions and entries added on the target, seen over SFTP
+    lab.write("index.html", b"<h1>changed again</h1>\n");
+    fs::remove_file(lab.src().join("with space.txt")).unwrap();
+    fs::write(dst.join("target-only"), b"x").unwrap();
+    fs::create_dir_all(dst.join("extra/dir")).unwrap();
+    fs::write(dst.join("extra/dir/f"), b"y").unwrap();
+    fs::write(dst.join("kept.gz"), b"excluded on target").unwrap();
+    lab.run(&["run", "web", "--verify"]).code(0);
+    let rec = lab.last();
+    assert_eq!(rec["files_transferred"], 1, "{rec}");
+    assert!(dst.join("kept.gz").exists());
+    assert!(!dst.join("target-only").exists() && !dst.join("extra").exists());
+    assert_eq!(rsync_diff(&lab.src(), &dst, &["--exclude", "*.gz"]), "");
+}

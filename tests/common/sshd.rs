@@ -16,6 +16,8 @@ pub struct Sshd {
     /// a known_hosts file with this server's key
     pub known_hosts: PathBuf,
     pid: Option<u32>,
+    /// more sshd_config lines
+    extra: String,
 }
 
 fn keygen(path: &Path, comment: &str) {
@@ -49,6 +51,11 @@ pub fn user() -> String {
 
 impl Sshd {
     pub fn start(dir: &Path) -> Sshd {
+        Sshd::start_with(dir, "")
+    }
+
+    /// With more sshd_config lines (e.g. `SetEnv PATH=...`).
+    pub fn start_with(dir: &Path, extra: &str) -> Sshd {
         assert!(
             Path::new("/usr/sbin/sshd").exists(),
             "/usr/sbin/sshd missing: run the README test command (it installs openssh-server)"
@@ -63,6 +70,7 @@ impl Sshd {
             key: dir.join("id_ed25519"),
             known_hosts: dir.join("known_hosts"),
             pid: None,
+            extra: extra.to_string(),
         };
         s.write_known_hosts();
         s.launch();
@@ -90,9 +98,10 @@ impl Sshd {
              PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              UsePAM no\nStrictModes no\nUseDNS no\nPrintMotd no\nPrintLastLog no\nX11Forwarding no\n\
              AllowTcpForwarding no\nMaxStartups 100:30:200\nMaxSessions 64\nLogLevel ERROR\n\
-             Subsystem sftp internal-sftp\n",
+             Subsystem sftp internal-sftp\n{extra}\n",
             port = self.port,
-            d = d.display()
+            d = d.display(),
+            extra = self.extra
         );
         fs::write(d.join("sshd_config"), cfg).unwrap();
         let _ = fs::remove_file(d.join("sshd.pid"));
