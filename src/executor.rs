@@ -2,7 +2,7 @@
 
 use crate::journal::PathError;
 use crate::plan::{Action, EntryKind, Plan, display_path};
-use crate::transport::{Transport, is_changed_during_copy};
+use crate::transport::{Transport, is_changed_during_copy, with_progress};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +54,8 @@ pub struct Settings<'a> {
     /// are spread over up to `streams` connections
     pub open_extra: Option<&'a (dyn Fn() -> io::Result<Box<dyn Transport>> + Sync)>,
     pub streams: usize,
+    /// counts the bytes sent by copies as they go (for a progress bar)
+    pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// Errors after which the rest of the target cannot proceed.
@@ -255,11 +257,11 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
                             }
                         }
                         if let Some(x) = slot.as_mut() {
-                            work(x.as_mut());
+                            with_progress(s.progress.clone(), || work(x.as_mut()));
                         }
                     });
                 }
-                work(t);
+                with_progress(s.progress.clone(), || work(t));
             });
             out.warnings.extend(warnings.into_inner().unwrap());
             slots

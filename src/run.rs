@@ -743,11 +743,21 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
         }
         let bar = multi.map(|m| progress_bar(m, job, target, &plan.actions));
         let files_done = std::sync::atomic::AtomicU64::new(0);
+        // bytes sent, counted by the transports chunk by chunk
+        let sent = bar
+            .as_ref()
+            .map(|_| std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)));
+        let show_sent = |bar: &indicatif::ProgressBar| {
+            if let Some(c) = &sent {
+                let total = bar.length().unwrap_or(0);
+                bar.set_position(c.load(Ordering::Relaxed).min(total));
+            }
+        };
         let verbose_lines = Mutex::new(String::new());
         let on_done = |a: &Action| {
-            if let (Some((bar, files)), Action::Copy { size, .. }) = (&bar, a) {
+            if let (Some((bar, files)), Action::Copy { .. }) = (&bar, a) {
                 let n = files_done.fetch_add(1, Ordering::Relaxed) + 1;
-                bar.inc(*size);
+                show_sent(bar);
                 bar.set_message(format!("{n}/{files} files"));
             }
             if opts.verbose {
@@ -768,10 +778,27 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             on_done: &on_done,
             open_extra: Some(&open_extra),
             streams: job.streams,
+            progress: sent.clone(),
         };
-        let applied = executor::execute(&plan, t.as_mut(), &settings);
+        let copying = AtomicBool::new(true);
+        let applied = std::thread::scope(|sc| {
+            // a big file moves the bar while it is being sent
+            if let Some((b, _)) = &bar {
+                let (copying, show_sent) = (&copying, &show_sent);
+                sc.spawn(move || {
+                    while copying.load(Ordering::Relaxed) {
+                        show_sent(b);
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                });
+            }
+            let r = executor::execute(&plan, t.as_mut(), &settings);
+            copying.store(false, Ordering::Relaxed);
+            r
+        });
         drop(t);
         if let Some((bar, _)) = &bar {
+            show_sent(bar);
             bar.finish();
         }
         text.push_str(&verbose_lines.into_inner().unwrap());

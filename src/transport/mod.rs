@@ -188,11 +188,35 @@ pub fn copy_cancellable(
             ));
         }
         let n = io::copy(&mut input.by_ref().take(CHUNK), out)?;
+        add_progress(n);
         total += n;
         if n < CHUNK {
             return Ok(total);
         }
     }
+}
+
+thread_local! {
+    /// Bytes sent so far by this thread's copies, for a progress bar.
+    static PROGRESS: std::cell::RefCell<Option<std::sync::Arc<AtomicU64>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with this thread's copies counting their bytes into `counter`.
+pub fn with_progress<R>(counter: Option<std::sync::Arc<AtomicU64>>, f: impl FnOnce() -> R) -> R {
+    let old = PROGRESS.with(|p| p.replace(counter));
+    let r = f();
+    PROGRESS.with(|p| *p.borrow_mut() = old);
+    r
+}
+
+/// Count `n` bytes sent (a chunk of a file being copied).
+pub fn add_progress(n: u64) {
+    PROGRESS.with(|p| {
+        if let Some(c) = &*p.borrow() {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+    });
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);

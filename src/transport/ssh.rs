@@ -791,6 +791,7 @@ impl Transport for Ssh {
                 }
                 ids.push(self.sftp.write(&handle, off, &buf[..n])?);
                 off += n as u64;
+                super::add_progress(n as u64);
             }
             let mut first_err = None;
             for id in ids {
@@ -984,6 +985,7 @@ impl Ssh {
                 }
                 write_ids.push((k, self.sftp.write(h, sizes[k], &buf[..n])?));
                 sizes[k] += n as u64;
+                super::add_progress(n as u64);
             }
         }
         for (k, id) in write_ids {
