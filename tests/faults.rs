@@ -108,13 +108,7 @@ fn kill9_mid_copy(lab: &Lab, dst: &Path, size: usize) {
         fs::create_dir_all(dst).unwrap();
         fs::write(dst.join("big.bin"), vec![b'O'; size / 2]).unwrap();
         set_mtime(&dst.join("big.bin"), 1_500_000_000, 0);
-        let mut child = lab
-            .cmd()
-            .args(["run", "web"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = lab.spawn(&["run", "web"]);
         let caught = wait_for_temp(dst, &mut child);
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let st = child.wait().unwrap();
@@ -178,12 +172,7 @@ fn sshd_killed_and_restarted_mid_transfer_is_retried_and_completes() {
         lab.write(&format!("d/{i}"), format!("{i}").as_bytes());
     }
     ssh_job(&lab, &s, "retries: 3");
-    let mut child = lab
-        .cmd()
-        .args(["run", "web"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = lab.spawn(&["run", "web"]);
     assert!(wait_for_temp(&dst, &mut child), "the run ended too early");
     s.restart();
     let st = child.wait().unwrap();
@@ -309,12 +298,7 @@ fn a_file_rewritten_during_the_copy_is_copied_again_never_mixed() {
     lab.write("big.bin", &vec![1u8; size]);
     set_mtime(&lab.src().join("big.bin"), 1_600_000_000, 0);
     ssh_job(&lab, &s, "");
-    let mut child = lab
-        .cmd()
-        .args(["run", "web"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = lab.spawn(&["run", "web"]);
     assert!(wait_for_temp(&dst, &mut child), "the run ended too early");
     // rewrite the whole file while it is on its way
     rewrite(&lab.src().join("big.bin"), 2, size);

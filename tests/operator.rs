@@ -19,12 +19,7 @@ fn status_shows_a_running_job_with_pid_and_trigger() {
     let lab = Lab::new();
     lab.write("a", b"a");
     lab.job("before: sleep 3");
-    let mut child = lab
-        .cmd()
-        .args(["run", "web"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = lab.spawn(&["run", "web"]);
     let t = Instant::now();
     let v = loop {
         let r = lab.run(&["status", "--json"]);

@@ -70,6 +70,15 @@ impl Lab {
             .stdin(Stdio::null());
         c
     }
+    /// Start the binary in the background (stdout and stderr discarded).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.cmd()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
     pub fn run(&self, args: &[&str]) -> Run {
         let out = self.cmd().args(args).output().unwrap();
         Run::from(out)
