@@ -88,7 +88,8 @@ fn fingerprint(job: &Job, target: &Target, caps: Caps) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the Unix epoch (when a target was listed).
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -234,7 +235,7 @@ pub fn load(path: &Path, job: &Job, target: &Target, max_age: Duration) -> Optio
         return None;
     }
     let listed_at = u64::from_le_bytes(body[41..49].try_into().ok()?);
-    let now = now_secs();
+    let now = unix_now();
     if listed_at > now + 60 || now.saturating_sub(listed_at) >= max_age.as_secs() {
         return None;
     }
@@ -313,8 +314,4 @@ impl<'a> Rd<'a> {
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
-}
-
-pub fn unix_now() -> u64 {
-    now_secs()
 }

@@ -523,15 +523,23 @@ fn backoff(n: u32, cancel: &AtomicBool) -> bool {
     true
 }
 
-/// Connect to a target and list it.
+/// Connect to a target and list it, unless its entries are already known
+/// (from its manifest).
 fn connect(
     job: &Job,
     target: &Target,
+    known: Option<Tree>,
 ) -> Result<(Box<dyn transport::Transport>, transport::Listing), (String, std::io::Error)> {
     let mut t = transport::open(target, job).map_err(|e| ("cannot reach target".to_string(), e))?;
-    let l = t
-        .list(&job.filter)
-        .map_err(|e| ("cannot list target".to_string(), e))?;
+    let l = match known {
+        Some(tree) => transport::Listing {
+            tree: Some(tree),
+            errors: Vec::new(),
+        },
+        None => t
+            .list(&job.filter)
+            .map_err(|e| ("cannot list target".to_string(), e))?,
+    };
     Ok((t, l))
 }
 
@@ -627,18 +635,7 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             .as_ref()
             .map(|(_, at)| *at)
             .unwrap_or_else(manifest::unix_now);
-        let conn = match planned_from {
-            Some((tree, _)) => transport::open(target, job)
-                .map(|t| {
-                    let l = transport::Listing {
-                        tree: Some(tree),
-                        errors: Vec::new(),
-                    };
-                    (t, l)
-                })
-                .map_err(|e| ("cannot reach target".to_string(), e)),
-            None => connect(job, target),
-        };
+        let conn = connect(job, target, planned_from.map(|(tree, _)| tree));
         let (mut t, listing) = match conn {
             Ok(x) => x,
             Err((what, e)) => {
