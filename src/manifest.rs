@@ -24,7 +24,7 @@
 //!   is ignored.
 
 use crate::config::Job;
-use crate::plan::{Entry, EntryKind, Scan, Tree};
+use crate::plan::{Entry, EntryKind, Scan, Tree, TreeBuilder};
 use crate::target::Target;
 use sha2::{Digest, Sha256};
 use std::io::{self, Write};
@@ -139,22 +139,6 @@ pub fn digest(scan: &Scan, caps: Caps) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The state a target is left in, serialized, and its digest. Equal
-/// digests mean a plan against that state is empty.
-pub struct State {
-    pub digest: [u8; 32],
-    bytes: Vec<u8>,
-}
-
-pub fn state(scan: &Scan, caps: Caps) -> State {
-    let mut bytes = Vec::new();
-    serialize(scan, caps, &mut |b| bytes.extend_from_slice(b));
-    State {
-        digest: Sha256::digest(&bytes).into(),
-        bytes,
-    }
-}
-
 fn kind_byte(k: EntryKind) -> u8 {
     match k {
         EntryKind::File => 0,
@@ -164,36 +148,45 @@ fn kind_byte(k: EntryKind) -> u8 {
     }
 }
 
-/// Write the manifest atomically (temporary file, fsync, rename).
-/// `listed_at`: when the target was last listed in full.
+/// Write the manifest atomically (temporary file, fsync, rename): the
+/// state the target is left in (the scan's entries), streamed to the file
+/// (nothing the size of the tree is held). `listed_at`: when the target was
+/// last listed in full.
 pub fn save(
     path: &Path,
     job: &Job,
     target: &Target,
     caps: Caps,
     listed_at: u64,
-    state: &State,
+    scan: &Scan,
 ) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let mut b = Vec::with_capacity(HEADER + state.bytes.len());
+    let mut b = Vec::with_capacity(HEADER);
     b.extend_from_slice(MAGIC);
     b.push(caps.to_byte());
     b.extend_from_slice(&fingerprint(job, target, caps));
     b.extend_from_slice(&listed_at.to_le_bytes());
-    b.extend_from_slice(&state.digest);
+    // the entries' integrity is their digest in the header
+    b.extend_from_slice(&digest(scan, caps));
     let sum = Sha256::digest(&b);
     b.extend_from_slice(&sum);
-    // the entries; their integrity is the state digest in the header
-    b.extend_from_slice(&state.bytes);
     let tmp = dir.join(format!(
         ".{}.tmp.{}",
         path.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));
     let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = io::BufWriter::with_capacity(256 << 10, std::fs::File::create(&tmp)?);
         f.write_all(&b)?;
+        let mut err = Ok(());
+        serialize(scan, caps, &mut |chunk| {
+            if err.is_ok() {
+                err = f.write_all(chunk);
+            }
+        });
+        err?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
@@ -248,18 +241,22 @@ pub fn load(path: &Path, job: &Job, target: &Target, max_age: Duration) -> Optio
 }
 
 impl Manifest {
-    /// The target's entries as of the manifest; None if damaged.
+    /// The target's entries as of the manifest; None if damaged. Read in
+    /// a stream (the entries are checked against the header's digest as
+    /// they are read).
     pub fn tree(&self) -> Option<Tree> {
-        let b = std::fs::read(&self.path).ok()?;
-        let body = b.get(HEADER..)?;
-        if Sha256::digest(body).as_slice() != self.digest {
-            return None;
-        }
-        let mut r = Rd(body);
-        let mut v: Vec<(PathBuf, Entry)> = Vec::new();
-        while !r.0.is_empty() {
-            let len = r.u32()? as usize;
-            let name = PathBuf::from(std::ffi::OsStr::from_bytes(r.take(len)?));
+        use std::io::{BufReader, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&self.path).ok()?;
+        f.seek(SeekFrom::Start(HEADER as u64)).ok()?;
+        let mut r = Rd {
+            inner: BufReader::with_capacity(256 << 10, f),
+            hash: Sha256::new(),
+            buf: Vec::new(),
+        };
+        let mut tree = TreeBuilder::default();
+        // an entry begins with its name's length; none: the end
+        while let Some(len) = r.u32_or_end()? {
+            let name = r.take(len as usize)?.to_vec();
             let kind = match r.take(1)?[0] {
                 0 => EntryKind::File,
                 1 => EntryKind::Dir,
@@ -276,12 +273,13 @@ impl Manifest {
             let link = if ll == u32::MAX {
                 None
             } else {
-                Some(PathBuf::from(std::ffi::OsStr::from_bytes(
-                    r.take(ll as usize)?,
-                )))
+                Some(
+                    PathBuf::from(std::ffi::OsStr::from_bytes(r.take(ll as usize)?))
+                        .into_boxed_path(),
+                )
             };
-            v.push((
-                name,
+            tree.push(
+                Path::new(std::ffi::OsStr::from_bytes(&name)),
                 Entry {
                     kind,
                     size,
@@ -290,23 +288,52 @@ impl Manifest {
                     mode,
                     uid,
                     gid,
-                    link: link.map(PathBuf::into_boxed_path),
+                    link,
                 },
-            ));
+            );
         }
-        Some(v.into_iter().collect())
+        if r.hash.finalize().as_slice() != self.digest {
+            return None;
+        }
+        Some(tree.finish())
     }
 }
 
-struct Rd<'a>(&'a [u8]);
-impl<'a> Rd<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
+/// Reads the entries, hashing every byte read.
+struct Rd<R> {
+    inner: R,
+    hash: Sha256,
+    buf: Vec<u8>,
+}
+impl<R: io::Read> Rd<R> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        // a corrupt length could ask for gigabytes: read in steps
+        self.buf.clear();
+        let mut left = n;
+        while left > 0 {
+            let step = left.min(64 << 10);
+            let at = self.buf.len();
+            self.buf.resize(at + step, 0);
+            self.inner.read_exact(&mut self.buf[at..]).ok()?;
+            left -= step;
         }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
+        self.hash.update(&self.buf);
+        Some(&self.buf)
+    }
+    fn u32_or_end(&mut self) -> Option<Option<u32>> {
+        let mut b = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            match self.inner.read(&mut b[got..]) {
+                Ok(0) if got == 0 => return Some(None),
+                Ok(0) => return None,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+        }
+        self.hash.update(b);
+        Some(Some(u32::from_le_bytes(b)))
     }
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))

@@ -3,7 +3,7 @@
 use crate::config::{Compare, Mode};
 use crate::filter::Filter;
 use crate::journal::PathError;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -84,9 +84,49 @@ impl Entry {
     }
 }
 
-/// Entries keyed by path relative to the root; the root itself is `""`.
-/// `Path`'s order is by component, so a directory sorts before its contents.
-pub type Tree = BTreeMap<PathBuf, Entry>;
+/// A target's entries keyed by path relative to the root; the root itself
+/// is `""`. Kept like the source scan, as a [`Sorted`] arena (a million
+/// entries: ~80 MB instead of ~200 MB as a `BTreeMap<PathBuf, Entry>`).
+pub type Tree = Sorted;
+
+/// Builds a [`Sorted`] from entries in any order (a target listing): one
+/// sort at the end, none when they came in order. A path given twice keeps
+/// its last entry.
+#[derive(Debug, Default)]
+pub struct TreeBuilder(Sorted);
+
+impl TreeBuilder {
+    pub fn push(&mut self, p: &Path, e: Entry) {
+        self.0.push(p, e);
+    }
+    pub fn finish(self) -> Sorted {
+        let mut s = self.0;
+        let names = std::mem::take(&mut s.names);
+        let key = |it: &(u64, u32, Entry)| {
+            Path::new(std::ffi::OsStr::from_bytes(
+                &names[it.0 as usize..it.0 as usize + it.1 as usize],
+            ))
+        };
+        if !s.items.is_sorted_by(|a, b| key(a) < key(b)) {
+            // stable: of equal paths the last pushed stays last, and is kept
+            s.items.sort_by(|a, b| key(a).cmp(key(b)));
+            let mut keep: Vec<(u64, u32, Entry)> = Vec::with_capacity(s.items.len());
+            for it in s.items.drain(..) {
+                if let Some(last) = keep.last_mut()
+                    && key(last) == key(&it)
+                {
+                    *last = it;
+                    continue;
+                }
+                keep.push(it);
+            }
+            s.items = keep;
+        }
+        s.names = names;
+        s.shrink();
+        s
+    }
+}
 
 /// Entries sorted by path (`Path` order: a directory before its contents).
 /// Names live in one byte arena and entries in one vector: about a third of
@@ -99,19 +139,6 @@ pub struct Sorted {
 }
 
 impl Sorted {
-    /// From any order (sorted here).
-    pub fn from_unsorted(mut v: Vec<(PathBuf, Entry)>) -> Sorted {
-        if !v.is_sorted_by(|a, b| a.0 <= b.0) {
-            v.sort_by(|a, b| a.0.cmp(&b.0));
-        }
-        v.dedup_by(|a, b| a.0 == b.0);
-        let mut s = Sorted::default();
-        for (p, e) in v {
-            s.push(&p, e);
-        }
-        s.shrink();
-        s
-    }
     /// Append; the caller keeps `Path` order.
     fn push(&mut self, p: &Path, e: Entry) {
         let b = p.as_os_str().as_bytes();
@@ -128,11 +155,25 @@ impl Sorted {
             &self.names[off as usize..off as usize + len as usize],
         ))
     }
-    pub fn get(&self, p: &Path) -> Option<&Entry> {
+    fn find(&self, p: &Path) -> Result<usize, usize> {
         self.items
             .binary_search_by(|(o, l, _)| self.name(*o, *l).cmp(p))
-            .ok()
-            .map(|i| &self.items[i].2)
+    }
+    pub fn get(&self, p: &Path) -> Option<&Entry> {
+        self.find(p).ok().map(|i| &self.items[i].2)
+    }
+    pub fn contains_key(&self, p: &Path) -> bool {
+        self.find(p).is_ok()
+    }
+    /// Whether any entry lies below `p`.
+    pub fn has_children(&self, p: &Path) -> bool {
+        let next = match self.find(p) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        };
+        self.items
+            .get(next)
+            .is_some_and(|(o, l, _)| self.name(*o, *l).starts_with(p) && self.name(*o, *l) != p)
     }
     pub fn len(&self) -> usize {
         self.items.len()
@@ -145,6 +186,23 @@ impl Sorted {
     }
     pub fn values(&self) -> impl Iterator<Item = &Entry> {
         self.items.iter().map(|(_, _, e)| e)
+    }
+}
+
+impl FromIterator<(PathBuf, Entry)> for Sorted {
+    fn from_iter<I: IntoIterator<Item = (PathBuf, Entry)>>(it: I) -> Sorted {
+        let mut b = TreeBuilder::default();
+        for (p, e) in it {
+            b.push(&p, e);
+        }
+        b.finish()
+    }
+}
+
+impl std::ops::Index<&Path> for Sorted {
+    type Output = Entry;
+    fn index(&self, p: &Path) -> &Entry {
+        self.get(p).expect("no entry at this path")
     }
 }
 
@@ -472,7 +530,7 @@ pub fn diff(
     opts: Options,
     same_content: &mut dyn FnMut(&Path) -> std::io::Result<bool>,
 ) -> Plan {
-    let empty = Tree::new();
+    let empty = Tree::default();
     let dst = dst.unwrap_or(&empty);
     let mut plan = Plan::default();
     let mut deletes: Vec<Action> = Vec::new();
@@ -491,7 +549,7 @@ pub fn diff(
         }
         if is_temp_name(path) {
             deletes.push(Action::Delete {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 kind: te.kind,
                 counted: false,
             });
@@ -506,24 +564,17 @@ pub fn diff(
             Some(_) => {
                 // type change: the old entry goes, whatever `delete` says;
                 // a non-empty directory only when `delete` allows its contents to go
-                let has_children = te.kind == EntryKind::Dir
-                    && dst
-                        .range::<PathBuf, _>((
-                            std::ops::Bound::Excluded(path.clone()),
-                            std::ops::Bound::Unbounded,
-                        ))
-                        .next()
-                        .is_some_and(|(p, _)| p.starts_with(path));
+                let has_children = te.kind == EntryKind::Dir && dst.has_children(path);
                 if has_children && !opts.delete {
                     plan.errors.push(PathError {
                         path: display_path(path),
                         message: "a non-empty directory on the target stands where the source has another type; enable `delete` to replace it".into(),
                     });
-                    blocked.push(path.clone());
+                    blocked.push(path.to_path_buf());
                     continue;
                 }
                 deletes.push(Action::Delete {
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     kind: te.kind,
                     counted: false,
                 });
@@ -532,7 +583,7 @@ pub fn diff(
             None => {
                 if opts.delete {
                     deletes.push(Action::Delete {
-                        path: path.clone(),
+                        path: path.to_path_buf(),
                         kind: te.kind,
                         counted: true,
                     });
@@ -751,7 +802,7 @@ mod tests {
     }
     fn scan(items: &[(&str, Entry)]) -> Scan {
         Scan {
-            entries: Sorted::from_unsorted(tree(items).into_iter().collect()),
+            entries: tree(items),
             ..Default::default()
         }
     }
@@ -899,7 +950,7 @@ mod tests {
             .iter()
             .map(|n| (PathBuf::from(n), e(File, n.len() as u64, 1)))
             .collect();
-        let s = Sorted::from_unsorted(v);
+        let s: Sorted = Sorted::from_iter::<Vec<_>>(v);
         let order: Vec<&Path> = s.iter().map(|(p, _)| p).collect();
         assert_eq!(
             order,
@@ -911,6 +962,33 @@ mod tests {
         assert!(s.get(Path::new("a/c")).is_none());
         assert_eq!(s.iter().next_back().unwrap().0, Path::new("b"));
         assert_eq!(s.len(), 7);
+        assert!(s.contains_key(Path::new("a/z")) && !s.contains_key(Path::new("z")));
+        assert!(s.has_children(Path::new("a")));
+        assert!(s.has_children(Path::new("a/b")));
+        assert!(!s.has_children(Path::new("a/b/c")));
+        assert!(
+            !s.has_children(Path::new("a-b")),
+            "a-b is a sibling, not a child"
+        );
+        assert!(!s.has_children(Path::new("b")));
+        assert!(s.has_children(Path::new("")));
+    }
+
+    #[test]
+    fn a_listing_in_any_order_is_sorted_and_keeps_the_last_of_a_path() {
+        let mut b = TreeBuilder::default();
+        b.push(Path::new(""), e(Dir, 0, 1));
+        b.push(Path::new("z"), e(File, 1, 1));
+        b.push(Path::new("d"), e(Dir, 0, 1));
+        b.push(Path::new("d/x"), e(File, 2, 1));
+        b.push(Path::new("z"), e(File, 3, 1));
+        b.push(Path::new("a"), e(File, 4, 1));
+        let t = b.finish();
+        let order: Vec<(&Path, u64)> = t.iter().map(|(p, e)| (p, e.size)).collect();
+        assert_eq!(
+            order,
+            [("", 0), ("a", 4), ("d", 0), ("d/x", 2), ("z", 3)].map(|(p, n)| (Path::new(p), n))
+        );
     }
 
     #[test]

@@ -851,8 +851,7 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             && outcome.errors.is_empty()
             && scan.unknown.is_empty()
         {
-            let state = manifest::state(scan, caps);
-            if let Err(e) = manifest::save(&mpath, job, target, caps, listed_at, &state) {
+            if let Err(e) = manifest::save(&mpath, job, target, caps, listed_at, scan) {
                 manifest::remove(&mpath);
                 outcome.warnings.push(PathError {
                     path: String::new(),

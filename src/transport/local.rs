@@ -3,7 +3,7 @@
 use super::{Listing, Transport, copy_cancellable, open_source, temp_name, verify_unchanged};
 use crate::filter::Filter;
 use crate::journal::PathError;
-use crate::plan::{Entry, EntryKind, Tree, display_path, is_temp_name};
+use crate::plan::{Entry, EntryKind, TreeBuilder, display_path, is_temp_name};
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -82,13 +82,15 @@ impl Transport for Local {
                 format!("target {} is not a directory", self.root.display()),
             ));
         }
-        let mut tree = Tree::new();
+        let mut tree = TreeBuilder::default();
         let mut errors = Vec::new();
-        tree.insert(PathBuf::new(), Entry::from_metadata(&md, None));
+        tree.push(Path::new(""), Entry::from_metadata(&md, None));
         let root = self.root.clone();
         let walker = walkdir::WalkDir::new(&root)
             .follow_links(false)
             .min_depth(1)
+            // in path order: the tree is built without sorting
+            .sort_by_file_name()
             .into_iter()
             .filter_entry(|e| {
                 let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
@@ -97,7 +99,7 @@ impl Transport for Local {
         for item in walker {
             match item {
                 Ok(e) => {
-                    let rel = e.path().strip_prefix(&root).unwrap().to_path_buf();
+                    let rel = e.path().strip_prefix(&root).unwrap();
                     // an entry that vanished between readdir and stat is absent
                     if let Ok(md) = e.metadata() {
                         let link = if md.file_type().is_symlink() {
@@ -105,7 +107,7 @@ impl Transport for Local {
                         } else {
                             None
                         };
-                        tree.insert(rel, Entry::from_metadata(&md, link));
+                        tree.push(rel, Entry::from_metadata(&md, link));
                     }
                 }
                 Err(err) => {
@@ -118,7 +120,7 @@ impl Transport for Local {
             }
         }
         Ok(Listing {
-            tree: Some(tree),
+            tree: Some(tree.finish()),
             errors,
         })
     }

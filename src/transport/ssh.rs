@@ -19,7 +19,7 @@ use super::{Listing, Transport, open_source, temp_name, verify_unchanged};
 use crate::config::{HostKeyPolicy, Job};
 use crate::filter::Filter;
 use crate::journal::PathError;
-use crate::plan::{Action, Entry, EntryKind, Tree};
+use crate::plan::{Action, Entry, EntryKind, Tree, TreeBuilder};
 use crate::target::SshTarget;
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
@@ -294,9 +294,9 @@ impl Ssh {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut tree = Tree::new();
-        tree.insert(
-            PathBuf::new(),
+        let mut tree = TreeBuilder::default();
+        tree.push(
+            Path::new(""),
             Entry {
                 kind: EntryKind::Dir,
                 size: 0,
@@ -334,8 +334,8 @@ impl Ssh {
                     None
                 };
                 let (uid, gid) = a.uid_gid.unwrap_or((0, 0));
-                tree.insert(
-                    rel.clone(),
+                tree.push(
+                    &rel,
                     Entry {
                         kind,
                         size: if kind == EntryKind::File {
@@ -358,7 +358,7 @@ impl Ssh {
                 }
             }
         }
-        Ok(Some(tree))
+        Ok(Some(tree.finish()))
     }
 
     fn wait_ok(&mut self, id: u32, what: &str) -> io::Result<()> {
@@ -504,12 +504,19 @@ fn authenticate(sess: &ssh2::Session, user: &str, host: &str, job: &Job) -> io::
 /// parent is not a listed directory (they would be reached through a
 /// symlink) are rejected into `errors`.
 pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
-    let mut tree = Tree::new();
-    let fields: Vec<&[u8]> = out.split(|b| *b == 0).collect();
-    let mut i = 0;
-    while i + 8 <= fields.len() {
-        let f = &fields[i..i + 8];
-        i += 8;
+    let mut tree = TreeBuilder::default();
+    // directories accepted so far (an entry's parent must be one of them)
+    let mut dirs: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+    let mut have_root = false;
+    let mut fields = out.split(|b| *b == 0);
+    let mut f: [&[u8]; 8] = [&[]; 8];
+    'records: loop {
+        for slot in f.iter_mut() {
+            match fields.next() {
+                Some(x) => *slot = x,
+                None => break 'records,
+            }
+        }
         let (ty, size, mtime, mode, uid, gid, name, link) =
             (f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]);
         let show = String::from_utf8_lossy(name).into_owned();
@@ -519,7 +526,7 @@ pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
                 message: format!("remote listing entry rejected: {why}"),
             })
         };
-        let rel = PathBuf::from(std::ffi::OsStr::from_bytes(name));
+        let rel = Path::new(std::ffi::OsStr::from_bytes(name));
         let is_root = name.is_empty();
         if !is_root
             && (name.starts_with(b"/")
@@ -530,13 +537,16 @@ pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
             reject("unsafe name");
             continue;
         }
-        if is_root && !tree.is_empty() {
+        if is_root && have_root {
             reject("second root entry");
             continue;
         }
         if !is_root {
-            let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
-            if tree.get(&parent).map(|e| e.kind) != Some(EntryKind::Dir) {
+            let parent = match name.iter().rposition(|b| *b == b'/') {
+                Some(k) => &name[..k],
+                None => &b""[..],
+            };
+            if !dirs.contains(parent) {
                 reject("its parent is not a listed directory");
                 continue;
             }
@@ -575,7 +585,14 @@ pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
             reject("the target root is not a directory");
             continue;
         }
-        tree.insert(
+        have_root = true;
+        if kind == EntryKind::Dir {
+            dirs.insert(name);
+        } else {
+            // a later entry of another type at a directory's path replaces it
+            dirs.remove(name);
+        }
+        tree.push(
             rel,
             Entry {
                 kind,
@@ -590,7 +607,7 @@ pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
             },
         );
     }
-    tree
+    tree.finish()
 }
 
 impl Transport for Ssh {
