@@ -139,33 +139,42 @@ fn split_copies(batch: &[&Action]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-fn same_kind(a: &Action, b: &Action) -> bool {
-    std::mem::discriminant(a) == std::mem::discriminant(b)
-}
-
 pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
     let mut out = Outcome::default();
     // entries whose creation or removal failed: nothing is done below them
     let mut failed: Vec<PathBuf> = Vec::new();
     let mut counted_deletes = 0u64;
     let under_failed = |failed: &[PathBuf], p: &Path| failed.iter().any(|f| p.starts_with(f));
-    let actions = &plan.actions;
+    let n = plan.len();
     let mut i = 0;
     // extra connections for parallel copies, opened on first need
     let mut extras: Vec<Option<Box<dyn Transport>>> = Vec::new();
     let extras_failed = AtomicBool::new(false);
 
-    'outer: while i < actions.len() {
+    'outer: while i < n {
         if s.cancel.load(Ordering::Relaxed) {
             out.aborted = Some("stopped by shutdown before finishing".into());
             break;
         }
+        // the next actions of one kind, made from the plan's entries (a
+        // window: a plan of a million copies is never all `Action`s at once)
+        let limit = if plan.is_copy(i) {
+            COPY_RUN_FILES
+        } else {
+            BATCH
+        };
+        let window: Vec<Action> = (i..n)
+            .take_while(|&k| plan.same_kind(k, i))
+            .take(limit)
+            .map(|k| plan.action(k))
+            .collect();
         // gather a batch of consecutive actions of one kind
-        let first = &actions[i];
+        let first = &window[0];
         let mut batch: Vec<&Action> = Vec::new();
         let mut bytes = 0u64;
-        while i < actions.len() && same_kind(&actions[i], first) {
-            let a = &actions[i];
+        let mut w = 0;
+        while w < window.len() {
+            let a = &window[w];
             if let Action::Copy { size, .. } = a {
                 if !batch.is_empty()
                     && (batch.len() >= COPY_RUN_FILES || bytes + size > COPY_RUN_BYTES)
@@ -176,6 +185,7 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
                 break;
             }
             i += 1;
+            w += 1;
             let path = a.path();
             let parent_failed = path
                 .parent()

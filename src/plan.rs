@@ -162,6 +162,11 @@ impl Sorted {
     pub fn get(&self, p: &Path) -> Option<&Entry> {
         self.find(p).ok().map(|i| &self.items[i].2)
     }
+    /// The path of entry number `i` (in path order).
+    pub fn path_at(&self, i: usize) -> &Path {
+        let (o, l, _) = &self.items[i];
+        self.name(*o, *l)
+    }
     pub fn contains_key(&self, p: &Path) -> bool {
         self.find(p).is_ok()
     }
@@ -181,7 +186,7 @@ impl Sorted {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
-    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&Path, &Entry)> {
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&Path, &Entry)> + ExactSizeIterator {
         self.items.iter().map(|(o, l, e)| (self.name(*o, *l), e))
     }
     pub fn values(&self) -> impl Iterator<Item = &Entry> {
@@ -508,34 +513,156 @@ pub struct Options {
     pub symlink_times: bool,
 }
 
-#[derive(Debug, Default)]
-pub struct Plan {
-    pub actions: Vec<Action>,
+/// What one step of a plan does (see [`Op`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Code {
+    Delete,
+    Mkdir,
+    Copy,
+    Symlink,
+    SetAttrs,
+}
+
+// `Op::flags`
+const COUNTED: u8 = 1;
+const SIZE_DIFFERS: u8 = 2;
+const TIME_DIFFERS: u8 = 4;
+const NEW: u8 = 8;
+const SET_MODE: u8 = 16;
+const SET_MTIME: u8 = 32;
+const SET_OWNER: u8 = 64;
+
+/// One step of a plan in 8 bytes: the entry it is about is an index into
+/// the source scan (or, for a delete, into the target listing), whose
+/// path and attributes make the [`Action`] when it is needed. A million
+/// copies take 8 MB, not the ~110 MB of a million `Action`s with their
+/// paths.
+#[derive(Debug, Clone, Copy)]
+struct Op {
+    idx: u32,
+    code: Code,
+    why: Why,
+    flags: u8,
+}
+
+/// The actions that bring the target to the source's state, in order:
+/// deletes (deepest first), new directories, copies, symlinks, attribute
+/// changes, directory attributes (deepest first). Borrows the scan and the
+/// listing it was made from.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    src: &'a Sorted,
+    dst: Option<&'a Tree>,
+    ops: Vec<Op>,
     /// paths the plan could not handle (reported, the rest proceeds)
     pub errors: Vec<PathError>,
 }
 
-impl Plan {
+impl Plan<'_> {
     pub fn is_noop(&self) -> bool {
-        self.actions.is_empty()
+        self.ops.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+    /// Whether actions `i` and `j` are of the same kind (batched together).
+    pub fn same_kind(&self, i: usize, j: usize) -> bool {
+        self.ops[i].code == self.ops[j].code
+    }
+    pub fn is_copy(&self, i: usize) -> bool {
+        self.ops[i].code == Code::Copy
+    }
+    /// Files to copy and their bytes.
+    pub fn copy_totals(&self) -> (u64, u64) {
+        self.ops
+            .iter()
+            .filter(|o| o.code == Code::Copy)
+            .fold((0, 0), |(f, b), o| {
+                (f + 1, b + self.src.items[o.idx as usize].2.size)
+            })
+    }
+    /// Action number `i`, made from its entry.
+    pub fn action(&self, i: usize) -> Action {
+        let op = self.ops[i];
+        let k = op.idx as usize;
+        let flag = |f: u8| op.flags & f != 0;
+        if op.code == Code::Delete {
+            let dst = self.dst.expect("deletes come from a listing");
+            let (o, l, te) = &dst.items[k];
+            return Action::Delete {
+                path: dst.name(*o, *l).to_path_buf(),
+                kind: te.kind,
+                counted: flag(COUNTED),
+            };
+        }
+        let (o, l, se) = &self.src.items[k];
+        let path = self.src.name(*o, *l).to_path_buf();
+        let mtime = (se.mtime, se.mtime_ns);
+        match op.code {
+            Code::Mkdir => Action::Mkdir { path },
+            Code::Copy => Action::Copy {
+                path,
+                why: op.why,
+                size: se.size,
+                size_differs: flag(SIZE_DIFFERS),
+                time_differs: flag(TIME_DIFFERS),
+            },
+            Code::Symlink => Action::Symlink {
+                path,
+                target: se
+                    .link
+                    .as_deref()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+                why: op.why,
+                mtime: flag(SET_MTIME).then_some(mtime),
+            },
+            _ => Action::SetAttrs {
+                path,
+                kind: se.kind,
+                mode: flag(SET_MODE).then_some(se.mode),
+                mtime: flag(SET_MTIME).then_some(mtime),
+                owner: flag(SET_OWNER).then_some((se.uid, se.gid)),
+                new: flag(NEW),
+            },
+        }
+    }
+    /// All actions, in order (each made when reached).
+    pub fn actions(&self) -> impl Iterator<Item = Action> + '_ {
+        (0..self.ops.len()).map(|i| self.action(i))
     }
 }
 
 /// Diff the source scan against the target listing (`None`: the target root
 /// does not exist yet). `same_content` is asked only with `compare: checksum`.
-pub fn diff(
-    src: &Scan,
-    dst: Option<&Tree>,
+pub fn diff<'a>(
+    src: &'a Scan,
+    dst: Option<&'a Tree>,
     filter: &Filter,
     opts: Options,
     same_content: &mut dyn FnMut(&Path) -> std::io::Result<bool>,
-) -> Plan {
+) -> Plan<'a> {
     let empty = Tree::default();
-    let dst = dst.unwrap_or(&empty);
-    let mut plan = Plan::default();
-    let mut deletes: Vec<Action> = Vec::new();
-    let mut creates: Vec<Action> = Vec::new();
-    let mut attrs: Vec<Action> = Vec::new();
+    let lst = dst.unwrap_or(&empty);
+    assert!(
+        src.entries.len() < u32::MAX as usize && lst.len() < u32::MAX as usize,
+        "more than 4 billion entries"
+    );
+    let mut errors = Vec::new();
+    let op = |idx: usize, code: Code, why: Why, flags: u8| Op {
+        idx: idx as u32,
+        code,
+        why,
+        flags,
+    };
+    let mut deletes: Vec<Op> = Vec::new();
+    let mut mkdirs: Vec<Op> = Vec::new();
+    let mut copies: Vec<Op> = Vec::new();
+    let mut links: Vec<Op> = Vec::new();
+    let mut attrs: Vec<Op> = Vec::new();
     // directories whose listing changes (their mtime must be set again)
     let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
     // paths whose old entry could not be removed: nothing is created there
@@ -543,16 +670,12 @@ pub fn diff(
     let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
 
     // 1. stale temporary files, and entries to delete (deepest first)
-    for (path, te) in dst.iter().rev() {
+    for (k, (path, te)) in lst.iter().enumerate().rev() {
         if path.as_os_str().is_empty() {
             continue;
         }
         if is_temp_name(path) {
-            deletes.push(Action::Delete {
-                path: path.to_path_buf(),
-                kind: te.kind,
-                counted: false,
-            });
+            deletes.push(op(k, Code::Delete, Why::Replace, 0));
             touched.insert(parent(path));
             continue;
         }
@@ -564,29 +687,21 @@ pub fn diff(
             Some(_) => {
                 // type change: the old entry goes, whatever `delete` says;
                 // a non-empty directory only when `delete` allows its contents to go
-                let has_children = te.kind == EntryKind::Dir && dst.has_children(path);
+                let has_children = te.kind == EntryKind::Dir && lst.has_children(path);
                 if has_children && !opts.delete {
-                    plan.errors.push(PathError {
+                    errors.push(PathError {
                         path: display_path(path),
                         message: "a non-empty directory on the target stands where the source has another type; enable `delete` to replace it".into(),
                     });
                     blocked.push(path.to_path_buf());
                     continue;
                 }
-                deletes.push(Action::Delete {
-                    path: path.to_path_buf(),
-                    kind: te.kind,
-                    counted: false,
-                });
+                deletes.push(op(k, Code::Delete, Why::Replace, 0));
                 touched.insert(parent(path));
             }
             None => {
                 if opts.delete {
-                    deletes.push(Action::Delete {
-                        path: path.to_path_buf(),
-                        kind: te.kind,
-                        counted: true,
-                    });
+                    deletes.push(op(k, Code::Delete, Why::New, COUNTED));
                     touched.insert(parent(path));
                 }
             }
@@ -594,30 +709,31 @@ pub fn diff(
     }
     // a blocked directory keeps its contents too
     if !blocked.is_empty() {
-        deletes.retain(|a| !blocked.iter().any(|b| a.path().starts_with(b)));
+        deletes.retain(|o| {
+            let p = lst.path_at(o.idx as usize);
+            !blocked.iter().any(|b| p.starts_with(b))
+        });
     }
 
     // 2. creations and updates, parents first
-    for (path, se) in src.entries.iter() {
+    for (k, (path, se)) in src.entries.iter().enumerate() {
         if blocked.iter().any(|b| path.starts_with(b)) {
             continue;
         }
-        let te = dst.get(path).filter(|te| te.kind == se.kind);
+        let te = lst.get(path).filter(|te| te.kind == se.kind);
         let is_root = path.as_os_str().is_empty();
         match se.kind {
             EntryKind::Dir => {
                 let new = te.is_none();
                 // directory attributes are set at the end, deepest first
                 if new && !is_root {
-                    creates.push(Action::Mkdir {
-                        path: path.to_path_buf(),
-                    });
+                    mkdirs.push(op(k, Code::Mkdir, Why::New, 0));
                     touched.insert(parent(path));
                 }
             }
             EntryKind::File => {
                 let why = match te {
-                    None if dst.contains_key(path) => Some(Why::Replace),
+                    None if lst.contains_key(path) => Some(Why::Replace),
                     None => Some(Why::New),
                     Some(_) if opts.mode == Mode::Full => Some(Why::Full),
                     Some(te) => {
@@ -631,7 +747,7 @@ pub fn diff(
                                 Ok(true) => None,
                                 Ok(false) => Some(Why::Changed),
                                 Err(e) => {
-                                    plan.errors.push(PathError {
+                                    errors.push(PathError {
                                         path: display_path(path),
                                         message: format!("cannot compare content: {e}"),
                                     });
@@ -645,29 +761,29 @@ pub fn diff(
                 };
                 match why {
                     Some(why) => {
-                        creates.push(Action::Copy {
-                            path: path.to_path_buf(),
-                            why,
-                            size: se.size,
-                            size_differs: te.is_some_and(|t| t.size != se.size),
-                            time_differs: te.is_some_and(|t| !t.mtime_eq(se, opts.mtime_nanos)),
-                        });
+                        let mut flags = 0;
+                        if te.is_some_and(|t| t.size != se.size) {
+                            flags |= SIZE_DIFFERS;
+                        }
+                        if te.is_some_and(|t| !t.mtime_eq(se, opts.mtime_nanos)) {
+                            flags |= TIME_DIFFERS;
+                        }
+                        copies.push(op(k, Code::Copy, why, flags));
                         touched.insert(parent(path));
                     }
                     None => {
                         let te = te.unwrap();
-                        let a = attr_action(path, se, te, opts, false);
-                        if let Some(a) = a {
-                            attrs.push(a);
+                        if let Some(flags) = attr_flags(se, te, opts, false) {
+                            attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
                         }
                     }
                 }
             }
             EntryKind::Symlink => {
                 let same = te.is_some_and(|te| te.link == se.link);
-                let link_time = opts.symlink_times.then_some((se.mtime, se.mtime_ns));
+                let link_time = if opts.symlink_times { SET_MTIME } else { 0 };
                 if !same {
-                    let why = if dst.contains_key(path) {
+                    let why = if lst.contains_key(path) {
                         if te.is_some() {
                             Why::Changed
                         } else {
@@ -676,30 +792,18 @@ pub fn diff(
                     } else {
                         Why::New
                     };
-                    creates.push(Action::Symlink {
-                        path: path.to_path_buf(),
-                        target: se
-                            .link
-                            .as_deref()
-                            .map(Path::to_path_buf)
-                            .unwrap_or_default(),
-                        why,
-                        mtime: link_time,
-                    });
+                    links.push(op(k, Code::Symlink, why, link_time));
                     touched.insert(parent(path));
                 } else if let Some(te) = te {
-                    let owner = (opts.preserve_owner && (te.uid, te.gid) != (se.uid, se.gid))
-                        .then_some((se.uid, se.gid));
-                    let mtime = link_time.filter(|_| !te.mtime_eq(se, opts.mtime_nanos));
-                    if owner.is_some() || mtime.is_some() {
-                        attrs.push(Action::SetAttrs {
-                            path: path.to_path_buf(),
-                            kind: EntryKind::Symlink,
-                            mode: None,
-                            mtime,
-                            owner,
-                            new: false,
-                        });
+                    let mut flags = 0;
+                    if opts.preserve_owner && (te.uid, te.gid) != (se.uid, se.gid) {
+                        flags |= SET_OWNER;
+                    }
+                    if !te.mtime_eq(se, opts.mtime_nanos) {
+                        flags |= link_time;
+                    }
+                    if flags != 0 {
+                        attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
                     }
                 }
             }
@@ -709,73 +813,60 @@ pub fn diff(
 
     // 3. directory attributes, deepest first, after everything inside is done
     let mut dir_attrs = Vec::new();
-    for (path, se) in src.entries.iter().rev() {
+    for (k, (path, se)) in src.entries.iter().enumerate().rev() {
         if se.kind != EntryKind::Dir || blocked.iter().any(|b| path.starts_with(b)) {
             continue;
         }
-        let te = dst.get(path).filter(|te| te.kind == EntryKind::Dir);
+        let te = lst.get(path).filter(|te| te.kind == EntryKind::Dir);
         match te {
-            None => dir_attrs.push(Action::SetAttrs {
-                path: path.to_path_buf(),
-                kind: EntryKind::Dir,
-                mode: Some(se.mode),
-                mtime: Some((se.mtime, se.mtime_ns)),
-                owner: opts.preserve_owner.then_some((se.uid, se.gid)),
-                new: true,
-            }),
+            None => {
+                let owner = if opts.preserve_owner { SET_OWNER } else { 0 };
+                dir_attrs.push(op(
+                    k,
+                    Code::SetAttrs,
+                    Why::New,
+                    NEW | SET_MODE | SET_MTIME | owner,
+                ));
+            }
             Some(te) => {
-                let mut a = attr_action(path, se, te, opts, touched.contains(path));
-                if let Some(Action::SetAttrs { mtime, .. }) = &mut a
-                    && touched.contains(path)
-                {
-                    *mtime = Some((se.mtime, se.mtime_ns));
-                }
-                if let Some(a) = a {
-                    dir_attrs.push(a);
+                let force = touched.contains(path);
+                if let Some(flags) = attr_flags(se, te, opts, force) {
+                    dir_attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
                 }
             }
         }
     }
 
-    plan.actions = deletes;
     // directories first, then files, then symlinks (each in path order, so
     // parents before children): long runs of copies can be spread over
     // several connections
-    let rank = |a: &Action| match a {
-        Action::Mkdir { .. } => 0,
-        Action::Copy { .. } => 1,
-        _ => 2,
-    };
-    creates.sort_by_key(rank);
-    plan.actions.extend(creates);
-    plan.actions.extend(attrs);
-    plan.actions.extend(dir_attrs);
-    plan
+    let mut ops = Vec::with_capacity(
+        deletes.len() + mkdirs.len() + copies.len() + links.len() + attrs.len() + dir_attrs.len(),
+    );
+    for part in [deletes, mkdirs, copies, links, attrs, dir_attrs] {
+        ops.extend(part);
+    }
+    Plan {
+        src: &src.entries,
+        dst,
+        ops,
+        errors,
+    }
 }
 
-fn attr_action(
-    path: &Path,
-    se: &Entry,
-    te: &Entry,
-    opts: Options,
-    force_time: bool,
-) -> Option<Action> {
-    let mode = (se.mode != te.mode).then_some(se.mode);
-    let mtime =
-        (force_time || !se.mtime_eq(te, opts.mtime_nanos)).then_some((se.mtime, se.mtime_ns));
-    let owner =
-        (opts.preserve_owner && (se.uid, se.gid) != (te.uid, te.gid)).then_some((se.uid, se.gid));
-    if mode.is_none() && mtime.is_none() && owner.is_none() {
-        return None;
+/// Which attributes of an existing entry to set (`None`: none).
+fn attr_flags(se: &Entry, te: &Entry, opts: Options, force_time: bool) -> Option<u8> {
+    let mut flags = 0;
+    if se.mode != te.mode {
+        flags |= SET_MODE;
     }
-    Some(Action::SetAttrs {
-        path: path.to_path_buf(),
-        kind: se.kind,
-        mode,
-        mtime,
-        owner,
-        new: false,
-    })
+    if force_time || !se.mtime_eq(te, opts.mtime_nanos) {
+        flags |= SET_MTIME;
+    }
+    if opts.preserve_owner && (se.uid, se.gid) != (te.uid, te.gid) {
+        flags |= SET_OWNER;
+    }
+    (flags != 0).then_some(flags)
 }
 
 #[cfg(test)]
@@ -817,8 +908,7 @@ mod tests {
         }
     }
     fn lines(p: &Plan) -> Vec<String> {
-        p.actions
-            .iter()
+        p.actions()
             .map(|a| a.itemize())
             .filter(|s| !s.is_empty())
             .collect()
@@ -840,12 +930,11 @@ mod tests {
         );
         // directory attributes come last, deepest first, root included
         let dirs: Vec<_> = p
-            .actions
-            .iter()
+            .actions()
             .filter_map(|a| match a {
                 Action::SetAttrs {
                     path, new: true, ..
-                } => Some(display_path(path)),
+                } => Some(display_path(&path)),
                 _ => None,
             })
             .collect();
@@ -877,8 +966,7 @@ mod tests {
         full.mode = Mode::Full;
         let p = diff(&s, Some(&t), &Filter::default(), full, &mut |_| Ok(true));
         assert_eq!(
-            p.actions
-                .iter()
+            p.actions()
                 .filter(|a| matches!(a, Action::Copy { .. }))
                 .count(),
             3
@@ -1027,8 +1115,7 @@ mod tests {
             ]
         );
         assert!(
-            p.actions
-                .iter()
+            p.actions()
                 .all(|a| !matches!(a, Action::Delete { counted: true, .. }))
         );
     }

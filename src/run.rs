@@ -491,12 +491,9 @@ fn progress_bar(
     m: &indicatif::MultiProgress,
     job: &Job,
     target: &Target,
-    actions: &[Action],
+    plan: &plan::Plan,
 ) -> (indicatif::ProgressBar, u64) {
-    let (files, bytes) = actions.iter().fold((0u64, 0u64), |(f, b), a| match a {
-        Action::Copy { size, .. } => (f + 1, b + size),
-        _ => (f, b),
-    });
+    let (files, bytes) = plan.copy_totals();
     let bar = m.add(indicatif::ProgressBar::new(bytes));
     let style = indicatif::ProgressStyle::with_template(
         "{prefix} [{bar:25}] {bytes}/{total_bytes} {msg} {binary_bytes_per_sec} ETA {eta}",
@@ -687,7 +684,7 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             if !opts.quiet {
                 text.push_str(&format!("# {} -> {target} (dry run)\n", job.name));
             }
-            for a in &plan.actions {
+            for a in plan.actions() {
                 match a {
                     Action::Copy { size, .. } => {
                         transfers += 1;
@@ -735,10 +732,10 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             symlink_times: popts.symlink_times,
             preserve_owner: popts.preserve_owner,
         };
-        if !plan.actions.is_empty() {
+        if !plan.is_empty() {
             manifest::remove(&mpath);
         }
-        let bar = multi.map(|m| progress_bar(m, job, target, &plan.actions));
+        let bar = multi.map(|m| progress_bar(m, job, target, &plan));
         let files_done = std::sync::atomic::AtomicU64::new(0);
         // bytes sent, counted by the transports chunk by chunk
         let sent = bar

@@ -334,6 +334,47 @@ fn max_delete_stops_deleting_at_the_limit() {
     );
 }
 
+/// Plans bigger than the executor's windows (256 actions of a kind, 4096
+/// copies): every action is made and applied once, in order, and the
+/// delete limit holds across windows.
+#[test]
+fn plans_larger_than_one_window_are_applied_whole() {
+    let lab = Lab::new();
+    for d in 0..300 {
+        fs::create_dir_all(lab.src().join(format!("d{d:03}"))).unwrap();
+    }
+    for i in 0..5000 {
+        lab.write(&format!("d{:03}/f{i}", i % 300), format!("{i}").as_bytes());
+    }
+    fs::create_dir_all(lab.dst()).unwrap();
+    for i in 0..600 {
+        fs::write(lab.dst().join(format!("extra{i:03}")), b"x").unwrap();
+    }
+    lab.job("delete: true\nmax_delete: 550");
+    lab.run(&["run", "web"]).code(1);
+    let rec = lab.last();
+    assert_eq!(rec["files_transferred"], 5000, "{rec}");
+    assert_eq!(rec["files_deleted"], 550, "{rec}");
+    let left = listing(&lab.dst())
+        .iter()
+        .filter(|n| n.starts_with("extra"))
+        .count();
+    assert_eq!(left, 50);
+    // the rest converges once the limit allows it
+    lab.job("delete: true");
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &["-c"]), "");
+    // directory mtimes were set after their contents (none differ)
+    for d in [0, 150, 299] {
+        let n = format!("d{d:03}");
+        assert_eq!(
+            mtime(&lab.src().join(&n)),
+            mtime(&lab.dst().join(&n)),
+            "{n}"
+        );
+    }
+}
+
 #[test]
 fn dry_run_prints_the_plan_and_changes_nothing() {
     let lab = Lab::new();
