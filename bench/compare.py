@@ -14,6 +14,8 @@ Cases (each timed RUNS times, alternating syncjob and rsync, medians):
   small-noop       the same again (small-noop-list: syncjob with --verify)
   big-initial      4 x 256 MiB over ssh (compared with the raw ssh pipe rate too)
   big-tail         one 256 MiB file changed in its last 1 MiB (rsync's delta case)
+  *-initial-h      web/small/big initial copies with ssh.remote_helper: files go
+                   to `syncjob helper` on the remote instead of SFTP
   million-rss      (MILLION=1 only) peak RSS of a no-op plan over 1M files, local
 
 Measured per run with wait4(): wall time, CPU (user+sys, including reaped
@@ -127,11 +129,12 @@ def reset(src, dst):
 
 def write_jobs(path, jobs, sshd):
     lines = ["jobs:"]
-    for name, (src, remote) in jobs.items():
+    for name, (src, remote, *helper) in jobs.items():
+        more = f", remote_helper: {BIN}" if helper and helper[0] else ""
         lines += [f"  {name}:", f"    source: {src}", f"    remote: {remote}", "    delete: true",
                   "    retries: 0",
                   f"    streams: {os.environ.get('STREAMS', '4')}",
-                  f"    ssh: {{ identity: {sshd.d}/id_ed25519, known_hosts: {sshd.d}/known_hosts }}"]
+                  f"    ssh: {{ identity: {sshd.d}/id_ed25519, known_hosts: {sshd.d}/known_hosts{more} }}"]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -173,6 +176,10 @@ def main():
             "small": (f"{trees}/small", ssh_url(f"{T}/sj-small")),
             "big": (f"{trees}/big", ssh_url(f"{T}/sj-big")),
             "bigtail": (f"{trees}/big-tail", ssh_url(f"{T}/sj-big")),
+            # the same through `syncjob helper` on the remote (ssh.remote_helper)
+            "webh": (f"{trees}/web", ssh_url(f"{T}/sj-web"), True),
+            "smallh": (f"{trees}/small", ssh_url(f"{T}/sj-small"), True),
+            "bigh": (f"{trees}/big", ssh_url(f"{T}/sj-big"), True),
         }
         cfg = f"{LAB}/jobs.yaml"
         write_jobs(cfg, jobs, sshd)
@@ -229,6 +236,14 @@ def main():
              lambda tool: rm(f"{T}/{tool}-big", tool)),
             ("big-tail", sj("bigtail"), rsync_ssh + [f"{trees}/big-tail/", rdest(f"{T}/rs-big")],
              lambda tool: reset_t(f"{trees}/big", f"{T}/{tool}-big", tool)),
+            # syncjob with ssh.remote_helper (syncjob on the remote, as rsync
+            # needs rsync there) against the same rsync runs
+            ("web-initial-h", sj("webh"), rsync_ssh + [f"{trees}/web/", rdest(f"{T}/rs-web")],
+             lambda tool: rm(f"{T}/{tool}-web", tool)),
+            ("small-initial-h", sj("smallh"), rsync_ssh + [f"{trees}/small/", rdest(f"{T}/rs-small")],
+             lambda tool: rm(f"{T}/{tool}-small", tool)),
+            ("big-initial-h", sj("bigh"), rsync_ssh + [f"{trees}/big/", rdest(f"{T}/rs-big")],
+             lambda tool: rm(f"{T}/{tool}-big", tool)),
         ]
         results = []
         for name, sj_cmd, rs_cmd, prep in cases:
@@ -264,13 +279,12 @@ def main():
             sjw, sjc, sjr = med["sj"]
             rsw, rsc, rsr = med["rs"]
             print(f"{name:<15}{sjw:>10.2f}{rsw:>9.2f}{sjw / rsw:>7.2f}   {sjc:>7.2f}{rsc:>7.2f}   {sjr:>7.1f}{rsr:>7.1f}")
-        bi = dict(results).get("big-initial")
-        print(f"raw ssh pipe (cat >/dev/null): {pipe_rate / (1 << 20):.0f} MiB/s", end="")
-        if bi:
-            rate = total / bi["sj"][0]
-            print(f"; syncjob big-initial {rate / (1 << 20):.0f} MiB/s = {rate / pipe_rate * 100:.0f}% of the pipe")
-        else:
-            print()
+        print(f"raw ssh pipe (cat >/dev/null): {pipe_rate / (1 << 20):.0f} MiB/s")
+        for case in ("big-initial", "big-initial-h"):
+            bi = dict(results).get(case)
+            if bi:
+                rate = total / bi["sj"][0]
+                print(f"  syncjob {case} {rate / (1 << 20):.0f} MiB/s = {rate / pipe_rate * 100:.0f}% of the pipe")
         if os.environ.get("MILLION") == "1":
             million(trees)
     finally:

@@ -129,6 +129,10 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
     },
+    /// Receive files on an SSH target: started over ssh by a job with
+    /// `ssh.remote_helper`, speaking syncjob's protocol on stdin/stdout
+    #[command(hide = true)]
+    Helper,
 }
 
 /// An error that ends the command, with its exit code.
@@ -253,6 +257,9 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         ),
         Command::Status { json } => cmd_status(g, *json),
         Command::Generate { dir } => cmd_generate(dir),
+        Command::Helper => crate::helper::main()
+            .map(|()| EXIT_OK)
+            .map_err(|e| CliError::Failed(format!("helper: {e}"))),
     }
 }
 

@@ -55,6 +55,9 @@ pub struct SshOptions {
     pub password_file: Option<PathBuf>,
     pub port: u16,
     pub timeout: Duration,
+    /// `syncjob` on the remote host (a path or a command name): files go
+    /// through `syncjob helper` there instead of SFTP
+    pub remote_helper: Option<String>,
 }
 
 impl Default for SshOptions {
@@ -66,6 +69,7 @@ impl Default for SshOptions {
             password_file: None,
             port: 22,
             timeout: Duration::from_secs(30),
+            remote_helper: None,
         }
     }
 }
@@ -311,6 +315,7 @@ const SSH_KEYS: &[&str] = &[
     "password_file",
     "port",
     "timeout",
+    "remote_helper",
 ];
 const TOP_KEYS: &[&str] = &["defaults", "include", "jobs", "shutdown_timeout"];
 
@@ -1044,6 +1049,19 @@ fn build_job(
         && let Some(d) = duration(ctx, n, "ssh.timeout")
     {
         ssh.timeout = d;
+    }
+    if let Some(n) = s("remote_helper")
+        && let Some(v) = string(ctx, n, "ssh.remote_helper")
+    {
+        if v.trim().is_empty() || v.contains(['\n', '\0']) {
+            ctx.err(
+                n.pos,
+                j,
+                "`ssh.remote_helper` must be the path of syncjob on the remote host, e.g. /usr/bin/syncjob",
+            );
+        } else {
+            ssh.remote_helper = Some(v);
+        }
     }
     let _ = node;
     let mut hooks = Hooks {

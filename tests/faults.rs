@@ -5,7 +5,7 @@
 //! by a vanished source, no torn log line.
 
 mod common;
-use common::sshd::{Sshd, ssh_job};
+use common::sshd::{Sshd, ssh_job, ssh_job_helper};
 use common::*;
 use std::fs;
 use std::io::Write;
@@ -101,6 +101,12 @@ fn can_mount(lab: &Lab) -> bool {
 /// the final name holds the old file byte for byte, the lock is free, the
 /// next run converges and removes the stale temporary file.
 fn kill9_mid_copy(lab: &Lab, dst: &Path, size: usize) {
+    kill9_mid_copy_with(lab, dst, size, false)
+}
+
+/// `helper`: the receiving side is `syncjob helper`, which removes its
+/// temporary file itself when the stream breaks.
+fn kill9_mid_copy_with(lab: &Lab, dst: &Path, size: usize, helper: bool) {
     lab.write("big.bin", &vec![b'N'; size]);
     lab.write("small.txt", b"small");
     for attempt in 0.. {
@@ -127,10 +133,22 @@ fn kill9_mid_copy(lab: &Lab, dst: &Path, size: usize) {
         (at_final == Some(b'O') && len == size / 2) || (at_final == Some(b'N') && len == size),
         "the final name holds the old or the new file, never a partial one"
     );
-    assert!(
-        !temps(dst).is_empty(),
-        "the killed run left its temporary file"
-    );
+    if helper {
+        let t0 = std::time::Instant::now();
+        while !temps(dst).is_empty() && t0.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            temps(dst).is_empty(),
+            "the helper removes its temporary file: {:?}",
+            temps(dst)
+        );
+    } else {
+        assert!(
+            !temps(dst).is_empty(),
+            "the killed run left its temporary file"
+        );
+    }
     assert!(lab.log().is_empty(), "a killed run writes no record");
     // the lock died with the process
     let v: serde_json::Value =
@@ -160,6 +178,15 @@ fn kill_9_mid_copy_over_ssh_leaves_old_or_new_and_converges() {
     let dst = lab.dst();
     ssh_job(&lab, &s, "");
     kill9_mid_copy(&lab, &dst, 150 * MIB);
+}
+
+#[test]
+fn kill_9_mid_copy_through_the_remote_helper_leaves_old_or_new_and_converges() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    let dst = lab.dst();
+    ssh_job_helper(&lab, &s, "");
+    kill9_mid_copy_with(&lab, &dst, 150 * MIB, true);
 }
 
 #[test]
@@ -240,6 +267,18 @@ fn full_target_disk_over_ssh_fails_with_no_space_and_loses_nothing() {
 }
 
 #[test]
+fn full_target_disk_through_the_remote_helper_fails_with_no_space_and_loses_nothing() {
+    let lab = Lab::new();
+    if !can_mount(&lab) {
+        return;
+    }
+    let s = Sshd::start(&lab.path("sshd"));
+    let dst = lab.dst();
+    ssh_job_helper(&lab, &s, "retries: 1");
+    disk_full(&lab, &dst);
+}
+
+#[test]
 fn unmounted_source_with_delete_deletes_nothing() {
     let lab = Lab::new();
     let src = lab.src();
@@ -291,13 +330,26 @@ fn rewrite(path: &Path, byte: u8, size: usize) {
 
 #[test]
 fn a_file_rewritten_during_the_copy_is_copied_again_never_mixed() {
+    rewritten_during_the_copy(false);
+}
+
+#[test]
+fn a_file_rewritten_during_a_copy_through_the_remote_helper_is_copied_again_never_mixed() {
+    rewritten_during_the_copy(true);
+}
+
+fn rewritten_during_the_copy(helper: bool) {
     let lab = Lab::new();
     let s = Sshd::start(&lab.path("sshd"));
     let dst = lab.dst();
     let size = 150 * MIB;
     lab.write("big.bin", &vec![1u8; size]);
     set_mtime(&lab.src().join("big.bin"), 1_600_000_000, 0);
-    ssh_job(&lab, &s, "");
+    if helper {
+        ssh_job_helper(&lab, &s, "");
+    } else {
+        ssh_job(&lab, &s, "");
+    }
     let mut child = lab.spawn(&["run", "web"]);
     assert!(wait_for_temp(&dst, &mut child), "the run ended too early");
     // rewrite the whole file while it is on its way

@@ -1,7 +1,7 @@
 //! The SSH transport against a real OpenSSH sshd started by the test.
 
 mod common;
-use common::sshd::{Sshd, ssh_job};
+use common::sshd::{Sshd, ssh_job, ssh_job_helper};
 use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -387,4 +387,83 @@ fn a_remote_without_gnu_find_is_listed_over_sftp() {
     assert!(dst.join("kept.gz").exists());
     assert!(!dst.join("target-only").exists() && !dst.join("extra").exists());
     assert_eq!(rsync_diff(&lab.src(), &dst, &["--exclude", "*.gz"]), "");
+}
+
+/// `ssh.remote_helper`: the same result as SFTP (contents, modes, mtimes to
+/// the nanosecond, odd names, symlinks, deletes, excludes), files sent
+/// through `syncjob helper` on the remote.
+#[test]
+fn the_remote_helper_copies_what_sftp_would() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    populate(&lab);
+    set_mtime(&lab.src().join("bin/run.sh"), 1_500_000_000, 987_654_321);
+    ssh_job_helper(&lab, &s, "delete: true\nexclude: [\"*.gz\"]");
+    lab.run(&["run", "web"]).code(0);
+    let dst = lab.dst();
+    let rec = lab.last();
+    assert_eq!(rec["status"], "ok", "{rec}");
+    assert_eq!(
+        fs::read(dst.join("new\nline")).unwrap(),
+        b"newline in name\n"
+    );
+    assert_eq!(
+        fs::read(dst.join("it's \"quoted\" $(x).txt")).unwrap(),
+        b"shell metacharacters\n"
+    );
+    assert_eq!(fs::read(dst.join("big.bin")).unwrap(), vec![7u8; 3 << 20]);
+    assert_eq!(mode(&dst.join("bin/run.sh")), 0o750);
+    assert_eq!(mtime(&dst.join("bin/run.sh")), (1_500_000_000, 987_654_321));
+    assert_eq!(mtime(&dst.join("index.html")).0, 1_600_000_000);
+    assert_eq!(
+        fs::read_link(dst.join("home.html")).unwrap(),
+        Path::new("index.html")
+    );
+    assert!(!dst.join("cache.gz").exists());
+    assert_eq!(
+        rsync_diff(&lab.src(), &dst, &["--exclude", "*.gz", "-c"]),
+        ""
+    );
+    // changes, additions and deletions
+    lab.write("index.html", b"<h1>changed</h1>\n");
+    lab.write("css/new.css", b"a{}\n");
+    fs::remove_file(lab.src().join("with space.txt")).unwrap();
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(lab.last()["files_transferred"], 2, "{}", lab.last());
+    assert_eq!(
+        rsync_diff(&lab.src(), &dst, &["--exclude", "*.gz", "-c"]),
+        ""
+    );
+    let left: Vec<_> = listing(&dst)
+        .into_iter()
+        .filter(|n| n.contains(".syncjob-tmp"))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
+/// A remote helper that is not there: a clear error before anything is
+/// changed, not retried.
+#[test]
+fn a_missing_remote_helper_is_a_clear_error_and_changes_nothing() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    lab.write("a.txt", b"a");
+    let yaml = format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: {}\n    retries: 3\n    {}\n",
+        s.url(&lab.dst()),
+        s.ssh_yaml_with(", remote_helper: /nonexistent/syncjob")
+    );
+    lab.config(&yaml);
+    let t0 = Instant::now();
+    lab.run(&["run", "web"]).code(1);
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "not retried with backoff"
+    );
+    let rec = lab.last();
+    let reason = rec["reason"].as_str().unwrap();
+    assert!(reason.contains("remote helper"), "{reason}");
+    assert!(reason.contains("/nonexistent/syncjob"), "{reason}");
+    assert!(reason.contains("not retried"), "{reason}");
+    assert!(!lab.dst().join("a.txt").exists());
 }

@@ -12,7 +12,9 @@
 //!   entry that would resolve outside the target root is rejected.
 //! - Writes: SFTP (own client, `sftp.rs`): a temporary name, pipelined
 //!   WRITEs, mode/mtime set on the open handle, then `posix-rename` over the
-//!   final name (atomic).
+//!   final name (atomic). With `ssh.remote_helper`, files go instead as
+//!   one stream to `syncjob helper` on the remote (see `helper`): the same
+//!   temporary name and rename there, one record and one reply per file.
 
 use super::sftp::{self, Attrs, FXF_CREAT, FXF_EXCL, FXF_WRITE, Reply, Sftp, secs32};
 use super::{Listing, Transport, open_source, temp_name, verify_unchanged};
@@ -142,6 +144,8 @@ fn read_secret(path: &Path) -> io::Result<String> {
 pub struct Ssh {
     sess: ssh2::Session,
     sftp: Sftp,
+    /// `syncjob helper` running on the remote, when the job asks for it
+    helper: Option<ssh2::Channel>,
     /// the target root as the remote sees it (bytes)
     root: Vec<u8>,
     label: String,
@@ -222,9 +226,14 @@ impl Ssh {
         let chan = sess.channel_session().map_err(io::Error::from)?;
         let sftp = Sftp::start(chan)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot start sftp on {label}: {e}")))?;
+        let helper = match &o.remote_helper {
+            Some(cmd) => Some(start_helper(&sess, cmd, &label)?),
+            None => None,
+        };
         Ok(Ssh {
             sess,
             sftp,
+            helper,
             root: t.path.as_bytes().to_vec(),
             label,
         })
@@ -364,6 +373,48 @@ impl Ssh {
     fn wait_ok(&mut self, id: u32, what: &str) -> io::Result<()> {
         self.sftp.wait(id)?.ok(what)
     }
+}
+
+/// Start `CMD helper` on the remote and check its greeting. A helper that
+/// cannot start is a permanent error (it is configured, and would be
+/// missing on every retry).
+fn start_helper(sess: &ssh2::Session, cmd: &str, label: &str) -> io::Result<ssh2::Channel> {
+    let mut ch = sess.channel_session().map_err(io::Error::from)?;
+    let mut line = b"exec ".to_vec();
+    line.extend_from_slice(&shell_quote(cmd.as_bytes()));
+    line.extend_from_slice(b" helper");
+    ch.exec(&String::from_utf8_lossy(&line))
+        .map_err(io::Error::from)?;
+    let mut greeting = vec![0u8; crate::helper::GREETING.len()];
+    let got = ch.read_exact(&mut greeting);
+    if got.is_ok() && greeting == crate::helper::GREETING {
+        return Ok(ch);
+    }
+    let mut err = Vec::new();
+    let _ = ch.stderr().read_to_end(&mut err);
+    let _ = ch.wait_close();
+    let status = ch.exit_status().unwrap_or(-1);
+    let said = String::from_utf8_lossy(&err).trim().to_string();
+    let why = match (status, said.is_empty()) {
+        (127, _) => format!("`{cmd}` not found there (exit 127)"),
+        (_, false) => said,
+        _ if got.is_ok() => format!(
+            "`{cmd} helper` answered {:?}, not a syncjob helper of this version",
+            String::from_utf8_lossy(&greeting)
+        ),
+        _ => format!("`{cmd} helper` exited with status {status}"),
+    };
+    Err(permanent(
+        io::ErrorKind::NotFound,
+        format!(
+            "remote helper on {label}: {why} (set ssh.remote_helper to syncjob's path there, or remove it to use SFTP)"
+        ),
+    ))
+}
+
+/// An error of the helper's stream: the connection is lost for copying.
+fn helper_lost(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, format!("remote helper: {e}"))
 }
 
 fn check_host_key(sess: &ssh2::Session, host: &str, port: u16, job: &Job) -> io::Result<()> {
@@ -617,7 +668,12 @@ impl Transport for Ssh {
         preserve_owner: bool,
         cancel: &AtomicBool,
     ) -> Vec<io::Result<u64>> {
-        match self.put_batch(items, preserve_owner, cancel) {
+        let r = if self.helper.is_some() {
+            self.put_batch_helper(items, preserve_owner, cancel)
+        } else {
+            self.put_batch(items, preserve_owner, cancel)
+        };
+        match r {
             Ok(r) => r
                 .into_iter()
                 .zip(items)
@@ -1087,6 +1143,99 @@ impl Ssh {
                 p.result
                     .unwrap_or_else(|| Err(io::Error::other("not attempted")))
             })
+            .collect())
+    }
+
+    /// Copy files through the remote helper: all records of the batch go
+    /// out as one stream, then the replies are read (one per file sent).
+    fn put_batch_helper(
+        &mut self,
+        items: &[(&Path, PathBuf)],
+        preserve_owner: bool,
+        cancel: &AtomicBool,
+    ) -> io::Result<Vec<io::Result<u64>>> {
+        use crate::helper::{FileHeader, chunk, end, header, read_reply};
+        use std::io::Write;
+        use std::os::unix::fs::MetadataExt;
+        const FLUSH: usize = 256 << 10;
+        let mut results: Vec<Option<io::Result<u64>>> = items.iter().map(|_| None).collect();
+        let mut sent: Vec<(usize, u64)> = Vec::with_capacity(items.len());
+        let mut out: Vec<u8> = Vec::with_capacity(FLUSH + (64 << 10));
+        let mut buf = vec![0u8; 128 << 10];
+        let paths: Vec<(Vec<u8>, Vec<u8>)> = items
+            .iter()
+            .map(|(rel, _)| (self.path(&temp_name(rel)), self.path(rel)))
+            .collect();
+        let ch = self.helper.as_mut().expect("helper started");
+        for (k, (_, src)) in items.iter().enumerate() {
+            let (mut input, before) = match open_source(src) {
+                Ok(x) => x,
+                Err(e) => {
+                    results[k] = Some(Err(e));
+                    continue;
+                }
+            };
+            header(
+                &FileHeader {
+                    tmp: &paths[k].0,
+                    fin: &paths[k].1,
+                    mode: before.mode() & 0o7777,
+                    mtime: before.mtime(),
+                    mtime_ns: before.mtime_nsec() as u32,
+                    owner: preserve_owner.then(|| (before.uid(), before.gid())),
+                },
+                &mut out,
+            );
+            let mut size = 0u64;
+            let mut fail = None;
+            loop {
+                if cancel.load(Ordering::Relaxed) {
+                    fail = Some(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "aborted by shutdown",
+                    ));
+                    break;
+                }
+                let n = match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        fail = Some(e);
+                        break;
+                    }
+                };
+                chunk(&buf[..n], &mut out);
+                size += n as u64;
+                if out.len() >= FLUSH {
+                    ch.write_all(&out).map_err(helper_lost)?;
+                    out.clear();
+                }
+                super::add_progress(n as u64);
+            }
+            if fail.is_none()
+                && let Err(e) = verify_unchanged(&input, &before, size)
+            {
+                fail = Some(e);
+            }
+            // an aborted file is removed by the helper; our reason stands
+            end(fail.is_none(), &mut out);
+            if let Some(e) = fail {
+                results[k] = Some(Err(e));
+            }
+            sent.push((k, size));
+        }
+        // (no `flush`: libssh2's channel flush discards unread incoming
+        // data, i.e. replies that already came)
+        ch.write_all(&out).map_err(helper_lost)?;
+        for (k, size) in sent {
+            let r = read_reply(ch).map_err(helper_lost)?;
+            if results[k].is_none() {
+                results[k] = Some(r.map(|()| size));
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(io::Error::other("not attempted"))))
             .collect())
     }
 

@@ -164,8 +164,13 @@ impl Sshd {
 
     /// The YAML `ssh:` block for a job using this server.
     pub fn ssh_yaml(&self) -> String {
+        self.ssh_yaml_with("")
+    }
+
+    /// The `ssh:` block with more keys (`", key: value"`).
+    pub fn ssh_yaml_with(&self, more: &str) -> String {
         format!(
-            "ssh: {{ identity: {}, known_hosts: {}, timeout: 10s }}",
+            "ssh: {{ identity: {}, known_hosts: {}, timeout: 10s{more} }}",
             self.key.display(),
             self.known_hosts.display()
         )
@@ -206,10 +211,22 @@ impl Drop for Sshd {
 /// A jobs file with one job `web` mirroring the lab's source to its `dst/`
 /// on this server, plus `extra` job keys (one per line).
 pub fn ssh_job(lab: &super::Lab, s: &Sshd, extra: &str) {
+    ssh_job_with(lab, s, "", extra)
+}
+
+/// The same job with files sent through `syncjob helper` on the "remote"
+/// (this build's binary, started over ssh).
+#[allow(dead_code)]
+pub fn ssh_job_helper(lab: &super::Lab, s: &Sshd, extra: &str) {
+    let more = format!(", remote_helper: {}", env!("CARGO_BIN_EXE_syncjob"));
+    ssh_job_with(lab, s, &more, extra)
+}
+
+fn ssh_job_with(lab: &super::Lab, s: &Sshd, ssh_more: &str, extra: &str) {
     let mut y = format!(
         "jobs:\n  web:\n    source: {{src}}\n    remote: {}\n    {}\n",
         s.url(&lab.dst()),
-        s.ssh_yaml()
+        s.ssh_yaml_with(ssh_more)
     );
     for l in extra.lines() {
         y.push_str("    ");
