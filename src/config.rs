@@ -1213,6 +1213,28 @@ jobs:
     }
 
     #[test]
+    fn remote_helper_is_a_command_path() {
+        let ok = parse(
+            Path::new("/etc/syncjob/jobs.yaml"),
+            b"defaults:\n  ssh: { remote_helper: /usr/bin/syncjob }\njobs:\n  a:\n    source: /a\n    remote: h:/b\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.jobs[0].ssh.remote_helper.as_deref(),
+            Some("/usr/bin/syncjob")
+        );
+        let p = problems(
+            "jobs:\n  a:\n    source: /a\n    remote: h:/b\n    ssh: { remote_helper: \" \" }\n",
+        );
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(
+            p[0].contains("5:27: job a: `ssh.remote_helper` must be"),
+            "{}",
+            p[0]
+        );
+    }
+
+    #[test]
     fn syntax_error_has_position() {
         let p = problems("jobs:\n  a:\n    source: [/a\n    remote: /b\n");
         assert_eq!(p.len(), 1);
