@@ -16,6 +16,7 @@ Cases (each timed RUNS times, alternating syncjob and rsync, medians):
   big-tail         one 256 MiB file changed in its last 1 MiB (rsync's delta case)
   *-initial-h      web/small/big initial copies with ssh.remote_helper: files go
                    to `syncjob helper` on the remote instead of SFTP
+  big-tail-h       big-tail with the helper (only the changed blocks are sent)
   million-rss      (MILLION=1 only) peak RSS of a no-op plan over 1M files, local
 
 Measured per run with wait4(): wall time, CPU (user+sys, including reaped
@@ -180,6 +181,7 @@ def main():
             "webh": (f"{trees}/web", ssh_url(f"{T}/sj-web"), True),
             "smallh": (f"{trees}/small", ssh_url(f"{T}/sj-small"), True),
             "bigh": (f"{trees}/big", ssh_url(f"{T}/sj-big"), True),
+            "bigtailh": (f"{trees}/big-tail", ssh_url(f"{T}/sj-big"), True),
         }
         cfg = f"{LAB}/jobs.yaml"
         write_jobs(cfg, jobs, sshd)
@@ -244,6 +246,9 @@ def main():
              lambda tool: rm(f"{T}/{tool}-small", tool)),
             ("big-initial-h", sj("bigh"), rsync_ssh + [f"{trees}/big/", rdest(f"{T}/rs-big")],
              lambda tool: rm(f"{T}/{tool}-big", tool)),
+            # the helper sends only the changed blocks (fixed 128 KiB blocks)
+            ("big-tail-h", sj("bigtailh"), rsync_ssh + [f"{trees}/big-tail/", rdest(f"{T}/rs-big")],
+             lambda tool: reset_t(f"{trees}/big", f"{T}/{tool}-big", tool)),
         ]
         results = []
         for name, sj_cmd, rs_cmd, prep in cases:

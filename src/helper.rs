@@ -15,15 +15,28 @@
 //!         u32 mode  i64 mtime  u32 mtime_ns  u8 owner?  u32 uid  u32 gid
 //!         chunks: u32 len (> 0), bytes …   then u32 0
 //!         u8 commit (1) or abort (0: the source changed or could not be read)
+//!   b'D'  the same, and the data may also say "copy from the file now at
+//!         the final name": u32 0xFFFFFFFF, u64 offset, u32 len
 //! helper → client, per file, in order:
 //!   u8 0 (done)  |  u8 1, i32 errno (0: none, -1: aborted), u16 len, message
+//!
+//! block hashes of a file on the target (for a big changed file):
+//!   b'H'  u32 len, final path   u32 block size
+//!   reply: u8 0, u64 size, u32 count, count × SHA-256  |  an error reply
 //! ```
+//!
+//! A `D` record is checked against the `H` hashes the helper gave for that
+//! path: if the file changed on the target since (size, mtime, ctime,
+//! inode), the record fails and nothing is renamed. Blocks are compared at
+//! fixed offsets (no rolling checksum): appends and in-place changes, the
+//! common cases for big files, send only the changed blocks.
 //!
 //! A file is at its final name only after a complete stream and a commit;
 //! anything else (abort, error, the connection lost mid-file) removes the
 //! temporary file (or leaves it to the next run's stale-temporary cleanup
 //! if the helper itself is killed).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -36,14 +49,20 @@ pub const GREETING: &[u8] = b"syncjob-helper 1\n";
 
 /// The errno of a reply for a file the sender aborted.
 const ABORTED: i32 = -1;
+/// A chunk length that means "copy from the basis".
+const COPY: u32 = u32::MAX;
+/// Largest block size of a hashes request.
+const MAX_BLOCK: u32 = 64 << 20;
 /// Longest path accepted in a record.
 const MAX_PATH: u32 = 64 << 10;
 /// Longest data chunk accepted in a record.
-const MAX_CHUNK: u32 = 1 << 20;
+pub const MAX_CHUNK: u32 = 1 << 20;
 
 /// The header of one file record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileHeader<'a> {
+    /// a `D` record: data may be copied from the file at the final name
+    pub basis: bool,
     pub tmp: &'a [u8],
     pub fin: &'a [u8],
     pub mode: u32,
@@ -54,7 +73,7 @@ pub struct FileHeader<'a> {
 
 /// Encode a file record's header.
 pub fn header(h: &FileHeader, out: &mut Vec<u8>) {
-    out.push(b'F');
+    out.push(if h.basis { b'D' } else { b'F' });
     for p in [h.tmp, h.fin] {
         out.extend_from_slice(&(p.len() as u32).to_le_bytes());
         out.extend_from_slice(p);
@@ -75,6 +94,62 @@ pub fn chunk(data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(data);
 }
 
+/// Encode "copy `len` bytes at `offset` of the basis" (in a `D` record).
+pub fn copy(offset: u64, len: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(&COPY.to_le_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+}
+
+/// Encode a request for the block hashes of the file at `fin`.
+pub fn hashes_request(fin: &[u8], block: u32, out: &mut Vec<u8>) {
+    out.push(b'H');
+    out.extend_from_slice(&(fin.len() as u32).to_le_bytes());
+    out.extend_from_slice(fin);
+    out.extend_from_slice(&block.to_le_bytes());
+}
+
+/// The block hashes of a file on the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hashes {
+    pub size: u64,
+    pub block: u32,
+    pub sums: Vec<[u8; 32]>,
+}
+
+/// Read the reply to a hashes request: the hashes, or why there are none
+/// (no such file, not a regular file, …).
+pub fn read_hashes(r: &mut dyn Read, block: u32) -> io::Result<io::Result<Hashes>> {
+    let mut b = [0u8; 1];
+    r.read_exact(&mut b)?;
+    match b[0] {
+        0 => {}
+        1 => return Ok(Err(read_fail(r)?)),
+        x => return Err(bad_reply(x)),
+    }
+    let mut h = [0u8; 12];
+    r.read_exact(&mut h)?;
+    let size = u64::from_le_bytes(h[..8].try_into().unwrap());
+    let count = u32::from_le_bytes(h[8..].try_into().unwrap());
+    if count as u64 != size.div_ceil(block.max(1) as u64) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "remote helper: wrong number of block hashes",
+        ));
+    }
+    let mut sums = vec![[0u8; 32]; count as usize];
+    for s in sums.iter_mut() {
+        r.read_exact(s)?;
+    }
+    Ok(Ok(Hashes { size, block, sums }))
+}
+
+/// The SHA-256 of one block.
+pub fn block_sum(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
 /// Encode the end of a file's data: commit it, or abort it.
 pub fn end(commit: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(&0u32.to_le_bytes());
@@ -87,26 +162,33 @@ pub fn read_reply(r: &mut dyn Read) -> io::Result<io::Result<()>> {
     r.read_exact(&mut b)?;
     match b[0] {
         0 => Ok(Ok(())),
-        1 => {
-            let mut e = [0u8; 6];
-            r.read_exact(&mut e)?;
-            let errno = i32::from_le_bytes(e[..4].try_into().unwrap());
-            let len = u16::from_le_bytes(e[4..].try_into().unwrap()) as usize;
-            let mut msg = vec![0u8; len];
-            r.read_exact(&mut msg)?;
-            let msg = String::from_utf8_lossy(&msg).into_owned();
-            let kind = match errno {
-                ABORTED => io::ErrorKind::Interrupted,
-                e if e > 0 => io::Error::from_raw_os_error(e).kind(),
-                _ => io::ErrorKind::Other,
-            };
-            Ok(Err(io::Error::new(kind, msg)))
-        }
-        x => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("remote helper: unexpected reply byte {x}"),
-        )),
+        1 => Ok(Err(read_fail(r)?)),
+        x => Err(bad_reply(x)),
     }
+}
+
+fn bad_reply(x: u8) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("remote helper: unexpected reply byte {x}"),
+    )
+}
+
+/// The rest of an error reply.
+fn read_fail(r: &mut dyn Read) -> io::Result<io::Error> {
+    let mut e = [0u8; 6];
+    r.read_exact(&mut e)?;
+    let errno = i32::from_le_bytes(e[..4].try_into().unwrap());
+    let len = u16::from_le_bytes(e[4..].try_into().unwrap()) as usize;
+    let mut msg = vec![0u8; len];
+    r.read_exact(&mut msg)?;
+    let msg = String::from_utf8_lossy(&msg).into_owned();
+    let kind = match errno {
+        ABORTED => io::ErrorKind::Interrupted,
+        e if e > 0 => io::Error::from_raw_os_error(e).kind(),
+        _ => io::ErrorKind::Other,
+    };
+    Ok(io::Error::new(kind, msg))
 }
 
 /// A file the helper could not write: errno (0: none) and message.
@@ -156,6 +238,8 @@ pub fn serve<R: Read>(input: &mut io::BufReader<R>, output: &mut dyn Write) -> i
     output.write_all(GREETING)?;
     output.flush()?;
     let mut buf = vec![0u8; MAX_CHUNK as usize];
+    // the files whose block hashes were given, as they were then
+    let mut hashed: HashMap<Vec<u8>, Ident> = HashMap::new();
     loop {
         let mut op = [0u8; 1];
         match input.read(&mut op) {
@@ -164,67 +248,32 @@ pub fn serve<R: Read>(input: &mut io::BufReader<R>, output: &mut dyn Write) -> i
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
-        if op[0] != b'F' {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("unknown record {:#x}", op[0]),
-            ));
-        }
-        let tmp = bytes_of(input, MAX_PATH)?;
-        let fin = bytes_of(input, MAX_PATH)?;
-        let mut fixed = [0u8; 4 + 8 + 4 + 1 + 4 + 4];
-        input.read_exact(&mut fixed)?;
-        let mode = u32::from_le_bytes(fixed[0..4].try_into().unwrap());
-        let mtime = i64::from_le_bytes(fixed[4..12].try_into().unwrap());
-        let mtime_ns = u32::from_le_bytes(fixed[12..16].try_into().unwrap());
-        let owner = (fixed[16] != 0).then(|| {
-            (
-                u32::from_le_bytes(fixed[17..21].try_into().unwrap()),
-                u32::from_le_bytes(fixed[21..25].try_into().unwrap()),
-            )
-        });
-        let tmp_path = Path::new(OsStr::from_bytes(&tmp));
-        let fin_path = Path::new(OsStr::from_bytes(&fin));
-        // the temporary file is new (O_EXCL) and private until complete
-        let mut file: Option<File> = None;
-        let mut err: Option<Fail> = if tmp.is_empty() || fin.is_empty() {
-            Some(Fail(libc::EINVAL, "empty path".into()))
-        } else {
-            match OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(tmp_path)
-            {
-                Ok(f) => {
-                    file = Some(f);
-                    None
+        match op[0] {
+            b'H' => {
+                let fin = bytes_of(input, MAX_PATH)?;
+                let block = u32_of(input)?;
+                match hash_blocks(&fin, block, &mut buf) {
+                    Ok((id, sums)) => {
+                        let mut b = vec![0u8];
+                        b.extend_from_slice(&id.size.to_le_bytes());
+                        b.extend_from_slice(&(sums.len() as u32).to_le_bytes());
+                        for s in &sums {
+                            b.extend_from_slice(s);
+                        }
+                        output.write_all(&b)?;
+                        hashed.insert(fin, id);
+                    }
+                    Err(f) => reply(output, &Err(f))?,
                 }
-                Err(e) => Some(ctx("create temporary file", e)),
             }
-        };
-        // the data comes whatever happened: read it all
-        let commit = match read_data(input, &mut buf, &mut file, &mut err) {
-            Ok(c) => c,
-            Err(e) => {
-                // the stream broke mid-file: nothing stays behind
-                if file.is_some() {
-                    let _ = std::fs::remove_file(tmp_path);
-                }
-                return Err(e);
+            b'F' | b'D' => receive(input, output, &mut buf, op[0] == b'D', &mut hashed)?,
+            x => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unknown record {x:#x}"),
+                ));
             }
-        };
-        let result = match (file, err) {
-            (_, Some(e)) => Err(e),
-            (None, None) => Err(Fail(0, "no file".into())),
-            (Some(_), None) if !commit => Err(Fail(ABORTED, "aborted by the sender".into())),
-            (Some(f), None) => finish(f, tmp_path, fin_path, mode, mtime, mtime_ns, owner),
-        };
-        if result.is_err() && !tmp.is_empty() {
-            let _ = std::fs::remove_file(tmp_path);
         }
-        reply(output, &result)?;
         // replies go out when the input has no more records queued
         if input.buffer().is_empty() {
             output.flush()?;
@@ -232,18 +281,201 @@ pub fn serve<R: Read>(input: &mut io::BufReader<R>, output: &mut dyn Write) -> i
     }
 }
 
-/// A file's data chunks, written to `file` until an error (kept in `err`);
-/// returns whether the sender committed the file.
+/// What identifies a file's version: if any of it changes, the file did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ident {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Ident {
+    fn of(md: &std::fs::Metadata) -> Ident {
+        use std::os::unix::fs::MetadataExt;
+        Ident {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+            ctime: (md.ctime(), md.ctime_nsec()),
+        }
+    }
+}
+
+fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), Fail> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| ctx("open", e))?;
+    let md = f.metadata().map_err(|e| ctx("stat", e))?;
+    if !md.is_file() {
+        return Err(Fail(libc::EINVAL, "not a regular file".into()));
+    }
+    Ok((f, md))
+}
+
+/// The SHA-256 of each `block`-sized piece of the file at `fin`.
+fn hash_blocks(fin: &[u8], block: u32, buf: &mut [u8]) -> Result<(Ident, Vec<[u8; 32]>), Fail> {
+    use std::os::unix::fs::FileExt;
+    if block == 0 || block > MAX_BLOCK {
+        return Err(Fail(libc::EINVAL, format!("block size {block}")));
+    }
+    let (f, md) = open_regular(Path::new(OsStr::from_bytes(fin)))?;
+    let id = Ident::of(&md);
+    let mut sums = Vec::with_capacity(id.size.div_ceil(block as u64) as usize);
+    let mut off = 0u64;
+    let mut big = Vec::new();
+    while off < id.size {
+        let len = (id.size - off).min(block as u64) as usize;
+        let data = if len <= buf.len() {
+            &mut buf[..len]
+        } else {
+            big.resize(len, 0);
+            &mut big[..]
+        };
+        f.read_exact_at(data, off).map_err(|e| ctx("read", e))?;
+        sums.push(block_sum(data));
+        off += len as u64;
+    }
+    // a file that changed while it was read gives no hashes
+    let now = f.metadata().map_err(|e| ctx("stat", e))?;
+    if Ident::of(&now) != id {
+        return Err(Fail(0, "changed while its blocks were hashed".into()));
+    }
+    Ok((id, sums))
+}
+
+/// One `F` or `D` record: the file is written under its temporary name,
+/// then set and renamed into place, or removed.
+fn receive<R: Read>(
+    input: &mut io::BufReader<R>,
+    output: &mut dyn Write,
+    buf: &mut [u8],
+    delta: bool,
+    hashed: &mut HashMap<Vec<u8>, Ident>,
+) -> io::Result<()> {
+    let tmp = bytes_of(input, MAX_PATH)?;
+    let fin = bytes_of(input, MAX_PATH)?;
+    let mut fixed = [0u8; 4 + 8 + 4 + 1 + 4 + 4];
+    input.read_exact(&mut fixed)?;
+    let mode = u32::from_le_bytes(fixed[0..4].try_into().unwrap());
+    let mtime = i64::from_le_bytes(fixed[4..12].try_into().unwrap());
+    let mtime_ns = u32::from_le_bytes(fixed[12..16].try_into().unwrap());
+    let owner = (fixed[16] != 0).then(|| {
+        (
+            u32::from_le_bytes(fixed[17..21].try_into().unwrap()),
+            u32::from_le_bytes(fixed[21..25].try_into().unwrap()),
+        )
+    });
+    let tmp_path = Path::new(OsStr::from_bytes(&tmp));
+    let fin_path = Path::new(OsStr::from_bytes(&fin));
+    let mut err: Option<Fail> = None;
+    // a delta's basis: the file at the final name, as it was hashed
+    let mut basis: Option<File> = None;
+    if tmp.is_empty() || fin.is_empty() {
+        err = Some(Fail(libc::EINVAL, "empty path".into()));
+    } else if delta {
+        match (hashed.remove(&fin), open_regular(fin_path)) {
+            (Some(id), Ok((f, md))) if Ident::of(&md) == id => basis = Some(f),
+            (None, _) => err = Some(Fail(libc::EINVAL, "delta without block hashes".into())),
+            (_, Err(f)) => err = Some(f),
+            (Some(_), Ok(_)) => {
+                err = Some(Fail(
+                    0,
+                    "the file on the target changed since its blocks were hashed".into(),
+                ))
+            }
+        }
+    }
+    // the temporary file is new (O_EXCL) and private until complete
+    let mut file: Option<File> = None;
+    if err.is_none() {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(tmp_path)
+        {
+            Ok(f) => file = Some(f),
+            Err(e) => err = Some(ctx("create temporary file", e)),
+        }
+    }
+    let created = file.is_some();
+    // the data comes whatever happened: read it all
+    let commit = match read_data(input, buf, &mut file, &mut err, delta, basis.as_ref()) {
+        Ok(c) => c,
+        Err(e) => {
+            // the stream broke mid-file: nothing stays behind
+            if created {
+                let _ = std::fs::remove_file(tmp_path);
+            }
+            return Err(e);
+        }
+    };
+    let result = match (file, err) {
+        (_, Some(e)) => Err(e),
+        (None, None) => Err(Fail(0, "no file".into())),
+        (Some(_), None) if !commit => Err(Fail(ABORTED, "aborted by the sender".into())),
+        (Some(f), None) => finish(f, tmp_path, fin_path, mode, mtime, mtime_ns, owner),
+    };
+    if result.is_err() && created {
+        let _ = std::fs::remove_file(tmp_path);
+    }
+    reply(output, &result)
+}
+
+/// A file's data chunks (and, with a basis, copies from it), written to
+/// `file` until an error (kept in `err`); returns whether the sender
+/// committed the file.
 fn read_data(
     input: &mut dyn Read,
     buf: &mut [u8],
     file: &mut Option<File>,
     err: &mut Option<Fail>,
+    delta: bool,
+    basis: Option<&File>,
 ) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
     loop {
         let n = u32_of(input)?;
         if n == 0 {
             break;
+        }
+        if n == COPY {
+            let mut c = [0u8; 12];
+            input.read_exact(&mut c)?;
+            let mut off = u64::from_le_bytes(c[..8].try_into().unwrap());
+            let mut left = u32::from_le_bytes(c[8..].try_into().unwrap()) as usize;
+            let Some(b) = basis else {
+                if delta {
+                    // the basis could not be used: the file already failed
+                    continue;
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "copy in a record without a basis",
+                ));
+            };
+            while left > 0 && err.is_none() {
+                let step = left.min(buf.len());
+                let data = &mut buf[..step];
+                if let Err(e) = b.read_exact_at(data, off) {
+                    *err = Some(ctx("read the old version", e));
+                    break;
+                }
+                if let Some(f) = file.as_mut()
+                    && let Err(e) = f.write_all(data)
+                {
+                    *err = Some(ctx("write", e));
+                }
+                off += step as u64;
+                left -= step;
+            }
+            continue;
         }
         if n > MAX_CHUNK {
             return Err(io::Error::new(
@@ -317,6 +549,7 @@ mod tests {
         let fin = dir.join(name);
         header(
             &FileHeader {
+                basis: false,
                 tmp: tmp.as_os_str().as_bytes(),
                 fin: fin.as_os_str().as_bytes(),
                 mode: 0o640,
@@ -385,6 +618,124 @@ mod tests {
             0,
             "no final, no temporary file"
         );
+    }
+
+    #[test]
+    fn a_delta_rebuilds_the_file_from_its_old_blocks_and_new_data() {
+        let d = tempfile::tempdir().unwrap();
+        let fin = d.path().join("big");
+        let tmp = d.path().join(".syncjob-tmp.big");
+        let old: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        std::fs::write(&fin, &old).unwrap();
+        let fin_b = fin.as_os_str().as_bytes();
+        // 1. the hashes of the old version, in blocks of 4096
+        let mut input = Vec::new();
+        hashes_request(fin_b, 4096, &mut input);
+        let mut out = Vec::new();
+        serve(&mut io::BufReader::new(&input[..]), &mut out).unwrap();
+        let mut r = &out[GREETING.len()..];
+        let h = read_hashes(&mut r, 4096).unwrap().unwrap();
+        assert_eq!((h.size, h.sums.len()), (40_000, 10));
+        assert_eq!(h.sums[0], block_sum(&old[..4096]));
+        assert_eq!(h.sums[9], block_sum(&old[36_864..]));
+        // 2. the new version: block 2 changed, 100 bytes appended
+        let mut new = old.clone();
+        new[8192..8200].copy_from_slice(b"CHANGED!");
+        new.extend_from_slice(&[9u8; 100]);
+        let mut input = Vec::new();
+        hashes_request(fin_b, 4096, &mut input);
+        header(
+            &FileHeader {
+                basis: true,
+                tmp: tmp.as_os_str().as_bytes(),
+                fin: fin_b,
+                mode: 0o600,
+                mtime: 1_500_000_000,
+                mtime_ns: 0,
+                owner: None,
+            },
+            &mut input,
+        );
+        copy(0, 8192, &mut input);
+        chunk(&new[8192..12288], &mut input);
+        copy(12288, 40_000 - 12288, &mut input);
+        chunk(&new[40_000..], &mut input);
+        end(true, &mut input);
+        let mut out = Vec::new();
+        serve(&mut io::BufReader::new(&input[..]), &mut out).unwrap();
+        let mut r = &out[GREETING.len()..];
+        read_hashes(&mut r, 4096).unwrap().unwrap();
+        read_reply(&mut r).unwrap().unwrap();
+        assert_eq!(std::fs::read(&fin).unwrap(), new);
+        assert!(!tmp.exists());
+        // 3. a delta against a version that changed since its hashes: refused
+        let mut input = Vec::new();
+        hashes_request(fin_b, 4096, &mut input);
+        let mut out = Vec::new();
+        let mut first = io::BufReader::new(&input[..]);
+        serve(&mut first, &mut out).unwrap();
+        // (a new helper has no hashes: the same refusal as a changed file)
+        let mut input = Vec::new();
+        header(
+            &FileHeader {
+                basis: true,
+                tmp: tmp.as_os_str().as_bytes(),
+                fin: fin_b,
+                mode: 0o600,
+                mtime: 0,
+                mtime_ns: 0,
+                owner: None,
+            },
+            &mut input,
+        );
+        copy(0, 100, &mut input);
+        end(true, &mut input);
+        let mut out = Vec::new();
+        serve(&mut io::BufReader::new(&input[..]), &mut out).unwrap();
+        let e = read_reply(&mut &out[GREETING.len()..])
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().contains("without block hashes"), "{e}");
+        assert_eq!(std::fs::read(&fin).unwrap(), new, "untouched");
+        assert!(!tmp.exists());
+        // hashes taken, then the file rewritten on the target, then the
+        // delta: refused, nothing renamed
+        let mut input = Vec::new();
+        hashes_request(fin_b, 4096, &mut input);
+        let (tx_in, rx_in) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx_out, mut rx_out) = std::os::unix::net::UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut w = tx_out;
+            serve(&mut io::BufReader::new(rx_in), &mut w)
+        });
+        let mut tx = tx_in;
+        tx.write_all(&input).unwrap();
+        let mut g = vec![0u8; GREETING.len()];
+        rx_out.read_exact(&mut g).unwrap();
+        read_hashes(&mut rx_out, 4096).unwrap().unwrap();
+        std::fs::write(&fin, b"changed behind our back").unwrap();
+        let mut input = Vec::new();
+        header(
+            &FileHeader {
+                basis: true,
+                tmp: tmp.as_os_str().as_bytes(),
+                fin: fin_b,
+                mode: 0o600,
+                mtime: 0,
+                mtime_ns: 0,
+                owner: None,
+            },
+            &mut input,
+        );
+        copy(0, 10, &mut input);
+        end(true, &mut input);
+        tx.write_all(&input).unwrap();
+        let e = read_reply(&mut rx_out).unwrap().unwrap_err();
+        assert!(e.to_string().contains("changed since"), "{e}");
+        drop(tx);
+        server.join().unwrap().unwrap();
+        assert_eq!(std::fs::read(&fin).unwrap(), b"changed behind our back");
+        assert!(!tmp.exists());
     }
 
     #[test]

@@ -467,3 +467,53 @@ fn a_missing_remote_helper_is_a_clear_error_and_changes_nothing() {
     assert!(reason.contains("not retried"), "{reason}");
     assert!(!lab.dst().join("a.txt").exists());
 }
+
+/// A big file changed in place and at its end goes through the remote
+/// helper as a delta: only the changed blocks are sent (`bytes_transferred`
+/// counts the data sent), and the result is the new file byte for byte.
+#[test]
+fn the_remote_helper_sends_only_the_changed_blocks_of_a_big_file() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    const MIB: usize = 1 << 20;
+    let mut big: Vec<u8> = (0..24 * MIB).map(|i| (i * 7 % 251) as u8).collect();
+    lab.write("big.bin", &big);
+    lab.write("small.txt", b"small");
+    ssh_job_helper(&lab, &s, "");
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(lab.last()["bytes_transferred"], (24 * MIB + 5) as u64);
+    // 8 bytes in the middle, the last MiB rewritten, 100 KiB appended
+    big[10 * MIB..10 * MIB + 8].copy_from_slice(b"CHANGED!");
+    for b in &mut big[23 * MIB..] {
+        *b = b.wrapping_add(1);
+    }
+    big.extend(std::iter::repeat_n(5u8, 100 << 10));
+    lab.write("big.bin", &big);
+    set_mtime(&lab.src().join("big.bin"), 1_700_000_000, 5);
+    lab.run(&["run", "web"]).code(0);
+    let rec = lab.last();
+    assert_eq!(rec["files_transferred"], 1, "{rec}");
+    let sent = rec["bytes_transferred"].as_u64().unwrap();
+    assert!(
+        sent < 2 * MIB as u64,
+        "only the changed blocks are sent: {sent} bytes"
+    );
+    assert!(sent > MIB as u64, "the changed MiB is sent: {sent} bytes");
+    let dst = lab.dst().join("big.bin");
+    assert!(
+        fs::read(&dst).unwrap() == big,
+        "the new version, byte for byte"
+    );
+    assert_eq!(mtime(&dst), (1_700_000_000, 5));
+    assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &["-c"]), "");
+    // shrunk: the same, and still exact
+    big.truncate(12 * MIB + 3);
+    lab.write("big.bin", &big);
+    lab.run(&["run", "web"]).code(0);
+    assert!(fs::read(&dst).unwrap() == big);
+    assert_eq!(
+        lab.last()["bytes_transferred"],
+        3,
+        "a shrunk file: every block copied there but the last 3 bytes"
+    );
+}

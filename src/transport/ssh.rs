@@ -412,6 +412,32 @@ fn start_helper(sess: &ssh2::Session, cmd: &str, label: &str) -> io::Result<ssh2
     ))
 }
 
+/// Files at least this big that exist on the target go through the remote
+/// helper as deltas.
+const DELTA_MIN: u64 = 8 << 20;
+
+/// The block size of a delta: 128 KiB, more for files over 8 GiB (at most
+/// 65536 blocks).
+fn delta_block(size: u64) -> u32 {
+    (128u64 << 10)
+        .max(size.div_ceil(65536).next_power_of_two())
+        .min(64 << 20) as u32
+}
+
+/// Fill `buf` from `r` unless it ends first; the bytes read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 /// An error of the helper's stream: the connection is lost for copying.
 fn helper_lost(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, format!("remote helper: {e}"))
@@ -1148,25 +1174,55 @@ impl Ssh {
 
     /// Copy files through the remote helper: all records of the batch go
     /// out as one stream, then the replies are read (one per file sent).
+    /// A big file that exists on the target goes as a delta: the helper
+    /// first gives the SHA-256 of each block of its version there, and only
+    /// the blocks that differ are sent (the others are copied there).
     fn put_batch_helper(
         &mut self,
         items: &[(&Path, PathBuf)],
         preserve_owner: bool,
         cancel: &AtomicBool,
     ) -> io::Result<Vec<io::Result<u64>>> {
-        use crate::helper::{FileHeader, chunk, end, header, read_reply};
+        use crate::helper::{
+            FileHeader, Hashes, block_sum, chunk, copy, end, hashes_request, header, read_hashes,
+            read_reply,
+        };
         use std::io::Write;
         use std::os::unix::fs::MetadataExt;
         const FLUSH: usize = 256 << 10;
         let mut results: Vec<Option<io::Result<u64>>> = items.iter().map(|_| None).collect();
         let mut sent: Vec<(usize, u64)> = Vec::with_capacity(items.len());
         let mut out: Vec<u8> = Vec::with_capacity(FLUSH + (64 << 10));
-        let mut buf = vec![0u8; 128 << 10];
         let paths: Vec<(Vec<u8>, Vec<u8>)> = items
             .iter()
             .map(|(rel, _)| (self.path(&temp_name(rel)), self.path(rel)))
             .collect();
         let ch = self.helper.as_mut().expect("helper started");
+
+        // the block hashes of the big files as they are on the target
+        let mut hashes: Vec<Option<Hashes>> = items.iter().map(|_| None).collect();
+        let mut asked = Vec::new();
+        for (k, (_, src)) in items.iter().enumerate() {
+            if let Ok(md) = std::fs::metadata(src)
+                && md.len() >= DELTA_MIN
+            {
+                let block = delta_block(md.len());
+                hashes_request(&paths[k].1, block, &mut out);
+                asked.push((k, block));
+            }
+        }
+        if !asked.is_empty() {
+            ch.write_all(&out).map_err(helper_lost)?;
+            out.clear();
+            for (k, block) in asked {
+                // none (a new file, …): sent whole
+                if let Ok(h) = read_hashes(ch, block).map_err(helper_lost)? {
+                    hashes[k] = Some(h);
+                }
+            }
+        }
+
+        let mut buf = vec![0u8; 128 << 10];
         for (k, (_, src)) in items.iter().enumerate() {
             let (mut input, before) = match open_source(src) {
                 Ok(x) => x,
@@ -1175,8 +1231,10 @@ impl Ssh {
                     continue;
                 }
             };
+            let basis = hashes[k].take();
             header(
                 &FileHeader {
+                    basis: basis.is_some(),
                     tmp: &paths[k].0,
                     fin: &paths[k].1,
                     mode: before.mode() & 0o7777,
@@ -1188,6 +1246,19 @@ impl Ssh {
             );
             let mut size = 0u64;
             let mut fail = None;
+            // with a basis: one block at a time, compared with the target's
+            let step = basis
+                .as_ref()
+                .map(|h| h.block as usize)
+                .unwrap_or(buf.len());
+            if buf.len() < step {
+                buf.resize(step, 0);
+            }
+            // a run of blocks to copy from the basis, not yet encoded
+            let mut pending: Option<(u64, u64)> = None;
+            let mut index = 0usize;
+            // bytes sent as data (for a delta, the changed blocks only)
+            let mut literal = 0u64;
             loop {
                 if cancel.load(Ordering::Relaxed) {
                     fail = Some(io::Error::new(
@@ -1196,7 +1267,7 @@ impl Ssh {
                     ));
                     break;
                 }
-                let n = match input.read(&mut buf) {
+                let n = match read_up_to(&mut input, &mut buf[..step]) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) => {
@@ -1204,13 +1275,40 @@ impl Ssh {
                         break;
                     }
                 };
-                chunk(&buf[..n], &mut out);
+                let data = &buf[..n];
+                let same = basis
+                    .as_ref()
+                    .is_some_and(|h| h.sums.get(index).is_some_and(|s| *s == block_sum(data)));
+                if same {
+                    pending = match pending {
+                        Some((off, len)) if off + len == size && len < (1 << 30) => {
+                            Some((off, len + n as u64))
+                        }
+                        Some((off, len)) => {
+                            copy(off, len as u32, &mut out);
+                            Some((size, n as u64))
+                        }
+                        None => Some((size, n as u64)),
+                    };
+                } else {
+                    if let Some((off, len)) = pending.take() {
+                        copy(off, len as u32, &mut out);
+                    }
+                    for c in data.chunks(crate::helper::MAX_CHUNK as usize) {
+                        chunk(c, &mut out);
+                    }
+                    literal += n as u64;
+                }
                 size += n as u64;
+                index += 1;
                 if out.len() >= FLUSH {
                     ch.write_all(&out).map_err(helper_lost)?;
                     out.clear();
                 }
                 super::add_progress(n as u64);
+            }
+            if let Some((off, len)) = pending.take() {
+                copy(off, len as u32, &mut out);
             }
             if fail.is_none()
                 && let Err(e) = verify_unchanged(&input, &before, size)
@@ -1222,15 +1320,15 @@ impl Ssh {
             if let Some(e) = fail {
                 results[k] = Some(Err(e));
             }
-            sent.push((k, size));
+            sent.push((k, literal));
         }
         // (no `flush`: libssh2's channel flush discards unread incoming
         // data, i.e. replies that already came)
         ch.write_all(&out).map_err(helper_lost)?;
-        for (k, size) in sent {
+        for (k, literal) in sent {
             let r = read_reply(ch).map_err(helper_lost)?;
             if results[k].is_none() {
-                results[k] = Some(r.map(|()| size));
+                results[k] = Some(r.map(|()| literal));
             }
         }
         Ok(results
