@@ -273,10 +273,9 @@ impl Manifest {
             let link = if ll == u32::MAX {
                 None
             } else {
-                Some(
-                    PathBuf::from(std::ffi::OsStr::from_bytes(r.take(ll as usize)?))
-                        .into_boxed_path(),
-                )
+                Some(Box::new(PathBuf::from(std::ffi::OsStr::from_bytes(
+                    r.take(ll as usize)?,
+                ))))
             };
             tree.push(
                 Path::new(std::ffi::OsStr::from_bytes(&name)),

@@ -47,8 +47,9 @@ pub struct Entry {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    /// A symlink's target, as stored (never followed).
-    pub link: Option<Box<Path>>,
+    /// A symlink's target, as stored (never followed); boxed twice so that
+    /// an entry takes 48 bytes (most are not symlinks).
+    pub link: Option<Box<PathBuf>>,
 }
 
 impl Entry {
@@ -75,7 +76,20 @@ impl Entry {
             mode: md.mode() & 0o7777,
             uid: md.uid(),
             gid: md.gid(),
-            link: link.map(PathBuf::into_boxed_path),
+            link: link.map(Box::new),
+        }
+    }
+
+    fn placeholder() -> Entry {
+        Entry {
+            kind: EntryKind::Special,
+            size: 0,
+            mtime: 0,
+            mtime_ns: 0,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            link: None,
         }
     }
 
@@ -93,79 +107,98 @@ pub type Tree = Sorted;
 /// sort at the end, none when they came in order. A path given twice keeps
 /// its last entry.
 #[derive(Debug, Default)]
-pub struct TreeBuilder(Sorted);
+pub struct TreeBuilder {
+    s: Sorted,
+    out_of_order: bool,
+}
 
 impl TreeBuilder {
     pub fn push(&mut self, p: &Path, e: Entry) {
-        self.0.push(p, e);
+        if !self.out_of_order && !self.s.is_empty() && self.s.path_at(self.s.len() - 1) >= p {
+            self.out_of_order = true;
+        }
+        self.s.push(p, e);
     }
     pub fn finish(self) -> Sorted {
-        let mut s = self.0;
-        let names = std::mem::take(&mut s.names);
-        let key = |it: &(u64, u32, Entry)| {
-            Path::new(std::ffi::OsStr::from_bytes(
-                &names[it.0 as usize..it.0 as usize + it.1 as usize],
-            ))
-        };
-        if !s.items.is_sorted_by(|a, b| key(a) < key(b)) {
+        let mut s = self.s;
+        if self.out_of_order {
             // stable: of equal paths the last pushed stays last, and is kept
-            s.items.sort_by(|a, b| key(a).cmp(key(b)));
-            let mut keep: Vec<(u64, u32, Entry)> = Vec::with_capacity(s.items.len());
-            for it in s.items.drain(..) {
-                if let Some(last) = keep.last_mut()
-                    && key(last) == key(&it)
-                {
-                    *last = it;
-                    continue;
+            let mut order: Vec<u32> = (0..s.len() as u32).collect();
+            order.sort_by(|&a, &b| s.path_at(a as usize).cmp(s.path_at(b as usize)));
+            let mut keep: Vec<u32> = Vec::with_capacity(order.len());
+            for i in order {
+                match keep.last_mut() {
+                    Some(last) if s.path_at(*last as usize) == s.path_at(i as usize) => *last = i,
+                    _ => keep.push(i),
                 }
-                keep.push(it);
             }
-            s.items = keep;
+            let mut out = Sorted {
+                names: Vec::with_capacity(s.names.len()),
+                items: Vec::with_capacity(keep.len()),
+            };
+            for i in keep {
+                let e = std::mem::replace(&mut s.items[i as usize].1, Entry::placeholder());
+                let name = s.path_at(i as usize).as_os_str().as_bytes().to_vec();
+                out.push(Path::new(std::ffi::OsStr::from_bytes(&name)), e);
+            }
+            s = out;
         }
-        s.names = names;
         s.shrink();
         s
     }
 }
 
 /// Entries sorted by path (`Path` order: a directory before its contents).
-/// Names live in one byte arena and entries in one vector: about a third of
-/// the memory of a `BTreeMap<PathBuf, Entry>` (1M entries: ~80 MB), built
-/// without comparing paths (the walk yields them in order).
+/// Names live in one byte arena, each entry holding where its name ends
+/// (it starts where the previous one's ends): 56 bytes per entry plus its
+/// name (1M entries: ~60 MB), against ~200 for a `BTreeMap<PathBuf, Entry>`;
+/// built without comparing paths (the walk yields them in order).
 #[derive(Debug, Default)]
 pub struct Sorted {
     names: Vec<u8>,
-    items: Vec<(u64, u32, Entry)>,
+    items: Vec<(u64, Entry)>,
 }
 
 impl Sorted {
     /// Append; the caller keeps `Path` order.
     fn push(&mut self, p: &Path, e: Entry) {
-        let b = p.as_os_str().as_bytes();
-        self.items
-            .push((self.names.len() as u64, b.len() as u32, e));
-        self.names.extend_from_slice(b);
+        self.names.extend_from_slice(p.as_os_str().as_bytes());
+        self.items.push((self.names.len() as u64, e));
     }
     fn shrink(&mut self) {
         self.names.shrink_to_fit();
         self.items.shrink_to_fit();
     }
-    fn name(&self, off: u64, len: u32) -> &Path {
-        Path::new(std::ffi::OsStr::from_bytes(
-            &self.names[off as usize..off as usize + len as usize],
-        ))
-    }
     fn find(&self, p: &Path) -> Result<usize, usize> {
-        self.items
-            .binary_search_by(|(o, l, _)| self.name(*o, *l).cmp(p))
+        // (a binary search over the indices: a name needs its neighbour)
+        let (mut lo, mut hi) = (0, self.items.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.path_at(mid).cmp(p) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(mid),
+            }
+        }
+        Err(lo)
     }
     pub fn get(&self, p: &Path) -> Option<&Entry> {
-        self.find(p).ok().map(|i| &self.items[i].2)
+        self.find(p).ok().map(|i| &self.items[i].1)
+    }
+    /// Entry number `i` (in path order).
+    pub fn at(&self, i: usize) -> &Entry {
+        &self.items[i].1
     }
     /// The path of entry number `i` (in path order).
     pub fn path_at(&self, i: usize) -> &Path {
-        let (o, l, _) = &self.items[i];
-        self.name(*o, *l)
+        let start = if i == 0 {
+            0
+        } else {
+            self.items[i - 1].0 as usize
+        };
+        Path::new(std::ffi::OsStr::from_bytes(
+            &self.names[start..self.items[i].0 as usize],
+        ))
     }
     pub fn contains_key(&self, p: &Path) -> bool {
         self.find(p).is_ok()
@@ -176,9 +209,10 @@ impl Sorted {
             Ok(i) => i + 1,
             Err(i) => i,
         };
-        self.items
-            .get(next)
-            .is_some_and(|(o, l, _)| self.name(*o, *l).starts_with(p) && self.name(*o, *l) != p)
+        next < self.len() && {
+            let n = self.path_at(next);
+            n.starts_with(p) && n != p
+        }
     }
     pub fn len(&self) -> usize {
         self.items.len()
@@ -187,10 +221,10 @@ impl Sorted {
         self.items.is_empty()
     }
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&Path, &Entry)> + ExactSizeIterator {
-        self.items.iter().map(|(o, l, e)| (self.name(*o, *l), e))
+        (0..self.items.len()).map(|i| (self.path_at(i), &self.items[i].1))
     }
     pub fn values(&self) -> impl Iterator<Item = &Entry> {
-        self.items.iter().map(|(_, _, e)| e)
+        self.items.iter().map(|(_, e)| e)
     }
 }
 
@@ -581,7 +615,7 @@ impl Plan<'_> {
             .iter()
             .filter(|o| o.code == Code::Copy)
             .fold((0, 0), |(f, b), o| {
-                (f + 1, b + self.src.items[o.idx as usize].2.size)
+                (f + 1, b + self.src.at(o.idx as usize).size)
             })
     }
     /// Action number `i`, made from its entry.
@@ -591,15 +625,15 @@ impl Plan<'_> {
         let flag = |f: u8| op.flags & f != 0;
         if op.code == Code::Delete {
             let dst = self.dst.expect("deletes come from a listing");
-            let (o, l, te) = &dst.items[k];
+            let te = dst.at(k);
             return Action::Delete {
-                path: dst.name(*o, *l).to_path_buf(),
+                path: dst.path_at(k).to_path_buf(),
                 kind: te.kind,
                 counted: flag(COUNTED),
             };
         }
-        let (o, l, se) = &self.src.items[k];
-        let path = self.src.name(*o, *l).to_path_buf();
+        let se = self.src.at(k);
+        let path = self.src.path_at(k).to_path_buf();
         let mtime = (se.mtime, se.mtime_ns);
         match op.code {
             Code::Mkdir => Action::Mkdir { path },
@@ -612,11 +646,7 @@ impl Plan<'_> {
             },
             Code::Symlink => Action::Symlink {
                 path,
-                target: se
-                    .link
-                    .as_deref()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default(),
+                target: se.link.as_deref().cloned().unwrap_or_default(),
                 why: op.why,
                 mtime: flag(SET_MTIME).then_some(mtime),
             },
@@ -1063,6 +1093,13 @@ mod tests {
     }
 
     #[test]
+    fn entries_stay_small() {
+        // the memory budget of 1M-entry trees rests on these
+        assert!(std::mem::size_of::<Entry>() <= 48);
+        assert!(std::mem::size_of::<(u64, Entry)>() <= 56);
+    }
+
+    #[test]
     fn a_listing_in_any_order_is_sorted_and_keeps_the_last_of_a_path() {
         let mut b = TreeBuilder::default();
         b.push(Path::new(""), e(Dir, 0, 1));
@@ -1082,7 +1119,7 @@ mod tests {
     #[test]
     fn type_changes_replace() {
         let mut link = e(Symlink, 0, 1);
-        link.link = Some(PathBuf::from("target").into_boxed_path());
+        link.link = Some(Box::new(PathBuf::from("target")));
         let s = scan(&[
             ("", e(Dir, 0, 1)),
             ("d", e(File, 1, 1)),

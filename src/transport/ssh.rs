@@ -357,7 +357,7 @@ impl Ssh {
                         mode: perm & 0o7777,
                         uid,
                         gid,
-                        link: link.map(PathBuf::into_boxed_path),
+                        link: link.map(Box::new),
                     },
                 );
                 if kind == EntryKind::Dir {
@@ -424,18 +424,88 @@ fn delta_block(size: u64) -> u32 {
         .min(64 << 20) as u32
 }
 
-/// Fill `buf` from `r` unless it ends first; the bytes read.
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match r.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// Streamed records are written out past this size.
+const FLUSH: usize = 256 << 10;
+
+/// The SHA-256 of each `block` of the first `len` bytes of `f` (read at
+/// offsets: the descriptor's position is left alone).
+fn hash_source(f: &std::fs::File, len: u64, block: u32) -> io::Result<Vec<[u8; 32]>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; block as usize];
+    let mut sums = Vec::with_capacity(len.div_ceil(block as u64) as usize);
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(block as u64) as usize;
+        f.read_exact_at(&mut buf[..n], off)?;
+        sums.push(crate::helper::block_sum(&buf[..n]));
+        off += n as u64;
     }
-    Ok(got)
+    Ok(sums)
+}
+
+/// The data of a delta: runs of equal blocks as copies, the others read
+/// (at their offsets) and sent. Returns the bytes sent and the file's own
+/// failure (a read error, a shutdown), if any; `Err`: the stream broke.
+#[allow(clippy::too_many_arguments)]
+fn self_delta(
+    ch: &mut ssh2::Channel,
+    out: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
+    input: &std::fs::File,
+    len: u64,
+    theirs: &crate::helper::Hashes,
+    mine: &[[u8; 32]],
+    cancel: &AtomicBool,
+) -> io::Result<(u64, Option<io::Error>)> {
+    use crate::helper::{chunk, copy};
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let block = theirs.block as u64;
+    if buf.len() < block as usize {
+        buf.resize(block as usize, 0);
+    }
+    let mut pending: Option<(u64, u64)> = None;
+    let mut literal = 0u64;
+    let mut off = 0u64;
+    for (i, sum) in mine.iter().enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            let e = io::Error::new(io::ErrorKind::Interrupted, "aborted by shutdown");
+            return Ok((literal, Some(e)));
+        }
+        let n = (len - off).min(block);
+        if theirs.sums.get(i) == Some(sum) {
+            pending = match pending {
+                Some((at, l)) if at + l == off && l < (1 << 30) => Some((at, l + n)),
+                Some((at, l)) => {
+                    copy(at, l as u32, out);
+                    Some((off, n))
+                }
+                None => Some((off, n)),
+            };
+        } else {
+            if let Some((at, l)) = pending.take() {
+                copy(at, l as u32, out);
+            }
+            let data = &mut buf[..n as usize];
+            if let Err(e) = input.read_exact_at(data, off) {
+                return Ok((literal, Some(e)));
+            }
+            for c in data.chunks(crate::helper::MAX_CHUNK as usize) {
+                chunk(c, out);
+            }
+            literal += n;
+        }
+        off += n;
+        if out.len() >= FLUSH {
+            ch.write_all(out)?;
+            out.clear();
+        }
+        super::add_progress(n);
+    }
+    if let Some((at, l)) = pending.take() {
+        copy(at, l as u32, out);
+    }
+    Ok((literal, None))
 }
 
 /// An error of the helper's stream: the connection is lost for copying.
@@ -680,7 +750,7 @@ pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
                 uid: uid as u32,
                 gid: gid as u32,
                 link: (kind == EntryKind::Symlink)
-                    .then(|| PathBuf::from(std::ffi::OsStr::from_bytes(link)).into_boxed_path()),
+                    .then(|| Box::new(PathBuf::from(std::ffi::OsStr::from_bytes(link)))),
             },
         );
     }
@@ -1184,12 +1254,10 @@ impl Ssh {
         cancel: &AtomicBool,
     ) -> io::Result<Vec<io::Result<u64>>> {
         use crate::helper::{
-            FileHeader, Hashes, block_sum, chunk, copy, end, hashes_request, header, read_hashes,
-            read_reply,
+            FileHeader, Hashes, chunk, end, hashes_request, header, read_hashes, read_reply,
         };
         use std::io::Write;
         use std::os::unix::fs::MetadataExt;
-        const FLUSH: usize = 256 << 10;
         let mut results: Vec<Option<io::Result<u64>>> = items.iter().map(|_| None).collect();
         let mut sent: Vec<(usize, u64)> = Vec::with_capacity(items.len());
         let mut out: Vec<u8> = Vec::with_capacity(FLUSH + (64 << 10));
@@ -1199,11 +1267,24 @@ impl Ssh {
             .collect();
         let ch = self.helper.as_mut().expect("helper started");
 
-        // the block hashes of the big files as they are on the target
-        let mut hashes: Vec<Option<Hashes>> = items.iter().map(|_| None).collect();
-        let mut asked = Vec::new();
+        // every source opened first: its state now (`before`) is what the
+        // copy is checked against at the end, whatever is read in between
+        let mut opened: Vec<Option<(std::fs::File, std::fs::Metadata)>> = Vec::new();
         for (k, (_, src)) in items.iter().enumerate() {
-            if let Ok(md) = std::fs::metadata(src)
+            match open_source(src) {
+                Ok(x) => opened.push(Some(x)),
+                Err(e) => {
+                    results[k] = Some(Err(e));
+                    opened.push(None);
+                }
+            }
+        }
+        // big files: the block hashes of their versions on the target,
+        // while the source's blocks are hashed here
+        let mut hashes: Vec<Option<(Hashes, Vec<[u8; 32]>)>> = items.iter().map(|_| None).collect();
+        let mut asked = Vec::new();
+        for (k, o) in opened.iter().enumerate() {
+            if let Some((_, md)) = o
                 && md.len() >= DELTA_MIN
             {
                 let block = delta_block(md.len());
@@ -1214,22 +1295,36 @@ impl Ssh {
         if !asked.is_empty() {
             ch.write_all(&out).map_err(helper_lost)?;
             out.clear();
-            for (k, block) in asked {
-                // none (a new file, …): sent whole
-                if let Ok(h) = read_hashes(ch, block).map_err(helper_lost)? {
-                    hashes[k] = Some(h);
+            let remote = std::thread::scope(|sc| {
+                let local: Vec<_> = asked
+                    .iter()
+                    .map(|&(k, block)| {
+                        let (f, md) = opened[k].as_ref().unwrap();
+                        sc.spawn(move || hash_source(f, md.len(), block))
+                    })
+                    .collect();
+                let mut remote = Vec::new();
+                for &(_, block) in &asked {
+                    remote.push(read_hashes(ch, block));
+                }
+                (
+                    remote,
+                    local.into_iter().map(|t| t.join()).collect::<Vec<_>>(),
+                )
+            });
+            let (remote, local) = remote;
+            for ((&(k, _), r), l) in asked.iter().zip(remote).zip(local) {
+                // no hashes there (a new file, …) or here: sent whole
+                if let (Ok(h), Ok(Ok(mine))) = (r.map_err(helper_lost)?, l) {
+                    hashes[k] = Some((h, mine));
                 }
             }
         }
 
         let mut buf = vec![0u8; 128 << 10];
-        for (k, (_, src)) in items.iter().enumerate() {
-            let (mut input, before) = match open_source(src) {
-                Ok(x) => x,
-                Err(e) => {
-                    results[k] = Some(Err(e));
-                    continue;
-                }
+        for (k, o) in opened.into_iter().enumerate() {
+            let Some((mut input, before)) = o else {
+                continue;
             };
             let basis = hashes[k].take();
             header(
@@ -1244,21 +1339,37 @@ impl Ssh {
                 },
                 &mut out,
             );
+            if let Some((theirs, mine)) = basis {
+                // a delta: blocks that differ are read and sent, the others
+                // copied there from the old version
+                let r = self_delta(
+                    ch,
+                    &mut out,
+                    &mut buf,
+                    &input,
+                    before.len(),
+                    &theirs,
+                    &mine,
+                    cancel,
+                );
+                let (literal, mut fail) = match r {
+                    Ok(x) => x,
+                    Err(e) => return Err(helper_lost(e)),
+                };
+                if fail.is_none()
+                    && let Err(e) = verify_unchanged(&input, &before, before.len())
+                {
+                    fail = Some(e);
+                }
+                end(fail.is_none(), &mut out);
+                if let Some(e) = fail {
+                    results[k] = Some(Err(e));
+                }
+                sent.push((k, literal));
+                continue;
+            }
             let mut size = 0u64;
             let mut fail = None;
-            // with a basis: one block at a time, compared with the target's
-            let step = basis
-                .as_ref()
-                .map(|h| h.block as usize)
-                .unwrap_or(buf.len());
-            if buf.len() < step {
-                buf.resize(step, 0);
-            }
-            // a run of blocks to copy from the basis, not yet encoded
-            let mut pending: Option<(u64, u64)> = None;
-            let mut index = 0usize;
-            // bytes sent as data (for a delta, the changed blocks only)
-            let mut literal = 0u64;
             loop {
                 if cancel.load(Ordering::Relaxed) {
                     fail = Some(io::Error::new(
@@ -1267,7 +1378,7 @@ impl Ssh {
                     ));
                     break;
                 }
-                let n = match read_up_to(&mut input, &mut buf[..step]) {
+                let n = match input.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) => {
@@ -1275,40 +1386,15 @@ impl Ssh {
                         break;
                     }
                 };
-                let data = &buf[..n];
-                let same = basis
-                    .as_ref()
-                    .is_some_and(|h| h.sums.get(index).is_some_and(|s| *s == block_sum(data)));
-                if same {
-                    pending = match pending {
-                        Some((off, len)) if off + len == size && len < (1 << 30) => {
-                            Some((off, len + n as u64))
-                        }
-                        Some((off, len)) => {
-                            copy(off, len as u32, &mut out);
-                            Some((size, n as u64))
-                        }
-                        None => Some((size, n as u64)),
-                    };
-                } else {
-                    if let Some((off, len)) = pending.take() {
-                        copy(off, len as u32, &mut out);
-                    }
-                    for c in data.chunks(crate::helper::MAX_CHUNK as usize) {
-                        chunk(c, &mut out);
-                    }
-                    literal += n as u64;
+                for c in buf[..n].chunks(crate::helper::MAX_CHUNK as usize) {
+                    chunk(c, &mut out);
                 }
                 size += n as u64;
-                index += 1;
                 if out.len() >= FLUSH {
                     ch.write_all(&out).map_err(helper_lost)?;
                     out.clear();
                 }
                 super::add_progress(n as u64);
-            }
-            if let Some((off, len)) = pending.take() {
-                copy(off, len as u32, &mut out);
             }
             if fail.is_none()
                 && let Err(e) = verify_unchanged(&input, &before, size)
@@ -1320,7 +1406,7 @@ impl Ssh {
             if let Some(e) = fail {
                 results[k] = Some(Err(e));
             }
-            sent.push((k, literal));
+            sent.push((k, size));
         }
         // (no `flush`: libssh2's channel flush discards unread incoming
         // data, i.e. replies that already came)
@@ -1438,7 +1524,7 @@ mod tests {
             (EntryKind::File, 12, 1_600_000_000, 500_000_000, 0o644)
         );
         assert_eq!(
-            t[Path::new("link")].link.as_deref(),
+            t[Path::new("link")].link.as_deref().map(PathBuf::as_path),
             Some(Path::new("../x"))
         );
     }
