@@ -447,7 +447,7 @@ fn hash_source(f: &std::fs::File, len: u64, block: u32) -> io::Result<Vec<[u8; 3
 /// (at their offsets) and sent. Returns the bytes sent and the file's own
 /// failure (a read error, a shutdown), if any; `Err`: the stream broke.
 #[allow(clippy::too_many_arguments)]
-fn self_delta(
+fn send_delta(
     ch: &mut ssh2::Channel,
     out: &mut Vec<u8>,
     buf: &mut Vec<u8>,
@@ -1267,15 +1267,17 @@ impl Ssh {
             .collect();
         let ch = self.helper.as_mut().expect("helper started");
 
-        // every source opened first: its state now (`before`) is what the
-        // copy is checked against at the end, whatever is read in between
+        // big sources opened first (the others as their turn comes): their
+        // state then (`before`) is what the copy is checked against at the
+        // end, whatever is read in between
         let mut opened: Vec<Option<(std::fs::File, std::fs::Metadata)>> = Vec::new();
         for (k, (_, src)) in items.iter().enumerate() {
-            match open_source(src) {
-                Ok(x) => opened.push(Some(x)),
-                Err(e) => {
-                    results[k] = Some(Err(e));
-                    opened.push(None);
+            let big = std::fs::metadata(src).is_ok_and(|m| m.len() >= DELTA_MIN);
+            opened.push(None);
+            if big {
+                match open_source(src) {
+                    Ok(x) => opened[k] = Some(x),
+                    Err(e) => results[k] = Some(Err(e)),
                 }
             }
         }
@@ -1322,9 +1324,16 @@ impl Ssh {
         }
 
         let mut buf = vec![0u8; 128 << 10];
-        for (k, o) in opened.into_iter().enumerate() {
-            let Some((mut input, before)) = o else {
+        for (k, (o, (_, src))) in opened.into_iter().zip(items).enumerate() {
+            if results[k].is_some() {
                 continue;
+            }
+            let (mut input, before) = match o.map_or_else(|| open_source(src), Ok) {
+                Ok(x) => x,
+                Err(e) => {
+                    results[k] = Some(Err(e));
+                    continue;
+                }
             };
             let basis = hashes[k].take();
             header(
@@ -1342,7 +1351,7 @@ impl Ssh {
             if let Some((theirs, mine)) = basis {
                 // a delta: blocks that differ are read and sent, the others
                 // copied there from the old version
-                let r = self_delta(
+                let r = send_delta(
                     ch,
                     &mut out,
                     &mut buf,
