@@ -668,26 +668,23 @@ mod tests {
         read_reply(&mut r).unwrap().unwrap();
         assert_eq!(std::fs::read(&fin).unwrap(), new);
         assert!(!tmp.exists());
-        // 3. a delta against a version that changed since its hashes: refused
+        // 3. a delta without hashes taken by this helper: refused
+        let delta_header = |input: &mut Vec<u8>| {
+            header(
+                &FileHeader {
+                    basis: true,
+                    tmp: tmp.as_os_str().as_bytes(),
+                    fin: fin_b,
+                    mode: 0o600,
+                    mtime: 0,
+                    mtime_ns: 0,
+                    owner: None,
+                },
+                input,
+            )
+        };
         let mut input = Vec::new();
-        hashes_request(fin_b, 4096, &mut input);
-        let mut out = Vec::new();
-        let mut first = io::BufReader::new(&input[..]);
-        serve(&mut first, &mut out).unwrap();
-        // (a new helper has no hashes: the same refusal as a changed file)
-        let mut input = Vec::new();
-        header(
-            &FileHeader {
-                basis: true,
-                tmp: tmp.as_os_str().as_bytes(),
-                fin: fin_b,
-                mode: 0o600,
-                mtime: 0,
-                mtime_ns: 0,
-                owner: None,
-            },
-            &mut input,
-        );
+        delta_header(&mut input);
         copy(0, 100, &mut input);
         end(true, &mut input);
         let mut out = Vec::new();
@@ -715,18 +712,7 @@ mod tests {
         read_hashes(&mut rx_out, 4096).unwrap().unwrap();
         std::fs::write(&fin, b"changed behind our back").unwrap();
         let mut input = Vec::new();
-        header(
-            &FileHeader {
-                basis: true,
-                tmp: tmp.as_os_str().as_bytes(),
-                fin: fin_b,
-                mode: 0o600,
-                mtime: 0,
-                mtime_ns: 0,
-                owner: None,
-            },
-            &mut input,
-        );
+        delta_header(&mut input);
         copy(0, 10, &mut input);
         end(true, &mut input);
         tx.write_all(&input).unwrap();

@@ -80,9 +80,11 @@ impl Entry {
         }
     }
 
-    fn placeholder() -> Entry {
+    /// An entry of `kind` with every attribute zero (a placeholder, or a
+    /// root whose attributes are not known).
+    pub fn blank(kind: EntryKind) -> Entry {
         Entry {
-            kind: EntryKind::Special,
+            kind,
             size: 0,
             mtime: 0,
             mtime_ns: 0,
@@ -137,7 +139,8 @@ impl TreeBuilder {
                 items: Vec::with_capacity(keep.len()),
             };
             for i in keep {
-                let e = std::mem::replace(&mut s.items[i as usize].1, Entry::placeholder());
+                let e =
+                    std::mem::replace(&mut s.items[i as usize].1, Entry::blank(EntryKind::Special));
                 let name = s.path_at(i as usize).as_os_str().as_bytes().to_vec();
                 out.push(Path::new(std::ffi::OsStr::from_bytes(&name)), e);
             }

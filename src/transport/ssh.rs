@@ -304,19 +304,7 @@ impl Ssh {
             Err(e) => return Err(e),
         };
         let mut tree = TreeBuilder::default();
-        tree.push(
-            Path::new(""),
-            Entry {
-                kind: EntryKind::Dir,
-                size: 0,
-                mtime: 0,
-                mtime_ns: 0,
-                mode: 0,
-                uid: 0,
-                gid: 0,
-                link: None,
-            },
-        );
+        tree.push(Path::new(""), Entry::blank(EntryKind::Dir));
         let mut queue = vec![(PathBuf::new(), top)];
         while let Some((dir, items)) = queue.pop() {
             for (name, a) in items {
