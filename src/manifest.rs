@@ -24,7 +24,7 @@
 //!   is ignored.
 
 use crate::config::Job;
-use crate::plan::{Entry, EntryKind, Scan, Tree, TreeBuilder};
+use crate::plan::{Entry, EntryKind, Scan};
 use crate::target::Target;
 use sha2::{Digest, Sha256};
 use std::io::{self, Write};
@@ -241,60 +241,38 @@ pub fn load(path: &Path, job: &Job, target: &Target, max_age: Duration) -> Optio
 }
 
 impl Manifest {
-    /// The target's entries as of the manifest; None if damaged. Read in
-    /// a stream (the entries are checked against the header's digest as
-    /// they are read).
-    pub fn tree(&self) -> Option<Tree> {
-        use std::io::{BufReader, Seek, SeekFrom};
+    fn reader(&self) -> Option<Rd<io::BufReader<std::fs::File>>> {
+        use std::io::{Seek, SeekFrom};
         let mut f = std::fs::File::open(&self.path).ok()?;
         f.seek(SeekFrom::Start(HEADER as u64)).ok()?;
-        let mut r = Rd {
-            inner: BufReader::with_capacity(256 << 10, f),
+        Some(Rd {
+            inner: io::BufReader::with_capacity(256 << 10, f),
             hash: Sha256::new(),
             buf: Vec::new(),
-        };
-        let mut tree = TreeBuilder::default();
-        // an entry begins with its name's length; none: the end
-        while let Some(len) = r.u32_or_end()? {
-            let name = r.take(len as usize)?.to_vec();
-            let kind = match r.take(1)?[0] {
-                0 => EntryKind::File,
-                1 => EntryKind::Dir,
-                2 => EntryKind::Symlink,
-                _ => return None,
-            };
-            let size = r.u64()?;
-            let mtime = r.u64()? as i64;
-            let mtime_ns = r.u32()?;
-            let mode = r.u32()?;
-            let uid = r.u32()?;
-            let gid = r.u32()?;
-            let ll = r.u32()?;
-            let link = if ll == u32::MAX {
-                None
-            } else {
-                Some(Box::new(PathBuf::from(std::ffi::OsStr::from_bytes(
-                    r.take(ll as usize)?,
-                ))))
-            };
-            tree.push(
-                Path::new(std::ffi::OsStr::from_bytes(&name)),
-                Entry {
-                    kind,
-                    size,
-                    mtime,
-                    mtime_ns,
-                    mode,
-                    uid,
-                    gid,
-                    link,
-                },
-            );
-        }
+        })
+    }
+
+    /// The target's entries as of the manifest, in path order, read as
+    /// they are consumed; None if the entries are damaged (they are checked
+    /// against the header's digest first, in a stream too).
+    pub fn entries(&self) -> Option<ManifestEntries> {
+        let mut r = self.reader()?;
+        while r.entry()?.is_some() {}
         if r.hash.finalize().as_slice() != self.digest {
             return None;
         }
-        Some(tree.finish())
+        Some(ManifestEntries(self.reader()?))
+    }
+}
+
+/// A manifest's entries, read one at a time (see [`Manifest::entries`]).
+pub struct ManifestEntries(Rd<io::BufReader<std::fs::File>>);
+
+impl Iterator for ManifestEntries {
+    type Item = (PathBuf, Entry);
+    fn next(&mut self) -> Option<(PathBuf, Entry)> {
+        // (checked whole before: a read error here ends the entries)
+        self.0.entry().flatten()
     }
 }
 
@@ -305,6 +283,47 @@ struct Rd<R> {
     buf: Vec<u8>,
 }
 impl<R: io::Read> Rd<R> {
+    /// The next entry; `Some(None)` at the end, `None` if damaged.
+    fn entry(&mut self) -> Option<Option<(PathBuf, Entry)>> {
+        // an entry begins with its name's length; none: the end
+        let Some(len) = self.u32_or_end()? else {
+            return Some(None);
+        };
+        let name = PathBuf::from(std::ffi::OsStr::from_bytes(self.take(len as usize)?));
+        let kind = match self.take(1)?[0] {
+            0 => EntryKind::File,
+            1 => EntryKind::Dir,
+            2 => EntryKind::Symlink,
+            _ => return None,
+        };
+        let size = self.u64()?;
+        let mtime = self.u64()? as i64;
+        let mtime_ns = self.u32()?;
+        let mode = self.u32()?;
+        let uid = self.u32()?;
+        let gid = self.u32()?;
+        let ll = self.u32()?;
+        let link = if ll == u32::MAX {
+            None
+        } else {
+            Some(Box::new(PathBuf::from(std::ffi::OsStr::from_bytes(
+                self.take(ll as usize)?,
+            ))))
+        };
+        Some(Some((
+            name,
+            Entry {
+                kind,
+                size,
+                mtime,
+                mtime_ns,
+                mode,
+                uid,
+                gid,
+                link,
+            },
+        )))
+    }
     fn take(&mut self, n: usize) -> Option<&[u8]> {
         // a corrupt length could ask for gigabytes: read in steps
         self.buf.clear();

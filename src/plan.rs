@@ -589,7 +589,9 @@ struct Op {
 #[derive(Debug)]
 pub struct Plan<'a> {
     src: &'a Sorted,
-    dst: Option<&'a Tree>,
+    /// the entries to delete (path and kind), in the order their ops refer
+    /// to them
+    gone: Sorted,
     ops: Vec<Op>,
     /// paths the plan could not handle (reported, the rest proceeds)
     pub errors: Vec<PathError>,
@@ -627,10 +629,9 @@ impl Plan<'_> {
         let k = op.idx as usize;
         let flag = |f: u8| op.flags & f != 0;
         if op.code == Code::Delete {
-            let dst = self.dst.expect("deletes come from a listing");
-            let te = dst.at(k);
+            let te = self.gone.at(k);
             return Action::Delete {
-                path: dst.path_at(k).to_path_buf(),
+                path: self.gone.path_at(k).to_path_buf(),
                 kind: te.kind,
                 counted: flag(COUNTED),
             };
@@ -673,188 +674,151 @@ impl Plan<'_> {
 /// does not exist yet). `same_content` is asked only with `compare: checksum`.
 pub fn diff<'a>(
     src: &'a Scan,
-    dst: Option<&'a Tree>,
+    dst: Option<&Tree>,
     filter: &Filter,
     opts: Options,
     same_content: &mut dyn FnMut(&Path) -> std::io::Result<bool>,
 ) -> Plan<'a> {
-    let empty = Tree::default();
-    let lst = dst.unwrap_or(&empty);
-    assert!(
-        src.entries.len() < u32::MAX as usize && lst.len() < u32::MAX as usize,
-        "more than 4 billion entries"
-    );
-    let mut errors = Vec::new();
-    let op = |idx: usize, code: Code, why: Why, flags: u8| Op {
+    let mut it = dst
+        .into_iter()
+        .flat_map(|t| t.iter())
+        .map(|(p, e)| (p.to_path_buf(), e.clone()));
+    diff_stream(src, &mut it, filter, opts, same_content)
+}
+
+/// What the plan of one source entry adds to.
+#[derive(Default)]
+struct Acc {
+    mkdirs: Vec<Op>,
+    copies: Vec<Op>,
+    links: Vec<Op>,
+    attrs: Vec<Op>,
+    /// directories whose listing changes (their mtime must be set again)
+    touched: BTreeSet<PathBuf>,
+    errors: Vec<PathError>,
+}
+
+fn op(idx: usize, code: Code, why: Why, flags: u8) -> Op {
+    Op {
         idx: idx as u32,
         code,
         why,
         flags,
-    };
-    let mut deletes: Vec<Op> = Vec::new();
-    let mut mkdirs: Vec<Op> = Vec::new();
-    let mut copies: Vec<Op> = Vec::new();
-    let mut links: Vec<Op> = Vec::new();
-    let mut attrs: Vec<Op> = Vec::new();
-    // directories whose listing changes (their mtime must be set again)
-    let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
-    // paths whose old entry could not be removed: nothing is created there
-    let mut blocked: Vec<PathBuf> = Vec::new();
-    let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
-
-    // 1. stale temporary files, and entries to delete (deepest first)
-    for (k, (path, te)) in lst.iter().enumerate().rev() {
-        if path.as_os_str().is_empty() {
-            continue;
-        }
-        if is_temp_name(path) {
-            deletes.push(op(k, Code::Delete, Why::Replace, 0));
-            touched.insert(parent(path));
-            continue;
-        }
-        if filter.excluded_with_parents(path, te.kind == EntryKind::Dir) || src.is_unknown(path) {
-            continue;
-        }
-        match src.entries.get(path) {
-            Some(se) if se.kind == te.kind => {}
-            Some(_) => {
-                // type change: the old entry goes, whatever `delete` says;
-                // a non-empty directory only when `delete` allows its contents to go
-                let has_children = te.kind == EntryKind::Dir && lst.has_children(path);
-                if has_children && !opts.delete {
-                    errors.push(PathError {
-                        path: display_path(path),
-                        message: "a non-empty directory on the target stands where the source has another type; enable `delete` to replace it".into(),
-                    });
-                    blocked.push(path.to_path_buf());
-                    continue;
-                }
-                deletes.push(op(k, Code::Delete, Why::Replace, 0));
-                touched.insert(parent(path));
-            }
-            None => {
-                if opts.delete {
-                    deletes.push(op(k, Code::Delete, Why::New, COUNTED));
-                    touched.insert(parent(path));
-                }
-            }
-        }
     }
-    // a blocked directory keeps its contents too
-    if !blocked.is_empty() {
-        deletes.retain(|o| {
-            let p = lst.path_at(o.idx as usize);
-            !blocked.iter().any(|b| p.starts_with(b))
-        });
-    }
+}
 
-    // 2. creations and updates, parents first
-    for (k, (path, se)) in src.entries.iter().enumerate() {
-        if blocked.iter().any(|b| path.starts_with(b)) {
-            continue;
-        }
-        let te = lst.get(path).filter(|te| te.kind == se.kind);
-        let is_root = path.as_os_str().is_empty();
-        match se.kind {
-            EntryKind::Dir => {
-                let new = te.is_none();
-                // directory attributes are set at the end, deepest first
-                if new && !is_root {
-                    mkdirs.push(op(k, Code::Mkdir, Why::New, 0));
-                    touched.insert(parent(path));
-                }
+fn parent(p: &Path) -> PathBuf {
+    p.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Source entry `k` against the target's entry at its path: `te` when it is
+/// of the same kind, `in_dst` whether there is one at all.
+#[allow(clippy::too_many_arguments)]
+fn plan_entry(
+    acc: &mut Acc,
+    k: usize,
+    path: &Path,
+    se: &Entry,
+    te: Option<&Entry>,
+    in_dst: bool,
+    opts: Options,
+    same_content: &mut dyn FnMut(&Path) -> std::io::Result<bool>,
+) {
+    let is_root = path.as_os_str().is_empty();
+    match se.kind {
+        EntryKind::Dir => {
+            // directory attributes are set at the end, deepest first
+            if te.is_none() && !is_root {
+                acc.mkdirs.push(op(k, Code::Mkdir, Why::New, 0));
+                acc.touched.insert(parent(path));
             }
-            EntryKind::File => {
-                let why = match te {
-                    None if lst.contains_key(path) => Some(Why::Replace),
-                    None => Some(Why::New),
-                    Some(_) if opts.mode == Mode::Full => Some(Why::Full),
-                    Some(te) => {
-                        let differ = te.size != se.size
-                            || (opts.compare == Compare::SizeMtime
-                                && !te.mtime_eq(se, opts.mtime_nanos));
-                        if differ {
-                            Some(Why::Changed)
-                        } else if opts.compare == Compare::Checksum {
-                            match same_content(path) {
-                                Ok(true) => None,
-                                Ok(false) => Some(Why::Changed),
-                                Err(e) => {
-                                    errors.push(PathError {
-                                        path: display_path(path),
-                                        message: format!("cannot compare content: {e}"),
-                                    });
-                                    continue;
-                                }
+        }
+        EntryKind::File => {
+            let why = match te {
+                None if in_dst => Some(Why::Replace),
+                None => Some(Why::New),
+                Some(_) if opts.mode == Mode::Full => Some(Why::Full),
+                Some(te) => {
+                    let differ = te.size != se.size
+                        || (opts.compare == Compare::SizeMtime
+                            && !te.mtime_eq(se, opts.mtime_nanos));
+                    if differ {
+                        Some(Why::Changed)
+                    } else if opts.compare == Compare::Checksum {
+                        match same_content(path) {
+                            Ok(true) => None,
+                            Ok(false) => Some(Why::Changed),
+                            Err(e) => {
+                                acc.errors.push(PathError {
+                                    path: display_path(path),
+                                    message: format!("cannot compare content: {e}"),
+                                });
+                                return;
                             }
-                        } else {
-                            None
-                        }
-                    }
-                };
-                match why {
-                    Some(why) => {
-                        let mut flags = 0;
-                        if te.is_some_and(|t| t.size != se.size) {
-                            flags |= SIZE_DIFFERS;
-                        }
-                        if te.is_some_and(|t| !t.mtime_eq(se, opts.mtime_nanos)) {
-                            flags |= TIME_DIFFERS;
-                        }
-                        copies.push(op(k, Code::Copy, why, flags));
-                        touched.insert(parent(path));
-                    }
-                    None => {
-                        let te = te.unwrap();
-                        if let Some(flags) = attr_flags(se, te, opts, false) {
-                            attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
-                        }
-                    }
-                }
-            }
-            EntryKind::Symlink => {
-                let same = te.is_some_and(|te| te.link == se.link);
-                let link_time = if opts.symlink_times { SET_MTIME } else { 0 };
-                if !same {
-                    let why = if lst.contains_key(path) {
-                        if te.is_some() {
-                            Why::Changed
-                        } else {
-                            Why::Replace
                         }
                     } else {
-                        Why::New
-                    };
-                    links.push(op(k, Code::Symlink, why, link_time));
-                    touched.insert(parent(path));
-                } else if let Some(te) = te {
+                        None
+                    }
+                }
+            };
+            match why {
+                Some(why) => {
                     let mut flags = 0;
-                    if opts.preserve_owner && (te.uid, te.gid) != (se.uid, se.gid) {
-                        flags |= SET_OWNER;
+                    if te.is_some_and(|t| t.size != se.size) {
+                        flags |= SIZE_DIFFERS;
                     }
-                    if !te.mtime_eq(se, opts.mtime_nanos) {
-                        flags |= link_time;
+                    if te.is_some_and(|t| !t.mtime_eq(se, opts.mtime_nanos)) {
+                        flags |= TIME_DIFFERS;
                     }
-                    if flags != 0 {
-                        attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
+                    acc.copies.push(op(k, Code::Copy, why, flags));
+                    acc.touched.insert(parent(path));
+                }
+                None => {
+                    if let Some(flags) = te.and_then(|te| attr_flags(se, te, opts, false)) {
+                        acc.attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
                     }
                 }
             }
-            EntryKind::Special => {}
         }
+        EntryKind::Symlink => {
+            let same = te.is_some_and(|te| te.link == se.link);
+            let link_time = if opts.symlink_times { SET_MTIME } else { 0 };
+            if !same {
+                let why = match (in_dst, te.is_some()) {
+                    (true, true) => Why::Changed,
+                    (true, false) => Why::Replace,
+                    _ => Why::New,
+                };
+                acc.links.push(op(k, Code::Symlink, why, link_time));
+                acc.touched.insert(parent(path));
+            } else if let Some(te) = te {
+                let mut flags = 0;
+                if opts.preserve_owner && (te.uid, te.gid) != (se.uid, se.gid) {
+                    flags |= SET_OWNER;
+                }
+                if !te.mtime_eq(se, opts.mtime_nanos) {
+                    flags |= link_time;
+                }
+                if flags != 0 {
+                    acc.attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
+                }
+            }
+        }
+        EntryKind::Special => {}
     }
+}
 
-    // 3. directory attributes, deepest first, after everything inside is done
-    let mut dir_attrs = Vec::new();
-    for (k, (path, se)) in src.entries.iter().enumerate().rev() {
-        if se.kind != EntryKind::Dir || blocked.iter().any(|b| path.starts_with(b)) {
-            continue;
-        }
-        let te = lst.get(path).filter(|te| te.kind == EntryKind::Dir);
+/// The attributes of a source directory, deepest first, after everything
+/// inside is done: `dirs` holds each source directory (in path order) with
+/// the target's directory at its path, if any.
+fn dir_attrs(dirs: &[(u32, Option<Entry>)], src: &Scan, acc: &Acc, opts: Options) -> Vec<Op> {
+    let mut out = Vec::new();
+    for (k, te) in dirs.iter().rev() {
+        let (k, se) = (*k as usize, src.entries.at(*k as usize));
         match te {
             None => {
                 let owner = if opts.preserve_owner { SET_OWNER } else { 0 };
-                dir_attrs.push(op(
+                out.push(op(
                     k,
                     Code::SetAttrs,
                     Why::New,
@@ -862,26 +826,172 @@ pub fn diff<'a>(
                 ));
             }
             Some(te) => {
-                let force = touched.contains(path);
+                let force = acc.touched.contains(src.entries.path_at(k));
                 if let Some(flags) = attr_flags(se, te, opts, force) {
-                    dir_attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
+                    out.push(op(k, Code::SetAttrs, Why::Changed, flags));
                 }
             }
         }
     }
+    out
+}
 
+/// Diff the source scan against the target's entries given in path order
+/// (a listing, or a manifest read as it goes): one pass over both, so a
+/// listing need not be held in memory. Deletes are deepest first (the
+/// reverse of the order they are found in).
+pub fn diff_stream<'a>(
+    src: &'a Scan,
+    dst: &mut dyn Iterator<Item = (PathBuf, Entry)>,
+    filter: &Filter,
+    opts: Options,
+    same_content: &mut dyn FnMut(&Path) -> std::io::Result<bool>,
+) -> Plan<'a> {
+    assert!(
+        src.entries.len() < u32::MAX as usize,
+        "more than 4 billion entries"
+    );
+    let mut acc = Acc::default();
+    // the entries to delete, in the order found; their ops
+    let mut gone = Sorted::default();
+    let mut deletes: Vec<Op> = Vec::new();
+    // paths whose old entry could not be removed: nothing is done there
+    let mut blocked: Vec<PathBuf> = Vec::new();
+    let is_blocked = |blocked: &[PathBuf], p: &Path| blocked.iter().any(|b| p.starts_with(b));
+    let mut dirs: Vec<(u32, Option<Entry>)> = Vec::new();
+    let mut dst = dst.peekable();
+    let n = src.entries.len();
+    let mut si = 0;
+    // the last target entry taken, to check the order (an entry out of
+    // order would look absent from the source)
+    let mut last: Option<PathBuf> = None;
+    let mut disordered = false;
+    let mut in_order = |p: PathBuf| {
+        if last.as_ref().is_some_and(|l| *l >= p) {
+            disordered = true;
+        }
+        last = Some(p);
+    };
+    loop {
+        let ord = match (si < n, dst.peek()) {
+            (false, None) => break,
+            (true, None) => std::cmp::Ordering::Less,
+            (false, Some(_)) => std::cmp::Ordering::Greater,
+            (true, Some((d, _))) => src.entries.path_at(si).cmp(d.as_path()),
+        };
+        // a target entry the source does not have
+        if ord == std::cmp::Ordering::Greater {
+            let (path, te) = dst.next().unwrap();
+            if path.as_os_str().is_empty() || is_blocked(&blocked, &path) {
+                in_order(path);
+                continue;
+            }
+            let counted = if is_temp_name(&path) {
+                false
+            } else if filter.excluded_with_parents(&path, te.kind == EntryKind::Dir)
+                || src.is_unknown(&path)
+                || !opts.delete
+            {
+                in_order(path);
+                continue;
+            } else {
+                true
+            };
+            acc.touched.insert(parent(&path));
+            let why = if counted { Why::New } else { Why::Replace };
+            deletes.push(op(
+                gone.len(),
+                Code::Delete,
+                why,
+                if counted { COUNTED } else { 0 },
+            ));
+            gone.push(&path, Entry::blank(te.kind));
+            in_order(path);
+            continue;
+        }
+        let (k, path, se) = (si, src.entries.path_at(si), src.entries.at(si));
+        si += 1;
+        let te = if ord == std::cmp::Ordering::Equal {
+            dst.next().map(|(p, te)| {
+                in_order(p);
+                te
+            })
+        } else {
+            None
+        };
+        if is_blocked(&blocked, path) {
+            continue;
+        }
+        if let Some(t) = &te
+            && t.kind != se.kind
+            && !path.as_os_str().is_empty()
+            && !filter.excluded_with_parents(path, t.kind == EntryKind::Dir)
+            && !src.is_unknown(path)
+        {
+            // type change: the old entry goes, whatever `delete` says; a
+            // non-empty directory only when `delete` allows its contents to go
+            let has_children = t.kind == EntryKind::Dir
+                && dst
+                    .peek()
+                    .is_some_and(|(p, _)| p.starts_with(path) && p.as_path() != path);
+            if has_children && !opts.delete {
+                acc.errors.push(PathError {
+                    path: display_path(path),
+                    message: "a non-empty directory on the target stands where the source has another type; enable `delete` to replace it".into(),
+                });
+                blocked.push(path.to_path_buf());
+                continue;
+            }
+            acc.touched.insert(parent(path));
+            deletes.push(op(gone.len(), Code::Delete, Why::Replace, 0));
+            gone.push(path, Entry::blank(t.kind));
+        }
+        let same = te.as_ref().filter(|t| t.kind == se.kind);
+        if se.kind == EntryKind::Dir {
+            dirs.push((k as u32, same.cloned()));
+        }
+        plan_entry(
+            &mut acc,
+            k,
+            path,
+            se,
+            same,
+            te.is_some(),
+            opts,
+            same_content,
+        );
+    }
+    let dir_ops = dir_attrs(&dirs, src, &acc, opts);
+    deletes.reverse();
+    if disordered {
+        // cannot happen with the listings syncjob makes; if it does, the
+        // plan deletes nothing and the run fails (and lists next time)
+        deletes.clear();
+        acc.errors.push(PathError {
+            path: String::new(),
+            message: "the target's entries came out of order: nothing was deleted".into(),
+        });
+    }
+    let Acc {
+        mkdirs,
+        copies,
+        links,
+        attrs,
+        errors,
+        ..
+    } = acc;
     // directories first, then files, then symlinks (each in path order, so
     // parents before children): long runs of copies can be spread over
     // several connections
     let mut ops = Vec::with_capacity(
-        deletes.len() + mkdirs.len() + copies.len() + links.len() + attrs.len() + dir_attrs.len(),
+        deletes.len() + mkdirs.len() + copies.len() + links.len() + attrs.len() + dir_ops.len(),
     );
-    for part in [deletes, mkdirs, copies, links, attrs, dir_attrs] {
+    for part in [deletes, mkdirs, copies, links, attrs, dir_ops] {
         ops.extend(part);
     }
     Plan {
         src: &src.entries,
-        dst,
+        gone,
         ops,
         errors,
     }
@@ -905,6 +1015,230 @@ fn attr_flags(se: &Entry, te: &Entry, opts: Options, force_time: bool) -> Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The diff as it was before `diff_stream`, in three passes with random
+    /// access to the listing: the reference the merge is checked against.
+    fn diff_passes<'a>(
+        src: &'a Scan,
+        dst: Option<&'a Tree>,
+        filter: &Filter,
+        opts: Options,
+        same_content: &mut dyn FnMut(&Path) -> std::io::Result<bool>,
+    ) -> Plan<'a> {
+        let empty = Tree::default();
+        let lst = dst.unwrap_or(&empty);
+        assert!(
+            src.entries.len() < u32::MAX as usize && lst.len() < u32::MAX as usize,
+            "more than 4 billion entries"
+        );
+        let mut errors = Vec::new();
+        let mut deletes: Vec<Op> = Vec::new();
+        let mut mkdirs: Vec<Op> = Vec::new();
+        let mut copies: Vec<Op> = Vec::new();
+        let mut links: Vec<Op> = Vec::new();
+        let mut attrs: Vec<Op> = Vec::new();
+        // directories whose listing changes (their mtime must be set again)
+        let mut touched: BTreeSet<PathBuf> = BTreeSet::new();
+        // paths whose old entry could not be removed: nothing is created there
+        let mut blocked: Vec<PathBuf> = Vec::new();
+
+        // 1. stale temporary files, and entries to delete (deepest first)
+        for (k, (path, te)) in lst.iter().enumerate().rev() {
+            if path.as_os_str().is_empty() {
+                continue;
+            }
+            if is_temp_name(path) {
+                deletes.push(op(k, Code::Delete, Why::Replace, 0));
+                touched.insert(parent(path));
+                continue;
+            }
+            if filter.excluded_with_parents(path, te.kind == EntryKind::Dir) || src.is_unknown(path)
+            {
+                continue;
+            }
+            match src.entries.get(path) {
+                Some(se) if se.kind == te.kind => {}
+                Some(_) => {
+                    // type change: the old entry goes, whatever `delete` says;
+                    // a non-empty directory only when `delete` allows its contents to go
+                    let has_children = te.kind == EntryKind::Dir && lst.has_children(path);
+                    if has_children && !opts.delete {
+                        errors.push(PathError {
+                            path: display_path(path),
+                            message: "a non-empty directory on the target stands where the source has another type; enable `delete` to replace it".into(),
+                        });
+                        blocked.push(path.to_path_buf());
+                        continue;
+                    }
+                    deletes.push(op(k, Code::Delete, Why::Replace, 0));
+                    touched.insert(parent(path));
+                }
+                None => {
+                    if opts.delete {
+                        deletes.push(op(k, Code::Delete, Why::New, COUNTED));
+                        touched.insert(parent(path));
+                    }
+                }
+            }
+        }
+        // a blocked directory keeps its contents too
+        if !blocked.is_empty() {
+            deletes.retain(|o| {
+                let p = lst.path_at(o.idx as usize);
+                !blocked.iter().any(|b| p.starts_with(b))
+            });
+        }
+
+        // 2. creations and updates, parents first
+        for (k, (path, se)) in src.entries.iter().enumerate() {
+            if blocked.iter().any(|b| path.starts_with(b)) {
+                continue;
+            }
+            let te = lst.get(path).filter(|te| te.kind == se.kind);
+            let is_root = path.as_os_str().is_empty();
+            match se.kind {
+                EntryKind::Dir => {
+                    let new = te.is_none();
+                    // directory attributes are set at the end, deepest first
+                    if new && !is_root {
+                        mkdirs.push(op(k, Code::Mkdir, Why::New, 0));
+                        touched.insert(parent(path));
+                    }
+                }
+                EntryKind::File => {
+                    let why = match te {
+                        None if lst.contains_key(path) => Some(Why::Replace),
+                        None => Some(Why::New),
+                        Some(_) if opts.mode == Mode::Full => Some(Why::Full),
+                        Some(te) => {
+                            let differ = te.size != se.size
+                                || (opts.compare == Compare::SizeMtime
+                                    && !te.mtime_eq(se, opts.mtime_nanos));
+                            if differ {
+                                Some(Why::Changed)
+                            } else if opts.compare == Compare::Checksum {
+                                match same_content(path) {
+                                    Ok(true) => None,
+                                    Ok(false) => Some(Why::Changed),
+                                    Err(e) => {
+                                        errors.push(PathError {
+                                            path: display_path(path),
+                                            message: format!("cannot compare content: {e}"),
+                                        });
+                                        continue;
+                                    }
+                                }
+                            } else {
+                                None
+                            }
+                        }
+                    };
+                    match why {
+                        Some(why) => {
+                            let mut flags = 0;
+                            if te.is_some_and(|t| t.size != se.size) {
+                                flags |= SIZE_DIFFERS;
+                            }
+                            if te.is_some_and(|t| !t.mtime_eq(se, opts.mtime_nanos)) {
+                                flags |= TIME_DIFFERS;
+                            }
+                            copies.push(op(k, Code::Copy, why, flags));
+                            touched.insert(parent(path));
+                        }
+                        None => {
+                            let te = te.unwrap();
+                            if let Some(flags) = attr_flags(se, te, opts, false) {
+                                attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
+                            }
+                        }
+                    }
+                }
+                EntryKind::Symlink => {
+                    let same = te.is_some_and(|te| te.link == se.link);
+                    let link_time = if opts.symlink_times { SET_MTIME } else { 0 };
+                    if !same {
+                        let why = if lst.contains_key(path) {
+                            if te.is_some() {
+                                Why::Changed
+                            } else {
+                                Why::Replace
+                            }
+                        } else {
+                            Why::New
+                        };
+                        links.push(op(k, Code::Symlink, why, link_time));
+                        touched.insert(parent(path));
+                    } else if let Some(te) = te {
+                        let mut flags = 0;
+                        if opts.preserve_owner && (te.uid, te.gid) != (se.uid, se.gid) {
+                            flags |= SET_OWNER;
+                        }
+                        if !te.mtime_eq(se, opts.mtime_nanos) {
+                            flags |= link_time;
+                        }
+                        if flags != 0 {
+                            attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
+                        }
+                    }
+                }
+                EntryKind::Special => {}
+            }
+        }
+
+        // 3. directory attributes, deepest first, after everything inside is done
+        let mut dir_attrs = Vec::new();
+        for (k, (path, se)) in src.entries.iter().enumerate().rev() {
+            if se.kind != EntryKind::Dir || blocked.iter().any(|b| path.starts_with(b)) {
+                continue;
+            }
+            let te = lst.get(path).filter(|te| te.kind == EntryKind::Dir);
+            match te {
+                None => {
+                    let owner = if opts.preserve_owner { SET_OWNER } else { 0 };
+                    dir_attrs.push(op(
+                        k,
+                        Code::SetAttrs,
+                        Why::New,
+                        NEW | SET_MODE | SET_MTIME | owner,
+                    ));
+                }
+                Some(te) => {
+                    let force = touched.contains(path);
+                    if let Some(flags) = attr_flags(se, te, opts, force) {
+                        dir_attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
+                    }
+                }
+            }
+        }
+
+        // directories first, then files, then symlinks (each in path order, so
+        // parents before children): long runs of copies can be spread over
+        // several connections
+        let mut ops = Vec::with_capacity(
+            deletes.len()
+                + mkdirs.len()
+                + copies.len()
+                + links.len()
+                + attrs.len()
+                + dir_attrs.len(),
+        );
+        for part in [deletes, mkdirs, copies, links, attrs, dir_attrs] {
+            ops.extend(part);
+        }
+        // deletes point into `gone`, as diff_stream's do
+        let mut gone = Sorted::default();
+        for o in ops.iter_mut().filter(|o| o.code == Code::Delete) {
+            let k = o.idx as usize;
+            o.idx = gone.len() as u32;
+            gone.push(lst.path_at(k), Entry::blank(lst.at(k).kind));
+        }
+        Plan {
+            src: &src.entries,
+            gone,
+            ops,
+            errors,
+        }
+    }
 
     fn e(kind: EntryKind, size: u64, mtime: i64) -> Entry {
         Entry {
@@ -1093,6 +1427,118 @@ mod tests {
         );
         assert!(!s.has_children(Path::new("b")));
         assert!(s.has_children(Path::new("")));
+    }
+
+    /// The one-pass merge plans exactly what the three-pass diff did, on
+    /// random trees (types changing, excluded and unknown paths, stale
+    /// temporaries, every option).
+    #[test]
+    fn the_merge_plans_what_the_three_passes_did() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let names = ["a", "b", "a-b", "c", ".syncjob-tmp.1.x"];
+        for round in 0..3000 {
+            let make = |temp_ok: bool, rnd: &mut dyn FnMut(u64) -> u64| {
+                let mut t: Vec<(PathBuf, Entry)> = vec![(PathBuf::new(), e(Dir, 0, 1))];
+                let mut dirs = vec![PathBuf::new()];
+                for _ in 0..rnd(14) {
+                    let parent = dirs[rnd(dirs.len() as u64) as usize].clone();
+                    let name = names[rnd(if temp_ok { 5 } else { 4 }) as usize];
+                    let p = parent.join(name);
+                    if t.iter().any(|(q, _)| *q == p) || p.components().count() > 3 {
+                        continue;
+                    }
+                    let kind = [File, File, Dir, Symlink][rnd(4) as usize];
+                    let mut en = e(kind, rnd(3), 1 + rnd(3) as i64);
+                    en.mtime_ns = rnd(2) as u32;
+                    en.mode = [0o644, 0o600, 0o755][rnd(3) as usize];
+                    en.uid = rnd(2) as u32;
+                    if kind == Symlink {
+                        en.link = Some(Box::new(PathBuf::from(["x", "y"][rnd(2) as usize])));
+                    }
+                    if kind == Dir {
+                        dirs.push(p.clone());
+                    }
+                    t.push((p, en));
+                }
+                t.into_iter().collect::<Sorted>()
+            };
+            let src_tree = make(false, &mut rnd);
+            let dst_tree = make(true, &mut rnd);
+            let mut src = Scan {
+                entries: src_tree,
+                ..Default::default()
+            };
+            if rnd(4) == 0 {
+                let k = rnd(src.entries.len() as u64) as usize;
+                src.unknown.insert(src.entries.path_at(k).to_path_buf());
+            }
+            let filter = match rnd(4) {
+                0 => Filter::new(&["b/"]).unwrap(),
+                1 => Filter::new(&["/a-b"]).unwrap(),
+                _ => Filter::default(),
+            };
+            let o = Options {
+                mode: if rnd(5) == 0 {
+                    Mode::Full
+                } else {
+                    Mode::Incremental
+                },
+                compare: if rnd(4) == 0 {
+                    Compare::Checksum
+                } else {
+                    Compare::SizeMtime
+                },
+                delete: rnd(2) == 0,
+                preserve_owner: rnd(2) == 0,
+                mtime_nanos: rnd(2) == 0,
+                symlink_times: rnd(2) == 0,
+            };
+            let listed = rnd(6) != 0;
+            let dst = listed.then_some(&dst_tree);
+            let same = |p: &Path| Ok(p.as_os_str().len().is_multiple_of(2));
+            let a = diff(&src, dst, &filter, o, &mut |p| same(p));
+            let b = diff_passes(&src, dst, &filter, o, &mut |p| same(p));
+            let (aa, ba): (Vec<Action>, Vec<Action>) =
+                (a.actions().collect(), b.actions().collect());
+            assert_eq!(
+                aa, ba,
+                "round {round}\nsrc {:?}\ndst {:?}\nunknown {:?} opts {o:?}",
+                src.entries, dst, src.unknown
+            );
+            // (the same errors; the merge reports them in path order)
+            let sorted = |v: &[PathError]| {
+                let mut v: Vec<String> = v.iter().map(|e| format!("{e:?}")).collect();
+                v.sort();
+                v
+            };
+            assert_eq!(sorted(&a.errors), sorted(&b.errors), "round {round}");
+        }
+    }
+
+    #[test]
+    fn a_listing_out_of_order_deletes_nothing() {
+        let s = scan(&[("", e(Dir, 0, 1)), ("b", e(File, 1, 1))]);
+        let mut items = vec![
+            (PathBuf::new(), e(Dir, 0, 1)),
+            (PathBuf::from("z"), e(File, 1, 1)),
+            (PathBuf::from("a"), e(File, 1, 1)),
+        ]
+        .into_iter();
+        let p = diff_stream(&s, &mut items, &Filter::default(), opts(true), &mut |_| {
+            Ok(true)
+        });
+        assert!(
+            p.actions().all(|a| !matches!(a, Action::Delete { .. })),
+            "{:?}",
+            p.actions().collect::<Vec<_>>()
+        );
+        assert!(p.errors[0].message.contains("out of order"));
     }
 
     #[test]

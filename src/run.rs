@@ -6,7 +6,7 @@ use crate::executor::{self, Outcome, Settings};
 use crate::journal::{self, PathError, Record};
 use crate::lock;
 use crate::manifest;
-use crate::plan::{self, Action, Scan, ScanError, Tree};
+use crate::plan::{self, Action, Scan, ScanError};
 use crate::target::Target;
 use crate::transport;
 use std::hash::{BuildHasher, Hasher};
@@ -525,17 +525,22 @@ fn backoff(n: u32, cancel: &AtomicBool) -> bool {
 fn connect(
     job: &Job,
     target: &Target,
-    known: Option<Tree>,
+    known: Option<manifest::ManifestEntries>,
 ) -> Result<(Box<dyn transport::Transport>, transport::Listing), (String, std::io::Error)> {
     let mut t = transport::open(target, job).map_err(|e| ("cannot reach target".to_string(), e))?;
     let l = match known {
-        Some(tree) => transport::Listing {
-            tree: Some(tree),
-            errors: Vec::new(),
+        Some(entries) => transport::Listing {
+            stream: Some(transport::Stream {
+                entries: Box::new(entries),
+                errors: Default::default(),
+            }),
+            ..Default::default()
         },
-        None => t
-            .list(&job.filter)
-            .map_err(|e| ("cannot list target".to_string(), e))?,
+        None => match t.list_stream(&job.filter) {
+            Some(l) => l,
+            None => t.list(&job.filter),
+        }
+        .map_err(|e| ("cannot list target".to_string(), e))?,
     };
     Ok((t, l))
 }
@@ -608,7 +613,7 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
         && !job.verify_interval.is_zero()
         && job.mode == crate::config::Mode::Incremental
         && job.compare == crate::config::Compare::SizeMtime;
-    let mut from_manifest: Option<(Tree, u64)> = None;
+    let mut from_manifest: Option<(manifest::ManifestEntries, u64)> = None;
     if manifest_ok
         && !opts.verify
         && scan.errors.is_empty()
@@ -621,7 +626,7 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             return (finish(&outcome, Status::Ok, None, &mut text), text);
         }
         // the source changed: plan against the manifest, no listing
-        from_manifest = m.tree().map(|t| (t, m.listed_at));
+        from_manifest = m.entries().map(|t| (t, m.listed_at));
     }
     let mut attempt = 0u32;
     let mut retried = Vec::new();
@@ -633,7 +638,7 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             .map(|(_, at)| *at)
             .unwrap_or_else(manifest::unix_now);
         let conn = connect(job, target, planned_from.map(|(tree, _)| tree));
-        let (mut t, listing) = match conn {
+        let (mut t, mut listing) = match conn {
             Ok(x) => x,
             Err((what, e)) => {
                 let permanent = transport::ssh::is_permanent(&e);
@@ -655,7 +660,8 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
                 );
             }
         };
-        let mut errors_now = listing.errors.clone();
+        let mut errors_now = std::mem::take(&mut listing.errors);
+        let exists = listing.exists();
         let popts = plan::Options {
             mode: job.mode,
             compare: job.compare,
@@ -667,13 +673,16 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
         let plan = {
             let src_root = &job.source;
             let tr = &mut t;
-            plan::diff(
-                scan,
-                listing.tree.as_ref(),
-                &job.filter,
-                popts,
-                &mut |rel| tr.same_content(rel, &src_root.join(rel)),
-            )
+            let mut same = |rel: &std::path::Path| tr.same_content(rel, &src_root.join(rel));
+            match listing.stream.take() {
+                Some(mut st) => {
+                    let plan =
+                        plan::diff_stream(scan, &mut st.entries, &job.filter, popts, &mut same);
+                    errors_now.extend(st.errors.take());
+                    plan
+                }
+                None => plan::diff(scan, listing.tree.as_ref(), &job.filter, popts, &mut same),
+            }
         };
         errors_now.extend(plan.errors.iter().cloned());
 
@@ -717,9 +726,7 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             return (rec, text);
         }
 
-        if listing.tree.is_none()
-            && let Err(e) = t.ensure_root()
-        {
+        if !exists && let Err(e) = t.ensure_root() {
             outcome.errors.extend(errors_now);
             let reason = format!("cannot create target root: {e}");
             return (

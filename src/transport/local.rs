@@ -121,8 +121,70 @@ impl Transport for Local {
         }
         Ok(Listing {
             tree: Some(tree.finish()),
+            stream: None,
             errors,
         })
+    }
+
+    fn list_stream(&mut self, filter: &Filter) -> Option<io::Result<Listing>> {
+        let md = match fs::metadata(&self.root) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Some(Ok(Listing::default())),
+            Err(e) => return Some(Err(e)),
+        };
+        if !md.is_dir() {
+            return Some(Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("target {} is not a directory", self.root.display()),
+            )));
+        }
+        let errors = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let root = self.root.clone();
+        let filter = filter.clone();
+        let sink = errors.clone();
+        let walker = walkdir::WalkDir::new(&root)
+            .follow_links(false)
+            .min_depth(1)
+            // path order: directory before contents, names sorted
+            .sort_by_file_name()
+            .into_iter()
+            .filter_entry({
+                let root = root.clone();
+                move |e| {
+                    let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
+                    is_temp_name(rel) || !filter.excluded(rel, e.file_type().is_dir())
+                }
+            });
+        let top = std::iter::once((PathBuf::new(), Entry::from_metadata(&md, None)));
+        let rest = walker.filter_map(move |item| match item {
+            Ok(e) => {
+                let rel = e.path().strip_prefix(&root).ok()?.to_path_buf();
+                // an entry that vanished between readdir and stat is absent
+                let md = e.metadata().ok()?;
+                let link = if md.file_type().is_symlink() {
+                    fs::read_link(e.path()).ok()
+                } else {
+                    None
+                };
+                Some((rel, Entry::from_metadata(&md, link)))
+            }
+            Err(err) => {
+                let p = err.path().unwrap_or(&root);
+                sink.borrow_mut().push(PathError {
+                    path: display_path(p.strip_prefix(&root).unwrap_or(p)),
+                    message: format!("cannot list target: {err}"),
+                });
+                None
+            }
+        });
+        Some(Ok(Listing {
+            tree: None,
+            stream: Some(super::Stream {
+                entries: Box::new(top.chain(rest)),
+                errors,
+            }),
+            errors: Vec::new(),
+        }))
     }
 
     fn ensure_root(&mut self) -> io::Result<()> {

@@ -23,9 +23,31 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// The target's state as listed.
 #[derive(Debug, Default)]
 pub struct Listing {
-    /// `None` when the target root does not exist yet.
+    /// `None` when the target root does not exist yet (and no `stream`).
     pub tree: Option<Tree>,
+    /// Instead of `tree`: the entries in path order, read while the plan is
+    /// made (a local walk, a manifest), so that they are never all held.
+    pub stream: Option<Stream>,
     pub errors: Vec<PathError>,
+}
+
+impl Listing {
+    /// Whether the target root exists.
+    pub fn exists(&self) -> bool {
+        self.tree.is_some() || self.stream.is_some()
+    }
+}
+
+/// Entries in path order; problems met while reading them go to `errors`.
+pub struct Stream {
+    pub entries: Box<dyn Iterator<Item = (PathBuf, crate::plan::Entry)>>,
+    pub errors: std::rc::Rc<std::cell::RefCell<Vec<PathError>>>,
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stream")
+    }
 }
 
 pub trait Transport: Send {
@@ -34,6 +56,11 @@ pub trait Transport: Send {
     /// List everything under the root (no symlink followed; excluded
     /// directories may be pruned).
     fn list(&mut self, filter: &Filter) -> io::Result<Listing>;
+    /// The same as a [`Stream`] in path order, where the transport can
+    /// walk the target in that order (`None`: use `list`).
+    fn list_stream(&mut self, _filter: &Filter) -> Option<io::Result<Listing>> {
+        None
+    }
     /// Create the root directory (and its parents) if missing.
     fn ensure_root(&mut self) -> io::Result<()>;
     /// Does the target file hold the same bytes as the local `src`?

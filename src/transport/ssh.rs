@@ -850,11 +850,13 @@ impl Transport for Ssh {
                 }
                 Ok(Listing {
                     tree: Some(tree),
+                    stream: None,
                     errors,
                 })
             }
             None => Ok(Listing {
                 tree: self.list_sftp()?,
+                stream: None,
                 errors,
             }),
         }
