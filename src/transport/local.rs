@@ -70,60 +70,18 @@ impl Transport for Local {
         true
     }
 
+    /// The walk of `list_stream`, held.
     fn list(&mut self, filter: &Filter) -> io::Result<Listing> {
-        let md = match fs::metadata(&self.root) {
-            Ok(md) => md,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Listing::default()),
-            Err(e) => return Err(e),
-        };
-        if !md.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                format!("target {} is not a directory", self.root.display()),
-            ));
-        }
-        let mut tree = TreeBuilder::default();
-        let mut errors = Vec::new();
-        tree.push(Path::new(""), Entry::from_metadata(&md, None));
-        let root = self.root.clone();
-        let walker = walkdir::WalkDir::new(&root)
-            .follow_links(false)
-            .min_depth(1)
-            // in path order: the tree is built without sorting
-            .sort_by_file_name()
-            .into_iter()
-            .filter_entry(|e| {
-                let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
-                is_temp_name(rel) || !filter.excluded(rel, e.file_type().is_dir())
-            });
-        for item in walker {
-            match item {
-                Ok(e) => {
-                    let rel = e.path().strip_prefix(&root).unwrap();
-                    // an entry that vanished between readdir and stat is absent
-                    if let Ok(md) = e.metadata() {
-                        let link = if md.file_type().is_symlink() {
-                            fs::read_link(e.path()).ok()
-                        } else {
-                            None
-                        };
-                        tree.push(rel, Entry::from_metadata(&md, link));
-                    }
-                }
-                Err(err) => {
-                    let p = err.path().unwrap_or(&root);
-                    errors.push(PathError {
-                        path: display_path(p.strip_prefix(&root).unwrap_or(p)),
-                        message: format!("cannot list target: {err}"),
-                    });
-                }
+        let mut l = self.list_stream(filter).expect("local targets stream")?;
+        if let Some(st) = l.stream.take() {
+            let mut tree = TreeBuilder::default();
+            for (p, e) in st.entries {
+                tree.push(&p, e);
             }
+            l.tree = Some(tree.finish());
+            l.errors.extend(st.errors.take());
         }
-        Ok(Listing {
-            tree: Some(tree.finish()),
-            stream: None,
-            errors,
-        })
+        Ok(l)
     }
 
     fn list_stream(&mut self, filter: &Filter) -> Option<io::Result<Listing>> {
@@ -305,5 +263,63 @@ impl Transport for Local {
             EntryKind::Dir => fs::remove_dir(p),
             _ => fs::remove_file(p),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_holds_what_list_stream_yields_in_path_order() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("t");
+        for p in ["a/x", "a-b", "b/c/d", "skip/y"] {
+            let f = root.join(p);
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(&f, p).unwrap();
+        }
+        fs::write(root.join(".syncjob-tmp.1.2.z"), b"stale").unwrap();
+        std::os::unix::fs::symlink("a-b", root.join("l")).unwrap();
+        let filter = Filter::new(&["/skip/"]).unwrap();
+        let mut t = Local::new(root.clone());
+        let streamed: Vec<(PathBuf, Entry)> = t
+            .list_stream(&filter)
+            .unwrap()
+            .unwrap()
+            .stream
+            .unwrap()
+            .entries
+            .collect();
+        let names: Vec<&Path> = streamed.iter().map(|(p, _)| p.as_path()).collect();
+        assert_eq!(
+            names,
+            [
+                "",
+                ".syncjob-tmp.1.2.z",
+                "a",
+                "a/x",
+                "a-b",
+                "b",
+                "b/c",
+                "b/c/d",
+                "l"
+            ]
+            .map(Path::new),
+            "path order, excluded directory pruned, stale temporary kept"
+        );
+        let held = t.list(&filter).unwrap().tree.unwrap();
+        let held: Vec<(PathBuf, Entry)> = held
+            .iter()
+            .map(|(p, e)| (p.to_path_buf(), e.clone()))
+            .collect();
+        assert_eq!(held, streamed);
+        assert_eq!(
+            streamed[8].1.link.as_deref().map(PathBuf::as_path),
+            Some(Path::new("a-b"))
+        );
+        // a missing root: nothing, and no error
+        let mut gone = Local::new(d.path().join("none"));
+        assert!(!gone.list(&filter).unwrap().exists());
     }
 }
