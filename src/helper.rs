@@ -638,37 +638,6 @@ mod tests {
         assert_eq!((h.size, h.sums.len()), (40_000, 10));
         assert_eq!(h.sums[0], block_sum(&old[..4096]));
         assert_eq!(h.sums[9], block_sum(&old[36_864..]));
-        // 2. the new version: block 2 changed, 100 bytes appended
-        let mut new = old.clone();
-        new[8192..8200].copy_from_slice(b"CHANGED!");
-        new.extend_from_slice(&[9u8; 100]);
-        let mut input = Vec::new();
-        hashes_request(fin_b, 4096, &mut input);
-        header(
-            &FileHeader {
-                basis: true,
-                tmp: tmp.as_os_str().as_bytes(),
-                fin: fin_b,
-                mode: 0o600,
-                mtime: 1_500_000_000,
-                mtime_ns: 0,
-                owner: None,
-            },
-            &mut input,
-        );
-        copy(0, 8192, &mut input);
-        chunk(&new[8192..12288], &mut input);
-        copy(12288, 40_000 - 12288, &mut input);
-        chunk(&new[40_000..], &mut input);
-        end(true, &mut input);
-        let mut out = Vec::new();
-        serve(&mut io::BufReader::new(&input[..]), &mut out).unwrap();
-        let mut r = &out[GREETING.len()..];
-        read_hashes(&mut r, 4096).unwrap().unwrap();
-        read_reply(&mut r).unwrap().unwrap();
-        assert_eq!(std::fs::read(&fin).unwrap(), new);
-        assert!(!tmp.exists());
-        // 3. a delta without hashes taken by this helper: refused
         let delta_header = |input: &mut Vec<u8>| {
             header(
                 &FileHeader {
@@ -683,6 +652,26 @@ mod tests {
                 input,
             )
         };
+        // 2. the new version: block 2 changed, 100 bytes appended
+        let mut new = old.clone();
+        new[8192..8200].copy_from_slice(b"CHANGED!");
+        new.extend_from_slice(&[9u8; 100]);
+        let mut input = Vec::new();
+        hashes_request(fin_b, 4096, &mut input);
+        delta_header(&mut input);
+        copy(0, 8192, &mut input);
+        chunk(&new[8192..12288], &mut input);
+        copy(12288, 40_000 - 12288, &mut input);
+        chunk(&new[40_000..], &mut input);
+        end(true, &mut input);
+        let mut out = Vec::new();
+        serve(&mut io::BufReader::new(&input[..]), &mut out).unwrap();
+        let mut r = &out[GREETING.len()..];
+        read_hashes(&mut r, 4096).unwrap().unwrap();
+        read_reply(&mut r).unwrap().unwrap();
+        assert_eq!(std::fs::read(&fin).unwrap(), new);
+        assert!(!tmp.exists());
+        // 3. a delta without hashes taken by this helper: refused
         let mut input = Vec::new();
         delta_header(&mut input);
         copy(0, 100, &mut input);
