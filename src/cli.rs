@@ -123,6 +123,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Metrics from the run log in Prometheus text format (stdout, or a file for node_exporter)
+    Metrics {
+        /// Write DIR/syncjob.prom (temporary file + rename) for node_exporter's textfile collector
+        #[arg(long, value_name = "DIR")]
+        textfile: Option<PathBuf>,
+    },
     /// Write the man page and bash/zsh/fish completions into DIR (for packagers)
     #[command(hide = true)]
     Generate {
@@ -256,6 +262,7 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             *json,
         ),
         Command::Status { json } => cmd_status(g, *json),
+        Command::Metrics { textfile } => crate::metrics::command::run(g, textfile.as_deref()),
         Command::Generate { dir } => cmd_generate(dir),
         Command::Helper => crate::helper::main()
             .map(|()| EXIT_OK)
@@ -344,6 +351,7 @@ fn cmd_run(
         verify,
         progress: !g.quiet && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdout()),
         scheduled_for: None,
+        owner: None,
     };
     let env = g.env();
     let cancel = AtomicBool::new(false);
@@ -638,8 +646,13 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             "next": next,
         }));
     }
+    let owners = crate::cluster::report::lookup(&cfg);
     if json {
         for r in rows {
+            let mut r = r;
+            if let Some(o) = &owners {
+                r["owner"] = crate::cluster::report::job_json(o, r["job"].as_str().unwrap_or(""));
+            }
             println!("{r}");
         }
         return Ok(EXIT_OK);
@@ -659,6 +672,9 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             r["next"].as_str().unwrap_or("-"),
             join_targets(j)
         );
+    }
+    if let Some(o) = &owners {
+        crate::cluster::report::print(&cfg, o);
     }
     Ok(EXIT_OK)
 }
@@ -684,13 +700,18 @@ fn cmd_status(g: &Global, json: bool) -> Result<u8, CliError> {
             }
         }
     }
+    let cfg = g.load().ok();
+    let owners = cfg.as_ref().and_then(crate::cluster::report::lookup);
     if json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "daemon": daemon.as_ref().map(|d| serde_json::json!({"pid": d.pid, "since": d.since})),
             "running": running.iter().map(|(n, h)| serde_json::json!({
                 "job": n, "pid": h.pid, "since": h.since, "trigger": h.trigger
             })).collect::<Vec<_>>(),
         });
+        if let (Some(c), Some(o)) = (&cfg, &owners) {
+            v["cluster"] = crate::cluster::report::all_json(c, o);
+        }
         println!("{v}");
         return Ok(EXIT_OK);
     }
@@ -708,6 +729,9 @@ fn cmd_status(g: &Global, json: bool) -> Result<u8, CliError> {
         for (n, h) in running {
             println!("{:<16} {:>8} {:<9} {}", n, h.pid, h.trigger, h.since);
         }
+    }
+    if let (Some(c), Some(o)) = (&cfg, &owners) {
+        crate::cluster::report::print(c, o);
     }
     Ok(EXIT_OK)
 }

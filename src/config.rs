@@ -4,6 +4,9 @@
 //! reported as `file:line:column: job NAME: what is wrong`, and all problems
 //! are collected, not only the first.
 
+mod observe;
+pub use observe::{ClusterConfig, Observe};
+
 use crate::filter::Filter;
 use crate::schedule::{self, Schedule};
 use crate::target::{self, Target};
@@ -103,6 +106,8 @@ pub struct Job {
     pub streams: usize,
     pub ssh: SshOptions,
     pub hooks: Hooks,
+    /// `/healthz` turns 503 when the last success is older than this.
+    pub stale_after: Option<Duration>,
 }
 
 /// Shell commands run around a job's run (like sersync's command plugin).
@@ -129,6 +134,8 @@ pub struct Config {
     /// Jobs in file order.
     pub jobs: Vec<Job>,
     pub shutdown_timeout: Duration,
+    /// `metrics`, `metrics_textfile`, `cluster`.
+    pub observe: Observe,
 }
 
 impl Config {
@@ -307,6 +314,7 @@ const JOB_KEYS: &[&str] = &[
     "after",
     "on_failure",
     "hook_timeout",
+    "stale_after",
 ];
 const SSH_KEYS: &[&str] = &[
     "identity",
@@ -317,7 +325,15 @@ const SSH_KEYS: &[&str] = &[
     "timeout",
     "remote_helper",
 ];
-const TOP_KEYS: &[&str] = &["defaults", "include", "jobs", "shutdown_timeout"];
+const TOP_KEYS: &[&str] = &[
+    "defaults",
+    "include",
+    "jobs",
+    "shutdown_timeout",
+    "metrics",
+    "metrics_textfile",
+    "cluster",
+];
 
 /// Closest known key, for "did you mean".
 fn suggest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
@@ -636,6 +652,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
     let mut jobs_node = None;
     let mut include_node = None;
     let mut shutdown_timeout = Duration::from_secs(30);
+    let mut obs = Observe::default();
     for (k, v, kpos) in &top {
         match *k {
             "defaults" => {
@@ -661,6 +678,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
                     "shutdown_timeout must be a duration such as 30s",
                 ),
             },
+            k if observe::KEYS.contains(&k) => observe::parse_key(&mut ctx, k, v, &base, &mut obs),
             _ => {}
         }
     }
@@ -772,6 +790,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
             path: path.to_path_buf(),
             jobs,
             shutdown_timeout,
+            observe: obs,
         })
     } else {
         invalid(ctx)
@@ -1082,6 +1101,7 @@ fn build_job(
     {
         hooks.timeout = d;
     }
+    let stale_after = f("stale_after").and_then(|n| duration(ctx, n, "stale_after"));
     if ctx.problems.len() > before {
         return None;
     }
@@ -1109,6 +1129,7 @@ fn build_job(
         streams,
         ssh,
         hooks,
+        stale_after,
     })
 }
 

@@ -45,7 +45,7 @@ enum Event {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Level {
+pub(crate) enum Level {
     Error = 3,
     Warning = 4,
     Info = 6,
@@ -53,7 +53,7 @@ enum Level {
 
 /// One line to stderr; with the `<N>` priority prefix journald understands
 /// when stderr goes to the journal.
-fn say(level: Level, msg: &str) {
+pub(crate) fn say(level: Level, msg: &str) {
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         eprintln!("<{}>{msg}", level as u8);
     } else {
@@ -106,6 +106,8 @@ struct Daemon {
     running: usize,
     cancel: Arc<AtomicBool>,
     tx: mpsc::Sender<Event>,
+    /// metrics, health, cluster locks (see `observe`)
+    obs: Arc<crate::observe::Observer>,
 }
 
 impl Daemon {
@@ -149,14 +151,21 @@ impl Daemon {
         let Some(st) = self.jobs.get_mut(name) else {
             return;
         };
+        // cluster mode: only the job's owner starts it, while etcd answers
+        let Some(permit) = self.obs.claim(name, &self.cancel) else {
+            st.retry_at = None;
+            st.queued = false;
+            return;
+        };
         st.running = true;
         st.retry_at = None;
         self.running += 1;
         let job = st.job.clone();
         let env = self.env.clone();
-        let cancel = self.cancel.clone();
         let tx = self.tx.clone();
+        let obs = self.obs.clone();
         std::thread::spawn(move || {
+            let cancel = permit.cancel.clone();
             let opts = run::Options {
                 trigger,
                 dry_run: false,
@@ -166,8 +175,11 @@ impl Daemon {
                 progress: false,
                 verify: false,
                 scheduled_for: due,
+                owner: permit.owner.clone(),
             };
             let res = run::run_job(&job, &env, &opts, &cancel);
+            drop(permit);
+            obs.finished(&res);
             for r in &res.records {
                 let level = match res.status {
                     Status::Failed => Level::Error,
@@ -316,6 +328,7 @@ impl Daemon {
         match config::load(&self.config_path) {
             Ok(cfg) => {
                 self.cfg = cfg;
+                self.obs.loaded(&self.cfg);
                 self.schedule_all(Utc::now());
                 say(
                     Level::Info,
@@ -384,6 +397,7 @@ pub fn run(g: &Global) -> Result<(), CliError> {
         }
     });
 
+    let obs = crate::observe::Observer::start(&cfg, &env).map_err(CliError::Failed)?;
     let mut d = Daemon {
         config_path,
         env,
@@ -392,6 +406,7 @@ pub fn run(g: &Global) -> Result<(), CliError> {
         running: 0,
         cancel: Arc::new(AtomicBool::new(false)),
         tx,
+        obs: Arc::new(obs),
     };
     let now = Utc::now();
     d.schedule_all(now);
@@ -418,6 +433,8 @@ pub fn run(g: &Global) -> Result<(), CliError> {
             .flat_map(|s| [s.next, s.retry_at.filter(|_| !s.running)])
             .flatten()
             .min();
+        d.obs
+            .turn(d.jobs.iter().map(|(n, s)| (n.as_str(), s.next, s.running)));
         let sleep = match next {
             Some(t) => (t - Utc::now())
                 .to_std()
@@ -481,6 +498,7 @@ pub fn run(g: &Global) -> Result<(), CliError> {
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
+    d.obs.stop();
     say(Level::Info, "daemon stopped");
     Ok(())
 }

@@ -58,6 +58,12 @@ pub struct Record {
     /// source since the target was last left `ok` (see verify_interval)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_state: Option<String>,
+    /// Cluster mode: the daemon that owned the job's etcd lock (`host:pid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Cluster mode: the etcd revision at which that lock was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_revision: Option<i64>,
     pub host: String,
     pub pid: u32,
     pub version: String,

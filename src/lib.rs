@@ -6,6 +6,7 @@
 //! `cli` maps arguments to these and outcomes to exit codes.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod executor;
@@ -15,6 +16,8 @@ pub mod hooks;
 pub mod journal;
 pub mod lock;
 pub mod manifest;
+pub mod metrics;
+pub mod observe;
 pub mod plan;
 pub mod run;
 pub mod schedule;

@@ -41,6 +41,8 @@ pub struct Options {
     pub verify: bool,
     /// The instant a scheduled firing was due.
     pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+    /// Cluster mode: the etcd lock the run is under (into the records).
+    pub owner: Option<crate::cluster::Owner>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -91,6 +93,7 @@ struct RecordBase<'a> {
     trigger: &'static str,
     host: String,
     scheduled_for: Option<String>,
+    owner: Option<crate::cluster::Owner>,
     /// the `before` hook's outcome, in every record of the run
     hooks: Vec<journal::HookOutcome>,
 }
@@ -111,6 +114,7 @@ impl<'a> RecordBase<'a> {
                     .to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
             }),
             hooks: Vec::new(),
+            owner: None,
         }
     }
 }
@@ -154,6 +158,8 @@ impl RecordBase<'_> {
             scheduled_for: self.scheduled_for.clone(),
             hooks: self.hooks.clone(),
             target_state: o.from_manifest.then(|| "manifest".to_string()),
+            owner: self.owner.as_ref().map(|o| o.owner.clone()),
+            lock_revision: self.owner.as_ref().map(|o| o.revision),
             host: self.host.clone(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -385,6 +391,7 @@ fn run_job_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> 
     }
 
     let mut base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
+    base.owner = opts.owner.clone();
     base.hooks = before;
     let hold = holds_records(job, opts);
     let next = AtomicUsize::new(0);
@@ -457,6 +464,7 @@ fn fail_all(
         eprintln!("syncjob: job {}: {reason}", job.name);
     }
     let mut base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
+    base.owner = opts.owner.clone();
     base.hooks = before;
     let started = (journal::now_rfc3339(), Instant::now());
     let records: Vec<Record> = job

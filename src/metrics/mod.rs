@@ -1,0 +1,331 @@
+//! Prometheus metrics and health of a daemon (or of `syncjob watch`), and
+//! `syncjob metrics` for node_exporter's textfile collector.
+//!
+//! Invariants: values change once per target outcome (`observe_run` with the
+//! records of one run), once per scheduler-loop turn (`set_job`) and when
+//! the watcher or the cluster reports, never per file, so the hot path of a
+//! transfer never touches a metric. A family appears in the text only once a
+//! value was set for it: nothing reports a value it did not measure (the
+//! watch families stay absent until a watcher reports). Label values are a
+//! job's name and a target's text from the jobs file (trusted); the text is
+//! Prometheus' text format 0.0.4, which `promtool check metrics` accepts.
+
+pub mod command;
+pub mod health;
+pub mod server;
+pub mod textfile;
+
+use crate::journal::Record;
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+use std::sync::Mutex;
+
+/// Run durations, seconds: 100 ms to 1 h.
+const DURATION_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// Every metric of one process.
+pub struct Metrics {
+    registry: Registry,
+    runs: IntCounterVec,
+    last_success: GaugeVec,
+    duration: HistogramVec,
+    bytes: IntCounterVec,
+    files: IntCounterVec,
+    deleted: IntCounterVec,
+    next_run: GaugeVec,
+    running: IntGaugeVec,
+    watch_pending: IntGaugeVec,
+    watch_lag: GaugeVec,
+    watches: IntGaugeVec,
+    watch_overflows: IntCounterVec,
+    /// no labels; a Vec so that it appears only in cluster mode
+    cluster_up: IntGaugeVec,
+    cluster_owned: IntGaugeVec,
+    health: Mutex<health::Health>,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
+/// Register a family; the names are constants, so a failure is a bug.
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique constants");
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let jt = &["job", "target"];
+        let j = &["job"];
+        let counter = |n: &str, h: &str, l: &[&str]| {
+            reg(&r, IntCounterVec::new(opts(n, h), l).expect("valid"))
+        };
+        let igauge =
+            |n: &str, h: &str, l: &[&str]| reg(&r, IntGaugeVec::new(opts(n, h), l).expect("valid"));
+        let gauge =
+            |n: &str, h: &str, l: &[&str]| reg(&r, GaugeVec::new(opts(n, h), l).expect("valid"));
+        let hopts = HistogramOpts::new(
+            "syncjob_run_duration_seconds",
+            "Duration of a job's runs (all its targets), seconds.",
+        )
+        .buckets(DURATION_BUCKETS.to_vec());
+        let m = Metrics {
+            runs: counter(
+                "syncjob_runs_total",
+                "Target outcomes by status (ok, failed, skipped, dry_run).",
+                &["job", "target", "status"],
+            ),
+            last_success: gauge(
+                "syncjob_last_success_timestamp_seconds",
+                "When a target last finished ok (Unix time).",
+                jt,
+            ),
+            duration: reg(&r, HistogramVec::new(hopts, j).expect("valid")),
+            bytes: counter(
+                "syncjob_bytes_transferred_total",
+                "File data sent to a target, bytes.",
+                jt,
+            ),
+            files: counter(
+                "syncjob_files_transferred_total",
+                "Files sent to a target.",
+                jt,
+            ),
+            deleted: counter(
+                "syncjob_files_deleted_total",
+                "Entries deleted on a target.",
+                jt,
+            ),
+            next_run: gauge(
+                "syncjob_next_run_timestamp_seconds",
+                "The job's next scheduled firing (Unix time).",
+                j,
+            ),
+            running: igauge("syncjob_running", "1 while the job runs here.", j),
+            watch_pending: igauge(
+                "syncjob_watch_pending_paths",
+                "Changed paths of a watched job not yet sent.",
+                j,
+            ),
+            watch_lag: gauge(
+                "syncjob_watch_lag_seconds",
+                "Age of the oldest unsent change of a watched job, seconds.",
+                j,
+            ),
+            watches: igauge(
+                "syncjob_watches",
+                "Directory watches held for a watched job.",
+                j,
+            ),
+            watch_overflows: counter(
+                "syncjob_watch_overflows_total",
+                "Lost events (queue overflow, watch limit) turned into full syncs.",
+                j,
+            ),
+            cluster_up: igauge(
+                "syncjob_cluster_etcd_up",
+                "1 while this daemon reaches etcd and holds a live lease (cluster mode).",
+                &[],
+            ),
+            cluster_owned: igauge(
+                "syncjob_cluster_owner",
+                "1 for each job this daemon owns in the cluster.",
+                j,
+            ),
+            health: Mutex::new(health::Health::new()),
+            registry: r,
+        };
+        let info = IntGaugeVec::new(
+            opts("syncjob_build_info", "Always 1; the version in a label."),
+            &["version"],
+        )
+        .expect("valid");
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m.registry
+            .register(Box::new(info))
+            .expect("unique constant name");
+        m
+    }
+
+    /// The records of one run of one job (one per target). Updates the
+    /// counters, the last-success time, the duration histogram (once per
+    /// real run: the longest target, as the targets start together) and the
+    /// health state.
+    pub fn observe_run(&self, records: &[Record]) {
+        let mut longest: Option<(&str, u64)> = None;
+        for r in records {
+            self.observe_target(r);
+            if r.status != "skipped" && r.status != "dry_run" {
+                let d = longest.map_or(0, |(_, d)| d).max(r.duration_ms);
+                longest = Some((&r.job, d));
+            }
+        }
+        if let Some((job, ms)) = longest {
+            self.duration
+                .with_label_values(&[job])
+                .observe(ms as f64 / 1000.0);
+        }
+    }
+
+    fn observe_target(&self, r: &Record) {
+        let jt = [r.job.as_str(), r.target.as_str()];
+        self.runs
+            .with_label_values(&[&r.job, &r.target, &r.status])
+            .inc();
+        if r.status == "dry_run" {
+            return;
+        }
+        self.bytes.with_label_values(&jt).inc_by(r.bytes_transferred);
+        self.files.with_label_values(&jt).inc_by(r.files_transferred);
+        self.deleted.with_label_values(&jt).inc_by(r.files_deleted);
+        let at = chrono::DateTime::parse_from_rfc3339(&r.finished_at)
+            .map(|t| t.timestamp_millis() as f64 / 1000.0)
+            .ok();
+        if r.status == "ok"
+            && let Some(at) = at
+        {
+            let g = self.last_success.with_label_values(&jt);
+            g.set(g.get().max(at));
+        }
+        self.lock_health().outcome(r, at);
+    }
+
+    /// A last success known from before this process (the run log).
+    pub fn seed_success(&self, job: &str, target: &str, at: f64) {
+        let g = self.last_success.with_label_values(&[job, target]);
+        g.set(g.get().max(at));
+        self.lock_health().seed(job, target, at);
+    }
+
+    /// The scheduler's view of one job, set once per loop turn.
+    pub fn set_job(&self, job: &str, next: Option<chrono::DateTime<chrono::Utc>>, running: bool) {
+        match next {
+            Some(t) => self
+                .next_run
+                .with_label_values(&[job])
+                .set(t.timestamp_millis() as f64 / 1000.0),
+            None => {
+                let _ = self.next_run.remove_label_values(&[job]);
+            }
+        }
+        self.running.with_label_values(&[job]).set(i64::from(running));
+    }
+
+    /// Forget a job that left the jobs file.
+    pub fn remove_job(&self, job: &str) {
+        let _ = self.next_run.remove_label_values(&[job]);
+        let _ = self.running.remove_label_values(&[job]);
+        let _ = self.cluster_owned.remove_label_values(&[job]);
+        self.lock_health().remove(job);
+    }
+
+    /// Watch mode: changed paths not yet sent, and the age of the oldest.
+    pub fn watch_backlog(&self, job: &str, pending: u64, oldest_age_secs: f64) {
+        self.watch_pending
+            .with_label_values(&[job])
+            .set(pending.min(i64::MAX as u64) as i64);
+        self.watch_lag.with_label_values(&[job]).set(oldest_age_secs);
+    }
+
+    /// Watch mode: directory watches held for the job.
+    pub fn watch_count(&self, job: &str, watches: u64) {
+        self.watches
+            .with_label_values(&[job])
+            .set(watches.min(i64::MAX as u64) as i64);
+    }
+
+    /// Watch mode: one lost event (overflow, watch limit) → a full sync.
+    pub fn watch_overflow(&self, job: &str) {
+        self.watch_overflows.with_label_values(&[job]).inc();
+    }
+
+    /// Cluster mode: whether etcd is reachable (with the reason when not).
+    pub fn cluster_state(&self, up: bool, why: Option<String>) {
+        self.cluster_up
+            .with_label_values::<&str>(&[])
+            .set(i64::from(up));
+        self.lock_health().cluster = Some(why.filter(|_| !up));
+    }
+
+    /// Cluster mode: whether this daemon owns `job`.
+    pub fn cluster_owner(&self, job: &str, mine: bool) {
+        self.cluster_owned
+            .with_label_values(&[job])
+            .set(i64::from(mine));
+    }
+
+    /// The health state, for the scheduler to update and /healthz to read.
+    pub fn lock_health(&self) -> std::sync::MutexGuard<'_, health::Health> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything, in Prometheus' text format.
+    pub fn encode(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn rec(job: &str, target: &str, status: &str, bytes: u64, ms: u64) -> Record {
+        Record {
+            ts: "2026-11-27T05:00:01.000000+00:00".into(),
+            job: job.into(),
+            run_id: "r1".into(),
+            trigger: "schedule".into(),
+            target: target.into(),
+            mode: "incremental".into(),
+            status: status.into(),
+            reason: (status == "failed").then(|| "boom".into()),
+            started_at: "2026-11-27T05:00:00.000000+00:00".into(),
+            finished_at: "2026-11-27T05:00:01.000000+00:00".into(),
+            duration_ms: ms,
+            files_scanned: 3,
+            files_transferred: 2,
+            bytes_transferred: bytes,
+            files_deleted: 1,
+            errors: vec![],
+            warnings: vec![],
+            scheduled_for: None,
+            hooks: vec![],
+            target_state: None,
+            owner: None,
+            lock_revision: None,
+            host: "h".into(),
+            pid: 1,
+            version: "0".into(),
+        }
+    }
+
+    #[test]
+    fn one_run_counts_once_per_target_and_once_in_the_histogram() {
+        let m = Metrics::new();
+        m.observe_run(&[rec("web", "/a", "ok", 10, 1500), rec("web", "/b", "failed", 5, 300)]);
+        let t = m.encode();
+        assert!(t.contains("syncjob_runs_total{job=\"web\",status=\"ok\",target=\"/a\"} 1"), "{t}");
+        assert!(t.contains("syncjob_runs_total{job=\"web\",status=\"failed\",target=\"/b\"} 1"));
+        assert!(t.contains("syncjob_bytes_transferred_total{job=\"web\",target=\"/a\"} 10"));
+        assert!(t.contains("syncjob_run_duration_seconds_count{job=\"web\"} 1"));
+        assert!(t.contains("syncjob_run_duration_seconds_sum{job=\"web\"} 1.5"));
+        assert!(t.contains("syncjob_last_success_timestamp_seconds{job=\"web\",target=\"/a\"} 1795755601"));
+        assert!(!t.contains("last_success_timestamp_seconds{job=\"web\",target=\"/b\"}"));
+        assert!(t.contains("syncjob_build_info{version="));
+        assert!(!t.contains("syncjob_watch_"), "no watch values unless a watcher reports");
+    }
+}
