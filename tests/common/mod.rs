@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod etcd;
 pub mod sshd;
 
 use std::fs;

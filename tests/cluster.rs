@@ -1,0 +1,238 @@
+//! Several real daemons sharing one jobs file through a real etcd: each
+//! firing runs exactly once, a killed daemon's jobs move within ttl + 2 s,
+//! and nothing starts while etcd is down.
+
+mod common;
+use common::daemon::{DaemonProc, http_get, sample};
+use common::etcd::Etcd;
+use common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const TTL: i64 = 3;
+
+fn cluster_config(lab: &Lab, etcd: &Etcd, jobs: usize) {
+    let mut y = format!(
+        "metrics: 127.0.0.1:0\ncluster:\n  etcd: [{}]\n  ttl: {TTL}s\n  prefix: /syncjob/test\njobs:\n",
+        etcd.url
+    );
+    for i in 0..jobs {
+        y.push_str(&format!(
+            "  j{i}:\n    source: {{src}}\n    remote: {{dir}}/dst{i}\n    schedule: \"* * * * * *\"\n"
+        ));
+    }
+    lab.config(&y);
+}
+
+fn start(lab: &Lab, n: usize) -> Vec<DaemonProc> {
+    (0..n)
+        .map(|i| {
+            DaemonProc::start_with(
+                lab,
+                &lab.path(&format!("state{i}")),
+                &lab.log_path(),
+                &i.to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `syncjob status --json`'s owners, as the CLI reads them from etcd.
+fn owners(lab: &Lab) -> BTreeMap<String, String> {
+    let r = lab.run(&["status", "--json"]);
+    r.code(0);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    v["cluster"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(j, o)| Some((j.clone(), o["owner"].as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Wait until every job has an owner and the owners stay the same for 2 s.
+fn settled(lab: &Lab, jobs: usize) -> BTreeMap<String, String> {
+    let t = Instant::now();
+    let mut last = BTreeMap::new();
+    let mut since = Instant::now();
+    loop {
+        let o = owners(lab);
+        if o != last {
+            last = o;
+            since = Instant::now();
+        } else if last.len() == jobs && since.elapsed() > Duration::from_secs(2) {
+            return last;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "owners never settled: {last:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ts(v: &serde_json::Value, k: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(v[k].as_str().unwrap())
+        .unwrap()
+        .timestamp()
+}
+
+/// Scheduled runs per (job, due second), with their owners.
+fn firings(lab: &Lab) -> BTreeMap<(String, i64), Vec<String>> {
+    let mut m: BTreeMap<(String, i64), Vec<String>> = BTreeMap::new();
+    for r in lab.log() {
+        if r["trigger"] != "schedule" || r["status"] == "skipped" {
+            continue;
+        }
+        assert_eq!(r["status"], "ok", "{r}");
+        let owner = r["owner"].as_str().expect("cluster records carry the owner");
+        assert!(r["lock_revision"].as_i64().unwrap() > 0, "{r}");
+        m.entry((r["job"].as_str().unwrap().to_string(), ts(&r, "scheduled_for")))
+            .or_default()
+            .push(owner.to_string());
+    }
+    m
+}
+
+fn assert_no_double(f: &BTreeMap<(String, i64), Vec<String>>) {
+    for (k, owners) in f {
+        assert_eq!(owners.len(), 1, "firing {k:?} ran {} times: {owners:?}", owners.len());
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+#[test]
+fn each_firing_runs_once_across_three_daemons_and_a_killed_ones_jobs_move() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"x");
+    let etcd = Etcd::start(lab.dir.path());
+    const JOBS: usize = 8;
+    cluster_config(&lab, &etcd, JOBS);
+    let mut ds = start(&lab, 3);
+    let owned = settled(&lab, JOBS);
+    let ids: BTreeSet<&String> = owned.values().collect();
+    assert!(ids.len() >= 2, "jobs spread over the daemons: {owned:?}");
+
+    // a window of whole seconds: every job fires once per second, once in all
+    let from = now() + 1;
+    std::thread::sleep(Duration::from_secs(6));
+    let to = now() - 1;
+    let f = firings(&lab);
+    assert_no_double(&f);
+    for i in 0..JOBS {
+        for s in from..to {
+            assert!(
+                f.contains_key(&(format!("j{i}"), s)),
+                "j{i} did not run for second {s} (window {from}..{to})"
+            );
+        }
+    }
+    // status and the records agree on the owner
+    for ((job, s), o) in &f {
+        if (from..to).contains(s) {
+            assert_eq!(&o[0], &owned[job], "{job} at {s}");
+        }
+    }
+
+    // kill -9 the daemon owning the most jobs
+    let mut count: BTreeMap<&String, usize> = BTreeMap::new();
+    for o in owned.values() {
+        *count.entry(o).or_default() += 1;
+    }
+    let (victim, _) = count.iter().max_by_key(|(_, c)| **c).unwrap();
+    let victim = victim.to_string();
+    let pid: u32 = victim.rsplit(':').next().unwrap().parse().unwrap();
+    let vi = ds.iter().position(|d| d.child.id() == pid).unwrap();
+    let killed_at = now();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    ds[vi].child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs((TTL + 4) as u64));
+
+    let f = firings(&lab);
+    assert_no_double(&f);
+    let moved: Vec<&String> = owned.iter().filter(|(_, o)| **o == victim).map(|(j, _)| j).collect();
+    assert!(!moved.is_empty());
+    for job in moved {
+        let first = f
+            .iter()
+            .filter(|((j, s), o)| j == job && *s > killed_at && o[0] != victim)
+            .map(|((_, s), _)| *s)
+            .min()
+            .unwrap_or_else(|| panic!("{job} never ran again after the kill"));
+        assert!(
+            first <= killed_at + TTL + 2,
+            "{job} resumed at {first}, killed at {killed_at}, ttl {TTL}"
+        );
+    }
+    // no record from the dead daemon after its death
+    assert!(!f.iter().any(|((_, s), o)| *s > killed_at + 1 && o[0] == victim));
+    for (i, d) in ds.iter_mut().enumerate() {
+        if i != vi {
+            d.stop();
+        }
+    }
+}
+
+#[test]
+fn nothing_starts_while_etcd_is_down_and_jobs_resume_when_it_is_back() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"x");
+    let mut etcd = Etcd::start(lab.dir.path());
+    const JOBS: usize = 3;
+    cluster_config(&lab, &etcd, JOBS);
+    let mut ds = start(&lab, 2);
+    settled(&lab, JOBS);
+    let addr = ds[0].metrics_addr();
+    let (code, text) = http_get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(sample(&text, "syncjob_cluster_etcd_up"), Some(1.0), "{text}");
+
+    etcd.kill();
+    let down = Instant::now();
+    let down_at = chrono::Utc::now();
+    // within FRESH (2 s) + a tick both daemons stop starting jobs
+    std::thread::sleep(Duration::from_secs(3));
+    let grace = down_at + chrono::Duration::milliseconds(2600);
+    std::thread::sleep(Duration::from_secs(4));
+    let late: Vec<serde_json::Value> = lab
+        .log()
+        .into_iter()
+        .filter(|r| {
+            chrono::DateTime::parse_from_rfc3339(r["started_at"].as_str().unwrap()).unwrap() > grace
+        })
+        .collect();
+    assert!(late.is_empty(), "runs started with etcd down: {late:?}");
+    for d in &ds {
+        assert!(d.err().contains("no cluster job starts here"), "{}", d.err());
+    }
+    let (code, body) = http_get(&addr, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("cluster:"), "{body}");
+    let (_, text) = http_get(&addr, "/metrics");
+    assert_eq!(sample(&text, "syncjob_cluster_etcd_up"), Some(0.0));
+    let r = lab.run(&["list"]);
+    assert!(r.stdout.contains("owners unknown: etcd unreachable"), "{}", r.stdout);
+
+    etcd.restart();
+    let back = now();
+    let t = Instant::now();
+    loop {
+        let f = firings(&lab);
+        let resumed = (0..JOBS)
+            .filter(|i| f.keys().any(|(j, s)| *j == format!("j{i}") && *s > back))
+            .count();
+        if resumed == JOBS {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "jobs did not resume: {resumed}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(down.elapsed() > Duration::from_secs(7));
+    assert_no_double(&firings(&lab));
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    for d in ds.iter_mut() {
+        d.stop();
+    }
+}
