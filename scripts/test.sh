@@ -13,6 +13,9 @@ command -v flock >/dev/null 2>&1 || need+=(util-linux)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 # the ssh2 crate builds libssh2 against the system OpenSSL
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+# tests/metrics.rs checks the text with promtool; tests/cluster.rs starts etcd
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing: ${need[*]}" >&2

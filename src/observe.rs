@@ -151,7 +151,12 @@ impl Observer {
 
 /// Rewrite the textfile after each run (at most every 100 ms) and every
 /// `TEXTFILE_EVERY` (next firings change without runs).
-fn spawn_textfile(dir: PathBuf, metrics: Arc<Metrics>, stop: Arc<AtomicBool>, dirty: Arc<AtomicBool>) {
+fn spawn_textfile(
+    dir: PathBuf,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    dirty: Arc<AtomicBool>,
+) {
     let _ = std::thread::Builder::new()
         .name("metrics-textfile".into())
         .spawn(move || {

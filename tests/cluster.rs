@@ -65,7 +65,10 @@ fn settled(lab: &Lab, jobs: usize) -> BTreeMap<String, String> {
         } else if last.len() == jobs && since.elapsed() > Duration::from_secs(2) {
             return last;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "owners never settled: {last:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "owners never settled: {last:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -84,18 +87,28 @@ fn firings(lab: &Lab) -> BTreeMap<(String, i64), Vec<String>> {
             continue;
         }
         assert_eq!(r["status"], "ok", "{r}");
-        let owner = r["owner"].as_str().expect("cluster records carry the owner");
+        let owner = r["owner"]
+            .as_str()
+            .expect("cluster records carry the owner");
         assert!(r["lock_revision"].as_i64().unwrap() > 0, "{r}");
-        m.entry((r["job"].as_str().unwrap().to_string(), ts(&r, "scheduled_for")))
-            .or_default()
-            .push(owner.to_string());
+        m.entry((
+            r["job"].as_str().unwrap().to_string(),
+            ts(&r, "scheduled_for"),
+        ))
+        .or_default()
+        .push(owner.to_string());
     }
     m
 }
 
 fn assert_no_double(f: &BTreeMap<(String, i64), Vec<String>>) {
     for (k, owners) in f {
-        assert_eq!(owners.len(), 1, "firing {k:?} ran {} times: {owners:?}", owners.len());
+        assert_eq!(
+            owners.len(),
+            1,
+            "firing {k:?} ran {} times: {owners:?}",
+            owners.len()
+        );
     }
 }
 
@@ -152,7 +165,11 @@ fn each_firing_runs_once_across_three_daemons_and_a_killed_ones_jobs_move() {
 
     let f = firings(&lab);
     assert_no_double(&f);
-    let moved: Vec<&String> = owned.iter().filter(|(_, o)| **o == victim).map(|(j, _)| j).collect();
+    let moved: Vec<&String> = owned
+        .iter()
+        .filter(|(_, o)| **o == victim)
+        .map(|(j, _)| j)
+        .collect();
     assert!(!moved.is_empty());
     for job in moved {
         let first = f
@@ -167,7 +184,10 @@ fn each_firing_runs_once_across_three_daemons_and_a_killed_ones_jobs_move() {
         );
     }
     // no record from the dead daemon after its death
-    assert!(!f.iter().any(|((_, s), o)| *s > killed_at + 1 && o[0] == victim));
+    assert!(
+        !f.iter()
+            .any(|((_, s), o)| *s > killed_at + 1 && o[0] == victim)
+    );
     for (i, d) in ds.iter_mut().enumerate() {
         if i != vi {
             d.stop();
@@ -187,7 +207,11 @@ fn nothing_starts_while_etcd_is_down_and_jobs_resume_when_it_is_back() {
     let addr = ds[0].metrics_addr();
     let (code, text) = http_get(&addr, "/metrics");
     assert_eq!(code, 200);
-    assert_eq!(sample(&text, "syncjob_cluster_etcd_up"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "syncjob_cluster_etcd_up"),
+        Some(1.0),
+        "{text}"
+    );
 
     etcd.kill();
     let down = Instant::now();
@@ -205,7 +229,11 @@ fn nothing_starts_while_etcd_is_down_and_jobs_resume_when_it_is_back() {
         .collect();
     assert!(late.is_empty(), "runs started with etcd down: {late:?}");
     for d in &ds {
-        assert!(d.err().contains("no cluster job starts here"), "{}", d.err());
+        assert!(
+            d.err().contains("no cluster job starts here"),
+            "{}",
+            d.err()
+        );
     }
     let (code, body) = http_get(&addr, "/healthz");
     assert_eq!(code, 503, "{body}");
@@ -213,7 +241,11 @@ fn nothing_starts_while_etcd_is_down_and_jobs_resume_when_it_is_back() {
     let (_, text) = http_get(&addr, "/metrics");
     assert_eq!(sample(&text, "syncjob_cluster_etcd_up"), Some(0.0));
     let r = lab.run(&["list"]);
-    assert!(r.stdout.contains("owners unknown: etcd unreachable"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("owners unknown: etcd unreachable"),
+        "{}",
+        r.stdout
+    );
 
     etcd.restart();
     let back = now();
@@ -226,7 +258,10 @@ fn nothing_starts_while_etcd_is_down_and_jobs_resume_when_it_is_back() {
         if resumed == JOBS {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(15), "jobs did not resume: {resumed}");
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "jobs did not resume: {resumed}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(down.elapsed() > Duration::from_secs(7));

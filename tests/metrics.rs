@@ -66,7 +66,9 @@ fn scrape_after_ok_and_failed_runs_matches_the_run_log() {
             r["target"].as_str().unwrap().to_string(),
             r["status"].as_str().unwrap().to_string(),
         );
-        *runs.entry((job.clone(), target.clone(), status.clone())).or_default() += 1.0;
+        *runs
+            .entry((job.clone(), target.clone(), status.clone()))
+            .or_default() += 1.0;
         let s = sums.entry((job.clone(), target)).or_default();
         for (i, k) in ["bytes_transferred", "files_transferred", "files_deleted"]
             .iter()
@@ -75,10 +77,16 @@ fn scrape_after_ok_and_failed_runs_matches_the_run_log() {
             s[i] += r[k].as_u64().unwrap() as f64;
         }
         if status != "skipped" {
-            run_ids.entry(job).or_default().insert(r["run_id"].as_str().unwrap().into());
+            run_ids
+                .entry(job)
+                .or_default()
+                .insert(r["run_id"].as_str().unwrap().into());
         }
     }
-    assert!(runs.keys().any(|(j, _, s)| j == "web" && s == "ok"), "{log:?}");
+    assert!(
+        runs.keys().any(|(j, _, s)| j == "web" && s == "ok"),
+        "{log:?}"
+    );
     assert!(runs.keys().any(|(j, _, s)| j == "broken" && s == "failed"));
     for ((job, target, status), n) in &runs {
         let series =
@@ -120,12 +128,21 @@ fn scrape_after_ok_and_failed_runs_matches_the_run_log() {
     assert_eq!(
         sample(
             &text,
-            &format!("syncjob_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))
+            &format!(
+                "syncjob_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
         ),
         Some(1.0)
     );
-    assert!(!text.contains("syncjob_watch_"), "no watched job, no watch values");
-    assert!(!text.contains("syncjob_cluster"), "no cluster, no cluster values");
+    assert!(
+        !text.contains("syncjob_watch_"),
+        "no watched job, no watch values"
+    );
+    assert!(
+        !text.contains("syncjob_cluster"),
+        "no cluster, no cluster values"
+    );
 
     // the failed job makes the daemon unhealthy, with the reason
     let (code, body) = http_get(&addr, "/healthz");
@@ -134,7 +151,10 @@ fn scrape_after_ok_and_failed_runs_matches_the_run_log() {
     assert_eq!(v["status"], "unhealthy");
     let reasons = v["reasons"].to_string();
     assert!(reasons.contains("job broken"), "{reasons}");
-    assert!(reasons.contains("does not exist") || reasons.contains("missing"), "{reasons}");
+    assert!(
+        reasons.contains("does not exist") || reasons.contains("missing"),
+        "{reasons}"
+    );
     assert!(!reasons.contains("job web"), "{reasons}");
     assert_eq!(http_get(&addr, "/nothing").0, 404);
 
@@ -143,7 +163,11 @@ fn scrape_after_ok_and_failed_runs_matches_the_run_log() {
     promtool_check(&tf);
     assert!(tf.contains("syncjob_runs_total{job=\"web\",status=\"ok\""));
     d.stop();
-    assert_eq!(listing(&lab.path("textfile")), ["syncjob.prom"], "no temporary left");
+    assert_eq!(
+        listing(&lab.path("textfile")),
+        ["syncjob.prom"],
+        "no temporary left"
+    );
 }
 
 #[test]
@@ -160,7 +184,10 @@ fn healthz_turns_503_on_failure_and_when_stale() {
     // the source vanishes: the runs fail
     std::fs::rename(lab.src(), lab.path("away")).unwrap();
     let body = healthz_until(&addr, 503, Duration::from_secs(5));
-    assert!(body.contains("job web") && body.contains("last run failed"), "{body}");
+    assert!(
+        body.contains("job web") && body.contains("last run failed"),
+        "{body}"
+    );
     std::fs::rename(lab.path("away"), lab.src()).unwrap();
     healthz_until(&addr, 200, Duration::from_secs(5));
 
@@ -170,8 +197,14 @@ fn healthz_turns_503_on_failure_and_when_stale() {
     d.wait_for("reloaded", Duration::from_secs(5));
     let t = Instant::now();
     let body = healthz_until(&addr, 503, Duration::from_secs(8));
-    assert!(t.elapsed() >= Duration::from_millis(1000), "not stale at once: {body}");
-    assert!(body.contains("last success") && body.contains("stale_after 3 s"), "{body}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1000),
+        "not stale at once: {body}"
+    );
+    assert!(
+        body.contains("last success") && body.contains("stale_after 3 s"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -186,7 +219,8 @@ fn metrics_command_rebuilds_the_metrics_from_the_run_log() {
     lab.run(&["run", "broken"]).code(1);
     let dir = lab.path("tf");
     std::fs::create_dir(&dir).unwrap();
-    lab.run(&["metrics", "--textfile", dir.to_str().unwrap()]).code(0);
+    lab.run(&["metrics", "--textfile", dir.to_str().unwrap()])
+        .code(0);
     let text = std::fs::read_to_string(dir.join("syncjob.prom")).unwrap();
     promtool_check(&text);
     let dst = lab.dst().display().to_string();
@@ -241,5 +275,10 @@ fn a_metrics_address_in_use_stops_the_daemon_with_a_clear_error() {
     ));
     let r = lab.run(&["daemon"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains(&format!("cannot listen for metrics on 127.0.0.1:{port}")), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("cannot listen for metrics on 127.0.0.1:{port}")),
+        "{}",
+        r.stderr
+    );
 }

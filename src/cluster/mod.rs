@@ -198,11 +198,16 @@ impl Cluster {
             None
         };
         if let Some(why) = why {
-            if st.refusal_logged.is_none_or(|t| now - t > REFUSAL_LOG_EVERY) {
+            if st
+                .refusal_logged
+                .is_none_or(|t| now - t > REFUSAL_LOG_EVERY)
+            {
                 st.refusal_logged = Some(now);
                 (sh.log)(
                     true,
-                    &format!("cluster: job {job} not started: {why} (further refusals for 10 s not logged)"),
+                    &format!(
+                        "cluster: job {job} not started: {why} (further refusals for 10 s not logged)"
+                    ),
                 );
             }
             return Err(Refusal::Unreachable(why));
@@ -273,7 +278,8 @@ impl Shared {
         }
         st.problem = now_problem.clone();
         drop(st);
-        self.metrics.cluster_state(now_problem.is_none(), now_problem);
+        self.metrics
+            .cluster_state(now_problem.is_none(), now_problem);
     }
 
     /// Make sure a lease is held and renewed; returns it.
@@ -378,13 +384,14 @@ impl Shared {
                     if self.etcd.delete_if(&self.key(job), kv.create_revision)? {
                         (self.log)(
                             false,
-                            &format!(
-                                "cluster: job {job} handed over to {}",
-                                pref.unwrap_or("?")
-                            ),
+                            &format!("cluster: job {job} handed over to {}", pref.unwrap_or("?")),
                         );
                     }
-                } else if st.owned.insert(job.to_string(), kv.create_revision).is_none() {
+                } else if st
+                    .owned
+                    .insert(job.to_string(), kv.create_revision)
+                    .is_none()
+                {
                     drop(st);
                     (self.log)(false, &format!("cluster: job {job} owned here"));
                 }
@@ -399,29 +406,37 @@ impl Shared {
                     self.etcd.delete_if(&self.key(job), kv.create_revision)?;
                 }
             }
-            None => {
-                let waited = {
-                    let mut st = self.lock();
-                    st.owned.remove(job);
-                    let since = *st
-                        .unowned_since
-                        .entry(job.to_string())
-                        .or_insert_with(Instant::now);
-                    since.elapsed()
-                };
-                if pref == Some(me) || waited > self.cfg.ttl * 2 {
-                    if let Some(rev) = self.etcd.create(&self.key(job), me, lease)? {
-                        let mut st = self.lock();
-                        st.owned.insert(job.to_string(), rev);
-                        st.unowned_since.remove(job);
-                        drop(st);
-                        (self.log)(
-                            false,
-                            &format!("cluster: job {job} taken (lock revision {rev})"),
-                        );
-                    }
-                }
-            }
+            None => self.take_free(job, pref == Some(me), lease)?,
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// A job without an owner: take it when preferred here, or when it has
+    /// been free for 2 × ttl (its preferred member does not take it).
+    fn take_free(&self, job: &str, preferred: bool, lease: i64) -> Result<(), EtcdError> {
+        let waited = {
+            let mut st = self.lock();
+            st.owned.remove(job);
+            let since = *st
+                .unowned_since
+                .entry(job.to_string())
+                .or_insert_with(Instant::now);
+            since.elapsed()
+        };
+        if !preferred && waited <= self.cfg.ttl * 2 {
+            return Ok(());
+        }
+        if let Some(rev) = self.etcd.create(&self.key(job), &self.id, lease)? {
+            let mut st = self.lock();
+            st.owned.insert(job.to_string(), rev);
+            st.unowned_since.remove(job);
+            drop(st);
+            (self.log)(
+                false,
+                &format!("cluster: job {job} taken (lock revision {rev})"),
+            );
         }
         Ok(())
     }
@@ -441,7 +456,12 @@ impl Ticket {
     fn new(shared: Arc<Shared>, job: &str, revision: i64, global: Arc<AtomicBool>) -> Ticket {
         let cancel = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicBool::new(false));
-        let (sh, c, d, j) = (shared.clone(), cancel.clone(), done.clone(), job.to_string());
+        let (sh, c, d, j) = (
+            shared.clone(),
+            cancel.clone(),
+            done.clone(),
+            job.to_string(),
+        );
         let _ = std::thread::Builder::new()
             .name("cluster-watch".into())
             .spawn(move || {

@@ -73,7 +73,11 @@ pub(super) fn parse_key(ctx: &mut Ctx, key: &str, v: &Node, base: &Path, out: &m
         "metrics" => match v.as_str().map(parse_addr) {
             Some(Ok(a)) => out.metrics = Some(a),
             Some(Err(e)) => ctx.err(v.pos, None, e),
-            None => ctx.err(v.pos, None, "`metrics` must be an address such as 127.0.0.1:9750"),
+            None => ctx.err(
+                v.pos,
+                None,
+                "`metrics` must be an address such as 127.0.0.1:9750",
+            ),
         },
         "metrics_textfile" => match v.as_str() {
             Some(s) if !s.is_empty() => out.metrics_textfile = Some(base.join(s)),
@@ -148,7 +152,10 @@ mod tests {
             parse_addr("127.0.0.1:9750").unwrap(),
             "127.0.0.1:9750".parse().unwrap()
         );
-        assert_eq!(parse_addr(":9750").unwrap(), "0.0.0.0:9750".parse().unwrap());
+        assert_eq!(
+            parse_addr(":9750").unwrap(),
+            "0.0.0.0:9750".parse().unwrap()
+        );
         assert!(parse_addr("[::1]:0").is_ok());
         for bad in ["localhost", "127.0.0.1", "1.2.3.4:99999", "http://x:1", ""] {
             assert!(parse_addr(bad).is_err(), "{bad}");
@@ -162,7 +169,13 @@ mod tests {
             parse_endpoint("http://[::1]:2379").unwrap(),
             "http://[::1]:2379"
         );
-        for bad in ["https://e:2379", "e:2379", "http://e", "http://e:2379/x", "http://:1"] {
+        for bad in [
+            "https://e:2379",
+            "e:2379",
+            "http://e",
+            "http://e:2379/x",
+            "http://:1",
+        ] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
     }

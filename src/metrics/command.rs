@@ -14,14 +14,16 @@ use std::path::Path;
 pub fn run(g: &Global, dir: Option<&Path>) -> Result<u8, CliError> {
     let cfg = g.load()?;
     let env = g.env();
-    let m = textfile::from_log(&cfg, &env).map_err(|e| {
-        CliError::Failed(format!("cannot read run log {}: {e}", env.log.display()))
-    })?;
+    let m = textfile::from_log(&cfg, &env)
+        .map_err(|e| CliError::Failed(format!("cannot read run log {}: {e}", env.log.display())))?;
     let text = m.encode();
     match dir.or(cfg.observe.metrics_textfile.as_deref()) {
         Some(d) => {
             let p = textfile::write(d, &text).map_err(|e| {
-                CliError::Failed(format!("cannot write the metrics into {}: {e}", d.display()))
+                CliError::Failed(format!(
+                    "cannot write the metrics into {}: {e}",
+                    d.display()
+                ))
             })?;
             if g.verbose {
                 eprintln!("syncjob: wrote {}", p.display());

@@ -5,7 +5,10 @@
 //! Invariants: a target that never succeeded counts from the moment this
 //! process learnt of its job (a fresh daemon is not stale at once); a
 //! skipped or dry run changes neither the failure nor the success state;
-//! the reasons are listed in a stable order (jobs, then targets, by name).
+//! the reasons are listed in a stable order (jobs, then targets, by name);
+//! in cluster mode a job owned by another daemon is that daemon's to
+//! report (its runs are not seen here), and a job taken over counts from
+//! the moment it was taken.
 
 use crate::journal::Record;
 use std::collections::BTreeMap;
@@ -26,6 +29,8 @@ struct JobState {
     stale_after: Option<Duration>,
     /// When this process learnt of the job (Unix time).
     known_since: f64,
+    /// Cluster mode: when this daemon took the job over.
+    taken_at: Option<f64>,
     targets: BTreeMap<String, TargetState>,
 }
 
@@ -36,6 +41,8 @@ pub struct Health {
     heartbeat: Option<Instant>,
     /// Cluster mode: `Some(None)` reachable, `Some(Some(why))` not.
     pub(super) cluster: Option<Option<String>>,
+    /// Cluster mode: jobs not owned here.
+    elsewhere: std::collections::BTreeSet<String>,
 }
 
 fn unix_now() -> f64 {
@@ -51,6 +58,7 @@ impl Health {
             jobs: BTreeMap::new(),
             heartbeat: None,
             cluster: None,
+            elsewhere: Default::default(),
         }
     }
 
@@ -63,12 +71,29 @@ impl Health {
             .or_insert_with(|| JobState {
                 stale_after,
                 known_since: now,
+                taken_at: None,
                 targets: BTreeMap::new(),
             });
         st.stale_after = stale_after;
         st.targets.retain(|t, _| targets.contains(t));
         for t in targets {
             st.targets.entry(t.clone()).or_default();
+        }
+    }
+
+    /// Cluster mode: whether this daemon owns `job` now.
+    pub(super) fn owned(&mut self, job: &str, mine: bool) {
+        if mine {
+            if self.elsewhere.remove(job)
+                && let Some(j) = self.jobs.get_mut(job)
+            {
+                // taken over: its staleness counts from now, its old
+                // failures were another daemon's
+                j.taken_at = Some(unix_now());
+                j.targets.values_mut().for_each(|t| t.failed = None);
+            }
+        } else {
+            self.elsewhere.insert(job.to_string());
         }
     }
 
@@ -125,7 +150,11 @@ impl Health {
             reasons.push(format!("cluster: {why}; no cluster job starts here"));
         }
         let now = unix_now();
-        for (name, j) in &self.jobs {
+        for (name, j) in self
+            .jobs
+            .iter()
+            .filter(|(n, _)| !self.elsewhere.contains(*n))
+        {
             for (target, t) in &j.targets {
                 if let Some(why) = &t.failed {
                     reasons.push(format!("job {name} -> {target}: last run failed: {why}"));
@@ -133,7 +162,10 @@ impl Health {
                 let Some(limit) = j.stale_after else {
                     continue;
                 };
-                let since = t.last_success.unwrap_or(j.known_since);
+                let since = t
+                    .last_success
+                    .unwrap_or(j.known_since)
+                    .max(j.taken_at.unwrap_or(0.0));
                 let age = now - since;
                 if age > limit.as_secs_f64() {
                     let what = if t.last_success.is_some() {
@@ -190,9 +222,25 @@ mod tests {
         h.outcome(&r, Some(unix_now() - 120.0));
         let (ok, why) = h.check();
         assert!(!ok);
-        assert!(why[0].contains("last success 120 s ago (stale_after 60 s)"), "{why:?}");
+        assert!(
+            why[0].contains("last success 120 s ago (stale_after 60 s)"),
+            "{why:?}"
+        );
         h.outcome(&r, Some(unix_now()));
         assert!(h.check().0);
+        // cluster: a job owned elsewhere is not this daemon's to report
+        h.outcome(&r, Some(unix_now() - 120.0));
+        let mut f = r.clone();
+        f.status = "failed".into();
+        h.outcome(&f, None);
+        assert!(!h.check().0);
+        h.owned("web", false);
+        assert!(h.check().0, "{:?}", h.check());
+        h.owned("web", true);
+        assert!(
+            h.check().0,
+            "taken over: counts from now, old failure dropped"
+        );
         h.cluster = Some(Some("etcd unreachable".into()));
         assert!(h.check().1[0].starts_with("cluster: etcd unreachable"));
     }

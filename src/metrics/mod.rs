@@ -181,8 +181,12 @@ impl Metrics {
         if r.status == "dry_run" {
             return;
         }
-        self.bytes.with_label_values(&jt).inc_by(r.bytes_transferred);
-        self.files.with_label_values(&jt).inc_by(r.files_transferred);
+        self.bytes
+            .with_label_values(&jt)
+            .inc_by(r.bytes_transferred);
+        self.files
+            .with_label_values(&jt)
+            .inc_by(r.files_transferred);
         self.deleted.with_label_values(&jt).inc_by(r.files_deleted);
         let at = chrono::DateTime::parse_from_rfc3339(&r.finished_at)
             .map(|t| t.timestamp_millis() as f64 / 1000.0)
@@ -214,7 +218,9 @@ impl Metrics {
                 let _ = self.next_run.remove_label_values(&[job]);
             }
         }
-        self.running.with_label_values(&[job]).set(i64::from(running));
+        self.running
+            .with_label_values(&[job])
+            .set(i64::from(running));
     }
 
     /// Forget a job that left the jobs file.
@@ -230,7 +236,9 @@ impl Metrics {
         self.watch_pending
             .with_label_values(&[job])
             .set(pending.min(i64::MAX as u64) as i64);
-        self.watch_lag.with_label_values(&[job]).set(oldest_age_secs);
+        self.watch_lag
+            .with_label_values(&[job])
+            .set(oldest_age_secs);
     }
 
     /// Watch mode: directory watches held for the job.
@@ -258,6 +266,7 @@ impl Metrics {
         self.cluster_owned
             .with_label_values(&[job])
             .set(i64::from(mine));
+        self.lock_health().owned(job, mine);
     }
 
     /// The health state, for the scheduler to update and /healthz to read.
@@ -316,16 +325,27 @@ mod tests {
     #[test]
     fn one_run_counts_once_per_target_and_once_in_the_histogram() {
         let m = Metrics::new();
-        m.observe_run(&[rec("web", "/a", "ok", 10, 1500), rec("web", "/b", "failed", 5, 300)]);
+        m.observe_run(&[
+            rec("web", "/a", "ok", 10, 1500),
+            rec("web", "/b", "failed", 5, 300),
+        ]);
         let t = m.encode();
-        assert!(t.contains("syncjob_runs_total{job=\"web\",status=\"ok\",target=\"/a\"} 1"), "{t}");
+        assert!(
+            t.contains("syncjob_runs_total{job=\"web\",status=\"ok\",target=\"/a\"} 1"),
+            "{t}"
+        );
         assert!(t.contains("syncjob_runs_total{job=\"web\",status=\"failed\",target=\"/b\"} 1"));
         assert!(t.contains("syncjob_bytes_transferred_total{job=\"web\",target=\"/a\"} 10"));
         assert!(t.contains("syncjob_run_duration_seconds_count{job=\"web\"} 1"));
         assert!(t.contains("syncjob_run_duration_seconds_sum{job=\"web\"} 1.5"));
-        assert!(t.contains("syncjob_last_success_timestamp_seconds{job=\"web\",target=\"/a\"} 1795755601"));
+        assert!(t.contains(
+            "syncjob_last_success_timestamp_seconds{job=\"web\",target=\"/a\"} 1795755601"
+        ));
         assert!(!t.contains("last_success_timestamp_seconds{job=\"web\",target=\"/b\"}"));
         assert!(t.contains("syncjob_build_info{version="));
-        assert!(!t.contains("syncjob_watch_"), "no watch values unless a watcher reports");
+        assert!(
+            !t.contains("syncjob_watch_"),
+            "no watch values unless a watcher reports"
+        );
     }
 }

@@ -58,7 +58,11 @@ fn serve(server: Server, metrics: Arc<Metrics>) {
                 let (ok, body) = metrics.lock_health().body();
                 (if ok { 200 } else { 503 }, "application/json", body + "\n")
             }
-            _ => (404, "text/plain", "not found: try /metrics or /healthz\n".into()),
+            _ => (
+                404,
+                "text/plain",
+                "not found: try /metrics or /healthz\n".into(),
+            ),
         };
         let resp = Response::from_string(body)
             .with_status_code(code)

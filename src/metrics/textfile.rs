@@ -51,7 +51,11 @@ pub fn seed_last_success(m: &Metrics, cfg: &Config, log: &Path) {
     let mut want: HashMap<(String, String), ()> = cfg
         .jobs
         .iter()
-        .flat_map(|j| j.targets.iter().map(|t| ((j.name.clone(), t.to_string()), ())))
+        .flat_map(|j| {
+            j.targets
+                .iter()
+                .map(|t| ((j.name.clone(), t.to_string()), ()))
+        })
         .collect();
     let Ok(lines) = RevLines::open(log) else {
         return;
@@ -149,7 +153,13 @@ mod tests {
         log.extend(b"not json\n");
         replay(&m, &log[..]).unwrap();
         let t = m.encode();
-        assert!(t.contains("syncjob_run_duration_seconds_count{job=\"web\"} 1"), "{t}");
-        assert!(t.contains("syncjob_run_duration_seconds_sum{job=\"web\"} 2"), "{t}");
+        assert!(
+            t.contains("syncjob_run_duration_seconds_count{job=\"web\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("syncjob_run_duration_seconds_sum{job=\"web\"} 2"),
+            "{t}"
+        );
     }
 }

@@ -15,7 +15,12 @@ pub struct DaemonProc {
 impl DaemonProc {
     /// Start `syncjob daemon` with the lab's jobs file and `state` as state
     /// dir; `log` is the run log (shared between daemons in cluster tests).
-    pub fn start_with(lab: &Lab, state: &std::path::Path, log: &std::path::Path, tag: &str) -> DaemonProc {
+    pub fn start_with(
+        lab: &Lab,
+        state: &std::path::Path,
+        log: &std::path::Path,
+        tag: &str,
+    ) -> DaemonProc {
         let stderr = lab.path(&format!("daemon-{tag}.err"));
         let child = std::process::Command::new(super::BIN)
             .arg("-c")
@@ -125,10 +130,8 @@ pub fn promtool_check(text: &str) {
 /// The value of the sample `name{labels}` (labels exactly as written, in
 /// the order the encoder sorts them), if present.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            (k == series).then(|| v.parse().unwrap())
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == series).then(|| v.parse().unwrap())
+    })
 }

@@ -55,7 +55,9 @@ impl Etcd {
             .arg(format!("--listen-client-urls=http://127.0.0.1:{c}"))
             .arg(format!("--advertise-client-urls=http://127.0.0.1:{c}"))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{p}"))
-            .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{p}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{p}"
+            ))
             .arg(format!("--initial-cluster=t1=http://127.0.0.1:{p}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
