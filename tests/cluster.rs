@@ -4,17 +4,20 @@
 
 mod common;
 use common::daemon::{DaemonProc, http_get, sample};
-use common::etcd::Etcd;
+use common::etcd::{Etcd, Proxy};
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 const TTL: i64 = 3;
 
-fn cluster_config(lab: &Lab, etcd: &Etcd, jobs: usize) {
+/// `${ETCD_URL}` for the CLI runs of the partition test (its daemons get
+/// their own in their environment).
+static ETCD_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn cluster_config(lab: &Lab, etcd: &str, jobs: usize) {
     let mut y = format!(
-        "metrics: 127.0.0.1:0\ncluster:\n  etcd: [{}]\n  ttl: {TTL}s\n  prefix: /syncjob/test\njobs:\n",
-        etcd.url
+        "metrics: 127.0.0.1:0\ncluster:\n  etcd: [{etcd}]\n  ttl: {TTL}s\n  prefix: /syncjob/test\njobs:\n"
     );
     for i in 0..jobs {
         y.push_str(&format!(
@@ -32,6 +35,7 @@ fn start(lab: &Lab, n: usize) -> Vec<DaemonProc> {
                 &lab.path(&format!("state{i}")),
                 &lab.log_path(),
                 &i.to_string(),
+                &[],
             )
         })
         .collect()
@@ -39,7 +43,13 @@ fn start(lab: &Lab, n: usize) -> Vec<DaemonProc> {
 
 /// `syncjob status --json`'s owners, as the CLI reads them from etcd.
 fn owners(lab: &Lab) -> BTreeMap<String, String> {
-    let r = lab.run(&["status", "--json"]);
+    let r = Run::from(
+        lab.cmd()
+            .env("ETCD_URL", ETCD_URL.get().map(String::as_str).unwrap_or(""))
+            .args(["status", "--json"])
+            .output()
+            .unwrap(),
+    );
     r.code(0);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     v["cluster"]
@@ -122,7 +132,7 @@ fn each_firing_runs_once_across_three_daemons_and_a_killed_ones_jobs_move() {
     lab.write("a.txt", b"x");
     let etcd = Etcd::start(lab.dir.path());
     const JOBS: usize = 8;
-    cluster_config(&lab, &etcd, JOBS);
+    cluster_config(&lab, &etcd.url, JOBS);
     let mut ds = start(&lab, 3);
     let owned = settled(&lab, JOBS);
     let ids: BTreeSet<&String> = owned.values().collect();
@@ -201,7 +211,7 @@ fn nothing_starts_while_etcd_is_down_and_jobs_resume_when_it_is_back() {
     lab.write("a.txt", b"x");
     let mut etcd = Etcd::start(lab.dir.path());
     const JOBS: usize = 3;
-    cluster_config(&lab, &etcd, JOBS);
+    cluster_config(&lab, &etcd.url, JOBS);
     let mut ds = start(&lab, 2);
     settled(&lab, JOBS);
     let addr = ds[0].metrics_addr();
@@ -270,4 +280,100 @@ fn nothing_starts_while_etcd_is_down_and_jobs_resume_when_it_is_back() {
     for d in ds.iter_mut() {
         d.stop();
     }
+}
+
+#[test]
+fn a_daemon_cut_off_from_etcd_stops_and_its_jobs_move_without_a_double_run() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"x");
+    let etcd = Etcd::start(lab.dir.path());
+    let proxy = Proxy::start(&etcd.url);
+    const JOBS: usize = 10;
+    // one jobs file; the etcd URL comes from each daemon's environment
+    cluster_config(&lab, "\"${ETCD_URL}\"", JOBS);
+    let mut cut = DaemonProc::start_with(
+        &lab,
+        &lab.path("state-cut"),
+        &lab.log_path(),
+        "cut",
+        &[("ETCD_URL", &proxy.url)],
+    );
+    let mut other = DaemonProc::start_with(
+        &lab,
+        &lab.path("state-other"),
+        &lab.log_path(),
+        "other",
+        &[("ETCD_URL", &etcd.url)],
+    );
+    ETCD_URL.set(etcd.url.clone()).unwrap();
+    let owned = settled(&lab, JOBS);
+    let cut_id = format!(
+        "{}:{}",
+        owned.values().next().unwrap().rsplit_once(':').unwrap().0,
+        cut.child.id()
+    );
+    let cut_jobs: Vec<&String> = owned
+        .iter()
+        .filter(|(_, o)| **o == cut_id)
+        .map(|(j, _)| j)
+        .collect();
+    assert!(
+        !cut_jobs.is_empty() && cut_jobs.len() < JOBS,
+        "spread: {owned:?}"
+    );
+
+    proxy.set_cut(true);
+    let cut_at = chrono::Utc::now();
+    let cut_sec = cut_at.timestamp();
+    std::thread::sleep(Duration::from_secs((TTL + 4) as u64));
+    let f = firings(&lab);
+    assert_no_double(&f);
+    let grace = cut_at + chrono::Duration::milliseconds(2600);
+    for r in lab.log() {
+        let started =
+            chrono::DateTime::parse_from_rfc3339(r["started_at"].as_str().unwrap()).unwrap();
+        assert!(
+            !(r["owner"] == cut_id.as_str() && started > grace),
+            "the cut-off daemon started a run: {r}"
+        );
+    }
+    for job in &cut_jobs {
+        let first = f
+            .iter()
+            .filter(|((j, s), o)| j == *job && *s > cut_sec && o[0] != cut_id)
+            .map(|((_, s), _)| *s)
+            .min()
+            .unwrap_or_else(|| panic!("{job} never moved"));
+        assert!(
+            first <= cut_sec + TTL + 2,
+            "{job} moved at {first}, cut at {cut_sec}"
+        );
+    }
+    assert!(
+        cut.err().contains("no cluster job starts here"),
+        "{}",
+        cut.err()
+    );
+    let (code, body) = http_get(&cut.metrics_addr(), "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(http_get(&other.metrics_addr(), "/healthz").0, 200);
+
+    // healed: the cut-off daemon gets a new lease and its share back
+    proxy.set_cut(false);
+    let t = Instant::now();
+    loop {
+        let o = owners(&lab);
+        if o.len() == JOBS && o.values().any(|x| *x == cut_id) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "no job came back: {o:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_no_double(&firings(&lab));
+    cut.stop();
+    other.stop();
 }

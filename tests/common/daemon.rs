@@ -20,6 +20,7 @@ impl DaemonProc {
         state: &std::path::Path,
         log: &std::path::Path,
         tag: &str,
+        envs: &[(&str, &str)],
     ) -> DaemonProc {
         let stderr = lab.path(&format!("daemon-{tag}.err"));
         let child = std::process::Command::new(super::BIN)
@@ -27,6 +28,7 @@ impl DaemonProc {
             .arg(lab.path("jobs.yaml"))
             .env_remove("SYNCJOB_CONFIG")
             .env("TZ", "UTC")
+            .envs(envs.iter().copied())
             .current_dir(lab.dir.path())
             .stdin(Stdio::null())
             .arg("--state-dir")
@@ -44,7 +46,7 @@ impl DaemonProc {
     }
 
     pub fn start(lab: &Lab) -> DaemonProc {
-        DaemonProc::start_with(lab, &lab.state(), &lab.log_path(), "0")
+        DaemonProc::start_with(lab, &lab.state(), &lab.log_path(), "0", &[])
     }
 
     pub fn err(&self) -> String {

@@ -112,3 +112,57 @@ impl Drop for Etcd {
         self.kill();
     }
 }
+
+/// A TCP proxy in front of etcd that can be cut, to cut one daemon off
+/// etcd while the others still reach it (a partition).
+pub struct Proxy {
+    pub url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    pub fn start(to: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let target = to.trim_start_matches("http://").to_string();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, cs) = (cut.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for inc in l.incoming() {
+                let Ok(inc) = inc else { continue };
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: connection closed at once
+                }
+                let Ok(out) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut g = cs.lock().unwrap();
+                g.push(inc.try_clone().unwrap());
+                g.push(out.try_clone().unwrap());
+                for (mut a, mut b) in [
+                    (inc.try_clone().unwrap(), out.try_clone().unwrap()),
+                    (out, inc),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut a, &mut b);
+                        let _ = b.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { url, cut, conns }
+    }
+
+    /// Cut (or heal) the path: open connections are closed, new ones dropped.
+    pub fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            for s in self.conns.lock().unwrap().drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
