@@ -16,8 +16,12 @@ const TTL: i64 = 3;
 static ETCD_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn cluster_config(lab: &Lab, etcd: &str, jobs: usize) {
+    cluster_config_ttl(lab, etcd, jobs, TTL)
+}
+
+fn cluster_config_ttl(lab: &Lab, etcd: &str, jobs: usize, ttl: i64) {
     let mut y = format!(
-        "metrics: 127.0.0.1:0\ncluster:\n  etcd: [{etcd}]\n  ttl: {TTL}s\n  prefix: /syncjob/test\njobs:\n"
+        "metrics: 127.0.0.1:0\ncluster:\n  etcd: [{etcd}]\n  ttl: {ttl}s\n  prefix: /syncjob/test\njobs:\n"
     );
     for i in 0..jobs {
         y.push_str(&format!(
@@ -376,4 +380,36 @@ fn a_daemon_cut_off_from_etcd_stops_and_its_jobs_move_without_a_double_run() {
     assert_no_double(&firings(&lab));
     cut.stop();
     other.stop();
+}
+
+#[test]
+fn a_daemon_stopped_with_sigterm_hands_its_jobs_over_at_once() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"x");
+    let etcd = Etcd::start(lab.dir.path());
+    const JOBS: usize = 6;
+    // a long ttl: the jobs must move long before the lease would expire
+    cluster_config_ttl(&lab, &etcd.url, JOBS, 20);
+    let mut ds = start(&lab, 2);
+    let owned = settled(&lab, JOBS);
+    let pid = |o: &str| -> u32 { o.rsplit(':').next().unwrap().parse().unwrap() };
+    let first = owned.values().next().unwrap().clone();
+    let (gone, stay): (Vec<_>, Vec<_>) = ds.iter_mut().partition(|d| d.child.id() == pid(&first));
+    let stopped_at = Instant::now();
+    gone.into_iter().next().unwrap().stop();
+    assert!(stopped_at.elapsed() < Duration::from_secs(5));
+    let stayed = stay.into_iter().next().unwrap();
+    let t = Instant::now();
+    loop {
+        let o = owners(&lab);
+        if o.len() == JOBS && o.values().all(|x| pid(x) == stayed.child.id()) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "jobs did not move at once (ttl 20 s): {o:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stayed.stop();
 }
