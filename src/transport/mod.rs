@@ -5,7 +5,6 @@
 //! the planner, never from the remote side unchecked.
 
 pub mod local;
-pub mod sftp;
 pub mod ssh;
 
 use crate::config::Job;

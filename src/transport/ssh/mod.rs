@@ -16,7 +16,9 @@
 //!   one stream to `syncjob helper` on the remote (see `helper`): the same
 //!   temporary name and rename there, one record and one reply per file.
 
-use super::sftp::{self, Attrs, FXF_CREAT, FXF_EXCL, FXF_WRITE, Reply, Sftp, secs32};
+pub mod sftp;
+
+use self::sftp::{Attrs, FXF_CREAT, FXF_EXCL, FXF_WRITE, Reply, Sftp, secs32};
 use super::{Listing, Transport, open_source, temp_name, verify_unchanged};
 use crate::config::{HostKeyPolicy, Job};
 use crate::filter::Filter;
