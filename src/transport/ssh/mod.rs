@@ -19,8 +19,10 @@
 pub mod sftp;
 
 use self::sftp::{Attrs, FXF_CREAT, FXF_EXCL, FXF_WRITE, Reply, Sftp, secs32};
-use super::{Listing, Transport, open_source, temp_name, verify_unchanged};
-use crate::config::{HostKeyPolicy, Job};
+use super::{
+    Listing, OpenError, Transport, TransportSettings, open_source, temp_name, verify_unchanged,
+};
+use crate::config::{HostKeyPolicy, SshOptions};
 use crate::filter::Filter;
 use crate::journal::PathError;
 use crate::plan::{Action, Entry, EntryKind, Tree, TreeBuilder};
@@ -33,24 +35,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// An error that retrying cannot fix (auth refused, host key unknown or
-/// changed, bad password file).
-#[derive(Debug)]
-pub struct Permanent(pub String);
-
-impl std::fmt::Display for Permanent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for Permanent {}
-
-fn permanent(kind: io::ErrorKind, msg: String) -> io::Error {
-    io::Error::new(kind, Permanent(msg))
-}
-
-pub fn is_permanent(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|i| i.is::<Permanent>())
+fn permanent(kind: io::ErrorKind, msg: String) -> OpenError {
+    OpenError::permanent(kind, msg)
 }
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -126,7 +112,7 @@ fn local_user() -> String {
     "root".into()
 }
 
-fn read_secret(path: &Path) -> io::Result<String> {
+fn read_secret(path: &Path) -> Result<String, OpenError> {
     let md = std::fs::metadata(path)
         .map_err(|e| permanent(e.kind(), format!("password_file {}: {e}", path.display())))?;
     if md.permissions().mode() & 0o077 != 0 {
@@ -177,8 +163,8 @@ impl Ssh {
         }
     }
 
-    pub fn connect(t: &SshTarget, job: &Job) -> io::Result<Ssh> {
-        let o = &job.ssh;
+    pub fn connect(t: &SshTarget, settings: &TransportSettings) -> Result<Ssh, OpenError> {
+        let o = &settings.ssh;
         let port = t.port.unwrap_or(o.port);
         let label = format!("{}:{port}", t.host);
         let addrs: Vec<_> = (t.host.as_str(), port)
@@ -222,9 +208,9 @@ impl Ssh {
                 format!("ssh handshake with {label}: {e}"),
             )
         })?;
-        check_host_key(&sess, &t.host, port, job)?;
+        check_host_key(&sess, &t.host, port, o)?;
         let user = t.user.clone().unwrap_or_else(local_user);
-        authenticate(&sess, &user, &t.host, job)?;
+        authenticate(&sess, &user, &t.host, o)?;
         let chan = sess.channel_session().map_err(io::Error::from)?;
         let sftp = Sftp::start(chan)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot start sftp on {label}: {e}")))?;
@@ -368,7 +354,7 @@ impl Ssh {
 /// Start `CMD helper` on the remote and check its greeting. A helper that
 /// cannot start is a permanent error (it is configured, and would be
 /// missing on every retry).
-fn start_helper(sess: &ssh2::Session, cmd: &str, label: &str) -> io::Result<ssh2::Channel> {
+fn start_helper(sess: &ssh2::Session, cmd: &str, label: &str) -> Result<ssh2::Channel, OpenError> {
     let mut ch = sess.channel_session().map_err(io::Error::from)?;
     let mut line = b"exec ".to_vec();
     line.extend_from_slice(&shell_quote(cmd.as_bytes()));
@@ -503,7 +489,12 @@ fn helper_lost(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, format!("remote helper: {e}"))
 }
 
-fn check_host_key(sess: &ssh2::Session, host: &str, port: u16, job: &Job) -> io::Result<()> {
+fn check_host_key(
+    sess: &ssh2::Session,
+    host: &str,
+    port: u16,
+    o: &SshOptions,
+) -> Result<(), OpenError> {
     let (key, ktype) = sess
         .host_key()
         .ok_or_else(|| io::Error::other("the server sent no host key"))?;
@@ -511,8 +502,7 @@ fn check_host_key(sess: &ssh2::Session, host: &str, port: u16, job: &Job) -> io:
         .host_key_hash(ssh2::HashType::Sha256)
         .map(|h| format!("SHA256:{}", base64(h, false)))
         .unwrap_or_default();
-    let kh_path = job
-        .ssh
+    let kh_path = o
         .known_hosts
         .clone()
         .unwrap_or_else(|| home().join(".ssh/known_hosts"));
@@ -551,14 +541,12 @@ fn check_host_key(sess: &ssh2::Session, host: &str, port: u16, job: &Job) -> io:
                 kh_path.display()
             ),
         )),
-        ssh2::CheckResult::NotFound
-            if job.ssh.strict_host_key_checking == HostKeyPolicy::AcceptNew =>
-        {
+        ssh2::CheckResult::NotFound if o.strict_host_key_checking == HostKeyPolicy::AcceptNew => {
             if let Some(dir) = kh_path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
             let line = format!("{name} {} {}\n", key_type_name(ktype), base64(key, true));
-            crate::journal::append_line(&kh_path, line.as_bytes())?;
+            append_known_host(&kh_path, line.as_bytes())?;
             eprintln!(
                 "syncjob: added the host key of {name} ({} {fp}) to {} (accept-new)",
                 key_type_name(ktype),
@@ -578,8 +566,26 @@ fn check_host_key(sess: &ssh2::Session, host: &str, port: u16, job: &Job) -> io:
     }
 }
 
-fn authenticate(sess: &ssh2::Session, user: &str, host: &str, job: &Job) -> io::Result<()> {
-    let o = &job.ssh;
+/// Append one line to `known_hosts` with one `write(2)` under an exclusive
+/// `flock`, so that targets connecting at once never interleave their lines.
+fn append_known_host(path: &Path, line: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    f.lock()?;
+    let r = f.write_all(line);
+    let _ = f.unlock();
+    r
+}
+
+fn authenticate(
+    sess: &ssh2::Session,
+    user: &str,
+    host: &str,
+    o: &SshOptions,
+) -> Result<(), OpenError> {
     let secret = match &o.password_file {
         Some(p) => Some(read_secret(p)?),
         None => None,
