@@ -173,23 +173,7 @@ impl Daemon {
                     Status::Skipped => Level::Warning,
                     _ => Level::Info,
                 };
-                say(
-                    level,
-                    &format!(
-                        "job {} -> {}: {}, {} transferred ({} bytes), {} deleted, {} ms{}",
-                        r.job,
-                        r.target,
-                        r.status,
-                        r.files_transferred,
-                        r.bytes_transferred,
-                        r.files_deleted,
-                        r.duration_ms,
-                        r.reason
-                            .as_ref()
-                            .map(|x| format!(": {x}"))
-                            .unwrap_or_default()
-                    ),
-                );
+                say(level, &run::report::daemon_line(r));
             }
             let failed = res.status == Status::Failed;
             let _ = tx.send(Event::Finished(job.name.clone(), failed));
