@@ -23,4 +23,5 @@ pub mod run;
 pub mod schedule;
 pub mod target;
 pub mod transport;
+pub mod units;
 pub mod yaml;

@@ -8,7 +8,8 @@
 //! seconds between 2 s and 1 h; `prefix` starts with `/`, has no trailing
 //! `/` and no `\0`. Every problem is reported at its position.
 
-use super::{Ctx, parse_duration};
+use super::raw::Ctx;
+use crate::units::parse_duration;
 use crate::yaml::{Kind, Node};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -68,7 +69,7 @@ fn parse_endpoint(s: &str) -> Result<String, String> {
 }
 
 /// One top-level key of this module.
-pub(super) fn parse_key(ctx: &mut Ctx, key: &str, v: &Node, base: &Path, out: &mut Observe) {
+pub(super) fn parse_key(ctx: &mut Ctx, key: &str, v: &Node, out: &mut Observe) {
     match key {
         "metrics" => match v.as_str().map(parse_addr) {
             Some(Ok(a)) => out.metrics = Some(a),
@@ -80,12 +81,18 @@ pub(super) fn parse_key(ctx: &mut Ctx, key: &str, v: &Node, base: &Path, out: &m
             ),
         },
         "metrics_textfile" => match v.as_str() {
-            Some(s) if !s.is_empty() => out.metrics_textfile = Some(base.join(s)),
+            Some(s) if !s.is_empty() => out.metrics_textfile = Some(PathBuf::from(s)),
             _ => ctx.err(v.pos, None, "`metrics_textfile` must be a directory path"),
         },
         "cluster" => out.cluster = parse_cluster(ctx, v),
         _ => {}
     }
+}
+
+/// Relative paths resolved against the jobs file's directory.
+pub(super) fn resolved(mut o: Observe, base: &Path) -> Observe {
+    o.metrics_textfile = o.metrics_textfile.map(|p| base.join(p));
+    o
 }
 
 fn parse_cluster(ctx: &mut Ctx, v: &Node) -> Option<ClusterConfig> {
