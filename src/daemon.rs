@@ -218,7 +218,8 @@ impl Daemon {
                             Level::Warning,
                             &format!("job {name}: still running at {at}; this firing is skipped"),
                         );
-                        run::log_skipped(&job, &self.env, "schedule", "overlap");
+                        let res = run::log_skipped(&job, &self.env, "schedule", "overlap");
+                        self.obs.finished(&res);
                     }
                     Overlap::Queue => st.queued = true,
                 }

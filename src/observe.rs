@@ -1,7 +1,8 @@
 //! What the daemon does beside scheduling: metrics, health, the textfile
 //! for node_exporter, and the cluster lock of each firing. The daemon calls
-//! it at five points: start, reload, each loop turn, before a run (`claim`)
-//! and after a run (`finished`).
+//! it at start, reload (`loaded`), each loop turn (`turn`), before a run
+//! (`claim`), after a run or a skipped firing (`finished`) and at exit
+//! (`stop`). `syncjob watch` can use it the same way.
 //!
 //! Invariants: without `cluster:` every claim succeeds at once and carries
 //! the daemon's own cancel flag; with it, a claim succeeds only as

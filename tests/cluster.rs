@@ -389,7 +389,8 @@ fn a_daemon_stopped_with_sigterm_hands_its_jobs_over_at_once() {
     let etcd = Etcd::start(lab.dir.path());
     const JOBS: usize = 6;
     // a long ttl: the jobs must move long before the lease would expire
-    cluster_config_ttl(&lab, &etcd.url, JOBS, 20);
+    // and a dead endpoint first: the client goes on to the next one
+    cluster_config_ttl(&lab, &format!("http://127.0.0.1:9, {}", etcd.url), JOBS, 20);
     let mut ds = start(&lab, 2);
     let owned = settled(&lab, JOBS);
     let pid = |o: &str| -> u32 { o.rsplit(':').next().unwrap().parse().unwrap() };
@@ -412,4 +413,38 @@ fn a_daemon_stopped_with_sigterm_hands_its_jobs_over_at_once() {
         std::thread::sleep(Duration::from_millis(100));
     }
     stayed.stop();
+}
+
+#[test]
+fn jobs_go_on_when_the_etcd_member_in_use_dies_in_a_three_member_cluster() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"x");
+    let mut members = Etcd::start_cluster(lab.dir.path(), 3);
+    const JOBS: usize = 4;
+    let urls: Vec<&str> = members.iter().map(|m| m.url.as_str()).collect();
+    cluster_config(&lab, &urls.join(", "), JOBS);
+    let mut ds = start(&lab, 2);
+    settled(&lab, JOBS);
+    // the daemons talk to the first endpoint: kill that member
+    members[0].kill();
+    let killed = now();
+    std::thread::sleep(Duration::from_secs((TTL + 4) as u64));
+    let f = firings(&lab);
+    assert_no_double(&f);
+    for i in 0..JOBS {
+        let job = format!("j{i}");
+        let resumed = f
+            .keys()
+            .filter(|(j, s)| *j == job && *s > killed)
+            .map(|(_, s)| *s)
+            .min();
+        let at = resumed.unwrap_or_else(|| panic!("{job} stopped with one member of three down"));
+        assert!(
+            at <= killed + TTL + 2,
+            "{job} resumed at {at}, member killed at {killed}"
+        );
+    }
+    for d in ds.iter_mut() {
+        d.stop();
+    }
 }

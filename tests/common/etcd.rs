@@ -1,5 +1,6 @@
-//! A real single-member etcd (Debian `etcd-server`) on free loopback ports
-//! with its own data dir, for the cluster tests. Killed when dropped.
+//! A real etcd (Debian `etcd-server`): one member, or a cluster of three,
+//! on free loopback ports with its own data dirs, for the cluster tests.
+//! Killed when dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,8 +9,11 @@ use std::time::{Duration, Instant};
 pub struct Etcd {
     child: Option<Child>,
     pub url: String,
-    client: u16,
+    name: String,
     peer: u16,
+    client: u16,
+    /// `--initial-cluster`
+    members: String,
     data: PathBuf,
     log: PathBuf,
 }
@@ -25,24 +29,48 @@ fn free_port() -> u16 {
 impl Etcd {
     /// Start etcd with its data under `dir` and wait until it answers.
     pub fn start(dir: &Path) -> Etcd {
-        let client = free_port();
-        let mut peer = free_port();
-        while peer == client {
-            peer = free_port();
+        Etcd::start_cluster(dir, 1).pop().unwrap()
+    }
+
+    /// Start `n` members forming one cluster; wait until each answers.
+    pub fn start_cluster(dir: &Path, n: usize) -> Vec<Etcd> {
+        let mut ports: Vec<u16> = Vec::new();
+        while ports.len() < 2 * n {
+            let p = free_port();
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
         }
-        let mut e = Etcd {
-            child: None,
-            url: format!("http://127.0.0.1:{client}"),
-            client,
-            peer,
-            data: dir.join("etcd-data"),
-            log: dir.join("etcd.log"),
-        };
-        e.spawn();
-        e
+        let members: Vec<String> = (0..n)
+            .map(|i| format!("t{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
+            .collect();
+        let mut v: Vec<Etcd> = (0..n)
+            .map(|i| Etcd {
+                child: None,
+                url: format!("http://127.0.0.1:{}", ports[2 * i]),
+                name: format!("t{i}"),
+                client: ports[2 * i],
+                peer: ports[2 * i + 1],
+                members: members.join(","),
+                data: dir.join(format!("etcd-data-t{i}")),
+                log: dir.join(format!("etcd-t{i}.log")),
+            })
+            .collect();
+        for e in &mut v {
+            e.spawn_only();
+        }
+        for e in &v {
+            e.wait_ready();
+        }
+        v
     }
 
     fn spawn(&mut self) {
+        self.spawn_only();
+        self.wait_ready();
+    }
+
+    fn spawn_only(&mut self) {
         let (c, p) = (self.client, self.peer);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -50,7 +78,7 @@ impl Etcd {
             .open(&self.log)
             .unwrap();
         let child = Command::new("etcd")
-            .args(["--name", "t1", "--data-dir"])
+            .args(["--name", &self.name, "--data-dir"])
             .arg(&self.data)
             .arg(format!("--listen-client-urls=http://127.0.0.1:{c}"))
             .arg(format!("--advertise-client-urls=http://127.0.0.1:{c}"))
@@ -58,14 +86,13 @@ impl Etcd {
             .arg(format!(
                 "--initial-advertise-peer-urls=http://127.0.0.1:{p}"
             ))
-            .arg(format!("--initial-cluster=t1=http://127.0.0.1:{p}"))
+            .arg(format!("--initial-cluster={}", self.members))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("etcd is installed (scripts/test.sh installs etcd-server)");
         self.child = Some(child);
-        self.wait_ready();
     }
 
     fn wait_ready(&self) {
