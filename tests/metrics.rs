@@ -282,3 +282,42 @@ fn a_metrics_address_in_use_stops_the_daemon_with_a_clear_error() {
         r.stderr
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn an_endless_request_header_does_not_grow_the_daemon_or_block_the_others() {
+    use std::io::Write;
+    let lab = Lab::new();
+    lab.config("metrics: 127.0.0.1:0\njobs:\n  web:\n    source: {src}\n    remote: {dst}\n");
+    let d = DaemonProc::start(&lab);
+    let addr = d.metrics_addr();
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+    let before = rss_kib(d.child.id());
+    // a header line that never ends: 64 MiB without a newline
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nX-Long: ").unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    let mut sent = 0usize;
+    for _ in 0..64 {
+        if s.write_all(&chunk).is_err() {
+            break; // the server closed the connection: as it should
+        }
+        sent += chunk.len();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = rss_kib(d.child.id()).saturating_sub(before);
+    assert!(
+        grown < 16 * 1024,
+        "daemon grew by {grown} KiB after {sent} bytes of header"
+    );
+    // the others are still served meanwhile
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+}

@@ -115,6 +115,15 @@ fn preferred<'a>(job: &str, members: &'a [String]) -> Option<&'a String> {
     })
 }
 
+/// A value read from etcd, fit for a terminal: control characters replaced,
+/// at most 256 characters.
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(256)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 /// The owner of each job (`owner`, lock revision), read from etcd: for
 /// `syncjob status` and `list`.
 pub fn owners(cfg: &ClusterConfig) -> Result<BTreeMap<String, Owner>, EtcdError> {
@@ -128,7 +137,7 @@ pub fn owners(cfg: &ClusterConfig) -> Result<BTreeMap<String, Owner>, EtcdError>
             Some((
                 job,
                 Owner {
-                    owner: kv.value,
+                    owner: printable(&kv.value),
                     revision: kv.create_revision,
                 },
             ))
@@ -501,6 +510,12 @@ impl Drop for Ticket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_from_etcd_are_printable() {
+        assert_eq!(printable("web1:12\u{1b}[2J"), "web1:12?[2J");
+        assert_eq!(printable(&"x".repeat(1000)).len(), 256);
+    }
 
     #[test]
     fn rendezvous_spreads_and_is_stable() {
