@@ -29,6 +29,8 @@ pub struct Observer {
     stop: Arc<AtomicBool>,
     /// a run ended since the textfile was written
     dirty: Arc<AtomicBool>,
+    /// the settings the daemon started with (a reload does not change them)
+    started: crate::config::Observe,
 }
 
 /// A run may start: the flag it must watch, and its cluster lock if any.
@@ -83,6 +85,7 @@ impl Observer {
             known: Mutex::new(names),
             stop,
             dirty,
+            started: cfg.observe.clone(),
         })
     }
 
@@ -98,10 +101,10 @@ impl Observer {
         if let Some(c) = &self.cluster {
             c.set_jobs(names);
         }
-        if cfg.observe.cluster.is_some() != self.cluster.is_some() {
+        if cfg.observe != self.started {
             log(
                 true,
-                "reload: `cluster:` was added or removed; that takes a restart of the daemon",
+                "reload: `metrics`, `metrics_textfile` or `cluster` changed; that takes a restart of the daemon (the jobs are reloaded)",
             );
         }
     }

@@ -156,6 +156,18 @@ fn each_firing_runs_once_across_three_daemons_and_a_killed_ones_jobs_move() {
             );
         }
     }
+    // list shows the same owners as status
+    let r = lab.run(&["list", "--json"]);
+    for line in r.stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let job = v["job"].as_str().unwrap();
+        assert_eq!(
+            v["owner"]["owner"].as_str(),
+            Some(owned[job].as_str()),
+            "{v}"
+        );
+        assert!(v["owner"]["lock_revision"].as_i64().unwrap() > 0);
+    }
     // status and the records agree on the owner
     for ((job, s), o) in &f {
         if (from..to).contains(s) {
