@@ -89,6 +89,7 @@ struct Shared {
     state: Mutex<State>,
     stop: AtomicBool,
     log: fn(bool, &str),
+    started: Instant,
 }
 
 /// The cluster membership of this daemon.
@@ -166,6 +167,7 @@ impl Cluster {
             }),
             stop: AtomicBool::new(false),
             log,
+            started: Instant::now(),
         });
         shared
             .metrics
@@ -207,9 +209,12 @@ impl Cluster {
             None
         };
         if let Some(why) = why {
-            if st
-                .refusal_logged
-                .is_none_or(|t| now - t > REFUSAL_LOG_EVERY)
+            // the first seconds, before etcd first answered, are not news
+            let starting = st.last_ok.is_none() && sh.started.elapsed() < Duration::from_secs(5);
+            if !starting
+                && st
+                    .refusal_logged
+                    .is_none_or(|t| now - t > REFUSAL_LOG_EVERY)
             {
                 st.refusal_logged = Some(now);
                 (sh.log)(
