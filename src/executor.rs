@@ -2,7 +2,7 @@
 
 use crate::journal::PathError;
 use crate::plan::{Action, EntryKind, Plan, display_path};
-use crate::transport::{Transport, is_changed_during_copy, with_progress};
+use crate::transport::{CopyCtx, Transport, is_changed_during_copy};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -59,6 +59,16 @@ pub struct Settings<'a> {
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
+impl Settings<'_> {
+    /// What every copy is told: when to stop, where to count its bytes.
+    fn copy_ctx(&self) -> CopyCtx<'_> {
+        CopyCtx {
+            cancel: self.cancel,
+            progress: self.progress.as_deref(),
+        }
+    }
+}
+
 /// Errors after which the rest of the target cannot proceed.
 fn is_fatal(e: &io::Error) -> bool {
     matches!(
@@ -96,13 +106,14 @@ fn copy_batch(
         .map(|a| (a.path(), s.source_root.join(a.path())))
         .collect();
     let mut warnings = Vec::new();
-    let mut r = t.put_files(&items, s.preserve_owner, s.cancel);
+    let ctx = s.copy_ctx();
+    let mut r = t.put_files(&items, s.preserve_owner, &ctx);
     for (k, res) in r.iter_mut().enumerate() {
         let mut tries = 0;
         while matches!(res, Err(e) if is_changed_during_copy(e)) && tries < CHANGED_RETRIES {
             tries += 1;
             std::thread::sleep(std::time::Duration::from_millis(50 * tries as u64));
-            *res = t.put_file(items[k].0, &items[k].1, s.preserve_owner, s.cancel);
+            *res = t.put_file(items[k].0, &items[k].1, s.preserve_owner, &ctx);
         }
         if tries > 0 && res.is_ok() {
             warnings.push(PathError {
@@ -314,11 +325,11 @@ impl Executor<'_, '_> {
                         }
                     }
                     if let Some(x) = slot.as_mut() {
-                        with_progress(s.progress.clone(), || work(x.as_mut()));
+                        work(x.as_mut());
                     }
                 });
             }
-            with_progress(s.progress.clone(), || work(t));
+            work(t);
         });
         self.out.warnings.extend(warnings.into_inner().unwrap());
         slots

@@ -185,6 +185,7 @@ fn each_firing_runs_once_across_three_daemons_and_a_killed_ones_jobs_move() {
     let pid: u32 = victim.rsplit(':').next().unwrap().parse().unwrap();
     let vi = ds.iter().position(|d| d.child.id() == pid).unwrap();
     let killed_at = now();
+    // SAFETY: kill(2) on a daemon this test started has no memory-safety preconditions.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     ds[vi].child.wait().unwrap();
     std::thread::sleep(Duration::from_secs((TTL + 4) as u64));

@@ -25,20 +25,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Full,
-    Incremental,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Full => "full",
-            Mode::Incremental => "incremental",
-        }
-    }
-}
+/// The transfer mode is part of the run log's vocabulary.
+pub use crate::journal::Mode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compare {

@@ -10,7 +10,7 @@
 //! report (its runs are not seen here), and a job taken over counts from
 //! the moment it was taken.
 
-use crate::journal::Record;
+use crate::journal::{Record, Status};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -124,13 +124,13 @@ impl Health {
         else {
             return;
         };
-        match r.status.as_str() {
-            "ok" => {
+        match r.status {
+            Status::Ok => {
                 t.failed = None;
                 let at = at.unwrap_or_else(unix_now);
                 t.last_success = Some(t.last_success.map_or(at, |x| x.max(at)));
             }
-            "failed" => t.failed = Some(r.reason.clone().unwrap_or_else(|| "failed".into())),
+            Status::Failed => t.failed = Some(r.reason.clone().unwrap_or_else(|| "failed".into())),
             _ => {}
         }
     }
@@ -218,7 +218,7 @@ mod tests {
         let (ok, why) = h.check();
         assert!(!ok);
         assert!(why[0].contains("last run failed: boom"), "{why:?}");
-        r.status = "ok".into();
+        r.status = Status::Ok;
         h.outcome(&r, Some(unix_now() - 120.0));
         let (ok, why) = h.check();
         assert!(!ok);
@@ -231,7 +231,7 @@ mod tests {
         // cluster: a job owned elsewhere is not this daemon's to report
         h.outcome(&r, Some(unix_now() - 120.0));
         let mut f = r.clone();
-        f.status = "failed".into();
+        f.status = Status::Failed;
         h.outcome(&f, None);
         assert!(!h.check().0);
         h.owned("web", false);

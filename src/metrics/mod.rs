@@ -15,7 +15,7 @@ pub mod health;
 pub mod server;
 pub mod textfile;
 
-use crate::journal::Record;
+use crate::journal::{Record, Status};
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
@@ -161,7 +161,7 @@ impl Metrics {
         let mut longest: Option<(&str, u64)> = None;
         for r in records {
             self.observe_target(r);
-            if r.status != "skipped" && r.status != "dry_run" {
+            if !matches!(r.status, Status::Skipped | Status::DryRun) {
                 let d = longest.map_or(0, |(_, d)| d).max(r.duration_ms);
                 longest = Some((&r.job, d));
             }
@@ -176,9 +176,9 @@ impl Metrics {
     fn observe_target(&self, r: &Record) {
         let jt = [r.job.as_str(), r.target.as_str()];
         self.runs
-            .with_label_values(&[&r.job, &r.target, &r.status])
+            .with_label_values(&[&r.job, &r.target, r.status.as_str()])
             .inc();
-        if r.status == "dry_run" {
+        if r.status == Status::DryRun {
             return;
         }
         self.bytes
@@ -191,7 +191,7 @@ impl Metrics {
         let at = chrono::DateTime::parse_from_rfc3339(&r.finished_at)
             .map(|t| t.timestamp_millis() as f64 / 1000.0)
             .ok();
-        if r.status == "ok"
+        if r.status == Status::Ok
             && let Some(at) = at
         {
             let g = self.last_success.with_label_values(&jt);
@@ -297,10 +297,15 @@ mod tests {
             ts: "2026-11-27T05:00:01.000000+00:00".into(),
             job: job.into(),
             run_id: "r1".into(),
-            trigger: "schedule".into(),
+            trigger: crate::journal::Trigger::Schedule,
             target: target.into(),
-            mode: "incremental".into(),
-            status: status.into(),
+            mode: crate::journal::Mode::Incremental,
+            status: match status {
+                "ok" => Status::Ok,
+                "failed" => Status::Failed,
+                "skipped" => Status::Skipped,
+                _ => Status::DryRun,
+            },
             reason: (status == "failed").then(|| "boom".into()),
             started_at: "2026-11-27T05:00:00.000000+00:00".into(),
             finished_at: "2026-11-27T05:00:01.000000+00:00".into(),

@@ -67,7 +67,7 @@ pub fn seed_last_success(m: &Metrics, cfg: &Config, log: &Path) {
         let Ok(r) = serde_json::from_slice::<Record>(&line) else {
             continue;
         };
-        if r.status == "ok"
+        if r.status == crate::journal::Status::Ok
             && want.remove(&(r.job.clone(), r.target.clone())).is_some()
             && let Ok(t) = chrono::DateTime::parse_from_rfc3339(&r.finished_at)
         {

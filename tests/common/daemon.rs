@@ -74,6 +74,7 @@ impl DaemonProc {
     }
 
     pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
