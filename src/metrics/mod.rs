@@ -37,18 +37,19 @@ pub struct Metrics {
     deleted: IntCounterVec,
     next_run: GaugeVec,
     running: IntGaugeVec,
-    watch_pending: IntGaugeVec,
-    watch_lag: GaugeVec,
-    watches: IntGaugeVec,
-    watch_overflows: IntCounterVec,
+    watch: Watch,
     /// no labels; a Vec so that it appears only in cluster mode
     cluster_up: IntGaugeVec,
     cluster_owned: IntGaugeVec,
     health: Mutex<health::Health>,
 }
 
-fn opts(name: &str, help: &str) -> Opts {
-    Opts::new(name, help)
+/// The families of watched jobs (set by the watcher only).
+struct Watch {
+    pending: IntGaugeVec,
+    lag: GaugeVec,
+    watches: IntGaugeVec,
+    overflows: IntCounterVec,
 }
 
 /// Register a family; the names are constants, so a failure is a bug.
@@ -58,99 +59,131 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
     c
 }
 
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid"),
+    )
+}
+
+fn igauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    reg(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid"),
+    )
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    reg(
+        r,
+        GaugeVec::new(Opts::new(name, help), labels).expect("valid"),
+    )
+}
+
+const JT: &[&str] = &["job", "target"];
+const J: &[&str] = &["job"];
+
+impl Watch {
+    fn new(r: &Registry) -> Watch {
+        Watch {
+            pending: igauge(
+                r,
+                "syncjob_watch_pending_paths",
+                "Changed paths of a watched job not yet sent.",
+                J,
+            ),
+            lag: gauge(
+                r,
+                "syncjob_watch_lag_seconds",
+                "Age of the oldest unsent change of a watched job, seconds.",
+                J,
+            ),
+            watches: igauge(
+                r,
+                "syncjob_watches",
+                "Directory watches held for a watched job.",
+                J,
+            ),
+            overflows: counter(
+                r,
+                "syncjob_watch_overflows_total",
+                "Lost events (queue overflow, watch limit) turned into full syncs.",
+                J,
+            ),
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let jt = &["job", "target"];
-        let j = &["job"];
-        let counter = |n: &str, h: &str, l: &[&str]| {
-            reg(&r, IntCounterVec::new(opts(n, h), l).expect("valid"))
-        };
-        let igauge =
-            |n: &str, h: &str, l: &[&str]| reg(&r, IntGaugeVec::new(opts(n, h), l).expect("valid"));
-        let gauge =
-            |n: &str, h: &str, l: &[&str]| reg(&r, GaugeVec::new(opts(n, h), l).expect("valid"));
         let hopts = HistogramOpts::new(
             "syncjob_run_duration_seconds",
             "Duration of a job's runs (all its targets), seconds.",
         )
         .buckets(DURATION_BUCKETS.to_vec());
-        let m = Metrics {
+        let info = igauge(
+            &r,
+            "syncjob_build_info",
+            "Always 1; the version in a label.",
+            &["version"],
+        );
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Metrics {
             runs: counter(
+                &r,
                 "syncjob_runs_total",
                 "Target outcomes by status (ok, failed, skipped, dry_run).",
                 &["job", "target", "status"],
             ),
             last_success: gauge(
+                &r,
                 "syncjob_last_success_timestamp_seconds",
                 "When a target last finished ok (Unix time).",
-                jt,
+                JT,
             ),
-            duration: reg(&r, HistogramVec::new(hopts, j).expect("valid")),
+            duration: reg(&r, HistogramVec::new(hopts, J).expect("valid")),
             bytes: counter(
+                &r,
                 "syncjob_bytes_transferred_total",
                 "File data sent to a target, bytes.",
-                jt,
+                JT,
             ),
             files: counter(
+                &r,
                 "syncjob_files_transferred_total",
                 "Files sent to a target.",
-                jt,
+                JT,
             ),
             deleted: counter(
+                &r,
                 "syncjob_files_deleted_total",
                 "Entries deleted on a target.",
-                jt,
+                JT,
             ),
             next_run: gauge(
+                &r,
                 "syncjob_next_run_timestamp_seconds",
                 "The job's next scheduled firing (Unix time).",
-                j,
+                J,
             ),
-            running: igauge("syncjob_running", "1 while the job runs here.", j),
-            watch_pending: igauge(
-                "syncjob_watch_pending_paths",
-                "Changed paths of a watched job not yet sent.",
-                j,
-            ),
-            watch_lag: gauge(
-                "syncjob_watch_lag_seconds",
-                "Age of the oldest unsent change of a watched job, seconds.",
-                j,
-            ),
-            watches: igauge(
-                "syncjob_watches",
-                "Directory watches held for a watched job.",
-                j,
-            ),
-            watch_overflows: counter(
-                "syncjob_watch_overflows_total",
-                "Lost events (queue overflow, watch limit) turned into full syncs.",
-                j,
-            ),
+            running: igauge(&r, "syncjob_running", "1 while the job runs here.", J),
+            watch: Watch::new(&r),
             cluster_up: igauge(
+                &r,
                 "syncjob_cluster_etcd_up",
                 "1 while this daemon reaches etcd and holds a live lease (cluster mode).",
                 &[],
             ),
             cluster_owned: igauge(
+                &r,
                 "syncjob_cluster_owner",
                 "1 for each job this daemon owns in the cluster.",
-                j,
+                J,
             ),
             health: Mutex::new(health::Health::new()),
             registry: r,
-        };
-        let info = IntGaugeVec::new(
-            opts("syncjob_build_info", "Always 1; the version in a label."),
-            &["version"],
-        )
-        .expect("valid");
-        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        m.registry
-            .register(Box::new(info))
-            .expect("unique constant name");
-        m
+        }
     }
 
     /// The records of one run of one job (one per target). Updates the
@@ -233,24 +266,27 @@ impl Metrics {
 
     /// Watch mode: changed paths not yet sent, and the age of the oldest.
     pub fn watch_backlog(&self, job: &str, pending: u64, oldest_age_secs: f64) {
-        self.watch_pending
+        self.watch
+            .pending
             .with_label_values(&[job])
             .set(pending.min(i64::MAX as u64) as i64);
-        self.watch_lag
+        self.watch
+            .lag
             .with_label_values(&[job])
             .set(oldest_age_secs);
     }
 
     /// Watch mode: directory watches held for the job.
     pub fn watch_count(&self, job: &str, watches: u64) {
-        self.watches
+        self.watch
+            .watches
             .with_label_values(&[job])
             .set(watches.min(i64::MAX as u64) as i64);
     }
 
     /// Watch mode: one lost event (overflow, watch limit) → a full sync.
     pub fn watch_overflow(&self, job: &str) {
-        self.watch_overflows.with_label_values(&[job]).inc();
+        self.watch.overflows.with_label_values(&[job]).inc();
     }
 
     /// Cluster mode: whether etcd is reachable (with the reason when not).
