@@ -364,6 +364,20 @@ mod tests {
     }
 
     #[test]
+    fn the_watch_api_sets_the_watch_families() {
+        let m = Metrics::new();
+        m.watch_backlog("site", 12, 0.25);
+        m.watch_count("site", 340);
+        m.watch_overflow("site");
+        m.watch_overflow("site");
+        let t = m.encode();
+        assert!(t.contains("syncjob_watch_pending_paths{job=\"site\"} 12"), "{t}");
+        assert!(t.contains("syncjob_watch_lag_seconds{job=\"site\"} 0.25"));
+        assert!(t.contains("syncjob_watches{job=\"site\"} 340"));
+        assert!(t.contains("syncjob_watch_overflows_total{job=\"site\"} 2"));
+    }
+
+    #[test]
     fn one_run_counts_once_per_target_and_once_in_the_histogram() {
         let m = Metrics::new();
         m.observe_run(&[
