@@ -5,6 +5,8 @@
 //! the planner, never from the remote side unchecked.
 
 pub mod local;
+#[cfg(test)]
+pub mod memory;
 pub mod ssh;
 
 use crate::config::SshOptions;
