@@ -1,4 +1,12 @@
-//! Apply a plan to one target through its transport.
+//! Apply a plan to one target through its transport, batch by batch of
+//! one kind of action (an `Executor` with `gather` → `copy_run` or
+//! `Transport::apply` → `account`).
+//!
+//! Invariants: nothing is done below a directory that could not be made or
+//! removed; at most `max_delete` counted deletions; a file that changed
+//! while copied is tried again (up to 3 times) and never reported done with
+//! mixed content; a lost connection stops the target (said once) so that
+//! `run` can retry it from a fresh listing; a shutdown stops between files.
 
 use crate::journal::PathError;
 use crate::plan::{Action, EntryKind, Plan, display_path};
