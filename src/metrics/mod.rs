@@ -371,7 +371,10 @@ mod tests {
         m.watch_overflow("site");
         m.watch_overflow("site");
         let t = m.encode();
-        assert!(t.contains("syncjob_watch_pending_paths{job=\"site\"} 12"), "{t}");
+        assert!(
+            t.contains("syncjob_watch_pending_paths{job=\"site\"} 12"),
+            "{t}"
+        );
         assert!(t.contains("syncjob_watch_lag_seconds{job=\"site\"} 0.25"));
         assert!(t.contains("syncjob_watches{job=\"site\"} 340"));
         assert!(t.contains("syncjob_watch_overflows_total{job=\"site\"} 2"));

@@ -62,6 +62,7 @@ fn opts() -> Options {
         progress: false,
         verify: false,
         scheduled_for: None,
+        owner: None,
     }
 }
 
@@ -174,4 +175,29 @@ fn records_are_appended_with_the_typed_fields() {
     assert_eq!(v["trigger"], "manual");
     assert_eq!(v["mode"], "incremental");
     assert_eq!(v["target"], "/nonexistent/target");
+}
+
+#[test]
+fn a_run_under_a_cluster_lock_records_its_owner_and_revision() {
+    let fx = Fixture::new("");
+    fx.run(&opts());
+    let mut o = opts();
+    o.owner = Some(crate::cluster::Owner {
+        owner: "web1:42".into(),
+        revision: 17,
+    });
+    fx.run(&o);
+    let log = std::fs::read_to_string(&fx.env.log).unwrap();
+    let recs: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        recs[0].get("owner").is_none(),
+        "no cluster, no field: {}",
+        recs[0]
+    );
+    assert!(recs[0].get("lock_revision").is_none());
+    assert_eq!(recs[1]["owner"], "web1:42");
+    assert_eq!(recs[1]["lock_revision"], 17);
 }
