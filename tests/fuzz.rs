@@ -203,6 +203,7 @@ fn fuzz_config_parser() {
         b"defaults:\n  timezone: Asia/Shanghai\n  retries: 3\n  ssh: { port: 2200, timeout: 10s }\njobs:\n  tp5shop:\n    source: /usr/local/nginx/html/tp5shop\n    remote:\n      - root@192.168.17.101:/usr/local/nginx/html/tp5shop\n      - ssh://deploy@web3:2222/srv/tp5shop\n    mode: incremental\n    delete: true\n    schedule: \"*/1 * * * * *\"\n    exclude: [\"*.svn\", \"*.gz\", \"/info/\", \"/static/\"]\n",
         b"jobs:\n  a: &x\n    source: /srv/a\n    remote: /srv/b\n  b:\n    <<: *x\n    remote: [\"[::1]:/x\", 'u@h:/y']\n    max_delete: 5\n    before: echo ${USER:-me}\n",
         b"include: [jobs.d/*.yaml]\nshutdown_timeout: 1m30s\njobs: {}\n",
+        b"metrics: \"[::1]:9750\"\nmetrics_textfile: tf\ncluster:\n  etcd: [http://127.0.0.1:2379, \"http://e:1/\"]\n  ttl: 10s\n  prefix: /syncjob/shop\njobs:\n  a:\n    source: /srv/a\n    remote: /srv/b\n    stale_after: 10m\n",
     ];
     fuzz("config", seeds, |input| {
         let _ = syncjob::config::parse(Path::new("/nonexistent-fuzz/jobs.yaml"), input);
