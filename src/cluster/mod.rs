@@ -27,6 +27,9 @@
 
 pub mod etcd;
 pub mod report;
+mod ticket;
+
+pub use ticket::Ticket;
 
 use crate::config::ClusterConfig;
 use crate::metrics::Metrics;
@@ -453,62 +456,6 @@ impl Shared {
             );
         }
         Ok(())
-    }
-}
-
-/// A run under the cluster lock of its job.
-pub struct Ticket {
-    shared: Arc<Shared>,
-    job: String,
-    pub owner: Owner,
-    /// Set when the run must stop: shutdown, or the lease in doubt.
-    pub cancel: Arc<AtomicBool>,
-    done: Arc<AtomicBool>,
-}
-
-impl Ticket {
-    fn new(shared: Arc<Shared>, job: &str, revision: i64, global: Arc<AtomicBool>) -> Ticket {
-        let cancel = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicBool::new(false));
-        let (sh, c, d, j) = (
-            shared.clone(),
-            cancel.clone(),
-            done.clone(),
-            job.to_string(),
-        );
-        let _ = std::thread::Builder::new()
-            .name("cluster-watch".into())
-            .spawn(move || {
-                while !d.load(Ordering::SeqCst) {
-                    let expired = sh.lock().valid_until.is_none_or(|t| t <= Instant::now());
-                    if global.load(Ordering::SeqCst) {
-                        c.store(true, Ordering::SeqCst);
-                    } else if expired && !c.swap(true, Ordering::SeqCst) {
-                        (sh.log)(
-                            true,
-                            &format!("cluster: job {j}: the lease cannot be renewed; aborting the run before another daemon may take the job"),
-                        );
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            });
-        Ticket {
-            owner: Owner {
-                owner: shared.id.clone(),
-                revision,
-            },
-            shared,
-            job: job.to_string(),
-            cancel,
-            done,
-        }
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::SeqCst);
-        self.shared.lock().running.remove(&self.job);
     }
 }
 
