@@ -189,6 +189,20 @@ impl Global {
         Env { state_dir, log }
     }
 
+    /// The environment of a command that writes the state dir (`run`,
+    /// `daemon`): the state dir created private and checked (see
+    /// `statedir`), then used by its canonical path.
+    pub fn env_checked(&self) -> Result<Env, CliError> {
+        let given = self.state_dir.clone().unwrap_or_else(default_state_dir);
+        let state_dir =
+            crate::statedir::prepare(&given).map_err(|e| CliError::Usage(e.to_string()))?;
+        let log = self
+            .log
+            .clone()
+            .unwrap_or_else(|| state_dir.join("runs.jsonl"));
+        Ok(Env { state_dir, log })
+    }
+
     pub fn load(&self) -> Result<Config, CliError> {
         let path = config::locate(self.config.as_deref())?;
         Ok(config::load(&path)?)
@@ -345,7 +359,7 @@ fn cmd_run(
         progress: !g.quiet && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdout()),
         scheduled_for: None,
     };
-    let env = g.env();
+    let env = g.env_checked()?;
     let cancel = AtomicBool::new(false);
     let statuses: Vec<Status> = jobs
         .iter()

@@ -340,7 +340,7 @@ impl Daemon {
 }
 
 pub fn run(g: &Global) -> Result<(), CliError> {
-    let env = g.env();
+    let env = g.env_checked()?;
     let config_path = config::locate(g.config.as_deref())?;
     let cfg = config::load(&config_path)?;
     let dlock = lock::daemon_lock_path(&env.state_dir);

@@ -7,7 +7,7 @@
 //! so a rotated log (logrotate's create or copytruncate) is safe.
 
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
@@ -91,7 +91,8 @@ pub fn append_line(path: &Path, line: &[u8]) -> std::io::Result<()> {
     {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = OpenOptions::new().append(true).create(true).open(path)?;
+    // created 0600, never through a symlink, only a regular file (`statedir`)
+    let mut f = crate::statedir::open(path, crate::statedir::Access::Append)?;
     f.lock()?;
     let r = f.write_all(line);
     let _ = f.unlock();

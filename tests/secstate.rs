@@ -1,0 +1,229 @@
+//! Security: the state dir (issue 11, finding 5). Each test performs the
+//! attack: a hostile local user planting links in a state dir it can
+//! write, a state dir owned by someone else, predictable temporary names,
+//! a forged manifest naming files outside the target.
+
+mod common;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+fn perm(p: &Path) -> u32 {
+    fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+/// Run a command as `nobody` (uid/gid 65534).
+fn as_nobody(args: &[&str]) {
+    let st = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{args:?}");
+}
+
+/// A file only root may read, the target of the planted links.
+fn victim(lab: &Lab, name: &str) -> std::path::PathBuf {
+    let v = lab.path(name);
+    fs::write(&v, "secret\n").unwrap();
+    fs::set_permissions(&v, fs::Permissions::from_mode(0o600)).unwrap();
+    v
+}
+
+#[test]
+fn the_state_dir_is_private_0700_and_its_files_0600() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    lab.job("");
+    lab.run(&["run", "web"]).code(0);
+    let s = lab.state();
+    for d in [s.clone(), s.join("locks"), s.join("manifests")] {
+        assert_eq!(perm(&d), 0o700, "{}", d.display());
+    }
+    let mdir = s.join("manifests/web");
+    assert_eq!(perm(&mdir), 0o700);
+    let manifests: Vec<_> = fs::read_dir(&mdir).unwrap().flatten().collect();
+    assert_eq!(manifests.len(), 1, "one manifest, no temporary left");
+    for f in [
+        s.join("runs.jsonl"),
+        s.join("locks/web.lock"),
+        manifests[0].path(),
+    ] {
+        assert_eq!(perm(&f), 0o600, "{}", f.display());
+    }
+}
+
+#[test]
+fn a_state_dir_writable_by_others_is_refused_and_a_planted_lock_link_not_followed() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    lab.job("");
+    let v = victim(&lab, "victim");
+    let s = lab.state();
+    fs::create_dir(&s).unwrap();
+    fs::set_permissions(&s, fs::Permissions::from_mode(0o777)).unwrap();
+    let link = s.join("locks/web.lock");
+    if is_root() {
+        // the hostile user: any local user can write the state dir
+        fs::set_permissions(lab.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        as_nobody(&["mkdir", s.join("locks").to_str().unwrap()]);
+        as_nobody(&["ln", "-s", v.to_str().unwrap(), link.to_str().unwrap()]);
+    } else {
+        fs::create_dir(s.join("locks")).unwrap();
+        std::os::unix::fs::symlink(&v, &link).unwrap();
+    }
+    let r = lab.run(&["run", "web"]);
+    r.code(2);
+    assert!(
+        r.stderr.contains("writable by group or others"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(fs::read(&v).unwrap(), b"secret\n");
+    assert!(!lab.dst().exists(), "nothing synced");
+}
+
+#[test]
+fn a_state_dir_owned_by_another_user_is_refused() {
+    if !is_root() {
+        eprintln!("skipped: needs root to chown");
+        return;
+    }
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    lab.job("");
+    let s = lab.state();
+    fs::create_dir(&s).unwrap();
+    fs::set_permissions(&s, fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&s, Some(65534), Some(65534)).unwrap();
+    let r = lab.run(&["run", "web"]);
+    r.code(2);
+    assert!(r.stderr.contains("owned by uid 65534"), "{}", r.stderr);
+    let r = lab.run(&["daemon"]);
+    r.code(2);
+    assert!(r.stderr.contains("owned by uid 65534"), "{}", r.stderr);
+}
+
+#[test]
+fn links_at_the_log_and_lock_names_are_never_followed() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    lab.job("");
+    lab.run(&["run", "web"]).code(0);
+    let s = lab.state();
+    let (v1, v2) = (victim(&lab, "v1"), victim(&lab, "v2"));
+    fs::remove_file(s.join("runs.jsonl")).unwrap();
+    std::os::unix::fs::symlink(&v1, s.join("runs.jsonl")).unwrap();
+    fs::remove_file(s.join("locks/web.lock")).unwrap();
+    std::os::unix::fs::symlink(&v2, s.join("locks/web.lock")).unwrap();
+    lab.write("b.txt", b"b");
+    let r = lab.run(&["run", "web"]);
+    r.code(1);
+    assert!(r.stderr.contains("symlink"), "{}", r.stderr);
+    assert_eq!(fs::read(&v1).unwrap(), b"secret\n");
+    assert_eq!(fs::read(&v2).unwrap(), b"secret\n");
+    assert!(!lab.dst().join("b.txt").exists(), "no run without the lock");
+}
+
+#[test]
+fn manifest_temporary_names_are_unpredictable_and_exclusive() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    lab.job("");
+    lab.run(&["run", "web"]).code(0);
+    let mdir = lab.state().join("manifests/web");
+    let name = fs::read_dir(&mdir).unwrap().next().unwrap().unwrap();
+    let name = name.file_name().into_string().unwrap();
+    let v = victim(&lab, "victim");
+    // the old name was `.NAME.tmp.PID`: plant it for the next pids
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let planted = last + 1..last + 400;
+    for pid in planted.clone() {
+        std::os::unix::fs::symlink(&v, mdir.join(format!(".{name}.tmp.{pid}"))).unwrap();
+    }
+    lab.write("b.txt", b"b");
+    let child = lab.spawn(&["run", "web"]);
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(planted.contains(&pid), "the run's pid {pid} was planted");
+    assert_eq!(fs::read(&v).unwrap(), b"secret\n");
+    assert!(lab.dst().join("b.txt").exists());
+}
+
+/// Offsets in a manifest file (see src/manifest.rs): header, then entries.
+const HEADER: usize = 8 + 1 + 32 + 8 + 32 + 32;
+/// The root entry: name length 0, kind, size, mtime, ns, mode, uid, gid, link.
+const ROOT_ENTRY: usize = 4 + 1 + 8 + 8 + 4 + 4 + 4 + 4 + 4;
+
+fn forged_entry(name: &[u8]) -> Vec<u8> {
+    let mut e = Vec::new();
+    e.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    e.extend_from_slice(name);
+    e.push(0); // a file
+    e.extend_from_slice(&6u64.to_le_bytes());
+    e.extend_from_slice(&1_600_000_000u64.to_le_bytes());
+    e.extend_from_slice(&0u32.to_le_bytes());
+    e.extend_from_slice(&0o100644u32.to_le_bytes());
+    e.extend_from_slice(&0u32.to_le_bytes());
+    e.extend_from_slice(&0u32.to_le_bytes());
+    e.extend_from_slice(&u32::MAX.to_le_bytes());
+    e
+}
+
+/// Insert entries after the root entry and fix the digest and checksum.
+fn forge(manifest: &Path, entries: &[Vec<u8>]) {
+    let mut b = fs::read(manifest).unwrap();
+    let at = HEADER + ROOT_ENTRY;
+    let tail = b.split_off(at);
+    for e in entries {
+        b.extend_from_slice(e);
+    }
+    b.extend_from_slice(&tail);
+    let digest = Sha256::digest(&b[HEADER..]);
+    b[49..81].copy_from_slice(&digest);
+    let sum = Sha256::digest(&b[..81]);
+    b[81..113].copy_from_slice(&sum);
+    fs::write(manifest, b).unwrap();
+}
+
+#[test]
+fn a_forged_manifest_cannot_delete_outside_the_target() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    lab.job("delete: true\nverify_interval: 1h");
+    lab.run(&["run", "web"]).code(0);
+    let mdir = lab.state().join("manifests/web");
+    let m = fs::read_dir(&mdir).unwrap().next().unwrap().unwrap().path();
+    let abs = victim(&lab, "abs-victim");
+    let rel = victim(&lab, "rel-victim");
+    // sorted as the manifest's entries are: `/...` and `../...` come first
+    forge(
+        &m,
+        &[
+            forged_entry(abs.as_os_str().as_encoded_bytes()),
+            forged_entry(b"../rel-victim"),
+        ],
+    );
+    lab.write("b.txt", b"b");
+    let r = lab.run(&["run", "web"]);
+    r.code(0);
+    assert!(abs.exists(), "an absolute name in a manifest deleted a file");
+    assert!(rel.exists(), "a `..` name in a manifest deleted a file");
+    assert!(lab.dst().join("b.txt").exists());
+    // the damaged manifest was not used: the target was listed
+    assert!(lab.last().get("target_state").is_none());
+}
