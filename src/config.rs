@@ -912,17 +912,9 @@ fn build_job(
     if let Some(src) = &source {
         for t in &targets {
             if let Target::Local(p) = t
-                && (p.starts_with(src) || src.starts_with(p))
+                && let Some(why) = crate::guards::local_target_refused(src, p)
             {
-                ctx.err(
-                    pos,
-                    j,
-                    format!(
-                        "target {} overlaps the source {} (one lies inside the other)",
-                        p.display(),
-                        src.display()
-                    ),
-                );
+                ctx.err(pos, j, why);
             }
         }
     }

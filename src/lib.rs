@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod executor;
 pub mod filter;
+pub mod guards;
 pub mod helper;
 pub mod hooks;
 pub mod journal;

@@ -605,6 +605,13 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
     // the target's manifest (see `manifest`): nothing changed in the source
     // since the target was last left `ok` → no need to connect; the source
     // changed → plan against the manifest instead of listing the target
+    // checked at load too; again now (a symlink made since may put a
+    // local target inside the source)
+    if let Target::Local(p) = target
+        && let Some(why) = crate::guards::local_target_refused(&job.source, p)
+    {
+        return (finish(&outcome, Status::Failed, Some(why), &mut text), text);
+    }
     let mpath = manifest::path_for(&env.state_dir, job, target);
     let effective_owner = job.preserve_owner && unsafe { libc::geteuid() } == 0;
     // manifests are kept for incremental size+mtime jobs; --verify lists

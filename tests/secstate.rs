@@ -227,3 +227,86 @@ fn a_forged_manifest_cannot_delete_outside_the_target() {
     // the damaged manifest was not used: the target was listed
     assert!(lab.last().get("target_state").is_none());
 }
+
+// ---- finding 10: lexical guards ------------------------------------------
+
+#[test]
+fn targets_that_normalise_to_the_root_are_refused() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    for t in [
+        "/srv/..",
+        "web:/..",
+        "ssh://web/../",
+        "/srv/site/../../",
+        "root@web:/srv/./../",
+        "web:../..",
+    ] {
+        lab.config(&format!(
+            "jobs:\n  web:\n    source: {{src}}\n    remote: \"{t}\"\n    delete: true\n"
+        ));
+        let r = lab.run(&["check"]);
+        r.code(2);
+        assert!(
+            r.stderr.contains("bad target")
+                && (r.stderr.contains("root of `/` is refused") || r.stderr.contains("climb")),
+            "{t}: {}",
+            r.stderr
+        );
+        lab.run(&["run", "--dry-run", "web"]).code(2);
+    }
+}
+
+#[test]
+fn a_target_under_a_symlink_to_the_source_overlaps_it() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    std::os::unix::fs::symlink(lab.src(), lab.path("link")).unwrap();
+    lab.config("jobs:\n  web:\n    source: {src}\n    remote: {dir}/link/sub\n    delete: true\n");
+    let r = lab.run(&["check"]);
+    r.code(2);
+    assert!(r.stderr.contains("overlaps the source"), "{}", r.stderr);
+    lab.run(&["run", "web"]).code(2);
+    assert!(!lab.src().join("sub").exists());
+}
+
+#[test]
+fn a_source_given_through_a_symlink_cannot_nest_into_itself() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    std::os::unix::fs::symlink(lab.src(), lab.path("srcSlink")).unwrap();
+    lab.config("jobs:\n  web:\n    source: {dir}/srcSlink\n    remote: {src}/sub\n");
+    let r = lab.run(&["check"]);
+    r.code(2);
+    assert!(r.stderr.contains("overlaps the source"), "{}", r.stderr);
+    lab.run(&["run", "web"]).code(2);
+    lab.run(&["run", "web"]).code(2);
+    assert!(!lab.src().join("sub").exists(), "no copy nested in the source");
+}
+
+#[test]
+fn a_symlink_made_after_load_is_caught_at_run_time() {
+    // the daemon loaded the jobs file before the link appeared: the run
+    // checks again
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    lab.config("jobs:\n  web:\n    source: {src}\n    remote: {dir}/later/sub\n    schedule: \"* * * * * *\"\n");
+    let mut d = lab.spawn(&["daemon"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::os::unix::fs::symlink(lab.src(), lab.path("later")).unwrap();
+    let t = std::time::Instant::now();
+    let mut refused = false;
+    while t.elapsed() < std::time::Duration::from_secs(20) && !refused {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        refused = lab.log().iter().any(|r| {
+            r["reason"]
+                .as_str()
+                .is_some_and(|x| x.contains("overlaps the source"))
+        });
+    }
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    d.wait().unwrap();
+    assert!(refused, "a run refused the target: {:?}", lab.log());
+    let nested = lab.src().join("sub/sub");
+    assert!(!nested.exists(), "no copy nested in the source");
+}
