@@ -449,6 +449,12 @@ fn in_file_order(mut problems: Vec<Problem>) -> Vec<Problem> {
 /// binary) is refused at once.
 const MAX_FILE: usize = 4 << 20;
 
+/// The most files `include:` may add (all patterns together), and the
+/// most bytes they may hold together: a glob matching a huge directory
+/// is refused instead of read.
+pub const MAX_INCLUDES: usize = 1000;
+const MAX_INCLUDED_BYTES: usize = 64 << 20;
+
 /// Parse one YAML document: UTF-8 check, syntax, `${VAR}` expansion.
 fn read_doc(ctx: &mut Ctx, bytes: &[u8]) -> Option<Node> {
     let text = match std::str::from_utf8(bytes) {
@@ -592,7 +598,13 @@ fn include_files(pattern: &str, base: &Path) -> Result<Vec<PathBuf>, String> {
         .filter(|e| glob.is_match(e.file_name()))
         .map(|e| e.path())
         .filter(|p| p.is_file())
+        .take(MAX_INCLUDES + 1)
         .collect();
+    if v.len() > MAX_INCLUDES {
+        return Err(format!(
+            "include {pattern:?}: matches more than {MAX_INCLUDES} files; refused"
+        ));
+    }
     v.sort();
     Ok(v)
 }
@@ -669,6 +681,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
     // file apply to their jobs; their relative paths are resolved against
     // their own directory
     let mut included: Vec<(PathBuf, Node)> = Vec::new();
+    let mut included_bytes = 0usize;
     if let Some(inc) = include_node {
         let patterns: Vec<&Node> = match &inc.kind {
             Kind::Seq(items) => items.iter().collect(),
@@ -693,6 +706,18 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
                         {
                             continue;
                         }
+                        if included.len() >= MAX_INCLUDES || included_bytes > MAX_INCLUDED_BYTES
+                        {
+                            ctx.err(
+                                pn.pos,
+                                None,
+                                format!(
+                                    "include: more than {MAX_INCLUDES} files or {} MiB in all; refused",
+                                    MAX_INCLUDED_BYTES >> 20
+                                ),
+                            );
+                            break;
+                        }
                         match read_limited(&f) {
                             Ok(b) if b.len() > MAX_FILE => ctx.err(
                                 pn.pos,
@@ -700,6 +725,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
                                 format!("include {}: the file is too large", f.display()),
                             ),
                             Ok(b) => {
+                                included_bytes += b.len();
                                 ctx.file = f.clone();
                                 if let Some(r) = read_doc(&mut ctx, &b) {
                                     included.push((f, r));

@@ -63,6 +63,26 @@ pub struct Record {
     pub version: String,
 }
 
+/// Errors, and warnings, kept in one record: a run with thousands of
+/// failing or skipped entries still writes a line of bounded size.
+pub const MAX_PER_RECORD: usize = 100;
+
+/// The first [`MAX_PER_RECORD`] entries of `list`, then one entry
+/// `... and N more {what}` counting the rest and `dropped` (entries
+/// already left out upstream).
+pub fn capped(list: &[PathError], dropped: u64, what: &str) -> Vec<PathError> {
+    let keep = list.len().min(MAX_PER_RECORD);
+    let mut v = list[..keep].to_vec();
+    let rest = (list.len() - keep) as u64 + dropped;
+    if rest > 0 {
+        v.push(PathError {
+            path: String::new(),
+            message: format!("... and {rest} more {what}"),
+        });
+    }
+    v
+}
+
 pub fn now_rfc3339() -> String {
     chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
 }

@@ -310,3 +310,116 @@ fn a_symlink_made_after_load_is_caught_at_run_time() {
     let nested = lab.src().join("sub/sub");
     assert!(!nested.exists(), "no copy nested in the source");
 }
+
+// ---- finding 9: resource limits --------------------------------------------
+
+/// A 9-level "billion laughs" jobs file (9^9 nodes once expanded).
+fn billion_laughs() -> String {
+    let mut y = String::from("x0: &x0 [lol]\n");
+    for i in 1..=9 {
+        let refs = vec![format!("*x{}", i - 1); 9].join(", ");
+        y.push_str(&format!("x{i}: &x{i} [{refs}]\n"));
+    }
+    y.push_str("jobs: {}\n");
+    y
+}
+
+/// Limit the address space of a child (so that the old behaviour, an
+/// unbounded expansion, ends in an allocation failure, not a swapping box).
+fn limit_memory(c: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        c.pre_exec(move || {
+            let r = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn a_billion_laughs_jobs_file_is_a_clear_config_error() {
+    let lab = Lab::new();
+    fs::write(lab.path("jobs.yaml"), billion_laughs()).unwrap();
+    let mut c = lab.cmd();
+    c.arg("check");
+    limit_memory(&mut c, 1 << 30);
+    let t = std::time::Instant::now();
+    let r = Run::from(c.output().unwrap());
+    r.code(2);
+    assert!(r.stderr.contains("aliases expand"), "{}", r.stderr);
+    assert!(t.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn the_daemon_survives_a_billion_laughs_reload() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    lab.job("schedule: \"0 0 1 1 *\"");
+    let err = lab.path("daemon.err");
+    let mut c = lab.cmd();
+    c.arg("daemon")
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&err).unwrap());
+    limit_memory(&mut c, 1 << 30);
+    let mut d = c.spawn().unwrap();
+    let wait_for = |what: &str| {
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_secs(20) {
+            if fs::read_to_string(&err).unwrap_or_default().contains(what) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(wait_for("daemon started"));
+    fs::write(lab.path("jobs.yaml"), billion_laughs()).unwrap();
+    unsafe { libc::kill(d.id() as i32, libc::SIGHUP) };
+    let refused = wait_for("reload refused");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let alive = d.try_wait().unwrap().is_none();
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    let _ = d.wait();
+    let text = fs::read_to_string(&err).unwrap();
+    assert!(alive, "the daemon died on reload: {text}");
+    assert!(refused && text.contains("aliases expand"), "{text}");
+}
+
+#[test]
+fn errors_and_warnings_per_record_are_capped_with_a_count() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"a");
+    for i in 0..300 {
+        let p = std::ffi::CString::new(format!("{}/fifo{i:03}", lab.src().display())).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(p.as_ptr(), 0o644) }, 0);
+    }
+    lab.job("");
+    lab.run(&["run", "web"]).code(0);
+    let rec = lab.last();
+    let w = rec["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 101, "100 kept and a count");
+    assert_eq!(w[100]["message"], "... and 200 more warnings");
+    let line = fs::read_to_string(lab.log_path()).unwrap();
+    assert!(line.len() < 32 << 10, "{} bytes", line.len());
+}
+
+#[test]
+fn include_globs_are_capped() {
+    let lab = Lab::new();
+    fs::create_dir(lab.path("jobs.d")).unwrap();
+    for i in 0..1001 {
+        fs::write(lab.path(&format!("jobs.d/j{i:04}.yaml")), "jobs: {}\n").unwrap();
+    }
+    lab.config("include: jobs.d/*.yaml\njobs:\n  web:\n    source: {src}\n    remote: {dst}\n");
+    let r = lab.run(&["check"]);
+    r.code(2);
+    assert!(r.stderr.contains("more than 1000 files"), "{}", r.stderr);
+    fs::remove_file(lab.path("jobs.d/j1000.yaml")).unwrap();
+    lab.run(&["check"]).code(0);
+}
