@@ -605,20 +605,23 @@ fn cmd_log(
         "{:<25} {:<16} {:<9} {:<8} {:>7} {:>10} {:>7} {:>8}  TARGET / REASON",
         "TIME", "JOB", "TRIGGER", "STATUS", "FILES", "BYTES", "DELETED", "MS"
     );
+    // every field escaped: a name in a reason cannot forge a row or send
+    // terminal sequences
+    let e = crate::escape::text;
     for (_, rec) in rows {
         let Some(r) = rec else { continue };
         println!(
             "{:<25} {:<16} {:<9} {:<8} {:>7} {:>10} {:>7} {:>8}  {}{}",
-            r.ts.get(..23).unwrap_or(&r.ts),
-            r.job,
-            r.trigger,
-            r.status,
+            e(r.ts.get(..23).unwrap_or(&r.ts)),
+            e(&r.job),
+            e(&r.trigger),
+            e(&r.status),
             r.files_transferred,
             run::human_bytes(r.bytes_transferred),
             r.files_deleted,
             r.duration_ms,
-            r.target,
-            r.reason.map(|x| format!(" ({x})")).unwrap_or_default()
+            e(&r.target),
+            r.reason.map(|x| format!(" ({})", e(&x))).unwrap_or_default()
         );
     }
     Ok(EXIT_OK)

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod escape;
 pub mod executor;
 pub mod filter;
 pub mod guards;

@@ -280,7 +280,9 @@ pub fn run_job(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> Job
             if !r.ok {
                 eprintln!(
                     "syncjob: job {}: {name} hook failed ({}): {}",
-                    job.name, r.status, r.output
+                    job.name,
+                    r.status,
+                    crate::escape::text(&r.output)
                 );
             }
             ran.push(hook_outcome(name, &r));
@@ -448,7 +450,11 @@ fn fail_all(
     before: Vec<journal::HookOutcome>,
 ) -> JobResult {
     if !opts.quiet {
-        eprintln!("syncjob: job {}: {reason}", job.name);
+        eprintln!(
+            "syncjob: job {}: {}",
+            job.name,
+            crate::escape::text(&reason)
+        );
     }
     let mut base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
     base.hooks = before;
@@ -591,7 +597,9 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
                 human_bytes(rec.bytes_transferred),
                 rec.files_deleted,
                 rec.duration_ms,
-                reason.map(|r| format!(": {r}")).unwrap_or_default()
+                reason
+                    .map(|r| format!(": {}", crate::escape::text(&r)))
+                    .unwrap_or_default()
             ));
         }
         rec
@@ -692,7 +700,8 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             let mut bytes = 0u64;
             let mut deletes = 0u64;
             if !opts.quiet {
-                text.push_str(&format!("# {} -> {target} (dry run)\n", job.name));
+                let t = crate::escape::text(&target.to_string());
+                text.push_str(&format!("# {} -> {t} (dry run)\n", job.name));
             }
             for a in plan.actions() {
                 match a {

@@ -423,3 +423,66 @@ fn include_globs_are_capped() {
     fs::remove_file(lab.path("jobs.d/j1000.yaml")).unwrap();
     lab.run(&["check"]).code(0);
 }
+
+// ---- finding 8: terminal and journal injection -----------------------------
+
+/// No ESC, no forged line: every line starts as `ok` says.
+fn assert_clean(what: &str, out: &str, ok: &dyn Fn(&str) -> bool) {
+    assert!(!out.contains('\x1b'), "{what}: ESC printed raw: {out:?}");
+    for l in out.lines() {
+        assert!(ok(l), "{what}: forged line {l:?} in {out:?}");
+    }
+}
+
+#[test]
+fn hostile_names_are_escaped_in_run_output_dry_run_log_table_and_journal_lines() {
+    use std::os::unix::ffi::OsStrExt;
+    let lab = Lab::new();
+    let evil = b"a\n<0>forged \x1b[31mred";
+    let newer = b"new\x1b]0;title\x07\n<0>x";
+    let os = |b: &'static [u8]| std::ffi::OsStr::from_bytes(b);
+    fs::write(lab.src().join(os(evil)), "x").unwrap();
+    // a non-empty directory where the source has a file: an error naming it
+    fs::create_dir_all(lab.dst().join(os(evil))).unwrap();
+    fs::write(lab.dst().join(os(evil)).join("inner"), "y").unwrap();
+    lab.job("");
+    let r = lab.run(&["run", "--dry-run", "web"]);
+    assert_clean("dry run", &r.stdout, &|l| {
+        l.starts_with('#') || l.starts_with(">f") || l.starts_with("cd")
+    });
+    fs::write(lab.src().join(os(newer)), "n").unwrap();
+    let r = lab.run(&["run", "--dry-run", "web"]);
+    assert!(r.stdout.contains(">f+++++++++ new\\#033]0;title\\#007\\#012<0>x"), "{}", r.stdout);
+    let r = lab.run(&["run", "web"]);
+    r.code(1);
+    assert_clean("run", &r.stdout, &|l| l.starts_with("web -> "));
+    assert_clean("run stderr", &r.stderr, &|l| l.starts_with("syncjob: "));
+    let r = lab.run(&["log"]);
+    assert_clean("log", &r.stdout, &|l| l.starts_with("TIME") || l.starts_with("20"));
+    assert!(r.stdout.contains("a\\#012<0>forged \\#033[31mred"), "{}", r.stdout);
+
+    // the daemon's journal lines (`<N>` priority prefixes)
+    lab.job("schedule: \"* * * * * *\"");
+    let err = lab.path("daemon.err");
+    let mut d = lab
+        .cmd()
+        .arg("daemon")
+        .env("JOURNAL_STREAM", "8:1234")
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(20)
+        && !fs::read_to_string(&err).unwrap().contains("failed")
+    {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    d.wait().unwrap();
+    let text = fs::read_to_string(&err).unwrap();
+    assert!(text.contains("forged"), "{text}");
+    assert_clean("journal", &text, &|l| {
+        ["<3>", "<4>", "<6>"].iter().any(|p| l.starts_with(p))
+    });
+}
