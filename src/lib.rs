@@ -24,4 +24,5 @@ pub mod schedule;
 pub mod statedir;
 pub mod target;
 pub mod transport;
+pub mod units;
 pub mod yaml;
