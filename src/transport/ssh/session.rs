@@ -98,9 +98,30 @@ fn local_user() -> String {
     "root".into()
 }
 
+/// The first line of `password_file`: a regular file owned by the running
+/// user (or root) and not readable by group or others, read through one
+/// descriptor (the checks are on what is read), at most 4 KiB.
 fn read_secret(path: &Path) -> Result<String, OpenError> {
-    let md = std::fs::metadata(path)
-        .map_err(|e| permanent(e.kind(), format!("password_file {}: {e}", path.display())))?;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let what = |e: io::Error| permanent(e.kind(), format!("password_file {}: {e}", path.display()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(what)?;
+    let md = f.metadata().map_err(what)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !md.is_file() || (md.uid() != me && md.uid() != 0) {
+        return Err(permanent(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "password_file {} is not a regular file owned by you (uid {me}) or root (owner uid {}); refused",
+                path.display(),
+                md.uid()
+            ),
+        ));
+    }
     if md.permissions().mode() & 0o077 != 0 {
         return Err(permanent(
             io::ErrorKind::PermissionDenied,
@@ -111,8 +132,24 @@ fn read_secret(path: &Path) -> Result<String, OpenError> {
             ),
         ));
     }
-    let s = std::fs::read_to_string(path)?;
+    let mut s = String::new();
+    f.take(4096).read_to_string(&mut s).map_err(what)?;
     Ok(s.lines().next().unwrap_or("").to_string())
+}
+
+/// As OpenSSH: a private key readable or writable by group or others is
+/// not used ("UNPROTECTED PRIVATE KEY FILE").
+fn check_identity(path: &Path) -> Result<(), String> {
+    let md = std::fs::metadata(path).map_err(|e| format!("identity file {}: {e}", path.display()))?;
+    let mode = md.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "identity file {} is accessible by group or others (mode {mode:o}); \
+             unprotected private keys are refused, as ssh does: chmod 600 it",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Connect, check the host key and authenticate; returns the session and
@@ -310,6 +347,10 @@ fn authenticate(
                 .collect()
         }
     };
+    // with `identity`, password_file holds its passphrase, which never
+    // goes to the server; without, it is the login password (the default
+    // keys are tried without a passphrase)
+    let passphrase = o.identity.as_ref().and(secret.as_deref());
     for k in keys {
         tried.push(k.display().to_string());
         if o.identity.is_some() && !k.exists() {
@@ -318,15 +359,20 @@ fn authenticate(
                 format!("identity file {} does not exist", k.display()),
             ));
         }
-        if sess
-            .userauth_pubkey_file(user, None, &k, secret.as_deref())
-            .is_ok()
-            && sess.authenticated()
-        {
+        if let Err(e) = check_identity(&k) {
+            if o.identity.is_some() {
+                return Err(permanent(io::ErrorKind::PermissionDenied, e));
+            }
+            tried.push(format!("(skipped: {e})"));
+            continue;
+        }
+        if sess.userauth_pubkey_file(user, None, &k, passphrase).is_ok() && sess.authenticated() {
             return Ok(());
         }
     }
-    if let Some(pw) = &secret {
+    if o.identity.is_none()
+        && let Some(pw) = &secret
+    {
         tried.push("password".into());
         if sess.userauth_password(user, pw).is_ok() && sess.authenticated() {
             return Ok(());
