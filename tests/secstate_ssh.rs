@@ -94,3 +94,220 @@ fn a_password_file_owned_by_another_user_is_refused() {
     std::os::unix::fs::chown(&pw, Some(0), Some(0)).unwrap();
     lab.run(&["run", "web"]).code(0);
 }
+
+// ---- finding 3: a hostile remote ------------------------------------------
+
+/// Limit the address space of a child: an unbounded allocation driven by
+/// the remote ends in an allocation failure, not a swapping box.
+fn limit_memory(c: &mut Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        c.pre_exec(move || {
+            let r = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// `syncjob run web` under a 1 GiB address-space limit.
+fn run_limited(lab: &Lab) -> Run {
+    let mut c = lab.cmd();
+    c.args(["run", "web"]);
+    limit_memory(&mut c, 1 << 30);
+    Run::from(c.output().unwrap())
+}
+
+fn script(path: &std::path::Path, text: &str) {
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// An sshd whose `find` (first on PATH) is `find_script`.
+fn sshd_with_find(lab: &Lab, find_script: &str) -> Sshd {
+    let bin = lab.path("evil-bin");
+    fs::create_dir_all(&bin).unwrap();
+    script(&bin.join("find"), find_script);
+    // the target exists: its listing is asked of `find`
+    fs::create_dir_all(lab.dst()).unwrap();
+    Sshd::start_with(
+        &lab.path("sshd"),
+        &format!("SetEnv PATH={}:/usr/bin:/bin", bin.display()),
+    )
+}
+
+#[test]
+fn a_find_listing_with_an_endless_record_fails_the_target_not_the_process() {
+    let lab = Lab::new();
+    lab.write("a", b"a");
+    // the root record, then 600 MiB without a NUL
+    let s = sshd_with_find(
+        &lab,
+        "#!/bin/sh\nprintf 'd\\0004096\\0001.0\\000755\\0000\\0000\\000\\000\\000'\n\
+         head -c 629145600 /dev/zero | tr '\\000' a\n",
+    );
+    job_with(&lab, &s, &format!("identity: {}", s.key.display()));
+    let t = std::time::Instant::now();
+    let r = run_limited(&lab);
+    r.code(1);
+    let rec = lab.last();
+    let reason = rec["reason"].as_str().unwrap();
+    assert!(reason.contains("a record longer than"), "{reason}");
+    assert!(reason.contains("not retried"), "{reason}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(30));
+    assert!(!lab.dst().join("a").exists());
+}
+
+#[test]
+fn a_find_listing_past_max_listing_entries_fails_the_target() {
+    let lab = Lab::new();
+    lab.write("a", b"a");
+    let s = sshd_with_find(
+        &lab,
+        "#!/bin/sh\nprintf 'd\\0004096\\0001.0\\000755\\0000\\0000\\000\\000\\000'\n\
+         i=0; while [ $i -lt 5000 ]; do printf 'f\\0001\\0001.0\\000644\\0000\\0000\\000f%d\\000\\000' $i; i=$((i+1)); done\n",
+    );
+    job_with(
+        &lab,
+        &s,
+        &format!("identity: {}, max_listing_entries: 1000", s.key.display()),
+    );
+    lab.run(&["run", "web"]).code(1);
+    let reason = lab.last()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("more than 1000 entries"), "{reason}");
+    assert!(!lab.dst().join("a").exists());
+    // the same listing under the default cap is fine
+    job_with(&lab, &s, &format!("identity: {}", s.key.display()));
+    lab.run(&["run", "web"]).code(0);
+}
+
+#[test]
+fn a_helper_announcing_billions_of_block_hashes_fails_the_target_not_the_process() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    // a big changed file that exists on the target: a delta candidate
+    let big = vec![7u8; 9 << 20];
+    lab.write("big", &big);
+    fs::create_dir_all(lab.dst()).unwrap();
+    fs::write(lab.dst().join("big"), &big[..big.len() - 1]).unwrap();
+    let helper = lab.path("evil-helper");
+    script(
+        &helper,
+        "#!/usr/bin/python3\nimport sys, struct\n\
+         i, o = sys.stdin.buffer, sys.stdout.buffer\n\
+         o.write(b'syncjob-helper 1\\n'); o.flush()\n\
+         if i.read(1) == b'H':\n\
+         \x20   n, = struct.unpack('<I', i.read(4)); i.read(n)\n\
+         \x20   block, = struct.unpack('<I', i.read(4))\n\
+         \x20   count = 0xFFFFFFFF\n\
+         \x20   o.write(b'\\0' + struct.pack('<QI', count * block, count) + b'\\0' * 3200); o.flush()\n",
+    );
+    job_with(
+        &lab,
+        &s,
+        &format!(
+            "identity: {}, remote_helper: {}",
+            s.key.display(),
+            helper.display()
+        ),
+    );
+    let r = run_limited(&lab);
+    r.code(1);
+    let reason = lab.last()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("block hashes announced"), "{reason}");
+}
+
+/// A fake SFTP server behind the real sshd (ForceCommand; `find` is not
+/// found there, so the listing goes over SFTP): `mode` `flood` answers
+/// every READDIR with 1000 more names, forever; `stray` answers requests
+/// with ids never sent.
+fn sshd_with_fake_sftp(lab: &Lab, mode: &str) -> Sshd {
+    let server = lab.path("fake-sftp");
+    script(
+        &server,
+        &format!(
+            r#"#!/usr/bin/python3
+import sys, struct
+i, o = sys.stdin.buffer, sys.stdout.buffer
+def rd(n):
+    b = b''
+    while len(b) < n:
+        c = i.read(n - len(b))
+        if not c: sys.exit(0)
+        b += c
+    return b
+def send(t, p):
+    o.write(struct.pack('>IB', len(p) + 1, t) + p); o.flush()
+def s(b): return struct.pack('>I', len(b)) + b
+while True:
+    n, = struct.unpack('>I', rd(4)); body = rd(n); t = body[0]
+    if t == 1:
+        send(2, struct.pack('>I', 3)); continue
+    rid, = struct.unpack('>I', body[1:5])
+    if '{mode}' == 'stray':
+        for k in range(1000): send(101, struct.pack('>II', rid + 1000 + k, 0) + s(b'') + s(b''))
+        continue
+    if t == 11: send(102, struct.pack('>I', rid) + s(b'h')); continue
+    if t == 12:
+        ents = b''.join(s(b'f%d_%d' % (rid, k)) + s(b'') + struct.pack('>II', 4, 0o100644) for k in range(1000))
+        send(104, struct.pack('>II', rid, 1000) + ents); continue
+    send(101, struct.pack('>II', rid, 0) + s(b'') + s(b''))
+"#
+        ),
+    );
+    // no GNU find there: the listing goes over SFTP
+    let bin = lab.path("nofind-bin");
+    fs::create_dir_all(&bin).unwrap();
+    script(&bin.join("find"), "#!/bin/sh\nexit 127\n");
+    fs::create_dir_all(lab.dst()).unwrap();
+    let wrapper = lab.path("force");
+    script(
+        &wrapper,
+        &format!(
+            "#!/bin/sh\ncase \"$SSH_ORIGINAL_COMMAND\" in\n  *sftp*) exec {} ;;\n  *) PATH={}:/usr/bin:/bin exec /bin/sh -c \"$SSH_ORIGINAL_COMMAND\" ;;\nesac\n",
+            server.display(),
+            bin.display()
+        ),
+    );
+    Sshd::start_with(
+        &lab.path("sshd"),
+        &format!("Match all\n  ForceCommand {}\n", wrapper.display()),
+    )
+}
+
+#[test]
+fn an_sftp_server_listing_without_end_fails_the_target_not_the_process() {
+    let lab = Lab::new();
+    lab.write("a", b"a");
+    let s = sshd_with_fake_sftp(&lab, "flood");
+    // (the default cap, 10M entries, is far: a lower one)
+    job_with(
+        &lab,
+        &s,
+        &format!("identity: {}, max_listing_entries: 5000", s.key.display()),
+    );
+    let t = std::time::Instant::now();
+    let r = run_limited(&lab);
+    r.code(1);
+    let reason = lab.last()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("more than 5000 entries"), "{reason}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn sftp_replies_to_requests_never_sent_fail_the_target() {
+    let lab = Lab::new();
+    lab.write("a", b"a");
+    let s = sshd_with_fake_sftp(&lab, "stray");
+    job_with(&lab, &s, &format!("identity: {}", s.key.display()));
+    let t = std::time::Instant::now();
+    lab.run(&["run", "web"]).code(1);
+    let reason = lab.last()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("not waiting for an answer"), "{reason}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(8), "not a timeout");
+}

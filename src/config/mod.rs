@@ -59,6 +59,10 @@ pub struct SshOptions {
     /// `syncjob` on the remote host (a path or a command name): files go
     /// through `syncjob helper` there instead of SFTP
     pub remote_helper: Option<String>,
+    /// The most entries a remote listing may have (`find` or SFTP): a
+    /// longer one fails the target's run (a hostile or broken remote
+    /// cannot exhaust memory)
+    pub max_listing_entries: u64,
 }
 
 impl Default for SshOptions {
@@ -71,6 +75,7 @@ impl Default for SshOptions {
             port: 22,
             timeout: Duration::from_secs(30),
             remote_helper: None,
+            max_listing_entries: 10_000_000,
         }
     }
 }
@@ -247,6 +252,7 @@ const SSH_KEYS: &[&str] = &[
     "port",
     "timeout",
     "remote_helper",
+    "max_listing_entries",
 ];
 const TOP_KEYS: &[&str] = &["defaults", "include", "jobs", "shutdown_timeout"];
 
@@ -1010,6 +1016,16 @@ fn build_job(
             );
         } else {
             ssh.remote_helper = Some(v);
+        }
+    }
+    if let Some(n) = s("max_listing_entries") {
+        match n.as_u64().filter(|v| *v >= 1) {
+            Some(v) => ssh.max_listing_entries = v,
+            None => ctx.err(
+                n.pos,
+                j,
+                "`ssh.max_listing_entries` must be a whole number of at least 1",
+            ),
         }
     }
     let _ = node;
