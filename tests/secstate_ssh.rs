@@ -311,3 +311,122 @@ fn sftp_replies_to_requests_never_sent_fail_the_target() {
     assert!(reason.contains("not waiting for an answer"), "{reason}");
     assert!(t.elapsed() < std::time::Duration::from_secs(8), "not a timeout");
 }
+
+// ---- finding 6: host keys as OpenSSH checks them ---------------------------
+
+/// The job with this known_hosts text (and an empty global file).
+fn job_kh(lab: &Lab, s: &Sshd, kh: &str, extra: &str) {
+    fs::write(&s.known_hosts, kh).unwrap();
+    job_with(
+        lab,
+        s,
+        &format!(
+            "identity: {}, global_known_hosts: {}{extra}",
+            s.key.display(),
+            lab.path("global_known_hosts").display()
+        ),
+    );
+}
+
+/// "type base64" of a public key file.
+fn pubkey(path: &std::path::Path) -> String {
+    let p = fs::read_to_string(path).unwrap();
+    p.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+fn failed_with(lab: &Lab, what: &str) {
+    lab.run(&["run", "web"]).code(1);
+    let reason = lab.last()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains(what), "{reason}");
+    assert!(!lab.dst().join("a").exists());
+}
+
+#[test]
+fn a_wildcard_entry_with_another_key_is_a_changed_key_even_with_accept_new() {
+    let lab = Lab::new();
+    lab.write("a", b"a");
+    let s = Sshd::start(&lab.path("sshd"));
+    // known under a wildcard with another ed25519 key (the client's)
+    let kh = format!("[127.0.0.*]:* {}\n", pubkey(&s.dir.join("id_ed25519.pub")));
+    job_kh(&lab, &s, &kh, ", strict_host_key_checking: accept-new");
+    failed_with(&lab, "HOST KEY CHANGED");
+    assert_eq!(fs::read_to_string(&s.known_hosts).unwrap(), kh, "nothing added");
+}
+
+#[test]
+fn a_revoked_key_is_refused_even_when_listed() {
+    let lab = Lab::new();
+    lab.write("a", b"a");
+    let s = Sshd::start(&lab.path("sshd"));
+    let kh = format!(
+        "[127.0.0.1]:{} {k}\n@revoked * {k}\n",
+        s.port,
+        k = s.host_pub()
+    );
+    job_kh(&lab, &s, &kh, "");
+    failed_with(&lab, "@revoked");
+}
+
+#[test]
+fn a_cert_authority_line_never_vouches_for_a_plain_key() {
+    let lab = Lab::new();
+    lab.write("a", b"a");
+    let s = Sshd::start(&lab.path("sshd"));
+    // the server's own key, but as a CA: it signs certificates, it is
+    // not this host's key; nor is the host new for accept-new
+    let kh = format!("@cert-authority * {}\n", s.host_pub());
+    job_kh(&lab, &s, &kh, ", strict_host_key_checking: accept-new");
+    failed_with(&lab, "@cert-authority");
+    assert_eq!(fs::read_to_string(&s.known_hosts).unwrap(), kh, "nothing added");
+    job_kh(&lab, &s, &kh, "");
+    failed_with(&lab, "@cert-authority");
+}
+
+#[test]
+fn the_global_known_hosts_file_is_read() {
+    let lab = Lab::new();
+    lab.write("a", b"a");
+    let s = Sshd::start(&lab.path("sshd"));
+    fs::write(
+        lab.path("global_known_hosts"),
+        format!("[127.0.0.1]:{} {}\n", s.port, s.host_pub()),
+    )
+    .unwrap();
+    job_kh(&lab, &s, "", "");
+    lab.run(&["run", "web"]).code(0);
+}
+
+#[test]
+fn a_plain_host_entry_only_vouches_for_port_22() {
+    let lab = Lab::new();
+    lab.write("a", b"a");
+    let s = Sshd::start(&lab.path("sshd"));
+    job_kh(&lab, &s, &format!("127.0.0.1 {}\n", s.host_pub()), "");
+    failed_with(&lab, "is unknown");
+}
+
+#[test]
+fn the_host_key_type_listed_in_known_hosts_is_negotiated() {
+    let lab = Lab::new();
+    lab.write("a", b"a");
+    // the server has an ed25519 and an ECDSA host key; known_hosts lists
+    // only the ECDSA one
+    let dir = lab.path("sshd");
+    fs::create_dir_all(&dir).unwrap();
+    let ecdsa = dir.join("host_ecdsa");
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ecdsa", "-N", "", "-f"])
+        .arg(&ecdsa)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let s = Sshd::start_with(&dir, &format!("HostKey {}", ecdsa.display()));
+    let line = format!(
+        "[127.0.0.1]:{} {}\n",
+        s.port,
+        pubkey(&dir.join("host_ecdsa.pub"))
+    );
+    job_kh(&lab, &s, &line, "");
+    lab.run(&["run", "web"]).code(0);
+    assert!(lab.dst().join("a").exists());
+}

@@ -52,6 +52,9 @@ pub enum HostKeyPolicy {
 pub struct SshOptions {
     pub identity: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
+    /// the system-wide known_hosts, read too (default
+    /// /etc/ssh/ssh_known_hosts)
+    pub global_known_hosts: Option<PathBuf>,
     pub strict_host_key_checking: HostKeyPolicy,
     pub password_file: Option<PathBuf>,
     pub port: u16,
@@ -70,6 +73,7 @@ impl Default for SshOptions {
         SshOptions {
             identity: None,
             known_hosts: None,
+            global_known_hosts: None,
             strict_host_key_checking: HostKeyPolicy::Strict,
             password_file: None,
             port: 22,
@@ -247,6 +251,7 @@ const JOB_KEYS: &[&str] = &[
 const SSH_KEYS: &[&str] = &[
     "identity",
     "known_hosts",
+    "global_known_hosts",
     "strict_host_key_checking",
     "password_file",
     "port",
@@ -977,6 +982,9 @@ fn build_job(
     }
     if let Some(n) = s("known_hosts") {
         ssh.known_hosts = path_of(ctx, n, "ssh.known_hosts");
+    }
+    if let Some(n) = s("global_known_hosts") {
+        ssh.global_known_hosts = path_of(ctx, n, "ssh.global_known_hosts");
     }
     if let Some(n) = s("password_file") {
         ssh.password_file = path_of(ctx, n, "ssh.password_file");

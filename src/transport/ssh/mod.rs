@@ -22,6 +22,7 @@
 //! client). This file holds the [`Ssh`] transport that ties them together.
 
 mod helper_client;
+mod known_hosts;
 mod listing;
 mod session;
 pub mod sftp;

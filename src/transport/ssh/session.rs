@@ -13,6 +13,7 @@
 //! - Failures that retrying cannot fix (auth, host key, password file) are
 //!   [`OpenError`]s of kind [`Retry::Permanent`](crate::transport::Retry).
 
+use super::known_hosts::{self, KnownHosts, Verdict};
 use crate::config::{HostKeyPolicy, SshOptions};
 use crate::target::SshTarget;
 use crate::transport::OpenError;
@@ -191,6 +192,16 @@ pub(super) fn open(t: &SshTarget, o: &SshOptions) -> Result<(ssh2::Session, Stri
     for m in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
         let _ = sess.method_pref(m, CIPHERS);
     }
+    // known_hosts read before the handshake: the host key algorithms it
+    // lists for this host are preferred (the server then presents a key
+    // that can be checked), as OpenSSH does
+    let (kh_path, global) = known_hosts_files(o);
+    let kh = KnownHosts::load(&[&kh_path, &global])?;
+    let lookup = known_hosts::lookup_name(&t.host, port);
+    if let Ok(sup) = sess.supported_algs(ssh2::MethodType::HostKey) {
+        let pref = known_hosts::preference(&kh.types_for(&lookup), &sup);
+        let _ = sess.method_pref(ssh2::MethodType::HostKey, &pref);
+    }
     sess.set_timeout(o.timeout.as_millis().min(u32::MAX as u128) as u32);
     sess.handshake().map_err(|e| {
         io::Error::new(
@@ -198,7 +209,7 @@ pub(super) fn open(t: &SshTarget, o: &SshOptions) -> Result<(ssh2::Session, Stri
             format!("ssh handshake with {label}: {e}"),
         )
     })?;
-    check_host_key(&sess, &t.host, port, o)?;
+    check_host_key(&sess, &t.host, port, o, &kh)?;
     let user = t.user.clone().unwrap_or_else(local_user);
     authenticate(&sess, &user, &t.host, o)?;
     Ok((sess, label))
@@ -229,11 +240,28 @@ pub(super) fn exec(
     Ok((code, out, err))
 }
 
+/// The user's known_hosts (`ssh.known_hosts`, default
+/// `~/.ssh/known_hosts`) and the global one (`ssh.global_known_hosts`,
+/// default `/etc/ssh/ssh_known_hosts`).
+fn known_hosts_files(o: &SshOptions) -> (PathBuf, PathBuf) {
+    let user = o
+        .known_hosts
+        .clone()
+        .unwrap_or_else(|| home().join(".ssh/known_hosts"));
+    let global = o
+        .global_known_hosts
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/etc/ssh/ssh_known_hosts"));
+    (user, global)
+}
+
+/// The server's key against known_hosts (see `known_hosts` for the rules).
 fn check_host_key(
     sess: &ssh2::Session,
     host: &str,
     port: u16,
     o: &SshOptions,
+    kh: &KnownHosts,
 ) -> Result<(), OpenError> {
     let (key, ktype) = sess
         .host_key()
@@ -242,66 +270,50 @@ fn check_host_key(
         .host_key_hash(ssh2::HashType::Sha256)
         .map(|h| format!("SHA256:{}", base64(h, false)))
         .unwrap_or_default();
-    let kh_path = o
-        .known_hosts
-        .clone()
-        .unwrap_or_else(|| home().join(".ssh/known_hosts"));
-    let mut kh = sess.known_hosts().map_err(io::Error::from)?;
-    if kh_path.exists() {
-        kh.read_file(&kh_path, ssh2::KnownHostFileKind::OpenSSH)
-            .map_err(|e| io::Error::other(format!("cannot read {}: {e}", kh_path.display())))?;
-    }
-    let name = if port == 22 {
-        host.to_string()
-    } else {
-        format!("[{host}]:{port}")
-    };
+    let (kh_path, _) = known_hosts_files(o);
+    let name = known_hosts::lookup_name(host, port);
+    let kt = key_type_name(ktype);
     let keyscan = if port == 22 {
-        format!(
-            "ssh-keyscan -t {} {host} >> {}",
-            key_type_name(ktype),
-            kh_path.display()
-        )
+        format!("ssh-keyscan -t {kt} {host} >> {}", kh_path.display())
     } else {
-        format!(
-            "ssh-keyscan -p {port} -t {} {host} >> {}",
-            key_type_name(ktype),
-            kh_path.display()
-        )
+        format!("ssh-keyscan -p {port} -t {kt} {host} >> {}", kh_path.display())
     };
-    match kh.check_port(host, port, key) {
-        ssh2::CheckResult::Match => Ok(()),
-        ssh2::CheckResult::Mismatch => Err(permanent(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "HOST KEY CHANGED for {name}: the server now presents {} {fp}, which differs from {}; \
-                 this may be an attack. If the change is expected, remove the old entry (ssh-keygen -R '{name}' -f {}) and add the new one: {keyscan}",
-                key_type_name(ktype),
-                kh_path.display(),
-                kh_path.display()
-            ),
+    let refuse = |msg: String| Err(permanent(io::ErrorKind::PermissionDenied, msg));
+    match kh.check(&name, kt, key) {
+        Verdict::Known => Ok(()),
+        Verdict::Revoked(at) => refuse(format!(
+            "host key of {name} ({kt} {fp}) is marked @revoked ({at}); refused"
         )),
-        ssh2::CheckResult::NotFound if o.strict_host_key_checking == HostKeyPolicy::AcceptNew => {
+        Verdict::Changed(at) => refuse(format!(
+            "HOST KEY CHANGED for {name}: the server now presents {kt} {fp}, which differs from {at}; \
+             this may be an attack. If the change is expected, remove the old entry (ssh-keygen -R '{name}' -f {}) and add the new one: {keyscan}",
+            kh_path.display()
+        )),
+        Verdict::OtherTypes(types) => refuse(format!(
+            "host {name} presented a {kt} key ({fp}), but known_hosts lists only {} keys for it; \
+             refused. If this key is right, add it: {keyscan}",
+            types.join(", ")
+        )),
+        Verdict::CertAuthority(at) => refuse(format!(
+            "host {name} is covered by a @cert-authority line ({at}), but syncjob cannot check host \
+             certificates; its plain key {kt} {fp} is not listed: verify it and add it with: {keyscan}"
+        )),
+        Verdict::Unknown if o.strict_host_key_checking == HostKeyPolicy::AcceptNew => {
             if let Some(dir) = kh_path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let line = format!("{name} {} {}\n", key_type_name(ktype), base64(key, true));
+            let line = format!("{name} {kt} {}\n", base64(key, true));
             append_known_host(&kh_path, line.as_bytes())?;
             eprintln!(
-                "syncjob: added the host key of {name} ({} {fp}) to {} (accept-new)",
-                key_type_name(ktype),
+                "syncjob: added the host key of {name} ({kt} {fp}) to {} (accept-new)",
                 kh_path.display()
             );
             Ok(())
         }
-        ssh2::CheckResult::NotFound | ssh2::CheckResult::Failure => Err(permanent(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "host key of {name} is unknown ({} {fp}, not in {}); verify the fingerprint and add it with: {keyscan} \
-                 (or set ssh.strict_host_key_checking: accept-new)",
-                key_type_name(ktype),
-                kh_path.display()
-            ),
+        Verdict::Unknown => refuse(format!(
+            "host key of {name} is unknown ({kt} {fp}, not in {}); verify the fingerprint and add it with: {keyscan} \
+             (or set ssh.strict_host_key_checking: accept-new)",
+            kh_path.display()
         )),
     }
 }
