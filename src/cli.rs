@@ -632,7 +632,9 @@ fn cmd_log(
             r.files_deleted,
             r.duration_ms,
             e(&r.target),
-            r.reason.map(|x| format!(" ({})", e(&x))).unwrap_or_default()
+            r.reason
+                .map(|x| format!(" ({})", e(&x)))
+                .unwrap_or_default()
         );
     }
     Ok(EXIT_OK)

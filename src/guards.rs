@@ -96,10 +96,20 @@ mod tests {
 
     #[test]
     fn lexical_forms_of_the_root() {
-        for p in ["/srv/..", "/srv/site/../../", "/..", "//", "/./", "/a/./b/../../"] {
+        for p in [
+            "/srv/..",
+            "/srv/site/../../",
+            "/..",
+            "//",
+            "/./",
+            "/a/./b/../../",
+        ] {
             assert_eq!(lexical(Path::new(p)), Path::new("/"), "{p}");
         }
-        assert_eq!(lexical(Path::new("/srv/./a//b/../c")), Path::new("/srv/a/c"));
+        assert_eq!(
+            lexical(Path::new("/srv/./a//b/../c")),
+            Path::new("/srv/a/c")
+        );
         assert_eq!(lexical(Path::new("../a/../..")), Path::new("../.."));
         assert_eq!(lexical(Path::new("a/..")), Path::new("."));
     }

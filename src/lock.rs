@@ -4,11 +4,11 @@
 //! there is never a stale lock to clean up. The holder writes its pid, start
 //! time and trigger into the file for `syncjob status`.
 
-use serde::{Deserialize, Serialize};
 use crate::statedir::{self, Access};
+use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::os::unix::fs::DirBuilderExt;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

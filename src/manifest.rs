@@ -25,9 +25,9 @@
 
 use crate::config::Job;
 use crate::plan::{Entry, EntryKind, Scan};
+use crate::statedir::Access;
 use crate::target::Target;
 use sha2::{Digest, Sha256};
-use crate::statedir::Access;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
@@ -313,9 +313,7 @@ impl<R: io::Read> Rd<R> {
             _ => return None,
         };
         let name_bytes = name.as_os_str().as_bytes();
-        self.order
-            .next(name_bytes, kind == EntryKind::Dir)
-            .ok()?;
+        self.order.next(name_bytes, kind == EntryKind::Dir).ok()?;
         let size = self.u64()?;
         let mtime = self.u64()? as i64;
         let mtime_ns = self.u32()?;

@@ -104,7 +104,14 @@ mod tests {
         }
         assert!(check(&vec![b'a'; 256]).is_err());
         assert!(check(&[b"a/".repeat(2049).as_slice(), b"a"].concat()).is_err());
-        for good in [&b"a"[..], b"a/b", b"..a", b"a..", b".hidden/x", &[0xff, b'/', 1]] {
+        for good in [
+            &b"a"[..],
+            b"a/b",
+            b"..a",
+            b"a..",
+            b".hidden/x",
+            &[0xff, b'/', 1],
+        ] {
             assert!(check(good).is_ok(), "{good:?}");
         }
     }

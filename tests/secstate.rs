@@ -221,7 +221,10 @@ fn a_forged_manifest_cannot_delete_outside_the_target() {
     lab.write("b.txt", b"b");
     let r = lab.run(&["run", "web"]);
     r.code(0);
-    assert!(abs.exists(), "an absolute name in a manifest deleted a file");
+    assert!(
+        abs.exists(),
+        "an absolute name in a manifest deleted a file"
+    );
     assert!(rel.exists(), "a `..` name in a manifest deleted a file");
     assert!(lab.dst().join("b.txt").exists());
     // the damaged manifest was not used: the target was listed
@@ -281,7 +284,10 @@ fn a_source_given_through_a_symlink_cannot_nest_into_itself() {
     assert!(r.stderr.contains("overlaps the source"), "{}", r.stderr);
     lab.run(&["run", "web"]).code(2);
     lab.run(&["run", "web"]).code(2);
-    assert!(!lab.src().join("sub").exists(), "no copy nested in the source");
+    assert!(
+        !lab.src().join("sub").exists(),
+        "no copy nested in the source"
+    );
 }
 
 #[test]
@@ -452,14 +458,25 @@ fn hostile_names_are_escaped_in_run_output_dry_run_log_table_and_journal_lines()
     });
     fs::write(lab.src().join(os(newer)), "n").unwrap();
     let r = lab.run(&["run", "--dry-run", "web"]);
-    assert!(r.stdout.contains(">f+++++++++ new\\#033]0;title\\#007\\#012<0>x"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains(">f+++++++++ new\\#033]0;title\\#007\\#012<0>x"),
+        "{}",
+        r.stdout
+    );
     let r = lab.run(&["run", "web"]);
     r.code(1);
     assert_clean("run", &r.stdout, &|l| l.starts_with("web -> "));
     assert_clean("run stderr", &r.stderr, &|l| l.starts_with("syncjob: "));
     let r = lab.run(&["log"]);
-    assert_clean("log", &r.stdout, &|l| l.starts_with("TIME") || l.starts_with("20"));
-    assert!(r.stdout.contains("a\\#012<0>forged \\#033[31mred"), "{}", r.stdout);
+    assert_clean("log", &r.stdout, &|l| {
+        l.starts_with("TIME") || l.starts_with("20")
+    });
+    assert!(
+        r.stdout.contains("a\\#012<0>forged \\#033[31mred"),
+        "{}",
+        r.stdout
+    );
 
     // the daemon's journal lines (`<N>` priority prefixes)
     lab.job("schedule: \"* * * * * *\"");

@@ -40,13 +40,20 @@ fn the_key_passphrase_is_never_sent_as_a_password() {
     job_with(
         &lab,
         &s,
-        &format!("identity: {}, password_file: {}", key.display(), pw.display()),
+        &format!(
+            "identity: {}, password_file: {}",
+            key.display(),
+            pw.display()
+        ),
     );
     lab.run(&["run", "web"]).code(1);
     let reason = lab.last()["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("authentication refused"), "{reason}");
     let log = fs::read_to_string(s.dir.join("sshd.log")).unwrap();
-    assert!(log.contains("method publickey"), "the server logs requests: {log}");
+    assert!(
+        log.contains("method publickey"),
+        "the server logs requests: {log}"
+    );
     assert!(
         !log.contains("method password"),
         "the passphrase was offered as the login password: {log}"
@@ -86,7 +93,11 @@ fn a_password_file_owned_by_another_user_is_refused() {
     job_with(
         &lab,
         &s,
-        &format!("identity: {}, password_file: {}", s.key.display(), pw.display()),
+        &format!(
+            "identity: {}, password_file: {}",
+            s.key.display(),
+            pw.display()
+        ),
     );
     lab.run(&["run", "web"]).code(1);
     let reason = lab.last()["reason"].as_str().unwrap().to_string();
@@ -309,7 +320,10 @@ fn sftp_replies_to_requests_never_sent_fail_the_target() {
     lab.run(&["run", "web"]).code(1);
     let reason = lab.last()["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("not waiting for an answer"), "{reason}");
-    assert!(t.elapsed() < std::time::Duration::from_secs(8), "not a timeout");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(8),
+        "not a timeout"
+    );
 }
 
 // ---- finding 6: host keys as OpenSSH checks them ---------------------------
@@ -350,7 +364,11 @@ fn a_wildcard_entry_with_another_key_is_a_changed_key_even_with_accept_new() {
     let kh = format!("[127.0.0.*]:* {}\n", pubkey(&s.dir.join("id_ed25519.pub")));
     job_kh(&lab, &s, &kh, ", strict_host_key_checking: accept-new");
     failed_with(&lab, "HOST KEY CHANGED");
-    assert_eq!(fs::read_to_string(&s.known_hosts).unwrap(), kh, "nothing added");
+    assert_eq!(
+        fs::read_to_string(&s.known_hosts).unwrap(),
+        kh,
+        "nothing added"
+    );
 }
 
 #[test]
@@ -377,7 +395,11 @@ fn a_cert_authority_line_never_vouches_for_a_plain_key() {
     let kh = format!("@cert-authority * {}\n", s.host_pub());
     job_kh(&lab, &s, &kh, ", strict_host_key_checking: accept-new");
     failed_with(&lab, "@cert-authority");
-    assert_eq!(fs::read_to_string(&s.known_hosts).unwrap(), kh, "nothing added");
+    assert_eq!(
+        fs::read_to_string(&s.known_hosts).unwrap(),
+        kh,
+        "nothing added"
+    );
     job_kh(&lab, &s, &kh, "");
     failed_with(&lab, "@cert-authority");
 }

@@ -648,8 +648,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
                         {
                             continue;
                         }
-                        if included.len() >= MAX_INCLUDES || included_bytes > MAX_INCLUDED_BYTES
-                        {
+                        if included.len() >= MAX_INCLUDES || included_bytes > MAX_INCLUDED_BYTES {
                             ctx.err(
                                 pn.pos,
                                 None,

@@ -301,14 +301,31 @@ mod tests {
     #[test]
     fn patterns_ports_negation_and_hashes() {
         let k1 = b64_decode(K1).unwrap();
-        let k = kh(&format!("*.example.com,!bad.example.com ssh-ed25519 {K1}\n"));
-        assert_eq!(k.check("web.example.com", "ssh-ed25519", &k1), Verdict::Known);
-        assert_eq!(k.check("WEB.Example.com", "ssh-ed25519", &k1), Verdict::Known);
-        assert_eq!(k.check("bad.example.com", "ssh-ed25519", &k1), Verdict::Unknown);
+        let k = kh(&format!(
+            "*.example.com,!bad.example.com ssh-ed25519 {K1}\n"
+        ));
+        assert_eq!(
+            k.check("web.example.com", "ssh-ed25519", &k1),
+            Verdict::Known
+        );
+        assert_eq!(
+            k.check("WEB.Example.com", "ssh-ed25519", &k1),
+            Verdict::Known
+        );
+        assert_eq!(
+            k.check("bad.example.com", "ssh-ed25519", &k1),
+            Verdict::Unknown
+        );
         // a plain host entry only vouches for port 22
         let k = kh(&format!("web ssh-ed25519 {K1}\n"));
-        assert_eq!(k.check(&lookup_name("web", 22), "ssh-ed25519", &k1), Verdict::Known);
-        assert_eq!(k.check(&lookup_name("web", 2222), "ssh-ed25519", &k1), Verdict::Unknown);
+        assert_eq!(
+            k.check(&lookup_name("web", 22), "ssh-ed25519", &k1),
+            Verdict::Known
+        );
+        assert_eq!(
+            k.check(&lookup_name("web", 2222), "ssh-ed25519", &k1),
+            Verdict::Unknown
+        );
         // `ssh-keygen -H` of "web": salt and HMAC-SHA1
         let salt = [7u8; 20];
         let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(&salt).unwrap();
@@ -323,10 +340,15 @@ mod tests {
     #[test]
     fn revoked_changed_other_types_and_cert_authorities() {
         let (k1, k2) = (b64_decode(K1).unwrap(), b64_decode(K2).unwrap());
-        let k = kh(&format!("web ssh-ed25519 {K1}\n@revoked * ssh-ed25519 {K1}\n"));
+        let k = kh(&format!(
+            "web ssh-ed25519 {K1}\n@revoked * ssh-ed25519 {K1}\n"
+        ));
         assert!(matches!(k.check("web", "ssh-ed25519", &k1), Verdict::Revoked(at) if at == "kh:2"));
         let k = kh(&format!("* ssh-ed25519 {K1}\n"));
-        assert!(matches!(k.check("web", "ssh-ed25519", &k2), Verdict::Changed(_)));
+        assert!(matches!(
+            k.check("web", "ssh-ed25519", &k2),
+            Verdict::Changed(_)
+        ));
         let k = kh(&format!("web ecdsa-sha2-nistp256 {K1}\n"));
         assert_eq!(
             k.check("web", "ssh-ed25519", &k2),
@@ -341,7 +363,13 @@ mod tests {
 
     #[test]
     fn known_types_come_first_in_the_preference() {
-        let sup = ["ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"];
+        let sup = [
+            "ssh-ed25519",
+            "ecdsa-sha2-nistp256",
+            "rsa-sha2-512",
+            "rsa-sha2-256",
+            "ssh-rsa",
+        ];
         assert_eq!(
             preference(&["ssh-rsa".into()], &sup),
             "rsa-sha2-512,rsa-sha2-256,ssh-rsa,ssh-ed25519,ecdsa-sha2-nistp256"

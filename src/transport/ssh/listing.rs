@@ -42,7 +42,7 @@ impl Ssh {
                     errors,
                 })
             }
-            Find::NoGnuFind => Ok(Listing {
+            Find::Elsewhere => Ok(Listing {
                 tree: self.list_sftp()?,
                 stream: None,
                 errors: Vec::new(),
@@ -77,7 +77,7 @@ impl Ssh {
             buf.extend_from_slice(&chunk[..n]);
             if p.records == 0 && buf.len() >= 2 && !buf.starts_with(b"d\0") {
                 // not GNU find's output (another find, an error message)
-                return Ok(Find::NoGnuFind);
+                return Ok(Find::Elsewhere);
             }
             let used = p
                 .feed(&buf, errors)
@@ -96,7 +96,7 @@ impl Ssh {
                 ),
             )),
             0 | 1 if p.have_root => Ok(Find::Listed(code, p.finish(errors))),
-            _ => Ok(Find::NoGnuFind),
+            _ => Ok(Find::Elsewhere),
         }
     }
 
@@ -182,7 +182,7 @@ enum Find {
     /// exit code and the entries
     Listed(i32, Tree),
     /// no GNU find there: list over SFTP
-    NoGnuFind,
+    Elsewhere,
 }
 
 /// The longest record of `find`'s output accepted: a name and a link

@@ -141,7 +141,8 @@ fn read_secret(path: &Path) -> Result<String, OpenError> {
 /// As OpenSSH: a private key readable or writable by group or others is
 /// not used ("UNPROTECTED PRIVATE KEY FILE").
 fn check_identity(path: &Path) -> Result<(), String> {
-    let md = std::fs::metadata(path).map_err(|e| format!("identity file {}: {e}", path.display()))?;
+    let md =
+        std::fs::metadata(path).map_err(|e| format!("identity file {}: {e}", path.display()))?;
     let mode = md.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(format!(
@@ -276,7 +277,10 @@ fn check_host_key(
     let keyscan = if port == 22 {
         format!("ssh-keyscan -t {kt} {host} >> {}", kh_path.display())
     } else {
-        format!("ssh-keyscan -p {port} -t {kt} {host} >> {}", kh_path.display())
+        format!(
+            "ssh-keyscan -p {port} -t {kt} {host} >> {}",
+            kh_path.display()
+        )
     };
     let refuse = |msg: String| Err(permanent(io::ErrorKind::PermissionDenied, msg));
     match kh.check(&name, kt, key) {
@@ -378,7 +382,11 @@ fn authenticate(
             tried.push(format!("(skipped: {e})"));
             continue;
         }
-        if sess.userauth_pubkey_file(user, None, &k, passphrase).is_ok() && sess.authenticated() {
+        if sess
+            .userauth_pubkey_file(user, None, &k, passphrase)
+            .is_ok()
+            && sess.authenticated()
+        {
             return Ok(());
         }
     }
