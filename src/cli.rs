@@ -357,7 +357,7 @@ fn cmd_run(
         v
     };
     let opts = run::Options {
-        trigger: "manual",
+        trigger: run::Trigger::Manual,
         dry_run,
         wait: match wait {
             None => Wait::No,
@@ -625,8 +625,8 @@ fn cmd_log(
             "{:<25} {:<16} {:<9} {:<8} {:>7} {:>10} {:>7} {:>8}  {}{}",
             e(r.ts.get(..23).unwrap_or(&r.ts)),
             e(&r.job),
-            e(&r.trigger),
-            e(&r.status),
+            r.trigger,
+            r.status,
             r.files_transferred,
             crate::units::human_bytes(r.bytes_transferred),
             r.files_deleted,
@@ -663,7 +663,7 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             "delete": j.delete,
             "source": j.source.display().to_string(),
             "targets": j.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
-            "last_status": l.map(|r| r.status.clone()),
+            "last_status": l.map(|r| r.status),
             "last_run": l.map(|r| r.finished_at.clone()),
             "next": next,
         }));

@@ -22,7 +22,7 @@
 use crate::config::{self, Config, ConfigError, Job, Overlap};
 use crate::journal;
 use crate::lock;
-use crate::run::{self, Env, Status, Wait};
+use crate::run::{self, Env, Status, Trigger, Wait};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -147,7 +147,7 @@ impl Daemon {
         }
     }
 
-    fn start(&mut self, name: &str, due: Option<DateTime<Utc>>, trigger: &'static str) {
+    fn start(&mut self, name: &str, due: Option<DateTime<Utc>>, trigger: Trigger) {
         let Some(st) = self.jobs.get_mut(name) else {
             return;
         };
@@ -176,23 +176,7 @@ impl Daemon {
                     Status::Skipped => Level::Warning,
                     _ => Level::Info,
                 };
-                say(
-                    level,
-                    &format!(
-                        "job {} -> {}: {}, {} transferred ({} bytes), {} deleted, {} ms{}",
-                        r.job,
-                        r.target,
-                        r.status,
-                        r.files_transferred,
-                        r.bytes_transferred,
-                        r.files_deleted,
-                        r.duration_ms,
-                        r.reason
-                            .as_ref()
-                            .map(|x| format!(": {x}"))
-                            .unwrap_or_default()
-                    ),
-                );
+                say(level, &run::report::daemon_line(r));
             }
             let failed = res.status == Status::Failed;
             let _ = tx.send(Event::Finished(job.name.clone(), failed));
@@ -225,13 +209,13 @@ impl Daemon {
                             Level::Warning,
                             &format!("job {name}: still running at {at}; this firing is skipped"),
                         );
-                        run::log_skipped(&job, &self.env, "schedule", "overlap");
+                        run::log_skipped(&job, &self.env, Trigger::Schedule, "overlap");
                     }
                     Overlap::Queue => st.queued = true,
                 }
                 continue;
             }
-            self.start(&name, Some(at), "schedule");
+            self.start(&name, Some(at), Trigger::Schedule);
         }
         let retries: Vec<String> = self
             .jobs
@@ -244,7 +228,7 @@ impl Daemon {
                 Level::Info,
                 &format!("job {name}: retrying the failed run (retry_interval)"),
             );
-            self.start(&name, None, "retry");
+            self.start(&name, None, Trigger::Retry);
         }
     }
 
@@ -268,7 +252,7 @@ impl Daemon {
         if gone {
             self.jobs.remove(name);
         } else if queued && !self.cancel.load(Ordering::Relaxed) {
-            self.start(name, None, "schedule");
+            self.start(name, None, Trigger::Schedule);
         }
     }
 
@@ -310,7 +294,7 @@ impl Daemon {
             }
         }
         for n in to_run {
-            self.start(&n, None, "schedule");
+            self.start(&n, None, Trigger::Schedule);
         }
     }
 
