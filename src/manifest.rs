@@ -270,12 +270,12 @@ impl Manifest {
         if r.hash.finalize().as_slice() != self.digest {
             return None;
         }
-        Some(ManifestEntries(self.reader()?))
+        Some(ManifestEntries(Box::new(self.reader()?)))
     }
 }
 
 /// A manifest's entries, read one at a time (see [`Manifest::entries`]).
-pub struct ManifestEntries(Rd<io::BufReader<std::fs::File>>);
+pub struct ManifestEntries(Box<Rd<io::BufReader<std::fs::File>>>);
 
 impl Iterator for ManifestEntries {
     type Item = (PathBuf, Entry);
