@@ -112,6 +112,7 @@ fn a_password_file_owned_by_another_user_is_refused() {
 /// the remote ends in an allocation failure, not a swapping box.
 fn limit_memory(c: &mut Command, bytes: u64) {
     use std::os::unix::process::CommandExt;
+    // SAFETY: pre_exec runs in the forked child before exec; setrlimit is async-signal-safe and only reads `r`.
     unsafe {
         c.pre_exec(move || {
             let r = libc::rlimit {
