@@ -50,6 +50,9 @@ pub enum HostKeyPolicy {
 pub struct SshOptions {
     pub identity: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
+    /// the system-wide known_hosts, read too (default
+    /// /etc/ssh/ssh_known_hosts)
+    pub global_known_hosts: Option<PathBuf>,
     pub strict_host_key_checking: HostKeyPolicy,
     pub password_file: Option<PathBuf>,
     pub port: u16,
@@ -57,6 +60,10 @@ pub struct SshOptions {
     /// `syncjob` on the remote host (a path or a command name): files go
     /// through `syncjob helper` there instead of SFTP
     pub remote_helper: Option<String>,
+    /// The most entries a remote listing may have (`find` or SFTP): a
+    /// longer one fails the target's run (a hostile or broken remote
+    /// cannot exhaust memory)
+    pub max_listing_entries: u64,
 }
 
 impl Default for SshOptions {
@@ -64,11 +71,13 @@ impl Default for SshOptions {
         SshOptions {
             identity: None,
             known_hosts: None,
+            global_known_hosts: None,
             strict_host_key_checking: HostKeyPolicy::Strict,
             password_file: None,
             port: 22,
             timeout: Duration::from_secs(30),
             remote_helper: None,
+            max_listing_entries: 10_000_000,
         }
     }
 }

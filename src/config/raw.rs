@@ -42,11 +42,13 @@ pub(super) const JOB_KEYS: &[&str] = &[
 pub(super) const SSH_KEYS: &[&str] = &[
     "identity",
     "known_hosts",
+    "global_known_hosts",
     "strict_host_key_checking",
     "password_file",
     "port",
     "timeout",
     "remote_helper",
+    "max_listing_entries",
 ];
 pub(super) const TOP_KEYS: &[&str] = &[
     "defaults",

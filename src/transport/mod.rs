@@ -12,6 +12,7 @@ pub mod local;
 #[cfg(test)]
 pub mod memory;
 pub mod ssh;
+pub mod violation;
 
 use crate::config::SshOptions;
 use crate::filter::Filter;
@@ -185,10 +186,13 @@ impl OpenError {
 /// Plain I/O errors while connecting are transient.
 impl From<io::Error> for OpenError {
     fn from(source: io::Error) -> OpenError {
-        OpenError {
-            retry: Retry::Transient,
-            source,
-        }
+        // a remote that broke a bound would break it again
+        let retry = if violation::is_violation(&source) {
+            Retry::Permanent
+        } else {
+            Retry::Transient
+        };
+        OpenError { retry, source }
     }
 }
 

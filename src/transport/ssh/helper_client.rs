@@ -35,7 +35,7 @@ pub(super) fn start_helper(
         return Ok(ch);
     }
     let mut err = Vec::new();
-    let _ = ch.stderr().read_to_end(&mut err);
+    let _ = ch.stderr().take(64 << 10).read_to_end(&mut err);
     let _ = ch.wait_close();
     let status = ch.exit_status().unwrap_or(-1);
     let said = String::from_utf8_lossy(&err).trim().to_string();

@@ -22,6 +22,7 @@
 //! client). This file holds the [`Ssh`] transport that ties them together.
 
 mod helper_client;
+mod known_hosts;
 mod listing;
 mod session;
 pub mod sftp;
@@ -48,6 +49,8 @@ pub struct Ssh {
     /// the target root as the remote sees it (bytes)
     root: Vec<u8>,
     label: String,
+    /// `ssh.max_listing_entries`
+    max_entries: u64,
 }
 
 impl Ssh {
@@ -69,6 +72,7 @@ impl Ssh {
             helper,
             root: t.path.as_bytes().to_vec(),
             label,
+            max_entries: o.max_listing_entries,
         })
     }
 
