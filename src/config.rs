@@ -102,6 +102,8 @@ pub struct Job {
     /// Connections per target for long runs of copies.
     pub streams: usize,
     pub ssh: SshOptions,
+    /// For rsync daemon targets.
+    pub rsync: crate::transport::rsyncd::RsyncOptions,
     pub hooks: Hooks,
 }
 
@@ -303,6 +305,7 @@ const JOB_KEYS: &[&str] = &[
     "parallel",
     "streams",
     "ssh",
+    "rsync",
     "before",
     "after",
     "on_failure",
@@ -317,6 +320,7 @@ const SSH_KEYS: &[&str] = &[
     "timeout",
     "remote_helper",
 ];
+const RSYNC_KEYS: &[&str] = &["password_file", "port", "timeout"];
 const TOP_KEYS: &[&str] = &["defaults", "include", "jobs", "shutdown_timeout"];
 
 /// Closest known key, for "did you mean".
@@ -408,6 +412,7 @@ impl Ctx {
 struct Raw<'n> {
     fields: BTreeMap<&'static str, &'n Node>,
     ssh: BTreeMap<&'static str, &'n Node>,
+    rsync: BTreeMap<&'static str, &'n Node>,
 }
 
 fn static_key(k: &str, known: &[&'static str]) -> &'static str {
@@ -420,6 +425,10 @@ fn raw<'n>(ctx: &mut Ctx, node: &'n Node, what: &str, job: Option<&str>) -> Raw<
         if k == "ssh" {
             for (sk, sv, _) in ctx.map(v, "ssh", SSH_KEYS, job) {
                 r.ssh.insert(static_key(sk, SSH_KEYS), sv);
+            }
+        } else if k == "rsync" {
+            for (sk, sv, _) in ctx.map(v, "rsync", RSYNC_KEYS, job) {
+                r.rsync.insert(static_key(sk, RSYNC_KEYS), sv);
             }
         } else {
             r.fields.insert(static_key(k, JOB_KEYS), v);
@@ -743,6 +752,7 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
             let mut merged = defaults.clone();
             merged.fields.extend(own.fields);
             merged.ssh.extend(own.ssh);
+            merged.rsync.extend(own.rsync);
             if let Some(job) = build_job(ctx, name, kpos, node, &merged, base) {
                 jobs.push(job);
             }
@@ -1063,6 +1073,7 @@ fn build_job(
             ssh.remote_helper = Some(v);
         }
     }
+    let rsync = rsync_options(ctx, r, base, j, &targets, pos);
     let _ = node;
     let mut hooks = Hooks {
         timeout: Duration::from_secs(60),
@@ -1108,8 +1119,52 @@ fn build_job(
         parallel,
         streams,
         ssh,
+        rsync,
         hooks,
     })
+}
+
+/// The `rsync:` settings; for a job with rsync daemon targets, also what
+/// keeps it from running (no `rsync` binary, a bad password file).
+fn rsync_options(
+    ctx: &mut Ctx,
+    r: &Raw,
+    base: &Path,
+    j: Option<&str>,
+    targets: &[Target],
+    pos: Pos,
+) -> crate::transport::rsyncd::RsyncOptions {
+    let mut o = crate::transport::rsyncd::RsyncOptions::default();
+    let s = |k: &str| r.rsync.get(k).copied().filter(|n| !n.is_null());
+    let mut at = pos;
+    if let Some(n) = s("password_file") {
+        match n.as_str() {
+            Some(v) => {
+                let p = PathBuf::from(v);
+                o.password_file = Some(if p.is_absolute() { p } else { base.join(p) });
+                at = n.pos;
+            }
+            None => ctx.err(n.pos, j, "`rsync.password_file` must be a string"),
+        }
+    }
+    if let Some(n) = s("port") {
+        match n.as_u64().filter(|p| (1..=65535).contains(p)) {
+            Some(p) => o.port = p as u16,
+            None => ctx.err(n.pos, j, "`rsync.port` must be a port number 1-65535"),
+        }
+    }
+    if let Some(n) = s("timeout") {
+        match parse_duration(n.scalar().unwrap_or("")) {
+            Ok(d) => o.timeout = d,
+            Err(e) => ctx.err(n.pos, j, format!("`rsync.timeout`: {e}")),
+        }
+    }
+    if targets.iter().any(|t| matches!(t, Target::Rsync(_))) {
+        for problem in crate::transport::rsyncd::check(&o) {
+            ctx.err(at, j, problem);
+        }
+    }
+    o
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
-//! Where a target's files live. One trait, two implementations: `local`
-//! (a directory on this machine) and `ssh` (a directory on a remote host).
+//! Where a target's files live. One trait, three implementations: `local`
+//! (a directory on this machine), `ssh` (a directory on a remote host) and
+//! `rsyncd` (a module of an rsync daemon, through the `rsync` binary).
 //!
 //! Paths handed to a transport are relative to the target root and come from
 //! the planner, never from the remote side unchecked.
 
 pub mod local;
+pub mod rsyncd;
 pub mod sftp;
 pub mod ssh;
 
@@ -146,6 +148,7 @@ pub fn open(target: &Target, job: &Job) -> io::Result<Box<dyn Transport>> {
     match target {
         Target::Local(root) => Ok(Box::new(local::Local::new(root.clone()))),
         Target::Ssh(t) => Ok(Box::new(ssh::Ssh::connect(t, job)?)),
+        Target::Rsync(t) => Ok(Box::new(rsyncd::Rsyncd::open(t, job)?)),
     }
 }
 
