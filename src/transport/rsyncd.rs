@@ -301,9 +301,24 @@ impl Rsyncd {
     }
 
     /// New directories, symlinks or attribute changes: sent from the source.
+    /// The root goes alone, with everything below it excluded: rsync sends
+    /// the contents of a `.` given with `-d`.
     fn from_source(&mut self, names: Vec<Vec<u8>>, cancel: &AtomicBool) -> Vec<io::Result<()>> {
+        if let Some(k) = names.iter().position(|n| n == b".")
+            && names.len() > 1
+        {
+            let mut rest = names;
+            let root = rest.remove(k);
+            let mut out = self.from_source(rest, cancel);
+            out.insert(k, self.from_source(vec![root], cancel).remove(0));
+            return out;
+        }
         let src = self.source.clone();
-        match self.batch(&names, &Self::attr_flags(false), &src, cancel) {
+        let mut flags = Self::attr_flags(false);
+        if names.first().is_some_and(|n| n == b".") {
+            flags.push("--exclude=*");
+        }
+        match self.batch(&names, &flags, &src, cancel) {
             Err(e) => names.iter().map(|_| Err(copy_err(&e))).collect(),
             Ok((end, done)) => names
                 .iter()
@@ -477,7 +492,7 @@ impl Transport for Rsyncd {
 
     fn ensure_root(&mut self) -> io::Result<()> {
         let src = self.source.clone();
-        let (end, _) = self.batch(&[b".".to_vec()], &["-dpt", "--mkpath"], &src, &AtomicBool::new(false))?;
+        let (end, _) = self.batch(&[b".".to_vec()], &["-dpt", "--mkpath", "--exclude=*"], &src, &AtomicBool::new(false))?;
         match end.code {
             0 => Ok(()),
             c => Err(io::Error::other(format!(

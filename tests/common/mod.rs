@@ -2,6 +2,7 @@
 //! and a small builder that runs the real `syncjob` binary in it.
 #![allow(dead_code)]
 
+pub mod rsyncd;
 pub mod sshd;
 
 use std::fs;
