@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod executor;
 pub mod filter;
 pub mod helper;
+pub mod import;
 pub mod hooks;
 pub mod journal;
 pub mod lock;
