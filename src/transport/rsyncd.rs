@@ -156,6 +156,8 @@ pub struct Rsyncd {
     excludes: Vec<String>,
     marker: String,
     empty: Option<EmptyDir>,
+    /// owners kept (`preserve_owner` and running as root)
+    owners: bool,
     /// files whose content differs (`compare: checksum`), asked once
     differs: Option<HashSet<Vec<u8>>>,
 }
@@ -197,6 +199,8 @@ impl Rsyncd {
                 .collect(),
             marker: format!("SYNCJOB-{}", nonce()),
             empty: None,
+            // SAFETY: geteuid has no preconditions.
+            owners: job.preserve_owner && unsafe { libc::geteuid() } == 0,
             differs: None,
         })
     }
@@ -314,7 +318,7 @@ impl Rsyncd {
             return out;
         }
         let src = self.source.clone();
-        let mut flags = Self::attr_flags(false);
+        let mut flags = Self::attr_flags(self.owners);
         if names.first().is_some_and(|n| n == b".") {
             flags.push("--exclude=*");
         }
