@@ -32,7 +32,10 @@ fn golden(path: &str, got: &str) {
         return;
     }
     let want = fs::read_to_string(&p).unwrap_or_else(|e| panic!("{path}: {e}"));
-    assert_eq!(got, want, "output differs from {path} (UPDATE_GOLDEN=1 rewrites it)");
+    assert_eq!(
+        got, want,
+        "output differs from {path} (UPDATE_GOLDEN=1 rewrites it)"
+    );
 }
 
 /// The generated file loads with `syncjob check` (the fixtures' password
@@ -132,7 +135,11 @@ fn output_file_is_written_whole_and_only_with_o() {
     r.code(0);
     assert!(r.stdout.is_empty());
     assert_eq!(fs::read_to_string(&o).unwrap(), printed.stdout);
-    assert_eq!(listing(&lab.path("out")), ["jobs.yaml"], "no temporary file left");
+    assert_eq!(
+        listing(&lab.path("out")),
+        ["jobs.yaml"],
+        "no temporary file left"
+    );
 }
 
 /// The seed's setup (rsyncd module with auth users and a secrets file,
@@ -163,19 +170,32 @@ fn imported_sersync_config_runs_against_the_rsync_daemon() {
         .replace("<filter start=\"false\">", "<filter start=\"true\">");
     let x = lab.path("confxml.xml");
     fs::write(&x, xml).unwrap();
-    import(&["sersync", x.to_str().unwrap(), "-o", lab.path("jobs.yaml").to_str().unwrap()])
-        .code(0);
+    import(&[
+        "sersync",
+        x.to_str().unwrap(),
+        "-o",
+        lab.path("jobs.yaml").to_str().unwrap(),
+    ])
+    .code(0);
     let jobs = fs::read_to_string(lab.path("jobs.yaml")).unwrap();
     assert!(jobs.contains(&format!("{USER}@127.0.0.1::site")), "{jobs}");
     lab.run(&["check"]).code(0);
-    fs::write(d.module.join("stale.html"), b"deleted: inotify delete was on").unwrap();
+    fs::write(
+        d.module.join("stale.html"),
+        b"deleted: inotify delete was on",
+    )
+    .unwrap();
     lab.run(&["run", "--all"]).code(0);
     // the filter (.*)\.svn and ^static/* were translated to *.svn and /static
     assert!(!d.module.join("a.svn").exists());
     assert!(!d.module.join("static").exists());
     assert!(!d.module.join("stale.html").exists());
     assert_eq!(
-        rsync_diff(&lab.src(), &d.module, &["--exclude", "*.svn", "--exclude", "/static"]),
+        rsync_diff(
+            &lab.src(),
+            &d.module,
+            &["--exclude", "*.svn", "--exclude", "/static"]
+        ),
         ""
     );
 }

@@ -72,11 +72,16 @@ fn initial_incremental_delete_and_excludes_to_an_rsync_daemon() {
     assert_eq!(rec["status"], "ok", "{rec}");
     // files counted from rsync's itemized output
     assert_eq!(rec["files_transferred"], 13, "{rec}");
-    assert!(rec["bytes_transferred"].as_u64().unwrap() >= 3 << 20, "{rec}");
+    assert!(
+        rec["bytes_transferred"].as_u64().unwrap() >= 3 << 20,
+        "{rec}"
+    );
     assert_eq!(rec["target"], d.url("web"));
     // the password is never in the output or the log
     let log = fs::read_to_string(lab.log_path()).unwrap();
-    assert!(!log.contains(PASSWORD) && !r.stdout.contains(PASSWORD) && !r.stderr.contains(PASSWORD));
+    assert!(
+        !log.contains(PASSWORD) && !r.stdout.contains(PASSWORD) && !r.stderr.contains(PASSWORD)
+    );
 
     // no-op, also when listing the target
     lab.run(&["run", "web", "--verify"]).code(0);
@@ -97,7 +102,10 @@ fn initial_incremental_delete_and_excludes_to_an_rsync_daemon() {
     assert_eq!(rec["files_transferred"], 2, "{rec}");
     // with space.txt, target-only, old/a/b/c.txt, old/a/d.txt, old/a/b, old/a, old
     assert_eq!(rec["files_deleted"], 7, "{rec}");
-    assert!(dst.join("kept.gz").exists(), "excluded entries are left alone");
+    assert!(
+        dst.join("kept.gz").exists(),
+        "excluded entries are left alone"
+    );
     assert!(!dst.join("old").exists());
     assert_eq!(rsync_diff(&lab.src(), &dst, EXCL), "");
 
@@ -122,7 +130,10 @@ fn host_module_form_with_port_and_a_new_nested_root() {
     ));
     lab.run(&["check"]).code(0);
     lab.run(&["run", "web"]).code(0);
-    assert_eq!(rsync_diff(&lab.src(), &d.module.join("deep/er/root"), &[]), "");
+    assert_eq!(
+        rsync_diff(&lab.src(), &d.module.join("deep/er/root"), &[]),
+        ""
+    );
     // module root as the target
     lab.config(&format!(
         "jobs:\n  web:\n    source: {{src}}\n    remote: rsync://sync@127.0.0.1:{}/site\n    delete: true\n    rsync: {{ password_file: {} }}\n",
@@ -148,7 +159,10 @@ fn max_delete_and_empty_source_guards_hold_for_rsync_targets() {
     lab.run(&["run", "web"]).code(1);
     let rec = lab.last();
     assert_eq!(rec["files_deleted"], 2, "{rec}");
-    assert!(rec["reason"].as_str().unwrap().contains("max_delete"), "{rec}");
+    assert!(
+        rec["reason"].as_str().unwrap().contains("max_delete"),
+        "{rec}"
+    );
     assert_eq!(listing(&d.module.join("web")).len(), 3);
     // an empty source deletes nothing
     fs::remove_file(lab.src().join("f4")).unwrap();
@@ -171,9 +185,16 @@ fn wrong_password_is_permanent_with_rsyncs_message() {
     lab.run(&["run", "web"]).code(1);
     let rec = lab.last();
     let reason = rec["reason"].as_str().unwrap();
-    assert!(reason.contains("@ERROR: auth failed on module site"), "{reason}");
+    assert!(
+        reason.contains("@ERROR: auth failed on module site"),
+        "{reason}"
+    );
     assert!(reason.contains("not retried"), "{reason}");
-    assert!(t.elapsed() < Duration::from_secs(5), "no backoff: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "no backoff: {:?}",
+        t.elapsed()
+    );
     assert!(!d.module.join("web").exists());
 }
 
@@ -241,7 +262,10 @@ fn check_refuses_a_readable_password_file_and_a_missing_rsync() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("job web") && err.contains("`rsync` binary"), "{err}");
+    assert!(
+        err.contains("job web") && err.contains("`rsync` binary"),
+        "{err}"
+    );
     // a job with only local targets does not need rsync
     lab.job("");
     let out = lab

@@ -32,10 +32,19 @@ fn unwrap_command(words: &[Word], notes: &mut Vec<String>) -> Result<Vec<Word>, 
                 // flock [opts] LOCKFILE CMD… | flock [opts] LOCKFILE -c CMD
                 let mut i = 1;
                 while i < w.len() && w[i].text.starts_with('-') {
-                    i += if matches!(w[i].text.as_str(), "-w" | "--timeout" | "-E" | "--conflict-exit-code") { 2 } else { 1 };
+                    i += if matches!(
+                        w[i].text.as_str(),
+                        "-w" | "--timeout" | "-E" | "--conflict-exit-code"
+                    ) {
+                        2
+                    } else {
+                        1
+                    };
                 }
                 i += 1; // the lock file
-                if w.get(i).is_some_and(|x| x.text == "-c" || x.text == "--command") {
+                if w.get(i)
+                    .is_some_and(|x| x.text == "-c" || x.text == "--command")
+                {
                     return inner(w.get(i + 1), notes);
                 }
                 i
@@ -43,7 +52,10 @@ fn unwrap_command(words: &[Word], notes: &mut Vec<String>) -> Result<Vec<Word>, 
             "nice" | "ionice" | "timeout" | "env" | "nohup" | "chronic" => {
                 let mut i = 1;
                 while i < w.len() && (w[i].text.starts_with('-') || w[i].text.contains('=')) {
-                    let takes = matches!(w[i].text.as_str(), "-n" | "-c" | "-s" | "-k" | "--signal" | "--kill-after");
+                    let takes = matches!(
+                        w[i].text.as_str(),
+                        "-n" | "-c" | "-s" | "-k" | "--signal" | "--kill-after"
+                    );
                     i += if takes { 2 } else { 1 };
                 }
                 // timeout DURATION
@@ -88,7 +100,10 @@ fn jobs_of_command(cmd: &str) -> Result<Vec<JobOut>, String> {
     let mut notes = Vec::new();
     for (words, piped) in shell::commands(&toks) {
         if piped {
-            notes.push(format!("`| {}`: output handling not carried over (the run log has each outcome)", words[0].text));
+            notes.push(format!(
+                "`| {}`: output handling not carried over (the run log has each outcome)",
+                words[0].text
+            ));
             continue;
         }
         if words[0].text == "cd" {
@@ -105,19 +120,24 @@ fn jobs_of_command(cmd: &str) -> Result<Vec<JobOut>, String> {
             Some("scp") => rsync_args::scp(&w[1..], cwd.as_deref())?,
             Some("sleep" | "echo" | "date" | "true" | ":" | "logger") => continue,
             _ => {
-                notes.push(format!("`{}`: not carried over (not rsync or scp)", first.text));
+                notes.push(format!(
+                    "`{}`: not carried over (not rsync or scp)",
+                    first.text
+                ));
                 continue;
             }
         };
         jobs.push(job);
     }
     if jobs.is_empty() {
-        return Err(match notes.iter().find(|n| n.contains("not rsync or scp")) {
-            Some(n) => format!(
-                "{n}; import the rsync line of a script by hand, or a `while` loop script with --loop"
-            ),
-            None => "runs no rsync or scp -r command".into(),
-        });
+        return Err(
+            match notes.iter().find(|n| n.contains("not rsync or scp")) {
+                Some(n) => format!(
+                    "{n}; import the rsync line of a script by hand, or a `while` loop script with --loop"
+                ),
+                None => "runs no rsync or scp -r command".into(),
+            },
+        );
     }
     for j in &mut jobs {
         for n in &notes {
@@ -128,15 +148,38 @@ fn jobs_of_command(cmd: &str) -> Result<Vec<JobOut>, String> {
 }
 
 const MACROS: &[&str] = &[
-    "@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly",
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
 ];
 
 fn looks_like_user(w: &str) -> bool {
     !w.is_empty()
         && w.len() <= 32
-        && w.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-        && w.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
-        && !matches!(w, "rsync" | "scp" | "cd" | "flock" | "nice" | "ionice" | "timeout" | "env" | "sh" | "bash" | "nohup" | "sleep")
+        && w.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && w.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+        && !matches!(
+            w,
+            "rsync"
+                | "scp"
+                | "cd"
+                | "flock"
+                | "nice"
+                | "ionice"
+                | "timeout"
+                | "env"
+                | "sh"
+                | "bash"
+                | "nohup"
+                | "sleep"
+        )
 }
 
 /// Split a crontab line into (spec, user, command).
@@ -220,7 +263,9 @@ pub fn import(bytes: &[u8], shown: &str) -> String {
                     j.origin = vec![format!("line {}: {t}", n + 1)];
                     j.field("schedule", q(&spec));
                     if let Some(u) = &user {
-                        j.note(format!("ran as user {u}: syncjob runs jobs as the user running it"));
+                        j.note(format!(
+                            "ran as user {u}: syncjob runs jobs as the user running it"
+                        ));
                     }
                     j.name = job_name(base_name(&j.source), &mut taken);
                     jobs.push(finish(j));
@@ -231,7 +276,8 @@ pub fn import(bytes: &[u8], shown: &str) -> String {
     }
     let header = vec![
         format!("Imported by `syncjob import crontab` from {shown}."),
-        "Check it with `syncjob -c THIS_FILE check`; comments say what was not carried over.".into(),
+        "Check it with `syncjob -c THIS_FILE check`; comments say what was not carried over."
+            .into(),
     ];
     render_split(&header, &jobs, &trailer)
 }
@@ -242,14 +288,26 @@ fn base_name(src: &str) -> &str {
 
 /// Fields in one stable order, whatever order the options came in.
 fn finish(mut j: JobOut) -> JobOut {
-    const ORDER: &[&str] = &["mode", "compare", "delete", "max_delete", "preserve_owner", "exclude", "schedule"];
-    j.fields.sort_by_key(|(k, _)| ORDER.iter().position(|o| o == k).unwrap_or(ORDER.len()));
+    const ORDER: &[&str] = &[
+        "mode",
+        "compare",
+        "delete",
+        "max_delete",
+        "preserve_owner",
+        "exclude",
+        "schedule",
+    ];
+    j.fields
+        .sort_by_key(|(k, _)| ORDER.iter().position(|o| o == k).unwrap_or(ORDER.len()));
     j
 }
 
 /// `render`, with multi-line trailer entries kept as separate comment lines.
 fn render_split(header: &[String], jobs: &[JobOut], trailer: &[String]) -> String {
-    let lines: Vec<String> = trailer.iter().flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>()).collect();
+    let lines: Vec<String> = trailer
+        .iter()
+        .flat_map(|t| t.lines().map(String::from).collect::<Vec<_>>())
+        .collect();
     super::render(header, jobs, &lines)
 }
 
@@ -270,7 +328,8 @@ fn sleep_secs(arg: &str) -> Option<u64> {
 pub fn import_loop(bytes: &[u8], shown: &str) -> String {
     let header = vec![
         format!("Imported by `syncjob import crontab --loop` from {shown}."),
-        "Check it with `syncjob -c THIS_FILE check`; comments say what was not carried over.".into(),
+        "Check it with `syncjob -c THIS_FILE check`; comments say what was not carried over."
+            .into(),
     ];
     match loop_jobs(&super::text_of(bytes)) {
         Ok(jobs) => super::render(&header, &jobs, &[]),
@@ -286,8 +345,15 @@ fn loop_jobs(text: &str) -> Result<Vec<JobOut>, String> {
         .iter()
         .position(|(c, _)| c[0].text == "while")
         .ok_or("no `while` loop")?;
-    let cond = words[start].0[1..].iter().map(|w| w.text.as_str()).collect::<Vec<_>>().join(" ");
-    if !matches!(cond.as_str(), "true" | ":" | "[ 1 ]" | "[ true ]" | "((1))" | "/bin/true") {
+    let cond = words[start].0[1..]
+        .iter()
+        .map(|w| w.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if !matches!(
+        cond.as_str(),
+        "true" | ":" | "[ 1 ]" | "[ true ]" | "((1))" | "/bin/true"
+    ) {
         return Err(format!("the loop runs `while {cond}`, not forever"));
     }
     let mut body: Vec<Vec<Word>> = Vec::new();
@@ -337,7 +403,11 @@ fn loop_jobs(text: &str) -> Result<Vec<JobOut>, String> {
                     jobs.push(finish(j));
                 }
             }
-            Err(_) if matches!(c[0].text.as_str(), "echo" | "date" | ":" | "true" | "logger") => {}
+            Err(_)
+                if matches!(
+                    c[0].text.as_str(),
+                    "echo" | "date" | ":" | "true" | "logger"
+                ) => {}
             Err(why) => {
                 if let Some(last) = jobs.last_mut() {
                     last.note(format!("loop command `{line}`: not carried over: {why}"));
@@ -353,7 +423,10 @@ fn loop_jobs(text: &str) -> Result<Vec<JobOut>, String> {
 
 /// A word quoted for the shell again (to re-read a command's words).
 fn shell_word(w: &str) -> String {
-    if !w.is_empty() && w.chars().all(|c| c.is_ascii_alphanumeric() || "/._-=:@,+%".contains(c)) {
+    if !w.is_empty()
+        && w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-=:@,+%".contains(c))
+    {
         w.to_string()
     } else {
         format!("'{}'", w.replace('\'', "'\\''"))
@@ -367,9 +440,15 @@ mod tests {
     #[test]
     fn crontab_fields() {
         let (s, u, c) = fields("*/1 * * * * /root/rsync.sh", false).unwrap();
-        assert_eq!((s.as_str(), u, c.as_str()), ("*/1 * * * *", None, "/root/rsync.sh"));
+        assert_eq!(
+            (s.as_str(), u, c.as_str()),
+            ("*/1 * * * *", None, "/root/rsync.sh")
+        );
         let (_, u, c) = fields("0 3 * * * root rsync -a /a/ h:/b", true).unwrap();
-        assert_eq!((u.as_deref(), c.as_str()), (Some("root"), "rsync -a /a/ h:/b"));
+        assert_eq!(
+            (u.as_deref(), c.as_str()),
+            (Some("root"), "rsync -a /a/ h:/b")
+        );
         let (_, u, _) = fields("0 3 * * * www-data rsync -a /a/ h:/b", false).unwrap();
         assert_eq!(u.as_deref(), Some("www-data"));
         let (s, _, c) = fields("@daily rsync -a /a/ h:/b % stdin", false).unwrap();

@@ -11,8 +11,8 @@
 
 pub mod crontab;
 pub mod rsync_args;
-pub mod shell;
 pub mod sersync;
+pub mod shell;
 
 use crate::cli::CliError;
 use std::collections::BTreeSet;

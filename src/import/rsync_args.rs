@@ -59,13 +59,49 @@ pub fn short_flag(f: char, job: &mut JobOut) -> Result<(), String> {
 }
 
 const RSYNC_VALUE_OPTS: &[&str] = &[
-    "exclude", "exclude-from", "include", "include-from", "filter", "files-from", "password-file",
-    "port", "timeout", "contimeout", "rsh", "log-file", "bwlimit", "chmod", "temp-dir",
-    "partial-dir", "backup-dir", "suffix", "max-delete", "max-size", "min-size", "compare-dest",
-    "link-dest", "copy-dest", "out-format", "log-file-format", "modify-window", "chown",
-    "usermap", "groupmap", "iconv", "sockopts", "outbuf", "remote-option", "info", "debug",
-    "compress-level", "skip-compress", "block-size", "checksum-choice", "compress-choice",
-    "address", "rsync-path",
+    "exclude",
+    "exclude-from",
+    "include",
+    "include-from",
+    "filter",
+    "files-from",
+    "password-file",
+    "port",
+    "timeout",
+    "contimeout",
+    "rsh",
+    "log-file",
+    "bwlimit",
+    "chmod",
+    "temp-dir",
+    "partial-dir",
+    "backup-dir",
+    "suffix",
+    "max-delete",
+    "max-size",
+    "min-size",
+    "compare-dest",
+    "link-dest",
+    "copy-dest",
+    "out-format",
+    "log-file-format",
+    "modify-window",
+    "chown",
+    "usermap",
+    "groupmap",
+    "iconv",
+    "sockopts",
+    "outbuf",
+    "remote-option",
+    "info",
+    "debug",
+    "compress-level",
+    "skip-compress",
+    "block-size",
+    "checksum-choice",
+    "compress-choice",
+    "address",
+    "rsync-path",
 ];
 
 /// What a command's options say, beside the job's own fields.
@@ -81,13 +117,35 @@ struct Opts {
     remote_shell: bool,
 }
 
+/// A port number as YAML.
+fn port(v: &str) -> Result<String, String> {
+    match v.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p.to_string()),
+        _ => Err(format!("port {v:?} is not a port number")),
+    }
+}
+
+/// A number of seconds as a YAML duration (`0`, rsync's "no timeout":
+/// `None`, syncjob's default applies).
+fn secs(v: &str) -> Result<Option<String>, String> {
+    match v.parse::<u64>() {
+        Ok(0) => Ok(None),
+        Ok(n) if n <= 86_400 => Ok(Some(q(&format!("{n}s")))),
+        _ => Err(format!(
+            "timeout {v:?} is not a number of seconds (up to a day)"
+        )),
+    }
+}
+
 fn resolve(p: &str, cwd: Option<&str>) -> Result<String, String> {
     if p.starts_with('/') {
         return Ok(p.to_string());
     }
     match cwd {
         Some(c) if c.starts_with('/') => Ok(format!("{}/{p}", c.trim_end_matches('/'))),
-        _ => Err(format!("relative path {p:?} and no `cd /dir` before the command")),
+        _ => Err(format!(
+            "relative path {p:?} and no `cd /dir` before the command"
+        )),
     }
 }
 
@@ -109,23 +167,30 @@ fn remote_shell(cmd: &str, o: &mut Opts, job: &mut JobOut) -> Result<(), String>
     while let Some(w) = it.next() {
         let mut val = || it.next().cloned().ok_or(format!("ssh {w} needs a value"));
         match w.as_str() {
-            "-p" => o.ssh.push(("port".into(), val()?)),
+            "-p" => o.ssh.push(("port".into(), port(&val()?)?)),
             "-i" => o.ssh.push(("identity".into(), q(&val()?))),
             "-l" => o.user = Some(val()?),
             "-o" => {
                 let v = val()?;
                 let (k, x) = v.split_once('=').unwrap_or((&v, ""));
                 match k.to_ascii_lowercase().as_str() {
-                    "port" => o.ssh.push(("port".into(), x.to_string())),
+                    "port" => o.ssh.push(("port".into(), port(x)?)),
                     "identityfile" => o.ssh.push(("identity".into(), q(x))),
                     "userknownhostsfile" => o.ssh.push(("known_hosts".into(), q(x))),
-                    "connecttimeout" => o.ssh.push(("timeout".into(), q(&format!("{x}s")))),
+                    "connecttimeout" => {
+                        if let Some(t) = secs(x)? {
+                            o.ssh.push(("timeout".into(), t));
+                        }
+                    }
                     "stricthostkeychecking" if matches!(x, "no" | "accept-new" | "off") => {
-                        o.ssh.push(("strict_host_key_checking".into(), q("accept-new")));
+                        o.ssh
+                            .push(("strict_host_key_checking".into(), q("accept-new")));
                         job.note(format!("ssh -o StrictHostKeyChecking={x}: syncjob accepts unknown host keys (accept-new) but never a changed one"));
                     }
                     "stricthostkeychecking" => {}
-                    _ => job.note(format!("ssh -o {v}: not carried over (put it in ~/.ssh/config)")),
+                    _ => job.note(format!(
+                        "ssh -o {v}: not carried over (put it in ~/.ssh/config)"
+                    )),
                 }
             }
             "-q" | "-T" | "-x" | "-a" | "-4" | "-6" | "-C" => {}
@@ -135,7 +200,13 @@ fn remote_shell(cmd: &str, o: &mut Opts, job: &mut JobOut) -> Result<(), String>
     Ok(())
 }
 
-fn long_opt(name: &str, v: Option<String>, cwd: Option<&str>, o: &mut Opts, job: &mut JobOut) -> Result<(), String> {
+fn long_opt(
+    name: &str,
+    v: Option<String>,
+    cwd: Option<&str>,
+    o: &mut Opts,
+    job: &mut JobOut,
+) -> Result<(), String> {
     let v = v.unwrap_or_default();
     match name {
         "delete" | "delete-after" | "delete-before" | "delete-during" | "delete-delay" | "del" => {
@@ -148,8 +219,8 @@ fn long_opt(name: &str, v: Option<String>, cwd: Option<&str>, o: &mut Opts, job:
         "exclude" => add_exclude(job, &v),
         "exclude-from" => {
             let p = resolve(&v, cwd)?;
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| format!("--exclude-from {p}: {e}"))?;
+            let text =
+                std::fs::read_to_string(&p).map_err(|e| format!("--exclude-from {p}: {e}"))?;
             for l in text.lines().map(str::trim) {
                 if !l.is_empty() && !l.starts_with('#') && !l.starts_with(';') {
                     add_exclude(job, l);
@@ -162,10 +233,15 @@ fn long_opt(name: &str, v: Option<String>, cwd: Option<&str>, o: &mut Opts, job:
         "dry-run" | "list-only" => return Err(format!("--{name}")),
         "remove-source-files" => return Err("--remove-source-files moves files".into()),
         "relative" => return Err("--relative lays the tree out differently".into()),
-        "password-file" => o.rsync.push(("password_file".into(), q(&resolve(&v, cwd)?))),
-        "port" => o.rsync.push(("port".into(), v)),
-        "timeout" => o.timeout = Some(q(&format!("{v}s"))),
-        "max-delete" => job.field("max_delete", v),
+        "password-file" => o
+            .rsync
+            .push(("password_file".into(), q(&resolve(&v, cwd)?))),
+        "port" => o.rsync.push(("port".into(), port(&v)?)),
+        "timeout" => o.timeout = secs(&v)?,
+        "max-delete" => match v.parse::<u64>() {
+            Ok(n) => job.field("max_delete", n.to_string()),
+            Err(_) => return Err(format!("--max-delete={v:?} is not a number")),
+        },
         "rsh" => remote_shell(&v, o, job)?,
         "checksum" => job.field("compare", q("checksum")),
         "ignore-times" => job.field("mode", q("full")),
@@ -189,7 +265,10 @@ pub fn add_exclude(job: &mut JobOut, pat: &str) {
     let v = q(pat);
     match job.fields.iter_mut().find(|(k, _)| k == "exclude") {
         Some((_, list)) => {
-            let inner = list.trim_start_matches('[').trim_end_matches(']').to_string();
+            let inner = list
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
             if !inner.split(", ").any(|x| x == v) {
                 *list = format!("[{inner}, {v}]");
             }
@@ -213,7 +292,13 @@ fn join_dest(dest: &str, src: &str, contents: bool) -> String {
 }
 
 /// Source and target from the path arguments.
-fn paths(pos: &[&Word], cwd: Option<&str>, scp: bool, o: &Opts, job: &mut JobOut) -> Result<(), String> {
+fn paths(
+    pos: &[&Word],
+    cwd: Option<&str>,
+    scp: bool,
+    o: &Opts,
+    job: &mut JobOut,
+) -> Result<(), String> {
     if pos.len() < 2 {
         return Err("needs a source and a destination".into());
     }
@@ -256,7 +341,10 @@ fn paths(pos: &[&Word], cwd: Option<&str>, scp: bool, o: &Opts, job: &mut JobOut
 
 /// Put `--timeout`, ssh and rsync options where the target needs them.
 fn settle(o: Opts, job: &mut JobOut) {
-    let daemon = job.targets.iter().any(|t| matches!(place(t), Place::Daemon));
+    let daemon = job
+        .targets
+        .iter()
+        .any(|t| matches!(place(t), Place::Daemon));
     let ssh = job.targets.iter().any(|t| matches!(place(t), Place::Ssh));
     if daemon {
         job.rsync = o.rsync;
@@ -364,7 +452,7 @@ pub fn scp(args: &[Word], cwd: Option<&str>) -> Result<JobOut, String> {
                     rest
                 };
                 match f {
-                    'P' => o.ssh.push(("port".into(), v)),
+                    'P' => o.ssh.push(("port".into(), port(&v)?)),
                     'i' => o.ssh.push(("identity".into(), q(&v))),
                     'o' => remote_shell(&format!("ssh -o {}", shell_quote(&v)), &mut o, &mut job)?,
                     _ => job.note(format!("scp -{f} {v}: not carried over")),
@@ -408,11 +496,22 @@ mod tests {
 
     #[test]
     fn the_seeds_commands() {
-        let j = cmd("rsync -av /usr/local/nginx/html/tp5shop root@192.168.17.102:/usr/local/nginx/html").unwrap();
+        let j = cmd(
+            "rsync -av /usr/local/nginx/html/tp5shop root@192.168.17.102:/usr/local/nginx/html",
+        )
+        .unwrap();
         assert_eq!(j.source, "/usr/local/nginx/html/tp5shop");
-        assert_eq!(j.targets, ["root@192.168.17.102:/usr/local/nginx/html/tp5shop"]);
-        let j = cmd("scp -r /usr/local/nginx/html/tp5shop root@192.168.17.102:/usr/local/nginx/html").unwrap();
-        assert_eq!(j.targets, ["root@192.168.17.102:/usr/local/nginx/html/tp5shop"]);
+        assert_eq!(
+            j.targets,
+            ["root@192.168.17.102:/usr/local/nginx/html/tp5shop"]
+        );
+        let j =
+            cmd("scp -r /usr/local/nginx/html/tp5shop root@192.168.17.102:/usr/local/nginx/html")
+                .unwrap();
+        assert_eq!(
+            j.targets,
+            ["root@192.168.17.102:/usr/local/nginx/html/tp5shop"]
+        );
         assert!(j.fields.contains(&("mode".into(), q("full"))));
     }
 
@@ -422,9 +521,19 @@ mod tests {
         assert_eq!(j.source, "/home/u/src");
         assert_eq!(j.targets, ["web:/srv/x"]);
         assert!(j.fields.contains(&("delete".into(), "true".into())));
-        assert!(j.fields.contains(&("exclude".into(), "[\"*.log\", \"/cache/\"]".into())));
-        assert_eq!(j.ssh, [("port".to_string(), "2222".to_string()), ("identity".to_string(), q("/k"))]);
-        let j = cmd("rsync -a --password-file=/etc/p --port 874 --timeout=60 /a/ u@h::m/x").unwrap();
+        assert!(
+            j.fields
+                .contains(&("exclude".into(), "[\"*.log\", \"/cache/\"]".into()))
+        );
+        assert_eq!(
+            j.ssh,
+            [
+                ("port".to_string(), "2222".to_string()),
+                ("identity".to_string(), q("/k"))
+            ]
+        );
+        let j =
+            cmd("rsync -a --password-file=/etc/p --port 874 --timeout=60 /a/ u@h::m/x").unwrap();
         assert_eq!(j.targets, ["u@h::m/x"]);
         assert_eq!(j.rsync.len(), 3);
         for bad in [

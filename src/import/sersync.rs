@@ -126,7 +126,7 @@ fn connection(rs: Option<Node>, ssh: bool, job: &mut JobOut) {
     }
     if let Some(t) = timeout {
         match t.parse::<u64>() {
-            Ok(t) if t > 0 => map.push(("timeout".into(), q(&format!("{t}s")))),
+            Ok(t) if t > 0 && t <= 86_400 => map.push(("timeout".into(), q(&format!("{t}s")))),
             _ => job.note(format!("timeout {t:?}: not a number of seconds")),
         }
     }
@@ -149,7 +149,10 @@ fn targets(lp: Node, rs: Option<Node>, ssh: bool, job: &mut JobOut) {
         .and_then(|a| attr(Some(a), "users"))
         .filter(|u| !u.is_empty() && !ssh);
     for r in children(lp, "remote") {
-        let (ip, name) = (attr(Some(r), "ip").unwrap_or(""), attr(Some(r), "name").unwrap_or(""));
+        let (ip, name) = (
+            attr(Some(r), "ip").unwrap_or(""),
+            attr(Some(r), "name").unwrap_or(""),
+        );
         let user = user.map(|u| format!("{u}@")).unwrap_or_default();
         let t = if ssh {
             format!("{ip}:{name}")
@@ -158,7 +161,9 @@ fn targets(lp: Node, rs: Option<Node>, ssh: bool, job: &mut JobOut) {
         };
         match crate::target::parse(&t, std::path::Path::new("/")) {
             Ok(_) => job.targets.push(t),
-            Err(e) => job.note(format!("remote ip={ip:?} name={name:?}: not carried over: {e}")),
+            Err(e) => job.note(format!(
+                "remote ip={ip:?} name={name:?}: not carried over: {e}"
+            )),
         }
     }
 }
@@ -166,7 +171,11 @@ fn targets(lp: Node, rs: Option<Node>, ssh: bool, job: &mut JobOut) {
 fn filters(head: Node, job: &mut JobOut) {
     let f = child(head, "filter");
     let exprs: Vec<&str> = f
-        .map(|f| children(f, "exclude").filter_map(|e| attr(Some(e), "expression")).collect())
+        .map(|f| {
+            children(f, "exclude")
+                .filter_map(|e| attr(Some(e), "expression"))
+                .collect()
+        })
         .unwrap_or_default();
     if exprs.is_empty() {
         return;
@@ -204,7 +213,7 @@ fn schedule_and_retries(s: Node, job: &mut JobOut) {
     let cron = child(s, "crontab");
     if on(cron) {
         match attr(cron, "schedule").and_then(|m| m.parse::<u64>().ok()) {
-            Some(m) if m > 0 => job.field("schedule", q(&format!("@every {m}m"))),
+            Some(m) if m > 0 && m <= 525_600 => job.field("schedule", q(&format!("@every {m}m"))),
             _ => job.note("crontab: its schedule is not a number of minutes; not carried over"),
         }
         let cf = cron.and_then(|c| child(c, "crontabfilter"));
@@ -219,6 +228,7 @@ fn schedule_and_retries(s: Node, job: &mut JobOut) {
     if let Some(fl) = child(s, "failLog") {
         if let Some(m) = attr(Some(fl), "timeToExecute").and_then(|m| m.parse::<u64>().ok())
             && m > 0
+            && m <= 525_600
         {
             job.field("retry_interval", q(&format!("{m}m")));
         }
@@ -306,7 +316,11 @@ pub fn import(bytes: &[u8], shown: &str) -> Result<String, SersyncError> {
         if src.is_empty() || job.targets.is_empty() {
             trailer.push(format!(
                 "<localpath watch={src:?}>: not carried over: {}",
-                if src.is_empty() { "no watch path" } else { "no usable <remote>" }
+                if src.is_empty() {
+                    "no watch path"
+                } else {
+                    "no usable <remote>"
+                }
             ));
             trailer.extend(job.notes.iter().map(|n| format!("  {n}")));
             continue;
@@ -318,7 +332,8 @@ pub fn import(bytes: &[u8], shown: &str) -> Result<String, SersyncError> {
     }
     let header = vec![
         format!("Imported by `syncjob import sersync` from {shown}."),
-        "Check it with `syncjob -c THIS_FILE check`; comments say what was not carried over.".into(),
+        "Check it with `syncjob -c THIS_FILE check`; comments say what was not carried over."
+            .into(),
     ];
     Ok(super::render(&header, &jobs, &trailer))
 }

@@ -66,7 +66,8 @@ impl Default for RsyncOptions {
 /// A password file rsync may use: a regular file, mode 0600 or stricter,
 /// owned by the user running syncjob.
 pub fn check_password_file(p: &Path) -> Result<(), String> {
-    let md = std::fs::metadata(p).map_err(|e| format!("rsync.password_file {}: {e}", p.display()))?;
+    let md =
+        std::fs::metadata(p).map_err(|e| format!("rsync.password_file {}: {e}", p.display()))?;
     if !md.is_file() {
         return Err(format!("rsync.password_file {} is not a file", p.display()));
     }
@@ -307,14 +308,18 @@ impl Rsyncd {
     /// New directories, symlinks or attribute changes: sent from the source.
     /// The root goes alone, with everything below it excluded: rsync sends
     /// the contents of a `.` given with `-d`.
-    fn from_source(&mut self, names: Vec<Vec<u8>>, cancel: &AtomicBool) -> Vec<io::Result<()>> {
+    fn send_from_source(
+        &mut self,
+        names: Vec<Vec<u8>>,
+        cancel: &AtomicBool,
+    ) -> Vec<io::Result<()>> {
         if let Some(k) = names.iter().position(|n| n == b".")
             && names.len() > 1
         {
             let mut rest = names;
             let root = rest.remove(k);
-            let mut out = self.from_source(rest, cancel);
-            out.insert(k, self.from_source(vec![root], cancel).remove(0));
+            let mut out = self.send_from_source(rest, cancel);
+            out.insert(k, self.send_from_source(vec![root], cancel).remove(0));
             return out;
         }
         let src = self.source.clone();
@@ -374,15 +379,21 @@ impl Rsyncd {
             args.push(self.url.clone().into());
             let prefix = format!("{} ", self.marker);
             let mut set = HashSet::new();
-            let end = run(&self.rsync, &args, Vec::new(), &AtomicBool::new(false), &mut |l| {
-                if let Some(rest) = l.strip_prefix(prefix.as_bytes())
-                    && let Some((item, _, name)) = parse_item(rest)
-                    && (item.starts_with("<f") || item.starts_with(">f"))
-                {
-                    set.insert(name);
-                }
-                Ok(())
-            })?;
+            let end = run(
+                &self.rsync,
+                &args,
+                Vec::new(),
+                &AtomicBool::new(false),
+                &mut |l| {
+                    if let Some(rest) = l.strip_prefix(prefix.as_bytes())
+                        && let Some((item, _, name)) = parse_item(rest)
+                        && (item.starts_with("<f") || item.starts_with(">f"))
+                    {
+                        set.insert(name);
+                    }
+                    Ok(())
+                },
+            )?;
             if let Some(e) = whole_run_error(&end, &self.shown) {
                 return Err(e);
             }
@@ -473,7 +484,12 @@ impl Transport for Rsyncd {
         if end.code != 0 {
             // a directory the daemon could not read: its entries are
             // absent from the listing (so nothing in it is deleted)
-            for l in end.stderr.lines().filter(|l| l.starts_with("rsync: ")).take(20) {
+            for l in end
+                .stderr
+                .lines()
+                .filter(|l| l.starts_with("rsync: "))
+                .take(20)
+            {
                 errors.push(PathError {
                     path: String::new(),
                     message: format!("rsync listing: {l}"),
@@ -496,7 +512,12 @@ impl Transport for Rsyncd {
 
     fn ensure_root(&mut self) -> io::Result<()> {
         let src = self.source.clone();
-        let (end, _) = self.batch(&[b".".to_vec()], &["-dpt", "--mkpath", "--exclude=*"], &src, &AtomicBool::new(false))?;
+        let (end, _) = self.batch(
+            &[b".".to_vec()],
+            &["-dpt", "--mkpath", "--exclude=*"],
+            &src,
+            &AtomicBool::new(false),
+        )?;
         match end.code {
             0 => Ok(()),
             c => Err(io::Error::other(format!(
@@ -513,7 +534,7 @@ impl Transport for Rsyncd {
 
     fn mkdir(&mut self, rel: &Path) -> io::Result<()> {
         let cancel = AtomicBool::new(false);
-        self.from_source(vec![wire_name(rel)], &cancel)
+        self.send_from_source(vec![wire_name(rel)], &cancel)
             .pop()
             .expect("one result")
     }
@@ -583,7 +604,7 @@ impl Transport for Rsyncd {
         let cancel = AtomicBool::new(false);
         let paths: Vec<&Path> = actions.iter().map(|a| a.path()).collect();
         if !matches!(actions.first(), Some(Action::Delete { .. })) {
-            return self.from_source(paths.iter().map(|p| wire_name(p)).collect(), &cancel);
+            return self.send_from_source(paths.iter().map(|p| wire_name(p)).collect(), &cancel);
         }
         let mut out = Vec::with_capacity(actions.len());
         for g in delete_groups(&paths) {

@@ -77,8 +77,14 @@ impl Rsyncd {
             let _ = fs::remove_file(self.dir.join("rsyncd.pid"));
             let child = Command::new("rsync")
                 .args(["--daemon", "--no-detach"])
-                .arg(format!("--config={}", self.dir.join("rsyncd.conf").display()))
-                .arg(format!("--log-file={}", self.dir.join("rsyncd.log").display()))
+                .arg(format!(
+                    "--config={}",
+                    self.dir.join("rsyncd.conf").display()
+                ))
+                .arg(format!(
+                    "--log-file={}",
+                    self.dir.join("rsyncd.log").display()
+                ))
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

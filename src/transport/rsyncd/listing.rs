@@ -108,7 +108,9 @@ impl Parser {
         };
         let (Some((kind, mode)), Some(size), Some(mtime)) = (
             mode_of(perms),
-            std::str::from_utf8(size).ok().and_then(|s| s.parse::<u64>().ok()),
+            std::str::from_utf8(size)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok()),
             time_of(date, time),
         ) else {
             return Ok(());
@@ -116,7 +118,10 @@ impl Parser {
         let (name, link) = if kind == EntryKind::Symlink {
             let parts: Vec<&[u8]> = split_arrow(rest);
             if parts.len() != 2 {
-                self.reject(rest, "a symlink whose name or target holds ` -> ` (ambiguous)");
+                self.reject(
+                    rest,
+                    "a symlink whose name or target holds ` -> ` (ambiguous)",
+                );
                 return Ok(());
             }
             (unescape(parts[0]), Some(unescape(parts[1])))
@@ -250,7 +255,11 @@ drwxr-xr-x        4096 2026/11/27 05:18:22 a/b
         assert_eq!(get("").kind, EntryKind::Dir);
         assert_eq!(get("l").link.as_deref(), Some(&PathBuf::from("a/x")));
         assert_eq!(get("new\nline").kind, EntryKind::File);
-        assert_eq!(get("sp -> ace").kind, EntryKind::File, "only symlinks split at ->");
+        assert_eq!(
+            get("sp -> ace").kind,
+            EntryKind::File,
+            "only symlinks split at ->"
+        );
         assert_eq!(get("we ird\\n").mode, 0o4000 | 0o750 | 0o1000);
         assert_eq!(get("a/x").mtime, 1);
         assert_eq!(get("a/x").size, 3);

@@ -109,14 +109,14 @@ pub fn run(
         }
         let status = child.wait();
         done.store(true, Ordering::Relaxed);
-        (
-            r.and(status),
-            err_reader.join().unwrap_or_default(),
-        )
+        (r.and(status), err_reader.join().unwrap_or_default())
     });
     let status = result?;
     if cancel.load(Ordering::Relaxed) {
-        return Err(io::Error::new(io::ErrorKind::Interrupted, "aborted by shutdown"));
+        return Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "aborted by shutdown",
+        ));
     }
     Ok(Ended {
         code: status.code().unwrap_or(-1),
@@ -124,10 +124,7 @@ pub fn run(
     })
 }
 
-fn read_lines(
-    out: impl Read,
-    on_line: &mut dyn FnMut(&[u8]) -> io::Result<()>,
-) -> io::Result<()> {
+fn read_lines(out: impl Read, on_line: &mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
     let mut r = BufReader::with_capacity(64 * 1024, out);
     let mut line = Vec::new();
     loop {
@@ -162,7 +159,10 @@ pub fn whole_run_error(end: &Ended, target: &str) -> Option<io::Error> {
         .or_else(|| end.stderr.lines().next())
         .unwrap_or("")
         .trim();
-    let msg = format!("rsync daemon {target}: {first_err} (rsync exit {})", end.code);
+    let msg = format!(
+        "rsync daemon {target}: {first_err} (rsync exit {})",
+        end.code
+    );
     match end.code {
         0 | 23 | 24 => None,
         // "max connections (N) reached -- try again later" is the one
@@ -190,7 +190,9 @@ pub fn unescape(s: &[u8]) -> Vec<u8> {
             && s.len() >= i + 5
             && s[i + 2..i + 5].iter().all(|b| (b'0'..=b'7').contains(b))
         {
-            let v = (s[i + 2] - b'0') as u32 * 64 + (s[i + 3] - b'0') as u32 * 8 + (s[i + 4] - b'0') as u32;
+            let v = (s[i + 2] - b'0') as u32 * 64
+                + (s[i + 3] - b'0') as u32 * 8
+                + (s[i + 4] - b'0') as u32;
             if v <= 255 {
                 out.push(v as u8);
                 i += 5;

@@ -53,7 +53,12 @@ impl fmt::Display for RsyncTarget {
             .map(|u| format!("{u}@"))
             .unwrap_or_default();
         let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
-        write!(f, "rsync://{user}{}{port}/{}", self.host_part(), self.module)?;
+        write!(
+            f,
+            "rsync://{user}{}{port}/{}",
+            self.host_part(),
+            self.module
+        )?;
         if !self.path.is_empty() {
             write!(f, "/{}", self.path)?;
         }
@@ -123,9 +128,7 @@ fn parse_parts(userhost: &str, port: Option<u16>, modpath: &str) -> Result<Rsync
         None => (None, userhost),
     };
     let host = match host.strip_prefix('[') {
-        Some(v6) => v6
-            .strip_suffix(']')
-            .ok_or("unclosed `[` in the host")?,
+        Some(v6) => v6.strip_suffix(']').ok_or("unclosed `[` in the host")?,
         None => host,
     };
     if !valid_host(host) || (host.contains(':') && !userhost.contains('[')) {
@@ -174,11 +177,26 @@ mod tests {
     #[test]
     fn both_forms() {
         let ok = |s: &str| parse_target(s).unwrap().unwrap();
-        assert_eq!(ok("192.168.17.101::tp5shop"), t(None, "192.168.17.101", None, "tp5shop", ""));
-        assert_eq!(ok("root@web2::site/sub/dir/"), t(Some("root"), "web2", None, "site", "sub/dir"));
-        assert_eq!(ok("rsync://sync@web2:874/site"), t(Some("sync"), "web2", Some(874), "site", ""));
-        assert_eq!(ok("rsync://web2/site/a"), t(None, "web2", None, "site", "a"));
-        assert_eq!(ok("rsync://[::1]:873/m"), t(None, "::1", Some(873), "m", ""));
+        assert_eq!(
+            ok("192.168.17.101::tp5shop"),
+            t(None, "192.168.17.101", None, "tp5shop", "")
+        );
+        assert_eq!(
+            ok("root@web2::site/sub/dir/"),
+            t(Some("root"), "web2", None, "site", "sub/dir")
+        );
+        assert_eq!(
+            ok("rsync://sync@web2:874/site"),
+            t(Some("sync"), "web2", Some(874), "site", "")
+        );
+        assert_eq!(
+            ok("rsync://web2/site/a"),
+            t(None, "web2", None, "site", "a")
+        );
+        assert_eq!(
+            ok("rsync://[::1]:873/m"),
+            t(None, "::1", Some(873), "m", "")
+        );
         assert_eq!(ok("u@[::1]::m/x"), t(Some("u"), "::1", None, "m", "x"));
         assert_eq!(
             ok("rsync://sync@web2:874/site/a").url(873),
@@ -189,7 +207,14 @@ mod tests {
 
     #[test]
     fn not_rsync_forms() {
-        for s in ["/srv/x", "host:/x", "[::1]:/srv", "./a::b", "ssh://h/x", "u@[::1]:/x"] {
+        for s in [
+            "/srv/x",
+            "host:/x",
+            "[::1]:/srv",
+            "./a::b",
+            "ssh://h/x",
+            "u@[::1]:/x",
+        ] {
             assert!(parse_target(s).is_none(), "{s}");
         }
     }
@@ -218,7 +243,11 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for s in ["rsync://sync@web2:874/site/a/b", "web2::site", "u@[::1]::m/x"] {
+        for s in [
+            "rsync://sync@web2:874/site/a/b",
+            "web2::site",
+            "u@[::1]::m/x",
+        ] {
             let a = parse_target(s).unwrap().unwrap();
             let b = parse_target(&a.to_string()).unwrap().unwrap();
             assert_eq!(a, b, "{s}");
