@@ -116,8 +116,12 @@ fn copy_batch(
     (r, warnings)
 }
 
-/// Split copies into batches of at most COPY_BATCH_FILES / COPY_BATCH_BYTES.
-fn split_copies(batch: &[&Action]) -> Vec<std::ops::Range<usize>> {
+/// Split copies into batches of at most `files` / `max_bytes` (by default
+/// COPY_BATCH_FILES / COPY_BATCH_BYTES).
+fn split_copies(
+    batch: &[&Action],
+    (files, max_bytes): (usize, u64),
+) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut bytes = 0u64;
@@ -126,7 +130,7 @@ fn split_copies(batch: &[&Action]) -> Vec<std::ops::Range<usize>> {
             Action::Copy { size, .. } => *size,
             _ => 0,
         };
-        if k > start && (k - start >= COPY_BATCH_FILES || bytes + size > COPY_BATCH_BYTES) {
+        if k > start && (k - start >= files || bytes + size > max_bytes) {
             out.push(start..k);
             start = k;
             bytes = 0;
@@ -215,7 +219,10 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
         }
 
         let results: Vec<io::Result<u64>> = if matches!(first, Action::Copy { .. }) {
-            let groups = split_copies(&batch);
+            let limits = t
+                .copy_batch_limits()
+                .unwrap_or((COPY_BATCH_FILES, COPY_BATCH_BYTES));
+            let groups = split_copies(&batch, limits);
             // more connections for a long run of copies, opened by their
             // worker threads while this one already copies
             let want = match s.open_extra {

@@ -307,3 +307,44 @@ fn checksum_compare_sends_only_changed_content() {
     assert_eq!(rec["files_transferred"], 1, "{rec}");
     assert_eq!(fs::read(dst.join("changed")).unwrap(), b"old content!");
 }
+
+#[test]
+fn many_files_go_in_parallel_batches() {
+    let lab = Lab::new();
+    let d = Rsyncd::start(&lab.path("rsyncd"));
+    for k in 0..1500 {
+        lab.write(&format!("d{}/f{k}", k % 3), format!("{k}").as_bytes());
+    }
+    rsync_job(&lab, &d, "streams: 4");
+    lab.run(&["run", "web"]).code(0);
+    let rec = lab.last();
+    assert_eq!(rec["files_transferred"], 1500, "{rec}");
+    assert_eq!(rsync_diff(&lab.src(), &d.module.join("web"), &[]), "");
+}
+
+/// Symlinks planted on the target (to a directory outside the module) are
+/// replaced or deleted as links; nothing is written or deleted through them.
+#[test]
+fn symlinks_planted_on_the_target_are_never_followed() {
+    let lab = Lab::new();
+    let d = Rsyncd::start(&lab.path("rsyncd"));
+    let outside = lab.path("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("keep"), b"precious").unwrap();
+    lab.write("d/x", b"into d");
+    lab.write("f", b"f");
+    rsync_job(&lab, &d, "delete: true");
+    lab.run(&["run", "web"]).code(0);
+    let dst = d.module.join("web");
+    // d becomes a link to the outside directory; e is a link only on the target
+    fs::remove_dir_all(dst.join("d")).unwrap();
+    std::os::unix::fs::symlink(&outside, dst.join("d")).unwrap();
+    std::os::unix::fs::symlink(&outside, dst.join("e")).unwrap();
+    lab.run(&["run", "web", "--verify"]).code(0);
+    assert!(dst.join("d").symlink_metadata().unwrap().is_dir());
+    assert_eq!(fs::read(dst.join("d/x")).unwrap(), b"into d");
+    assert!(!dst.join("e").exists() && dst.join("e").symlink_metadata().is_err());
+    assert_eq!(listing(&outside), ["keep"]);
+    assert_eq!(fs::read(outside.join("keep")).unwrap(), b"precious");
+    assert_eq!(rsync_diff(&lab.src(), &dst, &[]), "");
+}

@@ -109,6 +109,12 @@ pub trait Transport: Send {
             .collect()
     }
 
+    /// The most files and bytes one `put_files` call should take, where the
+    /// executor's default does not suit (a call that costs a connection).
+    fn copy_batch_limits(&self) -> Option<(usize, u64)> {
+        None
+    }
+
     /// Several actions of one kind other than copies, applied in order (one
     /// by one by default; a remote transport pipelines them). One result per
     /// action, in order.
