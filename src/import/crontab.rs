@@ -337,10 +337,8 @@ pub fn import_loop(bytes: &[u8], shown: &str) -> String {
     }
 }
 
-fn loop_jobs(text: &str) -> Result<Vec<JobOut>, String> {
-    let toks = shell::split(text)?;
-    let words: Vec<(Vec<Word>, bool)> = shell::commands(&toks);
-    // while COND; do BODY; done
+/// The commands inside `while true; do …; done`.
+fn loop_body(words: &[(Vec<Word>, bool)]) -> Result<Vec<Vec<Word>>, String> {
     let start = words
         .iter()
         .position(|(c, _)| c[0].text == "while")
@@ -356,9 +354,8 @@ fn loop_jobs(text: &str) -> Result<Vec<JobOut>, String> {
     ) {
         return Err(format!("the loop runs `while {cond}`, not forever"));
     }
-    let mut body: Vec<Vec<Word>> = Vec::new();
+    let mut body = Vec::new();
     let mut seen_do = false;
-    let mut ended = false;
     for (c, _) in &words[start + 1..] {
         let mut c: &[Word] = c;
         if !seen_do {
@@ -372,14 +369,16 @@ fn loop_jobs(text: &str) -> Result<Vec<JobOut>, String> {
             }
         }
         if c[0].text == "done" {
-            ended = true;
-            break;
+            return Ok(body);
         }
         body.push(c.to_vec());
     }
-    if !ended {
-        return Err("no `done` closing the loop".into());
-    }
+    Err("no `done` closing the loop".into())
+}
+
+fn loop_jobs(text: &str) -> Result<Vec<JobOut>, String> {
+    let toks = shell::split(text)?;
+    let body = loop_body(&shell::commands(&toks))?;
     let secs = body
         .iter()
         .filter(|c| c[0].text == "sleep")

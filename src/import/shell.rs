@@ -40,37 +40,11 @@ pub fn split(s: &str) -> Result<Vec<Tok>, String> {
         match c {
             '\'' => {
                 in_word = true;
-                loop {
-                    match it.next() {
-                        Some('\'') => break,
-                        Some(x) => w.text.push(x),
-                        None => return Err("unterminated '".into()),
-                    }
-                }
+                single_quoted(&mut it, &mut w)?;
             }
             '"' => {
                 in_word = true;
-                loop {
-                    match it.next() {
-                        Some('"') => break,
-                        Some('\\') => match it.next() {
-                            Some(x @ ('"' | '\\' | '$' | '`')) => w.text.push(x),
-                            Some('\n') => {}
-                            Some(x) => {
-                                w.text.push('\\');
-                                w.text.push(x);
-                            }
-                            None => return Err("unterminated \"".into()),
-                        },
-                        Some(x) => {
-                            if x == '$' || x == '`' {
-                                w.dynamic = true;
-                            }
-                            w.text.push(x);
-                        }
-                        None => return Err("unterminated \"".into()),
-                    }
-                }
+                double_quoted(&mut it, &mut w)?;
             }
             '\\' => match it.next() {
                 Some('\n') => {}
@@ -135,13 +109,48 @@ pub fn split(s: &str) -> Result<Vec<Tok>, String> {
     Ok(out)
 }
 
+type Chars<'a> = std::iter::Peekable<std::str::Chars<'a>>;
+
+/// The rest of `'…'` (after the opening quote): taken literally.
+fn single_quoted(it: &mut Chars, w: &mut Word) -> Result<(), String> {
+    loop {
+        match it.next() {
+            Some('\'') => return Ok(()),
+            Some(x) => w.text.push(x),
+            None => return Err("unterminated '".into()),
+        }
+    }
+}
+
+/// The rest of `"…"`: `\` escapes `"`, `\`, `$` and backquote; `$` and
+/// backquote make the word dynamic.
+fn double_quoted(it: &mut Chars, w: &mut Word) -> Result<(), String> {
+    loop {
+        match it.next() {
+            Some('"') => return Ok(()),
+            Some('\\') => match it.next() {
+                Some(x @ ('"' | '\\' | '$' | '`')) => w.text.push(x),
+                Some('\n') => {}
+                Some(x) => {
+                    w.text.push('\\');
+                    w.text.push(x);
+                }
+                None => return Err("unterminated \"".into()),
+            },
+            Some(x) => {
+                if x == '$' || x == '`' {
+                    w.dynamic = true;
+                }
+                w.text.push(x);
+            }
+            None => return Err("unterminated \"".into()),
+        }
+    }
+}
+
 /// The rest of a redirection after its first `>`/`<`: more `>`, `&N`, or a
 /// target word.
-fn redirect(
-    it: &mut std::iter::Peekable<std::str::Chars>,
-    out: &mut Vec<Tok>,
-    mut op: String,
-) -> Result<(), String> {
+fn redirect(it: &mut Chars, out: &mut Vec<Tok>, mut op: String) -> Result<(), String> {
     while it.peek() == Some(&'>') {
         op.push(it.next().unwrap_or('>'));
     }

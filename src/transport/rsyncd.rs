@@ -16,10 +16,11 @@
 //!
 //! Invariants: the password is passed only as `--password-file` (checked
 //! to be a regular file of mode 0600 or stricter owned by the running
-//! user); a failed start (auth failed, unknown module, access denied) is a
-//! permanent error carrying rsync's message; a daemon that cannot be
-//! reached, a cut connection or a timeout is `ConnectionAborted`/`TimedOut`
-//! (retried like an SSH target that went away).
+//! user); opening the target logs in once (a listing of the root alone),
+//! so a failed start (auth failed, unknown module, access denied) is a
+//! permanent [`OpenError`] carrying rsync's message; a daemon that cannot
+//! be reached, a cut connection or a timeout is `ConnectionAborted`/
+//! `TimedOut` (retried like an SSH target that went away).
 
 mod listing;
 mod process;
@@ -28,12 +29,11 @@ mod url;
 pub use listing::parse as parse_listing;
 pub use url::{RsyncTarget, parse_target};
 
-use super::{Listing, Transport, add_progress};
-use crate::config::Job;
+use super::{CopyCtx, Listing, OpenError, Retry, Transport};
 use crate::filter::Filter;
 use crate::journal::PathError;
 use crate::plan::{Action, EntryKind};
-use process::{Ended, find_rsync, permanent, run, unescape, whole_run_error};
+use process::{Ended, find_rsync, is_permanent, run, unescape, whole_run_error};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io;
@@ -61,6 +61,16 @@ impl Default for RsyncOptions {
             timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// What an rsync daemon target needs of its job: `rsync` sends from the
+/// source itself and applies the job's excludes to listings.
+#[derive(Debug, Clone, Default)]
+pub struct RsyncSettings {
+    pub options: RsyncOptions,
+    pub source: PathBuf,
+    pub exclude: Vec<String>,
+    pub preserve_owner: bool,
 }
 
 /// A password file rsync may use: a regular file, mode 0600 or stricter,
@@ -177,22 +187,27 @@ fn copy_err(e: &io::Error) -> io::Error {
 }
 
 impl Rsyncd {
-    pub fn open(t: &RsyncTarget, job: &Job) -> io::Result<Rsyncd> {
+    /// Check the binary and the password file, and log in once.
+    pub fn open(t: &RsyncTarget, s: &RsyncSettings) -> Result<Rsyncd, OpenError> {
         let rsync = find_rsync().ok_or_else(|| {
-            permanent("the `rsync` binary is not installed (not found in PATH)".into())
+            OpenError::permanent(
+                io::ErrorKind::NotFound,
+                "the `rsync` binary is not installed (not found in PATH)",
+            )
         })?;
-        if let Some(p) = &job.rsync.password_file {
-            check_password_file(p).map_err(permanent)?;
+        if let Some(p) = &s.options.password_file {
+            check_password_file(p)
+                .map_err(|e| OpenError::permanent(io::ErrorKind::PermissionDenied, e))?;
         }
-        Ok(Rsyncd {
+        let me = Rsyncd {
             rsync,
-            url: t.url(job.rsync.port),
+            url: t.url(s.options.port),
             shown: t.to_string(),
-            source: job.source.clone(),
-            opts: job.rsync.clone(),
+            source: s.source.clone(),
+            opts: s.options.clone(),
             // rsync reads `+ `/`- `/`!` at the start of --exclude as rule
             // syntax; such patterns are left to syncjob's own filter
-            excludes: job
+            excludes: s
                 .exclude
                 .iter()
                 .filter(|p| !(p.starts_with("+ ") || p.starts_with("- ") || p.starts_with('!')))
@@ -201,9 +216,37 @@ impl Rsyncd {
             marker: format!("SYNCJOB-{}", nonce()),
             empty: None,
             // SAFETY: geteuid has no preconditions.
-            owners: job.preserve_owner && unsafe { libc::geteuid() } == 0,
+            owners: s.preserve_owner && unsafe { libc::geteuid() } == 0,
             differs: None,
-        })
+        };
+        me.login().map_err(|e| OpenError {
+            retry: if is_permanent(&e) {
+                Retry::Permanent
+            } else {
+                Retry::Transient
+            },
+            source: e,
+        })?;
+        Ok(me)
+    }
+
+    /// List the root alone (everything below excluded): reaches the
+    /// daemon, logs in and opens the module. A missing root is fine.
+    fn login(&self) -> io::Result<()> {
+        let mut args = self.common_args();
+        args.extend(["--list-only", "-d", "--exclude=*"].map(OsString::from));
+        args.push(self.url.clone().into());
+        let end = run(
+            &self.rsync,
+            &args,
+            Vec::new(),
+            &AtomicBool::new(false),
+            &mut |_| Ok(()),
+        )?;
+        match whole_run_error(&end, &self.shown) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn common_args(&self) -> Vec<OsString> {
@@ -550,9 +593,9 @@ impl Transport for Rsyncd {
         rel: &Path,
         src: &Path,
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<u64> {
-        self.put_files(&[(rel, src.to_path_buf())], preserve_owner, cancel)
+        self.put_files(&[(rel, src.to_path_buf())], preserve_owner, ctx)
             .pop()
             .expect("one result")
     }
@@ -561,20 +604,20 @@ impl Transport for Rsyncd {
         &mut self,
         items: &[(&Path, PathBuf)],
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> Vec<io::Result<u64>> {
         let names: Vec<Vec<u8>> = items.iter().map(|(r, _)| wire_name(r)).collect();
         let mut flags = Self::attr_flags(preserve_owner);
         // the plan decided these differ (or `mode: full`)
         flags.push("-I");
         let src = self.source.clone();
-        match self.batch(&names, &flags, &src, cancel) {
+        match self.batch(&names, &flags, &src, ctx.cancel) {
             Err(e) => names.iter().map(|_| Err(copy_err(&e))).collect(),
             Ok((end, done)) => names
                 .iter()
                 .map(|n| match done.get(n) {
                     Some((_, bytes)) => {
-                        add_progress(*bytes);
+                        ctx.add_progress(*bytes);
                         Ok(*bytes)
                     }
                     None if end.code == 0 => Ok(0),

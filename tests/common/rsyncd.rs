@@ -55,11 +55,9 @@ impl Rsyncd {
     fn write_config(&self) {
         let d = self.dir.display();
         // as root the daemon would switch to nobody: keep the current user
-        let ids = if unsafe { libc::geteuid() } == 0 {
-            "uid = 0\ngid = 0\n"
-        } else {
-            ""
-        };
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let ids = if root { "uid = 0\ngid = 0\n" } else { "" };
         let cfg = format!(
             "port = {port}\naddress = 127.0.0.1\nuse chroot = no\n{ids}pid file = {d}/rsyncd.pid\n\
              max connections = 20\nlock file = {d}/rsyncd.lock\n\
@@ -117,6 +115,7 @@ impl Rsyncd {
     /// end with their transfer).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SAFETY: c is our child, not yet waited for (its pid is not reused).
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let _ = c.wait();
         }

@@ -28,13 +28,20 @@ pub struct Ended {
     pub stderr: String,
 }
 
-/// An error of an rsync run that retrying cannot fix (auth failed, unknown
-/// module, access denied): reported with rsync's own message.
+/// rsync refused to start the transfer for a reason retrying cannot fix
+/// (auth failed, unknown module, access denied), with rsync's message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// The error for a [`Refused`] run.
 pub fn permanent(msg: String) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::PermissionDenied,
-        crate::transport::ssh::Permanent(msg),
-    )
+    io::Error::new(io::ErrorKind::PermissionDenied, Refused(msg))
+}
+
+/// Whether `e` is a [`Refused`] run.
+pub fn is_permanent(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<Refused>())
 }
 
 /// Find `rsync` in `PATH`.
@@ -232,10 +239,10 @@ mod tests {
         assert!(e(0, "").is_none());
         assert!(e(23, "rsync: x failed").is_none());
         let auth = e(5, "@ERROR: auth failed on module m\nrsync error: ...").unwrap();
-        assert!(crate::transport::ssh::is_permanent(&auth));
+        assert!(is_permanent(&auth));
         assert!(auth.to_string().contains("@ERROR: auth failed on module m"));
         let busy = e(5, "@ERROR: max connections (3) reached -- try again later").unwrap();
-        assert!(!crate::transport::ssh::is_permanent(&busy));
+        assert!(!is_permanent(&busy));
         let down = e(10, "rsync: [Receiver] failed to connect to 127.0.0.1 (127.0.0.1): Connection refused (111)").unwrap();
         assert_eq!(down.kind(), io::ErrorKind::ConnectionAborted);
         assert!(down.to_string().contains("Connection refused"));
