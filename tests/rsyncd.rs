@@ -348,3 +348,27 @@ fn symlinks_planted_on_the_target_are_never_followed() {
     assert_eq!(fs::read(outside.join("keep")).unwrap(), b"precious");
     assert_eq!(rsync_diff(&lab.src(), &dst, &[]), "");
 }
+
+/// A directory gone from the source that still holds an excluded entry on
+/// the target is kept, with a warning; nothing inside it is touched.
+#[test]
+fn a_directory_holding_excluded_entries_is_kept_with_a_warning() {
+    let lab = Lab::new();
+    let d = Rsyncd::start(&lab.path("rsyncd"));
+    lab.write("gone/sub/f", b"f");
+    lab.write("stay", b"s");
+    rsync_job(&lab, &d, "delete: true\nexclude: [\"*.gz\"]");
+    lab.run(&["run", "web"]).code(0);
+    let dst = d.module.join("web");
+    fs::write(dst.join("gone/sub/x.gz"), b"excluded").unwrap();
+    fs::remove_dir_all(lab.src().join("gone")).unwrap();
+    lab.run(&["run", "web", "--verify"]).code(0);
+    let rec = lab.last();
+    assert_eq!(rec["files_deleted"], 1, "only gone/sub/f: {rec}");
+    let warnings = rec["warnings"].to_string();
+    assert!(
+        warnings.contains("gone/sub") && warnings.contains("directory not deleted"),
+        "{rec}"
+    );
+    assert_eq!(fs::read(dst.join("gone/sub/x.gz")).unwrap(), b"excluded");
+}

@@ -297,18 +297,30 @@ impl Rsyncd {
         let wanted: HashSet<&[u8]> = names.iter().map(|n| n.as_slice()).collect();
         let mut done = Done::new();
         let prefix = format!("{} ", self.marker);
-        let end = run(&self.rsync, &args, input, cancel, &mut |line| {
-            if let Some(rest) = line.strip_prefix(prefix.as_bytes())
-                && let Some((item, bytes, name)) = parse_item(rest)
-                && wanted.contains(name.as_slice())
-            {
-                done.insert(name, (item, bytes));
+        // rsync prints some per-file failures on stdout ("cannot delete
+        // non-empty directory: x"): kept (bounded) beside stderr
+        let mut other = String::new();
+        let mut end = run(&self.rsync, &args, input, cancel, &mut |line| {
+            match line.strip_prefix(prefix.as_bytes()) {
+                Some(rest) => {
+                    if let Some((item, bytes, name)) = parse_item(rest)
+                        && wanted.contains(name.as_slice())
+                    {
+                        done.insert(name, (item, bytes));
+                    }
+                }
+                None if other.len() < process::MAX_STDERR => {
+                    other.push_str(&String::from_utf8_lossy(line));
+                    other.push('\n');
+                }
+                None => {}
             }
             Ok(())
         })?;
         if let Some(e) = whole_run_error(&end, &self.shown) {
             return Err(e);
         }
+        end.stderr.push_str(&other);
         Ok((end, done))
     }
 
