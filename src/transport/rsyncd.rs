@@ -161,6 +161,9 @@ type Done = HashMap<Vec<u8>, (String, u64)>;
 pub struct Rsyncd {
     rsync: PathBuf,
     url: String,
+    /// the module's root, and the target's path inside it
+    module_url: String,
+    path: String,
     shown: String,
     source: PathBuf,
     opts: RsyncOptions,
@@ -202,6 +205,12 @@ impl Rsyncd {
         let me = Rsyncd {
             rsync,
             url: t.url(s.options.port),
+            module_url: RsyncTarget {
+                path: String::new(),
+                ..t.clone()
+            }
+            .url(s.options.port),
+            path: t.path.clone(),
             shown: t.to_string(),
             source: s.source.clone(),
             opts: s.options.clone(),
@@ -571,14 +580,50 @@ impl Transport for Rsyncd {
         })
     }
 
+    /// Create the target's path inside the module, one directory per
+    /// level from a private local copy of that chain (`-d`, no `-p`/`-t`:
+    /// existing directories are left as they are; `--mkpath` would need
+    /// rsync 3.2.3 on the daemon). The root's mode and times come after,
+    /// from the plan.
     fn ensure_root(&mut self) -> io::Result<()> {
-        let src = self.source.clone();
-        let (end, _) = self.batch(
-            &[b".".to_vec()],
-            &["-dpt", "--mkpath", "--exclude=*"],
-            &src,
+        if self.path.is_empty() {
+            return Ok(());
+        }
+        let stage = EmptyDir::new()?;
+        let mut names = Vec::new();
+        let mut rel = PathBuf::new();
+        for c in self.path.split('/') {
+            rel.push(c);
+            let d = stage.0.join(&rel);
+            std::fs::create_dir(&d)?;
+            std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+            names.push(rel.as_os_str().as_bytes().to_vec());
+        }
+        let mut args = self.common_args();
+        args.extend(["-d", "--from0", "--files-from=-", "--no-implied-dirs"].map(OsString::from));
+        let mut src = stage.0.as_os_str().to_owned();
+        src.push("/");
+        args.push(src);
+        args.push(self.module_url.clone().into());
+        let input = names
+            .iter()
+            .flat_map(|n| n.iter().copied().chain([0]))
+            .collect();
+        let end = run(
+            &self.rsync,
+            &args,
+            input,
             &AtomicBool::new(false),
-        )?;
+            &mut |_| Ok(()),
+        );
+        // the stage's directories go before the stage itself
+        for k in (0..names.len()).rev() {
+            let _ = std::fs::remove_dir(stage.0.join(std::ffi::OsStr::from_bytes(&names[k])));
+        }
+        let end = end?;
+        if let Some(e) = whole_run_error(&end, &self.shown) {
+            return Err(e);
+        }
         match end.code {
             0 => Ok(()),
             c => Err(io::Error::other(format!(
