@@ -95,12 +95,8 @@ pub fn split(s: &str) -> Result<Vec<Tok>, String> {
             }
             _ => {
                 in_word = true;
-                if matches!(c, '*' | '?' | '[') {
-                    w.glob = true;
-                }
-                if matches!(c, '$' | '`') {
-                    w.dynamic = true;
-                }
+                w.glob |= matches!(c, '*' | '?' | '[');
+                w.dynamic |= matches!(c, '$' | '`');
                 w.text.push(c);
             }
         }
