@@ -268,7 +268,11 @@ pub fn import(bytes: &[u8], shown: &str) -> String {
                         ));
                     }
                     j.name = job_name(base_name(&j.source), &mut taken);
-                    jobs.push(finish(j));
+                    match super::validated(finish(j)) {
+                        Ok(j) => jobs.push(j),
+                        Err(why) => trailer
+                            .push(format!("line {}: {t}\n    not carried over: {why}", n + 1)),
+                    }
                 }
             }
             Err(why) => trailer.push(format!("line {}: {t}\n    not carried over: {why}", n + 1)),
@@ -399,7 +403,10 @@ fn loop_jobs(text: &str) -> Result<Vec<JobOut>, String> {
                     }
                     j.note("the loop ran again when the last run ended; a run longer than the interval skips firings (overlap: skip)");
                     j.name = job_name(base_name(&j.source), &mut taken);
-                    jobs.push(finish(j));
+                    match super::validated(finish(j)) {
+                        Ok(j) => jobs.push(j),
+                        Err(why) => return Err(format!("`{line}`: {why}")),
+                    }
                 }
             }
             Err(_)

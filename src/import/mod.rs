@@ -127,14 +127,41 @@ impl JobOut {
     }
 }
 
-/// A YAML double-quoted scalar.
-pub fn q(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialize")
+/// Characters YAML does not allow as they are (controls, DEL, C1,
+/// line/paragraph separators, BOM, non-characters).
+fn unprintable(c: char) -> bool {
+    (c.is_control() && c != '\t')
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+        )
 }
 
-/// A comment line's text with line breaks removed.
+/// A YAML double-quoted scalar (JSON escaping, plus `\uXXXX` for what
+/// JSON leaves as it is but YAML does not allow).
+pub fn q(s: &str) -> String {
+    let json = serde_json::to_string(s).expect("strings serialize");
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if unprintable(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A comment line's text: line breaks become spaces, other characters
+/// YAML does not allow are shown escaped.
 fn comment(s: &str) -> String {
-    s.replace(['\n', '\r'], " ")
+    s.chars()
+        .map(|c| match c {
+            '\n' | '\r' => " ".to_string(),
+            c if unprintable(c) => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// Job names: `[A-Za-z0-9._-]+`, unique (`-2`, `-3` … appended).
@@ -243,6 +270,23 @@ pub fn self_check(text: &str) -> Result<(), String> {
     }
 }
 
+/// `job` if it loads on its own as a jobs file, else why not (the
+/// checker's message without its position), so that one odd line never
+/// spoils the whole output.
+pub fn validated(job: JobOut) -> Result<JobOut, String> {
+    match self_check(&render(&[], std::slice::from_ref(&job), &[])) {
+        Ok(()) => Ok(job),
+        Err(e) => Err(e
+            .lines()
+            .map(|l| match l.split_once(&format!("job {}: ", job.name)) {
+                Some((_, msg)) => msg,
+                None => l,
+            })
+            .collect::<Vec<_>>()
+            .join("; ")),
+    }
+}
+
 /// Print `text`, or write it to `out` (temporary name, then rename).
 pub fn emit(text: &str, out: Option<&Path>) -> io::Result<()> {
     let Some(path) = out else {
@@ -324,6 +368,23 @@ mod tests {
         assert_eq!(job_name("/usr/local/x y", &mut t), "usr-local-x-y");
         assert_eq!(job_name("..", &mut t), "job");
         assert_eq!(job_name("", &mut t), "job-2");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let j = JobOut {
+            name: "a".into(),
+            source: "/srv/\u{0}x\u{85}\u{2028}y\u{7f}".into(),
+            targets: vec!["/srv/y".into()],
+            origin: vec!["nul \u{0} here\u{2029}".into()],
+            ..Default::default()
+        };
+        let text = render(&[], &[j], &[]);
+        assert!(self_check(&text).is_ok(), "{text}");
+        assert!(
+            !text.contains('\u{0}') && !text.contains('\u{2028}'),
+            "{text}"
+        );
     }
 
     #[test]

@@ -325,7 +325,12 @@ pub fn import(bytes: &[u8], shown: &str) -> Result<String, SersyncError> {
             trailer.extend(job.notes.iter().map(|n| format!("  {n}")));
             continue;
         }
-        jobs.push(job);
+        match super::validated(job) {
+            Ok(job) => jobs.push(job),
+            Err(why) => trailer.push(format!(
+                "<localpath watch={src:?}>: not carried over: {why}"
+            )),
+        }
     }
     if jobs.is_empty() && trailer.is_empty() {
         trailer.push("no <localpath> in <sersync>: nothing to carry over".into());
