@@ -130,6 +130,11 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         textfile: Option<PathBuf>,
     },
+    /// Print a jobs file equivalent to a sersync or crontab configuration
+    Import {
+        #[command(subcommand)]
+        from: crate::import::ImportCmd,
+    },
     /// Write the man page and bash/zsh/fish completions into DIR (for packagers)
     #[command(hide = true)]
     Generate {
@@ -289,6 +294,7 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         Command::Status { json } => cmd_status(g, *json),
         Command::Metrics { textfile } => crate::metrics::command::run(g, textfile.as_deref()),
         Command::Generate { dir } => cmd_generate(dir),
+        Command::Import { from } => crate::import::run(from).map(|()| EXIT_OK),
         Command::Helper => crate::helper::main()
             .map(|()| EXIT_OK)
             .map_err(|e| CliError::Failed(format!("helper: {e}"))),

@@ -136,8 +136,12 @@ fn copy_batch(
     (r, warnings)
 }
 
-/// Split copies into batches of at most COPY_BATCH_FILES / COPY_BATCH_BYTES.
-fn split_copies(batch: &[&Action]) -> Vec<std::ops::Range<usize>> {
+/// Split copies into batches of at most `files` / `max_bytes` (by default
+/// COPY_BATCH_FILES / COPY_BATCH_BYTES).
+fn split_copies(
+    batch: &[&Action],
+    (files, max_bytes): (usize, u64),
+) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut bytes = 0u64;
@@ -146,7 +150,7 @@ fn split_copies(batch: &[&Action]) -> Vec<std::ops::Range<usize>> {
             Action::Copy { size, .. } => *size,
             _ => 0,
         };
-        if k > start && (k - start >= COPY_BATCH_FILES || bytes + size > COPY_BATCH_BYTES) {
+        if k > start && (k - start >= files || bytes + size > max_bytes) {
             out.push(start..k);
             start = k;
             bytes = 0;
@@ -283,7 +287,10 @@ impl Executor<'_, '_> {
         bytes: u64,
     ) -> Vec<io::Result<u64>> {
         let s = self.s;
-        let groups = split_copies(batch);
+        let limits = t
+            .copy_batch_limits()
+            .unwrap_or((COPY_BATCH_FILES, COPY_BATCH_BYTES));
+        let groups = split_copies(batch, limits);
         let want = match s.open_extra {
             Some(_)
                 if !self.extras_failed.load(Ordering::Relaxed)

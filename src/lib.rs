@@ -18,6 +18,7 @@ pub mod filter;
 pub mod guards;
 pub mod helper;
 pub mod hooks;
+pub mod import;
 pub mod journal;
 pub mod lock;
 pub mod manifest;

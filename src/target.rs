@@ -1,5 +1,7 @@
 //! Target strings: a local path, scp style `[user@]host:/path` (`[::1]:/path`),
-//! or `ssh://[user@]host[:port]/path`.
+//! `ssh://[user@]host[:port]/path`, or an rsync daemon module
+//! (`rsync://[user@]host[:port]/module[/path]`, `[user@]host::module[/path]`,
+//! parsed in `transport::rsyncd`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -8,6 +10,7 @@ use std::path::{Path, PathBuf};
 pub enum Target {
     Local(PathBuf),
     Ssh(SshTarget),
+    Rsync(crate::transport::rsyncd::RsyncTarget),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +27,7 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Local(p) => write!(f, "{}", p.display()),
+            Target::Rsync(t) => write!(f, "{t}"),
             Target::Ssh(t) => {
                 let host = if t.host.contains(':') {
                     format!("[{}]", t.host)
@@ -101,12 +105,15 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
     if s.is_empty() {
         return Err("the target is empty".into());
     }
+    if let Some(t) = crate::transport::rsyncd::parse_target(s) {
+        return t.map(Target::Rsync).map_err(|e| format!("{s:?}: {e}"));
+    }
     if let Some(rest) = s.strip_prefix("ssh://") {
         return parse_url(s, rest);
     }
     if s.contains("://") {
         return Err(format!(
-            "{s:?}: unsupported URL scheme (use a local path, [user@]host:/path or ssh://[user@]host[:port]/path)"
+            "{s:?}: unsupported URL scheme (use a local path, [user@]host:/path, ssh://[user@]host[:port]/path or rsync://[user@]host[:port]/module[/path])"
         ));
     }
     // scp style: a colon before the first slash. `[v6]:/path` too.
@@ -219,11 +226,6 @@ fn parse_scp_v6(s: &str, v6: &str) -> Result<Target, String> {
 /// `[user@]host:path`, the colon at `c`.
 fn parse_scp(s: &str, c: usize) -> Result<Target, String> {
     let (userhost, path) = (&s[..c], &s[c + 1..]);
-    if path.starts_with(':') {
-        return Err(format!(
-            "{s:?}: rsync daemon targets (host::module) are not supported; use ssh"
-        ));
-    }
     let (user, host) = split_user(userhost).map_err(|e| format!("{s:?}: {e}"))?;
     if !valid_host(host) {
         return Err(format!("{s:?}: invalid host {host:?}"));
@@ -309,8 +311,9 @@ mod tests {
             "ssh://host",
             "ssh://host:0/x",
             "ssh://host:99999/x",
-            "rsync://host/x",
-            "host::module",
+            "rsync://host",
+            "host::",
+            "rsync://host/../x",
             "",
             "bad host:/x",
             "/srv/..",

@@ -1,7 +1,10 @@
 //! Time-bounded mutation fuzzing of the parsers that take untrusted input:
 //! the jobs file (YAML → config), schedule specs (and next-instant
-//! computation), targets, exclude patterns and the remote `find` listing.
-//! No input may panic, hang, or let a listing entry escape its root.
+//! computation), targets, exclude patterns, the remote `find` listing, the
+//! rsync daemon `--list-only` listing and the importers (sersync XML,
+//! crontab, loop scripts). No input may panic, hang, let a listing entry
+//! escape its root, or make an importer print a jobs file that does not
+//! load.
 //!
 //! Each target runs for `SYNCJOB_FUZZ_SECS` seconds (default 60); the seed
 //! is printed and can be replayed with `SYNCJOB_FUZZ_SEED`. A crashing
@@ -319,6 +322,64 @@ fn fuzz_remote_listing_parser() {
                     .all(|c| matches!(c, std::path::Component::Normal(_))),
                 "unsafe entry {p:?}"
             );
+        }
+    });
+}
+
+#[test]
+fn fuzz_rsync_daemon_listing_parser() {
+    let good: &[u8] = b"drwxr-xr-x        4096 2026/11/27 05:18:22 .
+lrwxrwxrwx           3 2026/11/27 05:18:22 l -> a/x
+-rw-r--r--           0 2026/11/27 05:18:22 new\\#012line
+drwxr-xr-x        4096 2026/11/27 05:18:22 a
+-rwsr-x--T           3 1970/01/01 00:00:01 a/x
+";
+    let bad: &[u8] = b"drwxr-xr-x 1 2026/11/27 05:18:22 .
+-rw-r--r-- 1 2026/11/27 05:18:22 ../etc/passwd
+lrwxrwxrwx 1 2026/11/27 05:18:22 d -> /etc
+-rw-r--r-- 1 2026/11/27 05:18:22 d/passwd
+-rw-r--r-- 1 2026/11/27 05:18:22 \\#056\\#056/x
+";
+    fuzz("rsync-listing", &[good, bad], |input| {
+        if let Ok((Some(tree), _)) = syncjob::transport::rsyncd::parse_listing(input) {
+            for (p, _) in tree.iter() {
+                assert!(
+                    p.components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_))),
+                    "unsafe entry {p:?}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn fuzz_importers() {
+    let seeds: &[&[u8]] = &[
+        include_bytes!("fixtures/sersync/seed.xml"),
+        include_bytes!("fixtures/sersync/several-remotes.xml"),
+        include_bytes!("fixtures/crontab/user.crontab"),
+        include_bytes!("fixtures/crontab/system.crontab"),
+        include_bytes!("fixtures/crontab/loop.sh"),
+        include_bytes!("fixtures/crontab/loop-oneline.sh"),
+    ];
+    fuzz("import", seeds, |input| {
+        use syncjob::import;
+        let mut outs = vec![
+            import::crontab::import(input, "fuzz"),
+            import::crontab::import_loop(input, "fuzz"),
+        ];
+        if let Ok(t) = import::sersync::import(input, "fuzz") {
+            outs.push(t);
+        }
+        for text in outs {
+            if text.lines().any(|l| l == "jobs:") {
+                assert!(
+                    import::self_check(&text).is_ok(),
+                    "{:?}\n{text}",
+                    import::self_check(&text)
+                );
+            }
         }
     });
 }

@@ -403,6 +403,7 @@ fn add_jobs(
         let mut merged = defaults.clone();
         merged.fields.extend(own.fields);
         merged.ssh.extend(own.ssh);
+        merged.rsync.extend(own.rsync);
         if let Some(job) = build_job(ctx, name, kpos, &merged, base) {
             jobs.push(job);
         }

@@ -1,6 +1,6 @@
 //! One job's settings (its own merged over `defaults`) → a validated
 //! [`Job`], section by section: source and targets, modes and flags,
-//! schedule and zone, excludes, numbers, `ssh`, hooks. Every problem is
+//! schedule and zone, excludes, numbers, `ssh`, `rsync`, hooks. Every problem is
 //! recorded at its value's position; a job with any problem is not built.
 //! Relative paths are resolved against the directory of the file that
 //! defines the job.
@@ -126,6 +126,7 @@ pub(super) fn build_job(ctx: &mut Ctx, name: &str, pos: Pos, r: &Raw, base: &Pat
     let (schedule, timezone) = schedule_and_zone(ctx, &rd);
     let exclude = excludes(ctx, &rd);
     let filter = Filter::new(&exclude).unwrap_or_default();
+    let rsync = rsync(ctx, &rd, &targets, pos);
     let mut job = Job {
         name: name.to_string(),
         pos,
@@ -149,6 +150,7 @@ pub(super) fn build_job(ctx: &mut Ctx, name: &str, pos: Pos, r: &Raw, base: &Pat
         parallel: 4,
         streams: 4,
         ssh: ssh(ctx, &rd),
+        rsync,
         hooks: hooks(ctx, &rd),
         stale_after: rd
             .f("stale_after")
@@ -307,6 +309,40 @@ fn numbers(ctx: &mut Ctx, rd: &Reader, job: &mut Job) {
         }
         None => {}
     }
+}
+
+/// The `rsync` section; for a job with rsync daemon targets, also what
+/// keeps it from running (no `rsync` binary, a bad password file).
+fn rsync(
+    ctx: &mut Ctx,
+    rd: &Reader,
+    targets: &[Target],
+    pos: Pos,
+) -> crate::transport::rsyncd::RsyncOptions {
+    let mut o = crate::transport::rsyncd::RsyncOptions::default();
+    let s = |k: &str| rd.raw.rsync.get(k).copied().filter(|n| !n.is_null());
+    let mut at = pos;
+    if let Some(n) = s("password_file") {
+        o.password_file = rd.path_of(ctx, n, "rsync.password_file");
+        at = n.pos;
+    }
+    if let Some(n) = s("port") {
+        match n.as_u64().filter(|p| (1..=65535).contains(p)) {
+            Some(p) => o.port = p as u16,
+            None => ctx.err(n.pos, rd.j(), "`rsync.port` must be a port number 1-65535"),
+        }
+    }
+    if let Some(n) = s("timeout")
+        && let Some(d) = rd.duration(ctx, n, "rsync.timeout")
+    {
+        o.timeout = d;
+    }
+    if targets.iter().any(|t| matches!(t, Target::Rsync(_))) {
+        for problem in crate::transport::rsyncd::check(&o) {
+            ctx.err(at, rd.j(), problem);
+        }
+    }
+    o
 }
 
 /// The `ssh` section.

@@ -110,6 +110,8 @@ pub struct Job {
     /// Connections per target for long runs of copies.
     pub streams: usize,
     pub ssh: SshOptions,
+    /// For rsync daemon targets.
+    pub rsync: crate::transport::rsyncd::RsyncOptions,
     pub hooks: Hooks,
     /// `/healthz` turns 503 when the last success is older than this.
     pub stale_after: Option<Duration>,

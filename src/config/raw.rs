@@ -33,6 +33,7 @@ pub(super) const JOB_KEYS: &[&str] = &[
     "parallel",
     "streams",
     "ssh",
+    "rsync",
     "before",
     "after",
     "on_failure",
@@ -50,6 +51,7 @@ pub(super) const SSH_KEYS: &[&str] = &[
     "remote_helper",
     "max_listing_entries",
 ];
+pub(super) const RSYNC_KEYS: &[&str] = &["password_file", "port", "timeout"];
 pub(super) const TOP_KEYS: &[&str] = &[
     "defaults",
     "include",
@@ -151,6 +153,7 @@ impl Ctx {
 pub(super) struct Raw<'n> {
     pub fields: BTreeMap<&'static str, &'n Node>,
     pub ssh: BTreeMap<&'static str, &'n Node>,
+    pub rsync: BTreeMap<&'static str, &'n Node>,
 }
 
 fn static_key(k: &str, known: &[&'static str]) -> &'static str {
@@ -163,6 +166,10 @@ pub(super) fn raw<'n>(ctx: &mut Ctx, node: &'n Node, what: &str, job: Option<&st
         if k == "ssh" {
             for (sk, sv, _) in ctx.map(v, "ssh", SSH_KEYS, job) {
                 r.ssh.insert(static_key(sk, SSH_KEYS), sv);
+            }
+        } else if k == "rsync" {
+            for (sk, sv, _) in ctx.map(v, "rsync", RSYNC_KEYS, job) {
+                r.rsync.insert(static_key(sk, RSYNC_KEYS), sv);
             }
         } else {
             r.fields.insert(static_key(k, JOB_KEYS), v);

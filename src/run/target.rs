@@ -164,6 +164,12 @@ pub(super) fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Recor
 fn transport_settings(job: &Job) -> TransportSettings {
     TransportSettings {
         ssh: job.ssh.clone(),
+        rsync: crate::transport::rsyncd::RsyncSettings {
+            options: job.rsync.clone(),
+            source: job.source.clone(),
+            exclude: job.exclude.clone(),
+            preserve_owner: job.preserve_owner,
+        },
     }
 }
 

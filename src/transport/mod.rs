@@ -1,5 +1,6 @@
-//! Where a target's files live. One trait, two implementations: `local`
-//! (a directory on this machine) and `ssh` (a directory on a remote host),
+//! Where a target's files live. One trait, three implementations: `local`
+//! (a directory on this machine), `ssh` (a directory on a remote host) and
+//! `rsyncd` (a module of an rsync daemon, through the system `rsync`),
 //! plus `memory`, a fake for unit tests. A transport gets the settings it
 //! needs ([`TransportSettings`]), never the job; a failure to open one is an
 //! [`OpenError`] whose [`Retry`] kind says whether trying again can help;
@@ -11,6 +12,7 @@
 pub mod local;
 #[cfg(test)]
 pub mod memory;
+pub mod rsyncd;
 pub mod ssh;
 pub mod violation;
 
@@ -114,6 +116,12 @@ pub trait Transport: Send {
             .collect()
     }
 
+    /// The most files and bytes one `put_files` call should take, where the
+    /// executor's default does not suit (a call that costs a connection).
+    fn copy_batch_limits(&self) -> Option<(usize, u64)> {
+        None
+    }
+
     /// Several actions of one kind other than copies, applied in order (one
     /// by one by default; a remote transport pipelines them). One result per
     /// action, in order.
@@ -153,6 +161,9 @@ pub fn apply_one<T: Transport + ?Sized>(t: &mut T, a: &Action) -> io::Result<()>
 pub struct TransportSettings {
     /// How to reach SSH targets (unused by local ones).
     pub ssh: SshOptions,
+    /// How to reach rsync daemon targets, and what of the job they need:
+    /// `rsync` sends from the source itself and applies the excludes.
+    pub rsync: rsyncd::RsyncSettings,
 }
 
 /// Whether retrying can help after a failure to reach a target.
@@ -204,6 +215,7 @@ pub fn open(
     match target {
         Target::Local(root) => Ok(Box::new(local::Local::new(root.clone()))),
         Target::Ssh(t) => Ok(Box::new(ssh::Ssh::connect(t, settings)?)),
+        Target::Rsync(t) => Ok(Box::new(rsyncd::Rsyncd::open(t, &settings.rsync)?)),
     }
 }
 
