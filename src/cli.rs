@@ -214,7 +214,7 @@ pub fn main() -> ExitCode {
     match dispatch(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("syncjob: {e}");
+            crate::errln!("syncjob: {e}");
             ExitCode::from(e.code())
         }
     }
@@ -376,9 +376,9 @@ fn cmd_check(g: &Global) -> Result<u8, CliError> {
         Ok(c) => c,
         Err(ConfigError::Invalid(problems)) => {
             for p in &problems {
-                eprintln!("{p}");
+                crate::errln!("{p}");
             }
-            eprintln!(
+            crate::errln!(
                 "syncjob: {} problem(s) in {}",
                 problems.len(),
                 path.display()
@@ -402,8 +402,8 @@ fn cmd_check(g: &Global) -> Result<u8, CliError> {
                 }
                 None => "manual only".into(),
             };
-            println!("{}: {} -> {}", j.name, j.source.display(), join_targets(j));
-            println!(
+            crate::outln!("{}: {} -> {}", j.name, j.source.display(), join_targets(j));
+            crate::outln!(
                 "  {} {}{}, schedule {sched}",
                 j.mode.as_str(),
                 if j.delete { "with delete" } else { "no delete" },
@@ -414,7 +414,7 @@ fn cmd_check(g: &Global) -> Result<u8, CliError> {
                 }
             );
         }
-        println!("{}: {} job(s) ok", cfg.path.display(), cfg.jobs.len());
+        crate::outln!("{}: {} job(s) ok", cfg.path.display(), cfg.jobs.len());
     }
     Ok(EXIT_OK)
 }
@@ -478,7 +478,7 @@ fn cmd_next(
         (None, None) => return Err(CliError::Usage("give a JOB or --spec EXPR".into())),
     };
     for t in sched.upcoming(from, tz, n) {
-        println!("{}", fmt_instant(t, tz));
+        crate::outln!("{}", fmt_instant(t, tz));
     }
     Ok(EXIT_OK)
 }
@@ -594,17 +594,17 @@ fn cmd_log(
     let rows = read_log(&env.log, job, n, status, since)?;
     if json {
         for (text, _) in &rows {
-            println!("{text}");
+            crate::outln!("{text}");
         }
         return Ok(EXIT_OK);
     }
-    println!(
+    crate::outln!(
         "{:<25} {:<16} {:<9} {:<8} {:>7} {:>10} {:>7} {:>8}  TARGET / REASON",
         "TIME", "JOB", "TRIGGER", "STATUS", "FILES", "BYTES", "DELETED", "MS"
     );
     for (_, rec) in rows {
         let Some(r) = rec else { continue };
-        println!(
+        crate::outln!(
             "{:<25} {:<16} {:<9} {:<8} {:>7} {:>10} {:>7} {:>8}  {}{}",
             r.ts.get(..23).unwrap_or(&r.ts),
             r.job,
@@ -651,16 +651,16 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
     }
     if json {
         for r in rows {
-            println!("{r}");
+            crate::outln!("{r}");
         }
         return Ok(EXIT_OK);
     }
-    println!(
+    crate::outln!(
         "{:<16} {:<18} {:<16} {:<11} {:<8} {:<25} TARGETS",
         "JOB", "SCHEDULE", "TIMEZONE", "MODE", "LAST", "NEXT"
     );
     for (j, r) in cfg.jobs.iter().zip(rows) {
-        println!(
+        crate::outln!(
             "{:<16} {:<18} {:<16} {:<11} {:<8} {:<25} {}",
             j.name,
             r["schedule"].as_str().unwrap_or("-"),
@@ -702,22 +702,22 @@ fn cmd_status(g: &Global, json: bool) -> Result<u8, CliError> {
                 "job": n, "pid": h.pid, "since": h.since, "trigger": h.trigger
             })).collect::<Vec<_>>(),
         });
-        println!("{v}");
+        crate::outln!("{v}");
         return Ok(EXIT_OK);
     }
     match &daemon {
-        Some(d) => println!("daemon: running, pid {} since {}", d.pid, d.since),
-        None => println!(
+        Some(d) => crate::outln!("daemon: running, pid {} since {}", d.pid, d.since),
+        None => crate::outln!(
             "daemon: not running (state dir {})",
             env.state_dir.display()
         ),
     }
     if running.is_empty() {
-        println!("no job running");
+        crate::outln!("no job running");
     } else {
-        println!("{:<16} {:>8} {:<9} SINCE", "JOB", "PID", "TRIGGER");
+        crate::outln!("{:<16} {:>8} {:<9} SINCE", "JOB", "PID", "TRIGGER");
         for (n, h) in running {
-            println!("{:<16} {:>8} {:<9} {}", n, h.pid, h.trigger, h.since);
+            crate::outln!("{:<16} {:>8} {:<9} {}", n, h.pid, h.trigger, h.since);
         }
     }
     Ok(EXIT_OK)

@@ -14,6 +14,7 @@ pub mod helper;
 pub mod hooks;
 pub mod journal;
 pub mod lock;
+pub mod out;
 pub mod manifest;
 pub mod plan;
 pub mod run;

@@ -89,7 +89,7 @@ fn take_lock(job: &Job, env: &Env, opts: &Options) -> Result<lock::Lock, Box<Job
                 let who = lock::holder(&lock_path)
                     .map(|h| format!(" by pid {} since {}", h.pid, h.since))
                     .unwrap_or_default();
-                eprintln!("syncjob: job {} is already running{who}; skipped", job.name);
+                crate::errln!("syncjob: job {} is already running{who}; skipped", job.name);
             }
             Err(Box::new(log_skipped(job, env, opts.trigger, "locked")))
         }
@@ -165,8 +165,8 @@ fn sync_targets(job: &Job, shared: &RunShared) -> Vec<Record> {
                     if !text.is_empty() {
                         let _g = print_lock.lock().unwrap();
                         match shared.multi {
-                            Some(m) => m.suspend(|| print!("{text}")),
-                            None => print!("{text}"),
+                            Some(m) => m.suspend(|| crate::out!("{text}")),
+                            None => crate::out!("{text}"),
                         }
                     }
                     results.lock().unwrap().push((i, rec));
@@ -189,7 +189,7 @@ pub(super) fn fail_all(
     before: Vec<HookOutcome>,
 ) -> JobResult {
     if !opts.quiet {
-        eprintln!("syncjob: job {}: {reason}", job.name);
+        crate::errln!("syncjob: job {}: {reason}", job.name);
     }
     let mut base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
     base.hooks = before;
@@ -248,7 +248,7 @@ pub(super) fn after_hooks(job: &Job, opts: &Options, res: &JobResult) -> Vec<Hoo
         if let Some(cmd) = cmd {
             let r = crate::hooks::run(cmd, &vars, job.hooks.timeout);
             if !r.ok {
-                eprintln!(
+                crate::errln!(
                     "syncjob: job {}: {name} hook failed ({}): {}",
                     job.name, r.status, r.output
                 );

@@ -105,7 +105,7 @@ impl RecordBase<'_> {
 pub(super) fn append_all(env: &Env, records: &[Record]) {
     for r in records {
         if let Err(e) = journal::append(&env.log, r) {
-            eprintln!(
+            crate::errln!(
                 "syncjob: cannot append to run log {}: {e}",
                 env.log.display()
             );

@@ -250,7 +250,7 @@ fn check_host_key(
             }
             let line = format!("{name} {} {}\n", key_type_name(ktype), base64(key, true));
             append_known_host(&kh_path, line.as_bytes())?;
-            eprintln!(
+            crate::errln!(
                 "syncjob: added the host key of {name} ({} {fp}) to {} (accept-new)",
                 key_type_name(ktype),
                 kh_path.display()
