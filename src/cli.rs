@@ -355,6 +355,9 @@ fn cmd_run(
         verify,
         progress: !g.quiet && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdout()),
         scheduled_for: None,
+        inline_retries: true,
+        lock_held: false,
+        on_record: None,
     };
     let env = g.env();
     let cancel = AtomicBool::new(false);

@@ -20,9 +20,10 @@
 //! reported and the old jobs keep running.
 
 use crate::config::{self, Config, ConfigError, Job, Overlap};
-use crate::journal;
+use crate::journal::{self, Record};
 use crate::lock;
 use crate::run::{self, Env, Status, Wait};
+use crate::target_state::{NotFree, Targets};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,8 +40,8 @@ const ABORT_GRACE: Duration = Duration::from_secs(10);
 enum Event {
     Terminate(i32),
     Reload,
-    /// A run ended: the job's name and whether it failed.
-    Finished(String, bool),
+    /// A run ended: the job's name and its records.
+    Finished(String, Vec<Record>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,16 @@ fn say(level: Level, msg: &str) {
         };
         crate::errln!("{} {tag} {msg}", journal::now_rfc3339());
     }
+}
+
+/// A target's line, at its own level, as soon as that target is done.
+fn say_record(r: &Record) {
+    let level = match Status::parse(&r.status) {
+        Status::Failed => Level::Error,
+        Status::Skipped => Level::Warning,
+        _ => Level::Info,
+    };
+    say(level, &run::report::daemon_line(r));
 }
 
 /// systemd's notify protocol (Type=notify), when NOTIFY_SOCKET is set.
@@ -90,7 +101,12 @@ fn sd_notify(state: &str) {
 struct JobState {
     job: Arc<Job>,
     next: Option<DateTime<Utc>>,
-    running: bool,
+    /// Runs of this job in progress (each on different targets).
+    runs: usize,
+    /// The job's lock, held while `runs > 0`.
+    lock: Option<lock::Lock>,
+    /// Each target busy or backing off.
+    targets: Targets,
     queued: bool,
     /// A failed run is retried at this instant (`retry_interval`), when
     /// that comes before the next scheduled firing.
@@ -112,17 +128,20 @@ impl Daemon {
         let mut old = std::mem::take(&mut self.jobs);
         for j in &self.cfg.jobs {
             let next = j.schedule.as_ref().and_then(|s| s.next_after(now, j.tz()));
-            let (running, queued, retry_at) = old
+            let (runs, lock, mut targets, queued, retry_at) = old
                 .remove(&j.name)
-                .map(|s| (s.running, s.queued, s.retry_at))
-                .unwrap_or((false, false, None));
+                .map(|s| (s.runs, s.lock, s.targets, s.queued, s.retry_at))
+                .unwrap_or_default();
             let retry_at = retry_at.filter(|_| j.retry_interval.is_some());
+            targets.retain_for(j);
             self.jobs.insert(
                 j.name.clone(),
                 JobState {
                     job: Arc::new(j.clone()),
                     next,
-                    running,
+                    runs,
+                    lock,
+                    targets,
                     queued,
                     retry_at,
                 },
@@ -130,7 +149,7 @@ impl Daemon {
         }
         // jobs removed from the file but still running: keep until they end
         for (name, s) in old {
-            if s.running {
+            if s.runs > 0 {
                 self.jobs.insert(
                     name,
                     JobState {
@@ -144,14 +163,79 @@ impl Daemon {
         }
     }
 
-    fn start(&mut self, name: &str, due: Option<DateTime<Utc>>, trigger: &'static str) {
+    /// Start a run of `name` on its free targets (`only`: just these, for a
+    /// background retry). Busy or backing-off targets are skipped for this
+    /// firing (logged as skipped when the firing is scheduled).
+    fn start(
+        &mut self,
+        name: &str,
+        due: Option<DateTime<Utc>>,
+        trigger: &'static str,
+        only: Option<&[String]>,
+    ) {
+        let now = Utc::now();
         let Some(st) = self.jobs.get_mut(name) else {
             return;
         };
-        st.running = true;
+        let job = st.job.clone();
+        let (mut free, mut busy, mut backing_off) = (Vec::new(), Vec::new(), Vec::new());
+        for t in &job.targets {
+            let n = t.to_string();
+            if only.is_some_and(|o| !o.contains(&n)) {
+                continue;
+            }
+            match st.targets.state(&n, now) {
+                Ok(()) => free.push(t.clone()),
+                Err(NotFree::Busy) => busy.push(t.clone()),
+                Err(NotFree::Backoff) if only.is_some() => free.push(t.clone()),
+                Err(NotFree::Backoff) => backing_off.push(t.clone()),
+            }
+        }
+        if due.is_some() {
+            for (ts, reason) in [(busy, "overlap"), (backing_off, "backoff")] {
+                if ts.is_empty() {
+                    continue;
+                }
+                let mut sub = (*job).clone();
+                sub.targets = ts;
+                run::log_skipped(&sub, &self.env, trigger, due, reason);
+            }
+        }
+        if free.is_empty() {
+            return;
+        }
+        if st.runs == 0 {
+            match lock::try_acquire(&lock::job_lock_path(&self.env.state_dir, name), trigger) {
+                Ok(Some(l)) => st.lock = Some(l),
+                Ok(None) => {
+                    say(
+                        Level::Warning,
+                        &format!("job {name}: its lock is held by another run; skipped"),
+                    );
+                    let mut sub = (*job).clone();
+                    sub.targets = free;
+                    run::log_skipped(&sub, &self.env, trigger, due, "locked");
+                    return;
+                }
+                Err(e) => {
+                    say(Level::Error, &format!("job {name}: cannot take its lock: {e}"));
+                    return;
+                }
+            }
+        }
+        for t in &free {
+            st.targets.set_busy(&t.to_string());
+        }
+        st.runs += 1;
         st.retry_at = None;
         self.running += 1;
-        let job = st.job.clone();
+        let mut sub = (*job).clone();
+        sub.targets = free;
+        self.spawn_run(sub, due, trigger);
+    }
+
+    /// Run `job` (the targets picked for this run) on its own thread.
+    fn spawn_run(&self, job: Job, due: Option<DateTime<Utc>>, trigger: &'static str) {
         let env = self.env.clone();
         let cancel = self.cancel.clone();
         let tx = self.tx.clone();
@@ -165,22 +249,19 @@ impl Daemon {
                 progress: false,
                 verify: false,
                 scheduled_for: due,
+                inline_retries: false,
+                lock_held: true,
+                on_record: Some(say_record),
             };
             let res = run::run_job(&job, &env, &opts, &cancel);
-            for r in &res.records {
-                let level = match res.status {
-                    Status::Failed => Level::Error,
-                    Status::Skipped => Level::Warning,
-                    _ => Level::Info,
-                };
-                say(level, &run::report::daemon_line(r));
+            if !res.reported {
+                res.records.iter().for_each(say_record);
             }
-            let failed = res.status == Status::Failed;
-            let _ = tx.send(Event::Finished(job.name.clone(), failed));
+            let _ = tx.send(Event::Finished(job.name.clone(), res.records));
         });
     }
 
-    /// Fire every job whose deadline has come.
+    /// Fire every job whose deadline has come, and the retries that are due.
     fn fire_due(&mut self, now: DateTime<Utc>) {
         let due: Vec<(String, DateTime<Utc>)> = self
             .jobs
@@ -199,25 +280,31 @@ impl Daemon {
                 next = sched.next_after(now, tz);
             }
             st.next = next;
-            if st.running {
-                match job.overlap {
-                    Overlap::Skip => {
-                        say(
-                            Level::Warning,
-                            &format!("job {name}: still running at {at}; this firing is skipped"),
-                        );
-                        run::log_skipped(&job, &self.env, "schedule", "overlap");
-                    }
-                    Overlap::Queue => st.queued = true,
-                }
+            if st.runs > 0 && job.overlap == Overlap::Queue {
+                st.queued = true;
                 continue;
             }
-            self.start(&name, Some(at), "schedule");
+            self.start(&name, Some(at), "schedule", None);
+        }
+        self.retry_due(now);
+    }
+
+    /// Background retries of targets whose backoff is over, and runs of
+    /// failed jobs whose `retry_interval` has come.
+    fn retry_due(&mut self, now: DateTime<Utc>) {
+        let backoffs: Vec<(String, Vec<String>)> = self
+            .jobs
+            .iter()
+            .map(|(n, s)| (n.clone(), s.targets.retry_due(now)))
+            .filter(|(_, t)| !t.is_empty())
+            .collect();
+        for (name, targets) in backoffs {
+            self.start(&name, None, "retry", Some(&targets));
         }
         let retries: Vec<String> = self
             .jobs
             .iter()
-            .filter(|(_, s)| !s.running && s.retry_at.is_some_and(|t| t <= now))
+            .filter(|(_, s)| s.retry_at.is_some_and(|t| t <= now))
             .map(|(n, _)| n.clone())
             .collect();
         for name in retries {
@@ -225,31 +312,41 @@ impl Daemon {
                 Level::Info,
                 &format!("job {name}: retrying the failed run (retry_interval)"),
             );
-            self.start(&name, None, "retry");
+            self.start(&name, None, "retry", None);
         }
     }
 
-    fn finished(&mut self, name: &str, failed: bool) {
+    fn finished(&mut self, name: &str, records: &[Record]) {
         self.running = self.running.saturating_sub(1);
         let Some(st) = self.jobs.get_mut(name) else {
             return;
         };
-        st.running = false;
-        // a failed run is retried after `retry_interval`, unless the
-        // schedule fires again before that anyway
+        st.runs = st.runs.saturating_sub(1);
+        if st.runs == 0 {
+            st.lock = None;
+        }
+        let now = Utc::now();
+        let mut failed = false;
+        for r in records {
+            failed |= st.targets.finished(&st.job, r, now);
+        }
+        // a run failed for good is retried after `retry_interval`, unless
+        // the schedule fires again before that anyway
         st.retry_at = match (failed, st.job.retry_interval) {
             (true, Some(iv)) => {
-                let at = Utc::now() + chrono::Duration::from_std(iv).unwrap_or_default();
+                let at = now + chrono::Duration::from_std(iv).unwrap_or_default();
                 (st.next.is_none_or(|n| at < n)).then_some(at)
             }
-            _ => None,
+            _ => st.retry_at,
         };
         let queued = std::mem::take(&mut st.queued);
         let gone = !self.cfg.jobs.iter().any(|j| j.name == name);
         if gone {
-            self.jobs.remove(name);
+            if st.runs == 0 {
+                self.jobs.remove(name);
+            }
         } else if queued && !self.cancel.load(Ordering::Relaxed) {
-            self.start(name, None, "schedule");
+            self.start(name, None, "schedule", None);
         }
     }
 
@@ -291,7 +388,7 @@ impl Daemon {
             }
         }
         for n in to_run {
-            self.start(&n, None, "schedule");
+            self.start(&n, None, "schedule", None);
         }
     }
 
@@ -411,7 +508,7 @@ pub fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
         let next = d
             .jobs
             .values()
-            .flat_map(|s| [s.next, s.retry_at.filter(|_| !s.running)])
+            .flat_map(|s| [s.next, s.retry_at, s.targets.next_retry()])
             .flatten()
             .min();
         let sleep = match next {
@@ -428,7 +525,7 @@ pub fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
                 d.reload();
                 sd_notify("READY=1");
             }
-            Ok(Event::Finished(name, failed)) => d.finished(&name, failed),
+            Ok(Event::Finished(name, records)) => d.finished(&name, &records),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break 0,
         }
@@ -470,7 +567,7 @@ pub fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
             Ok(Event::Finished(name, _)) => {
                 d.running = d.running.saturating_sub(1);
                 if let Some(s) = d.jobs.get_mut(&name) {
-                    s.running = false;
+                    s.runs = s.runs.saturating_sub(1);
                 }
             }
             Ok(_) | Err(RecvTimeoutError::Timeout) => {}

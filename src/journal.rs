@@ -61,6 +61,10 @@ pub struct Record {
     pub host: String,
     pub pid: u32,
     pub version: String,
+    /// Not stored: the target failed for a transient reason and its retry
+    /// was left to the caller (the daemon retries it in the background).
+    #[serde(skip)]
+    pub retry: bool,
 }
 
 pub fn now_rfc3339() -> String {

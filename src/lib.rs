@@ -20,6 +20,7 @@ pub mod plan;
 pub mod run;
 pub mod schedule;
 pub mod target;
+pub mod target_state;
 pub mod transport;
 pub mod units;
 pub mod yaml;

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use common::sshd;
 use std::fs;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -88,4 +89,120 @@ fn the_daemon_survives_a_closed_stderr() {
         assert!(t.elapsed() < Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The daemon on the lab's jobs file, stderr to a file; SIGTERM on drop.
+struct Daemon {
+    child: std::process::Child,
+    err: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(lab: &Lab) -> Daemon {
+        let err = lab.path("daemon.err");
+        let child = lab
+            .cmd()
+            .arg("daemon")
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&err).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon { child, err }
+    }
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.err).unwrap_or_default()
+    }
+    fn stop(&mut self) -> i32 {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            if t.elapsed() > Duration::from_secs(60) {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.try_wait().unwrap().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Wait until `cond` holds; false after `limit`.
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+#[test]
+fn a_frozen_sshd_never_holds_the_other_targets_back() {
+    let lab = Lab::new();
+    let sshd = sshd::Sshd::start(&lab.path("sshd"));
+    lab.write("f", b"v0");
+    let local = lab.path("local");
+    lab.config(&format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: [{}, {}]\n    {}\n    schedule: \"* * * * * *\"\n    retries: 3\n    verify_interval: 0\n",
+        sshd.url(&lab.dst()),
+        local.display(),
+        sshd.ssh_yaml().replace("timeout: 10s", "timeout: 2s"),
+    ));
+    let mut d = Daemon::start(&lab);
+    let both = |v: &[u8]| {
+        fs::read(lab.dst().join("f")).ok().as_deref() == Some(v)
+            && fs::read(local.join("f")).ok().as_deref() == Some(v)
+    };
+    assert!(wait_until(Duration::from_secs(20), || both(b"v0")), "{}", d.stderr());
+    sshd.signal(libc::SIGSTOP);
+    // every change reaches the healthy target at its next firings, while
+    // the frozen one times out and is retried in the background
+    for i in 1..=4 {
+        let v = format!("v{i}");
+        lab.write("f", v.as_bytes());
+        let t = Instant::now();
+        assert!(
+            wait_until(Duration::from_secs(4), || fs::read(local.join("f"))
+                .ok()
+                .as_deref()
+                == Some(v.as_bytes())),
+            "change {i} held back by the frozen target for {:?}\n{}",
+            t.elapsed(),
+            d.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let log = lab.log();
+    let url = sshd.url(&lab.dst());
+    let frozen: Vec<_> = log
+        .iter()
+        .filter(|r| r["target"] == url.as_str() && r["status"] == "failed")
+        .collect();
+    assert!(!frozen.is_empty(), "{log:#?}");
+    for r in &frozen {
+        // `timeout` bounds the whole opening (handshake included)
+        assert!(r["duration_ms"].as_u64().unwrap() < 6000, "{r}");
+    }
+    // a busy or backing-off target is skipped for a firing
+    assert!(
+        log.iter().any(|r| r["target"] == url.as_str()
+            && r["status"] == "skipped"
+            && r["scheduled_for"].is_string()),
+        "{log:#?}"
+    );
+    sshd.signal(libc::SIGCONT);
+    assert!(wait_until(Duration::from_secs(60), || both(b"v4")), "{}", d.stderr());
+    assert_eq!(d.stop(), 0);
 }

@@ -30,7 +30,7 @@ pub(super) fn holds_records(job: &Job, opts: &Options) -> bool {
 /// The run up to its records: lock, `before`, scan, targets.
 pub(super) fn run_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> JobResult {
     // A dry run changes nothing and takes no lock.
-    let _lock = if opts.dry_run {
+    let _lock = if opts.dry_run || opts.lock_held {
         None
     } else {
         match take_lock(job, env, opts) {
@@ -70,6 +70,7 @@ pub(super) fn run_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBo
         status,
         records,
         appended: !holds_records(job, opts),
+        reported: true,
     }
 }
 
@@ -91,7 +92,13 @@ fn take_lock(job: &Job, env: &Env, opts: &Options) -> Result<lock::Lock, Box<Job
                     .unwrap_or_default();
                 crate::errln!("syncjob: job {} is already running{who}; skipped", job.name);
             }
-            Err(Box::new(log_skipped(job, env, opts.trigger, "locked")))
+            Err(Box::new(log_skipped(
+                job,
+                env,
+                opts.trigger,
+                opts.scheduled_for,
+                "locked",
+            )))
         }
         Err(e) => Err(Box::new(fail_all(
             job,
@@ -162,6 +169,9 @@ fn sync_targets(job: &Job, shared: &RunShared) -> Vec<Record> {
                     if !hold {
                         append_all(shared.env, std::slice::from_ref(&rec));
                     }
+                    if let Some(f) = shared.opts.on_record {
+                        f(&rec);
+                    }
                     if !text.is_empty() {
                         let _g = print_lock.lock().unwrap();
                         match shared.multi {
@@ -217,6 +227,7 @@ pub(super) fn fail_all(
         status: Status::Failed,
         records,
         appended: !hold,
+        reported: false,
     }
 }
 

@@ -97,6 +97,7 @@ impl RecordBase<'_> {
             host: self.host.clone(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
+            retry: false,
         }
     }
 }

@@ -111,6 +111,8 @@ pub(super) struct TargetRun<'a> {
     effective_owner: bool,
     attempt: u32,
     retried: Vec<String>,
+    /// A transient failure left to the caller to retry (no inline retries).
+    retry_later: bool,
 }
 
 /// Plan and apply one target; returns its record and the text to print.
@@ -196,6 +198,7 @@ impl<'a> TargetRun<'a> {
             run,
             attempt: 0,
             retried: Vec::new(),
+            retry_later: false,
         }
     }
 
@@ -244,6 +247,10 @@ impl<'a> TargetRun<'a> {
             Err(x) => x,
         };
         let permanent = e.retry == Retry::Permanent;
+        if !permanent && !self.run.opts.inline_retries && !self.run.opts.dry_run {
+            self.retry_later = true;
+            return Connected::Failed(format!("{what}: {e}"));
+        }
         if !permanent
             && self.attempt < self.job.retries
             && !self.run.opts.dry_run
@@ -380,7 +387,9 @@ impl<'a> TargetRun<'a> {
         self.outcome
             .warnings
             .extend(applied.warnings.iter().cloned());
+        self.retry_later = applied.lost_target && !self.run.opts.inline_retries;
         if applied.lost_target
+            && self.run.opts.inline_retries
             && self.attempt < job.retries
             && backoff(self.attempt, self.run.cancel)
         {
@@ -465,14 +474,16 @@ impl<'a> TargetRun<'a> {
     }
 
     fn record(&self, status: Status, reason: Option<String>) -> Record {
-        self.run.base.record(
+        let mut rec = self.run.base.record(
             self.target,
             status,
             reason,
             self.run.started.clone(),
             self.run.scan.files(),
             &self.outcome,
-        )
+        );
+        rec.retry = self.retry_later && status == Status::Failed;
+        rec
     }
 
     /// The record, and the summary line unless quiet.
