@@ -22,7 +22,7 @@
 use crate::config::{self, Config, ConfigError, Job, Overlap};
 use crate::journal::{self, Record};
 use crate::lock;
-use crate::run::{self, Env, Status, Wait};
+use crate::run::{self, Env, Status, Trigger, Wait};
 use crate::target_state::{NotFree, Targets};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -68,7 +68,7 @@ fn say(level: Level, msg: &str) {
 
 /// A target's line, at its own level, as soon as that target is done.
 fn say_record(r: &Record) {
-    let level = match Status::parse(&r.status) {
+    let level = match r.status {
         Status::Failed => Level::Error,
         Status::Skipped => Level::Warning,
         _ => Level::Info,
@@ -170,7 +170,7 @@ impl Daemon {
         &mut self,
         name: &str,
         due: Option<DateTime<Utc>>,
-        trigger: &'static str,
+        trigger: Trigger,
         only: Option<&[String]>,
     ) {
         let now = Utc::now();
@@ -205,7 +205,7 @@ impl Daemon {
             return;
         }
         if st.runs == 0 {
-            match lock::try_acquire(&lock::job_lock_path(&self.env.state_dir, name), trigger) {
+            match lock::try_acquire(&lock::job_lock_path(&self.env.state_dir, name), trigger.as_str()) {
                 Ok(Some(l)) => st.lock = Some(l),
                 Ok(None) => {
                     say(
@@ -235,7 +235,7 @@ impl Daemon {
     }
 
     /// Run `job` (the targets picked for this run) on its own thread.
-    fn spawn_run(&self, job: Job, due: Option<DateTime<Utc>>, trigger: &'static str) {
+    fn spawn_run(&self, job: Job, due: Option<DateTime<Utc>>, trigger: Trigger) {
         let env = self.env.clone();
         let cancel = self.cancel.clone();
         let tx = self.tx.clone();
@@ -284,7 +284,7 @@ impl Daemon {
                 st.queued = true;
                 continue;
             }
-            self.start(&name, Some(at), "schedule", None);
+            self.start(&name, Some(at), Trigger::Schedule, None);
         }
         self.retry_due(now);
     }
@@ -299,7 +299,7 @@ impl Daemon {
             .filter(|(_, t)| !t.is_empty())
             .collect();
         for (name, targets) in backoffs {
-            self.start(&name, None, "retry", Some(&targets));
+            self.start(&name, None, Trigger::Retry, Some(&targets));
         }
         let retries: Vec<String> = self
             .jobs
@@ -312,7 +312,7 @@ impl Daemon {
                 Level::Info,
                 &format!("job {name}: retrying the failed run (retry_interval)"),
             );
-            self.start(&name, None, "retry", None);
+            self.start(&name, None, Trigger::Retry, None);
         }
     }
 
@@ -346,7 +346,7 @@ impl Daemon {
                 self.jobs.remove(name);
             }
         } else if queued && !self.cancel.load(Ordering::Relaxed) {
-            self.start(name, None, "schedule", None);
+            self.start(name, None, Trigger::Schedule, None);
         }
     }
 
@@ -388,7 +388,7 @@ impl Daemon {
             }
         }
         for n in to_run {
-            self.start(&n, None, "schedule", None);
+            self.start(&n, None, Trigger::Schedule, None);
         }
     }
 

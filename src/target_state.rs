@@ -81,7 +81,7 @@ impl Targets {
     pub fn finished(&mut self, job: &Job, rec: &Record, now: DateTime<Utc>) -> bool {
         let t = self.by_name.entry(rec.target.clone()).or_default();
         t.busy = false;
-        match Status::parse(&rec.status) {
+        match rec.status {
             Status::Failed if rec.retry && t.failures < job.retries => {
                 t.backoff_until = Some(now + backoff(t.failures));
                 t.failures += 1;

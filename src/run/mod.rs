@@ -15,6 +15,7 @@ mod record;
 pub mod report;
 mod target;
 
+pub use crate::journal::{Status, Trigger};
 pub use record::new_run_id;
 
 use crate::config::Job;
@@ -40,7 +41,7 @@ pub enum Wait {
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub trigger: &'static str,
+    pub trigger: Trigger,
     pub dry_run: bool,
     pub wait: Wait,
     pub verbose: bool,
@@ -63,37 +64,6 @@ pub struct Options {
     pub on_record: Option<fn(&Record)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Status {
-    Ok,
-    DryRun,
-    Skipped,
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::DryRun => "dry_run",
-            Status::Skipped => "skipped",
-            Status::Failed => "failed",
-        }
-    }
-}
-
-impl Status {
-    /// The status of a record as stored (anything unknown counts as failed).
-    pub fn parse(s: &str) -> Status {
-        match s {
-            "ok" => Status::Ok,
-            "dry_run" => Status::DryRun,
-            "skipped" => Status::Skipped,
-            _ => Status::Failed,
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct JobResult {
     pub job: String,
@@ -110,7 +80,7 @@ pub struct JobResult {
 pub fn log_skipped(
     job: &Job,
     env: &Env,
-    trigger: &'static str,
+    trigger: Trigger,
     scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
     reason: &str,
 ) -> JobResult {

@@ -278,13 +278,28 @@ impl Ssh {
     /// Pipelined upload of several files: all OPENs, then all WRITEs, then
     /// all FSETSTAT+CLOSE, then all renames, each phase sent before its
     /// replies are read, so a batch costs a few round trips, not a few per file.
+    /// `Err`: the session failed (every file with it).
     pub(super) fn put_batch(
         &mut self,
         items: &[(&Path, PathBuf)],
         preserve_owner: bool,
         cancel: &AtomicBool,
     ) -> io::Result<Vec<io::Result<u64>>> {
-        use std::os::unix::fs::MetadataExt;
+        let mut puts = self.open_all(items)?;
+        let sizes = self.write_all(&mut puts, cancel)?;
+        self.close_all(&mut puts, &sizes, preserve_owner)?;
+        self.rename_all(&mut puts, &sizes)?;
+        Ok(puts
+            .into_iter()
+            .map(|p| {
+                p.result
+                    .unwrap_or_else(|| Err(io::Error::other("not attempted")))
+            })
+            .collect())
+    }
+
+    /// Phase 1: open each source and create its temporary file (O_EXCL).
+    fn open_all(&mut self, items: &[(&Path, PathBuf)]) -> io::Result<Vec<Put>> {
         let mut puts: Vec<Put> = Vec::with_capacity(items.len());
         let mut open_ids = Vec::new();
         for (rel, src) in items {
@@ -318,7 +333,12 @@ impl Ssh {
                 other => puts[k].result = Some(Err(other.into_err("create temporary file"))),
             }
         }
-        // writes, file after file, many requests in flight
+        Ok(puts)
+    }
+
+    /// Phase 2: the data, file after file, many requests in flight; the
+    /// bytes written per file.
+    fn write_all(&mut self, puts: &mut [Put], cancel: &AtomicBool) -> io::Result<Vec<u64>> {
         let mut buf = vec![0u8; sftp::WRITE_CHUNK];
         let mut write_ids: Vec<(usize, u32)> = Vec::new();
         let mut sizes = vec![0u64; puts.len()];
@@ -356,7 +376,18 @@ impl Ssh {
                 puts[k].result = Some(Err(e));
             }
         }
-        // attributes and close (failed files: close only)
+        Ok(sizes)
+    }
+
+    /// Phase 3: check each source did not change, set mode and mtime on
+    /// the handle, close (failed files: close only).
+    fn close_all(
+        &mut self,
+        puts: &mut [Put],
+        sizes: &[u64],
+        preserve_owner: bool,
+    ) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
         let mut tail_ids: Vec<(usize, Option<u32>, u32)> = Vec::new();
         for (k, p) in puts.iter_mut().enumerate() {
             let Some(h) = p.handle.take() else { continue };
@@ -390,7 +421,12 @@ impl Ssh {
                 puts[k].result.get_or_insert(Err(e));
             }
         }
-        // rename the complete files into place; remove the temporaries of the others
+        Ok(())
+    }
+
+    /// Phase 4: rename the complete files into place; remove the
+    /// temporaries of the others.
+    fn rename_all(&mut self, puts: &mut [Put], sizes: &[u64]) -> io::Result<()> {
         let mut last_ids: Vec<(usize, u32, bool)> = Vec::new();
         for (k, p) in puts.iter().enumerate() {
             if p.input.is_none() {
@@ -425,13 +461,7 @@ impl Ssh {
         for id in cleanup {
             let _ = self.sftp.wait(id)?;
         }
-        Ok(puts
-            .into_iter()
-            .map(|p| {
-                p.result
-                    .unwrap_or_else(|| Err(io::Error::other("not attempted")))
-            })
-            .collect())
+        Ok(())
     }
 
     /// Send the request for one non-copy action; the id of its reply.
