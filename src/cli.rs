@@ -417,6 +417,24 @@ fn cmd_check(g: &Global) -> Result<u8, CliError> {
                 }
             );
         }
+    }
+    // what can be known locally: a missing source, a target that is a
+    // file, a missing key (the runs would fail, so check says so now)
+    let mut local = 0;
+    for j in &cfg.jobs {
+        for p in crate::preflight::problems(j) {
+            crate::errln!("{}: job {}: {p}", cfg.path.display(), j.name);
+            local += 1;
+        }
+    }
+    if local > 0 {
+        crate::errln!(
+            "syncjob: {local} problem(s) found on this machine for the jobs of {}",
+            cfg.path.display()
+        );
+        return Ok(EXIT_FAILED);
+    }
+    if !g.quiet {
         crate::outln!("{}: {} job(s) ok", cfg.path.display(), cfg.jobs.len());
     }
     Ok(EXIT_OK)

@@ -17,6 +17,7 @@ pub mod lock;
 pub mod out;
 pub mod manifest;
 pub mod plan;
+pub mod preflight;
 pub mod run;
 pub mod schedule;
 pub mod target;

@@ -206,3 +206,44 @@ fn a_frozen_sshd_never_holds_the_other_targets_back() {
     assert!(wait_until(Duration::from_secs(60), || both(b"v4")), "{}", d.stderr());
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn check_reports_what_can_be_known_locally() {
+    let lab = Lab::new();
+    fs::write(lab.path("afile"), b"x").unwrap();
+    lab.config(
+        "jobs:\n  nosrc:\n    source: {dir}/missing\n    remote: {dst}\n  filesrc:\n    source: {dir}/afile\n    remote: {dst}\n  filedst:\n    source: {src}\n    remote: {dir}/afile/sub\n  nokey:\n    source: {src}\n    remote: me@127.0.0.1:/srv/x\n    ssh: {identity: {dir}/no-such-key}\n  good:\n    source: {src}\n    remote: {dst}\n",
+    );
+    let r = lab.run(&["check"]);
+    r.code(1);
+    for want in [
+        "job nosrc: source",
+        "missing does not exist",
+        "job filesrc: source",
+        "afile is not a directory",
+        "job filedst: target",
+        "job nokey: ssh.identity",
+        "no-such-key",
+    ] {
+        assert!(r.stderr.contains(want), "{want}: {}", r.stderr);
+    }
+    assert!(!r.stderr.contains("job good"), "{}", r.stderr);
+    lab.job("");
+    lab.run(&["check"]).code(0);
+}
+
+#[test]
+fn a_target_that_is_a_file_is_a_permanent_error_not_retried() {
+    let lab = Lab::new();
+    lab.write("a", b"1");
+    fs::write(lab.dst(), b"i am a file").unwrap();
+    lab.job("retries: 3");
+    let t = Instant::now();
+    let r = lab.run(&["run", "web"]);
+    r.code(1);
+    assert!(t.elapsed() < Duration::from_millis(900), "{:?}", t.elapsed());
+    let rec = lab.last();
+    let reason = rec["reason"].as_str().unwrap();
+    assert!(reason.contains("not a directory") && reason.contains("not retried"), "{reason}");
+    assert_eq!(fs::read(lab.dst()).unwrap(), b"i am a file");
+}

@@ -175,13 +175,23 @@ impl OpenError {
     }
 }
 
-/// Plain I/O errors while connecting are transient.
+/// I/O errors while connecting or listing are transient (refused, reset,
+/// timed out, ...) unless their kind says that trying again cannot help
+/// (not a directory, permission denied, read-only, invalid input).
 impl From<io::Error> for OpenError {
     fn from(source: io::Error) -> OpenError {
-        OpenError {
-            retry: Retry::Transient,
-            source,
-        }
+        use io::ErrorKind as K;
+        let retry = match source.kind() {
+            K::NotADirectory
+            | K::IsADirectory
+            | K::PermissionDenied
+            | K::ReadOnlyFilesystem
+            | K::InvalidInput
+            | K::InvalidFilename
+            | K::Unsupported => Retry::Permanent,
+            _ => Retry::Transient,
+        };
+        OpenError { retry, source }
     }
 }
 
