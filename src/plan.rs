@@ -595,9 +595,18 @@ pub struct Plan<'a> {
     ops: Vec<Op>,
     /// paths the plan could not handle (reported, the rest proceeds)
     pub errors: Vec<PathError>,
+    /// How many entries the target had (as listed or in its manifest).
+    pub target_entries: u64,
 }
 
 impl Plan<'_> {
+    /// Deletions that count toward `max_delete`.
+    pub fn counted_deletes(&self) -> u64 {
+        self.ops
+            .iter()
+            .filter(|o| o.code == Code::Delete && o.flags & COUNTED != 0)
+            .count() as u64
+    }
     pub fn is_noop(&self) -> bool {
         self.ops.is_empty()
     }
@@ -859,7 +868,8 @@ pub fn diff_stream<'a>(
     let mut blocked: Vec<PathBuf> = Vec::new();
     let is_blocked = |blocked: &[PathBuf], p: &Path| blocked.iter().any(|b| p.starts_with(b));
     let mut dirs: Vec<(u32, Option<Entry>)> = Vec::new();
-    let mut dst = dst.peekable();
+    let mut target_entries = 0u64;
+    let mut dst = dst.inspect(|_| target_entries += 1).peekable();
     let n = src.entries.len();
     let mut si = 0;
     // the last target entry taken, to check the order (an entry out of
@@ -989,11 +999,13 @@ pub fn diff_stream<'a>(
     for part in [deletes, mkdirs, copies, links, attrs, dir_ops] {
         ops.extend(part);
     }
+    drop(dst);
     Plan {
         src: &src.entries,
         gone,
         ops,
         errors,
+        target_entries,
     }
 }
 
@@ -1237,6 +1249,7 @@ mod tests {
             gone,
             ops,
             errors,
+            target_entries: lst.len() as u64,
         }
     }
 

@@ -247,3 +247,31 @@ fn a_target_that_is_a_file_is_a_permanent_error_not_retried() {
     assert!(reason.contains("not a directory") && reason.contains("not retried"), "{reason}");
     assert_eq!(fs::read(lab.dst()).unwrap(), b"i am a file");
 }
+
+#[test]
+fn by_default_a_run_never_deletes_most_of_a_target() {
+    // an unmounted mount point holding one stray file
+    let lab = Lab::new();
+    for i in 0..13 {
+        lab.write(&format!("site/f{i}"), b"x");
+    }
+    lab.job("delete: true");
+    lab.run(&["run", "web"]).code(0);
+    fs::remove_dir_all(lab.src().join("site")).unwrap();
+    lab.write("stray", b"s");
+    let r = lab.run(&["run", "web"]);
+    r.code(1);
+    let reason = lab.last()["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("max_delete (50%)"), "{reason}");
+    assert!(reason.contains("nothing was deleted"), "{reason}");
+    assert_eq!(fs::read_dir(lab.dst().join("site")).unwrap().count(), 13);
+    assert_eq!(lab.last()["files_deleted"], 0);
+    // a few deletions stay below the floor; `100%` lifts the guard
+    lab.job("delete: true\nmax_delete: 100%");
+    lab.run(&["run", "web"]).code(0);
+    assert!(!lab.dst().join("site").exists());
+    lab.job("delete: true\nmax_delete: 101%");
+    let r = lab.run(&["check"]);
+    r.code(2);
+    assert!(r.stderr.contains("percentage from 0% to 100%"), "{}", r.stderr);
+}

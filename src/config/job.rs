@@ -6,7 +6,9 @@
 //! defines the job.
 
 use super::raw::{Ctx, Raw};
-use super::{Compare, Hooks, HostKeyPolicy, Job, Mode, Overlap, SshOptions};
+use super::{
+    Compare, DEFAULT_MAX_DELETE_PERCENT, Hooks, HostKeyPolicy, Job, Mode, Overlap, SshOptions,
+};
 use crate::filter::Filter;
 use crate::schedule::{self, Schedule};
 use crate::target::{self, Target};
@@ -62,7 +64,11 @@ impl<'n> Reader<'_, 'n> {
     fn number(&self, ctx: &mut Ctx, key: &str) -> Option<u64> {
         let n = self.f(key)?;
         n.as_u64().or_else(|| {
-            let msg = format!("`{key}` must be a whole number, found {}", n.type_name());
+            let found = match (n.type_name(), n.scalar()) {
+                ("a number", Some(v)) => v.to_string(),
+                (t, _) => t.to_string(),
+            };
+            let msg = format!("`{key}` must be a whole number (0 or more), found {found}");
             ctx.err(n.pos, self.j(), msg);
             None
         })
@@ -143,6 +149,7 @@ pub(super) fn build_job(ctx: &mut Ctx, name: &str, pos: Pos, r: &Raw, base: &Pat
         verify_interval: Duration::from_secs(60),
         allow_empty_source: rd.boolean(ctx, "allow_empty_source", false),
         max_delete: None,
+        max_delete_percent: Some(DEFAULT_MAX_DELETE_PERCENT),
         preserve_owner: rd.boolean(ctx, "preserve_owner", false),
         overlap,
         catch_up: rd.boolean(ctx, "catch_up", false),
@@ -279,6 +286,35 @@ fn excludes(ctx: &mut Ctx, rd: &Reader) -> Vec<String> {
 
 /// `retries`, `retry_interval`, `verify_interval`, `max_delete`,
 /// `parallel`, `streams` (defaults already in `job`).
+/// `max_delete: N` (at most N deletions, then the run fails) or `P%`
+/// (a run that would delete more than P% of a target's entries deletes
+/// nothing and fails; default 50%, `100%` lifts it).
+fn max_delete(ctx: &mut Ctx, rd: &Reader, job: &mut Job) {
+    let Some(n) = rd.f("max_delete") else {
+        return;
+    };
+    if let Some(p) = n.scalar().and_then(|s| s.strip_suffix('%')) {
+        match p.trim().parse::<u8>() {
+            Ok(p) if p <= 100 => {
+                job.max_delete_percent = Some(p);
+                return;
+            }
+            _ => {
+                let msg = format!(
+                    "`max_delete` must be a whole number or a percentage from 0% to 100%, found {:?}",
+                    n.scalar().unwrap_or("")
+                );
+                ctx.err(n.pos, rd.j(), msg);
+                return;
+            }
+        }
+    }
+    job.max_delete = rd.number(ctx, "max_delete");
+    if job.max_delete.is_some() {
+        job.max_delete_percent = None;
+    }
+}
+
 fn numbers(ctx: &mut Ctx, rd: &Reader, job: &mut Job) {
     job.retries = rd.number(ctx, "retries").unwrap_or(3).min(100) as u32;
     job.retry_interval = rd
@@ -290,7 +326,7 @@ fn numbers(ctx: &mut Ctx, rd: &Reader, job: &mut Job) {
     {
         job.verify_interval = d;
     }
-    job.max_delete = rd.number(ctx, "max_delete");
+    max_delete(ctx, rd, job);
     match rd.number(ctx, "parallel") {
         Some(0) => {
             let p = rd.f("parallel").unwrap().pos;

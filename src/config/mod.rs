@@ -71,6 +71,11 @@ impl Default for SshOptions {
     }
 }
 
+/// The default `max_delete`: 50% of a target's entries.
+pub const DEFAULT_MAX_DELETE_PERCENT: u8 = 50;
+/// The percentage guard spares runs deleting at most this many entries.
+pub const MAX_DELETE_FLOOR: u64 = 5;
+
 #[derive(Debug, Clone)]
 pub struct Job {
     pub name: String,
@@ -92,6 +97,10 @@ pub struct Job {
     pub verify_interval: Duration,
     pub allow_empty_source: bool,
     pub max_delete: Option<u64>,
+    /// With `delete`: a run that would delete more than this percentage of
+    /// a target's entries (and more than [`MAX_DELETE_FLOOR`]) deletes
+    /// nothing and fails. Default 50; `None` when `max_delete` is a number.
+    pub max_delete_percent: Option<u8>,
     pub preserve_owner: bool,
     pub overlap: Overlap,
     pub catch_up: bool,

@@ -113,6 +113,9 @@ pub(super) struct TargetRun<'a> {
     retried: Vec<String>,
     /// A transient failure left to the caller to retry (no inline retries).
     retry_later: bool,
+    /// The percentage guard of `max_delete` refused this plan's deletions:
+    /// (deletions planned, the target's entries, the percentage).
+    delete_guard: Option<(u64, u64, u8)>,
 }
 
 /// Plan and apply one target; returns its record and the text to print.
@@ -199,6 +202,7 @@ impl<'a> TargetRun<'a> {
             attempt: 0,
             retried: Vec::new(),
             retry_later: false,
+            delete_guard: None,
         }
     }
 
@@ -366,9 +370,10 @@ impl<'a> TargetRun<'a> {
         };
         let tsettings = transport_settings(job);
         let open_extra = || transport::open(target, &tsettings).map_err(|e| e.source);
+        let max_delete = self.max_delete(&plan);
         let settings = Settings {
             source_root: &job.source,
-            max_delete: job.max_delete,
+            max_delete,
             preserve_owner: caps.preserve_owner,
             cancel: self.run.cancel,
             on_done: &on_done,
@@ -428,13 +433,34 @@ impl<'a> TargetRun<'a> {
         self.finish(status, reason)
     }
 
+    /// The executor's `max_delete`: the job's number, or 0 when the plan
+    /// would delete more than `max_delete_percent` of the target's entries.
+    fn max_delete(&mut self, plan: &Plan) -> Option<u64> {
+        if self.job.max_delete.is_some() {
+            return self.job.max_delete;
+        }
+        let pct = self.job.max_delete_percent?;
+        let (planned, entries) = (plan.counted_deletes(), plan.target_entries);
+        if planned > crate::config::MAX_DELETE_FLOOR && planned * 100 > u64::from(pct) * entries {
+            self.delete_guard = Some((planned, entries, pct));
+            return Some(0);
+        }
+        None
+    }
+
     /// Why the run failed, if it did (empty: it did not).
     fn reasons(&self, aborted: Option<String>, deletes_withheld: u64) -> Vec<String> {
         let mut reasons = Vec::new();
         if let Some(a) = aborted {
             reasons.push(a);
         }
-        if deletes_withheld > 0 {
+        if let Some((planned, entries, pct)) = self.delete_guard
+            && deletes_withheld > 0
+        {
+            reasons.push(format!(
+                "max_delete ({pct}%): the run would delete {planned} of the target's {entries} entries; nothing was deleted (is the source complete? set max_delete: 100% or a number to allow it)"
+            ));
+        } else if deletes_withheld > 0 {
             reasons.push(format!(
                 "max_delete ({}) reached: {} deletions not done",
                 self.job.max_delete.unwrap_or(0),
