@@ -621,7 +621,14 @@ fn cmd_log(
     }
     crate::outln!(
         "{:<25} {:<16} {:<9} {:<8} {:>7} {:>10} {:>7} {:>8}  TARGET / REASON",
-        "TIME", "JOB", "TRIGGER", "STATUS", "FILES", "BYTES", "DELETED", "MS"
+        "TIME",
+        "JOB",
+        "TRIGGER",
+        "STATUS",
+        "FILES",
+        "BYTES",
+        "DELETED",
+        "MS"
     );
     for (_, rec) in rows {
         let Some(r) = rec else { continue };
@@ -678,7 +685,12 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
     }
     crate::outln!(
         "{:<16} {:<18} {:<16} {:<11} {:<8} {:<25} TARGETS",
-        "JOB", "SCHEDULE", "TIMEZONE", "MODE", "LAST", "NEXT"
+        "JOB",
+        "SCHEDULE",
+        "TIMEZONE",
+        "MODE",
+        "LAST",
+        "NEXT"
     );
     for (j, r) in cfg.jobs.iter().zip(rows) {
         crate::outln!(

@@ -205,7 +205,10 @@ impl Daemon {
             return;
         }
         if st.runs == 0 {
-            match lock::try_acquire(&lock::job_lock_path(&self.env.state_dir, name), trigger.as_str()) {
+            match lock::try_acquire(
+                &lock::job_lock_path(&self.env.state_dir, name),
+                trigger.as_str(),
+            ) {
                 Ok(Some(l)) => st.lock = Some(l),
                 Ok(None) => {
                     say(
@@ -218,7 +221,10 @@ impl Daemon {
                     return;
                 }
                 Err(e) => {
-                    say(Level::Error, &format!("job {name}: cannot take its lock: {e}"));
+                    say(
+                        Level::Error,
+                        &format!("job {name}: cannot take its lock: {e}"),
+                    );
                     return;
                 }
             }

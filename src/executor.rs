@@ -29,6 +29,8 @@ pub struct Outcome {
     pub lost_target: bool,
     /// nothing to do, decided from the target's manifest without listing it
     pub from_manifest: bool,
+    /// source files that vanished during the run (warnings, not errors)
+    pub vanished: u64,
 }
 
 impl Outcome {
@@ -396,6 +398,16 @@ impl Executor<'_, '_> {
                 self.failed.push(path.to_path_buf())
             }
             _ => {}
+        }
+        if matches!(a, Action::Copy { .. }) && crate::transport::is_source_vanished(&e) {
+            self.out.vanished += 1;
+            if self.out.warnings.len() < MAX_ERRORS {
+                self.out.warnings.push(PathError {
+                    path: display_path(path),
+                    message: e.to_string(),
+                });
+            }
+            return false;
         }
         let fatal = is_fatal(&e);
         if fatal && self.out.lost_target {

@@ -117,6 +117,10 @@ pub struct Record {
     pub files_transferred: u64,
     pub bytes_transferred: u64,
     pub files_deleted: u64,
+    /// Source files that vanished during the run (warnings; the run stays
+    /// ok unless `vanished: fail`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_vanished: u64,
     pub errors: Vec<PathError>,
     #[serde(default)]
     pub warnings: Vec<PathError>,
@@ -138,6 +142,10 @@ pub struct Record {
     /// was left to the caller (the daemon retries it in the background).
     #[serde(skip)]
     pub retry: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub fn now_rfc3339() -> String {

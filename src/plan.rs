@@ -259,6 +259,9 @@ pub struct Scan {
     /// unreadable entry, skipped special file): nothing at or below them is
     /// deleted on the target.
     pub unknown: BTreeSet<PathBuf>,
+    /// Entries that vanished between readdir and stat (a warning each, up
+    /// to a bound; not errors).
+    pub vanished: u64,
 }
 
 impl Scan {
@@ -341,8 +344,23 @@ fn walk(abs: &Path, rel: &Path, filter: &Filter, scan: &mut Scan, found: &mut So
         });
         scan.unknown.insert(rel);
     };
+    // an entry deleted while the walk reached it: a warning, not an error
+    let vanished = |scan: &mut Scan, rel: PathBuf| {
+        scan.vanished += 1;
+        if scan.warnings.len() < 200 {
+            scan.warnings.push(PathError {
+                path: display_path(&rel),
+                message: "vanished during the scan".into(),
+            });
+        }
+        scan.unknown.insert(rel);
+    };
     let rd = match std::fs::read_dir(abs) {
         Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            vanished(scan, rel.to_path_buf());
+            return;
+        }
         Err(e) => {
             fail(scan, rel.to_path_buf(), e.to_string());
             return;
@@ -369,6 +387,10 @@ fn walk(abs: &Path, rel: &Path, filter: &Filter, scan: &mut Scan, found: &mut So
         let child = rel.join(&name);
         let md = match md {
             Ok(md) => md,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                vanished(scan, child);
+                continue;
+            }
             Err(err) => {
                 fail(scan, child, format!("cannot stat: {err}"));
                 continue;

@@ -20,10 +20,9 @@ pub fn problems(job: &Job) -> Vec<String> {
             "source {} is not a directory",
             job.source.display()
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.push(format!(
-            "source {} does not exist",
-            job.source.display()
-        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            out.push(format!("source {} does not exist", job.source.display()))
+        }
         Err(e) => out.push(format!("source {}: {e}", job.source.display())),
     }
     let mut ssh_seen = false;

@@ -3,8 +3,8 @@
 //! default `max_delete`, vanished source files, temporary names, records.
 mod common;
 
-use common::*;
 use common::sshd;
+use common::*;
 use std::fs;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -165,7 +165,11 @@ fn a_frozen_sshd_never_holds_the_other_targets_back() {
         fs::read(lab.dst().join("f")).ok().as_deref() == Some(v)
             && fs::read(local.join("f")).ok().as_deref() == Some(v)
     };
-    assert!(wait_until(Duration::from_secs(20), || both(b"v0")), "{}", d.stderr());
+    assert!(
+        wait_until(Duration::from_secs(20), || both(b"v0")),
+        "{}",
+        d.stderr()
+    );
     sshd.signal(libc::SIGSTOP);
     // every change reaches the healthy target at its next firings, while
     // the frozen one times out and is retried in the background
@@ -203,7 +207,11 @@ fn a_frozen_sshd_never_holds_the_other_targets_back() {
         "{log:#?}"
     );
     sshd.signal(libc::SIGCONT);
-    assert!(wait_until(Duration::from_secs(60), || both(b"v4")), "{}", d.stderr());
+    assert!(
+        wait_until(Duration::from_secs(60), || both(b"v4")),
+        "{}",
+        d.stderr()
+    );
     assert_eq!(d.stop(), 0);
 }
 
@@ -241,10 +249,17 @@ fn a_target_that_is_a_file_is_a_permanent_error_not_retried() {
     let t = Instant::now();
     let r = lab.run(&["run", "web"]);
     r.code(1);
-    assert!(t.elapsed() < Duration::from_millis(900), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
     let rec = lab.last();
     let reason = rec["reason"].as_str().unwrap();
-    assert!(reason.contains("not a directory") && reason.contains("not retried"), "{reason}");
+    assert!(
+        reason.contains("not a directory") && reason.contains("not retried"),
+        "{reason}"
+    );
     assert_eq!(fs::read(lab.dst()).unwrap(), b"i am a file");
 }
 
@@ -273,5 +288,62 @@ fn by_default_a_run_never_deletes_most_of_a_target() {
     lab.job("delete: true\nmax_delete: 101%");
     let r = lab.run(&["check"]);
     r.code(2);
-    assert!(r.stderr.contains("percentage from 0% to 100%"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("percentage from 0% to 100%"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Run `web` while deleting `z/` from the source once the big file's copy
+/// has begun; returns the run's record.
+fn run_while_files_vanish(lab: &Lab) -> serde_json::Value {
+    let f = fs::File::create(lab.src().join("a_big")).unwrap();
+    f.set_len(300 << 20).unwrap();
+    for i in 0..20 {
+        lab.write(&format!("z/f{i}"), b"x");
+    }
+    let mut child = lab.spawn(&["run", "web"]);
+    let t = Instant::now();
+    let copying = wait_until(Duration::from_secs(30), || {
+        fs::read_dir(lab.dst())
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(".syncjob-tmp"))
+            })
+            .unwrap_or(false)
+    });
+    assert!(copying, "the big copy never began ({:?})", t.elapsed());
+    fs::remove_dir_all(lab.src().join("z")).unwrap();
+    child.wait().unwrap();
+    lab.last()
+}
+
+#[test]
+fn vanished_source_files_are_a_counted_warning_not_a_failure() {
+    let lab = Lab::new();
+    lab.job("streams: 1");
+    let rec = run_while_files_vanish(&lab);
+    assert_eq!(rec["status"], "ok", "{rec:#}");
+    assert_eq!(rec["files_vanished"], 20, "{rec:#}");
+    assert!(rec["errors"].as_array().unwrap().is_empty(), "{rec:#}");
+    assert!(
+        rec["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["message"].as_str().unwrap().contains("vanished")),
+        "{rec:#}"
+    );
+    // configurable: `vanished: fail`
+    let lab = Lab::new();
+    lab.job("streams: 1\nvanished: fail");
+    let rec = run_while_files_vanish(&lab);
+    assert_eq!(rec["status"], "failed", "{rec:#}");
+    assert!(
+        rec["reason"]
+            .as_str()
+            .unwrap()
+            .contains("20 source file(s) vanished")
+    );
 }

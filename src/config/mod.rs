@@ -96,6 +96,10 @@ pub struct Job {
     /// nothing changed in the source (0: always list).
     pub verify_interval: Duration,
     pub allow_empty_source: bool,
+    /// Source files that vanish during a run fail it (`vanished: fail`);
+    /// by default (`warn`) they are counted in `files_vanished` and the
+    /// run stays ok, as rsync's exit 24 is accepted by scripts.
+    pub vanished_fail: bool,
     pub max_delete: Option<u64>,
     /// With `delete`: a run that would delete more than this percentage of
     /// a target's entries (and more than [`MAX_DELETE_FLOOR`]) deletes

@@ -26,6 +26,7 @@ pub(super) const JOB_KEYS: &[&str] = &[
     "retry_interval",
     "verify_interval",
     "allow_empty_source",
+    "vanished",
     "max_delete",
     "preserve_owner",
     "overlap",

@@ -257,7 +257,9 @@ pub(super) fn after_hooks(job: &Job, opts: &Options, res: &JobResult) -> Vec<Hoo
             if !r.ok {
                 crate::errln!(
                     "syncjob: job {}: {name} hook failed ({}): {}",
-                    job.name, r.status, r.output
+                    job.name,
+                    r.status,
+                    r.output
                 );
             }
             ran.push(hook_outcome(name, &r));

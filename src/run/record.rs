@@ -89,6 +89,7 @@ impl RecordBase<'_> {
             files_transferred: o.files_transferred,
             bytes_transferred: o.bytes_transferred,
             files_deleted: o.files_deleted,
+            files_vanished: o.vanished,
             errors,
             warnings: o.warnings.clone(),
             scheduled_for: self.scheduled_for.clone(),

@@ -37,8 +37,14 @@ pub fn daemon_line(r: &Record) -> String {
 }
 
 fn reason_suffix(r: &Record) -> String {
-    r.reason
-        .as_ref()
-        .map(|x| format!(": {x}"))
-        .unwrap_or_default()
+    let vanished = if r.files_vanished > 0 {
+        format!(", {} vanished from the source", r.files_vanished)
+    } else {
+        String::new()
+    };
+    vanished
+        + &r.reason
+            .as_ref()
+            .map(|x| format!(": {x}"))
+            .unwrap_or_default()
 }

@@ -187,6 +187,7 @@ impl<'a> TargetRun<'a> {
             outcome: Outcome {
                 errors: run.scan.errors.clone(),
                 warnings: run.scan.warnings.clone(),
+                vanished: run.scan.vanished,
                 ..Default::default()
             },
             text: String::new(),
@@ -389,6 +390,7 @@ impl<'a> TargetRun<'a> {
         self.outcome.files_transferred += applied.files_transferred;
         self.outcome.bytes_transferred += applied.bytes_transferred;
         self.outcome.files_deleted += applied.files_deleted;
+        self.outcome.vanished += applied.vanished;
         self.outcome
             .warnings
             .extend(applied.warnings.iter().cloned());
@@ -465,6 +467,12 @@ impl<'a> TargetRun<'a> {
                 "max_delete ({}) reached: {} deletions not done",
                 self.job.max_delete.unwrap_or(0),
                 deletes_withheld
+            ));
+        }
+        if self.job.vanished_fail && self.outcome.vanished > 0 {
+            reasons.push(format!(
+                "{} source file(s) vanished during the run (vanished: fail)",
+                self.outcome.vanished
             ));
         }
         if let Some(first) = self.outcome.errors.first() {
