@@ -367,8 +367,12 @@ impl Executor<'_, '_> {
                 self.out.files_transferred += 1;
                 self.out.bytes_transferred += n;
             }
-            Action::Delete { .. } => {
-                self.out.files_deleted += 1;
+            Action::Delete { path, .. } => {
+                // a stale temporary file of a killed run is cleanup, not a
+                // deletion of the target's content
+                if !crate::plan::is_temp_name(path) {
+                    self.out.files_deleted += 1;
+                }
                 (self.s.on_done)(a);
             }
             _ => (self.s.on_done)(a),

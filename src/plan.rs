@@ -13,9 +13,27 @@ use std::path::{Path, PathBuf};
 /// killed run is removed by the next run, and the source walk skips them.
 pub const TEMP_PREFIX: &str = ".syncjob-tmp.";
 
+/// Whether `p`'s name is exactly the temporary-name pattern,
+/// `.syncjob-tmp.<pid>.<n>.<name>` (digits, digits, a non-empty name): a
+/// real file such as `.syncjob-tmp.notes` is an ordinary name.
 pub fn is_temp_name(p: &Path) -> bool {
-    p.file_name()
-        .is_some_and(|n| n.as_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+    let Some(rest) = p
+        .file_name()
+        .and_then(|n| n.as_bytes().strip_prefix(TEMP_PREFIX.as_bytes()))
+    else {
+        return false;
+    };
+    let digits = |s: &[u8]| -> Option<usize> {
+        let n = s.iter().take_while(|b| b.is_ascii_digit()).count();
+        (n > 0 && s.get(n) == Some(&b'.')).then_some(n + 1)
+    };
+    let Some(a) = digits(rest) else {
+        return false;
+    };
+    let Some(b) = digits(&rest[a..]) else {
+        return false;
+    };
+    rest.len() > a + b
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,7 +392,16 @@ fn walk(abs: &Path, rel: &Path, filter: &Filter, scan: &mut Scan, found: &mut So
                 let child = rel.join(&name);
                 // excluded entries are not even stat'ed
                 let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                if is_temp_name(&child) || filter.excluded(&child, is_dir) {
+                if filter.excluded(&child, is_dir) {
+                    continue;
+                }
+                if is_temp_name(&child) {
+                    // never copied (the target would take it for a stale
+                    // temporary file and remove it), but said
+                    scan.warnings.push(PathError {
+                        path: display_path(&child),
+                        message: "not copied: the name has the form of syncjob's temporary files (.syncjob-tmp.<pid>.<n>.<name>)".into(),
+                    });
                     continue;
                 }
                 items.push((name, e.metadata()));
@@ -1044,6 +1071,25 @@ fn attr_flags(se: &Entry, te: &Entry, opts: Options, force_time: bool) -> Option
         flags |= SET_OWNER;
     }
     (flags != 0).then_some(flags)
+}
+
+#[cfg(test)]
+mod temp_name_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_pattern_is_a_temporary_name() {
+        let t = |s: &str| is_temp_name(Path::new(s));
+        assert!(t(".syncjob-tmp.12.0.index.php"));
+        assert!(t("d/.syncjob-tmp.1.22.x"));
+        assert!(!t(".syncjob-tmp.fake"));
+        assert!(!t(".syncjob-tmp.12.fake"));
+        assert!(!t(".syncjob-tmp.12.0."));
+        assert!(!t(".syncjob-tmp.x.0.y"));
+        assert!(!t("syncjob-tmp.1.2.y"));
+        let made = crate::transport::temp_name(Path::new("d/a.txt"));
+        assert!(is_temp_name(&made), "{made:?}");
+    }
 }
 
 #[cfg(test)]

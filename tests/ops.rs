@@ -347,3 +347,42 @@ fn vanished_source_files_are_a_counted_warning_not_a_failure() {
             .contains("20 source file(s) vanished")
     );
 }
+
+#[test]
+fn temporary_names_never_collide_with_real_names() {
+    let lab = Lab::new();
+    lab.write(".syncjob-tmp.fake", b"a real file");
+    lab.write("d/.syncjob-tmp.notes", b"another");
+    lab.write(".syncjob-tmp.1.2.x", b"looks like a temporary file");
+    lab.job("delete: true");
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(fs::read(lab.dst().join(".syncjob-tmp.fake")).unwrap(), b"a real file");
+    assert_eq!(fs::read(lab.dst().join("d/.syncjob-tmp.notes")).unwrap(), b"another");
+    // the one name of the temporary form is not copied, and said so
+    assert!(!lab.dst().join(".syncjob-tmp.1.2.x").exists());
+    let rec = lab.last();
+    assert!(
+        rec["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["path"] == ".syncjob-tmp.1.2.x"),
+        "{rec:#}"
+    );
+    // a second run keeps the real files (not taken for stale temporaries)
+    lab.run(&["run", "web", "--verify"]).code(0);
+    assert!(lab.dst().join(".syncjob-tmp.fake").exists());
+    assert_eq!(lab.last()["files_deleted"], 0);
+}
+
+#[test]
+fn a_removed_stale_temporary_is_not_a_deletion() {
+    let lab = Lab::new();
+    lab.write("a", b"1");
+    lab.job("delete: true");
+    lab.run(&["run", "web"]).code(0);
+    fs::write(lab.dst().join(".syncjob-tmp.999.0.a"), b"left by kill -9").unwrap();
+    lab.run(&["run", "web", "--verify"]).code(0);
+    assert!(!lab.dst().join(".syncjob-tmp.999.0.a").exists());
+    assert_eq!(lab.last()["files_deleted"], 0, "{:#}", lab.last());
+}
