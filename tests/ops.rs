@@ -386,3 +386,35 @@ fn a_removed_stale_temporary_is_not_a_deletion() {
     assert!(!lab.dst().join(".syncjob-tmp.999.0.a").exists());
     assert_eq!(lab.last()["files_deleted"], 0, "{:#}", lab.last());
 }
+
+#[test]
+fn skipped_firings_carry_scheduled_for_and_each_target_line_has_its_own_level() {
+    let lab = Lab::new();
+    lab.write("a", b"1");
+    fs::write(lab.path("afile"), b"x").unwrap();
+    let ok_dst = lab.dst();
+    lab.config(&format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: [{}, {{dir}}/afile]\n    schedule: \"* * * * * *\"\n    before: sleep 1.5\n",
+        ok_dst.display()
+    ));
+    let mut d = Daemon::start(&lab);
+    std::thread::sleep(Duration::from_millis(4200));
+    assert_eq!(d.stop(), 0);
+    let log = lab.log();
+    let skipped: Vec<_> = log.iter().filter(|r| r["status"] == "skipped").collect();
+    assert!(!skipped.is_empty(), "{log:#?}");
+    for r in &skipped {
+        assert!(r["scheduled_for"].is_string(), "{r:#}");
+    }
+    let err = d.stderr();
+    let ok_line = err
+        .lines()
+        .find(|l| l.contains(&format!("-> {}: ok", ok_dst.display())))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(ok_line.contains(" INFO "), "{err}");
+    let failed_line = err
+        .lines()
+        .find(|l| l.contains("afile: failed"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(failed_line.contains(" ERROR "), "{err}");
+}
