@@ -356,8 +356,14 @@ fn temporary_names_never_collide_with_real_names() {
     lab.write(".syncjob-tmp.1.2.x", b"looks like a temporary file");
     lab.job("delete: true");
     lab.run(&["run", "web"]).code(0);
-    assert_eq!(fs::read(lab.dst().join(".syncjob-tmp.fake")).unwrap(), b"a real file");
-    assert_eq!(fs::read(lab.dst().join("d/.syncjob-tmp.notes")).unwrap(), b"another");
+    assert_eq!(
+        fs::read(lab.dst().join(".syncjob-tmp.fake")).unwrap(),
+        b"a real file"
+    );
+    assert_eq!(
+        fs::read(lab.dst().join("d/.syncjob-tmp.notes")).unwrap(),
+        b"another"
+    );
     // the one name of the temporary form is not copied, and said so
     assert!(!lab.dst().join(".syncjob-tmp.1.2.x").exists());
     let rec = lab.last();
@@ -417,4 +423,20 @@ fn skipped_firings_carry_scheduled_for_and_each_target_line_has_its_own_level() 
         .find(|l| l.contains("afile: failed"))
         .unwrap_or_else(|| panic!("{err}"));
     assert!(failed_line.contains(" ERROR "), "{err}");
+}
+
+#[test]
+fn pre_1970_mtimes_survive_ssh_and_are_not_sent_again() {
+    let lab = Lab::new();
+    let sshd = sshd::Sshd::start(&lab.path("sshd"));
+    lab.write("old.txt", b"from 1960");
+    lab.write("d/older", b"from 1901");
+    set_mtime(&lab.src().join("old.txt"), -315_619_200, 0);
+    set_mtime(&lab.src().join("d/older"), -2_145_916_800, 500_000_000);
+    sshd::ssh_job(&lab, &sshd, "");
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(mtime(&lab.dst().join("old.txt")).0, -315_619_200);
+    assert_eq!(mtime(&lab.dst().join("d/older")).0, -2_145_916_800);
+    lab.run(&["run", "web", "--verify"]).code(0);
+    assert_eq!(lab.last()["files_transferred"], 0, "{:#}", lab.last());
 }
