@@ -56,7 +56,7 @@ pub enum Command {
     /// Run jobs now, under each job's lock
     Run {
         /// Jobs to run
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(conflicts_with = "all")]
         jobs: Vec<String>,
         /// Run every job in the file
         #[arg(long)]
@@ -319,6 +319,11 @@ fn cmd_run(
     verify: bool,
     wait: Option<Option<u64>>,
 ) -> Result<u8, CliError> {
+    if names.is_empty() && !all {
+        return Err(CliError::Usage(
+            "name the jobs to run (syncjob run JOB...), or run every job with --all".into(),
+        ));
+    }
     let cfg = g.load()?;
     let jobs: Vec<&config::Job> = if all {
         cfg.jobs.iter().collect()
@@ -613,6 +618,22 @@ fn cmd_log(
     let since = since.map(parse_since).transpose()?;
     let env = g.env();
     let rows = read_log(&env.log, job, n, status, since)?;
+    // a job name that is neither in the jobs file nor in the log is a typo
+    if let Some(name) = job
+        && rows.is_empty()
+        && let Ok(cfg) = g.load()
+        && cfg.job(name).is_none()
+    {
+        return Err(CliError::Usage(format!(
+            "no job named {name:?} in {} (jobs: {})",
+            cfg.path.display(),
+            cfg.jobs
+                .iter()
+                .map(|j| j.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     if json {
         for (text, _) in &rows {
             crate::outln!("{text}");

@@ -161,7 +161,9 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
     }
     if let Some((scheme, _)) = s.split_once("://")
         && !scheme.is_empty()
-        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+')
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+')
     {
         return Err(format!(
             "{s:?}: unsupported URL scheme (use a local path, [user@]host:/path or ssh://[user@]host[:port]/path)"
@@ -357,7 +359,10 @@ mod tests {
         let e = err("root@127.0.0.1/srv/x");
         assert!(e.contains("write root@127.0.0.1:/srv/x"), "{e}");
         let e = err("root@::1:/x");
-        assert!(e.contains("IPv6 address needs brackets: write root@[::1]:/x"), "{e}");
+        assert!(
+            e.contains("IPv6 address needs brackets: write root@[::1]:/x"),
+            "{e}"
+        );
         let e = err("fe80::1:/x");
         assert!(e.contains("write [fe80::1]:/x"), "{e}");
         let e = err("root@host://");

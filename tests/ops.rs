@@ -440,3 +440,51 @@ fn pre_1970_mtimes_survive_ssh_and_are_not_sent_again() {
     lab.run(&["run", "web", "--verify"]).code(0);
     assert_eq!(lab.last()["files_transferred"], 0, "{:#}", lab.last());
 }
+
+#[test]
+fn messages_say_what_is_wrong_once_and_what_to_do() {
+    let lab = Lab::new();
+    lab.write("a", b"1");
+    // a byte-order mark is dropped
+    let yaml = format!(
+        "\u{feff}jobs:\n  web:\n    source: {}\n    remote: {}\n",
+        lab.src().display(),
+        lab.dst().display()
+    );
+    fs::write(lab.path("jobs.yaml"), yaml).unwrap();
+    lab.run(&["check"]).code(0);
+    let bad = |extra: &str| {
+        lab.job(extra);
+        let r = lab.run(&["check"]);
+        r.code(2);
+        r.stderr
+    };
+    let e = bad("retries: -1");
+    assert!(
+        e.contains("`retries` must be a whole number (0 or more), found -1"),
+        "{e}"
+    );
+    let e = bad("schedule: \"-1 * * * *\"");
+    assert!(
+        e.contains("minute field: \"-1\": negative values do not exist"),
+        "{e}"
+    );
+    let e = bad("delet: true");
+    assert!(
+        e.contains("job web: unknown key `delet`; did you mean `delete`?"),
+        "{e}"
+    );
+    assert_eq!(e.matches("web").count(), 1, "{e}");
+    lab.job("");
+    let r = lab.run(&["run"]);
+    r.code(2);
+    assert!(r.stderr.contains("--all"), "{}", r.stderr);
+    let r = lab.run(&["log", "nosuchjob"]);
+    r.code(2);
+    assert!(
+        r.stderr.contains("no job named \"nosuchjob\""),
+        "{}",
+        r.stderr
+    );
+    lab.run(&["log", "web"]).code(0);
+}

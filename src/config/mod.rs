@@ -285,9 +285,7 @@ jobs:
         let p = problems("jobs:\n  web:\n    source: /a\n    remote: /b\n    delet: true\n");
         assert_eq!(
             p,
-            [
-                "/etc/syncjob/jobs.yaml:5:5: job web: unknown key `delet` in job web; did you mean `delete`?"
-            ]
+            ["/etc/syncjob/jobs.yaml:5:5: job web: unknown key `delet`; did you mean `delete`?"]
         );
     }
 

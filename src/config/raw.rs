@@ -127,7 +127,13 @@ impl Ctx {
                 let hint = suggest(key, known)
                     .map(|s| format!("; did you mean `{s}`?"))
                     .unwrap_or_else(|| format!("; known keys: {}", known.join(", ")));
-                self.err(k.pos, job, format!("unknown key `{key}` in {what}{hint}"));
+                // the job is named by the prefix already: "job www: unknown key `x`"
+                let place = if job.is_some() && what.starts_with("job ") {
+                    String::new()
+                } else {
+                    format!(" in {what}")
+                };
+                self.err(k.pos, job, format!("unknown key `{key}`{place}{hint}"));
                 continue;
             }
             out.push((key, v, k.pos));
