@@ -673,8 +673,13 @@ fn cmd_log(
 fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
     let cfg = g.load()?;
     let env = g.env();
-    let names: Vec<&str> = cfg.jobs.iter().map(|j| j.name.as_str()).collect();
-    let last = journal::last_records(&env.log, &names);
+    // the last real outcome of each target (a skipped firing is not one)
+    let pairs: Vec<(String, String)> = cfg
+        .jobs
+        .iter()
+        .flat_map(|j| j.targets.iter().map(|t| (j.name.clone(), t.to_string())))
+        .collect();
+    let last = journal::last_outcomes(&env.log, &pairs);
     let now = Utc::now();
     let mut rows = Vec::new();
     for j in &cfg.jobs {
@@ -684,7 +689,17 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             .as_ref()
             .and_then(|s| s.next_after(now, tz))
             .map(|t| fmt_instant(t, tz));
-        let l = last.get(&j.name);
+        let per_target: Vec<&journal::Record> = j
+            .targets
+            .iter()
+            .filter_map(|t| last.get(&(j.name.clone(), t.to_string())))
+            .collect();
+        let worst = per_target.iter().map(|r| r.status).max();
+        let last_run = per_target.iter().map(|r| r.finished_at.clone()).max();
+        let by_target: serde_json::Map<String, serde_json::Value> = per_target
+            .iter()
+            .map(|r| (r.target.clone(), serde_json::json!(r.status)))
+            .collect();
         rows.push(serde_json::json!({
             "job": j.name,
             "schedule": j.schedule.as_ref().map(|s| s.text().to_string()),
@@ -693,8 +708,9 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             "delete": j.delete,
             "source": j.source.display().to_string(),
             "targets": j.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
-            "last_status": l.map(|r| r.status),
-            "last_run": l.map(|r| r.finished_at.clone()),
+            "last_status": worst,
+            "last_run": last_run,
+            "last_by_target": by_target,
             "next": next,
         }));
     }

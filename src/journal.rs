@@ -203,6 +203,32 @@ pub fn last_records(log: &Path, jobs: &[&str]) -> std::collections::HashMap<Stri
     found
 }
 
+/// The last real outcome (not `skipped`, not `dry_run`) of each
+/// (job, target) pair, read from the end of the log.
+pub fn last_outcomes(
+    log: &Path,
+    pairs: &[(String, String)],
+) -> std::collections::HashMap<(String, String), Record> {
+    let mut found = std::collections::HashMap::new();
+    let Ok(lines) = RevLines::open(log) else {
+        return found;
+    };
+    for line in lines.flatten() {
+        if found.len() == pairs.len() {
+            break;
+        }
+        if let Ok(r) = serde_json::from_slice::<Record>(&line)
+            && !matches!(r.status, Status::Skipped | Status::DryRun)
+        {
+            let key = (r.job.clone(), r.target.clone());
+            if pairs.contains(&key) && !found.contains_key(&key) {
+                found.insert(key, r);
+            }
+        }
+    }
+    found
+}
+
 /// Iterate the lines of a file from the last to the first, reading blocks
 /// from the end, so the newest records of a large log come without reading
 /// all of it.

@@ -15,6 +15,7 @@ pub mod hooks;
 pub mod journal;
 pub mod lock;
 pub mod manifest;
+pub mod names;
 pub mod out;
 pub mod plan;
 pub mod preflight;

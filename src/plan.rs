@@ -314,7 +314,7 @@ pub fn display_path(p: &Path) -> String {
     if p.as_os_str().is_empty() {
         ".".into()
     } else {
-        p.to_string_lossy().into_owned()
+        crate::names::encode(p.as_os_str().as_bytes())
     }
 }
 
@@ -572,19 +572,7 @@ pub fn escape(p: &Path) -> String {
     if p.as_os_str().is_empty() {
         return ".".into();
     }
-    let s = String::from_utf8_lossy(p.as_os_str().as_bytes());
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            let mut b = [0u8; 4];
-            for byte in c.encode_utf8(&mut b).bytes() {
-                out.push_str(&format!("\\#{byte:03o}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::names::encode(p.as_os_str().as_bytes())
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -488,3 +488,57 @@ fn messages_say_what_is_wrong_once_and_what_to_do() {
     );
     lab.run(&["log", "web"]).code(0);
 }
+
+#[test]
+fn records_list_and_dry_runs_tell_the_real_story() {
+    use std::os::unix::ffi::OsStrExt;
+    let lab = Lab::new();
+    lab.write("a", b"12345");
+    lab.write("b", b"678");
+    // two fifos (skipped with a warning naming them) whose names differ
+    // only in a byte that is not UTF-8
+    for name in [&b"caf\xe9"[..], b"caf\xff"] {
+        let p = lab.src().join(std::ffi::OsStr::from_bytes(name));
+        let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+    let ok_dst = lab.dst();
+    fs::write(lab.path("afile"), b"x").unwrap();
+    lab.config(&format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: [{}, {{dir}}/afile]\n",
+        ok_dst.display()
+    ));
+    // a dry run counts what it would transfer
+    lab.run(&["run", "web", "--dry-run"]);
+    let dry = lab
+        .log()
+        .into_iter()
+        .find(|r| r["target"] == ok_dst.to_str().unwrap())
+        .unwrap();
+    assert_eq!(dry["status"], "dry_run");
+    assert!(dry["files_transferred"].as_u64().unwrap() >= 2, "{dry:#}");
+    assert!(dry["bytes_transferred"].as_u64().unwrap() >= 8, "{dry:#}");
+    // a real run: one target ok, one failed
+    lab.run(&["run", "web"]).code(1);
+    // later firings skipped: `list` still shows the last real outcomes
+    fs::create_dir_all(lab.state().join("locks")).unwrap();
+    let held = fs::File::create(lab.state().join("locks/web.lock")).unwrap();
+    held.lock().unwrap();
+    lab.run(&["run", "web"]).code(75);
+    drop(held);
+    assert_eq!(lab.last()["status"], "skipped");
+    let r = lab.run(&["list", "--json"]);
+    r.code(0);
+    let row: serde_json::Value = serde_json::from_str(r.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(row["last_status"], "failed", "{row:#}");
+    assert_eq!(
+        row["last_by_target"][ok_dst.to_str().unwrap()],
+        "ok",
+        "{row:#}"
+    );
+    // names that are not UTF-8 stay distinct and their bytes recoverable
+    let text = fs::read_to_string(lab.log_path()).unwrap();
+    assert!(text.contains("caf\\\\#351"), "{text}");
+    assert!(text.contains("caf\\\\#377"), "{text}");
+    assert!(!text.contains('\u{fffd}'), "{text}");
+}

@@ -334,6 +334,11 @@ impl<'a> TargetRun<'a> {
         let quiet = self.run.opts.quiet;
         dry_run::print(&mut self.text, self.job, self.target, &planned.plan, quiet);
         self.outcome.errors.extend(planned.errors);
+        // what the run would do, counted as a real run would count it
+        let (files, bytes) = planned.plan.copy_totals();
+        self.outcome.files_transferred = files;
+        self.outcome.bytes_transferred = bytes;
+        self.outcome.files_deleted = planned.plan.counted_deletes();
         let rec = self.record(Status::DryRun, None);
         (rec, self.text)
     }

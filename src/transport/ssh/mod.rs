@@ -119,10 +119,11 @@ impl Transport for Ssh {
         let r = if self.helper.is_some() {
             self.put_batch_helper(items, preserve_owner, cancel)
         } else {
-            self.put_batch(items, preserve_owner, cancel).map(|r| {
-                self.fix_old_times(items, &r);
-                r
-            })
+            let r = self.put_batch(items, preserve_owner, cancel);
+            if let Ok(r) = &r {
+                self.fix_old_times(items, r);
+            }
+            r
         };
         match r {
             Ok(r) => r
