@@ -25,15 +25,16 @@ pub fn problems(job: &Job) -> Vec<String> {
         }
         Err(e) => out.push(format!("source {}: {e}", job.source.display())),
     }
-    let mut ssh_seen = false;
     for t in &job.targets {
         match t {
             Target::Local(root) => out.extend(local_target(root)),
-            Target::Ssh(_) if !ssh_seen => {
-                ssh_seen = true;
-                out.extend(ssh_files(&job.ssh));
+            Target::Ssh(st) => {
+                for p in ssh_files(st.ssh.as_deref().unwrap_or(&job.ssh)) {
+                    if !out.contains(&p) {
+                        out.push(p);
+                    }
+                }
             }
-            Target::Ssh(_) => {}
         }
     }
     out

@@ -18,6 +18,9 @@ pub struct SshTarget {
     pub port: Option<u16>,
     /// The directory on the remote host (absolute, or relative to the login directory).
     pub path: String,
+    /// This target's own SSH settings (a target written as a map with
+    /// `ssh:`), over the job's; `None`: the job's.
+    pub ssh: Option<Box<crate::config::SshOptions>>,
 }
 
 impl fmt::Display for Target {
@@ -157,6 +160,7 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
             host: host.to_string(),
             port,
             path: path.to_string(),
+            ssh: None,
         }));
     }
     if let Some((scheme, _)) = s.split_once("://")
@@ -198,6 +202,7 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
             host: host.to_string(),
             port: None,
             path: path.to_string(),
+            ssh: None,
         }));
     }
     let colon = s.find(':');
@@ -235,6 +240,7 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
             host: host.to_string(),
             port: None,
             path: path.to_string(),
+            ssh: None,
         }));
     }
     if let Some(first) = s.split('/').next()
@@ -267,6 +273,7 @@ mod tests {
             host: host.into(),
             port,
             path: path.into(),
+            ssh: None,
         })
     }
 

@@ -542,3 +542,47 @@ fn records_list_and_dry_runs_tell_the_real_story() {
     assert!(text.contains("caf\\\\#377"), "{text}");
     assert!(!text.contains('\u{fffd}'), "{text}");
 }
+
+#[test]
+fn a_target_may_carry_its_own_ssh_settings() {
+    let lab = Lab::new();
+    let sshd = sshd::Sshd::start(&lab.path("sshd"));
+    lab.write("a", b"1");
+    let other_key = lab.path("other_key");
+    let st = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other_key)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let plain = sshd.url(&lab.path("plain"));
+    let own = sshd.url(&lab.dst());
+    // the job's key is not authorized; one target names the right one
+    lab.config(&format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote:\n      - {plain}\n      - {{url: \"{own}\", ssh: {{identity: {}}}}}\n    ssh: {{identity: {}, known_hosts: {}, timeout: 10s}}\n",
+        sshd.key.display(),
+        other_key.display(),
+        sshd.known_hosts.display(),
+    ));
+    lab.run(&["check"]).code(0);
+    lab.run(&["run", "web"]).code(1);
+    assert_eq!(fs::read(lab.dst().join("a")).unwrap(), b"1");
+    assert!(!lab.path("plain").exists());
+    let failed: Vec<_> = lab
+        .log()
+        .into_iter()
+        .filter(|r| r["status"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["target"], plain.as_str());
+    // a map without url, and ssh settings on a local target, are refused
+    lab.config("jobs:\n  web:\n    source: {src}\n    remote:\n      - {ssh: {port: 22}}\n      - {url: {dst}, ssh: {port: 22}}\n");
+    let r = lab.run(&["check"]);
+    r.code(2);
+    assert!(r.stderr.contains("needs `url`"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`ssh` settings do not apply"),
+        "{}",
+        r.stderr
+    );
+}

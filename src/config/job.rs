@@ -207,11 +207,25 @@ fn targets(ctx: &mut Ctx, rd: &Reader, pos: Pos) -> Vec<Target> {
         ctx.err(n.pos, rd.j(), "`remote` is an empty list");
     }
     for item in items {
+        if matches!(item.kind, Kind::Map(_)) {
+            if let Some(t) = target_map(ctx, rd, item) {
+                if targets.iter().any(|x| x.to_string() == t.to_string()) {
+                    ctx.err(
+                        item.pos,
+                        rd.j(),
+                        format!("target {:?} is listed twice", t.to_string()),
+                    );
+                } else {
+                    targets.push(t);
+                }
+            }
+            continue;
+        }
         let Some(s) = rd.string(ctx, item, "remote") else {
             continue;
         };
         match target::parse(&s, rd.base) {
-            Ok(t) if targets.contains(&t) => {
+            Ok(t) if targets.iter().any(|x| x.to_string() == t.to_string()) => {
                 ctx.err(item.pos, rd.j(), format!("target {s:?} is listed twice"))
             }
             Ok(t) => targets.push(t),
@@ -219,6 +233,55 @@ fn targets(ctx: &mut Ctx, rd: &Reader, pos: Pos) -> Vec<Target> {
         }
     }
     targets
+}
+
+/// A target written as a map: `{url: TARGET, ssh: {...}}`; its `ssh` keys
+/// are merged over the job's, key by key.
+fn target_map(ctx: &mut Ctx, rd: &Reader, item: &Node) -> Option<Target> {
+    let mut url = None;
+    let mut own = rd.raw.clone();
+    let mut has_ssh = false;
+    for (k, v, _) in ctx.map(item, "a target", &["url", "ssh"], rd.j()) {
+        if k == "url" {
+            url = rd.string(ctx, v, "url");
+        } else {
+            has_ssh = true;
+            for (sk, sv, _) in ctx.map(v, "a target's ssh", super::raw::SSH_KEYS, rd.j()) {
+                own.ssh
+                    .insert(super::raw::static_key(sk, super::raw::SSH_KEYS), sv);
+            }
+        }
+    }
+    let Some(url) = url else {
+        ctx.err(item.pos, rd.j(), "a target written as a map needs `url`");
+        return None;
+    };
+    let mut t = match target::parse(&url, rd.base) {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.err(item.pos, rd.j(), format!("bad target: {e}"));
+            return None;
+        }
+    };
+    match &mut t {
+        Target::Ssh(st) if has_ssh => {
+            let r = Reader {
+                raw: &own,
+                name: rd.name,
+                base: rd.base,
+            };
+            st.ssh = Some(Box::new(ssh(ctx, &r)));
+        }
+        Target::Local(_) if has_ssh => {
+            ctx.err(
+                item.pos,
+                rd.j(),
+                format!("target {url:?} is local: `ssh` settings do not apply"),
+            );
+        }
+        _ => {}
+    }
+    Some(t)
 }
 
 /// A local target inside the source, or around it, is refused.

@@ -149,7 +149,7 @@ pub(super) struct Raw<'n> {
     pub ssh: BTreeMap<&'static str, &'n Node>,
 }
 
-fn static_key(k: &str, known: &[&'static str]) -> &'static str {
+pub(super) fn static_key(k: &str, known: &[&'static str]) -> &'static str {
     known.iter().find(|x| **x == k).copied().unwrap_or("")
 }
 

@@ -56,7 +56,8 @@ impl Ssh {
     /// Open a session (see `session`), start SFTP on it, and the remote
     /// helper when the job sets `ssh.remote_helper`.
     pub fn connect(t: &SshTarget, settings: &TransportSettings) -> Result<Ssh, OpenError> {
-        let o = &settings.ssh;
+        // a target's own `ssh:` settings replace the job's
+        let o = t.ssh.as_deref().unwrap_or(&settings.ssh);
         let (sess, label) = session::open(t, o)?;
         let chan = sess.channel_session().map_err(io::Error::from)?;
         let sftp = Sftp::start(chan)
