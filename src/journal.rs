@@ -138,6 +138,17 @@ pub struct Record {
     pub host: String,
     pub pid: u32,
     pub version: String,
+    /// Compact log: no-op runs of this target since its previous record
+    /// that were not appended (see `log_noop`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unlogged_noop: u64,
+    /// Compact log: skipped firings of this target since its previous
+    /// record that were not appended.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unlogged_skipped: u64,
+    /// Not stored: the record may be left out of a compact log.
+    #[serde(skip)]
+    pub compact: bool,
     /// Not stored: the target failed for a transient reason and its retry
     /// was left to the caller (the daemon retries it in the background).
     #[serde(skip)]

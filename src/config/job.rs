@@ -148,6 +148,7 @@ pub(super) fn build_job(ctx: &mut Ctx, name: &str, pos: Pos, r: &Raw, base: &Pat
         retry_interval: None,
         verify_interval: Duration::from_secs(60),
         allow_empty_source: rd.boolean(ctx, "allow_empty_source", false),
+        log_noop: rd.f("log_noop").map(|_| rd.boolean(ctx, "log_noop", true)),
         vanished_fail: rd.choice(ctx, "vanished", &["warn", "fail"]) == Some(1),
         max_delete: None,
         max_delete_percent: Some(DEFAULT_MAX_DELETE_PERCENT),

@@ -96,6 +96,9 @@ pub struct Job {
     /// nothing changed in the source (0: always list).
     pub verify_interval: Duration,
     pub allow_empty_source: bool,
+    /// Append a record for every no-op run and skipped firing (`None`:
+    /// unless the schedule fires more often than once a minute).
+    pub log_noop: Option<bool>,
     /// Source files that vanish during a run fail it (`vanished: fail`);
     /// by default (`warn`) they are counted in `files_vanished` and the
     /// run stays ok, as rsync's exit 24 is accepted by scripts.
@@ -128,6 +131,20 @@ pub struct Hooks {
 }
 
 impl Job {
+    /// Whether no-op runs and skipped firings get a record each (see
+    /// `log_noop`; by default not for schedules firing more often than
+    /// once a minute).
+    pub fn logs_noop(&self) -> bool {
+        if let Some(b) = self.log_noop {
+            return b;
+        }
+        let Some(s) = &self.schedule else {
+            return true;
+        };
+        let next = s.upcoming(chrono::Utc::now(), self.tz(), 2);
+        !matches!(next.as_slice(), [a, b] if (*b - *a).num_seconds() < 60)
+    }
+
     pub fn tz(&self) -> Tz {
         self.timezone.unwrap_or_else(schedule::system_tz)
     }

@@ -27,6 +27,7 @@ pub(super) const JOB_KEYS: &[&str] = &[
     "verify_interval",
     "allow_empty_source",
     "vanished",
+    "log_noop",
     "max_delete",
     "preserve_owner",
     "overlap",

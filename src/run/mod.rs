@@ -8,6 +8,7 @@
 //! `report` (the lines printed for people). Every outcome becomes one
 //! record per target in the run log.
 
+mod compact;
 mod dry_run;
 mod job;
 mod progress;

@@ -99,6 +99,9 @@ impl RecordBase<'_> {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
             retry: false,
+            unlogged_noop: 0,
+            unlogged_skipped: 0,
+            compact: self.trigger != Trigger::Manual && !self.job.logs_noop(),
         }
     }
 }
@@ -106,6 +109,11 @@ impl RecordBase<'_> {
 /// Append records to the run log, each as one line.
 pub(super) fn append_all(env: &Env, records: &[Record]) {
     for r in records {
+        let mut r = r.clone();
+        if !super::compact::keep(&mut r) {
+            continue;
+        }
+        let r = &r;
         if let Err(e) = journal::append(&env.log, r) {
             crate::errln!(
                 "syncjob: cannot append to run log {}: {e}",
