@@ -114,54 +114,7 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
         return Err("the target is empty".into());
     }
     if let Some(rest) = s.strip_prefix("ssh://") {
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => {
-                return Err(format!(
-                    "{s:?}: an ssh:// target needs a path (ssh://host/path)"
-                ));
-            }
-        };
-        let path = path.strip_prefix("/~/").unwrap_or(path);
-        let (user, hostport) = split_user(authority).map_err(|e| format!("{s:?}: {e}"))?;
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (h, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("{s:?}: unclosed `[` in the host"))?;
-            let port = match after {
-                "" => None,
-                p => Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| format!("{s:?}: bad port"))?,
-                ),
-            };
-            (h, port)
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (hostport, None),
-            }
-        };
-        let port = match port {
-            None => None,
-            Some(p) => Some(
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| format!("{s:?}: bad port {p:?}"))?,
-            ),
-        };
-        if !valid_host(host) {
-            return Err(format!("{s:?}: invalid host {host:?}"));
-        }
-        check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
-        return Ok(Target::Ssh(SshTarget {
-            user,
-            host: host.to_string(),
-            port,
-            path: path.to_string(),
-            ssh: None,
-        }));
+        return parse_url(s, rest);
     }
     if let Some((scheme, _)) = s.split_once("://")
         && !scheme.is_empty()
@@ -174,6 +127,86 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
         ));
     }
     // scp style: a colon before the first slash. `[v6]:/path` too.
+    if let Some(t) = parse_bracketed(s)? {
+        return Ok(t);
+    }
+    if let Some(t) = parse_scp(s)? {
+        return Ok(t);
+    }
+    if let Some(first) = s.split('/').next()
+        && let Some((u, h)) = first.split_once('@')
+        && !u.is_empty()
+        && !h.is_empty()
+    {
+        return Err(format!(
+            "{s:?} looks like a remote target without `:` after the host; write {first}:/{} (or ./{s} for a local directory)",
+            &s[first.len()..].trim_start_matches('/')
+        ));
+    }
+    check_root(s).map_err(|e| format!("{s:?}: {e}"))?;
+    let p = Path::new(s);
+    let p = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    Ok(Target::Local(p))
+}
+
+/// `ssh://[user@]host[:port]/path` (`rest`: after the scheme).
+fn parse_url(s: &str, rest: &str) -> Result<Target, String> {
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => {
+            return Err(format!(
+                "{s:?}: an ssh:// target needs a path (ssh://host/path)"
+            ));
+        }
+    };
+    let path = path.strip_prefix("/~/").unwrap_or(path);
+    let (user, hostport) = split_user(authority).map_err(|e| format!("{s:?}: {e}"))?;
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: unclosed `[` in the host"))?;
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("{s:?}: bad port"))?,
+            ),
+        };
+        (h, port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{s:?}: bad port {p:?}"))?,
+        ),
+    };
+    if !valid_host(host) {
+        return Err(format!("{s:?}: invalid host {host:?}"));
+    }
+    check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
+    return Ok(Target::Ssh(SshTarget {
+        user,
+        host: host.to_string(),
+        port,
+        path: path.to_string(),
+        ssh: None,
+    }));
+}
+
+/// `[v6]:/path` and `user@[v6]:/path`; `None`: not this form.
+fn parse_bracketed(s: &str) -> Result<Option<Target>, String> {
     if let Some(v6) = s.strip_prefix('[').or_else(|| {
         // user@[v6]:/path
         s.split_once("@[").map(|(_, r)| r)
@@ -197,14 +230,20 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
             return Err(format!("{s:?}: invalid host {host:?}"));
         }
         check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
-        return Ok(Target::Ssh(SshTarget {
+        return Ok(Some(Target::Ssh(SshTarget {
             user,
             host: host.to_string(),
             port: None,
             path: path.to_string(),
             ssh: None,
-        }));
+        })));
     }
+    Ok(None)
+}
+
+/// scp style `[user@]host:path` (a colon before the first slash); `None`:
+/// not this form.
+fn parse_scp(s: &str) -> Result<Option<Target>, String> {
     let colon = s.find(':');
     let slash = s.find('/');
     if let Some(c) = colon
@@ -235,32 +274,15 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
         }
         let path = remote_home(path).map_err(|e| format!("{s:?}: {e}"))?;
         check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
-        return Ok(Target::Ssh(SshTarget {
+        return Ok(Some(Target::Ssh(SshTarget {
             user,
             host: host.to_string(),
             port: None,
             path: path.to_string(),
             ssh: None,
-        }));
+        })));
     }
-    if let Some(first) = s.split('/').next()
-        && let Some((u, h)) = first.split_once('@')
-        && !u.is_empty()
-        && !h.is_empty()
-    {
-        return Err(format!(
-            "{s:?} looks like a remote target without `:` after the host; write {first}:/{} (or ./{s} for a local directory)",
-            &s[first.len()..].trim_start_matches('/')
-        ));
-    }
-    check_root(s).map_err(|e| format!("{s:?}: {e}"))?;
-    let p = Path::new(s);
-    let p = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    };
-    Ok(Target::Local(p))
+    Ok(None)
 }
 
 #[cfg(test)]
