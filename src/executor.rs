@@ -1,8 +1,16 @@
-//! Apply a plan to one target through its transport.
+//! Apply a plan to one target through its transport, batch by batch of
+//! one kind of action (an `Executor` with `gather` → `copy_run` or
+//! `Transport::apply` → `account`).
+//!
+//! Invariants: nothing is done below a directory that could not be made or
+//! removed; at most `max_delete` counted deletions; a file that changed
+//! while copied is tried again (up to 3 times) and never reported done with
+//! mixed content; a lost connection stops the target (said once) so that
+//! `run` can retry it from a fresh listing; a shutdown stops between files.
 
 use crate::journal::PathError;
 use crate::plan::{Action, EntryKind, Plan, display_path};
-use crate::transport::{Transport, is_changed_during_copy, with_progress};
+use crate::transport::{CopyCtx, Transport, is_changed_during_copy};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -61,6 +69,16 @@ pub struct Settings<'a> {
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
+impl Settings<'_> {
+    /// What every copy is told: when to stop, where to count its bytes.
+    fn copy_ctx(&self) -> CopyCtx<'_> {
+        CopyCtx {
+            cancel: self.cancel,
+            progress: self.progress.as_deref(),
+        }
+    }
+}
+
 /// Errors after which the rest of the target cannot proceed.
 fn is_fatal(e: &io::Error) -> bool {
     matches!(
@@ -98,13 +116,14 @@ fn copy_batch(
         .map(|a| (a.path(), s.source_root.join(a.path())))
         .collect();
     let mut warnings = Vec::new();
-    let mut r = t.put_files(&items, s.preserve_owner, s.cancel);
+    let ctx = s.copy_ctx();
+    let mut r = t.put_files(&items, s.preserve_owner, &ctx);
     for (k, res) in r.iter_mut().enumerate() {
         let mut tries = 0;
         while matches!(res, Err(e) if is_changed_during_copy(e)) && tries < CHANGED_RETRIES {
             tries += 1;
             std::thread::sleep(std::time::Duration::from_millis(50 * tries as u64));
-            *res = t.put_file(items[k].0, &items[k].1, s.preserve_owner, s.cancel);
+            *res = t.put_file(items[k].0, &items[k].1, s.preserve_owner, &ctx);
         }
         if tries > 0 && res.is_ok() {
             warnings.push(PathError {
@@ -316,11 +335,11 @@ impl Executor<'_, '_> {
                         }
                     }
                     if let Some(x) = slot.as_mut() {
-                        with_progress(s.progress.clone(), || work(x.as_mut()));
+                        work(x.as_mut());
                     }
                 });
             }
-            with_progress(s.progress.clone(), || work(t));
+            work(t);
         });
         self.out.warnings.extend(warnings.into_inner().unwrap());
         slots
@@ -426,5 +445,133 @@ impl Executor<'_, '_> {
             self.out.lost_target = true;
         }
         fatal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Compare, Mode};
+    use crate::filter::Filter;
+    use crate::transport::memory::MemoryTarget;
+
+    /// A source tree on disk, a fake target, and the plan between them.
+    struct Case {
+        dir: tempfile::TempDir,
+        target: MemoryTarget,
+    }
+
+    impl Case {
+        fn new(files: &[&str]) -> Case {
+            let dir = tempfile::tempdir().unwrap();
+            for f in files {
+                let p = dir.path().join(f);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(p, f.as_bytes()).unwrap();
+            }
+            Case {
+                dir,
+                target: MemoryTarget::default(),
+            }
+        }
+
+        fn execute(&self, delete: bool, max_delete: Option<u64>) -> Outcome {
+            let scan = crate::plan::scan_source(self.dir.path(), &Filter::default()).unwrap();
+            let mut t = self.target.open();
+            let listing = t.list(&Filter::default()).unwrap();
+            let opts = crate::plan::Options {
+                mode: Mode::Incremental,
+                compare: Compare::SizeMtime,
+                delete,
+                preserve_owner: false,
+                mtime_nanos: true,
+                symlink_times: true,
+            };
+            let mut same = |_: &Path| Ok(false);
+            let filter = Filter::default();
+            let plan = crate::plan::diff(&scan, listing.tree.as_ref(), &filter, opts, &mut same);
+            if !listing.exists() {
+                t.ensure_root().unwrap();
+            }
+            let cancel = AtomicBool::new(false);
+            let s = Settings {
+                source_root: self.dir.path(),
+                max_delete,
+                preserve_owner: false,
+                cancel: &cancel,
+                on_done: &|_| {},
+                open_extra: None,
+                streams: 1,
+                progress: None,
+            };
+            execute(&plan, t.as_mut(), &s)
+        }
+    }
+
+    #[test]
+    fn copies_arrive_and_a_second_run_has_nothing_to_do() {
+        let c = Case::new(&["a", "d/b", "d/e/c"]);
+        let out = c.execute(false, None);
+        assert_eq!((out.files_transferred, out.bytes_transferred), (3, 9));
+        assert!(out.errors.is_empty() && !out.lost_target);
+        assert_eq!(c.target.files()["d/e/c"], b"d/e/c");
+        assert_eq!(c.execute(false, None).files_transferred, 0);
+    }
+
+    #[test]
+    fn max_delete_withholds_the_deletions_past_the_limit() {
+        let c = Case::new(&["keep"]);
+        c.execute(false, None);
+        for n in ["x1", "x2", "x3"] {
+            let p = c.dir.path().join(n);
+            std::fs::write(&p, b"x").unwrap();
+        }
+        c.execute(false, None);
+        for n in ["x1", "x2", "x3"] {
+            std::fs::remove_file(c.dir.path().join(n)).unwrap();
+        }
+        let out = c.execute(true, Some(1));
+        assert_eq!((out.files_deleted, out.deletes_withheld), (1, 2));
+        assert_eq!(c.target.files().len(), 3);
+    }
+
+    #[test]
+    fn nothing_is_done_below_a_directory_that_could_not_be_made() {
+        let c = Case::new(&["top", "bad/x", "bad/y"]);
+        c.target.state().refuse_mkdir.insert("bad".into());
+        let out = c.execute(false, None);
+        assert_eq!(out.files_transferred, 1);
+        let paths: Vec<&str> = out.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["bad", "bad/x", "bad/y"]);
+        assert!(out.errors[1].message.contains("parent directory"));
+    }
+
+    #[test]
+    fn a_file_changing_while_copied_is_tried_again_with_a_warning() {
+        let c = Case::new(&["hot", "cold"]);
+        c.target.state().changing.insert("hot".into(), 2);
+        let out = c.execute(false, None);
+        assert_eq!(out.files_transferred, 2);
+        assert_eq!(out.warnings.len(), 1);
+        assert_eq!(out.warnings[0].path, "hot");
+        assert!(out.warnings[0].message.contains("2 retries"));
+        // one that never settles is an error after CHANGED_RETRIES more tries
+        let c = Case::new(&["hot"]);
+        c.target.state().changing.insert("hot".into(), 99);
+        let out = c.execute(false, None);
+        assert_eq!(out.files_transferred, 0);
+        assert!(out.errors[0].message.contains("changed while"));
+        assert_eq!(c.target.state().puts, 1 + CHANGED_RETRIES);
+    }
+
+    #[test]
+    fn a_lost_connection_stops_the_target_and_says_so_once() {
+        let c = Case::new(&["a", "b", "c", "d"]);
+        c.target.state().lose_at_put = Some(2);
+        let out = c.execute(false, None);
+        assert!(out.lost_target);
+        assert_eq!(out.files_transferred, 1);
+        assert_eq!(out.aborted.as_deref(), Some("target lost: connection lost"));
+        assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
     }
 }

@@ -127,11 +127,18 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
         ));
     }
     // scp style: a colon before the first slash. `[v6]:/path` too.
-    if let Some(t) = parse_bracketed(s)? {
-        return Ok(t);
+    if let Some(v6) = s.strip_prefix('[').or_else(|| {
+        // user@[v6]:/path
+        s.split_once("@[").map(|(_, r)| r)
+    }) {
+        return parse_scp_v6(s, v6);
     }
-    if let Some(t) = parse_scp(s)? {
-        return Ok(t);
+    let colon = s.find(':');
+    let slash = s.find('/');
+    if let Some(c) = colon
+        && slash.is_none_or(|sl| c < sl)
+    {
+        return parse_scp(s, c, slash);
     }
     if let Some(first) = s.split('/').next()
         && let Some((u, h)) = first.split_once('@')
@@ -196,93 +203,79 @@ fn parse_url(s: &str, rest: &str) -> Result<Target, String> {
         return Err(format!("{s:?}: invalid host {host:?}"));
     }
     check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
-    return Ok(Target::Ssh(SshTarget {
+    Ok(Target::Ssh(SshTarget {
         user,
         host: host.to_string(),
         port,
         path: path.to_string(),
         ssh: None,
-    }));
+    }))
 }
 
-/// `[v6]:/path` and `user@[v6]:/path`; `None`: not this form.
-fn parse_bracketed(s: &str) -> Result<Option<Target>, String> {
-    if let Some(v6) = s.strip_prefix('[').or_else(|| {
-        // user@[v6]:/path
-        s.split_once("@[").map(|(_, r)| r)
-    }) {
-        let user = if s.starts_with('[') {
-            None
-        } else {
-            let (u, _) = s.split_once("@[").unwrap();
-            if !valid_user(u) {
-                return Err(format!("{s:?}: invalid user name {u:?}"));
-            }
-            Some(u.to_string())
-        };
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{s:?}: unclosed `[` in the host"))?;
-        let path = after
-            .strip_prefix(':')
-            .ok_or_else(|| format!("{s:?}: expected `:` and a path after `]`"))?;
-        if !valid_host(host) {
-            return Err(format!("{s:?}: invalid host {host:?}"));
+/// `[v6]:/path` or `user@[v6]:/path` (`v6`: after the `[`).
+fn parse_scp_v6(s: &str, v6: &str) -> Result<Target, String> {
+    let user = if s.starts_with('[') {
+        None
+    } else {
+        let (u, _) = s.split_once("@[").unwrap();
+        if !valid_user(u) {
+            return Err(format!("{s:?}: invalid user name {u:?}"));
         }
-        check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
-        return Ok(Some(Target::Ssh(SshTarget {
-            user,
-            host: host.to_string(),
-            port: None,
-            path: path.to_string(),
-            ssh: None,
-        })));
+        Some(u.to_string())
+    };
+    let (host, after) = v6
+        .split_once(']')
+        .ok_or_else(|| format!("{s:?}: unclosed `[` in the host"))?;
+    let path = after
+        .strip_prefix(':')
+        .ok_or_else(|| format!("{s:?}: expected `:` and a path after `]`"))?;
+    if !valid_host(host) {
+        return Err(format!("{s:?}: invalid host {host:?}"));
     }
-    Ok(None)
+    check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(Target::Ssh(SshTarget {
+        user,
+        host: host.to_string(),
+        port: None,
+        path: path.to_string(),
+        ssh: None,
+    }))
 }
 
-/// scp style `[user@]host:path` (a colon before the first slash); `None`:
-/// not this form.
-fn parse_scp(s: &str) -> Result<Option<Target>, String> {
-    let colon = s.find(':');
-    let slash = s.find('/');
-    if let Some(c) = colon
-        && slash.is_none_or(|sl| c < sl)
+/// `[user@]host:path`, the colon at `c` (before the first slash, if any).
+fn parse_scp(s: &str, c: usize, slash: Option<usize>) -> Result<Target, String> {
+    let (userhost, path) = (&s[..c], &s[c + 1..]);
+    let before_slash = &s[..slash.unwrap_or(s.len())];
+    if before_slash.matches(':').count() >= 2 && !path.starts_with(':')
+        || userhost.ends_with('@')
+        || (path.starts_with(':') && before_slash.matches(':').count() > 2)
     {
-        let (userhost, path) = (&s[..c], &s[c + 1..]);
-        let before_slash = &s[..slash.unwrap_or(s.len())];
-        if before_slash.matches(':').count() >= 2 && !path.starts_with(':')
-            || userhost.ends_with('@')
-            || (path.starts_with(':') && before_slash.matches(':').count() > 2)
-        {
-            let (u, rest) = before_slash.rsplit_once('@').unwrap_or(("", before_slash));
-            let at = if u.is_empty() { "" } else { "@" };
-            let host = rest.rsplit_once(':').map(|x| x.0).unwrap_or(rest);
-            return Err(format!(
-                "{s:?}: an IPv6 address needs brackets: write {u}{at}[{host}]:{}",
-                &s[before_slash.len()..]
-            ));
-        }
-        if path.starts_with(':') {
-            return Err(format!(
-                "{s:?}: rsync daemon targets (host::module) are not supported; use ssh"
-            ));
-        }
-        let (user, host) = split_user(userhost).map_err(|e| format!("{s:?}: {e}"))?;
-        if !valid_host(host) {
-            return Err(format!("{s:?}: invalid host {host:?}"));
-        }
-        let path = remote_home(path).map_err(|e| format!("{s:?}: {e}"))?;
-        check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
-        return Ok(Some(Target::Ssh(SshTarget {
-            user,
-            host: host.to_string(),
-            port: None,
-            path: path.to_string(),
-            ssh: None,
-        })));
+        let (u, rest) = before_slash.rsplit_once('@').unwrap_or(("", before_slash));
+        let at = if u.is_empty() { "" } else { "@" };
+        let host = rest.rsplit_once(':').map(|x| x.0).unwrap_or(rest);
+        return Err(format!(
+            "{s:?}: an IPv6 address needs brackets: write {u}{at}[{host}]:{}",
+            &s[before_slash.len()..]
+        ));
     }
-    Ok(None)
+    if path.starts_with(':') {
+        return Err(format!(
+            "{s:?}: rsync daemon targets (host::module) are not supported; use ssh"
+        ));
+    }
+    let (user, host) = split_user(userhost).map_err(|e| format!("{s:?}: {e}"))?;
+    if !valid_host(host) {
+        return Err(format!("{s:?}: invalid host {host:?}"));
+    }
+    let path = remote_home(path).map_err(|e| format!("{s:?}: {e}"))?;
+    check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(Target::Ssh(SshTarget {
+        user,
+        host: host.to_string(),
+        port: None,
+        path: path.to_string(),
+        ssh: None,
+    }))
 }
 
 #[cfg(test)]

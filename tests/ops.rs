@@ -79,6 +79,7 @@ fn the_daemon_survives_a_closed_stderr() {
     );
     // it kept firing and logging
     assert!(lab.log().len() >= 2, "{:?}", lab.log());
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let t = Instant::now();
     loop {
@@ -113,6 +114,7 @@ impl Daemon {
         fs::read_to_string(&self.err).unwrap_or_default()
     }
     fn stop(&mut self) -> i32 {
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let t = Instant::now();
         loop {
@@ -500,7 +502,9 @@ fn records_list_and_dry_runs_tell_the_real_story() {
     for name in [&b"caf\xe9"[..], b"caf\xff"] {
         let p = lab.src().join(std::ffi::OsStr::from_bytes(name));
         let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        // SAFETY: c is a NUL-terminated path that outlives the call.
+        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+        assert_eq!(rc, 0);
     }
     let ok_dst = lab.dst();
     fs::write(lab.path("afile"), b"x").unwrap();

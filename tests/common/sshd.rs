@@ -147,6 +147,7 @@ impl Sshd {
                 i += 1;
             }
             for p in all {
+                // SAFETY: kill(2) takes plain integers; a stale pid is ESRCH
                 unsafe { libc::kill(p as i32, libc::SIGKILL) };
             }
         }
@@ -156,6 +157,7 @@ impl Sshd {
     /// it: connections are accepted by the kernel but never answered).
     pub fn signal(&self, sig: i32) {
         if let Some(pid) = self.pid {
+            // SAFETY: kill has no memory preconditions; pid is our sshd's.
             unsafe { libc::kill(pid as i32, sig) };
         }
     }

@@ -11,10 +11,9 @@
 use super::Ssh;
 use super::session::shell_quote;
 use crate::helper::proto;
-use crate::transport::{OpenError, add_progress, open_source, temp_name, verify_unchanged};
+use crate::transport::{CopyCtx, OpenError, open_source, temp_name, verify_unchanged};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Start `CMD helper` on the remote and check its greeting. A helper that
 /// cannot start is a permanent error (it is configured, and would be
@@ -100,7 +99,7 @@ fn send_delta(
     len: u64,
     theirs: &proto::Hashes,
     mine: &[[u8; 32]],
-    cancel: &AtomicBool,
+    ctx: &CopyCtx,
 ) -> io::Result<(u64, Option<io::Error>)> {
     use proto::{chunk, copy};
     use std::io::Write;
@@ -113,7 +112,7 @@ fn send_delta(
     let mut literal = 0u64;
     let mut off = 0u64;
     for (i, sum) in mine.iter().enumerate() {
-        if cancel.load(Ordering::Relaxed) {
+        if ctx.cancelled() {
             let e = io::Error::new(io::ErrorKind::Interrupted, "aborted by shutdown");
             return Ok((literal, Some(e)));
         }
@@ -145,7 +144,7 @@ fn send_delta(
             ch.write_all(out)?;
             out.clear();
         }
-        add_progress(n);
+        ctx.add_progress(n);
     }
     if let Some((at, l)) = pending.take() {
         copy(at, l as u32, out);
@@ -174,7 +173,7 @@ impl Ssh {
         &mut self,
         items: &[(&Path, PathBuf)],
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<Vec<io::Result<u64>>> {
         use std::io::Write;
         let mut results: Vec<Option<io::Result<u64>>> = items.iter().map(|_| None).collect();
@@ -206,7 +205,7 @@ impl Ssh {
                 fin: &paths[k].1,
                 preserve_owner,
             };
-            let (n, fail) = file.send(ch, &mut out, &mut buf, hashes[k].take(), cancel)?;
+            let (n, fail) = file.send(ch, &mut out, &mut buf, hashes[k].take(), ctx)?;
             if let Some(e) = fail {
                 results[k] = Some(Err(e));
             }
@@ -320,7 +319,7 @@ impl FileOut<'_> {
         out: &mut Vec<u8>,
         buf: &mut Vec<u8>,
         basis: Option<Basis>,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<(u64, Option<io::Error>)> {
         use std::os::unix::fs::MetadataExt;
         let before = &self.before;
@@ -342,10 +341,10 @@ impl FileOut<'_> {
             // copied there from the old version
             Some((theirs, mine)) => {
                 let len = before.len();
-                send_delta(ch, out, buf, &self.input, len, &theirs, &mine, cancel)
+                send_delta(ch, out, buf, &self.input, len, &theirs, &mine, ctx)
                     .map_err(helper_lost)?
             }
-            None => self.send_whole(ch, out, buf, cancel)?,
+            None => self.send_whole(ch, out, buf, ctx)?,
         };
         // (a delta reads the whole source, at its blocks' offsets)
         let read = if is_delta { self.before.len() } else { n };
@@ -365,12 +364,12 @@ impl FileOut<'_> {
         ch: &mut ssh2::Channel,
         out: &mut Vec<u8>,
         buf: &mut [u8],
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<(u64, Option<io::Error>)> {
         use std::io::Write;
         let mut size = 0u64;
         loop {
-            if cancel.load(Ordering::Relaxed) {
+            if ctx.cancelled() {
                 let e = io::Error::new(io::ErrorKind::Interrupted, "aborted by shutdown");
                 return Ok((size, Some(e)));
             }
@@ -387,7 +386,7 @@ impl FileOut<'_> {
                 ch.write_all(out).map_err(helper_lost)?;
                 out.clear();
             }
-            add_progress(n as u64);
+            ctx.add_progress(n as u64);
         }
     }
 }

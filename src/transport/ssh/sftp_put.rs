@@ -9,11 +9,10 @@
 use super::Ssh;
 use super::sftp::{self, Attrs, FXF_CREAT, FXF_EXCL, FXF_WRITE, Reply, secs32};
 use crate::plan::{Action, EntryKind};
-use crate::transport::{add_progress, apply_one, open_source, temp_name, verify_unchanged};
+use crate::transport::{CopyCtx, apply_one, open_source, temp_name, verify_unchanged};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 impl Ssh {
     /// SFTP v3 reports a full disk (and quota) only as a generic "Failure".
@@ -115,7 +114,7 @@ impl Ssh {
         rel: &Path,
         src: &Path,
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
         let (mut input, before) = open_source(src)?;
@@ -135,7 +134,7 @@ impl Ssh {
             let mut off = 0u64;
             let mut buf = vec![0u8; sftp::WRITE_CHUNK];
             loop {
-                if cancel.load(Ordering::Relaxed) {
+                if ctx.cancelled() {
                     return Err(io::Error::new(
                         io::ErrorKind::Interrupted,
                         "aborted by shutdown",
@@ -147,7 +146,7 @@ impl Ssh {
                 }
                 ids.push(self.sftp.write(&handle, off, &buf[..n])?);
                 off += n as u64;
-                add_progress(n as u64);
+                ctx.add_progress(n as u64);
             }
             let mut first_err = None;
             for id in ids {
@@ -283,10 +282,10 @@ impl Ssh {
         &mut self,
         items: &[(&Path, PathBuf)],
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<Vec<io::Result<u64>>> {
         let mut puts = self.open_all(items)?;
-        let sizes = self.write_all(&mut puts, cancel)?;
+        let sizes = self.write_all(&mut puts, ctx)?;
         self.close_all(&mut puts, &sizes, preserve_owner)?;
         self.rename_all(&mut puts, &sizes)?;
         Ok(puts
@@ -338,7 +337,7 @@ impl Ssh {
 
     /// Phase 2: the data, file after file, many requests in flight; the
     /// bytes written per file.
-    fn write_all(&mut self, puts: &mut [Put], cancel: &AtomicBool) -> io::Result<Vec<u64>> {
+    fn write_all(&mut self, puts: &mut [Put], ctx: &CopyCtx) -> io::Result<Vec<u64>> {
         let mut buf = vec![0u8; sftp::WRITE_CHUNK];
         let mut write_ids: Vec<(usize, u32)> = Vec::new();
         let mut sizes = vec![0u64; puts.len()];
@@ -347,7 +346,7 @@ impl Ssh {
                 continue;
             };
             loop {
-                if cancel.load(Ordering::Relaxed) {
+                if ctx.cancelled() {
                     p.result = Some(Err(io::Error::new(
                         io::ErrorKind::Interrupted,
                         "aborted by shutdown",
@@ -366,7 +365,7 @@ impl Ssh {
                 }
                 write_ids.push((k, self.sftp.write(h, sizes[k], &buf[..n])?));
                 sizes[k] += n as u64;
-                add_progress(n as u64);
+                ctx.add_progress(n as u64);
             }
         }
         for (k, id) in write_ids {
