@@ -62,14 +62,14 @@ enum Level {
 /// when stderr goes to the journal.
 fn say(level: Level, msg: &str) {
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        eprintln!("<{}>{msg}", level as u8);
+        crate::errln!("<{}>{msg}", level as u8);
     } else {
         let tag = match level {
             Level::Error => "ERROR",
             Level::Warning => "WARN",
             Level::Info => "INFO",
         };
-        eprintln!("{} {tag} {msg}", journal::now_rfc3339());
+        crate::errln!("{} {tag} {msg}", journal::now_rfc3339());
     }
 }
 
