@@ -349,42 +349,46 @@ pub fn scan_source(root: &Path, filter: &Filter) -> Result<Scan, ScanError> {
     Ok(scan)
 }
 
-/// One directory of the source walk: entries sorted by name, each
-/// stat'ed relative to the open directory (`statx(dirfd, name)`, no path
-/// walk from the root), symlinks never followed; subdirectories after the
-/// directory's handle is closed (so deep trees do not hold a descriptor per
-/// level).
-fn walk(abs: &Path, rel: &Path, filter: &Filter, scan: &mut Scan, found: &mut Sorted) {
-    let fail = |scan: &mut Scan, rel: PathBuf, msg: String| {
-        scan.errors.push(PathError {
+/// An entry of the walk could not be read: an error, and nothing at or
+/// below it is deleted on the target.
+fn scan_failed(scan: &mut Scan, rel: PathBuf, msg: String) {
+    scan.errors.push(PathError {
+        path: display_path(&rel),
+        message: msg,
+    });
+    scan.unknown.insert(rel);
+}
+
+/// An entry deleted while the walk reached it: a warning (counted), not an
+/// error; nothing at or below it is deleted on the target.
+fn scan_vanished(scan: &mut Scan, rel: PathBuf) {
+    scan.vanished += 1;
+    if scan.warnings.len() < 200 {
+        scan.warnings.push(PathError {
             path: display_path(&rel),
-            message: msg,
+            message: "vanished during the scan".into(),
         });
-        scan.unknown.insert(rel);
-    };
-    // an entry deleted while the walk reached it: a warning, not an error
-    let vanished = |scan: &mut Scan, rel: PathBuf| {
-        scan.vanished += 1;
-        if scan.warnings.len() < 200 {
-            scan.warnings.push(PathError {
-                path: display_path(&rel),
-                message: "vanished during the scan".into(),
-            });
-        }
-        scan.unknown.insert(rel);
-    };
+    }
+    scan.unknown.insert(rel);
+}
+
+type Items = Vec<(std::ffi::OsString, std::io::Result<std::fs::Metadata>)>;
+
+/// The entries of one directory that are not excluded, unsorted; `None`
+/// when the directory cannot be read (said in `scan`).
+fn read_entries(abs: &Path, rel: &Path, filter: &Filter, scan: &mut Scan) -> Option<Items> {
     let rd = match std::fs::read_dir(abs) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            vanished(scan, rel.to_path_buf());
-            return;
+            scan_vanished(scan, rel.to_path_buf());
+            return None;
         }
         Err(e) => {
-            fail(scan, rel.to_path_buf(), e.to_string());
-            return;
+            scan_failed(scan, rel.to_path_buf(), e.to_string());
+            return None;
         }
     };
-    let mut items: Vec<(std::ffi::OsString, std::io::Result<std::fs::Metadata>)> = Vec::new();
+    let mut items: Items = Vec::new();
     for e in rd {
         match e {
             Ok(e) => {
@@ -406,9 +410,23 @@ fn walk(abs: &Path, rel: &Path, filter: &Filter, scan: &mut Scan, found: &mut So
                 }
                 items.push((name, e.metadata()));
             }
-            Err(e) => fail(scan, rel.to_path_buf(), e.to_string()),
+            Err(e) => scan_failed(scan, rel.to_path_buf(), e.to_string()),
         }
     }
+    Some(items)
+}
+
+/// One directory of the source walk: entries sorted by name, each
+/// stat'ed relative to the open directory (`statx(dirfd, name)`, no path
+/// walk from the root), symlinks never followed; subdirectories after the
+/// directory's handle is closed (so deep trees do not hold a descriptor per
+/// level).
+fn walk(abs: &Path, rel: &Path, filter: &Filter, scan: &mut Scan, found: &mut Sorted) {
+    let fail = scan_failed;
+    let vanished = scan_vanished;
+    let Some(mut items) = read_entries(abs, rel, filter, scan) else {
+        return;
+    };
     items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (name, md) in items {
         let child = rel.join(&name);

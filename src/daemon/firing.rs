@@ -383,7 +383,9 @@ mod tests {
     #[test]
     fn a_busy_or_backing_off_target_is_skipped_while_the_others_run() {
         let mut js = jobs("");
-        js[0].targets.push(crate::target::Target::Local("/srv/c".into()));
+        js[0]
+            .targets
+            .push(crate::target::Target::Local("/srv/c".into()));
         let mut f = Firing::default();
         f.schedule_all(&js, at("2026-05-01T10:00:05Z"));
         assert_eq!(started(&f.due(at("2026-05-01T10:00:10Z"))).len(), 1);
