@@ -56,7 +56,7 @@ pub enum Command {
     /// Run jobs now, under each job's lock
     Run {
         /// Jobs to run
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(conflicts_with = "all")]
         jobs: Vec<String>,
         /// Run every job in the file
         #[arg(long)]
@@ -239,7 +239,7 @@ pub fn main() -> ExitCode {
     match dispatch(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("syncjob: {e}");
+            crate::errln!("syncjob: {e}");
             ExitCode::from(e.code())
         }
     }
@@ -346,6 +346,11 @@ fn cmd_run(
     verify: bool,
     wait: Option<Option<u64>>,
 ) -> Result<u8, CliError> {
+    if names.is_empty() && !all {
+        return Err(CliError::Usage(
+            "name the jobs to run (syncjob run JOB...), or run every job with --all".into(),
+        ));
+    }
     let cfg = g.load()?;
     let jobs: Vec<&config::Job> = if all {
         cfg.jobs.iter().collect()
@@ -383,6 +388,9 @@ fn cmd_run(
         progress: !g.quiet && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdout()),
         scheduled_for: None,
         owner: None,
+        inline_retries: true,
+        lock_held: false,
+        on_record: None,
     };
     let env = g.env_checked()?;
     let cancel = AtomicBool::new(false);
@@ -404,9 +412,9 @@ fn cmd_check(g: &Global) -> Result<u8, CliError> {
         Ok(c) => c,
         Err(ConfigError::Invalid(problems)) => {
             for p in &problems {
-                eprintln!("{p}");
+                crate::errln!("{p}");
             }
-            eprintln!(
+            crate::errln!(
                 "syncjob: {} problem(s) in {}",
                 problems.len(),
                 path.display()
@@ -430,8 +438,8 @@ fn cmd_check(g: &Global) -> Result<u8, CliError> {
                 }
                 None => "manual only".into(),
             };
-            println!("{}: {} -> {}", j.name, j.source.display(), join_targets(j));
-            println!(
+            crate::outln!("{}: {} -> {}", j.name, j.source.display(), join_targets(j));
+            crate::outln!(
                 "  {} {}{}, schedule {sched}",
                 j.mode.as_str(),
                 if j.delete { "with delete" } else { "no delete" },
@@ -442,7 +450,25 @@ fn cmd_check(g: &Global) -> Result<u8, CliError> {
                 }
             );
         }
-        println!("{}: {} job(s) ok", cfg.path.display(), cfg.jobs.len());
+    }
+    // what can be known locally: a missing source, a target that is a
+    // file, a missing key (the runs would fail, so check says so now)
+    let mut local = 0;
+    for j in &cfg.jobs {
+        for p in crate::preflight::problems(j) {
+            crate::errln!("{}: job {}: {p}", cfg.path.display(), j.name);
+            local += 1;
+        }
+    }
+    if local > 0 {
+        crate::errln!(
+            "syncjob: {local} problem(s) found on this machine for the jobs of {}",
+            cfg.path.display()
+        );
+        return Ok(EXIT_FAILED);
+    }
+    if !g.quiet {
+        crate::outln!("{}: {} job(s) ok", cfg.path.display(), cfg.jobs.len());
     }
     Ok(EXIT_OK)
 }
@@ -506,7 +532,7 @@ fn cmd_next(
         (None, None) => return Err(CliError::Usage("give a JOB or --spec EXPR".into())),
     };
     for t in sched.upcoming(from, tz, n) {
-        println!("{}", fmt_instant(t, tz));
+        crate::outln!("{}", fmt_instant(t, tz));
     }
     Ok(EXIT_OK)
 }
@@ -620,22 +646,45 @@ fn cmd_log(
     let since = since.map(parse_since).transpose()?;
     let env = g.env();
     let rows = read_log(&env.log, job, n, status, since)?;
+    // a job name that is neither in the jobs file nor in the log is a typo
+    if let Some(name) = job
+        && rows.is_empty()
+        && let Ok(cfg) = g.load()
+        && cfg.job(name).is_none()
+    {
+        return Err(CliError::Usage(format!(
+            "no job named {name:?} in {} (jobs: {})",
+            cfg.path.display(),
+            cfg.jobs
+                .iter()
+                .map(|j| j.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     if json {
         for (text, _) in &rows {
-            println!("{text}");
+            crate::outln!("{text}");
         }
         return Ok(EXIT_OK);
     }
-    println!(
+    crate::outln!(
         "{:<25} {:<16} {:<9} {:<8} {:>7} {:>10} {:>7} {:>8}  TARGET / REASON",
-        "TIME", "JOB", "TRIGGER", "STATUS", "FILES", "BYTES", "DELETED", "MS"
+        "TIME",
+        "JOB",
+        "TRIGGER",
+        "STATUS",
+        "FILES",
+        "BYTES",
+        "DELETED",
+        "MS"
     );
     // every field escaped: a name in a reason cannot forge a row or send
     // terminal sequences
     let e = crate::escape::text;
     for (_, rec) in rows {
         let Some(r) = rec else { continue };
-        println!(
+        crate::outln!(
             "{:<25} {:<16} {:<9} {:<8} {:>7} {:>10} {:>7} {:>8}  {}{}",
             e(r.ts.get(..23).unwrap_or(&r.ts)),
             e(&r.job),
@@ -657,8 +706,13 @@ fn cmd_log(
 fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
     let cfg = g.load()?;
     let env = g.env();
-    let names: Vec<&str> = cfg.jobs.iter().map(|j| j.name.as_str()).collect();
-    let last = journal::last_records(&env.log, &names);
+    // the last real outcome of each target (a skipped firing is not one)
+    let pairs: Vec<(String, String)> = cfg
+        .jobs
+        .iter()
+        .flat_map(|j| j.targets.iter().map(|t| (j.name.clone(), t.to_string())))
+        .collect();
+    let last = journal::last_outcomes(&env.log, &pairs);
     let now = Utc::now();
     let mut rows = Vec::new();
     for j in &cfg.jobs {
@@ -668,7 +722,17 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             .as_ref()
             .and_then(|s| s.next_after(now, tz))
             .map(|t| fmt_instant(t, tz));
-        let l = last.get(&j.name);
+        let per_target: Vec<&journal::Record> = j
+            .targets
+            .iter()
+            .filter_map(|t| last.get(&(j.name.clone(), t.to_string())))
+            .collect();
+        let worst = per_target.iter().map(|r| r.status).max();
+        let last_run = per_target.iter().map(|r| r.finished_at.clone()).max();
+        let by_target: serde_json::Map<String, serde_json::Value> = per_target
+            .iter()
+            .map(|r| (r.target.clone(), serde_json::json!(r.status)))
+            .collect();
         rows.push(serde_json::json!({
             "job": j.name,
             "schedule": j.schedule.as_ref().map(|s| s.text().to_string()),
@@ -677,8 +741,9 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             "delete": j.delete,
             "source": j.source.display().to_string(),
             "targets": j.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
-            "last_status": l.map(|r| r.status),
-            "last_run": l.map(|r| r.finished_at.clone()),
+            "last_status": worst,
+            "last_run": last_run,
+            "last_by_target": by_target,
             "next": next,
         }));
     }
@@ -689,16 +754,21 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             if let Some(o) = &owners {
                 r["owner"] = crate::cluster::report::job_json(o, r["job"].as_str().unwrap_or(""));
             }
-            println!("{r}");
+            crate::outln!("{r}");
         }
         return Ok(EXIT_OK);
     }
-    println!(
+    crate::outln!(
         "{:<16} {:<18} {:<16} {:<11} {:<8} {:<25} TARGETS",
-        "JOB", "SCHEDULE", "TIMEZONE", "MODE", "LAST", "NEXT"
+        "JOB",
+        "SCHEDULE",
+        "TIMEZONE",
+        "MODE",
+        "LAST",
+        "NEXT"
     );
     for (j, r) in cfg.jobs.iter().zip(rows) {
-        println!(
+        crate::outln!(
             "{:<16} {:<18} {:<16} {:<11} {:<8} {:<25} {}",
             j.name,
             r["schedule"].as_str().unwrap_or("-"),
@@ -748,22 +818,22 @@ fn cmd_status(g: &Global, json: bool) -> Result<u8, CliError> {
         if let (Some(c), Some(o)) = (&cfg, &owners) {
             v["cluster"] = crate::cluster::report::all_json(c, o);
         }
-        println!("{v}");
+        crate::outln!("{v}");
         return Ok(EXIT_OK);
     }
     match &daemon {
-        Some(d) => println!("daemon: running, pid {} since {}", d.pid, d.since),
-        None => println!(
+        Some(d) => crate::outln!("daemon: running, pid {} since {}", d.pid, d.since),
+        None => crate::outln!(
             "daemon: not running (state dir {})",
             env.state_dir.display()
         ),
     }
     if running.is_empty() {
-        println!("no job running");
+        crate::outln!("no job running");
     } else {
-        println!("{:<16} {:>8} {:<9} SINCE", "JOB", "PID", "TRIGGER");
+        crate::outln!("{:<16} {:>8} {:<9} SINCE", "JOB", "PID", "TRIGGER");
         for (n, h) in running {
-            println!("{:<16} {:>8} {:<9} {}", n, h.pid, h.trigger, h.since);
+            crate::outln!("{:<16} {:>8} {:<9} {}", n, h.pid, h.trigger, h.since);
         }
     }
     if let (Some(c), Some(o)) = (&cfg, &owners) {

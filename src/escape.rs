@@ -5,7 +5,8 @@
 //! newline, carriage return or ESC, so no forged line, `<N>` journal
 //! priority or terminal sequence), no Unicode bidirectional or line/
 //! paragraph separator control, and no invalid UTF-8; each such byte is
-//! written as rsync does, `\#ooo` (octal). Everything else is kept as is.
+//! written as rsync does, `\#ooo` (octal), and so is a backslash before `#`,
+//! so that `names::decode` gives the bytes back. Everything else is kept as is.
 
 /// Characters that reorder or break displayed text without being control
 /// characters: bidi embeddings, overrides and isolates, marks, separators.
@@ -23,8 +24,10 @@ fn push_octal(out: &mut String, bytes: &[u8]) {
 pub fn bytes(b: &[u8]) -> String {
     let mut out = String::with_capacity(b.len());
     for chunk in b.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() || is_format_hazard(c) {
+        let mut chars = chunk.valid().chars().peekable();
+        while let Some(c) = chars.next() {
+            // `\#` itself is escaped so that `names::decode` inverts this
+            if c.is_control() || is_format_hazard(c) || (c == '\\' && chars.peek() == Some(&'#')) {
                 let mut buf = [0u8; 4];
                 push_octal(&mut out, c.encode_utf8(&mut buf).as_bytes());
             } else {
@@ -38,7 +41,7 @@ pub fn bytes(b: &[u8]) -> String {
 
 /// A message that may carry names from outside, as one printable line.
 pub fn text(s: &str) -> String {
-    if s.chars().any(|c| c.is_control() || is_format_hazard(c)) {
+    if s.chars().any(|c| c.is_control() || is_format_hazard(c)) || s.contains("\\#") {
         bytes(s.as_bytes())
     } else {
         s.to_string()

@@ -37,6 +37,8 @@ pub struct Outcome {
     pub lost_target: bool,
     /// nothing to do, decided from the target's manifest without listing it
     pub from_manifest: bool,
+    /// source files that vanished during the run (warnings, not errors)
+    pub vanished: u64,
 }
 
 impl Outcome {
@@ -391,8 +393,12 @@ impl Executor<'_, '_> {
                 self.out.files_transferred += 1;
                 self.out.bytes_transferred += n;
             }
-            Action::Delete { .. } => {
-                self.out.files_deleted += 1;
+            Action::Delete { path, .. } => {
+                // a stale temporary file of a killed run is cleanup, not a
+                // deletion of the target's content
+                if !crate::plan::is_temp_name(path) {
+                    self.out.files_deleted += 1;
+                }
                 (self.s.on_done)(a);
             }
             _ => (self.s.on_done)(a),
@@ -422,6 +428,16 @@ impl Executor<'_, '_> {
                 self.failed.push(path.to_path_buf())
             }
             _ => {}
+        }
+        if matches!(a, Action::Copy { .. }) && crate::transport::is_source_vanished(&e) {
+            self.out.vanished += 1;
+            if self.out.warnings.len() < MAX_ERRORS {
+                self.out.warnings.push(PathError {
+                    path: display_path(path),
+                    message: e.to_string(),
+                });
+            }
+            return false;
         }
         let fatal = is_fatal(&e);
         if fatal && self.out.lost_target {

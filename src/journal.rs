@@ -119,6 +119,10 @@ pub struct Record {
     pub files_transferred: u64,
     pub bytes_transferred: u64,
     pub files_deleted: u64,
+    /// Source files that vanished during the run (warnings; the run stays
+    /// ok unless `vanished: fail`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_vanished: u64,
     pub errors: Vec<PathError>,
     #[serde(default)]
     pub warnings: Vec<PathError>,
@@ -142,6 +146,25 @@ pub struct Record {
     pub host: String,
     pub pid: u32,
     pub version: String,
+    /// Compact log: no-op runs of this target since its previous record
+    /// that were not appended (see `log_noop`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unlogged_noop: u64,
+    /// Compact log: skipped firings of this target since its previous
+    /// record that were not appended.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unlogged_skipped: u64,
+    /// Not stored: the record may be left out of a compact log.
+    #[serde(skip)]
+    pub compact: bool,
+    /// Not stored: the target failed for a transient reason and its retry
+    /// was left to the caller (the daemon retries it in the background).
+    #[serde(skip)]
+    pub retry: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Errors, and warnings, kept in one record: a run with thousands of
@@ -215,6 +238,32 @@ pub fn last_records(log: &Path, jobs: &[&str]) -> std::collections::HashMap<Stri
             && !found.contains_key(&r.job)
         {
             found.insert(r.job.clone(), r);
+        }
+    }
+    found
+}
+
+/// The last real outcome (not `skipped`, not `dry_run`) of each
+/// (job, target) pair, read from the end of the log.
+pub fn last_outcomes(
+    log: &Path,
+    pairs: &[(String, String)],
+) -> std::collections::HashMap<(String, String), Record> {
+    let mut found = std::collections::HashMap::new();
+    let Ok(lines) = RevLines::open(log) else {
+        return found;
+    };
+    for line in lines.flatten() {
+        if found.len() == pairs.len() {
+            break;
+        }
+        if let Ok(r) = serde_json::from_slice::<Record>(&line)
+            && !matches!(r.status, Status::Skipped | Status::DryRun)
+        {
+            let key = (r.job.clone(), r.target.clone());
+            if pairs.contains(&key) && !found.contains_key(&key) {
+                found.insert(key, r);
+            }
         }
     }
     found

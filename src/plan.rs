@@ -13,9 +13,27 @@ use std::path::{Path, PathBuf};
 /// killed run is removed by the next run, and the source walk skips them.
 pub const TEMP_PREFIX: &str = ".syncjob-tmp.";
 
+/// Whether `p`'s name is exactly the temporary-name pattern,
+/// `.syncjob-tmp.<pid>.<n>.<name>` (digits, digits, a non-empty name): a
+/// real file such as `.syncjob-tmp.notes` is an ordinary name.
 pub fn is_temp_name(p: &Path) -> bool {
-    p.file_name()
-        .is_some_and(|n| n.as_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+    let Some(rest) = p
+        .file_name()
+        .and_then(|n| n.as_bytes().strip_prefix(TEMP_PREFIX.as_bytes()))
+    else {
+        return false;
+    };
+    let digits = |s: &[u8]| -> Option<usize> {
+        let n = s.iter().take_while(|b| b.is_ascii_digit()).count();
+        (n > 0 && s.get(n) == Some(&b'.')).then_some(n + 1)
+    };
+    let Some(a) = digits(rest) else {
+        return false;
+    };
+    let Some(b) = digits(&rest[a..]) else {
+        return false;
+    };
+    rest.len() > a + b
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,6 +277,9 @@ pub struct Scan {
     /// unreadable entry, skipped special file): nothing at or below them is
     /// deleted on the target.
     pub unknown: BTreeSet<PathBuf>,
+    /// Entries that vanished between readdir and stat (a warning each, up
+    /// to a bound; not errors).
+    pub vanished: u64,
 }
 
 impl Scan {
@@ -293,7 +314,7 @@ pub fn display_path(p: &Path) -> String {
     if p.as_os_str().is_empty() {
         ".".into()
     } else {
-        p.to_string_lossy().into_owned()
+        crate::names::encode(p.as_os_str().as_bytes())
     }
 }
 
@@ -328,27 +349,46 @@ pub fn scan_source(root: &Path, filter: &Filter) -> Result<Scan, ScanError> {
     Ok(scan)
 }
 
-/// One directory of the source walk: entries sorted by name, each
-/// stat'ed relative to the open directory (`statx(dirfd, name)`, no path
-/// walk from the root), symlinks never followed; subdirectories after the
-/// directory's handle is closed (so deep trees do not hold a descriptor per
-/// level).
-fn walk(abs: &Path, rel: &Path, filter: &Filter, scan: &mut Scan, found: &mut Sorted) {
-    let fail = |scan: &mut Scan, rel: PathBuf, msg: String| {
-        scan.errors.push(PathError {
+/// An entry of the walk could not be read: an error, and nothing at or
+/// below it is deleted on the target.
+fn scan_failed(scan: &mut Scan, rel: PathBuf, msg: String) {
+    scan.errors.push(PathError {
+        path: display_path(&rel),
+        message: msg,
+    });
+    scan.unknown.insert(rel);
+}
+
+/// An entry deleted while the walk reached it: a warning (counted), not an
+/// error; nothing at or below it is deleted on the target.
+fn scan_vanished(scan: &mut Scan, rel: PathBuf) {
+    scan.vanished += 1;
+    if scan.warnings.len() < 200 {
+        scan.warnings.push(PathError {
             path: display_path(&rel),
-            message: msg,
+            message: "vanished during the scan".into(),
         });
-        scan.unknown.insert(rel);
-    };
+    }
+    scan.unknown.insert(rel);
+}
+
+type Items = Vec<(std::ffi::OsString, std::io::Result<std::fs::Metadata>)>;
+
+/// The entries of one directory that are not excluded, unsorted; `None`
+/// when the directory cannot be read (said in `scan`).
+fn read_entries(abs: &Path, rel: &Path, filter: &Filter, scan: &mut Scan) -> Option<Items> {
     let rd = match std::fs::read_dir(abs) {
         Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            scan_vanished(scan, rel.to_path_buf());
+            return None;
+        }
         Err(e) => {
-            fail(scan, rel.to_path_buf(), e.to_string());
-            return;
+            scan_failed(scan, rel.to_path_buf(), e.to_string());
+            return None;
         }
     };
-    let mut items: Vec<(std::ffi::OsString, std::io::Result<std::fs::Metadata>)> = Vec::new();
+    let mut items: Items = Vec::new();
     for e in rd {
         match e {
             Ok(e) => {
@@ -356,19 +396,46 @@ fn walk(abs: &Path, rel: &Path, filter: &Filter, scan: &mut Scan, found: &mut So
                 let child = rel.join(&name);
                 // excluded entries are not even stat'ed
                 let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                if is_temp_name(&child) || filter.excluded(&child, is_dir) {
+                if filter.excluded(&child, is_dir) {
+                    continue;
+                }
+                if is_temp_name(&child) {
+                    // never copied (the target would take it for a stale
+                    // temporary file and remove it), but said
+                    scan.warnings.push(PathError {
+                        path: display_path(&child),
+                        message: "not copied: the name has the form of syncjob's temporary files (.syncjob-tmp.<pid>.<n>.<name>)".into(),
+                    });
                     continue;
                 }
                 items.push((name, e.metadata()));
             }
-            Err(e) => fail(scan, rel.to_path_buf(), e.to_string()),
+            Err(e) => scan_failed(scan, rel.to_path_buf(), e.to_string()),
         }
     }
+    Some(items)
+}
+
+/// One directory of the source walk: entries sorted by name, each
+/// stat'ed relative to the open directory (`statx(dirfd, name)`, no path
+/// walk from the root), symlinks never followed; subdirectories after the
+/// directory's handle is closed (so deep trees do not hold a descriptor per
+/// level).
+fn walk(abs: &Path, rel: &Path, filter: &Filter, scan: &mut Scan, found: &mut Sorted) {
+    let fail = scan_failed;
+    let vanished = scan_vanished;
+    let Some(mut items) = read_entries(abs, rel, filter, scan) else {
+        return;
+    };
     items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (name, md) in items {
         let child = rel.join(&name);
         let md = match md {
             Ok(md) => md,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                vanished(scan, child);
+                continue;
+            }
             Err(err) => {
                 fail(scan, child, format!("cannot stat: {err}"));
                 continue;
@@ -584,9 +651,18 @@ pub struct Plan<'a> {
     ops: Vec<Op>,
     /// paths the plan could not handle (reported, the rest proceeds)
     pub errors: Vec<PathError>,
+    /// How many entries the target had (as listed or in its manifest).
+    pub target_entries: u64,
 }
 
 impl Plan<'_> {
+    /// Deletions that count toward `max_delete`.
+    pub fn counted_deletes(&self) -> u64 {
+        self.ops
+            .iter()
+            .filter(|o| o.code == Code::Delete && o.flags & COUNTED != 0)
+            .count() as u64
+    }
     pub fn is_noop(&self) -> bool {
         self.ops.is_empty()
     }
@@ -877,7 +953,8 @@ pub fn diff_stream<'a>(
         last: None,
         disordered: false,
     };
-    let mut dst = dst.peekable();
+    let mut target_entries = 0u64;
+    let mut dst = dst.inspect(|_| target_entries += 1).peekable();
     let n = src.entries.len();
     let mut si = 0;
     loop {
@@ -923,7 +1000,10 @@ pub fn diff_stream<'a>(
         let present = te.is_some();
         plan_entry(&mut m.acc, k, path, se, same, present, opts, same_content);
     }
-    m.finish()
+    drop(dst);
+    let mut plan = m.finish();
+    plan.target_entries = target_entries;
+    plan
 }
 
 /// The state of [`diff_stream`]'s one pass.
@@ -1062,6 +1142,7 @@ impl<'a> Merge<'a, '_> {
             gone,
             ops,
             errors,
+            target_entries: 0,
         }
     }
 }
@@ -1079,6 +1160,25 @@ fn attr_flags(se: &Entry, te: &Entry, opts: Options, force_time: bool) -> Option
         flags |= SET_OWNER;
     }
     (flags != 0).then_some(flags)
+}
+
+#[cfg(test)]
+mod temp_name_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_exact_pattern_is_a_temporary_name() {
+        let t = |s: &str| is_temp_name(Path::new(s));
+        assert!(t(".syncjob-tmp.12.0.index.php"));
+        assert!(t("d/.syncjob-tmp.1.22.x"));
+        assert!(!t(".syncjob-tmp.fake"));
+        assert!(!t(".syncjob-tmp.12.fake"));
+        assert!(!t(".syncjob-tmp.12.0."));
+        assert!(!t(".syncjob-tmp.x.0.y"));
+        assert!(!t("syncjob-tmp.1.2.y"));
+        let made = crate::transport::temp_name(Path::new("d/a.txt"));
+        assert!(is_temp_name(&made), "{made:?}");
+    }
 }
 
 #[cfg(test)]
@@ -1306,6 +1406,7 @@ mod tests {
             gone,
             ops,
             errors,
+            target_entries: lst.len() as u64,
         }
     }
 

@@ -174,6 +174,11 @@ fn parse_field(s: &str, d: &FieldDef) -> Result<u64, String> {
         };
         let (lo, hi) = if range == "*" {
             (d.min, if d.max == 7 { 6 } else { d.max })
+        } else if range.starts_with('-') {
+            return Err(format!(
+                "{} field: {range:?}: negative values do not exist ({}-{})",
+                d.name, d.min, d.max
+            ));
         } else if let Some((a, b)) = range.split_once('-') {
             let a = parse_value(a, d)?;
             let b = parse_value(b, d)?;

@@ -21,6 +21,9 @@ pub struct SshTarget {
     pub port: Option<u16>,
     /// The directory on the remote host (absolute, or relative to the login directory).
     pub path: String,
+    /// This target's own SSH settings (a target written as a map with
+    /// `ssh:`), over the job's; `None`: the job's.
+    pub ssh: Option<Box<crate::config::SshOptions>>,
 }
 
 impl fmt::Display for Target {
@@ -98,6 +101,20 @@ fn check_root(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `~/dir` (and `~`) on a remote host: the login directory, as scp and
+/// rsync read it; the path is then relative (SFTP and the remote shell
+/// start there). `~user/` is refused.
+fn remote_home(path: &str) -> Result<&str, String> {
+    match path {
+        "~" | "~/" => Ok("."),
+        p if p.starts_with("~/") => Ok(&p[2..]),
+        p if p.starts_with('~') => Err(format!(
+            "`{p}`: only `~/` (the login directory) is understood, not `~user`; write the full path"
+        )),
+        p => Ok(p),
+    }
+}
+
 /// Parse a target string. Relative local paths are resolved against `base`
 /// (the directory of the jobs file).
 pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
@@ -111,7 +128,12 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
     if let Some(rest) = s.strip_prefix("ssh://") {
         return parse_url(s, rest);
     }
-    if s.contains("://") {
+    if let Some((scheme, _)) = s.split_once("://")
+        && !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '+')
+    {
         return Err(format!(
             "{s:?}: unsupported URL scheme (use a local path, [user@]host:/path, ssh://[user@]host[:port]/path or rsync://[user@]host[:port]/module[/path])"
         ));
@@ -128,7 +150,17 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
     if let Some(c) = colon
         && slash.is_none_or(|sl| c < sl)
     {
-        return parse_scp(s, c);
+        return parse_scp(s, c, slash);
+    }
+    if let Some(first) = s.split('/').next()
+        && let Some((u, h)) = first.split_once('@')
+        && !u.is_empty()
+        && !h.is_empty()
+    {
+        return Err(format!(
+            "{s:?} looks like a remote target without `:` after the host; write {first}:/{} (or ./{s} for a local directory)",
+            &s[first.len()..].trim_start_matches('/')
+        ));
     }
     let p = Path::new(s);
     let p = if p.is_absolute() {
@@ -191,6 +223,7 @@ fn parse_url(s: &str, rest: &str) -> Result<Target, String> {
         host: host.to_string(),
         port,
         path: path.to_string(),
+        ssh: None,
     }))
 }
 
@@ -220,22 +253,38 @@ fn parse_scp_v6(s: &str, v6: &str) -> Result<Target, String> {
         host: host.to_string(),
         port: None,
         path: path.to_string(),
+        ssh: None,
     }))
 }
 
-/// `[user@]host:path`, the colon at `c`.
-fn parse_scp(s: &str, c: usize) -> Result<Target, String> {
+/// `[user@]host:path`, the colon at `c` (before the first slash, if any).
+fn parse_scp(s: &str, c: usize, slash: Option<usize>) -> Result<Target, String> {
     let (userhost, path) = (&s[..c], &s[c + 1..]);
+    let before_slash = &s[..slash.unwrap_or(s.len())];
+    if before_slash.matches(':').count() >= 2 && !path.starts_with(':')
+        || userhost.ends_with('@')
+        || (path.starts_with(':') && before_slash.matches(':').count() > 2)
+    {
+        let (u, rest) = before_slash.rsplit_once('@').unwrap_or(("", before_slash));
+        let at = if u.is_empty() { "" } else { "@" };
+        let host = rest.rsplit_once(':').map(|x| x.0).unwrap_or(rest);
+        return Err(format!(
+            "{s:?}: an IPv6 address needs brackets: write {u}{at}[{host}]:{}",
+            &s[before_slash.len()..]
+        ));
+    }
     let (user, host) = split_user(userhost).map_err(|e| format!("{s:?}: {e}"))?;
     if !valid_host(host) {
         return Err(format!("{s:?}: invalid host {host:?}"));
     }
+    let path = remote_home(path).map_err(|e| format!("{s:?}: {e}"))?;
     check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
     Ok(Target::Ssh(SshTarget {
         user,
         host: host.to_string(),
         port: None,
         path: path.to_string(),
+        ssh: None,
     }))
 }
 
@@ -249,6 +298,7 @@ mod tests {
             host: host.into(),
             port,
             path: path.into(),
+            ssh: None,
         })
     }
 
@@ -342,5 +392,41 @@ mod tests {
             let t = parse(s, b).unwrap();
             assert_eq!(parse(&t.to_string(), b).unwrap(), t, "{s}");
         }
+    }
+
+    #[test]
+    fn near_misses_say_what_to_write() {
+        let b = Path::new("/etc/syncjob");
+        let err = |s: &str| parse(s, b).unwrap_err();
+        let e = err("root@127.0.0.1/srv/x");
+        assert!(e.contains("write root@127.0.0.1:/srv/x"), "{e}");
+        let e = err("root@::1:/x");
+        assert!(
+            e.contains("IPv6 address needs brackets: write root@[::1]:/x"),
+            "{e}"
+        );
+        let e = err("fe80::1:/x");
+        assert!(e.contains("write [fe80::1]:/x"), "{e}");
+        let e = err("root@host://");
+        assert!(e.contains("a target root of `/` is refused"), "{e}");
+        let e = err("host::module");
+        assert!(e.contains("rsync daemon"), "{e}");
+        let e = err("host:~bob/www");
+        assert!(e.contains("~user"), "{e}");
+        assert!(err("rsync://host/x").contains("unsupported URL scheme"));
+    }
+
+    #[test]
+    fn tilde_is_the_remote_login_directory() {
+        let b = Path::new("/");
+        assert_eq!(
+            parse("web:~/www", b).unwrap(),
+            ssh(None, "web", None, "www")
+        );
+        assert_eq!(parse("web:~", b).unwrap(), ssh(None, "web", None, "."));
+        assert_eq!(
+            parse("ssh://web:2222/~/www", b).unwrap(),
+            ssh(None, "web", Some(2222), "www")
+        );
     }
 }

@@ -19,7 +19,7 @@ fn check_reports_every_problem_with_file_line_column_and_job() {
     let f = f.display();
     assert!(
         r.stderr.contains(&format!(
-            "{f}:5:5: job web: unknown key `delet` in job web; did you mean `delete`?"
+            "{f}:5:5: job web: unknown key `delet`; did you mean `delete`?"
         )),
         "{}",
         r.stderr

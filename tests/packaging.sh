@@ -28,9 +28,12 @@ trap 'rm -rf "$root"' EXIT
 dpkg-deb -x "$deb" "$root"
 bin="$root/usr/bin/syncjob"
 "$bin" --version | grep -q "^syncjob $(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)$" || fail "--version"
-# the shipped example is valid (its include of jobs.d may match nothing)
-"$bin" -c "$root/etc/syncjob/jobs.yaml.example" --state-dir "$root/state" check >/dev/null \
-  || fail "the shipped example does not pass check"
+# the shipped example is valid (its include of jobs.d may match nothing);
+# its source and keys are not on this machine, which check reports with
+# exit 1 (local problems), never 2 (an invalid file)
+rc=0
+"$bin" -c "$root/etc/syncjob/jobs.yaml.example" --state-dir "$root/state" check >/dev/null 2>&1 || rc=$?
+[ "$rc" -le 1 ] || fail "the shipped example does not pass check (exit $rc)"
 zcat "$root/usr/share/man/man1/syncjob.1.gz" | grep -q '^\.TH syncjob' || fail "man page"
 bash -n "$root/usr/share/bash-completion/completions/syncjob" || fail "bash completion"
 

@@ -34,7 +34,7 @@ pub use ticket::Ticket;
 use crate::config::ClusterConfig;
 use crate::metrics::Metrics;
 use etcd::{Etcd, EtcdError};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -77,7 +77,8 @@ struct State {
     last_ok: Option<Instant>,
     /// Jobs owned here under the current lease: their lock's revision.
     owned: HashMap<String, i64>,
-    running: HashSet<String>,
+    /// Runs of each job going here (a job's targets may run apart).
+    running: HashMap<String, usize>,
     unowned_since: HashMap<String, Instant>,
     /// Why etcd is not usable now.
     problem: Option<String>,
@@ -232,7 +233,7 @@ impl Cluster {
         let Some(&revision) = st.owned.get(job) else {
             return Err(Refusal::NotOwner);
         };
-        st.running.insert(job.to_string());
+        *st.running.entry(job.to_string()).or_insert(0) += 1;
         drop(st);
         Ok(Ticket::new(sh.clone(), job, revision, global.clone()))
     }
@@ -394,7 +395,7 @@ impl Shared {
             Some(kv) if mine => {
                 let mut st = self.lock();
                 st.unowned_since.remove(job);
-                if pref != Some(me) && !st.running.contains(job) {
+                if pref != Some(me) && !st.running.contains_key(job) {
                     // hand it over: not owned here from now on, then delete
                     st.owned.remove(job);
                     drop(st);

@@ -66,6 +66,12 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.done.store(true, Ordering::SeqCst);
-        self.shared.lock().running.remove(&self.job);
+        let mut st = self.shared.lock();
+        if let Some(n) = st.running.get_mut(&self.job) {
+            *n -= 1;
+            if *n == 0 {
+                st.running.remove(&self.job);
+            }
+        }
     }
 }

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 /// Parse one YAML document: UTF-8 check, syntax, `${VAR}` expansion.
 fn read_doc(ctx: &mut Ctx, bytes: &[u8]) -> Option<Node> {
+    // a UTF-8 byte-order mark (some Windows editors write one) is dropped
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {

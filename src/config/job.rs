@@ -6,7 +6,9 @@
 //! defines the job.
 
 use super::raw::{Ctx, Raw};
-use super::{Compare, Hooks, HostKeyPolicy, Job, Mode, Overlap, SshOptions};
+use super::{
+    Compare, DEFAULT_MAX_DELETE_PERCENT, Hooks, HostKeyPolicy, Job, Mode, Overlap, SshOptions,
+};
 use crate::filter::Filter;
 use crate::schedule::{self, Schedule};
 use crate::target::{self, Target};
@@ -62,7 +64,11 @@ impl<'n> Reader<'_, 'n> {
     fn number(&self, ctx: &mut Ctx, key: &str) -> Option<u64> {
         let n = self.f(key)?;
         n.as_u64().or_else(|| {
-            let msg = format!("`{key}` must be a whole number, found {}", n.type_name());
+            let found = match (n.type_name(), n.scalar()) {
+                ("a number", Some(v)) => v.to_string(),
+                (t, _) => t.to_string(),
+            };
+            let msg = format!("`{key}` must be a whole number (0 or more), found {found}");
             ctx.err(n.pos, self.j(), msg);
             None
         })
@@ -143,7 +149,10 @@ pub(super) fn build_job(ctx: &mut Ctx, name: &str, pos: Pos, r: &Raw, base: &Pat
         retry_interval: None,
         verify_interval: Duration::from_secs(60),
         allow_empty_source: rd.boolean(ctx, "allow_empty_source", false),
+        log_noop: rd.f("log_noop").map(|_| rd.boolean(ctx, "log_noop", true)),
+        vanished_fail: rd.choice(ctx, "vanished", &["warn", "fail"]) == Some(1),
         max_delete: None,
+        max_delete_percent: Some(DEFAULT_MAX_DELETE_PERCENT),
         preserve_owner: rd.boolean(ctx, "preserve_owner", false),
         overlap,
         catch_up: rd.boolean(ctx, "catch_up", false),
@@ -204,11 +213,25 @@ fn targets(ctx: &mut Ctx, rd: &Reader, pos: Pos) -> Vec<Target> {
         ctx.err(n.pos, rd.j(), "`remote` is an empty list");
     }
     for item in items {
+        if matches!(item.kind, Kind::Map(_)) {
+            if let Some(t) = target_map(ctx, rd, item) {
+                if targets.iter().any(|x| x.to_string() == t.to_string()) {
+                    ctx.err(
+                        item.pos,
+                        rd.j(),
+                        format!("target {:?} is listed twice", t.to_string()),
+                    );
+                } else {
+                    targets.push(t);
+                }
+            }
+            continue;
+        }
         let Some(s) = rd.string(ctx, item, "remote") else {
             continue;
         };
         match target::parse(&s, rd.base) {
-            Ok(t) if targets.contains(&t) => {
+            Ok(t) if targets.iter().any(|x| x.to_string() == t.to_string()) => {
                 ctx.err(item.pos, rd.j(), format!("target {s:?} is listed twice"))
             }
             Ok(t) => targets.push(t),
@@ -216,6 +239,55 @@ fn targets(ctx: &mut Ctx, rd: &Reader, pos: Pos) -> Vec<Target> {
         }
     }
     targets
+}
+
+/// A target written as a map: `{url: TARGET, ssh: {...}}`; its `ssh` keys
+/// are merged over the job's, key by key.
+fn target_map(ctx: &mut Ctx, rd: &Reader, item: &Node) -> Option<Target> {
+    let mut url = None;
+    let mut own = rd.raw.clone();
+    let mut has_ssh = false;
+    for (k, v, _) in ctx.map(item, "a target", &["url", "ssh"], rd.j()) {
+        if k == "url" {
+            url = rd.string(ctx, v, "url");
+        } else {
+            has_ssh = true;
+            for (sk, sv, _) in ctx.map(v, "a target's ssh", super::raw::SSH_KEYS, rd.j()) {
+                own.ssh
+                    .insert(super::raw::static_key(sk, super::raw::SSH_KEYS), sv);
+            }
+        }
+    }
+    let Some(url) = url else {
+        ctx.err(item.pos, rd.j(), "a target written as a map needs `url`");
+        return None;
+    };
+    let mut t = match target::parse(&url, rd.base) {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.err(item.pos, rd.j(), format!("bad target: {e}"));
+            return None;
+        }
+    };
+    match &mut t {
+        Target::Ssh(st) if has_ssh => {
+            let r = Reader {
+                raw: &own,
+                name: rd.name,
+                base: rd.base,
+            };
+            st.ssh = Some(Box::new(ssh(ctx, &r)));
+        }
+        Target::Local(_) if has_ssh => {
+            ctx.err(
+                item.pos,
+                rd.j(),
+                format!("target {url:?} is local: `ssh` settings do not apply"),
+            );
+        }
+        _ => {}
+    }
+    Some(t)
 }
 
 /// A local target inside the source, or around it, is refused.
@@ -281,6 +353,35 @@ fn excludes(ctx: &mut Ctx, rd: &Reader) -> Vec<String> {
 
 /// `retries`, `retry_interval`, `verify_interval`, `max_delete`,
 /// `parallel`, `streams` (defaults already in `job`).
+/// `max_delete: N` (at most N deletions, then the run fails) or `P%`
+/// (a run that would delete more than P% of a target's entries deletes
+/// nothing and fails; default 50%, `100%` lifts it).
+fn max_delete(ctx: &mut Ctx, rd: &Reader, job: &mut Job) {
+    let Some(n) = rd.f("max_delete") else {
+        return;
+    };
+    if let Some(p) = n.scalar().and_then(|s| s.strip_suffix('%')) {
+        match p.trim().parse::<u8>() {
+            Ok(p) if p <= 100 => {
+                job.max_delete_percent = Some(p);
+                return;
+            }
+            _ => {
+                let msg = format!(
+                    "`max_delete` must be a whole number or a percentage from 0% to 100%, found {:?}",
+                    n.scalar().unwrap_or("")
+                );
+                ctx.err(n.pos, rd.j(), msg);
+                return;
+            }
+        }
+    }
+    job.max_delete = rd.number(ctx, "max_delete");
+    if job.max_delete.is_some() {
+        job.max_delete_percent = None;
+    }
+}
+
 fn numbers(ctx: &mut Ctx, rd: &Reader, job: &mut Job) {
     job.retries = rd.number(ctx, "retries").unwrap_or(3).min(100) as u32;
     job.retry_interval = rd
@@ -292,7 +393,7 @@ fn numbers(ctx: &mut Ctx, rd: &Reader, job: &mut Job) {
     {
         job.verify_interval = d;
     }
-    job.max_delete = rd.number(ctx, "max_delete");
+    max_delete(ctx, rd, job);
     match rd.number(ctx, "parallel") {
         Some(0) => {
             let p = rd.f("parallel").unwrap().pos;

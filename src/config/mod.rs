@@ -82,6 +82,11 @@ impl Default for SshOptions {
     }
 }
 
+/// The default `max_delete`: 50% of a target's entries.
+pub const DEFAULT_MAX_DELETE_PERCENT: u8 = 50;
+/// The percentage guard spares runs deleting at most this many entries.
+pub const MAX_DELETE_FLOOR: u64 = 5;
+
 #[derive(Debug, Clone)]
 pub struct Job {
     pub name: String,
@@ -102,7 +107,18 @@ pub struct Job {
     /// nothing changed in the source (0: always list).
     pub verify_interval: Duration,
     pub allow_empty_source: bool,
+    /// Append a record for every no-op run and skipped firing (`None`:
+    /// unless the schedule fires more often than once a minute).
+    pub log_noop: Option<bool>,
+    /// Source files that vanish during a run fail it (`vanished: fail`);
+    /// by default (`warn`) they are counted in `files_vanished` and the
+    /// run stays ok, as rsync's exit 24 is accepted by scripts.
+    pub vanished_fail: bool,
     pub max_delete: Option<u64>,
+    /// With `delete`: a run that would delete more than this percentage of
+    /// a target's entries (and more than [`MAX_DELETE_FLOOR`]) deletes
+    /// nothing and fails. Default 50; `None` when `max_delete` is a number.
+    pub max_delete_percent: Option<u8>,
     pub preserve_owner: bool,
     pub overlap: Overlap,
     pub catch_up: bool,
@@ -130,6 +146,20 @@ pub struct Hooks {
 }
 
 impl Job {
+    /// Whether no-op runs and skipped firings get a record each (see
+    /// `log_noop`; by default not for schedules firing more often than
+    /// once a minute).
+    pub fn logs_noop(&self) -> bool {
+        if let Some(b) = self.log_noop {
+            return b;
+        }
+        let Some(s) = &self.schedule else {
+            return true;
+        };
+        let next = s.upcoming(chrono::Utc::now(), self.tz(), 2);
+        !matches!(next.as_slice(), [a, b] if (*b - *a).num_seconds() < 60)
+    }
+
     pub fn tz(&self) -> Tz {
         self.timezone.unwrap_or_else(schedule::system_tz)
     }
@@ -289,9 +319,7 @@ jobs:
         let p = problems("jobs:\n  web:\n    source: /a\n    remote: /b\n    delet: true\n");
         assert_eq!(
             p,
-            [
-                "/etc/syncjob/jobs.yaml:5:5: job web: unknown key `delet` in job web; did you mean `delete`?"
-            ]
+            ["/etc/syncjob/jobs.yaml:5:5: job web: unknown key `delet`; did you mean `delete`?"]
         );
     }
 

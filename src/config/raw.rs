@@ -26,6 +26,8 @@ pub(super) const JOB_KEYS: &[&str] = &[
     "retry_interval",
     "verify_interval",
     "allow_empty_source",
+    "vanished",
+    "log_noop",
     "max_delete",
     "preserve_owner",
     "overlap",
@@ -139,7 +141,13 @@ impl Ctx {
                 let hint = suggest(key, known)
                     .map(|s| format!("; did you mean `{s}`?"))
                     .unwrap_or_else(|| format!("; known keys: {}", known.join(", ")));
-                self.err(k.pos, job, format!("unknown key `{key}` in {what}{hint}"));
+                // the job is named by the prefix already: "job www: unknown key `x`"
+                let place = if job.is_some() && what.starts_with("job ") {
+                    String::new()
+                } else {
+                    format!(" in {what}")
+                };
+                self.err(k.pos, job, format!("unknown key `{key}`{place}{hint}"));
                 continue;
             }
             out.push((key, v, k.pos));
@@ -156,7 +164,7 @@ pub(super) struct Raw<'n> {
     pub rsync: BTreeMap<&'static str, &'n Node>,
 }
 
-fn static_key(k: &str, known: &[&'static str]) -> &'static str {
+pub(super) fn static_key(k: &str, known: &[&'static str]) -> &'static str {
     known.iter().find(|x| **x == k).copied().unwrap_or("")
 }
 

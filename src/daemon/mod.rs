@@ -27,11 +27,12 @@ mod firing;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Job;
 use crate::config::{self, Config, ConfigError};
-use crate::journal;
+use crate::journal::{self, Record};
 use crate::lock;
 use crate::run::{self, Env, Status, Trigger, Wait};
 use chrono::{DateTime, Utc};
 use firing::{Fire, Firing};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,7 +48,7 @@ enum Event {
     Terminate(i32),
     Reload,
     /// A run ended: the job's name and whether it failed.
-    Finished(String, bool),
+    Finished(String, Vec<Record>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,15 +65,30 @@ pub(crate) fn say(level: Level, msg: &str) {
     // `<0>` line) or terminal sequence
     let msg = crate::escape::text(msg);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        eprintln!("<{}>{msg}", level as u8);
+        crate::errln!("<{}>{msg}", level as u8);
     } else {
         let tag = match level {
             Level::Error => "ERROR",
             Level::Warning => "WARN",
             Level::Info => "INFO",
         };
-        eprintln!("{} {tag} {msg}", journal::now_rfc3339());
+        crate::errln!("{} {tag} {msg}", journal::now_rfc3339());
     }
+}
+
+fn targets_of(job: &Job) -> String {
+    let t: Vec<String> = job.targets.iter().map(|t| t.to_string()).collect();
+    t.join(", ")
+}
+
+/// A target's line, at its own level, as soon as that target is done.
+fn say_record(r: &Record) {
+    let level = match r.status {
+        Status::Failed => Level::Error,
+        Status::Skipped => Level::Warning,
+        _ => Level::Info,
+    };
+    say(level, &run::report::daemon_line(r));
 }
 
 /// systemd's notify protocol (Type=notify), when NOTIFY_SOCKET is set.
@@ -98,6 +114,8 @@ fn sd_notify(state: &str) {
 }
 
 struct Daemon {
+    /// Each job's lock, held while any run of the job is going.
+    locks: HashMap<String, lock::Lock>,
     config_path: PathBuf,
     env: Env,
     cfg: Config,
@@ -121,23 +139,46 @@ impl Daemon {
                         continue;
                     };
                     if trigger == Trigger::Retry {
-                        let msg =
-                            format!("job {}: retrying the failed run (retry_interval)", job.name);
+                        let msg = format!("job {}: retrying {}", job.name, targets_of(&job));
                         say(Level::Info, &msg);
+                    }
+                    if !self.take_lock(&job, due, trigger) {
+                        continue;
                     }
                     self.spawn_run(job, due, trigger, permit);
                 }
-                Fire::SkipOverlap { job, at } => {
-                    let msg = format!(
-                        "job {}: still running at {at}; this firing is skipped",
-                        job.name
-                    );
-                    say(Level::Warning, &msg);
-                    let res = run::log_skipped(&job, &self.env, Trigger::Schedule, "overlap");
+                Fire::Skip { job, at, reason } => {
+                    let res = run::log_skipped(&job, &self.env, Trigger::Schedule, Some(at), reason);
                     self.obs.finished(&res);
                 }
             }
         }
+    }
+
+    /// The job's lock for a run (held by the daemon across the job's
+    /// runs); false when another process holds it: the run is skipped.
+    fn take_lock(&mut self, job: &Job, due: Option<DateTime<Utc>>, trigger: Trigger) -> bool {
+        if self.locks.contains_key(&job.name) {
+            return true;
+        }
+        let path = lock::job_lock_path(&self.env.state_dir, &job.name);
+        let why = match lock::try_acquire(&path, trigger.as_str()) {
+            Ok(Some(l)) => {
+                self.locks.insert(job.name.clone(), l);
+                return true;
+            }
+            Ok(None) => "locked".to_string(),
+            Err(e) => format!("cannot take the job lock {}: {e}", path.display()),
+        };
+        say(Level::Warning, &format!("job {}: {why}; skipped", job.name));
+        let res = run::log_skipped(job, &self.env, trigger, due, &why);
+        self.obs.finished(&res);
+        let now = self.clock.now();
+        // the run never started: its targets are free again (nothing queued
+        // is started from here)
+        self.firing
+            .finished(&job.name, &res.records, now, true, true);
+        false
     }
 
     /// Run a job on its own thread; `Event::Finished` when it ends.
@@ -163,31 +204,31 @@ impl Daemon {
                 verify: false,
                 scheduled_for: due,
                 owner: permit.owner.clone(),
+                inline_retries: false,
+                lock_held: true,
+                on_record: Some(say_record),
             };
             let res = run::run_job(&job, &env, &opts, &cancel);
             drop(permit);
             obs.finished(&res);
-            let level = match res.status {
-                Status::Failed => Level::Error,
-                Status::Skipped => Level::Warning,
-                _ => Level::Info,
-            };
-            for r in &res.records {
-                say(level, &run::report::daemon_line(r));
+            if !res.reported {
+                res.records.iter().for_each(say_record);
             }
-            let failed = res.status == Status::Failed;
-            let _ = tx.send(Event::Finished(job.name.clone(), failed));
+            let _ = tx.send(Event::Finished(job.name.clone(), res.records));
         });
     }
 
-    fn finished(&mut self, name: &str, failed: bool) {
+    fn finished(&mut self, name: &str, records: &[Record]) {
         let configured = self.cfg.jobs.iter().any(|j| j.name == name);
         let stopping = self.cancel.load(Ordering::Relaxed);
         let now = self.clock.now();
-        let fire = self
+        let fires = self
             .firing
-            .finished(name, failed, now, configured, stopping);
-        self.execute(fire.into_iter().collect());
+            .finished(name, records, now, configured, stopping);
+        if self.firing.jobs.get(name).is_none_or(|s| s.runs == 0) {
+            self.locks.remove(name);
+        }
+        self.execute(fires);
     }
 
     /// `catch_up: true` jobs whose firing was missed since their last
@@ -224,7 +265,11 @@ impl Daemon {
                     j.name, rec.started_at
                 );
                 say(Level::Info, &msg);
-                fires.extend(self.firing.start(&j.name, None, Trigger::Schedule));
+                let now = self.clock.now();
+                let f = self
+                    .firing
+                    .start(&j.name, None, Trigger::Schedule, None, now);
+                fires.extend(f);
             }
         }
         self.execute(fires);
@@ -279,7 +324,7 @@ impl Daemon {
                     self.reload();
                     sd_notify("READY=1");
                 }
-                Ok(Event::Finished(name, failed)) => self.finished(&name, failed),
+                Ok(Event::Finished(name, records)) => self.finished(&name, &records),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return 0,
             }
@@ -353,6 +398,7 @@ pub fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let obs = crate::observe::Observer::start(&cfg, &env).map_err(DaemonError::Setup)?;
     let mut d = Daemon {
+        locks: HashMap::new(),
         config_path,
         env,
         cfg,

@@ -36,7 +36,7 @@ pub(super) fn run_locked(
     open: &Opener,
 ) -> JobResult {
     // A dry run changes nothing and takes no lock.
-    let _lock = if opts.dry_run {
+    let _lock = if opts.dry_run || opts.lock_held {
         None
     } else {
         match take_lock(job, env, opts) {
@@ -74,6 +74,7 @@ pub(super) fn run_locked(
         status,
         records,
         appended: !holds_records(job, opts),
+        reported: true,
     }
 }
 
@@ -93,9 +94,15 @@ fn take_lock(job: &Job, env: &Env, opts: &Options) -> Result<lock::Lock, Box<Job
                 let who = lock::holder(&lock_path)
                     .map(|h| format!(" by pid {} since {}", h.pid, h.since))
                     .unwrap_or_default();
-                eprintln!("syncjob: job {} is already running{who}; skipped", job.name);
+                crate::errln!("syncjob: job {} is already running{who}; skipped", job.name);
             }
-            Err(Box::new(log_skipped(job, env, opts.trigger, "locked")))
+            Err(Box::new(log_skipped(
+                job,
+                env,
+                opts.trigger,
+                opts.scheduled_for,
+                "locked",
+            )))
         }
         Err(e) => Err(Box::new(fail_all(
             job,
@@ -166,11 +173,14 @@ fn sync_targets(job: &Job, shared: &RunShared) -> Vec<Record> {
                     if !hold {
                         append_all(shared.env, std::slice::from_ref(&rec));
                     }
+                    if let Some(f) = shared.opts.on_record {
+                        f(&rec);
+                    }
                     if !text.is_empty() {
                         let _g = print_lock.lock().unwrap();
                         match shared.multi {
-                            Some(m) => m.suspend(|| print!("{text}")),
-                            None => print!("{text}"),
+                            Some(m) => m.suspend(|| crate::out!("{text}")),
+                            None => crate::out!("{text}"),
                         }
                     }
                     results.lock().unwrap().push((i, rec));
@@ -194,7 +204,7 @@ pub(super) fn fail_all(
 ) -> JobResult {
     if !opts.quiet {
         let reason = crate::escape::text(&reason);
-        eprintln!("syncjob: job {}: {reason}", job.name);
+        crate::errln!("syncjob: job {}: {reason}", job.name);
     }
     let mut base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
     base.owner = opts.owner.clone();
@@ -223,6 +233,7 @@ pub(super) fn fail_all(
         status: Status::Failed,
         records,
         appended: !hold,
+        reported: false,
     }
 }
 
@@ -254,7 +265,7 @@ pub(super) fn after_hooks(job: &Job, opts: &Options, res: &JobResult) -> Vec<Hoo
         if let Some(cmd) = cmd {
             let r = crate::hooks::run(cmd, &vars, job.hooks.timeout);
             if !r.ok {
-                eprintln!(
+                crate::errln!(
                     "syncjob: job {}: {name} hook failed ({}): {}",
                     job.name,
                     r.status,

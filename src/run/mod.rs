@@ -8,6 +8,7 @@
 //! `report` (the lines printed for people). Every outcome becomes one
 //! record per target in the run log.
 
+mod compact;
 mod dry_run;
 mod job;
 mod progress;
@@ -58,6 +59,16 @@ pub struct Options {
     pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
     /// Cluster mode: the etcd lock the run is under (into the records).
     pub owner: Option<crate::cluster::Owner>,
+    /// Retry a transient failure within the run (with backoff). The daemon
+    /// says false: the target's record is `failed` with `retry` set, and
+    /// the daemon retries it in the background, so that a dead target
+    /// never keeps the run (and its hooks) waiting.
+    pub inline_retries: bool,
+    /// The caller holds the job's lock already (the daemon, while runs of
+    /// the job on other targets are still going).
+    pub lock_held: bool,
+    /// Called with each target's record as soon as that target is done.
+    pub on_record: Option<fn(&Record)>,
 }
 
 #[derive(Debug)]
@@ -68,11 +79,19 @@ pub struct JobResult {
     pub records: Vec<Record>,
     /// the records are in the run log already
     pub appended: bool,
+    /// `Options::on_record` was called for every record already
+    pub reported: bool,
 }
 
 /// Write records for a run that did not happen (lock held, overlap, ...).
-pub fn log_skipped(job: &Job, env: &Env, trigger: Trigger, reason: &str) -> JobResult {
-    let base = RecordBase::new(job, trigger, None);
+pub fn log_skipped(
+    job: &Job,
+    env: &Env,
+    trigger: Trigger,
+    scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+    reason: &str,
+) -> JobResult {
+    let base = RecordBase::new(job, trigger, scheduled_for);
     let started = (journal::now_rfc3339(), Instant::now());
     let records: Vec<Record> = job
         .targets
@@ -94,6 +113,7 @@ pub fn log_skipped(job: &Job, env: &Env, trigger: Trigger, reason: &str) -> JobR
         status: Status::Skipped,
         records,
         appended: true,
+        reported: false,
     }
 }
 

@@ -87,6 +87,7 @@ impl RecordBase<'_> {
             files_transferred: o.files_transferred,
             bytes_transferred: o.bytes_transferred,
             files_deleted: o.files_deleted,
+            files_vanished: o.vanished,
             errors,
             warnings: journal::capped(&o.warnings, 0, "warnings"),
             scheduled_for: self.scheduled_for.clone(),
@@ -97,6 +98,10 @@ impl RecordBase<'_> {
             host: self.host.clone(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").into(),
+            retry: false,
+            unlogged_noop: 0,
+            unlogged_skipped: 0,
+            compact: self.trigger != Trigger::Manual && !self.job.logs_noop(),
         }
     }
 }
@@ -104,8 +109,13 @@ impl RecordBase<'_> {
 /// Append records to the run log, each as one line.
 pub(super) fn append_all(env: &Env, records: &[Record]) {
     for r in records {
+        let mut r = r.clone();
+        if !super::compact::keep(&mut r) {
+            continue;
+        }
+        let r = &r;
         if let Err(e) = journal::append(&env.log, r) {
-            eprintln!(
+            crate::errln!(
                 "syncjob: cannot append to run log {}: {e}",
                 env.log.display()
             );

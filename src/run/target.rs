@@ -113,6 +113,11 @@ pub(super) struct TargetRun<'a> {
     effective_owner: bool,
     attempt: u32,
     retried: Vec<String>,
+    /// A transient failure left to the caller to retry (no inline retries).
+    retry_later: bool,
+    /// The percentage guard of `max_delete` refused this plan's deletions:
+    /// (deletions planned, the target's entries, the percentage).
+    delete_guard: Option<(u64, u64, u8)>,
 }
 
 /// Plan and apply one target; returns its record and the text to print.
@@ -197,6 +202,7 @@ impl<'a> TargetRun<'a> {
             outcome: Outcome {
                 errors: run.scan.errors.clone(),
                 warnings: run.scan.warnings.clone(),
+                vanished: run.scan.vanished,
                 ..Default::default()
             },
             text: String::new(),
@@ -211,6 +217,8 @@ impl<'a> TargetRun<'a> {
             run,
             attempt: 0,
             retried: Vec::new(),
+            retry_later: false,
+            delete_guard: None,
         }
     }
 
@@ -260,6 +268,10 @@ impl<'a> TargetRun<'a> {
             Err(x) => x,
         };
         let permanent = e.retry == Retry::Permanent;
+        if !permanent && !self.run.opts.inline_retries && !self.run.opts.dry_run {
+            self.retry_later = true;
+            return Connected::Failed(format!("{what}: {e}"));
+        }
         if !permanent
             && self.attempt < self.job.retries
             && !self.run.opts.dry_run
@@ -338,6 +350,11 @@ impl<'a> TargetRun<'a> {
         let quiet = self.run.opts.quiet;
         dry_run::print(&mut self.text, self.job, self.target, &planned.plan, quiet);
         self.outcome.errors.extend(planned.errors);
+        // what the run would do, counted as a real run would count it
+        let (files, bytes) = planned.plan.copy_totals();
+        self.outcome.files_transferred = files;
+        self.outcome.bytes_transferred = bytes;
+        self.outcome.files_deleted = planned.plan.counted_deletes();
         let rec = self.record(Status::DryRun, None);
         (rec, self.text)
     }
@@ -376,9 +393,10 @@ impl<'a> TargetRun<'a> {
         let tsettings = transport_settings(job);
         let open = self.run.open;
         let open_extra = || open(target, &tsettings).map_err(|e| e.source);
+        let max_delete = self.max_delete(&plan);
         let settings = Settings {
             source_root: &job.source,
-            max_delete: job.max_delete,
+            max_delete,
             preserve_owner: caps.preserve_owner,
             cancel: self.run.cancel,
             on_done: &on_done,
@@ -394,10 +412,13 @@ impl<'a> TargetRun<'a> {
         self.outcome.files_transferred += applied.files_transferred;
         self.outcome.bytes_transferred += applied.bytes_transferred;
         self.outcome.files_deleted += applied.files_deleted;
+        self.outcome.vanished += applied.vanished;
         self.outcome
             .warnings
             .extend(applied.warnings.iter().cloned());
+        self.retry_later = applied.lost_target && !self.run.opts.inline_retries;
         if applied.lost_target
+            && self.run.opts.inline_retries
             && self.attempt < job.retries
             && backoff(self.attempt, self.run.cancel)
         {
@@ -436,17 +457,44 @@ impl<'a> TargetRun<'a> {
         self.finish(status, reason)
     }
 
+    /// The executor's `max_delete`: the job's number, or 0 when the plan
+    /// would delete more than `max_delete_percent` of the target's entries.
+    fn max_delete(&mut self, plan: &Plan) -> Option<u64> {
+        if self.job.max_delete.is_some() {
+            return self.job.max_delete;
+        }
+        let pct = self.job.max_delete_percent?;
+        let (planned, entries) = (plan.counted_deletes(), plan.target_entries);
+        if planned > crate::config::MAX_DELETE_FLOOR && planned * 100 > u64::from(pct) * entries {
+            self.delete_guard = Some((planned, entries, pct));
+            return Some(0);
+        }
+        None
+    }
+
     /// Why the run failed, if it did (empty: it did not).
     fn reasons(&self, aborted: Option<String>, deletes_withheld: u64) -> Vec<String> {
         let mut reasons = Vec::new();
         if let Some(a) = aborted {
             reasons.push(a);
         }
-        if deletes_withheld > 0 {
+        if let Some((planned, entries, pct)) = self.delete_guard
+            && deletes_withheld > 0
+        {
+            reasons.push(format!(
+                "max_delete ({pct}%): the run would delete {planned} of the target's {entries} entries; nothing was deleted (is the source complete? set max_delete: 100% or a number to allow it)"
+            ));
+        } else if deletes_withheld > 0 {
             reasons.push(format!(
                 "max_delete ({}) reached: {} deletions not done",
                 self.job.max_delete.unwrap_or(0),
                 deletes_withheld
+            ));
+        }
+        if self.job.vanished_fail && self.outcome.vanished > 0 {
+            reasons.push(format!(
+                "{} source file(s) vanished during the run (vanished: fail)",
+                self.outcome.vanished
             ));
         }
         if let Some(first) = self.outcome.errors.first() {
@@ -482,14 +530,16 @@ impl<'a> TargetRun<'a> {
     }
 
     fn record(&self, status: Status, reason: Option<String>) -> Record {
-        self.run.base.record(
+        let mut rec = self.run.base.record(
             self.target,
             status,
             reason,
             self.run.started.clone(),
             self.run.scan.files(),
             &self.outcome,
-        )
+        );
+        rec.retry = self.retry_later && status == Status::Failed;
+        rec
     }
 
     /// The record, and the summary line unless quiet.

@@ -63,6 +63,9 @@ fn opts() -> Options {
         verify: false,
         scheduled_for: None,
         owner: None,
+        inline_retries: true,
+        lock_held: false,
+        on_record: None,
     }
 }
 

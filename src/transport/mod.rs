@@ -194,14 +194,26 @@ impl OpenError {
     }
 }
 
-/// Plain I/O errors while connecting are transient.
+/// I/O errors while connecting or listing are transient (refused, reset,
+/// timed out, ...) unless their kind says that trying again cannot help
+/// (not a directory, permission denied, read-only, invalid input).
 impl From<io::Error> for OpenError {
     fn from(source: io::Error) -> OpenError {
+        use io::ErrorKind as K;
         // a remote that broke a bound would break it again
         let retry = if violation::is_violation(&source) {
             Retry::Permanent
         } else {
-            Retry::Transient
+            match source.kind() {
+                K::NotADirectory
+                | K::IsADirectory
+                | K::PermissionDenied
+                | K::ReadOnlyFilesystem
+                | K::InvalidInput
+                | K::InvalidFilename
+                | K::Unsupported => Retry::Permanent,
+                _ => Retry::Transient,
+            }
         };
         OpenError { retry, source }
     }
@@ -230,6 +242,21 @@ impl std::fmt::Display for ChangedDuringCopy {
 }
 impl std::error::Error for ChangedDuringCopy {}
 
+/// A source file was gone when it was to be copied (deleted since the scan).
+#[derive(Debug)]
+pub struct SourceVanished;
+
+impl std::fmt::Display for SourceVanished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the source file vanished during the run")
+    }
+}
+impl std::error::Error for SourceVanished {}
+
+pub fn is_source_vanished(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<SourceVanished>())
+}
+
 pub fn is_changed_during_copy(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|i| i.is::<ChangedDuringCopy>())
 }
@@ -240,7 +267,11 @@ pub fn open_source(path: &Path) -> io::Result<(File, Metadata)> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
+        .open(path)
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => io::Error::new(io::ErrorKind::NotFound, SourceVanished),
+            _ => e,
+        })?;
     let md = f.metadata()?;
     if !md.is_file() {
         return Err(io::Error::new(

@@ -153,6 +153,15 @@ impl Sshd {
         }
     }
 
+    /// Send a signal to the listening server only (e.g. SIGSTOP to freeze
+    /// it: connections are accepted by the kernel but never answered).
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid {
+            // SAFETY: kill has no memory preconditions; pid is our sshd's.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.launch();

@@ -350,7 +350,14 @@ fn entry_of(f: &[&[u8]; 8]) -> Result<Entry, &'static str> {
         let s = std::str::from_utf8(mtime).unwrap_or("");
         let (a, b) = s.split_once('.').unwrap_or((s, "0"));
         let ns: String = b.chars().chain(std::iter::repeat('0')).take(9).collect();
-        (a.parse::<i64>().ok(), ns.parse::<u32>().ok())
+        match (a.parse::<i64>().ok(), ns.parse::<u32>().ok()) {
+            // before 1970: `-5.25` is 5.25 s before the epoch, i.e.
+            // -6 s + 0.75 s
+            (Some(s), Some(n)) if a.starts_with('-') && n > 0 => {
+                (Some(s - 1), Some(1_000_000_000 - n))
+            }
+            x => x,
+        }
     };
     let mode = std::str::from_utf8(mode)
         .ok()

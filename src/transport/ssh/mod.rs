@@ -24,6 +24,7 @@
 mod helper_client;
 mod known_hosts;
 mod listing;
+mod old_times;
 mod session;
 pub mod sftp;
 mod sftp_put;
@@ -57,7 +58,8 @@ impl Ssh {
     /// Open a session (see `session`), start SFTP on it, and the remote
     /// helper when the job sets `ssh.remote_helper`.
     pub fn connect(t: &SshTarget, settings: &TransportSettings) -> Result<Ssh, OpenError> {
-        let o = &settings.ssh;
+        // a target's own `ssh:` settings replace the job's
+        let o = t.ssh.as_deref().unwrap_or(&settings.ssh);
         let (sess, label) = session::open(t, o)?;
         let chan = sess.channel_session().map_err(io::Error::from)?;
         let sftp = Sftp::start(chan)
@@ -89,6 +91,28 @@ impl Ssh {
     }
 }
 
+impl Ssh {
+    /// The copied files whose mtime SFTP could not carry get it by `touch`
+    /// (a failure is reported on stderr; the file keeps the clamped time).
+    fn fix_old_times(&self, items: &[(&Path, PathBuf)], results: &[io::Result<u64>]) {
+        use std::os::unix::fs::MetadataExt;
+        let old: Vec<(Vec<u8>, i64)> = items
+            .iter()
+            .zip(results)
+            .filter(|(_, r)| r.is_ok())
+            .filter_map(|((rel, src), _)| {
+                let s = std::fs::symlink_metadata(src).ok()?.mtime();
+                (!old_times::fits_sftp(s)).then(|| (self.path(rel), s))
+            })
+            .collect();
+        if !old.is_empty()
+            && let Err(e) = self.touch_times(&old)
+        {
+            crate::errln!("syncjob: {e}");
+        }
+    }
+}
+
 impl Transport for Ssh {
     fn put_files(
         &mut self,
@@ -99,7 +123,11 @@ impl Transport for Ssh {
         let r = if self.helper.is_some() {
             self.put_batch_helper(items, preserve_owner, ctx)
         } else {
-            self.put_batch(items, preserve_owner, ctx)
+            let r = self.put_batch(items, preserve_owner, ctx);
+            if let Ok(r) = &r {
+                self.fix_old_times(items, r);
+            }
+            r
         };
         match r {
             Ok(r) => r
@@ -197,7 +225,11 @@ impl Transport for Ssh {
         mtime: Option<(i64, u32)>,
         owner: Option<(u32, u32)>,
     ) -> io::Result<()> {
-        self.sftp_set_attrs(rel, kind, mode, mtime, owner)
+        self.sftp_set_attrs(rel, kind, mode, mtime, owner)?;
+        match mtime {
+            Some((s, _)) if !old_times::fits_sftp(s) => self.touch_times(&[(self.path(rel), s)]),
+            _ => Ok(()),
+        }
     }
 
     fn remove(&mut self, rel: &Path, kind: EntryKind) -> io::Result<()> {

@@ -172,9 +172,24 @@ pub(super) fn open(t: &SshTarget, o: &SshOptions) -> Result<(ssh2::Session, Stri
         io::ErrorKind::NotFound,
         format!("no address for {}", t.host),
     );
+    // `timeout` bounds the whole opening (TCP, handshake, host key,
+    // authentication), not each step: a frozen server costs `timeout`.
+    let deadline = std::time::Instant::now() + o.timeout;
+    let left = || -> io::Result<std::time::Duration> {
+        deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {label}: timed out after {:?}", o.timeout),
+                )
+            })
+    };
+    let ms = |d: std::time::Duration| d.as_millis().clamp(1, u32::MAX as u128) as u32;
     let mut tcp = None;
     for a in addrs {
-        match TcpStream::connect_timeout(&a, o.timeout) {
+        match TcpStream::connect_timeout(&a, left()?) {
             Ok(s) => {
                 tcp = Some(s);
                 break;
@@ -203,7 +218,7 @@ pub(super) fn open(t: &SshTarget, o: &SshOptions) -> Result<(ssh2::Session, Stri
         let pref = known_hosts::preference(&kh.types_for(&lookup), &sup);
         let _ = sess.method_pref(ssh2::MethodType::HostKey, &pref);
     }
-    sess.set_timeout(o.timeout.as_millis().min(u32::MAX as u128) as u32);
+    sess.set_timeout(ms(left()?));
     sess.handshake().map_err(|e| {
         io::Error::new(
             io::ErrorKind::ConnectionAborted,
@@ -212,7 +227,9 @@ pub(super) fn open(t: &SshTarget, o: &SshOptions) -> Result<(ssh2::Session, Stri
     })?;
     check_host_key(&sess, &t.host, port, o, &kh)?;
     let user = t.user.clone().unwrap_or_else(local_user);
+    sess.set_timeout(ms(left()?));
     authenticate(&sess, &user, &t.host, o)?;
+    sess.set_timeout(ms(o.timeout));
     Ok((sess, label))
 }
 
@@ -340,7 +357,7 @@ fn check_host_key(
             }
             let line = format!("{name} {kt} {}\n", base64(key, true));
             append_known_host(&kh_path, line.as_bytes())?;
-            eprintln!(
+            crate::errln!(
                 "syncjob: added the host key of {name} ({kt} {fp}) to {} (accept-new)",
                 kh_path.display()
             );

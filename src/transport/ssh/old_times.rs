@@ -1,0 +1,43 @@
+//! Modification times SFTP v3 cannot carry: its times are unsigned 32-bit
+//! seconds, so a time before 1970 (or after 2106) would land clamped and
+//! the file would look changed on every listing. Such times are set
+//! afterwards with one remote `touch -h -m -d @SECONDS` per file, chained
+//! in commands of at most 64 KiB.
+//!
+//! Invariant: only paths syncjob has just written are touched; a remote
+//! without GNU touch leaves the clamped time (the failure is returned).
+
+use super::Ssh;
+use super::session::{self, shell_quote};
+use std::io;
+
+/// Whether SFTP v3 can carry these seconds.
+pub(super) fn fits_sftp(secs: i64) -> bool {
+    (0..=u32::MAX as i64).contains(&secs)
+}
+
+impl Ssh {
+    /// Set the mtimes of `items` (absolute remote paths) with `touch`.
+    pub(super) fn touch_times(&self, items: &[(Vec<u8>, i64)]) -> io::Result<()> {
+        let mut cmd: Vec<u8> = Vec::new();
+        for (k, (path, secs)) in items.iter().enumerate() {
+            if !cmd.is_empty() {
+                cmd.extend_from_slice(b" && ");
+            }
+            cmd.extend_from_slice(format!("touch -h -m -d @{secs} -- ").as_bytes());
+            cmd.extend_from_slice(&shell_quote(path));
+            if cmd.len() > 64 * 1024 || k + 1 == items.len() {
+                let (code, _, err) = session::exec(&self.sess, &cmd, false)?;
+                if code != 0 {
+                    return Err(io::Error::other(format!(
+                        "cannot set a modification time outside 1970-2106 on {}: {}",
+                        self.label,
+                        String::from_utf8_lossy(&err).trim()
+                    )));
+                }
+                cmd.clear();
+            }
+        }
+        Ok(())
+    }
+}
