@@ -5,6 +5,7 @@
 //! → `transport` (local, ssh) → `executor` (apply) → `journal` (run log).
 //! `cli` maps arguments to these and outcomes to exit codes.
 
+pub mod beneath;
 pub mod cli;
 pub mod config;
 pub mod daemon;
