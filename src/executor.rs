@@ -2,6 +2,7 @@
 
 use crate::journal::PathError;
 use crate::plan::{Action, EntryKind, Plan, display_path};
+use crate::source::with_source;
 use crate::transport::{Transport, is_changed_during_copy, with_progress};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,8 @@ pub struct Settings<'a> {
     pub streams: usize,
     /// counts the bytes sent by copies as they go (for a progress bar)
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// source files are opened through it (directory handles of the scan)
+    pub source: Option<std::sync::Arc<crate::source::SourceTree>>,
 }
 
 /// Errors after which the rest of the target cannot proceed.
@@ -140,6 +143,11 @@ fn split_copies(batch: &[&Action]) -> Vec<std::ops::Range<usize>> {
 }
 
 pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
+    // (same_content of `compare: checksum` opens sources here too)
+    with_source(s.source.clone(), || execute_here(plan, t, s))
+}
+
+fn execute_here(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
     let mut out = Outcome::default();
     // entries whose creation or removal failed: nothing is done below them
     let mut failed: Vec<PathBuf> = Vec::new();
@@ -267,11 +275,15 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
                             }
                         }
                         if let Some(x) = slot.as_mut() {
-                            with_progress(s.progress.clone(), || work(x.as_mut()));
+                            with_source(s.source.clone(), || {
+                                with_progress(s.progress.clone(), || work(x.as_mut()))
+                            });
                         }
                     });
                 }
-                with_progress(s.progress.clone(), || work(t));
+                with_source(s.source.clone(), || {
+                    with_progress(s.progress.clone(), || work(t))
+                });
             });
             out.warnings.extend(warnings.into_inner().unwrap());
             slots

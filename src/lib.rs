@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod plan;
 pub mod run;
 pub mod schedule;
+pub mod source;
 pub mod target;
 pub mod transport;
 pub mod yaml;

@@ -673,7 +673,12 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
         let plan = {
             let src_root = &job.source;
             let tr = &mut t;
-            let mut same = |rel: &std::path::Path| tr.same_content(rel, &src_root.join(rel));
+            let tree = crate::source::SourceTree::of(scan).map(std::sync::Arc::new);
+            let mut same = |rel: &std::path::Path| {
+                crate::source::with_source(tree.clone(), || {
+                    tr.same_content(rel, &src_root.join(rel))
+                })
+            };
             match listing.stream.take() {
                 Some(mut st) => {
                     let plan =
@@ -780,6 +785,7 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
             open_extra: Some(&open_extra),
             streams: job.streams,
             progress: sent.clone(),
+            source: crate::source::SourceTree::of(scan).map(std::sync::Arc::new),
         };
         let copying = AtomicBool::new(true);
         let applied = std::thread::scope(|sc| {

@@ -166,11 +166,17 @@ pub fn is_changed_during_copy(e: &io::Error) -> bool {
 
 /// Open a source file for copying without following a symlink that may have
 /// replaced it since the scan; returns its metadata as of the open.
+/// Beneath the root of this thread's source tree (`source::with_source`),
+/// every directory on the way is opened from a handle too, so a symlink
+/// swapped in for one of them is never followed either.
 pub fn open_source(path: &Path) -> io::Result<(File, Metadata)> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
+    let f = match crate::source::open_current(path) {
+        Some(f) => f?,
+        None => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?,
+    };
     let md = f.metadata()?;
     if !md.is_file() {
         return Err(io::Error::new(

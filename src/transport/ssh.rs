@@ -877,7 +877,7 @@ impl Transport for Ssh {
     }
 
     fn same_content(&mut self, rel: &Path, src: &Path) -> io::Result<bool> {
-        let mut f = std::fs::File::open(src)?;
+        let (mut f, _) = open_source(src)?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
