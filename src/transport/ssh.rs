@@ -227,7 +227,7 @@ impl Ssh {
         let sftp = Sftp::start(chan)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot start sftp on {label}: {e}")))?;
         let helper = match &o.remote_helper {
-            Some(cmd) => Some(start_helper(&sess, cmd, &label)?),
+            Some(cmd) => Some(start_helper(&sess, cmd, t.path.as_bytes(), &label)?),
             None => None,
         };
         Ok(Ssh {
@@ -363,14 +363,21 @@ impl Ssh {
     }
 }
 
-/// Start `CMD helper` on the remote and check its greeting. A helper that
-/// cannot start is a permanent error (it is configured, and would be
-/// missing on every retry).
-fn start_helper(sess: &ssh2::Session, cmd: &str, label: &str) -> io::Result<ssh2::Channel> {
+/// Start `CMD helper --root ROOT` on the remote and check its greeting
+/// (the helper is confined to the target root; paths sent are relative to
+/// it). A helper that cannot start is a permanent error (it is configured,
+/// and would be missing on every retry).
+fn start_helper(
+    sess: &ssh2::Session,
+    cmd: &str,
+    root: &[u8],
+    label: &str,
+) -> io::Result<ssh2::Channel> {
     let mut ch = sess.channel_session().map_err(io::Error::from)?;
     let mut line = b"exec ".to_vec();
     line.extend_from_slice(&shell_quote(cmd.as_bytes()));
-    line.extend_from_slice(b" helper");
+    line.extend_from_slice(b" helper --root ");
+    line.extend_from_slice(&shell_quote(root));
     ch.exec(&String::from_utf8_lossy(&line))
         .map_err(io::Error::from)?;
     let mut greeting = vec![0u8; crate::helper::GREETING.len()];
@@ -385,6 +392,9 @@ fn start_helper(sess: &ssh2::Session, cmd: &str, label: &str) -> io::Result<ssh2
     let said = String::from_utf8_lossy(&err).trim().to_string();
     let why = match (status, said.is_empty()) {
         (127, _) => format!("`{cmd}` not found there (exit 127)"),
+        (_, false) if said.contains("'--root'") => format!(
+            "the syncjob there is older than this one (its helper has no --root): update it ({said})"
+        ),
         (_, false) => said,
         _ if got.is_ok() => format!(
             "`{cmd} helper` answered {:?}, not a syncjob helper of this version",
@@ -1251,9 +1261,13 @@ impl Ssh {
         let mut results: Vec<Option<io::Result<u64>>> = items.iter().map(|_| None).collect();
         let mut sent: Vec<(usize, u64)> = Vec::with_capacity(items.len());
         let mut out: Vec<u8> = Vec::with_capacity(FLUSH + (64 << 10));
+        // relative to the root the helper was started with
         let paths: Vec<(Vec<u8>, Vec<u8>)> = items
             .iter()
-            .map(|(rel, _)| (self.path(&temp_name(rel)), self.path(rel)))
+            .map(|(rel, _)| {
+                let b = |p: &Path| p.as_os_str().as_bytes().to_vec();
+                (b(&temp_name(rel)), b(rel))
+            })
             .collect();
         let ch = self.helper.as_mut().expect("helper started");
 
