@@ -1,6 +1,7 @@
 //! Command-line arguments, and the one place where outcomes become exit codes.
 
 use crate::config::{self, Config, ConfigError};
+use crate::daemon::DaemonError;
 use crate::journal::{self, Record, RevLines};
 use crate::lock;
 use crate::run::{self, Env, Status, Wait};
@@ -148,6 +149,8 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Failed(String),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
 }
 
 impl CliError {
@@ -155,6 +158,10 @@ impl CliError {
         match self {
             CliError::Usage(_) | CliError::Config(_) => EXIT_USAGE,
             CliError::Failed(_) => EXIT_FAILED,
+            CliError::Daemon(DaemonError::Config(_) | DaemonError::AlreadyRunning { .. }) => {
+                EXIT_USAGE
+            }
+            CliError::Daemon(DaemonError::Setup(_)) => EXIT_FAILED,
         }
     }
 }
@@ -227,7 +234,11 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             verify,
             wait,
         } => cmd_run(g, jobs, *all, *dry_run, *verify, *wait),
-        Command::Daemon => crate::daemon::run(g).map(|()| EXIT_OK),
+        Command::Daemon => {
+            let path = config::locate(g.config.as_deref())?;
+            crate::daemon::run(path, g.env())?;
+            Ok(EXIT_OK)
+        }
         Command::Check => cmd_check(g),
         Command::List { json } => cmd_list(g, *json),
         Command::Next {
@@ -336,7 +347,7 @@ fn cmd_run(
         v
     };
     let opts = run::Options {
-        trigger: "manual",
+        trigger: run::Trigger::Manual,
         dry_run,
         wait: match wait {
             None => Wait::No,
@@ -481,7 +492,7 @@ fn parse_since(s: &str) -> Result<DateTime<Utc>, CliError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
-    let d = config::parse_duration(s).map_err(|e| {
+    let d = crate::units::parse_duration(s).map_err(|e| {
         CliError::Usage(format!(
             "--since {s:?}: give an RFC 3339 instant or a duration such as 1h ({e})"
         ))
@@ -604,7 +615,7 @@ fn cmd_log(
             r.trigger,
             r.status,
             r.files_transferred,
-            run::human_bytes(r.bytes_transferred),
+            crate::units::human_bytes(r.bytes_transferred),
             r.files_deleted,
             r.duration_ms,
             r.target,
@@ -637,7 +648,7 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             "delete": j.delete,
             "source": j.source.display().to_string(),
             "targets": j.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
-            "last_status": l.map(|r| r.status.clone()),
+            "last_status": l.map(|r| r.status),
             "last_run": l.map(|r| r.finished_at.clone()),
             "next": next,
         }));
@@ -726,6 +737,17 @@ mod tests {
         assert_eq!(exit_code_for(&[Status::Ok, Status::DryRun]), 0);
         assert_eq!(exit_code_for(&[Status::Ok, Status::Skipped]), 75);
         assert_eq!(exit_code_for(&[Status::Skipped, Status::Failed]), 1);
+        let daemon = |e: DaemonError| CliError::from(e).code();
+        let busy = DaemonError::AlreadyRunning {
+            state_dir: "/x".into(),
+            holder: String::new(),
+        };
+        assert_eq!(daemon(busy), EXIT_USAGE);
+        assert_eq!(
+            daemon(DaemonError::Config(ConfigError::NotFound)),
+            EXIT_USAGE
+        );
+        assert_eq!(daemon(DaemonError::Setup("signals".into())), EXIT_FAILED);
     }
 
     #[test]

@@ -181,7 +181,8 @@ fn open_checked(dir: BorrowedFd, name: &OsStr, want: (u64, u64)) -> io::Result<O
 
 /// Source files opened for copying: relative to the scan's root handle,
 /// through directories that must be the ones scanned. Shared by the copy
-/// threads of a run; directory handles are cached (bounded).
+/// threads of a run (through `CopyCtx`); directory handles are cached
+/// (bounded).
 #[derive(Debug)]
 pub struct SourceTree {
     root_path: PathBuf,
@@ -242,29 +243,4 @@ impl SourceTree {
             Mode::empty(),
         )?))
     }
-}
-
-thread_local! {
-    /// The source tree this thread's copies read from.
-    static CURRENT: std::cell::RefCell<Option<Arc<SourceTree>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Run `f` with this thread's source opens going through `tree`.
-pub fn with_source<R>(tree: Option<Arc<SourceTree>>, f: impl FnOnce() -> R) -> R {
-    let old = CURRENT.with(|c| c.replace(tree));
-    let r = f();
-    CURRENT.with(|c| *c.borrow_mut() = old);
-    r
-}
-
-/// Open `path` through this thread's source tree when it lies beneath its
-/// root (`None`: no tree, or another path).
-pub fn open_current(path: &Path) -> Option<io::Result<File>> {
-    CURRENT.with(|c| {
-        let c = c.borrow();
-        let tree = c.as_ref()?;
-        let rel = path.strip_prefix(tree.root_path()).ok()?;
-        Some(tree.open(rel))
-    })
 }

@@ -3,16 +3,18 @@
 //! root without following symlinks ([`Beneath`]), so nothing is written,
 //! removed, chmod-ed or chown-ed through a symlink in the target.
 
-use super::{Listing, Transport, copy_cancellable, open_source, temp_name, verify_unchanged};
+use super::{
+    CopyCtx, Listing, Transport, copy_cancellable, open_source, temp_name, verify_unchanged,
+};
 use crate::beneath::Beneath;
 use crate::filter::Filter;
 use crate::journal::PathError;
 use crate::plan::{Entry, EntryKind, TreeBuilder, display_path, is_temp_name};
+use crate::source::SourceTree;
 use std::fs::{self, File, FileTimes};
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub struct Local {
@@ -152,8 +154,13 @@ impl Transport for Local {
         Ok(())
     }
 
-    fn same_content(&mut self, rel: &Path, src: &Path) -> io::Result<bool> {
-        let (mut a, _) = open_source(src)?;
+    fn same_content(
+        &mut self,
+        rel: &Path,
+        src: &Path,
+        source: Option<&SourceTree>,
+    ) -> io::Result<bool> {
+        let (mut a, _) = open_source(src, source)?;
         let mut b = self.fs.open_read(rel)?;
         if a.metadata()?.len() != b.metadata()?.len() {
             return Ok(false);
@@ -170,15 +177,15 @@ impl Transport for Local {
         rel: &Path,
         src: &Path,
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<u64> {
-        let (mut input, before) = open_source(src)?;
+        let (mut input, before) = open_source(src, ctx.source)?;
         let (dir, name) = split(rel)?;
         let tmp = temp_name(rel);
         let tmp = tmp.file_name().unwrap_or_default();
         let mut out = self.fs.create_new(dir, tmp)?;
         let result = (|| {
-            let n = copy_cancellable(&mut input, &mut out, cancel)?;
+            let n = copy_cancellable(&mut input, &mut out, ctx)?;
             verify_unchanged(&input, &before, n)?;
             use std::os::unix::fs::MetadataExt;
             if preserve_owner {

@@ -1,14 +1,19 @@
 //! Where a target's files live. One trait, two implementations: `local`
-//! (a directory on this machine) and `ssh` (a directory on a remote host).
+//! (a directory on this machine) and `ssh` (a directory on a remote host),
+//! plus `memory`, a fake for unit tests. A transport gets the settings it
+//! needs ([`TransportSettings`]), never the job; a failure to open one is an
+//! [`OpenError`] whose [`Retry`] kind says whether trying again can help;
+//! every copy gets a [`CopyCtx`] (cancel, progress) explicitly.
 //!
 //! Paths handed to a transport are relative to the target root and come from
 //! the planner, never from the remote side unchecked.
 
 pub mod local;
-pub mod sftp;
+#[cfg(test)]
+pub mod memory;
 pub mod ssh;
 
-use crate::config::Job;
+use crate::config::SshOptions;
 use crate::filter::Filter;
 use crate::journal::PathError;
 use crate::plan::{Action, EntryKind, TEMP_PREFIX, Tree};
@@ -64,17 +69,25 @@ pub trait Transport: Send {
     /// Create the root directory (and its parents) if missing.
     fn ensure_root(&mut self) -> io::Result<()>;
     /// Does the target file hold the same bytes as the local `src`?
-    fn same_content(&mut self, rel: &Path, src: &Path) -> io::Result<bool>;
+    /// (`source`: the scanned tree `src` is opened through, see
+    /// [`open_source`].)
+    fn same_content(
+        &mut self,
+        rel: &Path,
+        src: &Path,
+        source: Option<&crate::source::SourceTree>,
+    ) -> io::Result<bool>;
     fn mkdir(&mut self, rel: &Path) -> io::Result<()>;
     /// Write `src` to `rel` under a temporary name, set its mode, mtime (and
     /// owner), then rename it into place. Returns the bytes written.
-    /// Gives up (removing its temporary file) when `cancel` is set.
+    /// Gives up (removing its temporary file) when `ctx` is cancelled, and
+    /// counts the bytes it sends into `ctx`.
     fn put_file(
         &mut self,
         rel: &Path,
         src: &Path,
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<u64>;
     /// Whether a symlink's own mtime can be set.
     fn symlink_times(&self) -> bool {
@@ -99,11 +112,11 @@ pub trait Transport: Send {
         &mut self,
         items: &[(&Path, PathBuf)],
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> Vec<io::Result<u64>> {
         items
             .iter()
-            .map(|(rel, src)| self.put_file(rel, src, preserve_owner, cancel))
+            .map(|(rel, src)| self.put_file(rel, src, preserve_owner, ctx))
             .collect()
     }
 
@@ -141,11 +154,59 @@ pub fn apply_one<T: Transport + ?Sized>(t: &mut T, a: &Action) -> io::Result<()>
     }
 }
 
-/// Open the transport for a target of a job.
-pub fn open(target: &Target, job: &Job) -> io::Result<Box<dyn Transport>> {
+/// What a transport needs to know of its job (not the job itself).
+#[derive(Debug, Clone, Default)]
+pub struct TransportSettings {
+    /// How to reach SSH targets (unused by local ones).
+    pub ssh: SshOptions,
+}
+
+/// Whether retrying can help after a failure to reach a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Connection refused or reset, a timeout, a channel lost: try again.
+    Transient,
+    /// Authentication refused, host key unknown or changed, a bad password
+    /// file, a missing remote helper: the same on every try.
+    Permanent,
+}
+
+/// A target could not be opened; `retry` says whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct OpenError {
+    pub retry: Retry,
+    pub source: io::Error,
+}
+
+impl OpenError {
+    /// A failure that retrying cannot fix.
+    pub fn permanent(kind: io::ErrorKind, msg: impl Into<String>) -> OpenError {
+        OpenError {
+            retry: Retry::Permanent,
+            source: io::Error::new(kind, msg.into()),
+        }
+    }
+}
+
+/// Plain I/O errors while connecting are transient.
+impl From<io::Error> for OpenError {
+    fn from(source: io::Error) -> OpenError {
+        OpenError {
+            retry: Retry::Transient,
+            source,
+        }
+    }
+}
+
+/// Open the transport for a target.
+pub fn open(
+    target: &Target,
+    settings: &TransportSettings,
+) -> Result<Box<dyn Transport>, OpenError> {
     match target {
         Target::Local(root) => Ok(Box::new(local::Local::new(root.clone()))),
-        Target::Ssh(t) => Ok(Box::new(ssh::Ssh::connect(t, job)?)),
+        Target::Ssh(t) => Ok(Box::new(ssh::Ssh::connect(t, settings)?)),
     }
 }
 
@@ -166,12 +227,16 @@ pub fn is_changed_during_copy(e: &io::Error) -> bool {
 
 /// Open a source file for copying without following a symlink that may have
 /// replaced it since the scan; returns its metadata as of the open.
-/// Beneath the root of this thread's source tree (`source::with_source`),
-/// every directory on the way is opened from a handle too, so a symlink
+/// Beneath the root of the scanned source tree `source`, every directory
+/// on the way is opened from a handle too, so a symlink
 /// swapped in for one of them is never followed either.
-pub fn open_source(path: &Path) -> io::Result<(File, Metadata)> {
-    let f = match crate::source::open_current(path) {
-        Some(f) => f?,
+pub fn open_source(
+    path: &Path,
+    source: Option<&crate::source::SourceTree>,
+) -> io::Result<(File, Metadata)> {
+    let beneath = source.and_then(|t| Some((t, path.strip_prefix(t.root_path()).ok()?)));
+    let f = match beneath {
+        Some((t, rel)) => t.open(rel)?,
         None => std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -204,24 +269,24 @@ pub fn verify_unchanged(f: &File, before: &Metadata, copied: u64) -> io::Result<
 }
 
 /// Copy `input` to `out` in large chunks (in-kernel `copy_file_range` where
-/// both are files), checking `cancel` between chunks.
+/// both are files), checking `ctx` for a shutdown between chunks.
 pub fn copy_cancellable(
     input: &mut File,
     out: &mut impl io::Write,
-    cancel: &AtomicBool,
+    ctx: &CopyCtx,
 ) -> io::Result<u64> {
     use std::io::Read;
     const CHUNK: u64 = 16 << 20;
     let mut total = 0;
     loop {
-        if cancel.load(Ordering::Relaxed) {
+        if ctx.cancelled() {
             return Err(io::Error::new(
                 io::ErrorKind::Interrupted,
                 "aborted by shutdown",
             ));
         }
         let n = io::copy(&mut input.by_ref().take(CHUNK), out)?;
-        add_progress(n);
+        ctx.add_progress(n);
         total += n;
         if n < CHUNK {
             return Ok(total);
@@ -229,27 +294,33 @@ pub fn copy_cancellable(
     }
 }
 
-thread_local! {
-    /// Bytes sent so far by this thread's copies, for a progress bar.
-    static PROGRESS: std::cell::RefCell<Option<std::sync::Arc<AtomicU64>>> =
-        const { std::cell::RefCell::new(None) };
+/// What the run tells a copy: when to stop, and where to count the bytes
+/// it sends (for a progress bar). Passed explicitly to every copy; no
+/// thread-local state.
+#[derive(Clone, Copy)]
+pub struct CopyCtx<'a> {
+    /// Set at shutdown: copies stop between chunks, removing their
+    /// temporary file.
+    pub cancel: &'a AtomicBool,
+    /// Bytes sent so far, when someone is watching.
+    pub progress: Option<&'a AtomicU64>,
+    /// The source as scanned: files are opened through its directory
+    /// handles (`None`: by path, the last component not followed).
+    pub source: Option<&'a crate::source::SourceTree>,
 }
 
-/// Run `f` with this thread's copies counting their bytes into `counter`.
-pub fn with_progress<R>(counter: Option<std::sync::Arc<AtomicU64>>, f: impl FnOnce() -> R) -> R {
-    let old = PROGRESS.with(|p| p.replace(counter));
-    let r = f();
-    PROGRESS.with(|p| *p.borrow_mut() = old);
-    r
-}
+impl CopyCtx<'_> {
+    /// Whether the run was told to stop.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
 
-/// Count `n` bytes sent (a chunk of a file being copied).
-pub fn add_progress(n: u64) {
-    PROGRESS.with(|p| {
-        if let Some(c) = &*p.borrow() {
+    /// Count `n` bytes sent (a chunk of a file being copied).
+    pub fn add_progress(&self, n: u64) {
+        if let Some(c) = self.progress {
             c.fetch_add(n, Ordering::Relaxed);
         }
-    });
+    }
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
