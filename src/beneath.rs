@@ -148,9 +148,8 @@ impl Beneath {
             None => self.root()?,
         };
         if !NO_OPENAT2.load(Ordering::Relaxed) {
-            let resolve = ResolveFlags::BENEATH
-                | ResolveFlags::NO_SYMLINKS
-                | ResolveFlags::NO_MAGICLINKS;
+            let resolve =
+                ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
             match rustix::fs::openat2(from, rest, dir_flags(), Mode::empty(), resolve) {
                 Ok(fd) => return Ok(fd),
                 Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::PERM => {
@@ -203,11 +202,8 @@ impl Beneath {
     /// Create a new file `name` in the directory `dir` (private: 0600),
     /// failing if anything exists there.
     pub fn create_new(&mut self, dir: &Path, name: &OsStr) -> io::Result<File> {
-        let flags = OFlags::WRONLY
-            | OFlags::CREATE
-            | OFlags::EXCL
-            | OFlags::NOFOLLOW
-            | OFlags::CLOEXEC;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let d = self.dir(dir)?;
         Ok(File::from(rustix::fs::openat(
             d,
@@ -421,10 +417,20 @@ mod tests {
             // a symlink's own attributes only
             b.set_attrs(Path::new("conf"), None, None, Some((1, 0)), None)
                 .unwrap();
-            b.set_attrs(Path::new("real"), Some(true), Some(0o700), Some((5, 6)), None)
-                .unwrap();
+            b.set_attrs(
+                Path::new("real"),
+                Some(true),
+                Some(0o700),
+                Some((5, 6)),
+                None,
+            )
+            .unwrap();
             assert_eq!(
-                std::fs::metadata(root.join("real")).unwrap().permissions().mode() & 0o777,
+                std::fs::metadata(root.join("real"))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777,
                 0o700
             );
         }

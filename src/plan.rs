@@ -334,7 +334,14 @@ pub fn scan_source(root: &Path, filter: &Filter) -> Result<Scan, ScanError> {
     let mut found = Sorted::default();
     found.push(Path::new(""), crate::source::entry_of(&st, None));
     let mut dirs = crate::source::DirIds::new();
-    crate::source::walk(walk_fd, Path::new(""), filter, &mut scan, &mut found, &mut dirs);
+    crate::source::walk(
+        walk_fd,
+        Path::new(""),
+        filter,
+        &mut scan,
+        &mut found,
+        &mut dirs,
+    );
     found.shrink();
     scan.entries = found;
     scan.dir_ids = std::sync::Arc::new(dirs);

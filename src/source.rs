@@ -30,6 +30,9 @@ use std::sync::{Arc, Mutex};
 pub type DirIds = HashMap<PathBuf, (u64, u64)>;
 
 /// The entry for a `stat` result (symlink target given separately).
+// (`stat`'s field types differ between architectures: the casts are not
+// all no-ops everywhere)
+#[allow(clippy::unnecessary_cast)]
 pub fn entry_of(st: &Stat, link: Option<PathBuf>) -> Entry {
     let kind = match FileType::from_raw_mode(st.st_mode as _) {
         FileType::RegularFile => EntryKind::File,
@@ -53,6 +56,7 @@ pub fn entry_of(st: &Stat, link: Option<PathBuf>) -> Entry {
     }
 }
 
+#[allow(clippy::unnecessary_cast)]
 fn id(st: &Stat) -> (u64, u64) {
     (st.st_dev as u64, st.st_ino as u64)
 }
@@ -128,7 +132,10 @@ pub fn walk(
             }
         };
         match FileType::from_raw_mode(st.st_mode as _) {
-            FileType::Fifo | FileType::Socket | FileType::BlockDevice | FileType::CharacterDevice => {
+            FileType::Fifo
+            | FileType::Socket
+            | FileType::BlockDevice
+            | FileType::CharacterDevice => {
                 scan.warnings.push(PathError {
                     path: display_path(&child),
                     message: "special file (fifo, socket or device) skipped".into(),
@@ -217,7 +224,9 @@ impl SourceTree {
             return Ok(fd.clone());
         }
         let parent = self.dir(rel.parent().unwrap_or(Path::new("")))?;
-        let name = rel.file_name().ok_or_else(|| crate::beneath::not_beneath(rel))?;
+        let name = rel
+            .file_name()
+            .ok_or_else(|| crate::beneath::not_beneath(rel))?;
         let want = *self.ids.get(rel).ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "not a directory of the scan")
         })?;
@@ -234,7 +243,9 @@ impl SourceTree {
     pub fn open(&self, rel: &Path) -> io::Result<File> {
         crate::beneath::check_relative(rel)?;
         let dir = self.dir(rel.parent().unwrap_or(Path::new("")))?;
-        let name = rel.file_name().ok_or_else(|| crate::beneath::not_beneath(rel))?;
+        let name = rel
+            .file_name()
+            .ok_or_else(|| crate::beneath::not_beneath(rel))?;
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
         Ok(File::from(rustix::fs::openat(
             dir.as_fd(),

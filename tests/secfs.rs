@@ -78,7 +78,12 @@ fn symlinks_planted_in_the_target_are_never_written_through() {
         fs::set_permissions(&conf, fs::Permissions::from_mode(0o666)).unwrap();
         let r = lab.run(&["run", "web"]);
 
-        assert_eq!(snapshot(&out), before, "{extra}: outside changed\n{}", r.stderr);
+        assert_eq!(
+            snapshot(&out),
+            before,
+            "{extra}: outside changed\n{}",
+            r.stderr
+        );
         assert_eq!(fs::read(&secret).unwrap(), b"secret: 0600", "{extra}");
         assert_eq!(mode(&secret), 0o600, "{extra}: the secret was chmod-ed");
         // the target converges (the symlinks are replaced, not followed)
@@ -116,7 +121,10 @@ fn swapper(dir: PathBuf, to: PathBuf, stop: Arc<AtomicBool>) -> std::thread::Joi
 
 fn many_files(lab: &Lab, n: usize) {
     for i in 0..n {
-        lab.write(&format!("sub/f{i:05}.txt"), format!("file {i}\n").as_bytes());
+        lab.write(
+            &format!("sub/f{i:05}.txt"),
+            format!("file {i}\n").as_bytes(),
+        );
     }
 }
 
@@ -223,7 +231,10 @@ fn a_source_directory_swapped_by_its_owner_leaks_no_root_only_file() {
     };
     while !busy() && t.elapsed() < Duration::from_secs(60) {}
     attacker.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    assert!(attacker.wait().unwrap().success(), "the swap as nobody failed");
+    assert!(
+        attacker.wait().unwrap().success(),
+        "the swap as nobody failed"
+    );
     child.wait().unwrap();
     let got = fs::read(lab.dst().join("sub/secret.txt")).ok();
     assert_ne!(got.as_deref(), Some(&b"TOPSECRET"[..]), "the secret leaked");
@@ -240,12 +251,16 @@ fn a_source_directory_swapped_by_its_owner_leaks_no_root_only_file() {
     }
     // also the scan: a run now sees `sub` as the link it is, copies it as one
     lab.run(&["run", "web"]).code(0);
-    assert!(fs::symlink_metadata(lab.dst().join("sub")).unwrap().is_symlink());
+    assert!(
+        fs::symlink_metadata(lab.dst().join("sub"))
+            .unwrap()
+            .is_symlink()
+    );
 }
 
 /// Records of the helper protocol for `fin` (relative to its root).
 fn record(tmp: &[u8], fin: &[u8], mode: u32, owner: Option<(u32, u32)>, out: &mut Vec<u8>) {
-    use syncjob::helper::{FileHeader, chunk, end, header};
+    use syncjob::helper::proto::{FileHeader, chunk, end, header};
     header(
         &FileHeader {
             basis: false,
@@ -271,18 +286,36 @@ fn hostile_stream(outside: &Path, secret: &Path) -> Vec<u8> {
     let os = |p: &Path| p.as_os_str().as_encoded_bytes().to_vec();
     record(&os(&abs_tmp), &os(&abs), 0o644, None, &mut s);
     record(b"../.syncjob-tmp.x", b"../escaped.txt", 0o644, None, &mut s);
-    record(b"d/../../.syncjob-tmp.x", b"d/../../escaped.txt", 0o644, None, &mut s);
+    record(
+        b"d/../../.syncjob-tmp.x",
+        b"d/../../escaped.txt",
+        0o644,
+        None,
+        &mut s,
+    );
     // through a symlink the attacker planted (or found) in the root
-    record(b"link/.syncjob-tmp.x", b"link/via-link.txt", 0o644, None, &mut s);
+    record(
+        b"link/.syncjob-tmp.x",
+        b"link/via-link.txt",
+        0o644,
+        None,
+        &mut s,
+    );
     // a temporary name elsewhere than beside the final name
     record(b"../.syncjob-tmp.t", b"ok.txt", 0o644, None, &mut s);
     record(b"suid.syncjob", b"suid", 0o644, None, &mut s);
     record(b".syncjob-tmp.s", b"suid", 0o4755, None, &mut s);
-    record(b".syncjob-tmp.g", b"sgid", 0o2755, Some((0, 0)).filter(|_| !is_root()), &mut s);
+    record(
+        b".syncjob-tmp.g",
+        b"sgid",
+        0o2755,
+        Some((0, 0)).filter(|_| !is_root()),
+        &mut s,
+    );
     // block hashes of any readable file, byte by byte
-    syncjob::helper::hashes_request(&os(secret), 4096, &mut s);
-    syncjob::helper::hashes_request(b"inside.txt", 1, &mut s);
-    syncjob::helper::hashes_request(b"link/keep.txt", 4096, &mut s);
+    syncjob::helper::proto::hashes_request(&os(secret), 4096, &mut s);
+    syncjob::helper::proto::hashes_request(b"inside.txt", 1, &mut s);
+    syncjob::helper::proto::hashes_request(b"link/keep.txt", 4096, &mut s);
     // and a plain file, which works
     record(b".syncjob-tmp.fine", b"fine.txt", 0o644, None, &mut s);
     s
@@ -291,7 +324,7 @@ fn hostile_stream(outside: &Path, secret: &Path) -> Vec<u8> {
 /// Read the replies to [`hostile_stream`]: every attack refused, the last
 /// record done.
 fn check_refused(mut r: &[u8]) {
-    use syncjob::helper::{GREETING, read_hashes, read_reply};
+    use syncjob::helper::proto::{GREETING, read_hashes, read_reply};
     assert!(r.starts_with(GREETING), "{}", String::from_utf8_lossy(r));
     r = &r[GREETING.len()..];
     for k in 0..8 {

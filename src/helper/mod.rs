@@ -84,7 +84,10 @@ pub fn serve<R: Read>(
                 let fin = bytes_of(input, MAX_PATH)?;
                 let block = u32_of(input)?;
                 let r = if hashed.len() >= MAX_HASHED && !hashed.contains_key(&fin) {
-                    Err(Fail(libc::EINVAL, "too many files awaiting their delta".into()))
+                    Err(Fail(
+                        libc::EINVAL,
+                        "too many files awaiting their delta".into(),
+                    ))
                 } else {
                     hash_blocks(&mut fs, &fin, block, &mut buf)
                 };

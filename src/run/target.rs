@@ -284,8 +284,7 @@ impl<'a> TargetRun<'a> {
         let plan = {
             let tr = &mut transport;
             let tree = crate::source::SourceTree::of(self.run.scan);
-            let mut same =
-                |rel: &Path| tr.same_content(rel, &job.source.join(rel), tree.as_ref());
+            let mut same = |rel: &Path| tr.same_content(rel, &job.source.join(rel), tree.as_ref());
             match listing.stream.take() {
                 Some(mut st) => {
                     let plan = plan::diff_stream(

@@ -236,7 +236,11 @@ impl Transport for Local {
                 ));
             }
         };
-        let mode = if kind == EntryKind::Symlink { None } else { mode };
+        let mode = if kind == EntryKind::Symlink {
+            None
+        } else {
+            mode
+        };
         self.fs.set_attrs(rel, dir, mode, mtime, owner)
     }
 
