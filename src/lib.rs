@@ -7,6 +7,7 @@
 //! arguments to these and every outcome to an exit code. The user-facing
 //! contract is `docs/CONTRACT.md`.
 
+pub mod beneath;
 pub mod cli;
 pub mod clock;
 pub mod cluster;
@@ -31,6 +32,7 @@ pub mod preflight;
 pub mod relname;
 pub mod run;
 pub mod schedule;
+pub mod source;
 pub mod statedir;
 pub mod target;
 pub mod target_state;

@@ -148,7 +148,8 @@ impl Daemon {
                     self.spawn_run(job, due, trigger, permit);
                 }
                 Fire::Skip { job, at, reason } => {
-                    let res = run::log_skipped(&job, &self.env, Trigger::Schedule, Some(at), reason);
+                    let res =
+                        run::log_skipped(&job, &self.env, Trigger::Schedule, Some(at), reason);
                     self.obs.finished(&res);
                 }
             }

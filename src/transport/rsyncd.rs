@@ -633,7 +633,12 @@ impl Transport for Rsyncd {
         }
     }
 
-    fn same_content(&mut self, rel: &Path, _src: &Path) -> io::Result<bool> {
+    fn same_content(
+        &mut self,
+        rel: &Path,
+        _src: &Path,
+        _source: Option<&crate::source::SourceTree>,
+    ) -> io::Result<bool> {
         let name = wire_name(rel);
         Ok(!self.differing()?.contains(&name))
     }

@@ -65,7 +65,12 @@ impl Ssh {
         let sftp = Sftp::start(chan)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot start sftp on {label}: {e}")))?;
         let helper = match &o.remote_helper {
-            Some(cmd) => Some(helper_client::start_helper(&sess, cmd, &label)?),
+            Some(cmd) => Some(helper_client::start_helper(
+                &sess,
+                cmd,
+                t.path.as_bytes(),
+                &label,
+            )?),
             None => None,
         };
         Ok(Ssh {
@@ -174,8 +179,13 @@ impl Transport for Ssh {
         Ok(())
     }
 
-    fn same_content(&mut self, rel: &Path, src: &Path) -> io::Result<bool> {
-        let mut f = std::fs::File::open(src)?;
+    fn same_content(
+        &mut self,
+        rel: &Path,
+        src: &Path,
+        source: Option<&crate::source::SourceTree>,
+    ) -> io::Result<bool> {
+        let (mut f, _) = crate::transport::open_source(src, source)?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         loop {
