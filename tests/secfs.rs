@@ -282,12 +282,12 @@ fn record(tmp: &[u8], fin: &[u8], mode: u32, owner: Option<(u32, u32)>, out: &mu
 fn hostile_stream(outside: &Path, secret: &Path) -> Vec<u8> {
     let mut s = Vec::new();
     let abs = outside.join("abs.txt");
-    let abs_tmp = outside.join(".syncjob-tmp.abs.txt");
+    let abs_tmp = outside.join(".syncjob-tmp.1.1.abs.txt");
     let os = |p: &Path| p.as_os_str().as_encoded_bytes().to_vec();
     record(&os(&abs_tmp), &os(&abs), 0o644, None, &mut s);
-    record(b"../.syncjob-tmp.x", b"../escaped.txt", 0o644, None, &mut s);
+    record(b"../.syncjob-tmp.1.1.x", b"../escaped.txt", 0o644, None, &mut s);
     record(
-        b"d/../../.syncjob-tmp.x",
+        b"d/../../.syncjob-tmp.1.1.x",
         b"d/../../escaped.txt",
         0o644,
         None,
@@ -295,18 +295,18 @@ fn hostile_stream(outside: &Path, secret: &Path) -> Vec<u8> {
     );
     // through a symlink the attacker planted (or found) in the root
     record(
-        b"link/.syncjob-tmp.x",
+        b"link/.syncjob-tmp.1.1.x",
         b"link/via-link.txt",
         0o644,
         None,
         &mut s,
     );
     // a temporary name elsewhere than beside the final name
-    record(b"../.syncjob-tmp.t", b"ok.txt", 0o644, None, &mut s);
+    record(b"../.syncjob-tmp.1.1.t", b"ok.txt", 0o644, None, &mut s);
     record(b"suid.syncjob", b"suid", 0o644, None, &mut s);
-    record(b".syncjob-tmp.s", b"suid", 0o4755, None, &mut s);
+    record(b".syncjob-tmp.1.1.s", b"suid", 0o4755, None, &mut s);
     record(
-        b".syncjob-tmp.g",
+        b".syncjob-tmp.1.1.g",
         b"sgid",
         0o2755,
         Some((0, 0)).filter(|_| !is_root()),
@@ -317,7 +317,7 @@ fn hostile_stream(outside: &Path, secret: &Path) -> Vec<u8> {
     syncjob::helper::proto::hashes_request(b"inside.txt", 1, &mut s);
     syncjob::helper::proto::hashes_request(b"link/keep.txt", 4096, &mut s);
     // and a plain file, which works
-    record(b".syncjob-tmp.fine", b"fine.txt", 0o644, None, &mut s);
+    record(b".syncjob-tmp.1.1.fine", b"fine.txt", 0o644, None, &mut s);
     s
 }
 

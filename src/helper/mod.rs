@@ -430,7 +430,7 @@ mod tests {
 
     /// A record for `dir/name` (relative to the helper's root).
     fn record(dir: &Path, name: &str, data: &[u8], commit: bool, out: &mut Vec<u8>) {
-        let tmp = dir.join(format!(".syncjob-tmp.{name}"));
+        let tmp = dir.join(format!(".syncjob-tmp.1.1.{name}"));
         let fin = dir.join(name);
         header(
             &FileHeader {
@@ -511,7 +511,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().to_path_buf();
         let fin = d.path().join("big");
-        let tmp = Path::new(".syncjob-tmp.big");
+        let tmp = Path::new(".syncjob-tmp.1.1.big");
         let old: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
         std::fs::write(&fin, &old).unwrap();
         let fin_b = b"big";

@@ -100,6 +100,13 @@ pub fn parse_target(s: &str) -> Option<Result<RsyncTarget, String>> {
     if s[..cut].contains('/') {
         return None;
     }
+    // an IPv6 address without brackets (`root@::1:/x`, `fe80::1:/x`): not a
+    // module; the scp parser says what to write
+    let module = s[cut + 2..].split('/').next().unwrap_or("");
+    let host = s[..cut].rsplit_once('@').map_or(&s[..cut], |x| x.1);
+    if module.contains(':') || host.is_empty() {
+        return None;
+    }
     Some(parse_parts(&s[..cut], None, &s[cut + 2..]))
 }
 
