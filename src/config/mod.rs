@@ -46,19 +46,59 @@ pub enum Overlap {
 pub enum HostKeyPolicy {
     Strict,
     AcceptNew,
+    /// OpenSSH's `no`: unknown keys are added without asking; only when the
+    /// job says so itself (a changed key is still refused)
+    No,
+}
+
+/// Which OpenSSH client configuration resolves a target's host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SshConfigFile {
+    /// `~/.ssh/config` then `/etc/ssh/ssh_config`, as `ssh` reads them
+    #[default]
+    Default,
+    /// `ssh.config: FILE` (as `ssh -F FILE`)
+    File(PathBuf),
+    /// `ssh.config: none`: only the target and the job's `ssh:` keys
+    None,
+}
+
+/// The SSH implementation a target is reached with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SshClient {
+    /// embedded (libssh2 through the `ssh2` crate)
+    #[default]
+    Libssh2,
+    /// the system's `ssh` binary, as rsync runs it
+    OpenSsh,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshOptions {
     pub identity: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
-    pub strict_host_key_checking: HostKeyPolicy,
+    /// `None`: from the OpenSSH config (`StrictHostKeyChecking`), else strict
+    pub strict_host_key_checking: Option<HostKeyPolicy>,
     pub password_file: Option<PathBuf>,
-    pub port: u16,
-    pub timeout: Duration,
+    /// `None`: the target's, else the OpenSSH config's (`Port`), else 22
+    pub port: Option<u16>,
+    /// `None`: 30 s (connecting: the OpenSSH config's `ConnectTimeout` first)
+    pub timeout: Option<Duration>,
     /// `syncjob` on the remote host (a path or a command name): files go
     /// through `syncjob helper` there instead of SFTP
     pub remote_helper: Option<String>,
+    pub config: SshConfigFile,
+    pub client: SshClient,
+    /// `ssh.proxy_jump`: hops as OpenSSH's `ProxyJump` (`none`: no jump
+    /// even if the OpenSSH config names one)
+    pub proxy_jump: Option<String>,
+}
+
+impl SshOptions {
+    /// The I/O timeout of a session (`ssh.timeout`, default 30 s).
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(Duration::from_secs(30))
+    }
 }
 
 impl Default for SshOptions {
@@ -66,11 +106,14 @@ impl Default for SshOptions {
         SshOptions {
             identity: None,
             known_hosts: None,
-            strict_host_key_checking: HostKeyPolicy::Strict,
+            strict_host_key_checking: None,
             password_file: None,
-            port: 22,
-            timeout: Duration::from_secs(30),
+            port: None,
+            timeout: None,
             remote_helper: None,
+            config: SshConfigFile::Default,
+            client: SshClient::Libssh2,
+            proxy_jump: None,
         }
     }
 }
@@ -247,6 +290,9 @@ const SSH_KEYS: &[&str] = &[
     "port",
     "timeout",
     "remote_helper",
+    "config",
+    "client",
+    "proxy_jump",
 ];
 const TOP_KEYS: &[&str] = &["defaults", "include", "jobs", "shutdown_timeout"];
 
@@ -709,6 +755,50 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Config, ConfigError> {
     }
 }
 
+/// `ssh.config`, `ssh.client`, `ssh.proxy_jump`: how the target's host is
+/// resolved and reached.
+fn ssh_client_keys<'n>(
+    ctx: &mut Ctx,
+    get: &dyn Fn(&str) -> Option<&'n Node>,
+    base: &Path,
+    j: Option<&str>,
+    ssh: &mut SshOptions,
+) {
+    if let Some(n) = get("config") {
+        match n.as_str() {
+            Some("none") => ssh.config = SshConfigFile::None,
+            Some(v) if !v.trim().is_empty() => {
+                let p = PathBuf::from(v);
+                ssh.config = SshConfigFile::File(if p.is_absolute() { p } else { base.join(p) });
+            }
+            _ => ctx.err(
+                n.pos,
+                j,
+                "`ssh.config` must be the path of an OpenSSH client config file, or none",
+            ),
+        }
+    }
+    if let Some(n) = get("client") {
+        match n.as_str() {
+            Some("libssh2") => ssh.client = SshClient::Libssh2,
+            Some("openssh") => ssh.client = SshClient::OpenSsh,
+            _ => ctx.err(n.pos, j, "`ssh.client` must be libssh2 or openssh"),
+        }
+    }
+    if let Some(n) = get("proxy_jump") {
+        match n.as_str() {
+            Some(v) if !v.trim().is_empty() && !v.contains(['\n', '\0', ' ']) => {
+                ssh.proxy_jump = Some(v.to_string())
+            }
+            _ => ctx.err(
+                n.pos,
+                j,
+                "`ssh.proxy_jump` must be [user@]host[:port] hops separated by commas, or none",
+            ),
+        }
+    }
+}
+
 fn build_job(
     ctx: &mut Ctx,
     name: &str,
@@ -960,27 +1050,29 @@ fn build_job(
     if let Some(n) = s("strict_host_key_checking") {
         match n.scalar() {
             Some("strict") | Some("yes") | Some("true") => {
-                ssh.strict_host_key_checking = HostKeyPolicy::Strict
+                ssh.strict_host_key_checking = Some(HostKeyPolicy::Strict)
             }
-            Some("accept-new") => ssh.strict_host_key_checking = HostKeyPolicy::AcceptNew,
+            Some("accept-new") => ssh.strict_host_key_checking = Some(HostKeyPolicy::AcceptNew),
+            Some("no") | Some("false") => ssh.strict_host_key_checking = Some(HostKeyPolicy::No),
             _ => ctx.err(
                 n.pos,
                 j,
-                "`ssh.strict_host_key_checking` must be strict or accept-new (unknown keys are never accepted silently)",
+                "`ssh.strict_host_key_checking` must be strict, accept-new or no",
             ),
         }
     }
     if let Some(n) = s("port") {
         match n.as_u64().filter(|p| (1..=65535).contains(p)) {
-            Some(p) => ssh.port = p as u16,
+            Some(p) => ssh.port = Some(p as u16),
             None => ctx.err(n.pos, j, "`ssh.port` must be a port number 1-65535"),
         }
     }
     if let Some(n) = s("timeout")
         && let Some(d) = duration(ctx, n, "ssh.timeout")
     {
-        ssh.timeout = d;
+        ssh.timeout = Some(d);
     }
+    ssh_client_keys(ctx, &s, base, j, &mut ssh);
     if let Some(n) = s("remote_helper")
         && let Some(v) = string(ctx, n, "ssh.remote_helper")
     {
@@ -1090,8 +1182,8 @@ jobs:
         assert!(a.delete);
         assert_eq!(a.retries, 5);
         assert_eq!(a.timezone, Some(chrono_tz::Asia::Shanghai));
-        assert_eq!(a.ssh.port, 2200, "ssh merged per key");
-        assert_eq!(a.ssh.timeout, Duration::from_secs(10));
+        assert_eq!(a.ssh.port, Some(2200), "ssh merged per key");
+        assert_eq!(a.ssh.timeout, Some(Duration::from_secs(10)));
         assert_eq!(a.ssh.identity, Some(PathBuf::from("/etc/syncjob/keys/id")));
         assert_eq!(a.exclude.len(), 4);
         let b = &c.jobs[1];

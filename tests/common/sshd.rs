@@ -97,11 +97,14 @@ impl Sshd {
              AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
              PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              UsePAM no\nStrictModes no\nUseDNS no\nPrintMotd no\nPrintLastLog no\nX11Forwarding no\n\
-             AllowTcpForwarding no\nMaxStartups 100:30:200\nMaxSessions 64\nLogLevel ERROR\n\
-             Subsystem sftp internal-sftp\n{extra}\n",
+             MaxStartups 100:30:200\nMaxSessions 64\n\
+             Subsystem sftp internal-sftp\n{extra}\n{forwarding}{loglevel}",
             port = self.port,
             d = d.display(),
-            extra = self.extra
+            extra = self.extra,
+            // (sshd takes the first value of a key: `extra` may set these)
+            forwarding = "AllowTcpForwarding no\n",
+            loglevel = "LogLevel ERROR\n",
         );
         fs::write(d.join("sshd_config"), cfg).unwrap();
         let _ = fs::remove_file(d.join("sshd.pid"));

@@ -22,7 +22,9 @@
 //! client). This file holds the [`Ssh`] transport that ties them together.
 
 mod helper_client;
+mod jump;
 mod listing;
+pub mod resolve;
 mod session;
 pub mod sftp;
 mod sftp_put;
@@ -49,6 +51,8 @@ pub struct Ssh {
     /// the target root as the remote sees it (bytes)
     root: Vec<u8>,
     label: String,
+    /// jump hosts' relays (after `sess`: dropped once it is closed)
+    _tunnels: Vec<jump::Tunnel>,
 }
 
 impl Ssh {
@@ -56,7 +60,12 @@ impl Ssh {
     /// helper when the job sets `ssh.remote_helper`.
     pub fn connect(t: &SshTarget, settings: &TransportSettings) -> Result<Ssh, OpenError> {
         let o = &settings.ssh;
-        let (sess, label) = session::open(t, o)?;
+        let session::Opened {
+            sess,
+            label,
+            mut tunnels,
+        } = session::open(t, o)?;
+        tunnels.reverse(); // the innermost relay stops first
         let chan = sess.channel_session().map_err(io::Error::from)?;
         let sftp = Sftp::start(chan)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot start sftp on {label}: {e}")))?;
@@ -70,6 +79,7 @@ impl Ssh {
             helper,
             root: t.path.as_bytes().to_vec(),
             label,
+            _tunnels: tunnels,
         })
     }
 

@@ -13,6 +13,7 @@
 //! - Failures that retrying cannot fix (auth, host key, password file) are
 //!   [`OpenError`]s of kind [`Retry::Permanent`](crate::transport::Retry).
 
+use super::resolve::{Hop, Resolved};
 use crate::config::{HostKeyPolicy, SshOptions};
 use crate::target::SshTarget;
 use crate::transport::OpenError;
@@ -78,7 +79,7 @@ fn home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
-fn local_user() -> String {
+pub(super) fn local_user() -> String {
     for v in ["USER", "LOGNAME"] {
         if let Ok(u) = std::env::var(v)
             && !u.is_empty()
@@ -115,38 +116,88 @@ fn read_secret(path: &Path) -> Result<String, OpenError> {
     Ok(s.lines().next().unwrap_or("").to_string())
 }
 
-/// Connect, check the host key and authenticate; returns the session and
-/// the `host:port` label used in messages.
-pub(super) fn open(t: &SshTarget, o: &SshOptions) -> Result<(ssh2::Session, String), OpenError> {
-    let port = t.port.unwrap_or(o.port);
-    let label = format!("{}:{port}", t.host);
-    let addrs: Vec<_> = (t.host.as_str(), port)
+/// A connected session and what keeps it alive: the sessions and pump
+/// threads of its jump hosts (dropped after it).
+pub(super) struct Opened {
+    pub sess: ssh2::Session,
+    pub label: String,
+    pub tunnels: Vec<super::jump::Tunnel>,
+}
+
+/// Resolve the target (see `resolve`), connect (through its jump hosts),
+/// check each host key and authenticate; returns the session and the
+/// `host:port` label used in messages.
+pub(super) fn open(t: &SshTarget, o: &SshOptions) -> Result<Opened, OpenError> {
+    let r = super::resolve::resolve(t, o)
+        .map_err(|e| permanent(io::ErrorKind::InvalidInput, e.to_string()))?;
+    open_resolved(&r, o)
+}
+
+/// `host:port`, or `alias (host:port)` when the config renamed it.
+pub(super) fn hop_label(h: &Hop) -> String {
+    if h.alias == h.host {
+        format!("{}:{}", h.host, h.port)
+    } else {
+        format!("{} ({}:{})", h.alias, h.host, h.port)
+    }
+}
+
+pub(super) fn open_resolved(r: &Resolved, o: &SshOptions) -> Result<Opened, OpenError> {
+    let mut tunnels: Vec<super::jump::Tunnel> = Vec::new();
+    let mut hops = r.jump.iter().chain(std::iter::once(&r.target)).peekable();
+    let first = hops.next().expect("at least the target");
+    let mut sess = handshake(tcp_connect(first)?, first, o)?;
+    let mut last = first;
+    for hop in hops {
+        let (tunnel, stream) = super::jump::Tunnel::open(sess, hop, &hop_label(last))?;
+        tunnels.push(tunnel);
+        sess = handshake(stream, hop, o)?;
+        last = hop;
+    }
+    Ok(Opened {
+        sess,
+        label: hop_label(&r.target),
+        tunnels,
+    })
+}
+
+fn tcp_connect(h: &Hop) -> Result<TcpStream, OpenError> {
+    let label = hop_label(h);
+    let addrs: Vec<_> = (h.host.as_str(), h.port)
         .to_socket_addrs()
         .map_err(|e| {
             io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("cannot resolve {}: {e}", t.host),
+                format!("cannot resolve {}: {e}", h.host),
             )
         })?
         .collect();
     let mut last = io::Error::new(
         io::ErrorKind::NotFound,
-        format!("no address for {}", t.host),
+        format!("no address for {}", h.host),
     );
-    let mut tcp = None;
     for a in addrs {
-        match TcpStream::connect_timeout(&a, o.timeout) {
+        match TcpStream::connect_timeout(&a, h.connect_timeout) {
             Ok(s) => {
-                tcp = Some(s);
-                break;
+                let _ = s.set_nodelay(true);
+                return Ok(s);
             }
             Err(e) => last = io::Error::new(e.kind(), format!("connect to {label}: {e}")),
         }
     }
-    let tcp = tcp.ok_or(last)?;
-    let _ = tcp.set_nodelay(true);
+    Err(last.into())
+}
+
+/// SSH handshake over `stream` (TCP, or a jump host's tunnel), host key
+/// check and authentication for `hop`.
+fn handshake<S: std::os::fd::AsRawFd + 'static>(
+    stream: S,
+    hop: &Hop,
+    o: &SshOptions,
+) -> Result<ssh2::Session, OpenError> {
+    let label = hop_label(hop);
     let mut sess = ssh2::Session::new().map_err(io::Error::from)?;
-    sess.set_tcp_stream(tcp);
+    sess.set_tcp_stream(stream);
     // AEAD ciphers first (one pass over the data instead of cipher +
     // MAC). Measured with bench/compare.sh on 1 GiB through libssh2:
     // chacha20-poly1305 3.70 s, aes128-ctr 4.61 s, aes128-gcm 4.75 s.
@@ -154,17 +205,22 @@ pub(super) fn open(t: &SshTarget, o: &SshOptions) -> Result<(ssh2::Session, Stri
     for m in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
         let _ = sess.method_pref(m, CIPHERS);
     }
-    sess.set_timeout(o.timeout.as_millis().min(u32::MAX as u128) as u32);
+    sess.set_timeout(o.timeout().as_millis().min(u32::MAX as u128) as u32);
     sess.handshake().map_err(|e| {
         io::Error::new(
             io::ErrorKind::ConnectionAborted,
             format!("ssh handshake with {label}: {e}"),
         )
     })?;
-    check_host_key(&sess, &t.host, port, o)?;
-    let user = t.user.clone().unwrap_or_else(local_user);
-    authenticate(&sess, &user, &t.host, o)?;
-    Ok((sess, label))
+    // this hop's host key policy and known_hosts file
+    let eff = SshOptions {
+        known_hosts: hop.known_hosts.first().cloned(),
+        strict_host_key_checking: Some(hop.strict),
+        ..o.clone()
+    };
+    check_host_key(&sess, &hop.host, hop.port, &eff)?;
+    authenticate(&sess, hop, o)?;
+    Ok(sess)
 }
 
 /// Run a command; returns (exit status, stdout). Stderr is ignored when
@@ -244,7 +300,10 @@ fn check_host_key(
                 kh_path.display()
             ),
         )),
-        ssh2::CheckResult::NotFound if o.strict_host_key_checking == HostKeyPolicy::AcceptNew => {
+        ssh2::CheckResult::NotFound
+            if o.strict_host_key_checking
+                .is_some_and(|p| p != HostKeyPolicy::Strict) =>
+        {
             if let Some(dir) = kh_path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
@@ -283,36 +342,33 @@ fn append_known_host(path: &Path, line: &[u8]) -> io::Result<()> {
     r
 }
 
-fn authenticate(
-    sess: &ssh2::Session,
-    user: &str,
-    host: &str,
-    o: &SshOptions,
-) -> Result<(), OpenError> {
+fn authenticate(sess: &ssh2::Session, hop: &Hop, o: &SshOptions) -> Result<(), OpenError> {
+    let (user, host) = (hop.user.as_str(), hop.host.as_str());
     let secret = match &o.password_file {
         Some(p) => Some(read_secret(p)?),
         None => None,
     };
     let mut tried = Vec::new();
-    let keys: Vec<PathBuf> = match &o.identity {
-        Some(p) => vec![p.clone()],
-        None => {
-            if std::env::var_os("SSH_AUTH_SOCK").is_some() {
-                tried.push("ssh-agent".to_string());
-                if sess.userauth_agent(user).is_ok() && sess.authenticated() {
-                    return Ok(());
-                }
+    // the job's `identity` alone; else ssh-agent (unless IdentitiesOnly),
+    // then the config's IdentityFile list (default keys) that exist
+    let keys: Vec<PathBuf> = if hop.identity_given {
+        hop.identities.clone()
+    } else {
+        if std::env::var_os("SSH_AUTH_SOCK").is_some() && !hop.identities_only {
+            tried.push("ssh-agent".to_string());
+            if sess.userauth_agent(user).is_ok() && sess.authenticated() {
+                return Ok(());
             }
-            ["id_ed25519", "id_rsa"]
-                .iter()
-                .map(|n| home().join(".ssh").join(n))
-                .filter(|p| p.exists())
-                .collect()
         }
+        hop.identities
+            .iter()
+            .filter(|p| p.exists())
+            .cloned()
+            .collect()
     };
     for k in keys {
         tried.push(k.display().to_string());
-        if o.identity.is_some() && !k.exists() {
+        if hop.identity_given && !k.exists() {
             return Err(permanent(
                 io::ErrorKind::NotFound,
                 format!("identity file {} does not exist", k.display()),

@@ -1,0 +1,172 @@
+//! Targets resolved through the OpenSSH client configuration (`ssh -G`),
+//! and ProxyJump with the embedded client, against real sshd processes.
+
+mod common;
+use common::sshd::{Sshd, user};
+use common::*;
+use std::fs;
+use std::path::Path;
+
+/// `Host NAME` block reaching `s` (HostName, User, Port, IdentityFile,
+/// UserKnownHostsFile) plus more lines.
+fn host_block(name: &str, s: &Sshd, more: &str) -> String {
+    format!(
+        "Host {name}\n  HostName 127.0.0.1\n  User {}\n  Port {}\n  IdentityFile {}\n  \
+         UserKnownHostsFile {}\n{more}",
+        user(),
+        s.port,
+        s.key.display(),
+        s.known_hosts.display()
+    )
+}
+
+fn run_home(lab: &Lab, home: &Path, args: &[&str]) -> Run {
+    Run::from(lab.cmd().env("HOME", home).args(args).output().unwrap())
+}
+
+fn job(lab: &Lab, remote: &str, ssh: &str) {
+    lab.config(&format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: {remote}\n    retries: 0\n    {ssh}\n"
+    ));
+}
+
+#[test]
+fn host_alias_from_the_users_ssh_config_under_home() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    lab.write("index.html", b"hello\n");
+    lab.write("css/a.css", b"a\n");
+    let home = lab.path("home");
+    fs::create_dir_all(home.join(".ssh")).unwrap();
+    fs::write(home.join(".ssh/config"), host_block("web3", &s, "")).unwrap();
+    let remote = format!("web3:{}", lab.dst().display());
+    job(&lab, &remote, "");
+
+    let c = run_home(&lab, &home, &["check"]);
+    c.code(0);
+    let want = format!("web3 = {}@127.0.0.1:{}", user(), s.port);
+    assert!(c.stdout.contains(&want), "{}", c.stdout);
+
+    run_home(&lab, &home, &["run", "web"]).code(0);
+    assert_eq!(fs::read(lab.dst().join("index.html")).unwrap(), b"hello\n");
+    assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &[]), "");
+    assert_eq!(lab.last()["status"], "ok");
+
+    // the same HOME without reading the config: `web3` means nothing
+    job(&lab, &remote, "ssh: { config: none }");
+    lab.write("index.html", b"changed\n");
+    let r = run_home(&lab, &home, &["run", "web"]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert_eq!(fs::read(lab.dst().join("index.html")).unwrap(), b"hello\n");
+
+    // `ssh.config: FILE` names another file; the job's keys override it
+    let other = lab.path("other_config");
+    fs::write(
+        &other,
+        host_block("web3", &s, "").replace(&s.port.to_string(), "1"),
+    )
+    .unwrap();
+    job(
+        &lab,
+        &remote,
+        &format!("ssh: {{ config: {}, port: {} }}", other.display(), s.port),
+    );
+    let empty_home = lab.path("empty_home");
+    fs::create_dir_all(&empty_home).unwrap();
+    run_home(&lab, &empty_home, &["run", "web"]).code(0);
+    assert_eq!(
+        fs::read(lab.dst().join("index.html")).unwrap(),
+        b"changed\n"
+    );
+}
+
+#[test]
+fn strict_host_key_checking_no_in_the_config_is_refused() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    lab.write("a", b"a\n");
+    let home = lab.path("home");
+    fs::create_dir_all(home.join(".ssh")).unwrap();
+    fs::write(
+        home.join(".ssh/config"),
+        host_block("web3", &s, "  StrictHostKeyChecking no\n"),
+    )
+    .unwrap();
+    job(&lab, &format!("web3:{}", lab.dst().display()), "");
+    let c = run_home(&lab, &home, &["check"]);
+    c.code(2);
+    assert!(
+        c.stdout.contains("StrictHostKeyChecking no"),
+        "{}",
+        c.stdout
+    );
+    let r = run_home(&lab, &home, &["run", "web"]);
+    assert_ne!(r.code, 0);
+    let reason = lab.last()["reason"].to_string();
+    assert!(reason.contains("StrictHostKeyChecking no"), "{reason}");
+    assert!(!lab.dst().join("a").exists());
+    // the job says so itself: accepted
+    job(
+        &lab,
+        &format!("web3:{}", lab.dst().display()),
+        "ssh: { strict_host_key_checking: no }",
+    );
+    run_home(&lab, &home, &["run", "web"]).code(0);
+    assert!(lab.dst().join("a").exists());
+}
+
+#[test]
+fn proxy_jump_through_a_bastion_with_the_embedded_client() {
+    let lab = Lab::new();
+    // the bastion forwards TCP and logs each direct-tcpip request
+    let bastion = Sshd::start_with(
+        &lab.path("bastion"),
+        "AllowTcpForwarding yes\nLogLevel DEBUG1",
+    );
+    let fin = Sshd::start(&lab.path("final"));
+    lab.write("index.html", b"through the bastion\n");
+    let home = lab.path("home");
+    fs::create_dir_all(home.join(".ssh")).unwrap();
+    let cfg = format!(
+        "{}{}",
+        host_block("web9", &fin, "  ProxyJump bast\n"),
+        host_block("bast", &bastion, "")
+    );
+    fs::write(home.join(".ssh/config"), &cfg).unwrap();
+    job(&lab, &format!("web9:{}", lab.dst().display()), "");
+
+    let c = run_home(&lab, &home, &["check"]);
+    c.code(0);
+    let want = format!(
+        "web9 = {u}@127.0.0.1:{} via {u}@127.0.0.1:{}",
+        fin.port,
+        bastion.port,
+        u = user()
+    );
+    assert!(c.stdout.contains(&want), "{}", c.stdout);
+
+    run_home(&lab, &home, &["run", "web"]).code(0);
+    assert_eq!(
+        fs::read(lab.dst().join("index.html")).unwrap(),
+        b"through the bastion\n"
+    );
+    let log = fs::read_to_string(bastion.dir.join("sshd.log")).unwrap();
+    let asked = format!("target 127.0.0.1 port {}", fin.port);
+    assert!(
+        log.contains("direct-tcpip") && log.contains(&asked),
+        "the bastion relayed the connection: {log}"
+    );
+
+    // the final host's key is checked through the jump too: an unknown key
+    // there is refused
+    fs::write(&fin.known_hosts, "").unwrap();
+    lab.write("index.html", b"changed\n");
+    let r = run_home(&lab, &home, &["run", "web"]);
+    assert_ne!(r.code, 0);
+    let reason = lab.last()["reason"].to_string();
+    assert!(reason.contains("is unknown"), "{reason}");
+    assert_eq!(
+        fs::read(lab.dst().join("index.html")).unwrap(),
+        b"through the bastion\n"
+    );
+}
