@@ -2,7 +2,7 @@
 //! and ProxyJump with the embedded client, against real sshd processes.
 
 mod common;
-use common::sshd::{Sshd, user};
+use common::sshd::{Sshd, client_yaml, user};
 use common::*;
 use std::fs;
 use std::path::Path;
@@ -24,9 +24,18 @@ fn run_home(lab: &Lab, home: &Path, args: &[&str]) -> Run {
     Run::from(lab.cmd().env("HOME", home).args(args).output().unwrap())
 }
 
-fn job(lab: &Lab, remote: &str, ssh: &str) {
+/// A job `web` to `remote` with `ssh:` keys (`SYNCJOB_TEST_SSH_CLIENT`
+/// picks the client, see `common::sshd`).
+fn job(lab: &Lab, remote: &str, keys: &str) {
+    let keys = if keys.is_empty() {
+        String::new()
+    } else {
+        format!(", {keys}")
+    };
     lab.config(&format!(
-        "jobs:\n  web:\n    source: {{src}}\n    remote: {remote}\n    retries: 0\n    {ssh}\n"
+        "jobs:\n  web:\n    source: {{src}}\n    remote: {remote}\n    retries: 0\n    \
+         ssh: {{ timeout: 10s{keys}{} }}\n",
+        client_yaml()
     ));
 }
 
@@ -53,7 +62,7 @@ fn host_alias_from_the_users_ssh_config_under_home() {
     assert_eq!(lab.last()["status"], "ok");
 
     // the same HOME without reading the config: `web3` means nothing
-    job(&lab, &remote, "ssh: { config: none }");
+    job(&lab, &remote, "config: none");
     lab.write("index.html", b"changed\n");
     let r = run_home(&lab, &home, &["run", "web"]);
     assert_ne!(r.code, 0, "{}", r.stderr);
@@ -69,7 +78,7 @@ fn host_alias_from_the_users_ssh_config_under_home() {
     job(
         &lab,
         &remote,
-        &format!("ssh: {{ config: {}, port: {} }}", other.display(), s.port),
+        &format!("config: {}, port: {}", other.display(), s.port),
     );
     let empty_home = lab.path("empty_home");
     fs::create_dir_all(&empty_home).unwrap();
@@ -109,14 +118,14 @@ fn strict_host_key_checking_no_in_the_config_is_refused() {
     job(
         &lab,
         &format!("web3:{}", lab.dst().display()),
-        "ssh: { strict_host_key_checking: no }",
+        "strict_host_key_checking: no",
     );
     run_home(&lab, &home, &["run", "web"]).code(0);
     assert!(lab.dst().join("a").exists());
 }
 
 #[test]
-fn proxy_jump_through_a_bastion_with_the_embedded_client() {
+fn proxy_jump_through_a_bastion_checks_every_host_key() {
     let lab = Lab::new();
     // the bastion forwards TCP and logs each direct-tcpip request
     let bastion = Sshd::start_with(

@@ -171,12 +171,23 @@ impl Sshd {
     }
 
     /// The `ssh:` block with more keys (`", key: value"`).
+    /// `SYNCJOB_TEST_SSH_CLIENT=openssh` runs the same tests with
+    /// `ssh.client: openssh` (scripts/test.sh does, after the default run).
     pub fn ssh_yaml_with(&self, more: &str) -> String {
         format!(
-            "ssh: {{ identity: {}, known_hosts: {}, timeout: 10s{more} }}",
+            "ssh: {{ identity: {}, known_hosts: {}, timeout: 10s{}{more} }}",
             self.key.display(),
-            self.known_hosts.display()
+            self.known_hosts.display(),
+            client_yaml()
         )
+    }
+}
+
+/// `, client: openssh` when `SYNCJOB_TEST_SSH_CLIENT=openssh`.
+pub fn client_yaml() -> String {
+    match std::env::var("SYNCJOB_TEST_SSH_CLIENT") {
+        Ok(c) if !c.is_empty() => format!(", client: {c}"),
+        _ => String::new(),
     }
 }
 

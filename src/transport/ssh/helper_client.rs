@@ -9,6 +9,7 @@
 //! source's blocks are hashed here; only differing blocks are sent.
 
 use super::Ssh;
+use super::openssh::Pipe;
 use super::session::shell_quote;
 use crate::helper::proto;
 use crate::transport::{OpenError, add_progress, open_source, temp_name, verify_unchanged};
@@ -20,25 +21,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// cannot start is a permanent error (it is configured, and would be
 /// missing on every retry).
 pub(super) fn start_helper(
-    sess: &ssh2::Session,
+    conn: &super::Conn,
     cmd: &str,
     label: &str,
-) -> Result<ssh2::Channel, OpenError> {
-    let mut ch = sess.channel_session().map_err(io::Error::from)?;
+) -> Result<Box<dyn Pipe>, OpenError> {
     let mut line = b"exec ".to_vec();
     line.extend_from_slice(&shell_quote(cmd.as_bytes()));
     line.extend_from_slice(b" helper");
-    ch.exec(&String::from_utf8_lossy(&line))
-        .map_err(io::Error::from)?;
+    let mut ch = conn.stream(&line)?;
     let mut greeting = vec![0u8; proto::GREETING.len()];
     let got = ch.read_exact(&mut greeting);
     if got.is_ok() && greeting == proto::GREETING {
         return Ok(ch);
     }
-    let mut err = Vec::new();
-    let _ = ch.stderr().read_to_end(&mut err);
-    let _ = ch.wait_close();
-    let status = ch.exit_status().unwrap_or(-1);
+    let (status, err) = ch.finish();
     let said = String::from_utf8_lossy(&err).trim().to_string();
     let why = match (status, said.is_empty()) {
         (127, _) => format!("`{cmd}` not found there (exit 127)"),
@@ -93,7 +89,7 @@ fn hash_source(f: &std::fs::File, len: u64, block: u32) -> io::Result<Vec<[u8; 3
 /// failure (a read error, a shutdown), if any; `Err`: the stream broke.
 #[allow(clippy::too_many_arguments)]
 fn send_delta(
-    ch: &mut ssh2::Channel,
+    ch: &mut Box<dyn Pipe>,
     out: &mut Vec<u8>,
     buf: &mut Vec<u8>,
     input: &std::fs::File,

@@ -8,7 +8,7 @@
 //! it.
 
 use super::Ssh;
-use super::session::{self, shell_quote};
+use super::session::shell_quote;
 use super::sftp;
 use crate::journal::PathError;
 use crate::plan::{Entry, EntryKind, Tree, TreeBuilder};
@@ -57,7 +57,7 @@ impl Ssh {
               cd -- \"$root\" || exit 4; \
               exec find . -printf '%y\\0%s\\0%T@\\0%m\\0%U\\0%G\\0%P\\0%l\\0'",
         );
-        let (code, out, _) = session::exec(&self.sess, &cmd, true)?;
+        let (code, out, _) = self.conn.exec(&cmd, true)?;
         match code {
             3 => Ok(Some((3, Vec::new()))),
             4 => Err(io::Error::new(

@@ -24,6 +24,7 @@
 mod helper_client;
 mod jump;
 mod listing;
+pub mod openssh;
 pub mod resolve;
 mod session;
 pub mod sftp;
@@ -32,7 +33,9 @@ mod sftp_put;
 pub use listing::parse_find;
 pub use session::{base64, shell_quote};
 
+use self::openssh::Pipe;
 use self::sftp::Sftp;
+use crate::config::SshClient;
 use super::{Listing, OpenError, Transport, TransportSettings};
 use crate::filter::Filter;
 use crate::plan::{Action, EntryKind};
@@ -44,42 +47,115 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 pub struct Ssh {
-    sess: ssh2::Session,
     sftp: Sftp,
     /// `syncjob helper` running on the remote, when the job asks for it
-    helper: Option<ssh2::Channel>,
+    helper: Option<Box<dyn Pipe>>,
     /// the target root as the remote sees it (bytes)
     root: Vec<u8>,
     label: String,
-    /// jump hosts' relays (after `sess`: dropped once it is closed)
-    _tunnels: Vec<jump::Tunnel>,
+    /// the connection (last: dropped after the channels opened on it)
+    conn: Conn,
+}
+
+/// The connection to the target host, by `ssh.client`.
+enum Conn {
+    /// libssh2; the jump hosts' relays after the session (dropped once it
+    /// is closed)
+    Embedded {
+        sess: ssh2::Session,
+        _tunnels: Vec<jump::Tunnel>,
+    },
+    /// the system's `ssh`
+    OpenSsh(openssh::Client),
+}
+
+impl Conn {
+    /// Run a command; (exit status, stdout, stderr).
+    fn exec(&self, cmd: &[u8], ignore_stderr: bool) -> io::Result<(i32, Vec<u8>, Vec<u8>)> {
+        match self {
+            Conn::Embedded { sess, .. } => session::exec(sess, cmd, ignore_stderr),
+            Conn::OpenSsh(c) => c.exec(cmd, ignore_stderr),
+        }
+    }
+
+    /// Start a command kept running, spoken to over its stdin/stdout.
+    fn stream(&self, cmd: &[u8]) -> io::Result<Box<dyn Pipe>> {
+        match self {
+            Conn::Embedded { sess, .. } => {
+                let mut ch = sess.channel_session().map_err(io::Error::from)?;
+                ch.exec(&String::from_utf8_lossy(cmd))
+                    .map_err(io::Error::from)?;
+                Ok(Box::new(ch))
+            }
+            Conn::OpenSsh(c) => Ok(Box::new(c.stream(cmd)?)),
+        }
+    }
+
+    /// Start SFTP.
+    fn sftp(&self, label: &str) -> Result<Sftp, OpenError> {
+        let what = |e: io::Error| io::Error::new(e.kind(), format!("cannot start sftp on {label}: {e}"));
+        match self {
+            Conn::Embedded { sess, .. } => {
+                let mut ch = sess.channel_session().map_err(io::Error::from)?;
+                ch.subsystem("sftp").map_err(io::Error::from)?;
+                Ok(Sftp::start(Box::new(ch)).map_err(what)?)
+            }
+            Conn::OpenSsh(c) => {
+                let pipe = c.sftp()?;
+                let said = pipe.stderr();
+                Sftp::start(Box::new(pipe)).map_err(|e| {
+                    // the pipe is closed and waited for: all that ssh said
+                    let said = said.lock().unwrap_or_else(|p| p.into_inner());
+                    if said.is_empty() {
+                        OpenError::from(what(e))
+                    } else {
+                        c.failed(&said)
+                    }
+                })
+            }
+        }
+    }
 }
 
 impl Ssh {
-    /// Open a session (see `session`), start SFTP on it, and the remote
-    /// helper when the job sets `ssh.remote_helper`.
+    /// Resolve the target (see `resolve`), connect with the job's client
+    /// (see `session`, `openssh`), start SFTP, and the remote helper when
+    /// the job sets `ssh.remote_helper`.
     pub fn connect(t: &SshTarget, settings: &TransportSettings) -> Result<Ssh, OpenError> {
         let o = &settings.ssh;
-        let session::Opened {
-            sess,
-            label,
-            mut tunnels,
-        } = session::open(t, o)?;
-        tunnels.reverse(); // the innermost relay stops first
-        let chan = sess.channel_session().map_err(io::Error::from)?;
-        let sftp = Sftp::start(chan)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot start sftp on {label}: {e}")))?;
+        let r = resolve::resolve(t, o)
+            .map_err(|e| OpenError::permanent(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let (conn, label) = match o.client {
+            SshClient::Libssh2 => {
+                let session::Opened {
+                    sess,
+                    label,
+                    mut tunnels,
+                } = session::open_resolved(&r, o)?;
+                tunnels.reverse(); // the innermost relay stops first
+                let conn = Conn::Embedded {
+                    sess,
+                    _tunnels: tunnels,
+                };
+                (conn, label)
+            }
+            SshClient::OpenSsh => {
+                let c = openssh::Client::new(r, o)?;
+                let label = c.label.clone();
+                (Conn::OpenSsh(c), label)
+            }
+        };
+        let sftp = conn.sftp(&label)?;
         let helper = match &o.remote_helper {
-            Some(cmd) => Some(helper_client::start_helper(&sess, cmd, &label)?),
+            Some(cmd) => Some(helper_client::start_helper(&conn, cmd, &label)?),
             None => None,
         };
         Ok(Ssh {
-            sess,
             sftp,
             helper,
             root: t.path.as_bytes().to_vec(),
             label,
-            _tunnels: tunnels,
+            conn,
         })
     }
 
@@ -142,7 +218,7 @@ impl Transport for Ssh {
     fn ensure_root(&mut self) -> io::Result<()> {
         let mut cmd = b"mkdir -p -- ".to_vec();
         cmd.extend_from_slice(&shell_quote(&self.root));
-        let (code, _, err) = session::exec(&self.sess, &cmd, false)?;
+        let (code, _, err) = self.conn.exec(&cmd, false)?;
         if code != 0 {
             return Err(io::Error::other(format!(
                 "mkdir -p on {}: {}",
@@ -167,7 +243,7 @@ impl Transport for Ssh {
         let local: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         let mut cmd = b"sha256sum < ".to_vec();
         cmd.extend_from_slice(&shell_quote(&self.path(rel)));
-        let (code, out, err) = session::exec(&self.sess, &cmd, false)?;
+        let (code, out, err) = self.conn.exec(&cmd, false)?;
         if code != 0 {
             return Err(io::Error::other(format!(
                 "sha256sum on {}: {}",

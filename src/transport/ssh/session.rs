@@ -15,7 +15,6 @@
 
 use super::resolve::{Hop, Resolved};
 use crate::config::{HostKeyPolicy, SshOptions};
-use crate::target::SshTarget;
 use crate::transport::OpenError;
 use std::io::{self, Read};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -122,15 +121,6 @@ pub(super) struct Opened {
     pub sess: ssh2::Session,
     pub label: String,
     pub tunnels: Vec<super::jump::Tunnel>,
-}
-
-/// Resolve the target (see `resolve`), connect (through its jump hosts),
-/// check each host key and authenticate; returns the session and the
-/// `host:port` label used in messages.
-pub(super) fn open(t: &SshTarget, o: &SshOptions) -> Result<Opened, OpenError> {
-    let r = super::resolve::resolve(t, o)
-        .map_err(|e| permanent(io::ErrorKind::InvalidInput, e.to_string()))?;
-    open_resolved(&r, o)
 }
 
 /// `host:port`, or `alias (host:port)` when the config renamed it.
