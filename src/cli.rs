@@ -343,7 +343,7 @@ fn cmd_run(
         v
     };
     let opts = run::Options {
-        trigger: "manual",
+        trigger: run::Trigger::Manual,
         dry_run,
         wait: match wait {
             None => Wait::No,
@@ -658,7 +658,7 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             "delete": j.delete,
             "source": j.source.display().to_string(),
             "targets": j.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
-            "last_status": l.map(|r| r.status.clone()),
+            "last_status": l.map(|r| r.status),
             "last_run": l.map(|r| r.finished_at.clone()),
             "next": next,
         }));

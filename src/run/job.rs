@@ -60,11 +60,7 @@ pub(super) fn run_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBo
         multi: multi.as_ref(),
     };
     let records = sync_targets(job, &shared);
-    let status = records
-        .iter()
-        .map(|r| Status::parse(&r.status))
-        .max()
-        .unwrap_or(Status::Ok);
+    let status = records.iter().map(|r| r.status).max().unwrap_or(Status::Ok);
     JobResult {
         job: job.name.clone(),
         status,
@@ -78,9 +74,9 @@ pub(super) fn run_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBo
 fn take_lock(job: &Job, env: &Env, opts: &Options) -> Result<lock::Lock, Box<JobResult>> {
     let lock_path = lock::job_lock_path(&env.state_dir, &job.name);
     let got = match opts.wait {
-        Wait::No => lock::try_acquire(&lock_path, opts.trigger),
-        Wait::Forever => lock::acquire_wait(&lock_path, opts.trigger, None),
-        Wait::Upto(d) => lock::acquire_wait(&lock_path, opts.trigger, Some(d)),
+        Wait::No => lock::try_acquire(&lock_path, opts.trigger.as_str()),
+        Wait::Forever => lock::acquire_wait(&lock_path, opts.trigger.as_str(), None),
+        Wait::Upto(d) => lock::acquire_wait(&lock_path, opts.trigger.as_str(), Some(d)),
     };
     match got {
         Ok(Some(l)) => Ok(l),

@@ -15,6 +15,7 @@ mod record;
 pub mod report;
 mod target;
 
+pub use crate::journal::{Status, Trigger};
 pub use record::new_run_id;
 
 use crate::config::Job;
@@ -40,7 +41,7 @@ pub enum Wait {
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub trigger: &'static str,
+    pub trigger: Trigger,
     pub dry_run: bool,
     pub wait: Wait,
     pub verbose: bool,
@@ -51,37 +52,6 @@ pub struct Options {
     pub verify: bool,
     /// The instant a scheduled firing was due.
     pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Status {
-    Ok,
-    DryRun,
-    Skipped,
-    Failed,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::DryRun => "dry_run",
-            Status::Skipped => "skipped",
-            Status::Failed => "failed",
-        }
-    }
-}
-
-impl Status {
-    /// The status of a record as stored (anything unknown counts as failed).
-    pub fn parse(s: &str) -> Status {
-        match s {
-            "ok" => Status::Ok,
-            "dry_run" => Status::DryRun,
-            "skipped" => Status::Skipped,
-            _ => Status::Failed,
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -95,7 +65,7 @@ pub struct JobResult {
 }
 
 /// Write records for a run that did not happen (lock held, overlap, ...).
-pub fn log_skipped(job: &Job, env: &Env, trigger: &'static str, reason: &str) -> JobResult {
+pub fn log_skipped(job: &Job, env: &Env, trigger: Trigger, reason: &str) -> JobResult {
     let base = RecordBase::new(job, trigger, None);
     let started = (journal::now_rfc3339(), Instant::now());
     let records: Vec<Record> = job

@@ -3,7 +3,7 @@
 //! run log. A record that cannot be appended is reported on stderr; the
 //! run goes on.
 
-use super::{Env, Status};
+use super::{Env, Status, Trigger};
 use crate::config::Job;
 use crate::executor::Outcome;
 use crate::journal::{self, PathError, Record};
@@ -28,7 +28,7 @@ pub fn new_run_id() -> String {
 pub(super) struct RecordBase<'a> {
     job: &'a Job,
     run_id: String,
-    trigger: &'static str,
+    trigger: Trigger,
     host: String,
     scheduled_for: Option<String>,
     /// the `before` hook's outcome, in every record of the run
@@ -38,7 +38,7 @@ pub(super) struct RecordBase<'a> {
 impl<'a> RecordBase<'a> {
     pub fn new(
         job: &'a Job,
-        trigger: &'static str,
+        trigger: Trigger,
         scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Self {
         RecordBase {
@@ -77,10 +77,10 @@ impl RecordBase<'_> {
             ts: finished.clone(),
             job: self.job.name.clone(),
             run_id: self.run_id.clone(),
-            trigger: self.trigger.into(),
+            trigger: self.trigger,
             target: target.to_string(),
-            mode: self.job.mode.as_str().into(),
-            status: status.as_str().into(),
+            mode: self.job.mode,
+            status,
             reason,
             started_at: started.0,
             finished_at: finished,

@@ -99,7 +99,10 @@ impl Client {
             HostKeyPolicy::No => "no",
         };
         opt("StrictHostKeyChecking", strict.into());
-        opt("ConnectTimeout", h.connect_timeout.as_secs().max(1).to_string());
+        opt(
+            "ConnectTimeout",
+            h.connect_timeout.as_secs().max(1).to_string(),
+        );
         let alive = (o.timeout().as_secs() / 3).max(1);
         opt("ServerAliveInterval", alive.to_string());
         opt("ServerAliveCountMax", "3".into());
@@ -144,7 +147,11 @@ impl Client {
         if code == 255 {
             return Err(self.failed(&out.stderr).source);
         }
-        let err = if ignore_stderr { Vec::new() } else { out.stderr };
+        let err = if ignore_stderr {
+            Vec::new()
+        } else {
+            out.stderr
+        };
         Ok((code, out.stdout, err))
     }
 
@@ -273,12 +280,7 @@ impl ChildPipe {
                 Ok(None) if t.elapsed() < limit => std::thread::sleep(Duration::from_millis(10)),
                 _ => {
                     let _ = self.child.kill();
-                    break self
-                        .child
-                        .wait()
-                        .ok()
-                        .and_then(|s| s.code())
-                        .unwrap_or(-1);
+                    break self.child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
                 }
             }
         };
@@ -313,7 +315,11 @@ impl Write for ChildPipe {
 impl Pipe for ChildPipe {
     fn finish(&mut self) -> (i32, Vec<u8>) {
         let status = self.end(Duration::from_secs(5));
-        let err = self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let err = self
+            .stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         (status, err)
     }
 }

@@ -22,7 +22,7 @@
 use crate::config::{self, Config, ConfigError, Job, Overlap};
 use crate::journal;
 use crate::lock;
-use crate::run::{self, Env, Status, Wait};
+use crate::run::{self, Env, Status, Trigger, Wait};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -144,7 +144,7 @@ impl Daemon {
         }
     }
 
-    fn start(&mut self, name: &str, due: Option<DateTime<Utc>>, trigger: &'static str) {
+    fn start(&mut self, name: &str, due: Option<DateTime<Utc>>, trigger: Trigger) {
         let Some(st) = self.jobs.get_mut(name) else {
             return;
         };
@@ -206,13 +206,13 @@ impl Daemon {
                             Level::Warning,
                             &format!("job {name}: still running at {at}; this firing is skipped"),
                         );
-                        run::log_skipped(&job, &self.env, "schedule", "overlap");
+                        run::log_skipped(&job, &self.env, Trigger::Schedule, "overlap");
                     }
                     Overlap::Queue => st.queued = true,
                 }
                 continue;
             }
-            self.start(&name, Some(at), "schedule");
+            self.start(&name, Some(at), Trigger::Schedule);
         }
         let retries: Vec<String> = self
             .jobs
@@ -225,7 +225,7 @@ impl Daemon {
                 Level::Info,
                 &format!("job {name}: retrying the failed run (retry_interval)"),
             );
-            self.start(&name, None, "retry");
+            self.start(&name, None, Trigger::Retry);
         }
     }
 
@@ -249,7 +249,7 @@ impl Daemon {
         if gone {
             self.jobs.remove(name);
         } else if queued && !self.cancel.load(Ordering::Relaxed) {
-            self.start(name, None, "schedule");
+            self.start(name, None, Trigger::Schedule);
         }
     }
 
@@ -291,7 +291,7 @@ impl Daemon {
             }
         }
         for n in to_run {
-            self.start(&n, None, "schedule");
+            self.start(&n, None, Trigger::Schedule);
         }
     }
 
