@@ -196,6 +196,20 @@ impl Global {
         Env { state_dir, log }
     }
 
+    /// The environment of a command that writes the state dir (`run`,
+    /// `daemon`): the state dir created private and checked (see
+    /// `statedir`), then used by its canonical path.
+    pub fn env_checked(&self) -> Result<Env, CliError> {
+        let given = self.state_dir.clone().unwrap_or_else(default_state_dir);
+        let state_dir =
+            crate::statedir::prepare(&given).map_err(|e| CliError::Usage(e.to_string()))?;
+        let log = self
+            .log
+            .clone()
+            .unwrap_or_else(|| state_dir.join("runs.jsonl"));
+        Ok(Env { state_dir, log })
+    }
+
     pub fn load(&self) -> Result<Config, CliError> {
         let path = config::locate(self.config.as_deref())?;
         Ok(config::load(&path)?)
@@ -232,7 +246,7 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         } => cmd_run(g, jobs, *all, *dry_run, *verify, *wait),
         Command::Daemon => {
             let path = config::locate(g.config.as_deref())?;
-            crate::daemon::run(path, g.env())?;
+            crate::daemon::run(path, g.env_checked()?)?;
             Ok(EXIT_OK)
         }
         Command::Check => cmd_check(g),
@@ -356,7 +370,7 @@ fn cmd_run(
         progress: !g.quiet && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdout()),
         scheduled_for: None,
     };
-    let env = g.env();
+    let env = g.env_checked()?;
     let cancel = AtomicBool::new(false);
     let statuses: Vec<Status> = jobs
         .iter()
@@ -616,20 +630,25 @@ fn cmd_log(
         "{:<25} {:<16} {:<9} {:<8} {:>7} {:>10} {:>7} {:>8}  TARGET / REASON",
         "TIME", "JOB", "TRIGGER", "STATUS", "FILES", "BYTES", "DELETED", "MS"
     );
+    // every field escaped: a name in a reason cannot forge a row or send
+    // terminal sequences
+    let e = crate::escape::text;
     for (_, rec) in rows {
         let Some(r) = rec else { continue };
         println!(
             "{:<25} {:<16} {:<9} {:<8} {:>7} {:>10} {:>7} {:>8}  {}{}",
-            r.ts.get(..23).unwrap_or(&r.ts),
-            r.job,
+            e(r.ts.get(..23).unwrap_or(&r.ts)),
+            e(&r.job),
             r.trigger,
             r.status,
             r.files_transferred,
             crate::units::human_bytes(r.bytes_transferred),
             r.files_deleted,
             r.duration_ms,
-            r.target,
-            r.reason.map(|x| format!(" ({x})")).unwrap_or_default()
+            e(&r.target),
+            r.reason
+                .map(|x| format!(" ({})", e(&x)))
+                .unwrap_or_default()
         );
     }
     Ok(EXIT_OK)

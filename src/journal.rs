@@ -7,7 +7,7 @@
 //! so a rotated log (logrotate's create or copytruncate) is safe.
 
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
@@ -136,6 +136,26 @@ pub struct Record {
     pub version: String,
 }
 
+/// Errors, and warnings, kept in one record: a run with thousands of
+/// failing or skipped entries still writes a line of bounded size.
+pub const MAX_PER_RECORD: usize = 100;
+
+/// The first [`MAX_PER_RECORD`] entries of `list`, then one entry
+/// `... and N more {what}` counting the rest and `dropped` (entries
+/// already left out upstream).
+pub fn capped(list: &[PathError], dropped: u64, what: &str) -> Vec<PathError> {
+    let keep = list.len().min(MAX_PER_RECORD);
+    let mut v = list[..keep].to_vec();
+    let rest = (list.len() - keep) as u64 + dropped;
+    if rest > 0 {
+        v.push(PathError {
+            path: String::new(),
+            message: format!("... and {rest} more {what}"),
+        });
+    }
+    v
+}
+
 pub fn now_rfc3339() -> String {
     chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
 }
@@ -164,7 +184,8 @@ pub fn append_line(path: &Path, line: &[u8]) -> std::io::Result<()> {
     {
         std::fs::create_dir_all(dir)?;
     }
-    let mut f = OpenOptions::new().append(true).create(true).open(path)?;
+    // created 0600, never through a symlink, only a regular file (`statedir`)
+    let mut f = crate::statedir::open(path, crate::statedir::Access::Append)?;
     f.lock()?;
     let r = f.write_all(line);
     let _ = f.unlock();

@@ -4,9 +4,11 @@
 //! there is never a stale lock to clean up. The holder writes its pid, start
 //! time and trigger into the file for `syncjob status`.
 
+use crate::statedir::{self, Access};
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -46,16 +48,15 @@ pub fn daemon_lock_path(state_dir: &Path) -> PathBuf {
     state_dir.join("daemon.lock")
 }
 
+/// The lock file, created 0600, never through a symlink (see `statedir`).
 fn open(path: &Path) -> std::io::Result<File> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
+    statedir::open(path, Access::ReadWrite)
 }
 
 fn record(mut file: File, path: &Path, trigger: &str) -> std::io::Result<Lock> {
@@ -115,7 +116,11 @@ pub fn acquire_wait(
 /// cannot make a run starting at that moment see the lock as held.
 pub fn holder(path: &Path) -> Option<Holder> {
     let mut s = String::new();
-    File::open(path).ok()?.read_to_string(&mut s).ok()?;
+    statedir::open(path, Access::Read)
+        .ok()?
+        .take(4096)
+        .read_to_string(&mut s)
+        .ok()?;
     let h: Holder = serde_json::from_str(&s).ok()?;
     pid_alive(h.pid).then_some(h)
 }

@@ -25,10 +25,12 @@
 
 use crate::config::Job;
 use crate::plan::{Entry, EntryKind, Scan};
+use crate::statedir::Access;
 use crate::target::Target;
 use sha2::{Digest, Sha256};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -161,7 +163,12 @@ pub fn save(
     scan: &Scan,
 ) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    // manifests/JOB/: private (0700), never a symlink (see `statedir`)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    crate::statedir::private_dir(dir).map_err(io::Error::other)?;
     let mut b = Vec::with_capacity(HEADER);
     b.extend_from_slice(MAGIC);
     b.push(caps.to_byte());
@@ -171,29 +178,27 @@ pub fn save(
     b.extend_from_slice(&digest(scan, caps));
     let sum = Sha256::digest(&b);
     b.extend_from_slice(&sum);
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let r = (|| {
-        let mut f = io::BufWriter::with_capacity(256 << 10, std::fs::File::create(&tmp)?);
-        f.write_all(&b)?;
-        let mut err = Ok(());
-        serialize(scan, caps, &mut |chunk| {
-            if err.is_ok() {
-                err = f.write_all(chunk);
-            }
-        });
-        err?;
-        let f = f.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
+    // an unpredictable name created with O_EXCL, 0600; removed if dropped
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(
+            ".{}.",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ))
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    let mut f = io::BufWriter::with_capacity(256 << 10, tmp);
+    f.write_all(&b)?;
+    let mut err = Ok(());
+    serialize(scan, caps, &mut |chunk| {
+        if err.is_ok() {
+            err = f.write_all(chunk);
+        }
+    });
+    err?;
+    let tmp = f.into_inner().map_err(|e| e.into_error())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// Forget the target's state (before changing it, or after a failure).
@@ -218,7 +223,10 @@ pub struct Manifest {
 pub fn load(path: &Path, job: &Job, target: &Target, max_age: Duration) -> Option<Manifest> {
     use std::io::Read;
     let mut b = [0u8; HEADER];
-    std::fs::File::open(path).ok()?.read_exact(&mut b).ok()?;
+    crate::statedir::open(path, Access::Read)
+        .ok()?
+        .read_exact(&mut b)
+        .ok()?;
     let (body, sum) = b.split_at(HEADER - 32);
     if Sha256::digest(body).as_slice() != sum || &body[..8] != MAGIC {
         return None;
@@ -243,12 +251,13 @@ pub fn load(path: &Path, job: &Job, target: &Target, max_age: Duration) -> Optio
 impl Manifest {
     fn reader(&self) -> Option<Rd<io::BufReader<std::fs::File>>> {
         use std::io::{Seek, SeekFrom};
-        let mut f = std::fs::File::open(&self.path).ok()?;
+        let mut f = crate::statedir::open(&self.path, Access::Read).ok()?;
         f.seek(SeekFrom::Start(HEADER as u64)).ok()?;
         Some(Rd {
             inner: io::BufReader::with_capacity(256 << 10, f),
             hash: Sha256::new(),
             buf: Vec::new(),
+            order: Default::default(),
         })
     }
 
@@ -276,11 +285,15 @@ impl Iterator for ManifestEntries {
     }
 }
 
-/// Reads the entries, hashing every byte read.
+/// Reads the entries, hashing every byte read, and checking each name as
+/// a remote listing's (`relname`: relative, no `..`, bounded, in path
+/// order, under a directory listed before): a forged manifest cannot name
+/// anything outside the target root.
 struct Rd<R> {
     inner: R,
     hash: Sha256,
     buf: Vec<u8>,
+    order: crate::relname::Order,
 }
 impl<R: io::Read> Rd<R> {
     /// The next entry; `Some(None)` at the end, `None` if damaged.
@@ -289,6 +302,9 @@ impl<R: io::Read> Rd<R> {
         let Some(len) = self.u32_or_end()? else {
             return Some(None);
         };
+        if len as usize > crate::relname::MAX_PATH {
+            return None;
+        }
         let name = PathBuf::from(std::ffi::OsStr::from_bytes(self.take(len as usize)?));
         let kind = match self.take(1)?[0] {
             0 => EntryKind::File,
@@ -296,6 +312,8 @@ impl<R: io::Read> Rd<R> {
             2 => EntryKind::Symlink,
             _ => return None,
         };
+        let name_bytes = name.as_os_str().as_bytes();
+        self.order.next(name_bytes, kind == EntryKind::Dir).ok()?;
         let size = self.u64()?;
         let mtime = self.u64()? as i64;
         let mtime_ns = self.u32()?;
@@ -305,6 +323,8 @@ impl<R: io::Read> Rd<R> {
         let ll = self.u32()?;
         let link = if ll == u32::MAX {
             None
+        } else if ll as usize > crate::relname::MAX_PATH {
+            return None;
         } else {
             Some(Box::new(PathBuf::from(std::ffi::OsStr::from_bytes(
                 self.take(ll as usize)?,

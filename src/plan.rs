@@ -518,24 +518,13 @@ impl Action {
     }
 }
 
-/// Paths printed as rsync does: bytes that are not printable are `\#ooo`.
+/// Paths printed as rsync does: bytes that are not printable are `\#ooo`
+/// (see `escape`).
 pub fn escape(p: &Path) -> String {
     if p.as_os_str().is_empty() {
         return ".".into();
     }
-    let s = String::from_utf8_lossy(p.as_os_str().as_bytes());
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            let mut b = [0u8; 4];
-            for byte in c.encode_utf8(&mut b).bytes() {
-                out.push_str(&format!("\\#{byte:03o}"));
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::escape::bytes(p.as_os_str().as_bytes())
 }
 
 #[derive(Debug, Clone, Copy)]

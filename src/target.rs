@@ -71,19 +71,24 @@ fn split_user(s: &str) -> Result<(Option<String>, &str), String> {
     }
 }
 
+/// Refuse a root that is `/` once `.`, `..` and empty components are
+/// resolved (`/srv/..`, `/srv/site/../../`), and a relative remote path
+/// that climbs above the login directory (`..`, `../..`: where it lands
+/// is not known here).
 fn check_root(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("the target path is empty".into());
     }
-    if Path::new(path).components().all(|c| {
-        matches!(
-            c,
-            std::path::Component::RootDir | std::path::Component::CurDir
-        )
-    }) && path.starts_with('/')
-    {
+    let norm = crate::guards::lexical(Path::new(path));
+    if norm == Path::new("/") {
         return Err(
-            "a target root of `/` is refused (it would mirror over the whole file system)".into(),
+            "a target root of `/` is refused (it would mirror over the whole file system; `..` and `.` are resolved first)".into(),
+        );
+    }
+    if norm.starts_with("..") {
+        return Err(
+            "a relative target path may not climb above its base with `..`; give an absolute path"
+                .into(),
         );
     }
     Ok(())
@@ -204,13 +209,16 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
             path: path.to_string(),
         }));
     }
-    check_root(s).map_err(|e| format!("{s:?}: {e}"))?;
     let p = Path::new(s);
     let p = if p.is_absolute() {
         p.to_path_buf()
     } else {
         base.join(p)
     };
+    // a local path is checked once made absolute (`../..` from the jobs
+    // file's directory may be `/`), lexically here, resolved (symlinks)
+    // against the source in `config`
+    check_root(&p.to_string_lossy()).map_err(|e| format!("{s:?}: {e}"))?;
     Ok(Target::Local(p))
 }
 
@@ -290,6 +298,15 @@ mod tests {
             "host::module",
             "",
             "bad host:/x",
+            "/srv/..",
+            "web:/..",
+            "ssh://web/../",
+            "/srv/site/../../",
+            "ssh://web:2222/srv/./../",
+            "[::1]:/a/b/../..",
+            "web:..",
+            "web:a/../../b",
+            "../../../../../../../../../..",
         ] {
             assert!(parse(bad, b).is_err(), "{bad:?} should be refused");
         }

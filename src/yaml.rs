@@ -140,10 +140,35 @@ pub struct SyntaxError {
     pub message: String,
 }
 
+/// The most nodes aliases may add to a document (each `*alias` copies
+/// its anchor's subtree). Far beyond any jobs file sharing settings by
+/// anchors; a "billion laughs" file (aliases of aliases, 9^n nodes) stops
+/// here with an error instead of exhausting memory.
+pub const MAX_ALIAS_NODES: usize = 100_000;
+
+/// Nodes in a subtree (the node itself included).
+fn count(n: &Node) -> usize {
+    match &n.kind {
+        Kind::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
+        Kind::Map(pairs) => {
+            1 + pairs
+                .iter()
+                .map(|(k, v)| count(k) + count(v))
+                .sum::<usize>()
+        }
+        _ => 1,
+    }
+}
+
 struct Builder {
     /// Open containers: (node under construction, pending key for maps).
     stack: Vec<(Node, Option<Node>)>,
-    anchors: std::collections::HashMap<usize, Node>,
+    /// anchored nodes with the size of their subtree
+    anchors: std::collections::HashMap<usize, (Node, usize)>,
+    /// nodes added by aliases so far (see [`MAX_ALIAS_NODES`])
+    alias_nodes: usize,
+    /// the alias that went over the budget
+    over_budget: Option<Pos>,
     /// Anchor ids of the open containers, parallel to `stack`.
     anchor_ids: Vec<usize>,
     root: Option<Node>,
@@ -184,22 +209,23 @@ impl MarkedEventReceiver for Builder {
                     },
                 };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    self.anchors.insert(anchor, (node.clone(), 1));
                 }
                 self.push_value(node);
             }
             Event::Alias(id) => {
-                let node = match self.anchors.get(&id) {
-                    Some(n) => Node {
-                        pos,
-                        kind: n.kind.clone(),
-                    },
-                    None => Node {
-                        pos,
-                        kind: Kind::Null,
-                    },
+                let kind = match self.anchors.get(&id) {
+                    Some((n, size)) if self.alias_nodes + size <= MAX_ALIAS_NODES => {
+                        self.alias_nodes += size;
+                        n.kind.clone()
+                    }
+                    Some(_) => {
+                        self.over_budget.get_or_insert(pos);
+                        Kind::Null
+                    }
+                    None => Kind::Null,
                 };
-                self.push_value(node);
+                self.push_value(Node { pos, kind });
             }
             Event::SequenceStart(anchor, _) => {
                 self.stack.push((
@@ -225,7 +251,7 @@ impl MarkedEventReceiver for Builder {
                 if let Some((node, _)) = self.stack.pop() {
                     let anchor = self.anchor_ids.pop().unwrap_or(0);
                     if anchor > 0 {
-                        self.anchors.insert(anchor, node.clone());
+                        self.anchors.insert(anchor, (node.clone(), count(&node)));
                     }
                     self.push_value(node);
                 }
@@ -240,6 +266,8 @@ pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
     let mut b = Builder {
         stack: Vec::new(),
         anchors: Default::default(),
+        alias_nodes: 0,
+        over_budget: None,
         anchor_ids: Vec::new(),
         root: None,
         docs: 0,
@@ -249,6 +277,14 @@ pub fn parse(text: &str) -> Result<Option<Node>, SyntaxError> {
         return Err(SyntaxError {
             pos: Pos::from(*e.marker()),
             message: e.info().to_string(),
+        });
+    }
+    if let Some(pos) = b.over_budget {
+        return Err(SyntaxError {
+            pos,
+            message: format!(
+                "aliases expand to more than {MAX_ALIAS_NODES} nodes (aliases of aliases, as in a \"billion laughs\" file); refused"
+            ),
         });
     }
     if b.docs > 1 {
@@ -298,6 +334,26 @@ mod tests {
     fn syntax_error_has_position() {
         let e = parse("jobs:\n  web: [a, b\n").unwrap_err();
         assert!(e.pos.line >= 2, "{e:?}");
+    }
+
+    #[test]
+    fn alias_expansion_is_budgeted() {
+        // ordinary sharing by anchors works
+        let root = parse("a: &s {x: 1, y: 2}\nb: *s\n").unwrap().unwrap();
+        let Kind::Map(pairs) = &root.kind else {
+            panic!()
+        };
+        assert!(matches!(&pairs[1].1.kind, Kind::Map(m) if m.len() == 2));
+        // a billion laughs: 9 levels of 9 aliases = 9^9 nodes
+        let mut y = String::from("l0: &l0 [lol]\n");
+        for i in 1..=9 {
+            let refs = vec![format!("*l{}", i - 1); 9].join(", ");
+            y.push_str(&format!("l{i}: &l{i} [{refs}]\n"));
+        }
+        let t = std::time::Instant::now();
+        let e = parse(&y).unwrap_err();
+        assert!(e.message.contains("aliases expand"), "{e:?}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

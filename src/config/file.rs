@@ -115,6 +115,12 @@ pub fn expand_str(s: &str, get: &dyn Fn(&str) -> Option<String>) -> Result<Strin
     Ok(out)
 }
 
+/// The most files `include:` may add (all patterns together), and the
+/// most bytes they may hold together: a glob matching a huge directory
+/// is refused instead of read.
+pub const MAX_INCLUDES: usize = 1000;
+const MAX_INCLUDED_BYTES: usize = 64 << 20;
+
 /// The files an `include:` pattern names, sorted. A wildcard may appear in
 /// the last component only (`/etc/syncjob/jobs.d/*.yaml`); a pattern
 /// without one names one file, which must exist.
@@ -156,7 +162,13 @@ fn include_files(pattern: &str, base: &Path) -> Result<Vec<PathBuf>, String> {
         .filter(|e| glob.is_match(e.file_name()))
         .map(|e| e.path())
         .filter(|p| p.is_file())
+        .take(MAX_INCLUDES + 1)
         .collect();
+    if v.len() > MAX_INCLUDES {
+        return Err(format!(
+            "include {pattern:?}: matches more than {MAX_INCLUDES} files; refused"
+        ));
+    }
     v.sort();
     Ok(v)
 }
@@ -286,6 +298,7 @@ fn read_includes(ctx: &mut Ctx, inc: &Node, path: &Path, base: &Path) -> Vec<(Pa
         _ => vec![inc],
     };
     let main = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let mut bytes = 0usize;
     for pn in patterns {
         let Some(pat) = pn.as_str() else {
             let msg = format!("include: expected a path or glob, found {}", pn.type_name());
@@ -304,6 +317,14 @@ fn read_includes(ctx: &mut Ctx, inc: &Node, path: &Path, base: &Path) -> Vec<(Pa
             if canon == main || included.iter().any(|(p, _)| *p == f) {
                 continue;
             }
+            if included.len() >= MAX_INCLUDES || bytes > MAX_INCLUDED_BYTES {
+                let msg = format!(
+                    "include: more than {MAX_INCLUDES} files or {} MiB in all; refused",
+                    MAX_INCLUDED_BYTES >> 20
+                );
+                ctx.err(pn.pos, None, msg);
+                return included;
+            }
             match read_limited(&f) {
                 Ok(b) if b.len() > MAX_FILE => ctx.err(
                     pn.pos,
@@ -311,6 +332,7 @@ fn read_includes(ctx: &mut Ctx, inc: &Node, path: &Path, base: &Path) -> Vec<(Pa
                     format!("include {}: the file is too large", f.display()),
                 ),
                 Ok(b) => {
+                    bytes += b.len();
                     ctx.file = f.clone();
                     if let Some(r) = read_doc(ctx, &b) {
                         included.push((f, r));

@@ -218,15 +218,12 @@ fn targets(ctx: &mut Ctx, rd: &Reader, pos: Pos) -> Vec<Target> {
 /// A local target inside the source, or around it, is refused.
 fn check_overlap(ctx: &mut Ctx, rd: &Reader, pos: Pos, src: &Path, targets: &[Target]) {
     for t in targets {
+        // `/` after resolving, or inside the source or around it after
+        // resolving `..` and symlinks (see `guards`)
         if let Target::Local(p) = t
-            && (p.starts_with(src) || src.starts_with(p))
+            && let Some(why) = crate::guards::local_target_refused(src, p)
         {
-            let msg = format!(
-                "target {} overlaps the source {} (one lies inside the other)",
-                p.display(),
-                src.display()
-            );
-            ctx.err(pos, rd.j(), msg);
+            ctx.err(pos, rd.j(), why);
         }
     }
 }
@@ -319,6 +316,19 @@ fn ssh(ctx: &mut Ctx, rd: &Reader) -> SshOptions {
     }
     if let Some(n) = rd.s("known_hosts") {
         ssh.known_hosts = rd.path_of(ctx, n, "ssh.known_hosts");
+    }
+    if let Some(n) = rd.s("global_known_hosts") {
+        ssh.global_known_hosts = rd.path_of(ctx, n, "ssh.global_known_hosts");
+    }
+    if let Some(n) = rd.s("max_listing_entries") {
+        match n.as_u64().filter(|v| *v >= 1) {
+            Some(v) => ssh.max_listing_entries = v,
+            None => ctx.err(
+                n.pos,
+                rd.j(),
+                "`ssh.max_listing_entries` must be a whole number of at least 1",
+            ),
+        }
     }
     if let Some(n) = rd.s("password_file") {
         ssh.password_file = rd.path_of(ctx, n, "ssh.password_file");

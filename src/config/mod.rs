@@ -73,6 +73,9 @@ pub enum SshClient {
 pub struct SshOptions {
     pub identity: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
+    /// the system-wide known_hosts, read too (default
+    /// /etc/ssh/ssh_known_hosts)
+    pub global_known_hosts: Option<PathBuf>,
     /// `None`: from the OpenSSH config (`StrictHostKeyChecking`), else strict
     pub strict_host_key_checking: Option<HostKeyPolicy>,
     pub password_file: Option<PathBuf>,
@@ -88,6 +91,10 @@ pub struct SshOptions {
     /// `ssh.proxy_jump`: hops as OpenSSH's `ProxyJump` (`none`: no jump
     /// even if the OpenSSH config names one)
     pub proxy_jump: Option<String>,
+    /// The most entries a remote listing may have (`find` or SFTP): a
+    /// longer one fails the target's run (a hostile or broken remote
+    /// cannot exhaust memory)
+    pub max_listing_entries: u64,
 }
 
 impl SshOptions {
@@ -103,6 +110,7 @@ impl Default for SshOptions {
             identity: None,
             known_hosts: None,
             strict_host_key_checking: None,
+            global_known_hosts: None,
             password_file: None,
             port: None,
             timeout: None,
@@ -110,6 +118,7 @@ impl Default for SshOptions {
             config: SshConfigFile::Default,
             client: SshClient::Libssh2,
             proxy_jump: None,
+            max_listing_entries: 10_000_000,
         }
     }
 }

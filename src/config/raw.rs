@@ -41,6 +41,7 @@ pub(super) const JOB_KEYS: &[&str] = &[
 pub(super) const SSH_KEYS: &[&str] = &[
     "identity",
     "known_hosts",
+    "global_known_hosts",
     "strict_host_key_checking",
     "password_file",
     "port",
@@ -49,6 +50,7 @@ pub(super) const SSH_KEYS: &[&str] = &[
     "config",
     "client",
     "proxy_jump",
+    "max_listing_entries",
 ];
 pub(super) const TOP_KEYS: &[&str] = &["defaults", "include", "jobs", "shutdown_timeout"];
 

@@ -50,9 +50,12 @@ enum Level {
     Info = 6,
 }
 
-/// One line to stderr; with the `<N>` priority prefix journald understands
-/// when stderr goes to the journal.
+/// One line to stderr, escaped (`escape::text`); with the `<N>` priority
+/// prefix journald understands when stderr goes to the journal.
 fn say(level: Level, msg: &str) {
+    // names from the trees or the remote: never a raw newline (a forged
+    // `<0>` line) or terminal sequence
+    let msg = crate::escape::text(msg);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         eprintln!("<{}>{msg}", level as u8);
     } else {

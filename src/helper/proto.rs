@@ -27,8 +27,8 @@
 //! fixed offsets (no rolling checksum): appends and in-place changes, the
 //! common cases for big files, send only the changed blocks.
 //!
-//! Every length read is bounded ([`MAX_PATH`], [`MAX_CHUNK`], [`MAX_BLOCK`])
-//! before anything is allocated for it.
+//! Every length and count read is bounded ([`MAX_PATH`], [`MAX_CHUNK`],
+//! [`MAX_BLOCK`], [`MAX_HASHES`]) before anything is allocated for it.
 
 use std::io::{self, Read};
 
@@ -45,6 +45,9 @@ pub const MAX_BLOCK: u32 = 64 << 20;
 pub const MAX_PATH: u32 = 64 << 10;
 /// Longest data chunk accepted in a record.
 pub const MAX_CHUNK: u32 = 1 << 20;
+/// Most block hashes accepted in a reply (32 MiB of hashes: a 128 GiB
+/// file at 128 KiB blocks; the client asks for bigger blocks past 8 GiB).
+pub const MAX_HASHES: u32 = 1 << 20;
 
 /// The header of one file record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,14 +123,21 @@ pub fn read_hashes(r: &mut dyn Read, block: u32) -> io::Result<io::Result<Hashes
     let size = u64::from_le_bytes(h[..8].try_into().unwrap());
     let count = u32::from_le_bytes(h[8..].try_into().unwrap());
     if count as u64 != size.div_ceil(block.max(1) as u64) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
+        return Err(crate::transport::violation::violation(
             "remote helper: wrong number of block hashes",
         ));
     }
-    let mut sums = vec![[0u8; 32]; count as usize];
-    for s in sums.iter_mut() {
-        r.read_exact(s)?;
+    if count > MAX_HASHES {
+        return Err(crate::transport::violation::violation(format!(
+            "remote helper: {count} block hashes announced (at most {MAX_HASHES}); refused"
+        )));
+    }
+    // allocated as they arrive, not as announced
+    let mut sums = Vec::with_capacity(count.min(4096) as usize);
+    for _ in 0..count {
+        let mut s = [0u8; 32];
+        r.read_exact(&mut s)?;
+        sums.push(s);
     }
     Ok(Ok(Hashes { size, block, sums }))
 }

@@ -13,6 +13,7 @@ pub(super) fn print(text: &mut String, job: &Job, target: &Target, plan: &Plan, 
     let mut bytes = 0u64;
     let mut deletes = 0u64;
     if !quiet {
+        let target = crate::escape::text(&target.to_string());
         text.push_str(&format!("# {} -> {target} (dry run)\n", job.name));
     }
     for a in plan.actions() {

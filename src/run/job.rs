@@ -185,6 +185,7 @@ pub(super) fn fail_all(
     before: Vec<HookOutcome>,
 ) -> JobResult {
     if !opts.quiet {
+        let reason = crate::escape::text(&reason);
         eprintln!("syncjob: job {}: {reason}", job.name);
     }
     let mut base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
@@ -246,7 +247,9 @@ pub(super) fn after_hooks(job: &Job, opts: &Options, res: &JobResult) -> Vec<Hoo
             if !r.ok {
                 eprintln!(
                     "syncjob: job {}: {name} hook failed ({}): {}",
-                    job.name, r.status, r.output
+                    job.name,
+                    r.status,
+                    crate::escape::text(&r.output)
                 );
             }
             ran.push(hook_outcome(name, &r));

@@ -6,7 +6,7 @@
 use super::{Env, Status, Trigger};
 use crate::config::Job;
 use crate::executor::Outcome;
-use crate::journal::{self, PathError, Record};
+use crate::journal::{self, Record};
 use crate::target::Target;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Instant;
@@ -66,13 +66,8 @@ impl RecordBase<'_> {
         o: &Outcome,
     ) -> Record {
         let finished = journal::now_rfc3339();
-        let mut errors = o.errors.clone();
-        if o.errors_dropped > 0 {
-            errors.push(PathError {
-                path: String::new(),
-                message: format!("... and {} more errors", o.errors_dropped),
-            });
-        }
+        // bounded: at most 100 of each, then a count of the rest
+        let errors = journal::capped(&o.errors, o.errors_dropped, "errors");
         Record {
             ts: finished.clone(),
             job: self.job.name.clone(),
@@ -90,7 +85,7 @@ impl RecordBase<'_> {
             bytes_transferred: o.bytes_transferred,
             files_deleted: o.files_deleted,
             errors,
-            warnings: o.warnings.clone(),
+            warnings: journal::capped(&o.warnings, 0, "warnings"),
             scheduled_for: self.scheduled_for.clone(),
             hooks: self.hooks.clone(),
             target_state: o.from_manifest.then(|| "manifest".to_string()),

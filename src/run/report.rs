@@ -36,9 +36,11 @@ pub fn daemon_line(r: &Record) -> String {
     )
 }
 
+/// The reason escaped (`escape::text`): it may carry names from the trees
+/// or the remote, never a raw newline or terminal sequence.
 fn reason_suffix(r: &Record) -> String {
     r.reason
         .as_ref()
-        .map(|x| format!(": {x}"))
+        .map(|x| format!(": {}", crate::escape::text(x)))
         .unwrap_or_default()
 }

@@ -116,6 +116,13 @@ pub(super) struct TargetRun<'a> {
 /// Plan and apply one target; returns its record and the text to print.
 pub(super) fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) {
     let mut t = TargetRun::new(job, target, *run);
+    // checked at load too; again now (a symlink made since may put a
+    // local target inside the source)
+    if let Target::Local(p) = target
+        && let Some(why) = crate::guards::local_target_refused(&job.source, p)
+    {
+        return t.finish(Status::Failed, Some(why));
+    }
     let mut known = match t.manifest_shortcut() {
         Shortcut::Unchanged => {
             t.outcome.from_manifest = true;

@@ -6,6 +6,7 @@
 
 pub mod local;
 pub mod ssh;
+pub mod violation;
 
 use crate::config::SshOptions;
 use crate::filter::Filter;
@@ -179,10 +180,13 @@ impl OpenError {
 /// Plain I/O errors while connecting are transient.
 impl From<io::Error> for OpenError {
     fn from(source: io::Error) -> OpenError {
-        OpenError {
-            retry: Retry::Transient,
-            source,
-        }
+        // a remote that broke a bound would break it again
+        let retry = if violation::is_violation(&source) {
+            Retry::Permanent
+        } else {
+            Retry::Transient
+        };
+        OpenError { retry, source }
     }
 }
 

@@ -27,7 +27,7 @@ pub(super) fn start_helper(
     let mut line = b"exec ".to_vec();
     line.extend_from_slice(&shell_quote(cmd.as_bytes()));
     line.extend_from_slice(b" helper");
-    let mut ch = conn.stream(&line)?;
+    let mut ch = conn.stream(&line, false)?;
     let mut greeting = vec![0u8; proto::GREETING.len()];
     let got = ch.read_exact(&mut greeting);
     if got.is_ok() && greeting == proto::GREETING {

@@ -13,6 +13,8 @@ use super::sftp;
 use crate::journal::PathError;
 use crate::plan::{Entry, EntryKind, Tree, TreeBuilder};
 use crate::transport::Listing;
+use crate::transport::violation::violation;
+use std::collections::HashSet;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -22,10 +24,9 @@ impl Ssh {
     /// does not exist.
     pub(super) fn list_remote(&mut self) -> io::Result<Listing> {
         let mut errors = Vec::new();
-        match self.list_find()? {
-            Some((3, _)) => Ok(Listing::default()),
-            Some((code, out)) => {
-                let tree = parse_find(&out, &mut errors);
+        match self.list_find(&mut errors)? {
+            Find::Missing => Ok(Listing::default()),
+            Find::Listed(code, tree) => {
                 if code != 0 {
                     errors.push(PathError {
                         path: String::new(),
@@ -41,15 +42,18 @@ impl Ssh {
                     errors,
                 })
             }
-            None => Ok(Listing {
+            Find::Elsewhere => Ok(Listing {
                 tree: self.list_sftp()?,
                 stream: None,
-                errors,
+                errors: Vec::new(),
             }),
         }
     }
 
-    fn list_find(&self) -> io::Result<Option<(i32, Vec<u8>)>> {
+    /// Run `find` and parse its output as it comes (never held whole):
+    /// at most `max_entries` records of at most [`MAX_RECORD`] bytes.
+    fn list_find(&self, errors: &mut Vec<PathError>) -> io::Result<Find> {
+        use std::io::Read;
         let mut cmd = b"root=".to_vec();
         cmd.extend_from_slice(&shell_quote(&self.root));
         cmd.extend_from_slice(
@@ -57,9 +61,28 @@ impl Ssh {
               cd -- \"$root\" || exit 4; \
               exec find . -printf '%y\\0%s\\0%T@\\0%m\\0%U\\0%G\\0%P\\0%l\\0'",
         );
-        let (code, out, _) = self.conn.exec(&cmd, true)?;
+        let mut ch = self.conn.stream(&cmd, true)?;
+        let mut p = FindParser::new(self.max_entries);
+        let mut buf: Vec<u8> = Vec::with_capacity(256 << 10);
+        let mut chunk = vec![0u8; 64 << 10];
+        loop {
+            let n = ch.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if p.records == 0 && buf.len() >= 2 && !buf.starts_with(b"d\0") {
+                // not GNU find's output (another find, an error message)
+                return Ok(Find::Elsewhere);
+            }
+            let used = p
+                .feed(&buf, errors)
+                .map_err(|why| violation(format!("remote listing of {}: {why}", self.label)))?;
+            buf.drain(..used);
+        }
+        let (code, _) = ch.finish();
         match code {
-            3 => Ok(Some((3, Vec::new()))),
+            3 if p.records == 0 => Ok(Find::Missing),
             4 => Err(io::Error::new(
                 io::ErrorKind::NotADirectory,
                 format!(
@@ -67,15 +90,22 @@ impl Ssh {
                     String::from_utf8_lossy(&self.root)
                 ),
             )),
-            0 | 1 if out.starts_with(b"d\0") => Ok(Some((code, out))),
-            // no GNU find there
-            _ => Ok(None),
+            0 | 1 if p.have_root => Ok(Find::Listed(code, p.finish(errors))),
+            _ => Ok(Find::Elsewhere),
         }
     }
 
     fn list_sftp(&mut self) -> io::Result<Option<Tree>> {
         let root = self.root.clone();
-        let top = match self.sftp.readdir(&root) {
+        // every entry read counts toward `max_entries`, kept or not
+        let max = usize::try_from(self.max_entries).unwrap_or(usize::MAX);
+        let mut seen = 0usize;
+        let over = |label: &str| {
+            violation(format!(
+                "remote listing of {label}: more than {max} entries (ssh.max_listing_entries); refused"
+            ))
+        };
+        let top = match self.sftp.readdir(&root, max) {
             Ok(v) => v,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
@@ -84,6 +114,10 @@ impl Ssh {
         tree.push(Path::new(""), Entry::blank(EntryKind::Dir));
         let mut queue = vec![(PathBuf::new(), top)];
         while let Some((dir, items)) = queue.pop() {
+            seen += items.len();
+            if seen > max {
+                return Err(over(&self.label));
+            }
             for (name, a) in items {
                 if name.is_empty() || name.contains(&b'/') {
                     continue;
@@ -127,7 +161,7 @@ impl Ssh {
                 );
                 if kind == EntryKind::Dir {
                     let p = self.path(&rel);
-                    let sub = self.sftp.readdir(&p)?;
+                    let sub = self.sftp.readdir(&p, max - seen)?;
                     queue.push((rel, sub));
                 }
             }
@@ -136,56 +170,111 @@ impl Ssh {
     }
 }
 
-/// Parse the NUL-separated output of the remote `find -printf`. Entries
-/// whose names are unsafe (empty, `.`/`..` components, absolute) or whose
-/// parent is not a listed directory (they would be reached through a
-/// symlink) are rejected into `errors`.
-pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
-    let mut tree = TreeBuilder::default();
-    // directories accepted so far (an entry's parent must be one of them)
-    let mut dirs: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
-    let mut have_root = false;
-    let mut fields = out.split(|b| *b == 0);
-    let mut f: [&[u8]; 8] = [&[]; 8];
-    'records: loop {
-        for slot in f.iter_mut() {
-            match fields.next() {
-                Some(x) => *slot = x,
-                None => break 'records,
-            }
+/// What `find` on the remote said.
+enum Find {
+    /// the target root does not exist
+    Missing,
+    /// exit code and the entries
+    Listed(i32, Tree),
+    /// no GNU find there: list over SFTP
+    Elsewhere,
+}
+
+/// The longest record of `find`'s output accepted: a name and a link
+/// target of at most `relname::MAX_PATH` bytes, six short numbers.
+pub const MAX_RECORD: usize = 2 * crate::relname::MAX_PATH + 6 * 32 + 8;
+/// Rejected entries kept as errors; the rest are counted.
+const MAX_REJECTED: usize = 1000;
+
+/// Parses the NUL-separated records of the remote `find -printf` as they
+/// come. Entries whose names are unsafe (empty, `.`/`..` components,
+/// absolute, too long) or whose parent is not a listed directory (they
+/// would be reached through a symlink) are rejected into `errors`.
+pub struct FindParser {
+    tree: TreeBuilder,
+    /// directories accepted so far (an entry's parent must be one of them)
+    dirs: HashSet<Vec<u8>>,
+    have_root: bool,
+    /// records read, accepted or not
+    records: u64,
+    max_records: u64,
+    rejected: u64,
+}
+
+impl FindParser {
+    pub fn new(max_records: u64) -> FindParser {
+        FindParser {
+            tree: TreeBuilder::default(),
+            dirs: HashSet::new(),
+            have_root: false,
+            records: 0,
+            max_records,
+            rejected: 0,
         }
+    }
+
+    /// Parse the complete records at the start of `buf`; returns how many
+    /// bytes they took (the rest is an incomplete record), or why the
+    /// listing is refused (too many records, a record too long).
+    pub fn feed(&mut self, buf: &[u8], errors: &mut Vec<PathError>) -> Result<usize, String> {
+        let mut at = 0;
+        'records: loop {
+            let mut f: [&[u8]; 8] = [&[]; 8];
+            let mut pos = at;
+            for slot in f.iter_mut() {
+                match buf[pos..].iter().position(|b| *b == 0) {
+                    Some(k) => {
+                        *slot = &buf[pos..pos + k];
+                        pos += k + 1;
+                    }
+                    None => break 'records,
+                }
+            }
+            if pos - at > MAX_RECORD {
+                return Err(format!("a record longer than {MAX_RECORD} bytes; refused"));
+            }
+            self.records += 1;
+            if self.records > self.max_records {
+                return Err(format!(
+                    "more than {} entries (ssh.max_listing_entries); refused",
+                    self.max_records
+                ));
+            }
+            if let Err(why) = self.record(f) {
+                self.rejected += 1;
+                if errors.len() < MAX_REJECTED {
+                    errors.push(PathError {
+                        path: crate::escape::bytes(f[6]),
+                        message: format!("remote listing entry rejected: {why}"),
+                    });
+                }
+            }
+            at = pos;
+        }
+        if buf.len() - at > MAX_RECORD {
+            return Err(format!("a record longer than {MAX_RECORD} bytes; refused"));
+        }
+        Ok(at)
+    }
+
+    /// One record; `Err`: why it is rejected.
+    fn record(&mut self, f: [&[u8]; 8]) -> Result<(), &'static str> {
         let (ty, size, mtime, mode, uid, gid, name, link) =
             (f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]);
-        let show = String::from_utf8_lossy(name).into_owned();
-        let mut reject = |why: &str| {
-            errors.push(PathError {
-                path: show.clone(),
-                message: format!("remote listing entry rejected: {why}"),
-            })
-        };
-        let rel = Path::new(std::ffi::OsStr::from_bytes(name));
         let is_root = name.is_empty();
-        if !is_root
-            && (name.starts_with(b"/")
-                || name
-                    .split(|b| *b == b'/')
-                    .any(|c| c.is_empty() || c == b"." || c == b".."))
-        {
-            reject("unsafe name");
-            continue;
+        if !is_root {
+            crate::relname::check(name).map_err(|_| "unsafe name")?;
         }
-        if is_root && have_root {
-            reject("second root entry");
-            continue;
+        if is_root && self.have_root {
+            return Err("second root entry");
         }
         if !is_root {
             let parent = match name.iter().rposition(|b| *b == b'/') {
                 Some(k) => &name[..k],
                 None => &b""[..],
             };
-            if !dirs.contains(parent) {
-                reject("its parent is not a listed directory");
-                continue;
+            if !self.dirs.contains(parent) {
+                return Err("its parent is not a listed directory");
             }
         }
         let kind = match ty {
@@ -193,10 +282,7 @@ pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
             b"d" => EntryKind::Dir,
             b"l" => EntryKind::Symlink,
             b"p" | b"s" | b"c" | b"b" | b"D" => EntryKind::Special,
-            _ => {
-                reject("unknown type");
-                continue;
-            }
+            _ => return Err("unknown type"),
         };
         let num = |b: &[u8]| {
             std::str::from_utf8(b)
@@ -215,22 +301,20 @@ pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
         let (Some(size), Some(secs), Some(nanos), Some(mode), Some(uid), Some(gid)) =
             (num(size), secs, nanos, mode, num(uid), num(gid))
         else {
-            reject("malformed attributes");
-            continue;
+            return Err("malformed attributes");
         };
         if is_root && kind != EntryKind::Dir {
-            reject("the target root is not a directory");
-            continue;
+            return Err("the target root is not a directory");
         }
-        have_root = true;
+        self.have_root = true;
         if kind == EntryKind::Dir {
-            dirs.insert(name);
+            self.dirs.insert(name.to_vec());
         } else {
             // a later entry of another type at a directory's path replaces it
-            dirs.remove(name);
+            self.dirs.remove(name);
         }
-        tree.push(
-            rel,
+        self.tree.push(
+            Path::new(std::ffi::OsStr::from_bytes(name)),
             Entry {
                 kind,
                 size: if kind == EntryKind::File { size } else { 0 },
@@ -243,8 +327,33 @@ pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
                     .then(|| Box::new(PathBuf::from(std::ffi::OsStr::from_bytes(link)))),
             },
         );
+        Ok(())
     }
-    tree.finish()
+
+    /// The entries (sorted); a count of the rejected ones not kept.
+    pub fn finish(self, errors: &mut Vec<PathError>) -> Tree {
+        let more = self.rejected.saturating_sub(MAX_REJECTED as u64);
+        if more > 0 {
+            errors.push(PathError {
+                path: String::new(),
+                message: format!("... and {more} more rejected remote listing entries"),
+            });
+        }
+        self.tree.finish()
+    }
+}
+
+/// Parse a whole `find -printf` output (see [`FindParser`]); a listing
+/// that breaks a bound ends there, with an error.
+pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
+    let mut p = FindParser::new(u64::MAX);
+    if let Err(why) = p.feed(out, errors) {
+        errors.push(PathError {
+            path: String::new(),
+            message: why,
+        });
+    }
+    p.finish(errors)
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@
 
 mod helper_client;
 mod jump;
+mod known_hosts;
 mod listing;
 pub mod openssh;
 pub mod resolve;
@@ -52,6 +53,8 @@ pub struct Ssh {
     /// the target root as the remote sees it (bytes)
     root: Vec<u8>,
     label: String,
+    /// `ssh.max_listing_entries`
+    max_entries: u64,
     /// the connection (last: dropped after the channels opened on it)
     conn: Conn,
 }
@@ -78,14 +81,19 @@ impl Conn {
     }
 
     /// Start a command kept running, spoken to over its stdin/stdout.
-    fn stream(&self, cmd: &[u8]) -> io::Result<Box<dyn Pipe>> {
+    fn stream(&self, cmd: &[u8], ignore_stderr: bool) -> io::Result<Box<dyn Pipe>> {
         match self {
             Conn::Embedded { sess, .. } => {
                 let mut ch = sess.channel_session().map_err(io::Error::from)?;
+                if ignore_stderr {
+                    ch.handle_extended_data(ssh2::ExtendedData::Ignore)
+                        .map_err(io::Error::from)?;
+                }
                 ch.exec(&String::from_utf8_lossy(cmd))
                     .map_err(io::Error::from)?;
                 Ok(Box::new(ch))
             }
+            // (the child's stderr is always read aside, at most 64 KiB kept)
             Conn::OpenSsh(c) => Ok(Box::new(c.stream(cmd)?)),
         }
     }
@@ -155,6 +163,7 @@ impl Ssh {
             helper,
             root: t.path.as_bytes().to_vec(),
             label,
+            max_entries: o.max_listing_entries,
             conn,
         })
     }

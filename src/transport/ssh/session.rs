@@ -13,6 +13,7 @@
 //! - Failures that retrying cannot fix (auth, host key, password file) are
 //!   [`OpenError`]s of kind [`Retry::Permanent`](crate::transport::Retry).
 
+use super::known_hosts::{self, KnownHosts, Verdict};
 use super::resolve::{Hop, Resolved};
 use crate::config::{HostKeyPolicy, SshOptions};
 use crate::transport::OpenError;
@@ -98,9 +99,30 @@ pub(super) fn local_user() -> String {
     "root".into()
 }
 
+/// The first line of `password_file`: a regular file owned by the running
+/// user (or root) and not readable by group or others, read through one
+/// descriptor (the checks are on what is read), at most 4 KiB.
 fn read_secret(path: &Path) -> Result<String, OpenError> {
-    let md = std::fs::metadata(path)
-        .map_err(|e| permanent(e.kind(), format!("password_file {}: {e}", path.display())))?;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let what = |e: io::Error| permanent(e.kind(), format!("password_file {}: {e}", path.display()));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(what)?;
+    let md = f.metadata().map_err(what)?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !md.is_file() || (md.uid() != me && md.uid() != 0) {
+        return Err(permanent(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "password_file {} is not a regular file owned by you (uid {me}) or root (owner uid {}); refused",
+                path.display(),
+                md.uid()
+            ),
+        ));
+    }
     if md.permissions().mode() & 0o077 != 0 {
         return Err(permanent(
             io::ErrorKind::PermissionDenied,
@@ -111,8 +133,25 @@ fn read_secret(path: &Path) -> Result<String, OpenError> {
             ),
         ));
     }
-    let s = std::fs::read_to_string(path)?;
+    let mut s = String::new();
+    f.take(4096).read_to_string(&mut s).map_err(what)?;
     Ok(s.lines().next().unwrap_or("").to_string())
+}
+
+/// As OpenSSH: a private key readable or writable by group or others is
+/// not used ("UNPROTECTED PRIVATE KEY FILE").
+fn check_identity(path: &Path) -> Result<(), String> {
+    let md =
+        std::fs::metadata(path).map_err(|e| format!("identity file {}: {e}", path.display()))?;
+    let mode = md.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "identity file {} is accessible by group or others (mode {mode:o}); \
+             unprotected private keys are refused, as ssh does: chmod 600 it",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// A connected session and what keeps it alive: the sessions and pump
@@ -195,6 +234,25 @@ fn handshake<S: std::os::fd::AsRawFd + 'static>(
     for m in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
         let _ = sess.method_pref(m, CIPHERS);
     }
+    // this hop's host key policy and known_hosts files
+    let eff = SshOptions {
+        known_hosts: hop.known_hosts.first().cloned(),
+        strict_host_key_checking: Some(hop.strict),
+        ..o.clone()
+    };
+    // known_hosts read before the handshake: the host key algorithms it
+    // lists for this host are preferred (the server then presents a key
+    // that can be checked), as OpenSSH does
+    let (kh_path, global) = known_hosts_files(&eff);
+    let mut files: Vec<&Path> = vec![&kh_path];
+    files.extend(hop.known_hosts.iter().skip(1).map(PathBuf::as_path));
+    files.push(&global);
+    let kh = KnownHosts::load(&files)?;
+    let lookup = known_hosts::lookup_name(&hop.host, hop.port);
+    if let Ok(sup) = sess.supported_algs(ssh2::MethodType::HostKey) {
+        let pref = known_hosts::preference(&kh.types_for(&lookup), &sup);
+        let _ = sess.method_pref(ssh2::MethodType::HostKey, &pref);
+    }
     sess.set_timeout(o.timeout().as_millis().min(u32::MAX as u128) as u32);
     sess.handshake().map_err(|e| {
         io::Error::new(
@@ -202,13 +260,7 @@ fn handshake<S: std::os::fd::AsRawFd + 'static>(
             format!("ssh handshake with {label}: {e}"),
         )
     })?;
-    // this hop's host key policy and known_hosts file
-    let eff = SshOptions {
-        known_hosts: hop.known_hosts.first().cloned(),
-        strict_host_key_checking: Some(hop.strict),
-        ..o.clone()
-    };
-    check_host_key(&sess, &hop.host, hop.port, &eff)?;
+    check_host_key(&sess, &hop.host, hop.port, &eff, &kh)?;
     authenticate(&sess, hop, o)?;
     Ok(sess)
 }
@@ -238,11 +290,28 @@ pub(super) fn exec(
     Ok((code, out, err))
 }
 
+/// The user's known_hosts (`ssh.known_hosts`, default
+/// `~/.ssh/known_hosts`) and the global one (`ssh.global_known_hosts`,
+/// default `/etc/ssh/ssh_known_hosts`).
+fn known_hosts_files(o: &SshOptions) -> (PathBuf, PathBuf) {
+    let user = o
+        .known_hosts
+        .clone()
+        .unwrap_or_else(|| home().join(".ssh/known_hosts"));
+    let global = o
+        .global_known_hosts
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/etc/ssh/ssh_known_hosts"));
+    (user, global)
+}
+
+/// The server's key against known_hosts (see `known_hosts` for the rules).
 fn check_host_key(
     sess: &ssh2::Session,
     host: &str,
     port: u16,
     o: &SshOptions,
+    kh: &KnownHosts,
 ) -> Result<(), OpenError> {
     let (key, ktype) = sess
         .host_key()
@@ -251,69 +320,56 @@ fn check_host_key(
         .host_key_hash(ssh2::HashType::Sha256)
         .map(|h| format!("SHA256:{}", base64(h, false)))
         .unwrap_or_default();
-    let kh_path = o
-        .known_hosts
-        .clone()
-        .unwrap_or_else(|| home().join(".ssh/known_hosts"));
-    let mut kh = sess.known_hosts().map_err(io::Error::from)?;
-    if kh_path.exists() {
-        kh.read_file(&kh_path, ssh2::KnownHostFileKind::OpenSSH)
-            .map_err(|e| io::Error::other(format!("cannot read {}: {e}", kh_path.display())))?;
-    }
-    let name = if port == 22 {
-        host.to_string()
-    } else {
-        format!("[{host}]:{port}")
-    };
+    let (kh_path, _) = known_hosts_files(o);
+    let name = known_hosts::lookup_name(host, port);
+    let kt = key_type_name(ktype);
     let keyscan = if port == 22 {
-        format!(
-            "ssh-keyscan -t {} {host} >> {}",
-            key_type_name(ktype),
-            kh_path.display()
-        )
+        format!("ssh-keyscan -t {kt} {host} >> {}", kh_path.display())
     } else {
         format!(
-            "ssh-keyscan -p {port} -t {} {host} >> {}",
-            key_type_name(ktype),
+            "ssh-keyscan -p {port} -t {kt} {host} >> {}",
             kh_path.display()
         )
     };
-    match kh.check_port(host, port, key) {
-        ssh2::CheckResult::Match => Ok(()),
-        ssh2::CheckResult::Mismatch => Err(permanent(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "HOST KEY CHANGED for {name}: the server now presents {} {fp}, which differs from {}; \
-                 this may be an attack. If the change is expected, remove the old entry (ssh-keygen -R '{name}' -f {}) and add the new one: {keyscan}",
-                key_type_name(ktype),
-                kh_path.display(),
-                kh_path.display()
-            ),
+    let refuse = |msg: String| Err(permanent(io::ErrorKind::PermissionDenied, msg));
+    match kh.check(&name, kt, key) {
+        Verdict::Known => Ok(()),
+        Verdict::Revoked(at) => refuse(format!(
+            "host key of {name} ({kt} {fp}) is marked @revoked ({at}); refused"
         )),
-        ssh2::CheckResult::NotFound
+        Verdict::Changed(at) => refuse(format!(
+            "HOST KEY CHANGED for {name}: the server now presents {kt} {fp}, which differs from {at}; \
+             this may be an attack. If the change is expected, remove the old entry (ssh-keygen -R '{name}' -f {}) and add the new one: {keyscan}",
+            kh_path.display()
+        )),
+        Verdict::OtherTypes(types) => refuse(format!(
+            "host {name} presented a {kt} key ({fp}), but known_hosts lists only {} keys for it; \
+             refused. If this key is right, add it: {keyscan}",
+            types.join(", ")
+        )),
+        Verdict::CertAuthority(at) => refuse(format!(
+            "host {name} is covered by a @cert-authority line ({at}), but syncjob cannot check host \
+             certificates; its plain key {kt} {fp} is not listed: verify it and add it with: {keyscan}"
+        )),
+        Verdict::Unknown
             if o.strict_host_key_checking
                 .is_some_and(|p| p != HostKeyPolicy::Strict) =>
         {
             if let Some(dir) = kh_path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let line = format!("{name} {} {}\n", key_type_name(ktype), base64(key, true));
+            let line = format!("{name} {kt} {}\n", base64(key, true));
             append_known_host(&kh_path, line.as_bytes())?;
             eprintln!(
-                "syncjob: added the host key of {name} ({} {fp}) to {} (accept-new)",
-                key_type_name(ktype),
+                "syncjob: added the host key of {name} ({kt} {fp}) to {} (accept-new)",
                 kh_path.display()
             );
             Ok(())
         }
-        ssh2::CheckResult::NotFound | ssh2::CheckResult::Failure => Err(permanent(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "host key of {name} is unknown ({} {fp}, not in {}); verify the fingerprint and add it with: {keyscan} \
-                 (or set ssh.strict_host_key_checking: accept-new)",
-                key_type_name(ktype),
-                kh_path.display()
-            ),
+        Verdict::Unknown => refuse(format!(
+            "host key of {name} is unknown ({kt} {fp}, not in {}); verify the fingerprint and add it with: {keyscan} \
+             (or set ssh.strict_host_key_checking: accept-new)",
+            kh_path.display()
         )),
     }
 }
@@ -356,6 +412,10 @@ fn authenticate(sess: &ssh2::Session, hop: &Hop, o: &SshOptions) -> Result<(), O
             .cloned()
             .collect()
     };
+    // with `identity`, password_file holds its passphrase, which never
+    // goes to the server; without, it is the login password (the default
+    // keys are tried without a passphrase)
+    let passphrase = secret.as_deref().filter(|_| hop.identity_given);
     for k in keys {
         tried.push(k.display().to_string());
         if hop.identity_given && !k.exists() {
@@ -364,15 +424,24 @@ fn authenticate(sess: &ssh2::Session, hop: &Hop, o: &SshOptions) -> Result<(), O
                 format!("identity file {} does not exist", k.display()),
             ));
         }
+        if let Err(e) = check_identity(&k) {
+            if hop.identity_given {
+                return Err(permanent(io::ErrorKind::PermissionDenied, e));
+            }
+            tried.push(format!("(skipped: {e})"));
+            continue;
+        }
         if sess
-            .userauth_pubkey_file(user, None, &k, secret.as_deref())
+            .userauth_pubkey_file(user, None, &k, passphrase)
             .is_ok()
             && sess.authenticated()
         {
             return Ok(());
         }
     }
-    if let Some(pw) = &secret {
+    if !hop.identity_given
+        && let Some(pw) = &secret
+    {
         tried.push("password".into());
         if sess.userauth_password(user, pw).is_ok() && sess.authenticated() {
             return Ok(());

@@ -219,6 +219,8 @@ impl Reply {
     }
 }
 
+use crate::transport::violation::violation;
+
 pub struct Sftp {
     chan: Box<dyn super::openssh::Pipe>,
     next_id: u32,
@@ -386,8 +388,7 @@ impl Sftp {
     /// too many are in flight (that reply is kept for `wait`).
     pub fn send(&mut self, t: u8, build: impl FnOnce(&mut Vec<u8>)) -> io::Result<u32> {
         if self.pending.len() >= MAX_IN_FLIGHT {
-            let (id, reply) = self.read_reply()?;
-            self.pending.retain(|p| *p != id);
+            let (id, reply) = self.read_answer()?;
             self.early.insert(id, reply);
         }
         let id = self.next_id;
@@ -412,13 +413,27 @@ impl Sftp {
             return Ok(r);
         }
         loop {
-            let (got, reply) = self.read_reply()?;
-            self.pending.retain(|p| *p != got);
+            let (got, reply) = self.read_answer()?;
             if got == id {
                 return Ok(reply);
             }
             self.early.insert(got, reply);
         }
+    }
+
+    /// The next reply, which must answer a request sent and not yet
+    /// answered: a reply to an id never sent (or sent twice) is a
+    /// [`violation`], so at most [`MAX_IN_FLIGHT`] replies are ever kept
+    /// out of order.
+    fn read_answer(&mut self) -> io::Result<(u32, Reply)> {
+        let (got, reply) = self.read_reply()?;
+        let Some(k) = self.pending.iter().position(|p| *p == got) else {
+            return Err(violation(format!(
+                "the SFTP server answered request {got}, which is not waiting for an answer"
+            )));
+        };
+        self.pending.remove(k);
+        Ok((got, reply))
     }
 
     pub fn call(&mut self, t: u8, build: impl FnOnce(&mut Vec<u8>)) -> io::Result<Reply> {
@@ -550,8 +565,10 @@ impl Sftp {
         }
     }
 
-    /// All entries of a directory (name, lstat attributes), "." and ".." dropped.
-    pub fn readdir(&mut self, path: &[u8]) -> io::Result<Vec<(Vec<u8>, Attrs)>> {
+    /// All entries of a directory (name, lstat attributes), "." and ".."
+    /// dropped; more than `max` is a [`violation`] (a server that never
+    /// ends a listing cannot exhaust memory).
+    pub fn readdir(&mut self, path: &[u8], max: usize) -> io::Result<Vec<(Vec<u8>, Attrs)>> {
         let h = match self.call(OPENDIR, |b| put_str(b, path))? {
             Reply::Handle(h) => h,
             other => return Err(other.into_err("opendir")),
@@ -560,7 +577,14 @@ impl Sftp {
         loop {
             match self.call(READDIR, |b| put_str(b, &h))? {
                 Reply::Name(v) => {
-                    out.extend(v.into_iter().filter(|(n, _)| n != b"." && n != b".."))
+                    out.extend(v.into_iter().filter(|(n, _)| n != b"." && n != b".."));
+                    if out.len() > max {
+                        let id = self.close(&h)?;
+                        let _ = self.wait(id);
+                        return Err(violation(format!(
+                            "SFTP readdir: more than {max} entries (ssh.max_listing_entries); refused"
+                        )));
+                    }
                 }
                 Reply::Status(FX_EOF, _) => break,
                 other => {
