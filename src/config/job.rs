@@ -366,10 +366,10 @@ fn ssh(ctx: &mut Ctx, rd: &Reader) -> SshOptions {
             ctx.err(
                 n.pos,
                 rd.j(),
-                "`ssh.remote_helper` must be the path of syncjob on the remote host, e.g. /usr/bin/syncjob",
+                "`ssh.remote_helper` must be auto, none, or the path of syncjob on the remote host, e.g. /usr/bin/syncjob",
             );
         } else {
-            ssh.remote_helper = Some(v);
+            ssh.remote_helper = (v != "auto").then_some(v);
         }
     }
     ssh

@@ -84,7 +84,9 @@ pub struct SshOptions {
     /// `None`: 30 s (connecting: the OpenSSH config's `ConnectTimeout` first)
     pub timeout: Option<Duration>,
     /// `syncjob` on the remote host (a path or a command name): files go
-    /// through `syncjob helper` there instead of SFTP
+    /// through `syncjob helper` there instead of SFTP; `None`: `auto`
+    /// (`syncjob` on the remote PATH when it answers, else SFTP);
+    /// `Some("none")`: SFTP only
     pub remote_helper: Option<String>,
     pub config: SshConfigFile,
     pub client: SshClient,

@@ -159,9 +159,10 @@ pub(super) fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Recor
 }
 
 /// What the transports need of a job.
-fn transport_settings(job: &Job) -> TransportSettings {
+fn transport_settings(job: &Job, env: &Env) -> TransportSettings {
     TransportSettings {
         ssh: job.ssh.clone(),
+        state_dir: Some(env.state_dir.clone()),
     }
 }
 
@@ -240,16 +241,17 @@ impl<'a> TargetRun<'a> {
             .as_ref()
             .map(|(_, at)| *at)
             .unwrap_or_else(manifest::unix_now);
-        let (what, e) = match open_and_list(self.job, self.target, known.map(|(e, _)| e)) {
-            Ok((transport, listing)) => {
-                return Connected::Ready(Connection {
-                    transport,
-                    listing,
-                    listed_at,
-                });
-            }
-            Err(x) => x,
-        };
+        let (what, e) =
+            match open_and_list(self.job, self.target, self.run.env, known.map(|(e, _)| e)) {
+                Ok((transport, listing)) => {
+                    return Connected::Ready(Connection {
+                        transport,
+                        listing,
+                        listed_at,
+                    });
+                }
+                Err(x) => x,
+            };
         let permanent = e.retry == Retry::Permanent;
         if !permanent
             && self.attempt < self.job.retries
@@ -364,7 +366,7 @@ impl<'a> TargetRun<'a> {
                 }
             }
         };
-        let tsettings = transport_settings(job);
+        let tsettings = transport_settings(job, self.run.env);
         let open_extra = || transport::open(target, &tsettings).map_err(|e| e.source);
         let settings = Settings {
             source_root: &job.source,
@@ -497,9 +499,10 @@ impl<'a> TargetRun<'a> {
 fn open_and_list(
     job: &Job,
     target: &Target,
+    env: &Env,
     known: Option<manifest::ManifestEntries>,
 ) -> Result<(Box<dyn Transport>, Listing), (String, OpenError)> {
-    let mut t = transport::open(target, &transport_settings(job))
+    let mut t = transport::open(target, &transport_settings(job, env))
         .map_err(|e| ("cannot reach target".to_string(), e))?;
     let l = match known {
         Some(entries) => Listing {

@@ -147,6 +147,8 @@ pub fn apply_one<T: Transport + ?Sized>(t: &mut T, a: &Action) -> io::Result<()>
 pub struct TransportSettings {
     /// How to reach SSH targets (unused by local ones).
     pub ssh: SshOptions,
+    /// Where what is learnt of targets is kept (the remote helper probe).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Whether retrying can help after a failure to reach a target.

@@ -16,6 +16,9 @@ use crate::transport::{CopyCtx, OpenError, open_source, temp_name, verify_unchan
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+/// How long a starting helper may take to greet.
+const GREETING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Start `CMD helper` on the remote and check its greeting. A helper that
 /// cannot start is a permanent error (it is configured, and would be
 /// missing on every retry).
@@ -29,7 +32,11 @@ pub(super) fn start_helper(
     line.extend_from_slice(b" helper");
     let mut ch = conn.stream(&line, false)?;
     let mut greeting = vec![0u8; proto::GREETING.len()];
-    let got = ch.read_exact(&mut greeting);
+    let got = if ch.readable_within(GREETING_WAIT) {
+        ch.read_exact(&mut greeting)
+    } else {
+        Err(io::Error::new(io::ErrorKind::TimedOut, "no greeting"))
+    };
     if got.is_ok() && greeting == proto::GREETING {
         return Ok(ch);
     }
@@ -47,7 +54,7 @@ pub(super) fn start_helper(
     Err(OpenError::permanent(
         io::ErrorKind::NotFound,
         format!(
-            "remote helper on {label}: {why} (set ssh.remote_helper to syncjob's path there, or remove it to use SFTP)"
+            "remote helper on {label}: {why} (set ssh.remote_helper to syncjob's path there, to auto, or to none to use SFTP)"
         ),
     ))
 }

@@ -22,6 +22,7 @@
 //! client). This file holds the [`Ssh`] transport that ties them together.
 
 mod helper_client;
+mod helper_probe;
 mod jump;
 mod known_hosts;
 mod listing;
@@ -133,6 +134,7 @@ impl Ssh {
         let o = &settings.ssh;
         let r = resolve::resolve(t, o)
             .map_err(|e| OpenError::permanent(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let key = format!("{}@{}:{}", r.target.user, r.target.host, r.target.port);
         let (conn, label) = match o.client {
             SshClient::Libssh2 => {
                 let session::Opened {
@@ -154,9 +156,10 @@ impl Ssh {
             }
         };
         let sftp = conn.sftp(&label)?;
-        let helper = match &o.remote_helper {
+        let helper = match o.remote_helper.as_deref() {
+            Some("none") => None,
             Some(cmd) => Some(helper_client::start_helper(&conn, cmd, &label)?),
-            None => None,
+            None => helper_probe::auto(&conn, &label, settings.state_dir.as_deref(), &key),
         };
         Ok(Ssh {
             sftp,

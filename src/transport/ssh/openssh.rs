@@ -44,10 +44,18 @@ pub trait Pipe: Read + Write + Send {
     /// After the stream ended or failed: the exit status and what the
     /// remote (or `ssh`) said on stderr.
     fn finish(&mut self) -> (i32, Vec<u8>);
+
+    /// Whether data can be read within `d` (an ssh2 channel relies on its
+    /// session's timeout instead).
+    fn readable_within(&mut self, _d: Duration) -> bool {
+        true
+    }
 }
 
 impl Pipe for ssh2::Channel {
     fn finish(&mut self) -> (i32, Vec<u8>) {
+        // the remote may still wait for input: end it
+        let _ = self.send_eof();
         let mut err = Vec::new();
         let _ = self.stderr().take(64 << 10).read_to_end(&mut err);
         let _ = self.wait_close();
@@ -313,6 +321,18 @@ impl Write for ChildPipe {
 }
 
 impl Pipe for ChildPipe {
+    fn readable_within(&mut self, d: Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut fd = libc::pollfd {
+            fd: self.stdout.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = d.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut fd, 1, ms) > 0 }
+    }
+
     fn finish(&mut self) -> (i32, Vec<u8>) {
         let status = self.end(Duration::from_secs(5));
         let err = self
