@@ -349,7 +349,8 @@ fn check_host_key(
         )),
         Verdict::CertAuthority(at) => refuse(format!(
             "host {name} is covered by a @cert-authority line ({at}), but syncjob cannot check host \
-             certificates; its plain key {kt} {fp} is not listed: verify it and add it with: {keyscan}"
+             certificates (use ssh.client: openssh, which does); its plain key {kt} {fp} is not listed: \
+             verify it and add it with: {keyscan}"
         )),
         Verdict::Unknown
             if o.strict_host_key_checking
@@ -430,6 +431,19 @@ fn authenticate(sess: &ssh2::Session, hop: &Hop, o: &SshOptions) -> Result<(), O
             }
             tried.push(format!("(skipped: {e})"));
             continue;
+        }
+        // as ssh: a certificate `KEY-cert.pub` beside the key is offered
+        // first (a user certificate signed by a CA the server trusts)
+        let mut cert = k.clone().into_os_string();
+        cert.push("-cert.pub");
+        let cert = PathBuf::from(cert);
+        if cert.is_file()
+            && sess
+                .userauth_pubkey_file(user, Some(&cert), &k, passphrase)
+                .is_ok()
+            && sess.authenticated()
+        {
+            return Ok(());
         }
         if sess
             .userauth_pubkey_file(user, None, &k, passphrase)
