@@ -51,7 +51,7 @@ enum Shortcut {
     /// The source matches the manifest: nothing to do.
     Unchanged,
     /// Plan against these entries (listed at this Unix time), not a listing.
-    Known(manifest::ManifestEntries, u64),
+    Known(Box<manifest::ManifestEntries>, u64),
     /// No usable manifest: list the target.
     List,
 }
@@ -128,7 +128,7 @@ pub(super) fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Recor
             t.outcome.from_manifest = true;
             return t.finish(Status::Ok, None);
         }
-        Shortcut::Known(entries, at) => Some((entries, at)),
+        Shortcut::Known(entries, at) => Some((*entries, at)),
         Shortcut::List => None,
     };
     loop {
@@ -228,7 +228,7 @@ impl<'a> TargetRun<'a> {
         }
         // the source changed: plan against the manifest, no listing
         match m.entries() {
-            Some(entries) => Shortcut::Known(entries, m.listed_at),
+            Some(entries) => Shortcut::Known(Box::new(entries), m.listed_at),
             None => Shortcut::List,
         }
     }

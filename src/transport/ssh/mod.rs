@@ -69,7 +69,7 @@ enum Conn {
         _tunnels: Vec<jump::Tunnel>,
     },
     /// the system's `ssh`
-    OpenSsh(openssh::Client),
+    OpenSsh(Box<openssh::Client>),
 }
 
 impl Conn {
@@ -152,7 +152,7 @@ impl Ssh {
             SshClient::OpenSsh => {
                 let c = openssh::Client::new(r, o)?;
                 let label = c.label.clone();
-                (Conn::OpenSsh(c), label)
+                (Conn::OpenSsh(Box::new(c)), label)
             }
         };
         let sftp = conn.sftp(&label)?;
