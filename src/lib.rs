@@ -19,6 +19,7 @@ pub mod lock;
 pub mod manifest;
 pub mod plan;
 pub mod relname;
+pub mod rolling;
 pub mod run;
 pub mod schedule;
 pub mod statedir;
