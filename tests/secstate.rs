@@ -310,6 +310,7 @@ fn a_symlink_made_after_load_is_caught_at_run_time() {
                 .is_some_and(|x| x.contains("overlaps the source"))
         });
     }
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
     unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
     d.wait().unwrap();
     assert!(refused, "a run refused the target: {:?}", lab.log());
@@ -334,6 +335,7 @@ fn billion_laughs() -> String {
 /// unbounded expansion, ends in an allocation failure, not a swapping box).
 fn limit_memory(c: &mut Command, bytes: u64) {
     use std::os::unix::process::CommandExt;
+    // SAFETY: pre_exec runs in the forked child before exec; setrlimit is async-signal-safe and only reads `r`.
     unsafe {
         c.pre_exec(move || {
             let r = libc::rlimit {
@@ -386,10 +388,12 @@ fn the_daemon_survives_a_billion_laughs_reload() {
     };
     assert!(wait_for("daemon started"));
     fs::write(lab.path("jobs.yaml"), billion_laughs()).unwrap();
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
     unsafe { libc::kill(d.id() as i32, libc::SIGHUP) };
     let refused = wait_for("reload refused");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let alive = d.try_wait().unwrap().is_none();
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
     unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
     let _ = d.wait();
     let text = fs::read_to_string(&err).unwrap();
@@ -403,6 +407,7 @@ fn errors_and_warnings_per_record_are_capped_with_a_count() {
     lab.write("a.txt", b"a");
     for i in 0..300 {
         let p = std::ffi::CString::new(format!("{}/fifo{i:03}", lab.src().display())).unwrap();
+        // SAFETY: `p` is a valid NUL-terminated path for the call.
         assert_eq!(unsafe { libc::mkfifo(p.as_ptr(), 0o644) }, 0);
     }
     lab.job("");
@@ -495,6 +500,7 @@ fn hostile_names_are_escaped_in_run_output_dry_run_log_table_and_journal_lines()
     {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
     unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
     d.wait().unwrap();
     let text = fs::read_to_string(&err).unwrap();

@@ -112,6 +112,7 @@ fn a_password_file_owned_by_another_user_is_refused() {
 /// the remote ends in an allocation failure, not a swapping box.
 fn limit_memory(c: &mut Command, bytes: u64) {
     use std::os::unix::process::CommandExt;
+    // SAFETY: pre_exec runs in the forked child before exec; setrlimit is async-signal-safe and only reads `r`.
     unsafe {
         c.pre_exec(move || {
             let r = libc::rlimit {
@@ -451,4 +452,35 @@ fn the_host_key_type_listed_in_known_hosts_is_negotiated() {
     job_kh(&lab, &s, &line, "");
     lab.run(&["run", "web"]).code(0);
     assert!(lab.dst().join("a").exists());
+}
+
+#[test]
+fn a_remote_command_printing_without_end_fails_the_target_not_the_process() {
+    let lab = Lab::new();
+    lab.write("a", b"a");
+    // same size on the target: `compare: checksum` runs `sha256sum` there,
+    // which never stops printing
+    fs::create_dir_all(lab.dst()).unwrap();
+    fs::write(lab.dst().join("a"), b"b").unwrap();
+    let bin = lab.path("evil-bin");
+    fs::create_dir_all(&bin).unwrap();
+    script(&bin.join("sha256sum"), "#!/bin/sh\nexec yes\n");
+    let s = Sshd::start_with(
+        &lab.path("sshd"),
+        &format!("SetEnv PATH={}:/usr/bin:/bin", bin.display()),
+    );
+    job_with(&lab, &s, &format!("identity: {}", s.key.display()));
+    let yaml = fs::read_to_string(lab.path("jobs.yaml")).unwrap();
+    fs::write(
+        lab.path("jobs.yaml"),
+        yaml.replace(
+            "    retries: 0\n",
+            "    retries: 0\n    compare: checksum\n",
+        ),
+    )
+    .unwrap();
+    let r = run_limited(&lab);
+    r.code(1);
+    let rec = lab.last();
+    assert!(rec.to_string().contains("printed more than"), "{rec}");
 }

@@ -18,13 +18,20 @@
 //! file being written is dropped under its temporary name, never at its
 //! final name) and exit 0. SIGHUP reloads the jobs file; an invalid file is
 //! reported and the old jobs keep running.
+//!
+//! `firing` decides what fires when (pure, driven by a [`Clock`]); this
+//! file runs the loop, the runs' threads, signals and systemd notices.
 
-use crate::config::{self, Config, ConfigError, Job, Overlap};
+mod firing;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Job;
+use crate::config::{self, Config, ConfigError};
 use crate::journal;
 use crate::lock;
 use crate::run::{self, Env, Status, Trigger, Wait};
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use firing::{Fire, Firing};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,71 +97,43 @@ fn sd_notify(state: &str) {
     }
 }
 
-struct JobState {
-    job: Arc<Job>,
-    next: Option<DateTime<Utc>>,
-    running: bool,
-    queued: bool,
-    /// A failed run is retried at this instant (`retry_interval`), when
-    /// that comes before the next scheduled firing.
-    retry_at: Option<DateTime<Utc>>,
-}
-
 struct Daemon {
     config_path: PathBuf,
     env: Env,
     cfg: Config,
-    jobs: HashMap<String, JobState>,
-    running: usize,
+    firing: Firing,
     cancel: Arc<AtomicBool>,
     tx: mpsc::Sender<Event>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Daemon {
-    fn schedule_all(&mut self, now: DateTime<Utc>) {
-        let mut old = std::mem::take(&mut self.jobs);
-        for j in &self.cfg.jobs {
-            let next = j.schedule.as_ref().and_then(|s| s.next_after(now, j.tz()));
-            let (running, queued, retry_at) = old
-                .remove(&j.name)
-                .map(|s| (s.running, s.queued, s.retry_at))
-                .unwrap_or((false, false, None));
-            let retry_at = retry_at.filter(|_| j.retry_interval.is_some());
-            self.jobs.insert(
-                j.name.clone(),
-                JobState {
-                    job: Arc::new(j.clone()),
-                    next,
-                    running,
-                    queued,
-                    retry_at,
-                },
-            );
-        }
-        // jobs removed from the file but still running: keep until they end
-        for (name, s) in old {
-            if s.running {
-                self.jobs.insert(
-                    name,
-                    JobState {
-                        next: None,
-                        queued: false,
-                        retry_at: None,
-                        ..s
-                    },
-                );
+    /// Carry out what the firing logic decided.
+    fn execute(&self, fires: Vec<Fire>) {
+        for f in fires {
+            match f {
+                Fire::Start { job, due, trigger } => {
+                    if trigger == Trigger::Retry {
+                        let msg =
+                            format!("job {}: retrying the failed run (retry_interval)", job.name);
+                        say(Level::Info, &msg);
+                    }
+                    self.spawn_run(job, due, trigger);
+                }
+                Fire::SkipOverlap { job, at } => {
+                    let msg = format!(
+                        "job {}: still running at {at}; this firing is skipped",
+                        job.name
+                    );
+                    say(Level::Warning, &msg);
+                    run::log_skipped(&job, &self.env, Trigger::Schedule, "overlap");
+                }
             }
         }
     }
 
-    fn start(&mut self, name: &str, due: Option<DateTime<Utc>>, trigger: Trigger) {
-        let Some(st) = self.jobs.get_mut(name) else {
-            return;
-        };
-        st.running = true;
-        st.retry_at = None;
-        self.running += 1;
-        let job = st.job.clone();
+    /// Run a job on its own thread; `Event::Finished` when it ends.
+    fn spawn_run(&self, job: Arc<Job>, due: Option<DateTime<Utc>>, trigger: Trigger) {
         let env = self.env.clone();
         let cancel = self.cancel.clone();
         let tx = self.tx.clone();
@@ -170,12 +149,12 @@ impl Daemon {
                 scheduled_for: due,
             };
             let res = run::run_job(&job, &env, &opts, &cancel);
+            let level = match res.status {
+                Status::Failed => Level::Error,
+                Status::Skipped => Level::Warning,
+                _ => Level::Info,
+            };
             for r in &res.records {
-                let level = match res.status {
-                    Status::Failed => Level::Error,
-                    Status::Skipped => Level::Warning,
-                    _ => Level::Info,
-                };
                 say(level, &run::report::daemon_line(r));
             }
             let failed = res.status == Status::Failed;
@@ -183,79 +162,18 @@ impl Daemon {
         });
     }
 
-    /// Fire every job whose deadline has come.
-    fn fire_due(&mut self, now: DateTime<Utc>) {
-        let due: Vec<(String, DateTime<Utc>)> = self
-            .jobs
-            .iter()
-            .filter_map(|(n, s)| s.next.filter(|t| *t <= now).map(|t| (n.clone(), t)))
-            .collect();
-        for (name, at) in due {
-            let st = self.jobs.get_mut(&name).unwrap();
-            let job = st.job.clone();
-            let tz = job.tz();
-            // the next deadline follows from the scheduled instant (no drift);
-            // if that is already past, the missed firings are not replayed
-            let sched = job.schedule.as_ref().unwrap();
-            let mut next = sched.next_after(at, tz);
-            if next.is_some_and(|n| n <= now) {
-                next = sched.next_after(now, tz);
-            }
-            st.next = next;
-            if st.running {
-                match job.overlap {
-                    Overlap::Skip => {
-                        say(
-                            Level::Warning,
-                            &format!("job {name}: still running at {at}; this firing is skipped"),
-                        );
-                        run::log_skipped(&job, &self.env, Trigger::Schedule, "overlap");
-                    }
-                    Overlap::Queue => st.queued = true,
-                }
-                continue;
-            }
-            self.start(&name, Some(at), Trigger::Schedule);
-        }
-        let retries: Vec<String> = self
-            .jobs
-            .iter()
-            .filter(|(_, s)| !s.running && s.retry_at.is_some_and(|t| t <= now))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in retries {
-            say(
-                Level::Info,
-                &format!("job {name}: retrying the failed run (retry_interval)"),
-            );
-            self.start(&name, None, Trigger::Retry);
-        }
-    }
-
     fn finished(&mut self, name: &str, failed: bool) {
-        self.running = self.running.saturating_sub(1);
-        let Some(st) = self.jobs.get_mut(name) else {
-            return;
-        };
-        st.running = false;
-        // a failed run is retried after `retry_interval`, unless the
-        // schedule fires again before that anyway
-        st.retry_at = match (failed, st.job.retry_interval) {
-            (true, Some(iv)) => {
-                let at = Utc::now() + chrono::Duration::from_std(iv).unwrap_or_default();
-                (st.next.is_none_or(|n| at < n)).then_some(at)
-            }
-            _ => None,
-        };
-        let queued = std::mem::take(&mut st.queued);
-        let gone = !self.cfg.jobs.iter().any(|j| j.name == name);
-        if gone {
-            self.jobs.remove(name);
-        } else if queued && !self.cancel.load(Ordering::Relaxed) {
-            self.start(name, None, Trigger::Schedule);
-        }
+        let configured = self.cfg.jobs.iter().any(|j| j.name == name);
+        let stopping = self.cancel.load(Ordering::Relaxed);
+        let now = self.clock.now();
+        let fire = self
+            .firing
+            .finished(name, failed, now, configured, stopping);
+        self.execute(fire.into_iter().collect());
     }
 
+    /// `catch_up: true` jobs whose firing was missed since their last
+    /// logged run start now.
     fn catch_up(&mut self, now: DateTime<Utc>) {
         let names: Vec<&str> = self
             .cfg
@@ -268,7 +186,7 @@ impl Daemon {
             return;
         }
         let last = journal::last_records(&self.env.log, &names);
-        let mut to_run = Vec::new();
+        let mut fires = Vec::new();
         for j in self
             .cfg
             .jobs
@@ -283,34 +201,28 @@ impl Daemon {
             };
             let sched = j.schedule.as_ref().unwrap();
             if sched.fired_between(ts.with_timezone(&Utc), now, j.tz()) {
-                say(
-                    Level::Info,
-                    &format!(
-                        "job {}: a firing was missed since {}; running it now (catch_up)",
-                        j.name, rec.started_at
-                    ),
+                let msg = format!(
+                    "job {}: a firing was missed since {}; running it now (catch_up)",
+                    j.name, rec.started_at
                 );
-                to_run.push(j.name.clone());
+                say(Level::Info, &msg);
+                fires.extend(self.firing.start(&j.name, None, Trigger::Schedule));
             }
         }
-        for n in to_run {
-            self.start(&n, None, Trigger::Schedule);
-        }
+        self.execute(fires);
     }
 
     fn reload(&mut self) {
         match config::load(&self.config_path) {
             Ok(cfg) => {
                 self.cfg = cfg;
-                self.schedule_all(Utc::now());
-                say(
-                    Level::Info,
-                    &format!(
-                        "reloaded {}: {} job(s)",
-                        self.config_path.display(),
-                        self.cfg.jobs.len()
-                    ),
+                self.firing.schedule_all(&self.cfg.jobs, self.clock.now());
+                let msg = format!(
+                    "reloaded {}: {} job(s)",
+                    self.config_path.display(),
+                    self.cfg.jobs.len()
                 );
+                say(Level::Info, &msg);
             }
             Err(e) => {
                 for line in e.to_string().lines() {
@@ -322,6 +234,76 @@ impl Daemon {
                 );
             }
         }
+    }
+
+    /// Fire what is due, sleep until the next deadline (at most
+    /// MAX_SLEEP, so a clock jump is noticed), handle events; returns the
+    /// signal that ended it.
+    fn serve(&mut self, rx: &mpsc::Receiver<Event>) -> i32 {
+        loop {
+            let fires = self.firing.due(self.clock.now());
+            self.execute(fires);
+            let sleep = match self.firing.next_wakeup() {
+                Some(t) => (t - self.clock.now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO)
+                    .min(MAX_SLEEP),
+                None => MAX_SLEEP,
+            };
+            match rx.recv_timeout(sleep) {
+                Ok(Event::Terminate(sig)) => return sig,
+                Ok(Event::Reload) => {
+                    sd_notify("RELOADING=1");
+                    self.reload();
+                    sd_notify("READY=1");
+                }
+                Ok(Event::Finished(name, failed)) => self.finished(&name, failed),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return 0,
+            }
+        }
+    }
+
+    /// No new runs; running ones may finish for `shutdown_timeout`, then
+    /// they are told to abort and get ABORT_GRACE more.
+    fn shutdown(&mut self, rx: &mpsc::Receiver<Event>, signal: i32) {
+        sd_notify("STOPPING=1");
+        let timeout = self.cfg.shutdown_timeout;
+        let msg = format!(
+            "signal {signal}: no new runs; waiting up to {}s for {} running job(s)",
+            timeout.as_secs(),
+            self.firing.running
+        );
+        say(Level::Info, &msg);
+        let deadline = std::time::Instant::now() + timeout;
+        let mut aborted = false;
+        while self.firing.running > 0 {
+            let now = std::time::Instant::now();
+            let limit = if aborted {
+                deadline + ABORT_GRACE
+            } else {
+                deadline
+            };
+            if now >= limit {
+                if aborted {
+                    say(Level::Error, "running jobs did not stop; exiting anyway");
+                    break;
+                }
+                say(
+                    Level::Warning,
+                    "shutdown_timeout reached: aborting running transfers",
+                );
+                self.cancel.store(true, Ordering::SeqCst);
+                aborted = true;
+                continue;
+            }
+            match rx.recv_timeout(limit - now) {
+                Ok(Event::Finished(name, _)) => self.firing.stopped(&name),
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        say(Level::Info, "daemon stopped");
     }
 }
 
@@ -342,34 +324,66 @@ pub enum DaemonError {
 /// Run the scheduler on the jobs file at `config_path` until SIGTERM/SIGINT.
 pub fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
     let cfg = config::load(&config_path)?;
+    let _daemon_lock = daemon_lock(&env)?;
+    let (tx, rx) = mpsc::channel();
+    forward_signals(tx.clone())?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut d = Daemon {
+        config_path,
+        env,
+        cfg,
+        firing: Firing::default(),
+        cancel: Arc::new(AtomicBool::new(false)),
+        tx,
+        clock,
+    };
+    let now = d.clock.now();
+    d.firing.schedule_all(&d.cfg.jobs, now);
+    let scheduled = d.firing.jobs.values().filter(|s| s.next.is_some()).count();
+    let msg = format!(
+        "syncjob {} daemon started: {} job(s), {scheduled} scheduled, state dir {}, log {}",
+        env!("CARGO_PKG_VERSION"),
+        d.cfg.jobs.len(),
+        d.env.state_dir.display(),
+        d.env.log.display()
+    );
+    say(Level::Info, &msg);
+    sd_notify("READY=1");
+    d.catch_up(now);
+    let signal = d.serve(&rx);
+    d.shutdown(&rx, signal);
+    Ok(())
+}
+
+/// One daemon per state dir.
+fn daemon_lock(env: &Env) -> Result<lock::Lock, DaemonError> {
     let dlock = lock::daemon_lock_path(&env.state_dir);
-    let _daemon_lock = match lock::try_acquire(&dlock, "daemon") {
-        Ok(Some(l)) => l,
+    match lock::try_acquire(&dlock, "daemon") {
+        Ok(Some(l)) => Ok(l),
         Ok(None) => {
             let who = lock::holder(&dlock)
                 .map(|h| format!(" (pid {} since {})", h.pid, h.since))
                 .unwrap_or_default();
-            return Err(DaemonError::AlreadyRunning {
+            Err(DaemonError::AlreadyRunning {
                 state_dir: env.state_dir.clone(),
                 holder: who,
-            });
+            })
         }
-        Err(e) => {
-            return Err(DaemonError::Setup(format!(
-                "cannot take the daemon lock {}: {e}",
-                dlock.display()
-            )));
-        }
-    };
+        Err(e) => Err(DaemonError::Setup(format!(
+            "cannot take the daemon lock {}: {e}",
+            dlock.display()
+        ))),
+    }
+}
 
-    let (tx, rx) = mpsc::channel();
+/// SIGTERM/SIGINT/SIGHUP as events, from a thread of their own.
+fn forward_signals(tx: mpsc::Sender<Event>) -> Result<(), DaemonError> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| DaemonError::Setup(format!("cannot install signal handlers: {e}")))?;
-    let stx = tx.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {
             let ev = if sig == signal_hook::consts::SIGHUP {
@@ -377,109 +391,10 @@ pub fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
             } else {
                 Event::Terminate(sig)
             };
-            if stx.send(ev).is_err() {
+            if tx.send(ev).is_err() {
                 break;
             }
         }
     });
-
-    let mut d = Daemon {
-        config_path,
-        env,
-        cfg,
-        jobs: HashMap::new(),
-        running: 0,
-        cancel: Arc::new(AtomicBool::new(false)),
-        tx,
-    };
-    let now = Utc::now();
-    d.schedule_all(now);
-    let scheduled = d.jobs.values().filter(|s| s.next.is_some()).count();
-    say(
-        Level::Info,
-        &format!(
-            "syncjob {} daemon started: {} job(s), {scheduled} scheduled, state dir {}, log {}",
-            env!("CARGO_PKG_VERSION"),
-            d.cfg.jobs.len(),
-            d.env.state_dir.display(),
-            d.env.log.display()
-        ),
-    );
-    sd_notify("READY=1");
-    d.catch_up(now);
-
-    let signal = loop {
-        let now = Utc::now();
-        d.fire_due(now);
-        let next = d
-            .jobs
-            .values()
-            .flat_map(|s| [s.next, s.retry_at.filter(|_| !s.running)])
-            .flatten()
-            .min();
-        let sleep = match next {
-            Some(t) => (t - Utc::now())
-                .to_std()
-                .unwrap_or(Duration::ZERO)
-                .min(MAX_SLEEP),
-            None => MAX_SLEEP,
-        };
-        match rx.recv_timeout(sleep) {
-            Ok(Event::Terminate(sig)) => break sig,
-            Ok(Event::Reload) => {
-                sd_notify("RELOADING=1");
-                d.reload();
-                sd_notify("READY=1");
-            }
-            Ok(Event::Finished(name, failed)) => d.finished(&name, failed),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break 0,
-        }
-    };
-
-    sd_notify("STOPPING=1");
-    let timeout = d.cfg.shutdown_timeout;
-    say(
-        Level::Info,
-        &format!(
-            "signal {signal}: no new runs; waiting up to {}s for {} running job(s)",
-            timeout.as_secs(),
-            d.running
-        ),
-    );
-    let deadline = std::time::Instant::now() + timeout;
-    let mut aborted = false;
-    while d.running > 0 {
-        let now = std::time::Instant::now();
-        let limit = if aborted {
-            deadline + ABORT_GRACE
-        } else {
-            deadline
-        };
-        if now >= limit {
-            if aborted {
-                say(Level::Error, "running jobs did not stop; exiting anyway");
-                break;
-            }
-            say(
-                Level::Warning,
-                "shutdown_timeout reached: aborting running transfers",
-            );
-            d.cancel.store(true, Ordering::SeqCst);
-            aborted = true;
-            continue;
-        }
-        match rx.recv_timeout(limit - now) {
-            Ok(Event::Finished(name, _)) => {
-                d.running = d.running.saturating_sub(1);
-                if let Some(s) = d.jobs.get_mut(&name) {
-                    s.running = false;
-                }
-            }
-            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    say(Level::Info, "daemon stopped");
     Ok(())
 }

@@ -259,74 +259,21 @@ impl FindParser {
 
     /// One record; `Err`: why it is rejected.
     fn record(&mut self, f: [&[u8]; 8]) -> Result<(), &'static str> {
-        let (ty, size, mtime, mode, uid, gid, name, link) =
-            (f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]);
-        let is_root = name.is_empty();
-        if !is_root {
-            crate::relname::check(name).map_err(|_| "unsafe name")?;
-        }
-        if is_root && self.have_root {
-            return Err("second root entry");
-        }
-        if !is_root {
-            let parent = match name.iter().rposition(|b| *b == b'/') {
-                Some(k) => &name[..k],
-                None => &b""[..],
-            };
-            if !self.dirs.contains(parent) {
-                return Err("its parent is not a listed directory");
-            }
-        }
-        let kind = match ty {
-            b"f" => EntryKind::File,
-            b"d" => EntryKind::Dir,
-            b"l" => EntryKind::Symlink,
-            b"p" | b"s" | b"c" | b"b" | b"D" => EntryKind::Special,
-            _ => return Err("unknown type"),
-        };
-        let num = |b: &[u8]| {
-            std::str::from_utf8(b)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-        };
-        let (secs, nanos) = {
-            let s = std::str::from_utf8(mtime).unwrap_or("");
-            let (a, b) = s.split_once('.').unwrap_or((s, "0"));
-            let ns: String = b.chars().chain(std::iter::repeat('0')).take(9).collect();
-            (a.parse::<i64>().ok(), ns.parse::<u32>().ok())
-        };
-        let mode = std::str::from_utf8(mode)
-            .ok()
-            .and_then(|m| u32::from_str_radix(m, 8).ok());
-        let (Some(size), Some(secs), Some(nanos), Some(mode), Some(uid), Some(gid)) =
-            (num(size), secs, nanos, mode, num(uid), num(gid))
-        else {
-            return Err("malformed attributes");
-        };
-        if is_root && kind != EntryKind::Dir {
+        let name = f[6];
+        check_name(name, self.have_root, &self.dirs)?;
+        let entry = entry_of(&f)?;
+        if name.is_empty() && entry.kind != EntryKind::Dir {
             return Err("the target root is not a directory");
         }
         self.have_root = true;
-        if kind == EntryKind::Dir {
+        if entry.kind == EntryKind::Dir {
             self.dirs.insert(name.to_vec());
         } else {
             // a later entry of another type at a directory's path replaces it
             self.dirs.remove(name);
         }
-        self.tree.push(
-            Path::new(std::ffi::OsStr::from_bytes(name)),
-            Entry {
-                kind,
-                size: if kind == EntryKind::File { size } else { 0 },
-                mtime: secs,
-                mtime_ns: nanos,
-                mode: mode & 0o7777,
-                uid: uid as u32,
-                gid: gid as u32,
-                link: (kind == EntryKind::Symlink)
-                    .then(|| Box::new(PathBuf::from(std::ffi::OsStr::from_bytes(link)))),
-            },
-        );
+        self.tree
+            .push(Path::new(std::ffi::OsStr::from_bytes(name)), entry);
         Ok(())
     }
 
@@ -354,6 +301,71 @@ pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
         });
     }
     p.finish(errors)
+}
+
+/// A listed name is safe: relative, no empty, `.` or `..` component,
+/// bounded (`relname`), one root, and its parent a directory listed
+/// before it.
+fn check_name(name: &[u8], have_root: bool, dirs: &HashSet<Vec<u8>>) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return if have_root {
+            Err("second root entry")
+        } else {
+            Ok(())
+        };
+    }
+    crate::relname::check(name).map_err(|_| "unsafe name")?;
+    let parent = match name.iter().rposition(|b| *b == b'/') {
+        Some(k) => &name[..k],
+        None => &b""[..],
+    };
+    if !dirs.contains(parent) {
+        return Err("its parent is not a listed directory");
+    }
+    Ok(())
+}
+
+/// The entry of one record's fields: type, size, mtime (`secs.frac`), mode
+/// (octal), uid, gid, name, link target.
+fn entry_of(f: &[&[u8]; 8]) -> Result<Entry, &'static str> {
+    let (ty, size, mtime, mode, uid, gid, link) = (f[0], f[1], f[2], f[3], f[4], f[5], f[7]);
+    let kind = match ty {
+        b"f" => EntryKind::File,
+        b"d" => EntryKind::Dir,
+        b"l" => EntryKind::Symlink,
+        b"p" | b"s" | b"c" | b"b" | b"D" => EntryKind::Special,
+        _ => return Err("unknown type"),
+    };
+    let num = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    let (secs, nanos) = {
+        let s = std::str::from_utf8(mtime).unwrap_or("");
+        let (a, b) = s.split_once('.').unwrap_or((s, "0"));
+        let ns: String = b.chars().chain(std::iter::repeat('0')).take(9).collect();
+        (a.parse::<i64>().ok(), ns.parse::<u32>().ok())
+    };
+    let mode = std::str::from_utf8(mode)
+        .ok()
+        .and_then(|m| u32::from_str_radix(m, 8).ok());
+    let (Some(size), Some(secs), Some(nanos), Some(mode), Some(uid), Some(gid)) =
+        (num(size), secs, nanos, mode, num(uid), num(gid))
+    else {
+        return Err("malformed attributes");
+    };
+    Ok(Entry {
+        kind,
+        size: if kind == EntryKind::File { size } else { 0 },
+        mtime: secs,
+        mtime_ns: nanos,
+        mode: mode & 0o7777,
+        uid: uid as u32,
+        gid: gid as u32,
+        link: (kind == EntryKind::Symlink)
+            .then(|| Box::new(PathBuf::from(std::ffi::OsStr::from_bytes(link)))),
+    })
 }
 
 #[cfg(test)]

@@ -267,6 +267,9 @@ fn handshake<S: std::os::fd::AsRawFd + 'static>(
 
 /// Run a command; returns (exit status, stdout). Stderr is ignored when
 /// `ignore_stderr`, else returned after stdout.
+/// The most a remote command may print (each of stdout and stderr).
+const MAX_EXEC_OUTPUT: u64 = 1 << 20;
+
 pub(super) fn exec(
     sess: &ssh2::Session,
     cmd: &[u8],
@@ -279,11 +282,27 @@ pub(super) fn exec(
     }
     let cmd = String::from_utf8_lossy(cmd).into_owned();
     ch.exec(&cmd).map_err(io::Error::from)?;
+    // a remote command's output is bounded (mkdir, sha256sum: a few lines)
+    let too_long = || {
+        crate::transport::violation::violation(format!(
+            "a remote command printed more than {MAX_EXEC_OUTPUT} bytes: {cmd}"
+        ))
+    };
     let mut out = Vec::new();
-    ch.read_to_end(&mut out)?;
+    ch.by_ref()
+        .take(MAX_EXEC_OUTPUT + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_EXEC_OUTPUT {
+        return Err(too_long());
+    }
     let mut err = Vec::new();
     if !ignore_stderr {
-        ch.stderr().read_to_end(&mut err)?;
+        ch.stderr()
+            .take(MAX_EXEC_OUTPUT + 1)
+            .read_to_end(&mut err)?;
+        if err.len() as u64 > MAX_EXEC_OUTPUT {
+            return Err(too_long());
+        }
     }
     ch.wait_close().map_err(io::Error::from)?;
     let code = ch.exit_status().map_err(io::Error::from)?;
