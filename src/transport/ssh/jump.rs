@@ -108,7 +108,7 @@ fn pump(sess: ssh2::Session, mut ch: ssh2::Channel, mut b: UnixStream, stop: &At
             match b.write(&down) {
                 Ok(n) => {
                     down.drain(..n);
-                    moved = true;
+                    moved |= n > 0;
                 }
                 Err(e) if would_block(&e) => {}
                 Err(_) => return,
@@ -132,7 +132,7 @@ fn pump(sess: ssh2::Session, mut ch: ssh2::Channel, mut b: UnixStream, stop: &At
             match ch.write(&up) {
                 Ok(n) => {
                     up.drain(..n);
-                    moved = true;
+                    moved |= n > 0;
                 }
                 Err(e) if would_block(&e) => {}
                 Err(_) => return,
