@@ -61,6 +61,27 @@ fn host_alias_from_the_users_ssh_config_under_home() {
     assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &[]), "");
     assert_eq!(lab.last()["status"], "ok");
 
+    // without an `ssh` binary on PATH syncjob reads the file itself (the
+    // embedded client needs nothing installed)
+    if client_yaml().is_empty() {
+        let no_ssh = |args: &[&str]| {
+            Run::from(
+                lab.cmd()
+                    .env("HOME", &home)
+                    .env("PATH", "/nonexistent")
+                    .args(args)
+                    .output()
+                    .unwrap(),
+            )
+        };
+        let c = no_ssh(&["check"]);
+        c.code(0);
+        assert!(c.stdout.contains(&want), "{}", c.stdout);
+        lab.write("css/b.css", b"b\n");
+        no_ssh(&["run", "web"]).code(0);
+        assert_eq!(fs::read(lab.dst().join("css/b.css")).unwrap(), b"b\n");
+    }
+
     // the same HOME without reading the config: `web3` means nothing
     job(&lab, &remote, "config: none");
     lab.write("index.html", b"changed\n");

@@ -15,8 +15,8 @@
 //!   `$HOME/.ssh/config` (through a private wrapper file that includes it
 //!   and `/etc/ssh/ssh_config`), not the account's.
 //! - What `ssh -G` prints is bounded (1 MiB) and every value is checked
-//!   (port numbers, hop syntax); without an `ssh` binary only the target and
-//!   the job's keys are used, and a named `ssh.config` file is an error.
+//!   (port numbers, hop syntax). Without an `ssh` binary the files are read
+//!   by `config_parse` (Host and Include, no Match).
 
 use crate::config::{HostKeyPolicy, SshConfigFile, SshOptions};
 use crate::target::SshTarget;
@@ -51,8 +51,6 @@ pub enum ResolveError {
     StrictNo { host: String },
     #[error("bad ProxyJump hop {0:?}: expected [user@]host[:port] or ssh://[user@]host[:port]")]
     BadHop(String),
-    #[error("ssh.config {0}: no `ssh` binary to read it with (install openssh-client)")]
-    NoSsh(PathBuf),
     #[error("cannot write the config wrapper for $HOME: {0}")]
     Wrapper(std::io::Error),
 }
@@ -170,23 +168,51 @@ pub fn ssh_binary() -> Option<PathBuf> {
 
 /// Resolve a target's host, user, port, keys and jump hosts.
 pub fn resolve(t: &SshTarget, o: &SshOptions) -> Result<Resolved, ResolveError> {
-    let ssh = ssh_binary();
-    let (config_args, wrapper) = match (&o.config, &ssh) {
-        (SshConfigFile::None, _) | (SshConfigFile::Default, None) => {
-            return plain(t, o);
-        }
-        (SshConfigFile::File(f), None) => return Err(ResolveError::NoSsh(f.clone())),
-        (SshConfigFile::File(f), Some(_)) => (vec!["-F".into(), f.clone().into_os_string()], None),
-        (SshConfigFile::Default, Some(_)) => default_config_args()?,
+    let Some(ssh) = ssh_binary() else {
+        let files = match &o.config {
+            SshConfigFile::None => return plain(t, o),
+            SshConfigFile::File(f) => vec![f.clone()],
+            SshConfigFile::Default => vec![
+                home().join(".ssh/config"),
+                PathBuf::from("/etc/ssh/ssh_config"),
+            ],
+        };
+        // no `ssh -G` to ask: syncjob's own reader (see `config_parse`)
+        let lookup = |host: &str, user: Option<&str>, port: Option<u16>| {
+            let mut g = super::config_parse::read(&files, host, &home());
+            if let Some(u) = user {
+                g.insert("user".into(), vec![u.into()]);
+            }
+            if let Some(p) = port {
+                g.insert("port".into(), vec![p.to_string()]);
+            }
+            Ok(g)
+        };
+        return resolve_with(t, o, &lookup, Vec::new(), None);
     };
-    let ssh = ssh.expect("checked above");
-    let g = ssh_g(
-        &ssh,
-        &config_args,
-        &t.host,
-        t.user.as_deref(),
-        t.port.or(o.port),
-    )?;
+    let (config_args, wrapper) = match &o.config {
+        SshConfigFile::None => return plain(t, o),
+        SshConfigFile::File(f) => (vec!["-F".into(), f.clone().into_os_string()], None),
+        SshConfigFile::Default => default_config_args()?,
+    };
+    let lookup = |host: &str, user: Option<&str>, port: Option<u16>| {
+        ssh_g(&ssh, &config_args, host, user, port)
+    };
+    resolve_with(t, o, &lookup, config_args.clone(), wrapper)
+}
+
+/// A host's settings: (host, user, port given) → `ssh -G`'s lines.
+type Lookup<'a> = dyn Fn(&str, Option<&str>, Option<u16>) -> Result<HashMap<String, Vec<String>>, ResolveError>
+    + 'a;
+
+fn resolve_with(
+    t: &SshTarget,
+    o: &SshOptions,
+    lookup: &Lookup,
+    config_args: Vec<OsString>,
+    wrapper: Option<tempfile::TempPath>,
+) -> Result<Resolved, ResolveError> {
+    let g = lookup(&t.host, t.user.as_deref(), t.port.or(o.port))?;
     let target = hop_from(&g, &t.host, o, true)?;
     let jump_spec = match &o.proxy_jump {
         Some(j) if j == "none" => None,
@@ -199,7 +225,7 @@ pub fn resolve(t: &SshTarget, o: &SshOptions) -> Result<Resolved, ResolveError> 
     };
     let mut jump = Vec::new();
     for (user, host, port) in parse_jump(jump_spec.as_deref().unwrap_or(""))? {
-        let g = ssh_g(&ssh, &config_args, &host, user.as_deref(), port)?;
+        let g = lookup(&host, user.as_deref(), port)?;
         jump.push(hop_from(&g, &host, o, false)?);
     }
     Ok(Resolved {
@@ -351,6 +377,40 @@ fn expand(p: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// The job's known_hosts, else the config's UserKnownHostsFile list.
+fn known_hosts_of(g: &HashMap<String, Vec<String>>, o: &SshOptions) -> Vec<PathBuf> {
+    match &o.known_hosts {
+        Some(k) => vec![k.clone()],
+        None => match g.get("userknownhostsfile") {
+            Some(v) => v
+                .iter()
+                .flat_map(|l| l.split_whitespace())
+                .filter(|p| *p != "none")
+                .map(expand)
+                .collect(),
+            None => vec![home().join(".ssh/known_hosts")],
+        },
+    }
+}
+
+/// The job's policy, else the config's (whose `no` is refused).
+fn strict_of(
+    g: &HashMap<String, Vec<String>>,
+    o: &SshOptions,
+    alias: &str,
+) -> Result<HostKeyPolicy, ResolveError> {
+    Ok(match o.strict_host_key_checking {
+        Some(s) => s,
+        None => match first(g, "stricthostkeychecking") {
+            Some("accept-new") => HostKeyPolicy::AcceptNew,
+            Some("no") | Some("off") | Some("false") => {
+                return Err(ResolveError::StrictNo { host: alias.into() });
+            }
+            _ => HostKeyPolicy::Strict,
+        },
+    })
+}
+
 /// One hop from `ssh -G`'s values (or the plain ones) and the job's keys.
 fn hop_from(
     g: &HashMap<String, Vec<String>>,
@@ -393,28 +453,8 @@ fn hop_from(
         identities.insert(0, k.clone());
     }
     let identities_only = first(g, "identitiesonly") == Some("yes");
-    let known_hosts = match &o.known_hosts {
-        Some(k) => vec![k.clone()],
-        None => match g.get("userknownhostsfile") {
-            Some(v) => v
-                .iter()
-                .flat_map(|l| l.split_whitespace())
-                .filter(|p| *p != "none")
-                .map(expand)
-                .collect(),
-            None => vec![home().join(".ssh/known_hosts")],
-        },
-    };
-    let strict = match o.strict_host_key_checking {
-        Some(s) => s,
-        None => match first(g, "stricthostkeychecking") {
-            Some("accept-new") => HostKeyPolicy::AcceptNew,
-            Some("no") | Some("off") | Some("false") => {
-                return Err(ResolveError::StrictNo { host: alias.into() });
-            }
-            _ => HostKeyPolicy::Strict,
-        },
-    };
+    let known_hosts = known_hosts_of(g, o);
+    let strict = strict_of(g, o, alias)?;
     let connect_timeout = match (o.timeout, first(g, "connecttimeout")) {
         (Some(t), _) => t,
         (None, Some(v)) if v != "none" => Duration::from_secs(
