@@ -722,78 +722,103 @@ fn plan_entry(
                 acc.touched.insert(parent(path));
             }
         }
-        EntryKind::File => {
-            let why = match te {
-                None if in_dst => Some(Why::Replace),
-                None => Some(Why::New),
-                Some(_) if opts.mode == Mode::Full => Some(Why::Full),
-                Some(te) => {
-                    let differ = te.size != se.size
-                        || (opts.compare == Compare::SizeMtime
-                            && !te.mtime_eq(se, opts.mtime_nanos));
-                    if differ {
-                        Some(Why::Changed)
-                    } else if opts.compare == Compare::Checksum {
-                        match same_content(path) {
-                            Ok(true) => None,
-                            Ok(false) => Some(Why::Changed),
-                            Err(e) => {
-                                acc.errors.push(PathError {
-                                    path: display_path(path),
-                                    message: format!("cannot compare content: {e}"),
-                                });
-                                return;
-                            }
-                        }
-                    } else {
-                        None
-                    }
-                }
-            };
-            match why {
-                Some(why) => {
-                    let mut flags = 0;
-                    if te.is_some_and(|t| t.size != se.size) {
-                        flags |= SIZE_DIFFERS;
-                    }
-                    if te.is_some_and(|t| !t.mtime_eq(se, opts.mtime_nanos)) {
-                        flags |= TIME_DIFFERS;
-                    }
-                    acc.copies.push(op(k, Code::Copy, why, flags));
-                    acc.touched.insert(parent(path));
-                }
-                None => {
-                    if let Some(flags) = te.and_then(|te| attr_flags(se, te, opts, false)) {
-                        acc.attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
-                    }
-                }
-            }
-        }
-        EntryKind::Symlink => {
-            let same = te.is_some_and(|te| te.link == se.link);
-            let link_time = if opts.symlink_times { SET_MTIME } else { 0 };
-            if !same {
-                let why = match (in_dst, te.is_some()) {
-                    (true, true) => Why::Changed,
-                    (true, false) => Why::Replace,
-                    _ => Why::New,
-                };
-                acc.links.push(op(k, Code::Symlink, why, link_time));
-                acc.touched.insert(parent(path));
-            } else if let Some(te) = te {
-                let mut flags = 0;
-                if opts.preserve_owner && (te.uid, te.gid) != (se.uid, se.gid) {
-                    flags |= SET_OWNER;
-                }
-                if !te.mtime_eq(se, opts.mtime_nanos) {
-                    flags |= link_time;
-                }
-                if flags != 0 {
-                    acc.attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
-                }
-            }
-        }
+        EntryKind::File => plan_file(acc, k, path, se, te, in_dst, opts, same_content),
+        EntryKind::Symlink => plan_symlink(acc, k, path, se, te, in_dst, opts),
         EntryKind::Special => {}
+    }
+}
+
+/// A source file: copied when new, replaced, changed (or in `full` mode),
+/// else its attributes set if they differ.
+#[allow(clippy::too_many_arguments)]
+fn plan_file(
+    acc: &mut Acc,
+    k: usize,
+    path: &Path,
+    se: &Entry,
+    te: Option<&Entry>,
+    in_dst: bool,
+    opts: Options,
+    same_content: &mut dyn FnMut(&Path) -> std::io::Result<bool>,
+) {
+    let why = match te {
+        None if in_dst => Some(Why::Replace),
+        None => Some(Why::New),
+        Some(_) if opts.mode == Mode::Full => Some(Why::Full),
+        Some(te) => {
+            let differ = te.size != se.size
+                || (opts.compare == Compare::SizeMtime && !te.mtime_eq(se, opts.mtime_nanos));
+            if differ {
+                Some(Why::Changed)
+            } else if opts.compare == Compare::Checksum {
+                match same_content(path) {
+                    Ok(true) => None,
+                    Ok(false) => Some(Why::Changed),
+                    Err(e) => {
+                        acc.errors.push(PathError {
+                            path: display_path(path),
+                            message: format!("cannot compare content: {e}"),
+                        });
+                        return;
+                    }
+                }
+            } else {
+                None
+            }
+        }
+    };
+    match why {
+        Some(why) => {
+            let mut flags = 0;
+            if te.is_some_and(|t| t.size != se.size) {
+                flags |= SIZE_DIFFERS;
+            }
+            if te.is_some_and(|t| !t.mtime_eq(se, opts.mtime_nanos)) {
+                flags |= TIME_DIFFERS;
+            }
+            acc.copies.push(op(k, Code::Copy, why, flags));
+            acc.touched.insert(parent(path));
+        }
+        None => {
+            if let Some(flags) = te.and_then(|te| attr_flags(se, te, opts, false)) {
+                acc.attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
+            }
+        }
+    }
+}
+
+/// A source symlink: (re)made when new or pointing elsewhere, else its
+/// owner and own mtime set if they differ.
+fn plan_symlink(
+    acc: &mut Acc,
+    k: usize,
+    path: &Path,
+    se: &Entry,
+    te: Option<&Entry>,
+    in_dst: bool,
+    opts: Options,
+) {
+    let same = te.is_some_and(|te| te.link == se.link);
+    let link_time = if opts.symlink_times { SET_MTIME } else { 0 };
+    if !same {
+        let why = match (in_dst, te.is_some()) {
+            (true, true) => Why::Changed,
+            (true, false) => Why::Replace,
+            _ => Why::New,
+        };
+        acc.links.push(op(k, Code::Symlink, why, link_time));
+        acc.touched.insert(parent(path));
+    } else if let Some(te) = te {
+        let mut flags = 0;
+        if opts.preserve_owner && (te.uid, te.gid) != (se.uid, se.gid) {
+            flags |= SET_OWNER;
+        }
+        if !te.mtime_eq(se, opts.mtime_nanos) {
+            flags |= link_time;
+        }
+        if flags != 0 {
+            acc.attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
+        }
     }
 }
 

@@ -144,23 +144,33 @@ fn manifest_temporary_names_are_unpredictable_and_exclusive() {
     let name = fs::read_dir(&mdir).unwrap().next().unwrap().unwrap();
     let name = name.file_name().into_string().unwrap();
     let v = victim(&lab, "victim");
-    // the old name was `.NAME.tmp.PID`: plant it for the next pids
-    let last: u32 = fs::read_to_string("/proc/sys/kernel/ns_last_pid")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let planted = last + 1..last + 400;
-    for pid in planted.clone() {
-        std::os::unix::fs::symlink(&v, mdir.join(format!(".{name}.tmp.{pid}"))).unwrap();
+    // the old name was `.NAME.tmp.PID`: plant it for the next pids (other
+    // processes of a busy machine may take them: then try again)
+    let mut hit = false;
+    for round in 0..5 {
+        let last: u32 = fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let planted = last + 1..last + 2000;
+        for pid in planted.clone() {
+            let l = mdir.join(format!(".{name}.tmp.{pid}"));
+            let _ = fs::remove_file(&l);
+            std::os::unix::fs::symlink(&v, l).unwrap();
+        }
+        lab.write("b.txt", format!("b{round}").as_bytes());
+        let child = lab.spawn(&["run", "web"]);
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(fs::read(&v).unwrap(), b"secret\n");
+        if planted.contains(&pid) {
+            hit = true;
+            break;
+        }
     }
-    lab.write("b.txt", b"b");
-    let child = lab.spawn(&["run", "web"]);
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    assert!(planted.contains(&pid), "the run's pid {pid} was planted");
-    assert_eq!(fs::read(&v).unwrap(), b"secret\n");
+    assert!(hit, "a run's pid was among the planted names");
     assert!(lab.dst().join("b.txt").exists());
 }
 
@@ -296,10 +306,15 @@ fn a_symlink_made_after_load_is_caught_at_run_time() {
     // checks again
     let lab = Lab::new();
     lab.write("a.txt", b"a");
+    // `later` leads elsewhere when the daemon loads the file, then is
+    // swapped (atomically) for a link to the source
+    fs::create_dir(lab.path("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(lab.path("elsewhere"), lab.path("later")).unwrap();
     lab.config("jobs:\n  web:\n    source: {src}\n    remote: {dir}/later/sub\n    schedule: \"* * * * * *\"\n");
     let mut d = lab.spawn(&["daemon"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
-    std::os::unix::fs::symlink(lab.src(), lab.path("later")).unwrap();
+    std::os::unix::fs::symlink(lab.src(), lab.path("later.new")).unwrap();
+    fs::rename(lab.path("later.new"), lab.path("later")).unwrap();
     let t = std::time::Instant::now();
     let mut refused = false;
     while t.elapsed() < std::time::Duration::from_secs(20) && !refused {

@@ -484,3 +484,27 @@ fn a_remote_command_printing_without_end_fails_the_target_not_the_process() {
     let rec = lab.last();
     assert!(rec.to_string().contains("printed more than"), "{rec}");
 }
+
+#[test]
+fn non_utf8_names_are_compared_by_checksum_over_ssh() {
+    use std::os::unix::ffi::OsStrExt;
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9 \xff.txt");
+    fs::write(lab.src().join(name), b"new").unwrap();
+    // the same size on the target, other content: only a checksum tells
+    fs::create_dir_all(lab.dst()).unwrap();
+    fs::write(lab.dst().join(name), b"old").unwrap();
+    job_with(&lab, &s, &format!("identity: {}", s.key.display()));
+    let yaml = fs::read_to_string(lab.path("jobs.yaml")).unwrap();
+    fs::write(
+        lab.path("jobs.yaml"),
+        yaml.replace(
+            "    retries: 0\n",
+            "    retries: 0\n    compare: checksum\n",
+        ),
+    )
+    .unwrap();
+    lab.run(&["run", "web"]).code(0);
+    assert_eq!(fs::read(lab.dst().join(name)).unwrap(), b"new");
+}

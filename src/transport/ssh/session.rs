@@ -17,7 +17,7 @@ use super::known_hosts::{self, KnownHosts, Verdict};
 use super::resolve::{Hop, Resolved};
 use crate::config::{HostKeyPolicy, SshOptions};
 use crate::transport::OpenError;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -280,8 +280,21 @@ pub(super) fn exec(
         ch.handle_extended_data(ssh2::ExtendedData::Ignore)
             .map_err(io::Error::from)?;
     }
-    let cmd = String::from_utf8_lossy(cmd).into_owned();
-    ch.exec(&cmd).map_err(io::Error::from)?;
+    // libssh2 takes the command as text: one that is not UTF-8 (a file
+    // name's bytes) goes as a script on sh's stdin instead, byte for byte
+    let cmd = match std::str::from_utf8(cmd) {
+        Ok(text) => {
+            ch.exec(text).map_err(io::Error::from)?;
+            text.to_string()
+        }
+        Err(_) => {
+            ch.exec("exec /bin/sh").map_err(io::Error::from)?;
+            ch.write_all(cmd)?;
+            ch.write_all(b"\n")?;
+            ch.send_eof().map_err(io::Error::from)?;
+            String::from_utf8_lossy(cmd).into_owned()
+        }
+    };
     // a remote command's output is bounded (mkdir, sha256sum: a few lines)
     let too_long = || {
         crate::transport::violation::violation(format!(
@@ -289,7 +302,7 @@ pub(super) fn exec(
         ))
     };
     let mut out = Vec::new();
-    ch.by_ref()
+    Read::by_ref(&mut ch)
         .take(MAX_EXEC_OUTPUT + 1)
         .read_to_end(&mut out)?;
     if out.len() as u64 > MAX_EXEC_OUTPUT {
