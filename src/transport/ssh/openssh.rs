@@ -28,6 +28,9 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The most a remote command may print on stdout (stderr: 64 KiB kept).
+const MAX_EXEC_OUTPUT: u64 = 1 << 20;
+
 /// How `ssh` is run for one target.
 pub struct Client {
     ssh: PathBuf,
@@ -144,23 +147,25 @@ impl Client {
     /// Run one remote command; returns (exit status, stdout, stderr). `ssh`
     /// failing to connect (exit 255) is an error.
     pub fn exec(&self, cmd: &[u8], ignore_stderr: bool) -> io::Result<(i32, Vec<u8>, Vec<u8>)> {
-        use std::os::unix::ffi::OsStrExt;
-        let mut c = self.command();
-        c.arg("--")
-            .arg(&self.dest)
-            .arg(std::ffi::OsStr::from_bytes(cmd));
-        c.stdin(Stdio::null());
-        let out = c.output()?;
-        let code = out.status.code().unwrap_or(-1);
-        if code == 255 {
-            return Err(self.failed(&out.stderr).source);
+        let mut p = self.stream(cmd)?;
+        p.stdin = None; // the command reads nothing
+        // a remote command's output is bounded, as with the embedded client
+        let mut out = Vec::new();
+        Read::by_ref(&mut p.stdout)
+            .take(MAX_EXEC_OUTPUT + 1)
+            .read_to_end(&mut out)?;
+        if out.len() as u64 > MAX_EXEC_OUTPUT {
+            let _ = p.child.kill();
+            return Err(crate::transport::violation::violation(format!(
+                "a remote command printed more than {MAX_EXEC_OUTPUT} bytes: {}",
+                String::from_utf8_lossy(cmd)
+            )));
         }
-        let err = if ignore_stderr {
-            Vec::new()
-        } else {
-            out.stderr
-        };
-        Ok((code, out.stdout, err))
+        let (code, err) = p.finish();
+        if code == 255 {
+            return Err(self.failed(&err).source);
+        }
+        Ok((code, out, if ignore_stderr { Vec::new() } else { err }))
     }
 
     /// Start `ssh -s HOST sftp`.
