@@ -200,3 +200,53 @@ fn proxy_jump_through_a_bastion_checks_every_host_key() {
         b"through the bastion\n"
     );
 }
+
+/// With `ssh.client: openssh` too, a remote command's output is bounded: a
+/// `sha256sum` that never stops printing fails the target (run under a
+/// 1 GiB address-space limit, which an unbounded read would exhaust).
+#[test]
+fn openssh_client_bounds_what_a_remote_command_prints() {
+    use std::os::unix::process::CommandExt;
+    let lab = Lab::new();
+    lab.write("a", b"a");
+    fs::create_dir_all(lab.dst()).unwrap();
+    fs::write(lab.dst().join("a"), b"b").unwrap();
+    let bin = lab.path("evil-bin");
+    fs::create_dir_all(&bin).unwrap();
+    fs::write(bin.join("sha256sum"), "#!/bin/sh\nexec yes\n").unwrap();
+    fs::set_permissions(
+        bin.join("sha256sum"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let s = Sshd::start_with(
+        &lab.path("sshd"),
+        &format!("SetEnv PATH={}:/usr/bin:/bin", bin.display()),
+    );
+    lab.config(&format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: {}\n    retries: 0\n    compare: checksum\n    \
+         ssh: {{ identity: {}, known_hosts: {}, client: openssh, remote_helper: none }}\n",
+        s.url(&lab.dst()),
+        s.key.display(),
+        s.known_hosts.display()
+    ));
+    let mut c = lab.cmd();
+    c.args(["run", "web"]);
+    // SAFETY: pre_exec runs in the forked child before exec; setrlimit is
+    // async-signal-safe and only reads `r`.
+    unsafe {
+        c.pre_exec(|| {
+            let r = libc::rlimit {
+                rlim_cur: 1 << 30,
+                rlim_max: 1 << 30,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Run::from(c.output().unwrap()).code(1);
+    let rec = lab.last();
+    assert!(rec.to_string().contains("printed more than"), "{rec}");
+}
