@@ -133,7 +133,11 @@ pub enum Command {
     /// Receive files on an SSH target: started over ssh by a job with
     /// `ssh.remote_helper`, speaking syncjob's protocol on stdin/stdout
     #[command(hide = true)]
-    Helper,
+    Helper {
+        /// the directory every path is confined to (required)
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
 }
 
 /// An error that ends the command, with its exit code.
@@ -282,7 +286,7 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         ),
         Command::Status { json } => cmd_status(g, *json),
         Command::Generate { dir } => cmd_generate(dir),
-        Command::Helper => crate::helper::main()
+        Command::Helper { root } => crate::helper::main(root.as_deref())
             .map(|()| EXIT_OK)
             .map_err(|e| CliError::Failed(format!("helper: {e}"))),
     }

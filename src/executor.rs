@@ -65,6 +65,8 @@ pub struct Settings<'a> {
     pub streams: usize,
     /// counts the bytes sent by copies as they go (for a progress bar)
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// source files are opened through it (directory handles of the scan)
+    pub source: Option<&'a crate::source::SourceTree>,
 }
 
 impl Settings<'_> {
@@ -73,6 +75,7 @@ impl Settings<'_> {
         CopyCtx {
             cancel: self.cancel,
             progress: self.progress.as_deref(),
+            source: self.source,
         }
     }
 }
@@ -487,6 +490,7 @@ mod tests {
                 open_extra: None,
                 streams: 1,
                 progress: None,
+                source: None,
             };
             execute(&plan, t.as_mut(), &s)
         }

@@ -7,6 +7,7 @@
 //! arguments to these and every outcome to an exit code. The user-facing
 //! contract is `docs/CONTRACT.md`.
 
+pub mod beneath;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod relname;
 pub mod rolling;
 pub mod run;
 pub mod schedule;
+pub mod source;
 pub mod statedir;
 pub mod target;
 pub mod transport;

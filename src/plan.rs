@@ -6,7 +6,7 @@ use crate::journal::PathError;
 use std::collections::BTreeSet;
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Temporary files are named `.syncjob-tmp.<pid>.<n>.<name>`; one left by a
@@ -164,11 +164,11 @@ pub struct Sorted {
 
 impl Sorted {
     /// Append; the caller keeps `Path` order.
-    fn push(&mut self, p: &Path, e: Entry) {
+    pub(crate) fn push(&mut self, p: &Path, e: Entry) {
         self.names.extend_from_slice(p.as_os_str().as_bytes());
         self.items.push((self.names.len() as u64, e));
     }
-    fn shrink(&mut self) {
+    pub(crate) fn shrink(&mut self) {
         self.names.shrink_to_fit();
         self.items.shrink_to_fit();
     }
@@ -259,6 +259,10 @@ pub struct Scan {
     /// unreadable entry, skipped special file): nothing at or below them is
     /// deleted on the target.
     pub unknown: BTreeSet<PathBuf>,
+    /// The root as it was walked (files are copied from it: see `source`).
+    pub root_fd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// Device and inode of each directory walked.
+    pub dir_ids: std::sync::Arc<crate::source::DirIds>,
 }
 
 impl Scan {
@@ -300,106 +304,48 @@ pub fn display_path(p: &Path) -> String {
 /// Walk the source tree (symlinks are not followed; excluded directories are
 /// not entered).
 pub fn scan_source(root: &Path, filter: &Filter) -> Result<Scan, ScanError> {
-    let md = match std::fs::metadata(root) {
-        Ok(md) => md,
+    let (fd, st) = match crate::source::open_root(root) {
+        Ok(x) => x,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ScanError::Missing(root.to_path_buf()));
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(ScanError::NotADir(root.to_path_buf()));
+        }
         Err(e) => return Err(ScanError::Io(root.to_path_buf(), e)),
     };
-    if !md.is_dir() {
-        return Err(ScanError::NotADir(root.to_path_buf()));
-    }
-    // the root is read once more without following, for its own attributes
-    if let Err(e) = std::fs::read_dir(root) {
-        return Err(ScanError::Io(root.to_path_buf(), e));
-    }
+    let fd = std::sync::Arc::new(fd);
+    let walk_fd = match rustix::fs::openat(
+        &*fd,
+        ".",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(f) => f,
+        Err(e) => return Err(ScanError::Io(root.to_path_buf(), e.into())),
+    };
     let mut scan = Scan {
         root: root.to_path_buf(),
+        root_fd: Some(fd),
         ..Default::default()
     };
     // sorted by name, a depth-first walk yields paths in `Path` order, so
     // the tree is built from a sorted list without comparing paths again
     let mut found = Sorted::default();
-    found.push(Path::new(""), Entry::from_metadata(&md, None));
-    walk(root, Path::new(""), filter, &mut scan, &mut found);
+    found.push(Path::new(""), crate::source::entry_of(&st, None));
+    let mut dirs = crate::source::DirIds::new();
+    crate::source::walk(
+        walk_fd,
+        Path::new(""),
+        filter,
+        &mut scan,
+        &mut found,
+        &mut dirs,
+    );
     found.shrink();
     scan.entries = found;
+    scan.dir_ids = std::sync::Arc::new(dirs);
     Ok(scan)
-}
-
-/// One directory of the source walk: entries sorted by name, each
-/// stat'ed relative to the open directory (`statx(dirfd, name)`, no path
-/// walk from the root), symlinks never followed; subdirectories after the
-/// directory's handle is closed (so deep trees do not hold a descriptor per
-/// level).
-fn walk(abs: &Path, rel: &Path, filter: &Filter, scan: &mut Scan, found: &mut Sorted) {
-    let fail = |scan: &mut Scan, rel: PathBuf, msg: String| {
-        scan.errors.push(PathError {
-            path: display_path(&rel),
-            message: msg,
-        });
-        scan.unknown.insert(rel);
-    };
-    let rd = match std::fs::read_dir(abs) {
-        Ok(rd) => rd,
-        Err(e) => {
-            fail(scan, rel.to_path_buf(), e.to_string());
-            return;
-        }
-    };
-    let mut items: Vec<(std::ffi::OsString, std::io::Result<std::fs::Metadata>)> = Vec::new();
-    for e in rd {
-        match e {
-            Ok(e) => {
-                let name = e.file_name();
-                let child = rel.join(&name);
-                // excluded entries are not even stat'ed
-                let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                if is_temp_name(&child) || filter.excluded(&child, is_dir) {
-                    continue;
-                }
-                items.push((name, e.metadata()));
-            }
-            Err(e) => fail(scan, rel.to_path_buf(), e.to_string()),
-        }
-    }
-    items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    for (name, md) in items {
-        let child = rel.join(&name);
-        let md = match md {
-            Ok(md) => md,
-            Err(err) => {
-                fail(scan, child, format!("cannot stat: {err}"));
-                continue;
-            }
-        };
-        let ft = md.file_type();
-        if ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device() {
-            scan.warnings.push(PathError {
-                path: display_path(&child),
-                message: "special file (fifo, socket or device) skipped".into(),
-            });
-            scan.unknown.insert(child);
-            continue;
-        }
-        let link = if ft.is_symlink() {
-            match std::fs::read_link(abs.join(&name)) {
-                Ok(l) => Some(l),
-                Err(err) => {
-                    fail(scan, child, format!("cannot read link: {err}"));
-                    continue;
-                }
-            }
-        } else {
-            None
-        };
-        let is_dir = ft.is_dir();
-        found.push(&child, Entry::from_metadata(&md, link));
-        if is_dir {
-            walk(&abs.join(&name), &child, filter, scan, found);
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

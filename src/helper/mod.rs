@@ -9,6 +9,18 @@
 //! The wire format (records, replies, bounds) is in [`proto`], shared with
 //! the SSH transport's helper client.
 //!
+//! Confinement: `syncjob helper --root DIR` (the client passes its target
+//! root; as an ssh forced command the operator fixes it) touches nothing
+//! outside DIR. Every path in a record is relative to DIR, plain names only
+//! (no `..`, not absolute), and is reached through directory handles that
+//! never follow a symlink ([`Beneath`]); a temporary name must be a
+//! `.syncjob-tmp.` name in the final name's directory; set-user-ID and
+//! set-group-ID bits are refused unless the record sets the owner and the
+//! helper runs as root; block hashes are given only for blocks of at least
+//! [`proto::MIN_BLOCK`], at most [`proto::MAX_BLOCKS`] per file and
+//! [`proto::MAX_HASHED`] files awaiting their delta. Without `--root` the
+//! helper refuses to start.
+//!
 //! A file is at its final name only after a complete stream and a commit;
 //! anything else (abort, error, the connection lost mid-file) removes the
 //! temporary file (or leaves it to the next run's stale-temporary cleanup
@@ -16,13 +28,17 @@
 
 pub mod proto;
 
-use proto::{ABORTED, COPY, MAX_BLOCK, MAX_CHUNK, MAX_PATH, block_sum, bytes_of, u32_of};
+use crate::beneath::Beneath;
+use proto::{
+    ABORTED, COPY, MAX_BLOCK, MAX_BLOCKS, MAX_CHUNK, MAX_HASHED, MAX_PATH, MIN_BLOCK, block_sum,
+    bytes_of, u32_of,
+};
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// A file the helper could not write: errno (0: none) and message.
@@ -44,7 +60,12 @@ fn ctx(what: &str, e: io::Error) -> Fail {
 
 /// Serve one client: read file records from `input`, write replies to
 /// `output`, until end of input. Returns an error only for a broken stream.
-pub fn serve<R: Read>(input: &mut io::BufReader<R>, output: &mut dyn Write) -> io::Result<()> {
+pub fn serve<R: Read>(
+    input: &mut io::BufReader<R>,
+    output: &mut dyn Write,
+    root: &Path,
+) -> io::Result<()> {
+    let mut fs = Beneath::new(root.to_path_buf());
     output.write_all(proto::GREETING)?;
     output.flush()?;
     let mut buf = vec![0u8; MAX_CHUNK as usize];
@@ -62,7 +83,15 @@ pub fn serve<R: Read>(input: &mut io::BufReader<R>, output: &mut dyn Write) -> i
             b'H' => {
                 let fin = bytes_of(input, MAX_PATH)?;
                 let block = u32_of(input)?;
-                match hash_blocks(&fin, block, &mut buf) {
+                let r = if hashed.len() >= MAX_HASHED && !hashed.contains_key(&fin) {
+                    Err(Fail(
+                        libc::EINVAL,
+                        "too many files awaiting their delta".into(),
+                    ))
+                } else {
+                    hash_blocks(&mut fs, &fin, block, &mut buf)
+                };
+                match r {
                     Ok((id, sums)) => {
                         let mut b = Vec::new();
                         proto::hashes_reply(id.size, &sums, &mut b);
@@ -72,7 +101,10 @@ pub fn serve<R: Read>(input: &mut io::BufReader<R>, output: &mut dyn Write) -> i
                     Err(f) => reply(output, &Err(f))?,
                 }
             }
-            b'F' | b'D' => receive(input, output, &mut buf, op[0] == b'D', &mut hashed)?,
+            b'F' | b'D' => {
+                let delta = op[0] == b'D';
+                receive(input, output, &mut fs, &mut buf, delta, &mut hashed)?
+            }
             x => {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -110,27 +142,74 @@ impl Ident {
     }
 }
 
-fn open_regular(path: &Path) -> Result<(File, std::fs::Metadata), Fail> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| ctx("open", e))?;
+fn open_regular(fs: &mut Beneath, path: &Path) -> Result<(File, std::fs::Metadata), Fail> {
+    let f = fs.open_read(path).map_err(|e| ctx("open", e))?;
     let md = f.metadata().map_err(|e| ctx("stat", e))?;
-    if !md.is_file() {
-        return Err(Fail(libc::EINVAL, "not a regular file".into()));
-    }
     Ok((f, md))
 }
 
-/// The SHA-256 of each `block`-sized piece of the file at `fin`.
-fn hash_blocks(fin: &[u8], block: u32, buf: &mut [u8]) -> Result<(Ident, Vec<[u8; 32]>), Fail> {
-    use std::os::unix::fs::FileExt;
-    if block == 0 || block > MAX_BLOCK {
-        return Err(Fail(libc::EINVAL, format!("block size {block}")));
+/// The directory, temporary name and final name of a record: the final
+/// name relative to the root, the temporary one a `.syncjob-tmp.` name
+/// beside it.
+fn names<'a>(tmp: &'a [u8], fin: &'a [u8]) -> Result<(&'a Path, &'a OsStr, &'a OsStr), Fail> {
+    let tmp = Path::new(OsStr::from_bytes(tmp));
+    let fin = Path::new(OsStr::from_bytes(fin));
+    crate::beneath::check_relative(fin).map_err(|e| Fail(libc::EINVAL, e.to_string()))?;
+    let dir = fin.parent().unwrap_or(Path::new(""));
+    match (fin.file_name(), tmp.file_name()) {
+        (Some(f), Some(t))
+            if tmp.parent() == Some(dir) && crate::plan::is_temp_name(Path::new(t)) =>
+        {
+            Ok((dir, t, f))
+        }
+        _ => Err(Fail(
+            libc::EINVAL,
+            format!(
+                "{}: not a temporary name beside {}",
+                tmp.display(),
+                fin.display()
+            ),
+        )),
     }
-    let (f, md) = open_regular(Path::new(OsStr::from_bytes(fin)))?;
+}
+
+/// Set-user-ID and set-group-ID bits are set only on a file whose owner the
+/// record sets, by a helper running as root.
+fn check_mode(mode: u32, owner: Option<(u32, u32)>) -> Result<(), Fail> {
+    if mode & 0o6000 != 0 && (owner.is_none() || !rustix::process::geteuid().is_root()) {
+        return Err(Fail(
+            libc::EPERM,
+            format!(
+                "mode {:o} refused: set-user-ID/set-group-ID bits need preserve_owner and a helper running as root",
+                mode & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The SHA-256 of each `block`-sized piece of the file at `fin`.
+fn hash_blocks(
+    fs: &mut Beneath,
+    fin: &[u8],
+    block: u32,
+    buf: &mut [u8],
+) -> Result<(Ident, Vec<[u8; 32]>), Fail> {
+    use std::os::unix::fs::FileExt;
+    if !(MIN_BLOCK..=MAX_BLOCK).contains(&block) {
+        return Err(Fail(
+            libc::EINVAL,
+            format!("block size {block} refused ({MIN_BLOCK}..={MAX_BLOCK})"),
+        ));
+    }
+    let (f, md) = open_regular(fs, Path::new(OsStr::from_bytes(fin)))?;
     let id = Ident::of(&md);
+    if id.size.div_ceil(block as u64) > MAX_BLOCKS {
+        return Err(Fail(
+            libc::EINVAL,
+            format!("more than {MAX_BLOCKS} blocks of {block} bytes"),
+        ));
+    }
     let mut sums = Vec::with_capacity(id.size.div_ceil(block as u64) as usize);
     let mut off = 0u64;
     let mut big = Vec::new();
@@ -159,6 +238,7 @@ fn hash_blocks(fin: &[u8], block: u32, buf: &mut [u8]) -> Result<(Ident, Vec<[u8
 fn receive<R: Read>(
     input: &mut io::BufReader<R>,
     output: &mut dyn Write,
+    fs: &mut Beneath,
     buf: &mut [u8],
     delta: bool,
     hashed: &mut HashMap<Vec<u8>, Ident>,
@@ -171,15 +251,15 @@ fn receive<R: Read>(
         mtime_ns,
         owner,
     } = proto::read_header(input)?;
-    let tmp_path = Path::new(OsStr::from_bytes(&tmp));
     let fin_path = Path::new(OsStr::from_bytes(&fin));
-    let mut err: Option<Fail> = None;
+    let (mut err, at) = match names(&tmp, &fin).and_then(|n| check_mode(mode, owner).map(|()| n)) {
+        Ok(n) => (None, Some(n)),
+        Err(f) => (Some(f), None),
+    };
     // a delta's basis: the file at the final name, as it was hashed
     let mut basis: Option<File> = None;
-    if tmp.is_empty() || fin.is_empty() {
-        err = Some(Fail(libc::EINVAL, "empty path".into()));
-    } else if delta {
-        match (hashed.remove(&fin), open_regular(fin_path)) {
+    if err.is_none() && delta {
+        match (hashed.remove(&fin), open_regular(fs, fin_path)) {
             (Some(id), Ok((f, md))) if Ident::of(&md) == id => basis = Some(f),
             (None, _) => err = Some(Fail(libc::EINVAL, "delta without block hashes".into())),
             (_, Err(f)) => err = Some(f),
@@ -193,14 +273,8 @@ fn receive<R: Read>(
     }
     // the temporary file is new (O_EXCL) and private until complete
     let mut file: Option<File> = None;
-    if err.is_none() {
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(tmp_path)
-        {
+    if let (None, Some((dir, t, _))) = (&err, at) {
+        match fs.create_new(dir, t) {
             Ok(f) => file = Some(f),
             Err(e) => err = Some(ctx("create temporary file", e)),
         }
@@ -211,8 +285,8 @@ fn receive<R: Read>(
         Ok(c) => c,
         Err(e) => {
             // the stream broke mid-file: nothing stays behind
-            if created {
-                let _ = std::fs::remove_file(tmp_path);
+            if let (true, Some((dir, t, _))) = (created, at) {
+                fs.unlink_in(dir, t);
             }
             return Err(e);
         }
@@ -221,10 +295,14 @@ fn receive<R: Read>(
         (_, Some(e)) => Err(e),
         (None, None) => Err(Fail(0, "no file".into())),
         (Some(_), None) if !commit => Err(Fail(ABORTED, "aborted by the sender".into())),
-        (Some(f), None) => finish(f, tmp_path, fin_path, mode, mtime, mtime_ns, owner),
+        (Some(f), None) => finish(f, mode, mtime, mtime_ns, owner).and_then(|()| {
+            let (dir, t, name) = at.expect("names checked");
+            fs.rename_in(dir, t, name)
+                .map_err(|e| ctx("rename into place", e))
+        }),
     };
-    if result.is_err() && created {
-        let _ = std::fs::remove_file(tmp_path);
+    if let (true, true, Some((dir, t, _))) = (result.is_err(), created, at) {
+        fs.unlink_in(dir, t);
     }
     reply(output, &result)
 }
@@ -295,11 +373,9 @@ fn read_data(
     Ok(commit[0] == 1)
 }
 
-/// Set the attributes of a complete temporary file and rename it into place.
+/// Set the attributes of a complete temporary file and close it.
 fn finish(
     f: File,
-    tmp: &Path,
-    fin: &Path,
     mode: u32,
     mtime: i64,
     mtime_ns: u32,
@@ -327,15 +403,22 @@ fn finish(
     if unsafe { libc::close(fd) } != 0 {
         return Err(ctx("close", io::Error::last_os_error()));
     }
-    std::fs::rename(tmp, fin).map_err(|e| ctx("rename into place", e))
+    Ok(())
 }
 
-/// `syncjob helper`: serve stdin/stdout.
-pub fn main() -> io::Result<()> {
+/// `syncjob helper --root DIR`: serve stdin/stdout, confined to DIR.
+pub fn main(root: Option<&Path>) -> io::Result<()> {
+    let Some(root) = root else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--root DIR is required (the directory every path is confined to; \
+             a syncjob client passes its target's path)",
+        ));
+    };
     let stdin = io::stdin();
     let mut input = io::BufReader::with_capacity(1 << 20, stdin.lock());
     let mut output = io::BufWriter::new(io::stdout().lock());
-    serve(&mut input, &mut output)?;
+    serve(&mut input, &mut output, root)?;
     output.flush()
 }
 
@@ -345,6 +428,7 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
+    /// A record for `dir/name` (relative to the helper's root).
     fn record(dir: &Path, name: &str, data: &[u8], commit: bool, out: &mut Vec<u8>) {
         let tmp = dir.join(format!(".syncjob-tmp.{name}"));
         let fin = dir.join(name);
@@ -371,14 +455,15 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("old"), b"old content").unwrap();
         let mut input = Vec::new();
-        record(d.path(), "a.txt", b"hello world", true, &mut input);
-        record(d.path(), "old", b"half", false, &mut input);
-        record(d.path(), "empty", b"", true, &mut input);
+        let here = Path::new("");
+        record(here, "a.txt", b"hello world", true, &mut input);
+        record(here, "old", b"half", false, &mut input);
+        record(here, "empty", b"", true, &mut input);
         // a directory that does not exist: the error comes back, the rest goes on
-        record(&d.path().join("nodir"), "x", b"data", true, &mut input);
-        record(d.path(), "last", b"z", true, &mut input);
+        record(Path::new("nodir"), "x", b"data", true, &mut input);
+        record(here, "last", b"z", true, &mut input);
         let mut out = Vec::new();
-        serve(&mut io::BufReader::new(&input[..]), &mut out).unwrap();
+        serve(&mut io::BufReader::new(&input[..]), &mut out, d.path()).unwrap();
         assert!(out.starts_with(GREETING));
         let mut r = &out[GREETING.len()..];
         assert!(read_reply(&mut r).unwrap().is_ok());
@@ -410,10 +495,10 @@ mod tests {
     fn a_stream_cut_mid_file_leaves_nothing_at_the_final_name() {
         let d = tempfile::tempdir().unwrap();
         let mut input = Vec::new();
-        record(d.path(), "cut", b"0123456789", true, &mut input);
+        record(Path::new(""), "cut", b"0123456789", true, &mut input);
         input.truncate(input.len() - 8);
         let mut out = Vec::new();
-        assert!(serve(&mut io::BufReader::new(&input[..]), &mut out).is_err());
+        assert!(serve(&mut io::BufReader::new(&input[..]), &mut out, d.path()).is_err());
         assert_eq!(
             std::fs::read_dir(d.path()).unwrap().count(),
             0,
@@ -424,16 +509,17 @@ mod tests {
     #[test]
     fn a_delta_rebuilds_the_file_from_its_old_blocks_and_new_data() {
         let d = tempfile::tempdir().unwrap();
+        let root = d.path().to_path_buf();
         let fin = d.path().join("big");
-        let tmp = d.path().join(".syncjob-tmp.big");
+        let tmp = Path::new(".syncjob-tmp.big");
         let old: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
         std::fs::write(&fin, &old).unwrap();
-        let fin_b = fin.as_os_str().as_bytes();
+        let fin_b = b"big";
         // 1. the hashes of the old version, in blocks of 4096
         let mut input = Vec::new();
         hashes_request(fin_b, 4096, &mut input);
         let mut out = Vec::new();
-        serve(&mut io::BufReader::new(&input[..]), &mut out).unwrap();
+        serve(&mut io::BufReader::new(&input[..]), &mut out, &root).unwrap();
         let mut r = &out[GREETING.len()..];
         let h = read_hashes(&mut r, 4096).unwrap().unwrap();
         assert_eq!((h.size, h.sums.len()), (40_000, 10));
@@ -466,25 +552,25 @@ mod tests {
         chunk(&new[40_000..], &mut input);
         end(true, &mut input);
         let mut out = Vec::new();
-        serve(&mut io::BufReader::new(&input[..]), &mut out).unwrap();
+        serve(&mut io::BufReader::new(&input[..]), &mut out, &root).unwrap();
         let mut r = &out[GREETING.len()..];
         read_hashes(&mut r, 4096).unwrap().unwrap();
         read_reply(&mut r).unwrap().unwrap();
         assert_eq!(std::fs::read(&fin).unwrap(), new);
-        assert!(!tmp.exists());
+        assert!(!d.path().join(tmp).exists());
         // 3. a delta without hashes taken by this helper: refused
         let mut input = Vec::new();
         delta_header(&mut input);
         copy(0, 100, &mut input);
         end(true, &mut input);
         let mut out = Vec::new();
-        serve(&mut io::BufReader::new(&input[..]), &mut out).unwrap();
+        serve(&mut io::BufReader::new(&input[..]), &mut out, &root).unwrap();
         let e = read_reply(&mut &out[GREETING.len()..])
             .unwrap()
             .unwrap_err();
         assert!(e.to_string().contains("without block hashes"), "{e}");
         assert_eq!(std::fs::read(&fin).unwrap(), new, "untouched");
-        assert!(!tmp.exists());
+        assert!(!d.path().join(tmp).exists());
         // hashes taken, then the file rewritten on the target, then the
         // delta: refused, nothing renamed
         let mut input = Vec::new();
@@ -493,7 +579,7 @@ mod tests {
         let (tx_out, mut rx_out) = std::os::unix::net::UnixStream::pair().unwrap();
         let server = std::thread::spawn(move || {
             let mut w = tx_out;
-            serve(&mut io::BufReader::new(rx_in), &mut w)
+            serve(&mut io::BufReader::new(rx_in), &mut w, &root)
         });
         let mut tx = tx_in;
         tx.write_all(&input).unwrap();
@@ -511,17 +597,18 @@ mod tests {
         drop(tx);
         server.join().unwrap().unwrap();
         assert_eq!(std::fs::read(&fin).unwrap(), b"changed behind our back");
-        assert!(!tmp.exists());
+        assert!(!d.path().join(tmp).exists());
     }
 
     #[test]
     fn garbage_is_refused() {
         let mut out = Vec::new();
-        let e = serve(&mut io::BufReader::new(&b"Xjunk"[..]), &mut out).unwrap_err();
+        let root = Path::new("/nonexistent");
+        let e = serve(&mut io::BufReader::new(&b"Xjunk"[..]), &mut out, root).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         let mut huge = vec![b'F'];
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        let e = serve(&mut io::BufReader::new(&huge[..]), &mut out).unwrap_err();
+        let e = serve(&mut io::BufReader::new(&huge[..]), &mut out, root).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
     }
 }

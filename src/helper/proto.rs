@@ -29,11 +29,22 @@
 //!
 //! Every length and count read is bounded ([`MAX_PATH`], [`MAX_CHUNK`],
 //! [`MAX_BLOCK`], [`MAX_HASHES`]) before anything is allocated for it.
+//! Paths are relative to the helper's `--root`; a temporary path is a
+//! `.syncjob-tmp.` name beside its final path; hashes are asked for blocks
+//! of [`MIN_BLOCK`]..=[`MAX_BLOCK`].
 
 use std::io::{self, Read};
 
-/// The first line the helper prints: protocol name and version.
-pub const GREETING: &[u8] = b"syncjob-helper 1\n";
+/// The first line the helper prints: protocol name and version. Version 2:
+/// paths relative to the helper's `--root` (version 1 took absolute paths,
+/// unconfined).
+pub const GREETING: &[u8] = b"syncjob-helper 2\n";
+/// Smallest block size of a hashes request.
+pub const MIN_BLOCK: u32 = 4 << 10;
+/// Most block hashes given for one file.
+pub const MAX_BLOCKS: u64 = 1 << 20;
+/// Most files whose hashes were given and whose delta has not come yet.
+pub const MAX_HASHED: usize = 4096;
 
 /// The errno of a reply for a file the sender aborted.
 pub const ABORTED: i32 = -1;

@@ -292,7 +292,8 @@ impl<'a> TargetRun<'a> {
         };
         let plan = {
             let tr = &mut transport;
-            let mut same = |rel: &Path| tr.same_content(rel, &job.source.join(rel));
+            let tree = crate::source::SourceTree::of(self.run.scan);
+            let mut same = |rel: &Path| tr.same_content(rel, &job.source.join(rel), tree.as_ref());
             match listing.stream.take() {
                 Some(mut st) => {
                     let plan = plan::diff_stream(
@@ -372,6 +373,7 @@ impl<'a> TargetRun<'a> {
         let tsettings = transport_settings(job, self.run.env);
         let open = self.run.open;
         let open_extra = || open(target, &tsettings).map_err(|e| e.source);
+        let source = crate::source::SourceTree::of(self.run.scan);
         let settings = Settings {
             source_root: &job.source,
             max_delete: job.max_delete,
@@ -381,6 +383,7 @@ impl<'a> TargetRun<'a> {
             open_extra: Some(&open_extra),
             streams: job.streams,
             progress: progress.sent(),
+            source: source.as_ref(),
         };
         let applied =
             progress.while_copying(|| executor::execute(&plan, transport.as_mut(), &settings));

@@ -1,31 +1,33 @@
-//! A target directory on this machine.
+//! A target directory on this machine. Its contents are not trusted:
+//! every change is made relative to directory handles opened beneath the
+//! root without following symlinks ([`Beneath`]), so nothing is written,
+//! removed, chmod-ed or chown-ed through a symlink in the target.
 
 use super::{
     CopyCtx, Listing, Transport, copy_cancellable, open_source, temp_name, verify_unchanged,
 };
+use crate::beneath::Beneath;
 use crate::filter::Filter;
 use crate::journal::PathError;
 use crate::plan::{Entry, EntryKind, TreeBuilder, display_path, is_temp_name};
-use std::fs::{self, File, FileTimes, OpenOptions};
+use crate::source::SourceTree;
+use std::fs::{self, File, FileTimes};
 use std::io::{self, Read};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub struct Local {
     root: PathBuf,
+    /// every change goes through directory handles beneath the root
+    fs: Beneath,
 }
 
 impl Local {
     pub fn new(root: PathBuf) -> Local {
-        Local { root }
-    }
-
-    fn path(&self, rel: &Path) -> PathBuf {
-        if rel.as_os_str().is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
+        Local {
+            fs: Beneath::new(root.clone()),
+            root,
         }
     }
 }
@@ -147,12 +149,19 @@ impl Transport for Local {
     }
 
     fn ensure_root(&mut self) -> io::Result<()> {
-        fs::create_dir_all(&self.root)
+        fs::create_dir_all(&self.root)?;
+        self.fs.reset();
+        Ok(())
     }
 
-    fn same_content(&mut self, rel: &Path, src: &Path) -> io::Result<bool> {
-        let mut a = File::open(src)?;
-        let mut b = File::open(self.path(rel))?;
+    fn same_content(
+        &mut self,
+        rel: &Path,
+        src: &Path,
+        source: Option<&SourceTree>,
+    ) -> io::Result<bool> {
+        let (mut a, _) = open_source(src, source)?;
+        let mut b = self.fs.open_read(rel)?;
         if a.metadata()?.len() != b.metadata()?.len() {
             return Ok(false);
         }
@@ -160,7 +169,7 @@ impl Transport for Local {
     }
 
     fn mkdir(&mut self, rel: &Path) -> io::Result<()> {
-        fs::create_dir(self.path(rel))
+        self.fs.mkdir(rel)
     }
 
     fn put_file(
@@ -170,13 +179,11 @@ impl Transport for Local {
         preserve_owner: bool,
         ctx: &CopyCtx,
     ) -> io::Result<u64> {
-        let (mut input, before) = open_source(src)?;
-        let tmp = self.path(&temp_name(rel));
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let (mut input, before) = open_source(src, ctx.source)?;
+        let (dir, name) = split(rel)?;
+        let tmp = temp_name(rel);
+        let tmp = tmp.file_name().unwrap_or_default();
+        let mut out = self.fs.create_new(dir, tmp)?;
         let result = (|| {
             let n = copy_cancellable(&mut input, &mut out, ctx)?;
             verify_unchanged(&input, &before, n)?;
@@ -188,11 +195,11 @@ impl Transport for Local {
             let mtime = system_time(before.mtime(), before.mtime_nsec() as u32);
             out.set_times(FileTimes::new().set_modified(mtime))?;
             drop(out);
-            fs::rename(&tmp, self.path(rel))?;
+            self.fs.rename_in(dir, tmp, name)?;
             Ok(n)
         })();
         if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+            self.fs.unlink_in(dir, tmp);
         }
         result
     }
@@ -202,18 +209,9 @@ impl Transport for Local {
     }
 
     fn symlink(&mut self, rel: &Path, target: &Path, mtime: Option<(i64, u32)>) -> io::Result<()> {
-        let tmp = self.path(&temp_name(rel));
-        std::os::unix::fs::symlink(target, &tmp)?;
-        if let Some((s, ns)) = mtime {
-            let t = filetime::FileTime::from_unix_time(s, ns);
-            if let Err(e) = filetime::set_symlink_file_times(&tmp, t, t) {
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
-        }
-        fs::rename(&tmp, self.path(rel)).inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
-        })
+        let tmp = temp_name(rel);
+        self.fs
+            .symlink(rel, tmp.file_name().unwrap_or_default(), target, mtime)
     }
 
     fn set_attrs(
@@ -224,47 +222,39 @@ impl Transport for Local {
         mtime: Option<(i64, u32)>,
         owner: Option<(u32, u32)>,
     ) -> io::Result<()> {
-        let p = self.path(rel);
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::lchown(&p, Some(uid), Some(gid))?;
-        }
-        if kind == EntryKind::Symlink {
-            if let Some((s, ns)) = mtime {
-                let t = filetime::FileTime::from_unix_time(s, ns);
-                filetime::set_symlink_file_times(&p, t, t)?;
+        // the entry is checked (on a handle of its own) to still be what
+        // the plan expects, so a symlink swapped in meanwhile is never
+        // followed
+        let dir = match kind {
+            EntryKind::Symlink => None,
+            EntryKind::Dir => Some(true),
+            EntryKind::File => Some(false),
+            EntryKind::Special => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the target entry changed type during the run",
+                ));
             }
-            return Ok(());
-        }
-        // the entry is checked to still be what the plan expects, so a
-        // symlink swapped in meanwhile is never followed
-        let md = fs::symlink_metadata(&p)?;
-        let ok = match kind {
-            EntryKind::Dir => md.is_dir(),
-            EntryKind::File => md.is_file(),
-            _ => false,
         };
-        if !ok {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the target entry changed type during the run",
-            ));
-        }
-        if let Some(m) = mode {
-            fs::set_permissions(&p, fs::Permissions::from_mode(m))?;
-        }
-        if let Some((s, ns)) = mtime {
-            filetime::set_file_mtime(&p, filetime::FileTime::from_unix_time(s, ns))?;
-        }
-        Ok(())
+        let mode = if kind == EntryKind::Symlink {
+            None
+        } else {
+            mode
+        };
+        self.fs.set_attrs(rel, dir, mode, mtime, owner)
     }
 
     fn remove(&mut self, rel: &Path, kind: EntryKind) -> io::Result<()> {
-        let p = self.path(rel);
-        match kind {
-            EntryKind::Dir => fs::remove_dir(p),
-            _ => fs::remove_file(p),
-        }
+        self.fs.remove(rel, kind == EntryKind::Dir)
     }
+}
+
+/// The parent directory and final name of a path relative to the root.
+fn split(rel: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
+    let name = rel
+        .file_name()
+        .ok_or_else(|| crate::beneath::not_beneath(rel))?;
+    Ok((rel.parent().unwrap_or(Path::new("")), name))
 }
 
 #[cfg(test)]

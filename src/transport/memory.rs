@@ -119,7 +119,12 @@ impl Transport for Memory {
         Ok(())
     }
 
-    fn same_content(&mut self, rel: &Path, src: &Path) -> io::Result<bool> {
+    fn same_content(
+        &mut self,
+        rel: &Path,
+        src: &Path,
+        _source: Option<&crate::source::SourceTree>,
+    ) -> io::Result<bool> {
         let data = std::fs::read(src)?;
         let st = self.st();
         let e = st.entries.get(rel).ok_or_else(|| not_found(rel))?;

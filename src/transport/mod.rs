@@ -70,7 +70,14 @@ pub trait Transport: Send {
     /// Create the root directory (and its parents) if missing.
     fn ensure_root(&mut self) -> io::Result<()>;
     /// Does the target file hold the same bytes as the local `src`?
-    fn same_content(&mut self, rel: &Path, src: &Path) -> io::Result<bool>;
+    /// (`source`: the scanned tree `src` is opened through, see
+    /// [`open_source`].)
+    fn same_content(
+        &mut self,
+        rel: &Path,
+        src: &Path,
+        source: Option<&crate::source::SourceTree>,
+    ) -> io::Result<bool>;
     fn mkdir(&mut self, rel: &Path) -> io::Result<()>;
     /// Write `src` to `rel` under a temporary name, set its mode, mtime (and
     /// owner), then rename it into place. Returns the bytes written.
@@ -226,11 +233,21 @@ pub fn is_changed_during_copy(e: &io::Error) -> bool {
 
 /// Open a source file for copying without following a symlink that may have
 /// replaced it since the scan; returns its metadata as of the open.
-pub fn open_source(path: &Path) -> io::Result<(File, Metadata)> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
+/// Beneath the root of the scanned source tree `source`, every directory
+/// on the way is opened from a handle too, so a symlink
+/// swapped in for one of them is never followed either.
+pub fn open_source(
+    path: &Path,
+    source: Option<&crate::source::SourceTree>,
+) -> io::Result<(File, Metadata)> {
+    let beneath = source.and_then(|t| Some((t, path.strip_prefix(t.root_path()).ok()?)));
+    let f = match beneath {
+        Some((t, rel)) => t.open(rel)?,
+        None => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)?,
+    };
     let md = f.metadata()?;
     if !md.is_file() {
         return Err(io::Error::new(
@@ -293,6 +310,9 @@ pub struct CopyCtx<'a> {
     pub cancel: &'a AtomicBool,
     /// Bytes sent so far, when someone is watching.
     pub progress: Option<&'a AtomicU64>,
+    /// The source as scanned: files are opened through its directory
+    /// handles (`None`: by path, the last component not followed).
+    pub source: Option<&'a crate::source::SourceTree>,
 }
 
 impl CopyCtx<'_> {

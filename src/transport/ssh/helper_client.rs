@@ -19,17 +19,20 @@ use std::path::{Path, PathBuf};
 /// How long a starting helper may take to greet.
 const GREETING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Start `CMD helper` on the remote and check its greeting. A helper that
-/// cannot start is a permanent error (it is configured, and would be
-/// missing on every retry).
+/// Start `CMD helper --root ROOT` on the remote and check its greeting
+/// (the helper is confined to the target root; paths sent are relative to
+/// it). A helper that cannot start is a permanent error (it is configured,
+/// and would be missing on every retry).
 pub(super) fn start_helper(
     conn: &super::Conn,
     cmd: &str,
+    root: &[u8],
     label: &str,
 ) -> Result<Box<dyn Pipe>, OpenError> {
     let mut line = b"exec ".to_vec();
     line.extend_from_slice(&shell_quote(cmd.as_bytes()));
-    line.extend_from_slice(b" helper");
+    line.extend_from_slice(b" helper --root ");
+    line.extend_from_slice(&shell_quote(root));
     let mut ch = conn.stream(&line, false)?;
     let mut greeting = vec![0u8; proto::GREETING.len()];
     let got = if ch.readable_within(GREETING_WAIT) {
@@ -44,6 +47,9 @@ pub(super) fn start_helper(
     let said = String::from_utf8_lossy(&err).trim().to_string();
     let why = match (status, said.is_empty()) {
         (127, _) => format!("`{cmd}` not found there (exit 127)"),
+        (_, false) if said.contains("'--root'") => format!(
+            "the syncjob there is older than this one (its helper has no --root): update it ({said})"
+        ),
         (_, false) => said,
         _ if got.is_ok() => format!(
             "`{cmd} helper` answered {:?}, not a syncjob helper of this version",
@@ -181,12 +187,16 @@ impl Ssh {
         use std::io::Write;
         let mut results: Vec<Option<io::Result<u64>>> = items.iter().map(|_| None).collect();
         let mut out: Vec<u8> = Vec::with_capacity(FLUSH + (64 << 10));
+        // relative to the root the helper was started with
         let paths: Vec<(Vec<u8>, Vec<u8>)> = items
             .iter()
-            .map(|(rel, _)| (self.path(&temp_name(rel)), self.path(rel)))
+            .map(|(rel, _)| {
+                let b = |p: &Path| p.as_os_str().as_encoded_bytes().to_vec();
+                (b(&temp_name(rel)), b(rel))
+            })
             .collect();
         let ch = self.helper.as_mut().expect("helper started");
-        let opened = open_big(items, &mut results);
+        let opened = open_big(items, &mut results, ctx);
         let mut hashes = ask_hashes(ch, &paths, &opened, &mut out)?;
         let mut buf = vec![0u8; 128 << 10];
         let mut sent: Vec<(usize, u64)> = Vec::with_capacity(items.len());
@@ -194,7 +204,7 @@ impl Ssh {
             if results[k].is_some() {
                 continue;
             }
-            let (input, before) = match o.map_or_else(|| open_source(src), Ok) {
+            let (input, before) = match o.map_or_else(|| open_source(src, ctx.source), Ok) {
                 Ok(x) => x,
                 Err(e) => {
                     results[k] = Some(Err(e));
@@ -236,13 +246,14 @@ impl Ssh {
 fn open_big(
     items: &[(&Path, PathBuf)],
     results: &mut [Option<io::Result<u64>>],
+    ctx: &CopyCtx,
 ) -> Vec<Option<Opened>> {
     let mut opened = Vec::with_capacity(items.len());
     for (k, (_, src)) in items.iter().enumerate() {
         let big = std::fs::metadata(src).is_ok_and(|m| m.len() >= DELTA_MIN);
         opened.push(None);
         if big {
-            match open_source(src) {
+            match open_source(src, ctx.source) {
                 Ok(x) => opened[k] = Some(x),
                 Err(e) => results[k] = Some(Err(e)),
             }

@@ -69,6 +69,7 @@ fn remember(file: &Path, what: &str) {
 /// target (user@host:port).
 pub(super) fn auto(
     conn: &Conn,
+    root: &[u8],
     label: &str,
     state_dir: Option<&Path>,
     key: &str,
@@ -77,7 +78,7 @@ pub(super) fn auto(
     if file.as_deref().is_some_and(recently_absent) {
         return None;
     }
-    match start_helper(conn, COMMAND, label) {
+    match start_helper(conn, COMMAND, root, label) {
         Ok(p) => {
             if let Some(f) = &file {
                 remember(f, "present\n");

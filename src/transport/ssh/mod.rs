@@ -159,8 +159,19 @@ impl Ssh {
         let sftp = conn.sftp(&label)?;
         let helper = match o.remote_helper.as_deref() {
             Some("none") => None,
-            Some(cmd) => Some(helper_client::start_helper(&conn, cmd, &label)?),
-            None => helper_probe::auto(&conn, &label, settings.state_dir.as_deref(), &key),
+            Some(cmd) => Some(helper_client::start_helper(
+                &conn,
+                cmd,
+                t.path.as_bytes(),
+                &label,
+            )?),
+            None => helper_probe::auto(
+                &conn,
+                t.path.as_bytes(),
+                &label,
+                settings.state_dir.as_deref(),
+                &key,
+            ),
         };
         Ok(Ssh {
             sftp,
@@ -242,8 +253,13 @@ impl Transport for Ssh {
         Ok(())
     }
 
-    fn same_content(&mut self, rel: &Path, src: &Path) -> io::Result<bool> {
-        let mut f = std::fs::File::open(src)?;
+    fn same_content(
+        &mut self,
+        rel: &Path,
+        src: &Path,
+        source: Option<&crate::source::SourceTree>,
+    ) -> io::Result<bool> {
+        let (mut f, _) = crate::transport::open_source(src, source)?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         loop {

@@ -117,7 +117,7 @@ impl Ssh {
         ctx: &CopyCtx,
     ) -> io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
-        let (mut input, before) = open_source(src)?;
+        let (mut input, before) = open_source(src, ctx.source)?;
         let tmp = self.path(&temp_name(rel));
         let fin = self.path(rel);
         let id = self.sftp.open(
@@ -284,7 +284,7 @@ impl Ssh {
         preserve_owner: bool,
         ctx: &CopyCtx,
     ) -> io::Result<Vec<io::Result<u64>>> {
-        let mut puts = self.open_all(items)?;
+        let mut puts = self.open_all(items, ctx)?;
         let sizes = self.write_all(&mut puts, ctx)?;
         self.close_all(&mut puts, &sizes, preserve_owner)?;
         self.rename_all(&mut puts, &sizes)?;
@@ -298,7 +298,7 @@ impl Ssh {
     }
 
     /// Phase 1: open each source and create its temporary file (O_EXCL).
-    fn open_all(&mut self, items: &[(&Path, PathBuf)]) -> io::Result<Vec<Put>> {
+    fn open_all(&mut self, items: &[(&Path, PathBuf)], ctx: &CopyCtx) -> io::Result<Vec<Put>> {
         let mut puts: Vec<Put> = Vec::with_capacity(items.len());
         let mut open_ids = Vec::new();
         for (rel, src) in items {
@@ -309,7 +309,7 @@ impl Ssh {
                 handle: None,
                 result: None,
             };
-            match open_source(src) {
+            match open_source(src, ctx.source) {
                 Ok(x) => {
                     p.input = Some(x);
                     let id = self.sftp.open(
