@@ -76,28 +76,24 @@ pub fn open_root(root: &Path) -> io::Result<(OwnedFd, Stat)> {
     Ok((fd, st))
 }
 
-/// One directory of the scan (open as `dir`), then its subdirectories:
-/// entries sorted by name, each stat'ed relative to the directory's handle,
-/// symlinks never followed. One handle is held per level of depth.
-pub fn walk(
-    dir: OwnedFd,
+/// Record a path that could not be read: an error, and unknown (nothing
+/// below it is deleted on targets).
+fn fail(scan: &mut Scan, rel: PathBuf, msg: String) {
+    scan.errors.push(PathError {
+        path: display_path(&rel),
+        message: msg,
+    });
+    scan.unknown.insert(rel);
+}
+
+/// The names of a directory, excluded ones and temporary files left out
+/// (not even stat'ed).
+fn read_names(
+    d: &mut rustix::fs::Dir,
     rel: &Path,
     filter: &Filter,
     scan: &mut Scan,
-    found: &mut Sorted,
-    dirs: &mut DirIds,
-) {
-    let fail = |scan: &mut Scan, rel: PathBuf, msg: String| {
-        scan.errors.push(PathError {
-            path: display_path(&rel),
-            message: msg,
-        });
-        scan.unknown.insert(rel);
-    };
-    let mut d = match rustix::fs::Dir::new(dir) {
-        Ok(d) => d,
-        Err(e) => return fail(scan, rel.to_path_buf(), e.to_string()),
-    };
+) -> Vec<OsString> {
     let mut names: Vec<OsString> = Vec::new();
     while let Some(e) = d.read() {
         match e {
@@ -107,7 +103,6 @@ pub fn walk(
                     continue;
                 }
                 let child = rel.join(name);
-                // excluded entries are not even stat'ed
                 let is_dir = e.file_type() == FileType::Directory;
                 if is_temp_name(&child) || filter.excluded(&child, is_dir) {
                     continue;
@@ -120,6 +115,25 @@ pub fn walk(
             }
         }
     }
+    names
+}
+
+/// One directory of the scan (open as `dir`), then its subdirectories:
+/// entries sorted by name, each stat'ed relative to the directory's handle,
+/// symlinks never followed. One handle is held per level of depth.
+pub fn walk(
+    dir: OwnedFd,
+    rel: &Path,
+    filter: &Filter,
+    scan: &mut Scan,
+    found: &mut Sorted,
+    dirs: &mut DirIds,
+) {
+    let mut d = match rustix::fs::Dir::new(dir) {
+        Ok(d) => d,
+        Err(e) => return fail(scan, rel.to_path_buf(), e.to_string()),
+    };
+    let mut names = read_names(&mut d, rel, filter, scan);
     names.sort_unstable();
     let Ok(fd) = d.fd() else { return };
     for name in names {
