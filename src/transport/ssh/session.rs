@@ -421,6 +421,24 @@ fn append_known_host(path: &Path, line: &[u8]) -> io::Result<()> {
     r
 }
 
+/// Public key authentication with `key`; as ssh, a certificate
+/// `KEY-cert.pub` beside it (a user certificate signed by a CA the server
+/// trusts) is offered first.
+fn try_key(sess: &ssh2::Session, user: &str, key: &Path, passphrase: Option<&str>) -> bool {
+    let mut cert = key.as_os_str().to_owned();
+    cert.push("-cert.pub");
+    let cert = PathBuf::from(cert);
+    (cert.is_file()
+        && sess
+            .userauth_pubkey_file(user, Some(&cert), key, passphrase)
+            .is_ok()
+        && sess.authenticated())
+        || (sess
+            .userauth_pubkey_file(user, None, key, passphrase)
+            .is_ok()
+            && sess.authenticated())
+}
+
 fn authenticate(sess: &ssh2::Session, hop: &Hop, o: &SshOptions) -> Result<(), OpenError> {
     let (user, host) = (hop.user.as_str(), hop.host.as_str());
     let secret = match &o.password_file {
@@ -464,24 +482,7 @@ fn authenticate(sess: &ssh2::Session, hop: &Hop, o: &SshOptions) -> Result<(), O
             tried.push(format!("(skipped: {e})"));
             continue;
         }
-        // as ssh: a certificate `KEY-cert.pub` beside the key is offered
-        // first (a user certificate signed by a CA the server trusts)
-        let mut cert = k.clone().into_os_string();
-        cert.push("-cert.pub");
-        let cert = PathBuf::from(cert);
-        if cert.is_file()
-            && sess
-                .userauth_pubkey_file(user, Some(&cert), &k, passphrase)
-                .is_ok()
-            && sess.authenticated()
-        {
-            return Ok(());
-        }
-        if sess
-            .userauth_pubkey_file(user, None, &k, passphrase)
-            .is_ok()
-            && sess.authenticated()
-        {
+        if try_key(sess, user, &k, passphrase) {
             return Ok(());
         }
     }
