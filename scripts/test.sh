@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
-command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+{ command -v ssh-keygen && command -v ssh; } >/dev/null 2>&1 || need+=(openssh-client)
 command -v flock >/dev/null 2>&1 || need+=(util-linux)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 # the ssh2 crate builds libssh2 against the system OpenSSL
@@ -36,4 +36,7 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+# the SSH tests again with the system's ssh binary as the transport
+SYNCJOB_TEST_SSH_CLIENT=openssh cargo test --test ssh --test faults --test ssh_config \
+  --test ssh_auto_helper --test ssh_certs --test secstate_ssh --test secfs
 bash tests/packaging.sh

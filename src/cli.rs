@@ -427,6 +427,7 @@ fn cmd_check(g: &Global) -> Result<u8, CliError> {
         }
         Err(e) => return Err(e.into()),
     };
+    let mut unresolved = 0;
     if !g.quiet {
         let now = Utc::now();
         for j in &cfg.jobs {
@@ -453,6 +454,19 @@ fn cmd_check(g: &Global) -> Result<u8, CliError> {
                     format!(", exclude {}", j.exclude.join(" "))
                 }
             );
+            for l in crate::transport::ssh::resolve::check_lines(&j.targets, &j.ssh) {
+                match l {
+                    Ok(l) => println!("{l}"),
+                    Err(l) => {
+                        println!("{l}");
+                        unresolved += 1;
+                    }
+                }
+            }
+        }
+        if unresolved > 0 {
+            eprintln!("syncjob: {unresolved} SSH target(s) cannot be resolved");
+            return Ok(EXIT_USAGE);
         }
     }
     // what can be known locally: a missing source, a target that is a

@@ -30,6 +30,7 @@ pub mod out;
 pub mod plan;
 pub mod preflight;
 pub mod relname;
+pub mod rolling;
 pub mod run;
 pub mod schedule;
 pub mod source;

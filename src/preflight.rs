@@ -85,7 +85,10 @@ fn ssh_files(o: &SshOptions) -> Vec<String> {
         }
     }
     if let Some(kh) = &o.known_hosts
-        && o.strict_host_key_checking == HostKeyPolicy::Strict
+        && matches!(
+            o.strict_host_key_checking,
+            None | Some(HostKeyPolicy::Strict)
+        )
         && !kh.exists()
     {
         out.push(format!(

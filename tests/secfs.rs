@@ -285,7 +285,13 @@ fn hostile_stream(outside: &Path, secret: &Path) -> Vec<u8> {
     let abs_tmp = outside.join(".syncjob-tmp.1.1.abs.txt");
     let os = |p: &Path| p.as_os_str().as_encoded_bytes().to_vec();
     record(&os(&abs_tmp), &os(&abs), 0o644, None, &mut s);
-    record(b"../.syncjob-tmp.1.1.x", b"../escaped.txt", 0o644, None, &mut s);
+    record(
+        b"../.syncjob-tmp.1.1.x",
+        b"../escaped.txt",
+        0o644,
+        None,
+        &mut s,
+    );
     record(
         b"d/../../.syncjob-tmp.1.1.x",
         b"d/../../escaped.txt",

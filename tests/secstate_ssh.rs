@@ -212,7 +212,7 @@ fn a_helper_announcing_billions_of_block_hashes_fails_the_target_not_the_process
         &helper,
         "#!/usr/bin/python3\nimport sys, struct\n\
          i, o = sys.stdin.buffer, sys.stdout.buffer\n\
-         o.write(b'syncjob-helper 1\\n'); o.flush()\n\
+         o.write(b'syncjob-helper 2\\n'); o.flush()\n\
          if i.read(1) == b'H':\n\
          \x20   n, = struct.unpack('<I', i.read(4)); i.read(n)\n\
          \x20   block, = struct.unpack('<I', i.read(4))\n\

@@ -109,7 +109,10 @@ fn unknown_and_changed_host_keys_are_refused_without_retry() {
     assert!(t.elapsed() < Duration::from_secs(5), "not retried");
     let reason = lab.last()["reason"].as_str().unwrap().to_string();
     assert!(reason.contains("is unknown"), "{reason}");
-    assert!(reason.contains("SHA256:"), "{reason}");
+    if common::sshd::client_yaml().is_empty() {
+        // (ssh itself does not print the fingerprint of an unknown key)
+        assert!(reason.contains("SHA256:"), "{reason}");
+    }
     assert!(
         reason.contains(&format!("ssh-keyscan -p {}", s.port)),
         "{reason}"

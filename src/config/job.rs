@@ -7,7 +7,8 @@
 
 use super::raw::{Ctx, Raw};
 use super::{
-    Compare, DEFAULT_MAX_DELETE_PERCENT, Hooks, HostKeyPolicy, Job, Mode, Overlap, SshOptions,
+    Compare, DEFAULT_MAX_DELETE_PERCENT, Hooks, HostKeyPolicy, Job, Mode, Overlap, SshClient,
+    SshConfigFile, SshOptions,
 };
 use crate::filter::Filter;
 use crate::schedule::{self, Schedule};
@@ -474,27 +475,29 @@ fn ssh(ctx: &mut Ctx, rd: &Reader) -> SshOptions {
     if let Some(n) = rd.s("strict_host_key_checking") {
         match n.scalar() {
             Some("strict") | Some("yes") | Some("true") => {
-                ssh.strict_host_key_checking = HostKeyPolicy::Strict
+                ssh.strict_host_key_checking = Some(HostKeyPolicy::Strict)
             }
-            Some("accept-new") => ssh.strict_host_key_checking = HostKeyPolicy::AcceptNew,
+            Some("accept-new") => ssh.strict_host_key_checking = Some(HostKeyPolicy::AcceptNew),
+            Some("no") | Some("false") => ssh.strict_host_key_checking = Some(HostKeyPolicy::No),
             _ => ctx.err(
                 n.pos,
                 rd.j(),
-                "`ssh.strict_host_key_checking` must be strict or accept-new (unknown keys are never accepted silently)",
+                "`ssh.strict_host_key_checking` must be strict, accept-new or no",
             ),
         }
     }
     if let Some(n) = rd.s("port") {
         match n.as_u64().filter(|p| (1..=65535).contains(p)) {
-            Some(p) => ssh.port = p as u16,
+            Some(p) => ssh.port = Some(p as u16),
             None => ctx.err(n.pos, rd.j(), "`ssh.port` must be a port number 1-65535"),
         }
     }
     if let Some(n) = rd.s("timeout")
         && let Some(d) = rd.duration(ctx, n, "ssh.timeout")
     {
-        ssh.timeout = d;
+        ssh.timeout = Some(d);
     }
+    ssh_client(ctx, rd, &mut ssh);
     if let Some(n) = rd.s("remote_helper")
         && let Some(v) = rd.string(ctx, n, "ssh.remote_helper")
     {
@@ -502,13 +505,51 @@ fn ssh(ctx: &mut Ctx, rd: &Reader) -> SshOptions {
             ctx.err(
                 n.pos,
                 rd.j(),
-                "`ssh.remote_helper` must be the path of syncjob on the remote host, e.g. /usr/bin/syncjob",
+                "`ssh.remote_helper` must be auto, none, or the path of syncjob on the remote host, e.g. /usr/bin/syncjob",
             );
         } else {
-            ssh.remote_helper = Some(v);
+            ssh.remote_helper = (v != "auto").then_some(v);
         }
     }
     ssh
+}
+
+/// `ssh.config`, `ssh.client`, `ssh.proxy_jump`: how the target's host is
+/// resolved and reached.
+fn ssh_client(ctx: &mut Ctx, rd: &Reader, ssh: &mut SshOptions) {
+    if let Some(n) = rd.s("config") {
+        match n.as_str() {
+            Some("none") => ssh.config = SshConfigFile::None,
+            Some(v) if !v.trim().is_empty() => {
+                ssh.config =
+                    SshConfigFile::File(rd.path_of(ctx, n, "ssh.config").unwrap_or_default())
+            }
+            _ => ctx.err(
+                n.pos,
+                rd.j(),
+                "`ssh.config` must be the path of an OpenSSH client config file, or none",
+            ),
+        }
+    }
+    if let Some(n) = rd.s("client") {
+        match n.as_str() {
+            Some("libssh2") => ssh.client = SshClient::Libssh2,
+            Some("openssh") => ssh.client = SshClient::OpenSsh,
+            _ => ctx.err(n.pos, rd.j(), "`ssh.client` must be libssh2 or openssh"),
+        }
+    }
+    if let Some(n) = rd.s("proxy_jump") {
+        match n.as_str() {
+            Some(v) if !v.trim().is_empty() && !v.contains(['\n', '\0', ' ']) => {
+                ssh.proxy_jump = Some(v.to_string())
+            }
+            _ => ctx.err(
+                n.pos,
+                rd.j(),
+                "`ssh.proxy_jump` must be [user@]host[:port] hops separated by commas, or none",
+            ),
+        }
+    }
 }
 
 /// `before`, `after`, `on_failure`, `hook_timeout`.

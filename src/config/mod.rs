@@ -44,6 +44,31 @@ pub enum Overlap {
 pub enum HostKeyPolicy {
     Strict,
     AcceptNew,
+    /// OpenSSH's `no`: unknown keys are added without asking; only when the
+    /// job says so itself (a changed key is still refused)
+    No,
+}
+
+/// Which OpenSSH client configuration resolves a target's host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SshConfigFile {
+    /// `~/.ssh/config` then `/etc/ssh/ssh_config`, as `ssh` reads them
+    #[default]
+    Default,
+    /// `ssh.config: FILE` (as `ssh -F FILE`)
+    File(PathBuf),
+    /// `ssh.config: none`: only the target and the job's `ssh:` keys
+    None,
+}
+
+/// The SSH implementation a target is reached with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SshClient {
+    /// embedded (libssh2 through the `ssh2` crate)
+    #[default]
+    Libssh2,
+    /// the system's `ssh` binary, as rsync runs it
+    OpenSsh,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,17 +78,34 @@ pub struct SshOptions {
     /// the system-wide known_hosts, read too (default
     /// /etc/ssh/ssh_known_hosts)
     pub global_known_hosts: Option<PathBuf>,
-    pub strict_host_key_checking: HostKeyPolicy,
+    /// `None`: from the OpenSSH config (`StrictHostKeyChecking`), else strict
+    pub strict_host_key_checking: Option<HostKeyPolicy>,
     pub password_file: Option<PathBuf>,
-    pub port: u16,
-    pub timeout: Duration,
+    /// `None`: the target's, else the OpenSSH config's (`Port`), else 22
+    pub port: Option<u16>,
+    /// `None`: 30 s (connecting: the OpenSSH config's `ConnectTimeout` first)
+    pub timeout: Option<Duration>,
     /// `syncjob` on the remote host (a path or a command name): files go
-    /// through `syncjob helper` there instead of SFTP
+    /// through `syncjob helper` there instead of SFTP; `None`: `auto`
+    /// (`syncjob` on the remote PATH when it answers, else SFTP);
+    /// `Some("none")`: SFTP only
     pub remote_helper: Option<String>,
+    pub config: SshConfigFile,
+    pub client: SshClient,
+    /// `ssh.proxy_jump`: hops as OpenSSH's `ProxyJump` (`none`: no jump
+    /// even if the OpenSSH config names one)
+    pub proxy_jump: Option<String>,
     /// The most entries a remote listing may have (`find` or SFTP): a
     /// longer one fails the target's run (a hostile or broken remote
     /// cannot exhaust memory)
     pub max_listing_entries: u64,
+}
+
+impl SshOptions {
+    /// The I/O timeout of a session (`ssh.timeout`, default 30 s).
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(Duration::from_secs(30))
+    }
 }
 
 impl Default for SshOptions {
@@ -71,12 +113,15 @@ impl Default for SshOptions {
         SshOptions {
             identity: None,
             known_hosts: None,
+            strict_host_key_checking: None,
             global_known_hosts: None,
-            strict_host_key_checking: HostKeyPolicy::Strict,
             password_file: None,
-            port: 22,
-            timeout: Duration::from_secs(30),
+            port: None,
+            timeout: None,
             remote_helper: None,
+            config: SshConfigFile::Default,
+            client: SshClient::Libssh2,
+            proxy_jump: None,
             max_listing_entries: 10_000_000,
         }
     }
@@ -303,8 +348,8 @@ jobs:
         assert!(a.delete);
         assert_eq!(a.retries, 5);
         assert_eq!(a.timezone, Some(chrono_tz::Asia::Shanghai));
-        assert_eq!(a.ssh.port, 2200, "ssh merged per key");
-        assert_eq!(a.ssh.timeout, Duration::from_secs(10));
+        assert_eq!(a.ssh.port, Some(2200), "ssh merged per key");
+        assert_eq!(a.ssh.timeout, Some(Duration::from_secs(10)));
         assert_eq!(a.ssh.identity, Some(PathBuf::from("/etc/syncjob/keys/id")));
         assert_eq!(a.exclude.len(), 4);
         let b = &c.jobs[1];

@@ -51,6 +51,9 @@ pub(super) const SSH_KEYS: &[&str] = &[
     "port",
     "timeout",
     "remote_helper",
+    "config",
+    "client",
+    "proxy_jump",
     "max_listing_entries",
 ];
 pub(super) const RSYNC_KEYS: &[&str] = &["password_file", "port", "timeout"];

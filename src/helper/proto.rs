@@ -28,9 +28,10 @@
 //! common cases for big files, send only the changed blocks.
 //!
 //! Every length and count read is bounded ([`MAX_PATH`], [`MAX_CHUNK`],
-//! [`MAX_BLOCK`], [`MAX_HASHES`]) before anything is allocated for it. Paths are relative to the helper's
-//! `--root`; a temporary path is a `.syncjob-tmp.` name beside its final
-//! path; hashes are asked for blocks of [`MIN_BLOCK`]..=[`MAX_BLOCK`].
+//! [`MAX_BLOCK`], [`MAX_HASHES`]) before anything is allocated for it.
+//! Paths are relative to the helper's `--root`; a temporary path is a
+//! `.syncjob-tmp.` name beside its final path; hashes are asked for blocks
+//! of [`MIN_BLOCK`]..=[`MAX_BLOCK`].
 
 use std::io::{self, Read};
 

@@ -53,7 +53,7 @@ enum Shortcut {
     /// The source matches the manifest: nothing to do.
     Unchanged,
     /// Plan against these entries (listed at this Unix time), not a listing.
-    Known(manifest::ManifestEntries, u64),
+    Known(Box<manifest::ManifestEntries>, u64),
     /// No usable manifest: list the target.
     List,
 }
@@ -135,7 +135,7 @@ pub(super) fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Recor
             t.outcome.from_manifest = true;
             return t.finish(Status::Ok, None);
         }
-        Shortcut::Known(entries, at) => Some((entries, at)),
+        Shortcut::Known(entries, at) => Some((*entries, at)),
         Shortcut::List => None,
     };
     loop {
@@ -166,7 +166,7 @@ pub(super) fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Recor
 }
 
 /// What the transports need of a job.
-fn transport_settings(job: &Job) -> TransportSettings {
+fn transport_settings(job: &Job, env: &Env) -> TransportSettings {
     TransportSettings {
         ssh: job.ssh.clone(),
         rsync: crate::transport::rsyncd::RsyncSettings {
@@ -175,6 +175,7 @@ fn transport_settings(job: &Job) -> TransportSettings {
             exclude: job.exclude.clone(),
             preserve_owner: job.preserve_owner,
         },
+        state_dir: Some(env.state_dir.clone()),
     }
 }
 
@@ -243,7 +244,7 @@ impl<'a> TargetRun<'a> {
         }
         // the source changed: plan against the manifest, no listing
         match m.entries() {
-            Some(entries) => Shortcut::Known(entries, m.listed_at),
+            Some(entries) => Shortcut::Known(Box::new(entries), m.listed_at),
             None => Shortcut::List,
         }
     }
@@ -257,16 +258,17 @@ impl<'a> TargetRun<'a> {
             .map(|(_, at)| *at)
             .unwrap_or_else(manifest::unix_now);
         let known = known.map(|(e, _)| e);
-        let (what, e) = match open_and_list(self.run.open, self.job, self.target, known) {
-            Ok((transport, listing)) => {
-                return Connected::Ready(Connection {
-                    transport,
-                    listing,
-                    listed_at,
-                });
-            }
-            Err(x) => x,
-        };
+        let (what, e) =
+            match open_and_list(self.run.open, self.job, self.target, self.run.env, known) {
+                Ok((transport, listing)) => {
+                    return Connected::Ready(Connection {
+                        transport,
+                        listing,
+                        listed_at,
+                    });
+                }
+                Err(x) => x,
+            };
         let permanent = e.retry == Retry::Permanent;
         if !permanent && !self.run.opts.inline_retries && !self.run.opts.dry_run {
             self.retry_later = true;
@@ -391,7 +393,7 @@ impl<'a> TargetRun<'a> {
                 }
             }
         };
-        let tsettings = transport_settings(job);
+        let tsettings = transport_settings(job, self.run.env);
         let open = self.run.open;
         let open_extra = || open(target, &tsettings).map_err(|e| e.source);
         let max_delete = self.max_delete(&plan);
@@ -561,9 +563,10 @@ fn open_and_list(
     open: &Opener,
     job: &Job,
     target: &Target,
+    env: &Env,
     known: Option<manifest::ManifestEntries>,
 ) -> Result<(Box<dyn Transport>, Listing), (String, OpenError)> {
-    let mut t = open(target, &transport_settings(job))
+    let mut t = open(target, &transport_settings(job, env))
         .map_err(|e| ("cannot reach target".to_string(), e))?;
     let l = match known {
         Some(entries) => Listing {

@@ -171,6 +171,8 @@ pub struct TransportSettings {
     /// How to reach rsync daemon targets, and what of the job they need:
     /// `rsync` sends from the source itself and applies the excludes.
     pub rsync: rsyncd::RsyncSettings,
+    /// Where what is learnt of targets is kept (the remote helper probe).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Whether retrying can help after a failure to reach a target.

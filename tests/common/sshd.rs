@@ -97,11 +97,14 @@ impl Sshd {
              AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
              PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              UsePAM no\nStrictModes no\nUseDNS no\nPrintMotd no\nPrintLastLog no\nX11Forwarding no\n\
-             AllowTcpForwarding no\nMaxStartups 100:30:200\nMaxSessions 64\nLogLevel ERROR\n\
-             Subsystem sftp internal-sftp\n{extra}\n",
+             MaxStartups 100:30:200\nMaxSessions 64\n\
+             Subsystem sftp internal-sftp\n{extra}\n{forwarding}{loglevel}",
             port = self.port,
             d = d.display(),
-            extra = self.extra
+            extra = self.extra,
+            // (sshd takes the first value of a key: `extra` may set these)
+            forwarding = "AllowTcpForwarding no\n",
+            loglevel = "LogLevel ERROR\n",
         );
         fs::write(d.join("sshd_config"), cfg).unwrap();
         let _ = fs::remove_file(d.join("sshd.pid"));
@@ -178,12 +181,23 @@ impl Sshd {
     }
 
     /// The `ssh:` block with more keys (`", key: value"`).
+    /// `SYNCJOB_TEST_SSH_CLIENT=openssh` runs the same tests with
+    /// `ssh.client: openssh` (scripts/test.sh does, after the default run).
     pub fn ssh_yaml_with(&self, more: &str) -> String {
         format!(
-            "ssh: {{ identity: {}, known_hosts: {}, timeout: 10s{more} }}",
+            "ssh: {{ identity: {}, known_hosts: {}, timeout: 10s{}{more} }}",
             self.key.display(),
-            self.known_hosts.display()
+            self.known_hosts.display(),
+            client_yaml()
         )
+    }
+}
+
+/// `, client: openssh` when `SYNCJOB_TEST_SSH_CLIENT=openssh`.
+pub fn client_yaml() -> String {
+    match std::env::var("SYNCJOB_TEST_SSH_CLIENT") {
+        Ok(c) if !c.is_empty() => format!(", client: {c}"),
+        _ => String::new(),
     }
 }
 

@@ -9,38 +9,41 @@
 //! source's blocks are hashed here; only differing blocks are sent.
 
 use super::Ssh;
+use super::openssh::Pipe;
 use super::session::shell_quote;
 use crate::helper::proto;
 use crate::transport::{CopyCtx, OpenError, open_source, temp_name, verify_unchanged};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+/// How long a starting helper may take to greet.
+const GREETING_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Start `CMD helper --root ROOT` on the remote and check its greeting
 /// (the helper is confined to the target root; paths sent are relative to
 /// it). A helper that cannot start is a permanent error (it is configured,
 /// and would be missing on every retry).
 pub(super) fn start_helper(
-    sess: &ssh2::Session,
+    conn: &super::Conn,
     cmd: &str,
     root: &[u8],
     label: &str,
-) -> Result<ssh2::Channel, OpenError> {
-    let mut ch = sess.channel_session().map_err(io::Error::from)?;
+) -> Result<Box<dyn Pipe>, OpenError> {
     let mut line = b"exec ".to_vec();
     line.extend_from_slice(&shell_quote(cmd.as_bytes()));
     line.extend_from_slice(b" helper --root ");
     line.extend_from_slice(&shell_quote(root));
-    ch.exec(&String::from_utf8_lossy(&line))
-        .map_err(io::Error::from)?;
+    let mut ch = conn.stream(&line, false)?;
     let mut greeting = vec![0u8; proto::GREETING.len()];
-    let got = ch.read_exact(&mut greeting);
+    let got = if ch.readable_within(GREETING_WAIT) {
+        ch.read_exact(&mut greeting)
+    } else {
+        Err(io::Error::new(io::ErrorKind::TimedOut, "no greeting"))
+    };
     if got.is_ok() && greeting == proto::GREETING {
         return Ok(ch);
     }
-    let mut err = Vec::new();
-    let _ = ch.stderr().take(64 << 10).read_to_end(&mut err);
-    let _ = ch.wait_close();
-    let status = ch.exit_status().unwrap_or(-1);
+    let (status, err) = ch.finish();
     let said = String::from_utf8_lossy(&err).trim().to_string();
     let why = match (status, said.is_empty()) {
         (127, _) => format!("`{cmd}` not found there (exit 127)"),
@@ -57,7 +60,7 @@ pub(super) fn start_helper(
     Err(OpenError::permanent(
         io::ErrorKind::NotFound,
         format!(
-            "remote helper on {label}: {why} (set ssh.remote_helper to syncjob's path there, or remove it to use SFTP)"
+            "remote helper on {label}: {why} (set ssh.remote_helper to syncjob's path there, to auto, or to none to use SFTP)"
         ),
     ))
 }
@@ -98,7 +101,7 @@ fn hash_source(f: &std::fs::File, len: u64, block: u32) -> io::Result<Vec<[u8; 3
 /// failure (a read error, a shutdown), if any; `Err`: the stream broke.
 #[allow(clippy::too_many_arguments)]
 fn send_delta(
-    ch: &mut ssh2::Channel,
+    ch: &mut Box<dyn Pipe>,
     out: &mut Vec<u8>,
     buf: &mut Vec<u8>,
     input: &std::fs::File,
@@ -263,7 +266,7 @@ fn open_big(
 /// while the source's blocks are hashed here. `None` for a file with no
 /// hashes there (a new file, …) or here: it is sent whole.
 fn ask_hashes(
-    ch: &mut ssh2::Channel,
+    ch: &mut Box<dyn Pipe>,
     paths: &[(Vec<u8>, Vec<u8>)],
     opened: &[Option<Opened>],
     out: &mut Vec<u8>,
@@ -326,7 +329,7 @@ impl FileOut<'_> {
     /// stream broke.
     fn send(
         mut self,
-        ch: &mut ssh2::Channel,
+        ch: &mut Box<dyn Pipe>,
         out: &mut Vec<u8>,
         buf: &mut Vec<u8>,
         basis: Option<Basis>,
@@ -372,7 +375,7 @@ impl FileOut<'_> {
     /// The whole file as data chunks.
     fn send_whole(
         &mut self,
-        ch: &mut ssh2::Channel,
+        ch: &mut Box<dyn Pipe>,
         out: &mut Vec<u8>,
         buf: &mut [u8],
         ctx: &CopyCtx,

@@ -61,11 +61,7 @@ impl Ssh {
               cd -- \"$root\" || exit 4; \
               exec find . -printf '%y\\0%s\\0%T@\\0%m\\0%U\\0%G\\0%P\\0%l\\0'",
         );
-        let mut ch = self.sess.channel_session().map_err(io::Error::from)?;
-        ch.handle_extended_data(ssh2::ExtendedData::Ignore)
-            .map_err(io::Error::from)?;
-        ch.exec(&String::from_utf8_lossy(&cmd))
-            .map_err(io::Error::from)?;
+        let mut ch = self.conn.stream(&cmd, true)?;
         let mut p = FindParser::new(self.max_entries);
         let mut buf: Vec<u8> = Vec::with_capacity(256 << 10);
         let mut chunk = vec![0u8; 64 << 10];
@@ -84,8 +80,7 @@ impl Ssh {
                 .map_err(|why| violation(format!("remote listing of {}: {why}", self.label)))?;
             buf.drain(..used);
         }
-        ch.wait_close().map_err(io::Error::from)?;
-        let code = ch.exit_status().map_err(io::Error::from)?;
+        let (code, _) = ch.finish();
         match code {
             3 if p.records == 0 => Ok(Find::Missing),
             4 => Err(io::Error::new(

@@ -21,10 +21,15 @@
 //! `helper_client` (files through `syncjob helper`), `sftp` (the SFTP v3
 //! client). This file holds the [`Ssh`] transport that ties them together.
 
+mod config_parse;
 mod helper_client;
+mod helper_probe;
+mod jump;
 mod known_hosts;
 mod listing;
 mod old_times;
+pub mod openssh;
+pub mod resolve;
 mod session;
 pub mod sftp;
 mod sftp_put;
@@ -32,8 +37,10 @@ mod sftp_put;
 pub use listing::parse_find;
 pub use session::{base64, shell_quote};
 
+use self::openssh::Pipe;
 use self::sftp::Sftp;
 use super::{CopyCtx, Listing, OpenError, Transport, TransportSettings};
+use crate::config::SshClient;
 use crate::filter::Filter;
 use crate::plan::{Action, EntryKind};
 use crate::target::SshTarget;
@@ -43,43 +50,138 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub struct Ssh {
-    sess: ssh2::Session,
     sftp: Sftp,
     /// `syncjob helper` running on the remote, when the job asks for it
-    helper: Option<ssh2::Channel>,
+    helper: Option<Box<dyn Pipe>>,
     /// the target root as the remote sees it (bytes)
     root: Vec<u8>,
     label: String,
     /// `ssh.max_listing_entries`
     max_entries: u64,
+    /// the connection (last: dropped after the channels opened on it)
+    conn: Conn,
+}
+
+/// The connection to the target host, by `ssh.client`.
+enum Conn {
+    /// libssh2; the jump hosts' relays after the session (dropped once it
+    /// is closed)
+    Embedded {
+        sess: ssh2::Session,
+        _tunnels: Vec<jump::Tunnel>,
+    },
+    /// the system's `ssh`
+    OpenSsh(Box<openssh::Client>),
+}
+
+impl Conn {
+    /// Run a command; (exit status, stdout, stderr).
+    fn exec(&self, cmd: &[u8], ignore_stderr: bool) -> io::Result<(i32, Vec<u8>, Vec<u8>)> {
+        match self {
+            Conn::Embedded { sess, .. } => session::exec(sess, cmd, ignore_stderr),
+            Conn::OpenSsh(c) => c.exec(cmd, ignore_stderr),
+        }
+    }
+
+    /// Start a command kept running, spoken to over its stdin/stdout.
+    fn stream(&self, cmd: &[u8], ignore_stderr: bool) -> io::Result<Box<dyn Pipe>> {
+        match self {
+            Conn::Embedded { sess, .. } => {
+                let mut ch = sess.channel_session().map_err(io::Error::from)?;
+                if ignore_stderr {
+                    ch.handle_extended_data(ssh2::ExtendedData::Ignore)
+                        .map_err(io::Error::from)?;
+                }
+                ch.exec(&String::from_utf8_lossy(cmd))
+                    .map_err(io::Error::from)?;
+                Ok(Box::new(ch))
+            }
+            // (the child's stderr is always read aside, at most 64 KiB kept)
+            Conn::OpenSsh(c) => Ok(Box::new(c.stream(cmd)?)),
+        }
+    }
+
+    /// Start SFTP.
+    fn sftp(&self, label: &str) -> Result<Sftp, OpenError> {
+        let what =
+            |e: io::Error| io::Error::new(e.kind(), format!("cannot start sftp on {label}: {e}"));
+        match self {
+            Conn::Embedded { sess, .. } => {
+                let mut ch = sess.channel_session().map_err(io::Error::from)?;
+                ch.subsystem("sftp").map_err(io::Error::from)?;
+                Ok(Sftp::start(Box::new(ch)).map_err(what)?)
+            }
+            Conn::OpenSsh(c) => {
+                let pipe = c.sftp()?;
+                let said = pipe.stderr();
+                Sftp::start(Box::new(pipe)).map_err(|e| {
+                    // the pipe is closed and waited for: all that ssh said
+                    let said = said.lock().unwrap_or_else(|p| p.into_inner());
+                    if said.is_empty() {
+                        OpenError::from(what(e))
+                    } else {
+                        c.failed(&said)
+                    }
+                })
+            }
+        }
+    }
 }
 
 impl Ssh {
-    /// Open a session (see `session`), start SFTP on it, and the remote
-    /// helper when the job sets `ssh.remote_helper`.
+    /// Resolve the target (see `resolve`), connect with the job's client
+    /// (see `session`, `openssh`), start SFTP, and the remote helper when
+    /// the job sets `ssh.remote_helper`.
     pub fn connect(t: &SshTarget, settings: &TransportSettings) -> Result<Ssh, OpenError> {
         // a target's own `ssh:` settings replace the job's
         let o = t.ssh.as_deref().unwrap_or(&settings.ssh);
-        let (sess, label) = session::open(t, o)?;
-        let chan = sess.channel_session().map_err(io::Error::from)?;
-        let sftp = Sftp::start(chan)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot start sftp on {label}: {e}")))?;
-        let helper = match &o.remote_helper {
+        let r = resolve::resolve(t, o)
+            .map_err(|e| OpenError::permanent(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let key = format!("{}@{}:{}", r.target.user, r.target.host, r.target.port);
+        let (conn, label) = match o.client {
+            SshClient::Libssh2 => {
+                let session::Opened {
+                    sess,
+                    label,
+                    mut tunnels,
+                } = session::open_resolved(&r, o)?;
+                tunnels.reverse(); // the innermost relay stops first
+                let conn = Conn::Embedded {
+                    sess,
+                    _tunnels: tunnels,
+                };
+                (conn, label)
+            }
+            SshClient::OpenSsh => {
+                let c = openssh::Client::new(r, o)?;
+                let label = c.label.clone();
+                (Conn::OpenSsh(Box::new(c)), label)
+            }
+        };
+        let sftp = conn.sftp(&label)?;
+        let helper = match o.remote_helper.as_deref() {
+            Some("none") => None,
             Some(cmd) => Some(helper_client::start_helper(
-                &sess,
+                &conn,
                 cmd,
                 t.path.as_bytes(),
                 &label,
             )?),
-            None => None,
+            None => helper_probe::auto(
+                &conn,
+                t.path.as_bytes(),
+                &label,
+                settings.state_dir.as_deref(),
+                &key,
+            ),
         };
         Ok(Ssh {
-            sess,
             sftp,
             helper,
             root: t.path.as_bytes().to_vec(),
             label,
             max_entries: o.max_listing_entries,
+            conn,
         })
     }
 
@@ -168,7 +270,7 @@ impl Transport for Ssh {
     fn ensure_root(&mut self) -> io::Result<()> {
         let mut cmd = b"mkdir -p -- ".to_vec();
         cmd.extend_from_slice(&shell_quote(&self.root));
-        let (code, _, err) = session::exec(&self.sess, &cmd, false)?;
+        let (code, _, err) = self.conn.exec(&cmd, false)?;
         if code != 0 {
             return Err(io::Error::other(format!(
                 "mkdir -p on {}: {}",
@@ -198,7 +300,7 @@ impl Transport for Ssh {
         let local: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         let mut cmd = b"sha256sum < ".to_vec();
         cmd.extend_from_slice(&shell_quote(&self.path(rel)));
-        let (code, out, err) = session::exec(&self.sess, &cmd, false)?;
+        let (code, out, err) = self.conn.exec(&cmd, false)?;
         if code != 0 {
             return Err(io::Error::other(format!(
                 "sha256sum on {}: {}",

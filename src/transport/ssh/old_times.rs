@@ -8,7 +8,7 @@
 //! without GNU touch leaves the clamped time (the failure is returned).
 
 use super::Ssh;
-use super::session::{self, shell_quote};
+use super::session::shell_quote;
 use std::io;
 
 /// Whether SFTP v3 can carry these seconds.
@@ -27,7 +27,7 @@ impl Ssh {
             cmd.extend_from_slice(format!("touch -h -m -d @{secs} -- ").as_bytes());
             cmd.extend_from_slice(&shell_quote(path));
             if cmd.len() > 64 * 1024 || k + 1 == items.len() {
-                let (code, _, err) = session::exec(&self.sess, &cmd, false)?;
+                let (code, _, err) = self.conn.exec(&cmd, false)?;
                 if code != 0 {
                     return Err(io::Error::other(format!(
                         "cannot set a modification time outside 1970-2106 on {}: {}",

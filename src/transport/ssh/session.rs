@@ -14,8 +14,8 @@
 //!   [`OpenError`]s of kind [`Retry::Permanent`](crate::transport::Retry).
 
 use super::known_hosts::{self, KnownHosts, Verdict};
+use super::resolve::{Hop, Resolved};
 use crate::config::{HostKeyPolicy, SshOptions};
-use crate::target::SshTarget;
 use crate::transport::OpenError;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -79,7 +79,7 @@ fn home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
-fn local_user() -> String {
+pub(super) fn local_user() -> String {
     for v in ["USER", "LOGNAME"] {
         if let Ok(u) = std::env::var(v)
             && !u.is_empty()
@@ -154,53 +154,117 @@ fn check_identity(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Connect, check the host key and authenticate; returns the session and
-/// the `host:port` label used in messages.
-pub(super) fn open(t: &SshTarget, o: &SshOptions) -> Result<(ssh2::Session, String), OpenError> {
-    let port = t.port.unwrap_or(o.port);
-    let label = format!("{}:{port}", t.host);
-    let addrs: Vec<_> = (t.host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("cannot resolve {}: {e}", t.host),
-            )
-        })?
-        .collect();
-    let mut last = io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("no address for {}", t.host),
-    );
-    // `timeout` bounds the whole opening (TCP, handshake, host key,
-    // authentication), not each step: a frozen server costs `timeout`.
-    let deadline = std::time::Instant::now() + o.timeout;
-    let left = || -> io::Result<std::time::Duration> {
-        deadline
+/// A connected session and what keeps it alive: the sessions and pump
+/// threads of its jump hosts (dropped after it).
+pub(super) struct Opened {
+    pub sess: ssh2::Session,
+    pub label: String,
+    pub tunnels: Vec<super::jump::Tunnel>,
+}
+
+/// `host:port`, or `alias (host:port)` when the config renamed it.
+pub(super) fn hop_label(h: &Hop) -> String {
+    if h.alias == h.host {
+        format!("{}:{}", h.host, h.port)
+    } else {
+        format!("{} ({}:{})", h.alias, h.host, h.port)
+    }
+}
+
+/// `ssh.timeout` bounds the whole opening of a connection (TCP, handshake,
+/// host key, authentication, at every jump host), not each step: a frozen
+/// server costs `timeout`, not a multiple of it.
+struct Deadline {
+    at: std::time::Instant,
+    total: std::time::Duration,
+}
+
+impl Deadline {
+    fn new(total: std::time::Duration) -> Deadline {
+        Deadline {
+            at: std::time::Instant::now() + total,
+            total,
+        }
+    }
+
+    /// The time left, or a timeout error naming `label`.
+    fn left(&self, label: &str) -> io::Result<std::time::Duration> {
+        self.at
             .checked_duration_since(std::time::Instant::now())
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("connecting to {label}: timed out after {:?}", o.timeout),
+                    format!("connecting to {label}: timed out after {:?}", self.total),
                 )
             })
-    };
-    let ms = |d: std::time::Duration| d.as_millis().clamp(1, u32::MAX as u128) as u32;
-    let mut tcp = None;
+    }
+}
+
+/// A duration as libssh2's timeout in milliseconds (0 would mean none).
+fn ms(d: std::time::Duration) -> u32 {
+    d.as_millis().clamp(1, u32::MAX as u128) as u32
+}
+
+pub(super) fn open_resolved(r: &Resolved, o: &SshOptions) -> Result<Opened, OpenError> {
+    let deadline = Deadline::new(o.timeout());
+    let mut tunnels: Vec<super::jump::Tunnel> = Vec::new();
+    let mut hops = r.jump.iter().chain(std::iter::once(&r.target)).peekable();
+    let first = hops.next().expect("at least the target");
+    let mut sess = handshake(tcp_connect(first, &deadline)?, first, o, &deadline)?;
+    let mut last = first;
+    for hop in hops {
+        let (tunnel, stream) = super::jump::Tunnel::open(sess, hop, &hop_label(last))?;
+        tunnels.push(tunnel);
+        sess = handshake(stream, hop, o, &deadline)?;
+        last = hop;
+    }
+    Ok(Opened {
+        sess,
+        label: hop_label(&r.target),
+        tunnels,
+    })
+}
+
+fn tcp_connect(h: &Hop, deadline: &Deadline) -> Result<TcpStream, OpenError> {
+    let label = hop_label(h);
+    let addrs: Vec<_> = (h.host.as_str(), h.port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("cannot resolve {}: {e}", h.host),
+            )
+        })?
+        .collect();
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no address for {}", h.host),
+    );
     for a in addrs {
-        match TcpStream::connect_timeout(&a, left()?) {
+        let wait = h.connect_timeout.min(deadline.left(&label)?);
+        match TcpStream::connect_timeout(&a, wait) {
             Ok(s) => {
-                tcp = Some(s);
-                break;
+                let _ = s.set_nodelay(true);
+                return Ok(s);
             }
             Err(e) => last = io::Error::new(e.kind(), format!("connect to {label}: {e}")),
         }
     }
-    let tcp = tcp.ok_or(last)?;
-    let _ = tcp.set_nodelay(true);
+    Err(last.into())
+}
+
+/// SSH handshake over `stream` (TCP, or a jump host's tunnel), host key
+/// check and authentication for `hop`.
+fn handshake<S: std::os::fd::AsRawFd + 'static>(
+    stream: S,
+    hop: &Hop,
+    o: &SshOptions,
+    deadline: &Deadline,
+) -> Result<ssh2::Session, OpenError> {
+    let label = hop_label(hop);
     let mut sess = ssh2::Session::new().map_err(io::Error::from)?;
-    sess.set_tcp_stream(tcp);
+    sess.set_tcp_stream(stream);
     // AEAD ciphers first (one pass over the data instead of cipher +
     // MAC). Measured with bench/compare.sh on 1 GiB through libssh2:
     // chacha20-poly1305 3.70 s, aes128-ctr 4.61 s, aes128-gcm 4.75 s.
@@ -208,29 +272,37 @@ pub(super) fn open(t: &SshTarget, o: &SshOptions) -> Result<(ssh2::Session, Stri
     for m in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
         let _ = sess.method_pref(m, CIPHERS);
     }
+    // this hop's host key policy and known_hosts files
+    let eff = SshOptions {
+        known_hosts: hop.known_hosts.first().cloned(),
+        strict_host_key_checking: Some(hop.strict),
+        ..o.clone()
+    };
     // known_hosts read before the handshake: the host key algorithms it
     // lists for this host are preferred (the server then presents a key
     // that can be checked), as OpenSSH does
-    let (kh_path, global) = known_hosts_files(o);
-    let kh = KnownHosts::load(&[&kh_path, &global])?;
-    let lookup = known_hosts::lookup_name(&t.host, port);
+    let (kh_path, global) = known_hosts_files(&eff);
+    let mut files: Vec<&Path> = vec![&kh_path];
+    files.extend(hop.known_hosts.iter().skip(1).map(PathBuf::as_path));
+    files.push(&global);
+    let kh = KnownHosts::load(&files)?;
+    let lookup = known_hosts::lookup_name(&hop.host, hop.port);
     if let Ok(sup) = sess.supported_algs(ssh2::MethodType::HostKey) {
         let pref = known_hosts::preference(&kh.types_for(&lookup), &sup);
         let _ = sess.method_pref(ssh2::MethodType::HostKey, &pref);
     }
-    sess.set_timeout(ms(left()?));
+    sess.set_timeout(ms(deadline.left(&label)?));
     sess.handshake().map_err(|e| {
         io::Error::new(
             io::ErrorKind::ConnectionAborted,
             format!("ssh handshake with {label}: {e}"),
         )
     })?;
-    check_host_key(&sess, &t.host, port, o, &kh)?;
-    let user = t.user.clone().unwrap_or_else(local_user);
-    sess.set_timeout(ms(left()?));
-    authenticate(&sess, &user, &t.host, o)?;
-    sess.set_timeout(ms(o.timeout));
-    Ok((sess, label))
+    check_host_key(&sess, &hop.host, hop.port, &eff, &kh)?;
+    sess.set_timeout(ms(deadline.left(&label)?));
+    authenticate(&sess, hop, o)?;
+    sess.set_timeout(ms(o.timeout()));
+    Ok(sess)
 }
 
 /// Run a command; returns (exit status, stdout). Stderr is ignored when
@@ -349,9 +421,13 @@ fn check_host_key(
         )),
         Verdict::CertAuthority(at) => refuse(format!(
             "host {name} is covered by a @cert-authority line ({at}), but syncjob cannot check host \
-             certificates; its plain key {kt} {fp} is not listed: verify it and add it with: {keyscan}"
+             certificates (use ssh.client: openssh, which does); its plain key {kt} {fp} is not listed: \
+             verify it and add it with: {keyscan}"
         )),
-        Verdict::Unknown if o.strict_host_key_checking == HostKeyPolicy::AcceptNew => {
+        Verdict::Unknown
+            if o.strict_host_key_checking
+                .is_some_and(|p| p != HostKeyPolicy::Strict) =>
+        {
             if let Some(dir) = kh_path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
@@ -385,61 +461,72 @@ fn append_known_host(path: &Path, line: &[u8]) -> io::Result<()> {
     r
 }
 
-fn authenticate(
-    sess: &ssh2::Session,
-    user: &str,
-    host: &str,
-    o: &SshOptions,
-) -> Result<(), OpenError> {
+/// Public key authentication with `key`; as ssh, a certificate
+/// `KEY-cert.pub` beside it (a user certificate signed by a CA the server
+/// trusts) is offered first.
+fn try_key(sess: &ssh2::Session, user: &str, key: &Path, passphrase: Option<&str>) -> bool {
+    let mut cert = key.as_os_str().to_owned();
+    cert.push("-cert.pub");
+    let cert = PathBuf::from(cert);
+    (cert.is_file()
+        && sess
+            .userauth_pubkey_file(user, Some(&cert), key, passphrase)
+            .is_ok()
+        && sess.authenticated())
+        || (sess
+            .userauth_pubkey_file(user, None, key, passphrase)
+            .is_ok()
+            && sess.authenticated())
+}
+
+fn authenticate(sess: &ssh2::Session, hop: &Hop, o: &SshOptions) -> Result<(), OpenError> {
+    let (user, host) = (hop.user.as_str(), hop.host.as_str());
     let secret = match &o.password_file {
         Some(p) => Some(read_secret(p)?),
         None => None,
     };
     let mut tried = Vec::new();
-    let keys: Vec<PathBuf> = match &o.identity {
-        Some(p) => vec![p.clone()],
-        None => {
-            if std::env::var_os("SSH_AUTH_SOCK").is_some() {
-                tried.push("ssh-agent".to_string());
-                if sess.userauth_agent(user).is_ok() && sess.authenticated() {
-                    return Ok(());
-                }
+    // the job's `identity` alone; else ssh-agent (unless IdentitiesOnly),
+    // then the config's IdentityFile list (default keys) that exist
+    let keys: Vec<PathBuf> = if hop.identity_given {
+        hop.identities.clone()
+    } else {
+        if std::env::var_os("SSH_AUTH_SOCK").is_some() && !hop.identities_only {
+            tried.push("ssh-agent".to_string());
+            if sess.userauth_agent(user).is_ok() && sess.authenticated() {
+                return Ok(());
             }
-            ["id_ed25519", "id_rsa"]
-                .iter()
-                .map(|n| home().join(".ssh").join(n))
-                .filter(|p| p.exists())
-                .collect()
         }
+        hop.identities
+            .iter()
+            .filter(|p| p.exists())
+            .cloned()
+            .collect()
     };
     // with `identity`, password_file holds its passphrase, which never
     // goes to the server; without, it is the login password (the default
     // keys are tried without a passphrase)
-    let passphrase = o.identity.as_ref().and(secret.as_deref());
+    let passphrase = secret.as_deref().filter(|_| hop.identity_given);
     for k in keys {
         tried.push(k.display().to_string());
-        if o.identity.is_some() && !k.exists() {
+        if hop.identity_given && !k.exists() {
             return Err(permanent(
                 io::ErrorKind::NotFound,
                 format!("identity file {} does not exist", k.display()),
             ));
         }
         if let Err(e) = check_identity(&k) {
-            if o.identity.is_some() {
+            if hop.identity_given {
                 return Err(permanent(io::ErrorKind::PermissionDenied, e));
             }
             tried.push(format!("(skipped: {e})"));
             continue;
         }
-        if sess
-            .userauth_pubkey_file(user, None, &k, passphrase)
-            .is_ok()
-            && sess.authenticated()
-        {
+        if try_key(sess, user, &k, passphrase) {
             return Ok(());
         }
     }
-    if o.identity.is_none()
+    if !hop.identity_given
         && let Some(pw) = &secret
     {
         tried.push("password".into());

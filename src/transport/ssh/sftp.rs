@@ -1,4 +1,5 @@
-//! A small SFTP (version 3) client over an ssh2 channel.
+//! A small SFTP (version 3) client over an ssh2 channel or an `ssh -s sftp`
+//! child's pipes.
 //!
 //! Written here rather than using `ssh2::Sftp` for two reasons: requests can
 //! be pipelined (many WRITEs in flight, and the close/setstat/rename of a
@@ -221,7 +222,7 @@ impl Reply {
 use crate::transport::violation::violation;
 
 pub struct Sftp {
-    chan: ssh2::Channel,
+    chan: Box<dyn super::openssh::Pipe>,
     next_id: u32,
     /// ids sent and not yet answered, oldest first
     pending: VecDeque<u32>,
@@ -254,8 +255,8 @@ fn chan_err(e: io::Error) -> io::Error {
 }
 
 impl Sftp {
-    pub fn start(mut chan: ssh2::Channel) -> io::Result<Sftp> {
-        chan.subsystem("sftp").map_err(io::Error::from)?;
+    /// Speak SFTP over `chan`, the `sftp` subsystem already started.
+    pub fn start(chan: Box<dyn super::openssh::Pipe>) -> io::Result<Sftp> {
         let mut s = Sftp {
             chan,
             next_id: 1,
