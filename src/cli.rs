@@ -72,6 +72,12 @@ pub enum Command {
     },
     /// Run the scheduler in the foreground (what the systemd unit starts)
     Daemon,
+    /// Watch jobs in the foreground: one full sync, then every change as it happens
+    Watch {
+        /// Jobs to watch
+        #[arg(required = true)]
+        jobs: Vec<String>,
+    },
     /// Validate the jobs file
     Check,
     /// Jobs with schedule, targets, last outcome and next fire time
@@ -224,6 +230,7 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             wait,
         } => cmd_run(g, jobs, *all, *dry_run, *verify, *wait),
         Command::Daemon => crate::daemon::run(g).map(|()| EXIT_OK),
+        Command::Watch { jobs } => crate::watch::cli::run(g, jobs).map(|()| EXIT_OK),
         Command::Check => cmd_check(g),
         Command::List { json } => cmd_list(g, *json),
         Command::Next {
@@ -344,6 +351,7 @@ fn cmd_run(
         verify,
         progress: !g.quiet && !dry_run && std::io::IsTerminal::is_terminal(&std::io::stdout()),
         scheduled_for: None,
+        note: None,
     };
     let env = g.env();
     let cancel = AtomicBool::new(false);
@@ -636,6 +644,7 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             "last_status": l.map(|r| r.status.clone()),
             "last_run": l.map(|r| r.finished_at.clone()),
             "next": next,
+            "watch": crate::watch::status::describe(&env.state_dir, j),
         }));
     }
     if json {
@@ -659,6 +668,9 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             r["next"].as_str().unwrap_or("-"),
             join_targets(j)
         );
+    }
+    for l in crate::watch::status::text_lines(&env.state_dir, &cfg.jobs) {
+        println!("{l}");
     }
     Ok(EXIT_OK)
 }
@@ -690,6 +702,7 @@ fn cmd_status(g: &Global, json: bool) -> Result<u8, CliError> {
             "running": running.iter().map(|(n, h)| serde_json::json!({
                 "job": n, "pid": h.pid, "since": h.since, "trigger": h.trigger
             })).collect::<Vec<_>>(),
+            "watched": g.load().map(|c| c.jobs.iter().filter_map(|j| crate::watch::status::read_snapshot(&env.state_dir, &j.name)).collect::<Vec<_>>()).unwrap_or_default(),
         });
         println!("{v}");
         return Ok(EXIT_OK);
@@ -707,6 +720,11 @@ fn cmd_status(g: &Global, json: bool) -> Result<u8, CliError> {
         println!("{:<16} {:>8} {:<9} SINCE", "JOB", "PID", "TRIGGER");
         for (n, h) in running {
             println!("{:<16} {:>8} {:<9} {}", n, h.pid, h.trigger, h.since);
+        }
+    }
+    if let Ok(cfg) = g.load() {
+        for l in crate::watch::status::text_lines(&env.state_dir, &cfg.jobs) {
+            println!("{l}");
         }
     }
     Ok(EXIT_OK)

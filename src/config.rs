@@ -103,6 +103,8 @@ pub struct Job {
     pub streams: usize,
     pub ssh: SshOptions,
     pub hooks: Hooks,
+    /// Real-time watch (`watch:`): changes are sent as they happen.
+    pub watch: Option<crate::watch::WatchOptions>,
 }
 
 /// Shell commands run around a job's run (like sersync's command plugin).
@@ -307,6 +309,7 @@ const JOB_KEYS: &[&str] = &[
     "after",
     "on_failure",
     "hook_timeout",
+    "watch",
 ];
 const SSH_KEYS: &[&str] = &[
     "identity",
@@ -952,6 +955,7 @@ fn build_job(
             }
         }
     });
+    let watch = f("watch").and_then(|n| watch_options(ctx, n, j));
     let timezone = f("timezone").and_then(|n| {
         let s = string(ctx, n, "timezone")?;
         match schedule::parse_tz(&s) {
@@ -1109,7 +1113,42 @@ fn build_job(
         streams,
         ssh,
         hooks,
+        watch,
     })
+}
+
+/// `watch: true | false | {delay, max_delay}`.
+fn watch_options(ctx: &mut Ctx, n: &Node, j: Option<&str>) -> Option<crate::watch::WatchOptions> {
+    let mut w = crate::watch::WatchOptions::default();
+    if let Some(b) = n.as_bool() {
+        return b.then_some(w);
+    }
+    if !matches!(n.kind, Kind::Map(_)) {
+        ctx.err(
+            n.pos,
+            j,
+            format!(
+                "`watch` must be true, false or a mapping with delay and max_delay, found {}",
+                n.type_name()
+            ),
+        );
+        return None;
+    }
+    for (k, v, _) in ctx.map(n, "watch", &["delay", "max_delay"], j) {
+        match parse_duration(v.scalar().unwrap_or("")) {
+            Ok(d) if k == "delay" => w.delay = d,
+            Ok(d) => w.max_delay = d,
+            Err(e) => ctx.err(v.pos, j, format!("`watch.{k}`: {e}")),
+        }
+    }
+    if w.max_delay < w.delay {
+        ctx.err(
+            n.pos,
+            j,
+            "`watch.max_delay` must not be shorter than `watch.delay`",
+        );
+    }
+    Some(w)
 }
 
 #[cfg(test)]

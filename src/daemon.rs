@@ -45,7 +45,7 @@ enum Event {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Level {
+pub(crate) enum Level {
     Error = 3,
     Warning = 4,
     Info = 6,
@@ -53,7 +53,7 @@ enum Level {
 
 /// One line to stderr; with the `<N>` priority prefix journald understands
 /// when stderr goes to the journal.
-fn say(level: Level, msg: &str) {
+pub(crate) fn say(level: Level, msg: &str) {
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         eprintln!("<{}>{msg}", level as u8);
     } else {
@@ -106,6 +106,8 @@ struct Daemon {
     running: usize,
     cancel: Arc<AtomicBool>,
     tx: mpsc::Sender<Event>,
+    /// jobs with `watch:` (their firings are full syncs in their watcher)
+    watched: crate::watch::daemon::Watched,
 }
 
 impl Daemon {
@@ -166,6 +168,7 @@ impl Daemon {
                 progress: false,
                 verify: false,
                 scheduled_for: due,
+                note: None,
             };
             let res = run::run_job(&job, &env, &opts, &cancel);
             for r in &res.records {
@@ -216,6 +219,11 @@ impl Daemon {
                 next = sched.next_after(now, tz);
             }
             st.next = next;
+            if self.watched.contains(&name) {
+                self.watched
+                    .full_sync(&name, "schedule: periodic full verification");
+                continue;
+            }
             if st.running {
                 match job.overlap {
                     Overlap::Skip => {
@@ -275,7 +283,7 @@ impl Daemon {
             .cfg
             .jobs
             .iter()
-            .filter(|j| j.catch_up && j.schedule.is_some())
+            .filter(|j| j.catch_up && j.schedule.is_some() && j.watch.is_none())
             .map(|j| j.name.as_str())
             .collect();
         if names.is_empty() {
@@ -317,6 +325,7 @@ impl Daemon {
             Ok(cfg) => {
                 self.cfg = cfg;
                 self.schedule_all(Utc::now());
+                self.watched.sync(&self.cfg.jobs, self.cfg.shutdown_timeout);
                 say(
                     Level::Info,
                     &format!(
@@ -384,24 +393,29 @@ pub fn run(g: &Global) -> Result<(), CliError> {
         }
     });
 
+    let cancel = Arc::new(AtomicBool::new(false));
+    let watched = crate::watch::daemon::Watched::new(env.clone(), cancel.clone());
     let mut d = Daemon {
         config_path,
         env,
         cfg,
         jobs: HashMap::new(),
         running: 0,
-        cancel: Arc::new(AtomicBool::new(false)),
+        cancel,
         tx,
+        watched,
     };
     let now = Utc::now();
     d.schedule_all(now);
+    d.watched.sync(&d.cfg.jobs, d.cfg.shutdown_timeout);
     let scheduled = d.jobs.values().filter(|s| s.next.is_some()).count();
     say(
         Level::Info,
         &format!(
-            "syncjob {} daemon started: {} job(s), {scheduled} scheduled, state dir {}, log {}",
+            "syncjob {} daemon started: {} job(s), {scheduled} scheduled, {} watched, state dir {}, log {}",
             env!("CARGO_PKG_VERSION"),
             d.cfg.jobs.len(),
+            d.watched.len(),
             d.env.state_dir.display(),
             d.env.log.display()
         ),
@@ -449,6 +463,7 @@ pub fn run(g: &Global) -> Result<(), CliError> {
         ),
     );
     let deadline = std::time::Instant::now() + timeout;
+    d.watched.stop(timeout);
     let mut aborted = false;
     while d.running > 0 {
         let now = std::time::Instant::now();

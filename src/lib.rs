@@ -20,4 +20,5 @@ pub mod run;
 pub mod schedule;
 pub mod target;
 pub mod transport;
+pub mod watch;
 pub mod yaml;

@@ -26,6 +26,8 @@ pub enum Wait {
     No,
     Forever,
     Upto(Duration),
+    /// The caller holds the job's lock already (a watcher's batches).
+    Held,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +43,9 @@ pub struct Options {
     pub verify: bool,
     /// The instant a scheduled firing was due.
     pub scheduled_for: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why this run happens, put in its records' `reason` when they have
+    /// none (a watcher's full sync: start, queue overflow, ...).
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -93,6 +98,8 @@ struct RecordBase<'a> {
     scheduled_for: Option<String>,
     /// the `before` hook's outcome, in every record of the run
     hooks: Vec<journal::HookOutcome>,
+    /// the run's `note` (see [`Options::note`])
+    note: Option<String>,
 }
 
 impl<'a> RecordBase<'a> {
@@ -111,6 +118,7 @@ impl<'a> RecordBase<'a> {
                     .to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
             }),
             hooks: Vec::new(),
+            note: None,
         }
     }
 }
@@ -141,7 +149,7 @@ impl RecordBase<'_> {
             target: target.to_string(),
             mode: self.job.mode.as_str().into(),
             status: status.as_str().into(),
-            reason,
+            reason: reason.or_else(|| self.note.clone()),
             started_at: started.0,
             finished_at: finished,
             duration_ms: started.1.elapsed().as_millis() as u64,
@@ -305,13 +313,14 @@ pub fn run_job(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> Job
 fn run_job_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> JobResult {
     let lock_path = lock::job_lock_path(&env.state_dir, &job.name);
     // A dry run changes nothing and takes no lock.
-    let _lock = if opts.dry_run {
+    let _lock = if opts.dry_run || opts.wait == Wait::Held {
         None
     } else {
         let got = match opts.wait {
             Wait::No => lock::try_acquire(&lock_path, opts.trigger),
             Wait::Forever => lock::acquire_wait(&lock_path, opts.trigger, None),
             Wait::Upto(d) => lock::acquire_wait(&lock_path, opts.trigger, Some(d)),
+            Wait::Held => unreachable!("no lock taken"),
         };
         match got {
             Ok(Some(l)) => Some(l),
@@ -386,6 +395,7 @@ fn run_job_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> 
 
     let mut base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
     base.hooks = before;
+    base.note = opts.note.clone();
     let hold = holds_records(job, opts);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, Record)>> = Mutex::new(Vec::new());
