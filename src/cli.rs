@@ -1,6 +1,7 @@
 //! Command-line arguments, and the one place where outcomes become exit codes.
 
 use crate::config::{self, Config, ConfigError};
+use crate::daemon::DaemonError;
 use crate::journal::{self, Record, RevLines};
 use crate::lock;
 use crate::run::{self, Env, Status, Wait};
@@ -150,6 +151,8 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Failed(String),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
 }
 
 impl CliError {
@@ -157,6 +160,10 @@ impl CliError {
         match self {
             CliError::Usage(_) | CliError::Config(_) => EXIT_USAGE,
             CliError::Failed(_) => EXIT_FAILED,
+            CliError::Daemon(DaemonError::Config(_) | DaemonError::AlreadyRunning { .. }) => {
+                EXIT_USAGE
+            }
+            CliError::Daemon(DaemonError::Setup(_)) => EXIT_FAILED,
         }
     }
 }
@@ -229,7 +236,11 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             verify,
             wait,
         } => cmd_run(g, jobs, *all, *dry_run, *verify, *wait),
-        Command::Daemon => crate::daemon::run(g).map(|()| EXIT_OK),
+        Command::Daemon => {
+            let path = config::locate(g.config.as_deref())?;
+            crate::daemon::run(path, g.env())?;
+            Ok(EXIT_OK)
+        }
         Command::Watch { jobs } => crate::watch::cli::run(g, jobs).map(|()| EXIT_OK),
         Command::Check => cmd_check(g),
         Command::List { json } => cmd_list(g, *json),
@@ -485,7 +496,7 @@ fn parse_since(s: &str) -> Result<DateTime<Utc>, CliError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
-    let d = config::parse_duration(s).map_err(|e| {
+    let d = crate::units::parse_duration(s).map_err(|e| {
         CliError::Usage(format!(
             "--since {s:?}: give an RFC 3339 instant or a duration such as 1h ({e})"
         ))
@@ -608,7 +619,7 @@ fn cmd_log(
             r.trigger,
             r.status,
             r.files_transferred,
-            run::human_bytes(r.bytes_transferred),
+            crate::units::human_bytes(r.bytes_transferred),
             r.files_deleted,
             r.duration_ms,
             r.target,
@@ -740,6 +751,17 @@ mod tests {
         assert_eq!(exit_code_for(&[Status::Ok, Status::DryRun]), 0);
         assert_eq!(exit_code_for(&[Status::Ok, Status::Skipped]), 75);
         assert_eq!(exit_code_for(&[Status::Skipped, Status::Failed]), 1);
+        let daemon = |e: DaemonError| CliError::from(e).code();
+        let busy = DaemonError::AlreadyRunning {
+            state_dir: "/x".into(),
+            holder: String::new(),
+        };
+        assert_eq!(daemon(busy), EXIT_USAGE);
+        assert_eq!(
+            daemon(DaemonError::Config(ConfigError::NotFound)),
+            EXIT_USAGE
+        );
+        assert_eq!(daemon(DaemonError::Setup("signals".into())), EXIT_FAILED);
     }
 
     #[test]

@@ -19,8 +19,7 @@
 //! final name) and exit 0. SIGHUP reloads the jobs file; an invalid file is
 //! reported and the old jobs keep running.
 
-use crate::cli::{CliError, Global};
-use crate::config::{self, Config, Job, Overlap};
+use crate::config::{self, Config, ConfigError, Job, Overlap};
 use crate::journal;
 use crate::lock;
 use crate::run::{self, Env, Status, Wait};
@@ -348,9 +347,22 @@ impl Daemon {
     }
 }
 
-pub fn run(g: &Global) -> Result<(), CliError> {
-    let env = g.env();
-    let config_path = config::locate(g.config.as_deref())?;
+/// Why the daemon could not start (once started, it stops only on a signal).
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The jobs file is missing or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Another daemon holds the state dir.
+    #[error("another daemon already runs on state dir {state_dir}{holder}")]
+    AlreadyRunning { state_dir: PathBuf, holder: String },
+    /// The daemon lock or the signal handlers could not be set up.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// Run the scheduler on the jobs file at `config_path` until SIGTERM/SIGINT.
+pub fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
     let cfg = config::load(&config_path)?;
     let dlock = lock::daemon_lock_path(&env.state_dir);
     let _daemon_lock = match lock::try_acquire(&dlock, "daemon") {
@@ -359,13 +371,13 @@ pub fn run(g: &Global) -> Result<(), CliError> {
             let who = lock::holder(&dlock)
                 .map(|h| format!(" (pid {} since {})", h.pid, h.since))
                 .unwrap_or_default();
-            return Err(CliError::Usage(format!(
-                "another daemon already runs on state dir {}{who}",
-                env.state_dir.display()
-            )));
+            return Err(DaemonError::AlreadyRunning {
+                state_dir: env.state_dir.clone(),
+                holder: who,
+            });
         }
         Err(e) => {
-            return Err(CliError::Failed(format!(
+            return Err(DaemonError::Setup(format!(
                 "cannot take the daemon lock {}: {e}",
                 dlock.display()
             )));
@@ -378,7 +390,7 @@ pub fn run(g: &Global) -> Result<(), CliError> {
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
     ])
-    .map_err(|e| CliError::Failed(format!("cannot install signal handlers: {e}")))?;
+    .map_err(|e| DaemonError::Setup(format!("cannot install signal handlers: {e}")))?;
     let stx = tx.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {

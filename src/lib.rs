@@ -20,5 +20,6 @@ pub mod run;
 pub mod schedule;
 pub mod target;
 pub mod transport;
+pub mod units;
 pub mod watch;
 pub mod yaml;

@@ -197,7 +197,7 @@ fn parse_field(s: &str, d: &FieldDef) -> Result<u64, String> {
 }
 
 fn parse_duration_secs(s: &str) -> Result<u64, String> {
-    crate::config::parse_duration(s)
+    crate::units::parse_duration(s)
         .map(|d| d.as_secs())
         .and_then(|n| {
             if n == 0 {

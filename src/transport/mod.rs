@@ -5,10 +5,9 @@
 //! the planner, never from the remote side unchecked.
 
 pub mod local;
-pub mod sftp;
 pub mod ssh;
 
-use crate::config::Job;
+use crate::config::SshOptions;
 use crate::filter::Filter;
 use crate::journal::PathError;
 use crate::plan::{Action, EntryKind, TEMP_PREFIX, Tree};
@@ -141,11 +140,59 @@ pub fn apply_one<T: Transport + ?Sized>(t: &mut T, a: &Action) -> io::Result<()>
     }
 }
 
-/// Open the transport for a target of a job.
-pub fn open(target: &Target, job: &Job) -> io::Result<Box<dyn Transport>> {
+/// What a transport needs to know of its job (not the job itself).
+#[derive(Debug, Clone, Default)]
+pub struct TransportSettings {
+    /// How to reach SSH targets (unused by local ones).
+    pub ssh: SshOptions,
+}
+
+/// Whether retrying can help after a failure to reach a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Connection refused or reset, a timeout, a channel lost: try again.
+    Transient,
+    /// Authentication refused, host key unknown or changed, a bad password
+    /// file, a missing remote helper: the same on every try.
+    Permanent,
+}
+
+/// A target could not be opened; `retry` says whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct OpenError {
+    pub retry: Retry,
+    pub source: io::Error,
+}
+
+impl OpenError {
+    /// A failure that retrying cannot fix.
+    pub fn permanent(kind: io::ErrorKind, msg: impl Into<String>) -> OpenError {
+        OpenError {
+            retry: Retry::Permanent,
+            source: io::Error::new(kind, msg.into()),
+        }
+    }
+}
+
+/// Plain I/O errors while connecting are transient.
+impl From<io::Error> for OpenError {
+    fn from(source: io::Error) -> OpenError {
+        OpenError {
+            retry: Retry::Transient,
+            source,
+        }
+    }
+}
+
+/// Open the transport for a target.
+pub fn open(
+    target: &Target,
+    settings: &TransportSettings,
+) -> Result<Box<dyn Transport>, OpenError> {
     match target {
         Target::Local(root) => Ok(Box::new(local::Local::new(root.clone()))),
-        Target::Ssh(t) => Ok(Box::new(ssh::Ssh::connect(t, job)?)),
+        Target::Ssh(t) => Ok(Box::new(ssh::Ssh::connect(t, settings)?)),
     }
 }
 

@@ -64,6 +64,12 @@ pub struct TargetSync {
     mpath: PathBuf,
 }
 
+fn settings(job: &Job) -> transport::TransportSettings {
+    transport::TransportSettings {
+        ssh: job.ssh.clone(),
+    }
+}
+
 fn effective_owner(job: &Job) -> bool {
     job.preserve_owner && unsafe { libc::geteuid() } == 0
 }
@@ -196,7 +202,7 @@ impl TargetSync {
             );
         }
         if self.conn.is_none() {
-            match transport::open(&self.target, job) {
+            match transport::open(&self.target, &settings(job)) {
                 Ok(t) => self.conn = Some(t),
                 Err(e) => {
                     let why = format!("cannot reach target: {e}");
@@ -251,7 +257,8 @@ impl TargetSync {
             st.saved = false;
         }
         let on_done = |_: &plan::Action| {};
-        let open_extra = || transport::open(&self.target, job);
+        let ts = settings(job);
+        let open_extra = || transport::open(&self.target, &ts).map_err(|e| e.source);
         let settings = Settings {
             source_root: &job.source,
             max_delete: job.max_delete,

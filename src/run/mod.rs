@@ -8,7 +8,8 @@ use crate::lock;
 use crate::manifest;
 use crate::plan::{self, Action, Scan, ScanError};
 use crate::target::Target;
-use crate::transport;
+use crate::transport::{self, OpenError, Retry, TransportSettings};
+use crate::units::human_bytes;
 use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -220,21 +221,6 @@ fn hook_outcome(hook: &str, r: &crate::hooks::HookResult) -> journal::HookOutcom
         ok: r.ok,
         status: r.status.clone(),
         output: r.output.clone(),
-    }
-}
-
-pub fn human_bytes(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
     }
 }
 
@@ -530,14 +516,22 @@ fn backoff(n: u32, cancel: &AtomicBool) -> bool {
     true
 }
 
+/// What the transports need of a job.
+fn transport_settings(job: &Job) -> TransportSettings {
+    TransportSettings {
+        ssh: job.ssh.clone(),
+    }
+}
+
 /// Connect to a target and list it, unless its entries are already known
 /// (from its manifest).
 fn connect(
     job: &Job,
     target: &Target,
     known: Option<manifest::ManifestEntries>,
-) -> Result<(Box<dyn transport::Transport>, transport::Listing), (String, std::io::Error)> {
-    let mut t = transport::open(target, job).map_err(|e| ("cannot reach target".to_string(), e))?;
+) -> Result<(Box<dyn transport::Transport>, transport::Listing), (String, OpenError)> {
+    let mut t = transport::open(target, &transport_settings(job))
+        .map_err(|e| ("cannot reach target".to_string(), e))?;
     let l = match known {
         Some(entries) => transport::Listing {
             stream: Some(transport::Stream {
@@ -550,7 +544,7 @@ fn connect(
             Some(l) => l,
             None => t.list(&job.filter),
         }
-        .map_err(|e| ("cannot list target".to_string(), e))?,
+        .map_err(|e| ("cannot list target".to_string(), OpenError::from(e)))?,
     };
     Ok((t, l))
 }
@@ -651,7 +645,7 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
         let (mut t, mut listing) = match conn {
             Ok(x) => x,
             Err((what, e)) => {
-                let permanent = transport::ssh::is_permanent(&e);
+                let permanent = e.retry == Retry::Permanent;
                 if !permanent && attempt < job.retries && !opts.dry_run && backoff(attempt, cancel)
                 {
                     retried.push(format!("{what}: {e}"));
@@ -780,7 +774,8 @@ fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) 
                 }
             }
         };
-        let open_extra = || transport::open(target, job);
+        let tsettings = transport_settings(job);
+        let open_extra = || transport::open(target, &tsettings).map_err(|e| e.source);
         let settings = Settings {
             source_root: &job.source,
             max_delete: job.max_delete,

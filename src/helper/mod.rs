@@ -6,36 +6,17 @@
 //! as rsync's receiving side does. Without `remote_helper` (the default),
 //! files go over SFTP, which every OpenSSH server has.
 //!
-//! Protocol (all integers little-endian), after the helper's greeting line
-//! [`GREETING`]:
-//!
-//! ```text
-//! client → helper, per file:
-//!   b'F'  u32 len, temporary path   u32 len, final path
-//!         u32 mode  i64 mtime  u32 mtime_ns  u8 owner?  u32 uid  u32 gid
-//!         chunks: u32 len (> 0), bytes …   then u32 0
-//!         u8 commit (1) or abort (0: the source changed or could not be read)
-//!   b'D'  the same, and the data may also say "copy from the file now at
-//!         the final name": u32 0xFFFFFFFF, u64 offset, u32 len
-//! helper → client, per file, in order:
-//!   u8 0 (done)  |  u8 1, i32 errno (0: none, -1: aborted), u16 len, message
-//!
-//! block hashes of a file on the target (for a big changed file):
-//!   b'H'  u32 len, final path   u32 block size
-//!   reply: u8 0, u64 size, u32 count, count × SHA-256  |  an error reply
-//! ```
-//!
-//! A `D` record is checked against the `H` hashes the helper gave for that
-//! path: if the file changed on the target since (size, mtime, ctime,
-//! inode), the record fails and nothing is renamed. Blocks are compared at
-//! fixed offsets (no rolling checksum): appends and in-place changes, the
-//! common cases for big files, send only the changed blocks.
+//! The wire format (records, replies, bounds) is in [`proto`], shared with
+//! the SSH transport's helper client.
 //!
 //! A file is at its final name only after a complete stream and a commit;
 //! anything else (abort, error, the connection lost mid-file) removes the
 //! temporary file (or leaves it to the next run's stale-temporary cleanup
 //! if the helper itself is killed).
 
+pub mod proto;
+
+use proto::{ABORTED, COPY, MAX_BLOCK, MAX_CHUNK, MAX_PATH, block_sum, bytes_of, u32_of};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
@@ -44,187 +25,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// The first line the helper prints: protocol name and version.
-pub const GREETING: &[u8] = b"syncjob-helper 1\n";
-
-/// The errno of a reply for a file the sender aborted.
-const ABORTED: i32 = -1;
-/// A chunk length that means "copy from the basis".
-const COPY: u32 = u32::MAX;
-/// Largest block size of a hashes request.
-const MAX_BLOCK: u32 = 64 << 20;
-/// Longest path accepted in a record.
-const MAX_PATH: u32 = 64 << 10;
-/// Longest data chunk accepted in a record.
-pub const MAX_CHUNK: u32 = 1 << 20;
-
-/// The header of one file record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileHeader<'a> {
-    /// a `D` record: data may be copied from the file at the final name
-    pub basis: bool,
-    pub tmp: &'a [u8],
-    pub fin: &'a [u8],
-    pub mode: u32,
-    pub mtime: i64,
-    pub mtime_ns: u32,
-    pub owner: Option<(u32, u32)>,
-}
-
-/// Encode a file record's header.
-pub fn header(h: &FileHeader, out: &mut Vec<u8>) {
-    out.push(if h.basis { b'D' } else { b'F' });
-    for p in [h.tmp, h.fin] {
-        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
-        out.extend_from_slice(p);
-    }
-    out.extend_from_slice(&h.mode.to_le_bytes());
-    out.extend_from_slice(&h.mtime.to_le_bytes());
-    out.extend_from_slice(&h.mtime_ns.to_le_bytes());
-    let (uid, gid) = h.owner.unwrap_or((0, 0));
-    out.push(h.owner.is_some() as u8);
-    out.extend_from_slice(&uid.to_le_bytes());
-    out.extend_from_slice(&gid.to_le_bytes());
-}
-
-/// Encode one data chunk (`data` not empty).
-pub fn chunk(data: &[u8], out: &mut Vec<u8>) {
-    debug_assert!(!data.is_empty() && data.len() <= MAX_CHUNK as usize);
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out.extend_from_slice(data);
-}
-
-/// Encode "copy `len` bytes at `offset` of the basis" (in a `D` record).
-pub fn copy(offset: u64, len: u32, out: &mut Vec<u8>) {
-    out.extend_from_slice(&COPY.to_le_bytes());
-    out.extend_from_slice(&offset.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
-}
-
-/// Encode a request for the block hashes of the file at `fin`.
-pub fn hashes_request(fin: &[u8], block: u32, out: &mut Vec<u8>) {
-    out.push(b'H');
-    out.extend_from_slice(&(fin.len() as u32).to_le_bytes());
-    out.extend_from_slice(fin);
-    out.extend_from_slice(&block.to_le_bytes());
-}
-
-/// The block hashes of a file on the target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hashes {
-    pub size: u64,
-    pub block: u32,
-    pub sums: Vec<[u8; 32]>,
-}
-
-/// Read the reply to a hashes request: the hashes, or why there are none
-/// (no such file, not a regular file, …).
-pub fn read_hashes(r: &mut dyn Read, block: u32) -> io::Result<io::Result<Hashes>> {
-    let mut b = [0u8; 1];
-    r.read_exact(&mut b)?;
-    match b[0] {
-        0 => {}
-        1 => return Ok(Err(read_fail(r)?)),
-        x => return Err(bad_reply(x)),
-    }
-    let mut h = [0u8; 12];
-    r.read_exact(&mut h)?;
-    let size = u64::from_le_bytes(h[..8].try_into().unwrap());
-    let count = u32::from_le_bytes(h[8..].try_into().unwrap());
-    if count as u64 != size.div_ceil(block.max(1) as u64) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "remote helper: wrong number of block hashes",
-        ));
-    }
-    let mut sums = vec![[0u8; 32]; count as usize];
-    for s in sums.iter_mut() {
-        r.read_exact(s)?;
-    }
-    Ok(Ok(Hashes { size, block, sums }))
-}
-
-/// The SHA-256 of one block.
-pub fn block_sum(data: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(data).into()
-}
-
-/// Encode the end of a file's data: commit it, or abort it.
-pub fn end(commit: bool, out: &mut Vec<u8>) {
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.push(commit as u8);
-}
-
-/// Read one reply: `Ok(())` or the helper's error for that file.
-pub fn read_reply(r: &mut dyn Read) -> io::Result<io::Result<()>> {
-    let mut b = [0u8; 1];
-    r.read_exact(&mut b)?;
-    match b[0] {
-        0 => Ok(Ok(())),
-        1 => Ok(Err(read_fail(r)?)),
-        x => Err(bad_reply(x)),
-    }
-}
-
-fn bad_reply(x: u8) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("remote helper: unexpected reply byte {x}"),
-    )
-}
-
-/// The rest of an error reply.
-fn read_fail(r: &mut dyn Read) -> io::Result<io::Error> {
-    let mut e = [0u8; 6];
-    r.read_exact(&mut e)?;
-    let errno = i32::from_le_bytes(e[..4].try_into().unwrap());
-    let len = u16::from_le_bytes(e[4..].try_into().unwrap()) as usize;
-    let mut msg = vec![0u8; len];
-    r.read_exact(&mut msg)?;
-    let msg = String::from_utf8_lossy(&msg).into_owned();
-    let kind = match errno {
-        ABORTED => io::ErrorKind::Interrupted,
-        e if e > 0 => io::Error::from_raw_os_error(e).kind(),
-        _ => io::ErrorKind::Other,
-    };
-    Ok(io::Error::new(kind, msg))
-}
-
 /// A file the helper could not write: errno (0: none) and message.
 struct Fail(i32, String);
 
 fn reply(w: &mut dyn Write, r: &Result<(), Fail>) -> io::Result<()> {
+    let mut b = Vec::new();
     match r {
-        Ok(()) => w.write_all(&[0]),
-        Err(Fail(errno, msg)) => {
-            let mut b = vec![1u8];
-            b.extend_from_slice(&errno.to_le_bytes());
-            let msg = &msg.as_bytes()[..msg.len().min(512)];
-            b.extend_from_slice(&(msg.len() as u16).to_le_bytes());
-            b.extend_from_slice(msg);
-            w.write_all(&b)
-        }
+        Ok(()) => proto::done(&mut b),
+        Err(Fail(errno, msg)) => proto::failed(*errno, msg, &mut b),
     }
-}
-
-fn u32_of(r: &mut dyn Read) -> io::Result<u32> {
-    let mut b = [0u8; 4];
-    r.read_exact(&mut b)?;
-    Ok(u32::from_le_bytes(b))
-}
-
-fn bytes_of(r: &mut dyn Read, max: u32) -> io::Result<Vec<u8>> {
-    let n = u32_of(r)?;
-    if n > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("record field of {n} bytes"),
-        ));
-    }
-    let mut v = vec![0u8; n as usize];
-    r.read_exact(&mut v)?;
-    Ok(v)
+    w.write_all(&b)
 }
 
 /// Say what was being done, keeping the errno.
@@ -235,7 +45,7 @@ fn ctx(what: &str, e: io::Error) -> Fail {
 /// Serve one client: read file records from `input`, write replies to
 /// `output`, until end of input. Returns an error only for a broken stream.
 pub fn serve<R: Read>(input: &mut io::BufReader<R>, output: &mut dyn Write) -> io::Result<()> {
-    output.write_all(GREETING)?;
+    output.write_all(proto::GREETING)?;
     output.flush()?;
     let mut buf = vec![0u8; MAX_CHUNK as usize];
     // the files whose block hashes were given, as they were then
@@ -254,12 +64,8 @@ pub fn serve<R: Read>(input: &mut io::BufReader<R>, output: &mut dyn Write) -> i
                 let block = u32_of(input)?;
                 match hash_blocks(&fin, block, &mut buf) {
                     Ok((id, sums)) => {
-                        let mut b = vec![0u8];
-                        b.extend_from_slice(&id.size.to_le_bytes());
-                        b.extend_from_slice(&(sums.len() as u32).to_le_bytes());
-                        for s in &sums {
-                            b.extend_from_slice(s);
-                        }
+                        let mut b = Vec::new();
+                        proto::hashes_reply(id.size, &sums, &mut b);
                         output.write_all(&b)?;
                         hashed.insert(fin, id);
                     }
@@ -357,19 +163,14 @@ fn receive<R: Read>(
     delta: bool,
     hashed: &mut HashMap<Vec<u8>, Ident>,
 ) -> io::Result<()> {
-    let tmp = bytes_of(input, MAX_PATH)?;
-    let fin = bytes_of(input, MAX_PATH)?;
-    let mut fixed = [0u8; 4 + 8 + 4 + 1 + 4 + 4];
-    input.read_exact(&mut fixed)?;
-    let mode = u32::from_le_bytes(fixed[0..4].try_into().unwrap());
-    let mtime = i64::from_le_bytes(fixed[4..12].try_into().unwrap());
-    let mtime_ns = u32::from_le_bytes(fixed[12..16].try_into().unwrap());
-    let owner = (fixed[16] != 0).then(|| {
-        (
-            u32::from_le_bytes(fixed[17..21].try_into().unwrap()),
-            u32::from_le_bytes(fixed[21..25].try_into().unwrap()),
-        )
-    });
+    let proto::ReceivedHeader {
+        tmp,
+        fin,
+        mode,
+        mtime,
+        mtime_ns,
+        owner,
+    } = proto::read_header(input)?;
     let tmp_path = Path::new(OsStr::from_bytes(&tmp));
     let fin_path = Path::new(OsStr::from_bytes(&fin));
     let mut err: Option<Fail> = None;
@@ -446,10 +247,8 @@ fn read_data(
             break;
         }
         if n == COPY {
-            let mut c = [0u8; 12];
-            input.read_exact(&mut c)?;
-            let mut off = u64::from_le_bytes(c[..8].try_into().unwrap());
-            let mut left = u32::from_le_bytes(c[8..].try_into().unwrap()) as usize;
+            let (mut off, left) = proto::read_copy(input)?;
+            let mut left = left as usize;
             let Some(b) = basis else {
                 if delta {
                     // the basis could not be used: the file already failed
@@ -541,6 +340,7 @@ pub fn main() -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::proto::*;
     use super::*;
     use std::os::unix::fs::MetadataExt;
 

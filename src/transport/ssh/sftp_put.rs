@@ -1,0 +1,497 @@
+//! Writes to an SSH target over SFTP (own v3 client, `sftp.rs`): each
+//! file goes to a temporary name beside its final one, its data WRITEs
+//! pipelined, mode and mtime set on the open handle (`fsetstat`), then it
+//! is renamed over the final name with `posix-rename@openssh.com` (atomic).
+//! A batch of files, and of other actions, is pipelined phase by phase, so
+//! small files do not pay a round trip each. A failed file's temporary is
+//! removed; nothing is ever left half-written at a final name.
+
+use super::Ssh;
+use super::sftp::{self, Attrs, FXF_CREAT, FXF_EXCL, FXF_WRITE, Reply, secs32};
+use crate::plan::{Action, EntryKind};
+use crate::transport::{add_progress, apply_one, open_source, temp_name, verify_unchanged};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+impl Ssh {
+    /// SFTP v3 reports a full disk (and quota) only as a generic "Failure".
+    /// When a write or close fails so, ask the server how much room is left
+    /// (`statvfs@openssh.com`) and say "no space" when the file cannot fit.
+    pub(super) fn explain_failure(&mut self, e: io::Error, src: &Path) -> io::Error {
+        let msg = e.to_string();
+        let generic = e.kind() == io::ErrorKind::Other
+            && (msg.ends_with(": Failure") || msg.ends_with(": failure"));
+        if !generic {
+            return e;
+        }
+        let need = std::fs::metadata(src).map(|m| m.len()).unwrap_or(0);
+        let root = self.root.clone();
+        match self.sftp.avail_bytes(&root) {
+            Ok(Some(avail)) if avail < need.max(1) => io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{msg}: no space left on device on the target ({avail} bytes free, the file needs {need})"
+                ),
+            ),
+            _ => e,
+        }
+    }
+
+    fn wait_ok(&mut self, id: u32, what: &str) -> io::Result<()> {
+        self.sftp.wait(id)?.ok(what)
+    }
+
+    /// Non-copy actions, pipelined (symlinks one by one).
+    pub(super) fn apply_pipelined(&mut self, actions: &[&Action]) -> Vec<io::Result<()>> {
+        if matches!(actions.first(), Some(Action::Symlink { .. })) {
+            return actions.iter().map(|a| apply_one(self, a)).collect();
+        }
+        let mut sent = Vec::with_capacity(actions.len());
+        for a in actions {
+            match self.send_action(a) {
+                Ok(id) => sent.push(Ok(id)),
+                Err(e) => {
+                    let fatal = io::Error::new(e.kind(), e.to_string());
+                    sent.push(Err(e));
+                    // nothing more can be sent on a broken channel
+                    while sent.len() < actions.len() {
+                        sent.push(Err(io::Error::new(fatal.kind(), fatal.to_string())));
+                    }
+                    break;
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(actions.len());
+        for (a, s) in actions.iter().zip(sent) {
+            let r = match s {
+                Err(e) => Err(e),
+                Ok(None) => Ok(()),
+                Ok(Some(id)) => match self.sftp.wait(id) {
+                    Err(e) => Err(e),
+                    Ok(Reply::Status(0, _)) => Ok(()),
+                    Ok(Reply::Status(4, _))
+                        if matches!(
+                            a,
+                            Action::Delete {
+                                kind: EntryKind::Dir,
+                                ..
+                            }
+                        ) =>
+                    {
+                        Err(io::Error::new(
+                            io::ErrorKind::DirectoryNotEmpty,
+                            "directory not empty",
+                        ))
+                    }
+                    Ok(other) => Err(other.into_err(match a {
+                        Action::Delete { .. } => "remove",
+                        Action::Mkdir { .. } => "mkdir",
+                        _ => "set attributes",
+                    })),
+                },
+            };
+            out.push(r);
+        }
+        out
+    }
+
+    pub(super) fn sftp_mkdir(&mut self, rel: &Path) -> io::Result<()> {
+        let p = self.path(rel);
+        let id = self.sftp.mkdir(
+            &p,
+            &Attrs {
+                perm: Some(0o700),
+                ..Default::default()
+            },
+        )?;
+        self.wait_ok(id, "mkdir")
+    }
+
+    /// One file, alone (a retry after it changed while being copied).
+    pub(super) fn sftp_put_file(
+        &mut self,
+        rel: &Path,
+        src: &Path,
+        preserve_owner: bool,
+        cancel: &AtomicBool,
+    ) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let (mut input, before) = open_source(src)?;
+        let tmp = self.path(&temp_name(rel));
+        let fin = self.path(rel);
+        let id = self.sftp.open(
+            &tmp,
+            FXF_WRITE | FXF_CREAT | FXF_EXCL,
+            &Attrs {
+                perm: Some(0o600),
+                ..Default::default()
+            },
+        )?;
+        let handle = self.sftp.handle(id, "create temporary file")?;
+        let result = (|| {
+            let mut ids = Vec::new();
+            let mut off = 0u64;
+            let mut buf = vec![0u8; sftp::WRITE_CHUNK];
+            loop {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "aborted by shutdown",
+                    ));
+                }
+                let n = input.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                ids.push(self.sftp.write(&handle, off, &buf[..n])?);
+                off += n as u64;
+                add_progress(n as u64);
+            }
+            let mut first_err = None;
+            for id in ids {
+                if let Err(e) = self.sftp.wait(id)?.ok("write") {
+                    first_err.get_or_insert(e);
+                }
+            }
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+            verify_unchanged(&input, &before, off)?;
+            let attrs = Attrs {
+                perm: Some(before.mode() & 0o7777),
+                times: Some((secs32(before.atime()), secs32(before.mtime()))),
+                uid_gid: preserve_owner.then_some((before.uid(), before.gid())),
+                size: None,
+            };
+            let a = self.sftp.fsetstat(&handle, &attrs)?;
+            let c = self.sftp.close(&handle)?;
+            let ra = self.sftp.wait(a)?;
+            let rc = self.sftp.wait(c)?;
+            ra.ok("set mode and mtime")?;
+            rc.ok("close")?;
+            self.rename_over(&tmp, &fin)?;
+            Ok(off)
+        })();
+        if result.is_err() {
+            // best effort: the handle may still be open
+            if let Ok(c) = self.sftp.close(&handle) {
+                let _ = self.sftp.wait(c);
+            }
+            if let Ok(r) = self.sftp.remove(&tmp) {
+                let _ = self.sftp.wait(r);
+            }
+        }
+        result.map_err(|e| self.explain_failure(e, src))
+    }
+
+    pub(super) fn sftp_symlink(
+        &mut self,
+        rel: &Path,
+        target: &Path,
+        mtime: Option<(i64, u32)>,
+    ) -> io::Result<()> {
+        let tmp = self.path(&temp_name(rel));
+        let fin = self.path(rel);
+        let id = self.sftp.symlink(&tmp, target.as_os_str().as_bytes())?;
+        self.wait_ok(id, "symlink")?;
+        if let Some((s, _)) = mtime
+            && self.sftp.lsetstat
+        {
+            let id = self.sftp.lsetstat(
+                &tmp,
+                &Attrs {
+                    times: Some((secs32(s), secs32(s))),
+                    ..Default::default()
+                },
+            )?;
+            let _ = self.sftp.wait(id)?;
+        }
+        self.rename_over(&tmp, &fin).inspect_err(|_| {
+            if let Ok(r) = self.sftp.remove(&tmp) {
+                let _ = self.sftp.wait(r);
+            }
+        })
+    }
+
+    pub(super) fn sftp_set_attrs(
+        &mut self,
+        rel: &Path,
+        kind: EntryKind,
+        mode: Option<u32>,
+        mtime: Option<(i64, u32)>,
+        owner: Option<(u32, u32)>,
+    ) -> io::Result<()> {
+        let p = self.path(rel);
+        let attrs = Attrs {
+            perm: if kind == EntryKind::Symlink {
+                None
+            } else {
+                mode
+            },
+            times: mtime.map(|(s, _)| (secs32(s), secs32(s))),
+            uid_gid: owner,
+            size: None,
+        };
+        let id = if kind == EntryKind::Symlink {
+            if !self.sftp.lsetstat {
+                return Ok(());
+            }
+            self.sftp.lsetstat(&p, &attrs)?
+        } else {
+            self.sftp.setstat(&p, &attrs)?
+        };
+        self.wait_ok(id, "set attributes")
+    }
+
+    pub(super) fn sftp_remove(&mut self, rel: &Path, kind: EntryKind) -> io::Result<()> {
+        let p = self.path(rel);
+        if kind == EntryKind::Dir {
+            let id = self.sftp.rmdir(&p)?;
+            match self.sftp.wait(id)? {
+                Reply::Status(0, _) => Ok(()),
+                // OpenSSH answers a non-empty directory with a plain failure
+                Reply::Status(4, _) => Err(io::Error::new(
+                    io::ErrorKind::DirectoryNotEmpty,
+                    "directory not empty",
+                )),
+                other => Err(other.into_err("rmdir")),
+            }
+        } else {
+            let id = self.sftp.remove(&p)?;
+            self.wait_ok(id, "remove")
+        }
+    }
+}
+
+/// One file of a pipelined batch.
+struct Put {
+    tmp: Vec<u8>,
+    fin: Vec<u8>,
+    input: Option<(std::fs::File, std::fs::Metadata)>,
+    handle: Option<Vec<u8>>,
+    result: Option<io::Result<u64>>,
+}
+
+impl Ssh {
+    /// Pipelined upload of several files: all OPENs, then all WRITEs, then
+    /// all FSETSTAT+CLOSE, then all renames, each phase sent before its
+    /// replies are read, so a batch costs a few round trips, not a few per file.
+    pub(super) fn put_batch(
+        &mut self,
+        items: &[(&Path, PathBuf)],
+        preserve_owner: bool,
+        cancel: &AtomicBool,
+    ) -> io::Result<Vec<io::Result<u64>>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut puts: Vec<Put> = Vec::with_capacity(items.len());
+        let mut open_ids = Vec::new();
+        for (rel, src) in items {
+            let mut p = Put {
+                tmp: self.path(&temp_name(rel)),
+                fin: self.path(rel),
+                input: None,
+                handle: None,
+                result: None,
+            };
+            match open_source(src) {
+                Ok(x) => {
+                    p.input = Some(x);
+                    let id = self.sftp.open(
+                        &p.tmp,
+                        FXF_WRITE | FXF_CREAT | FXF_EXCL,
+                        &Attrs {
+                            perm: Some(0o600),
+                            ..Default::default()
+                        },
+                    )?;
+                    open_ids.push((puts.len(), id));
+                }
+                Err(e) => p.result = Some(Err(e)),
+            }
+            puts.push(p);
+        }
+        for (k, id) in open_ids {
+            match self.sftp.wait(id)? {
+                Reply::Handle(h) => puts[k].handle = Some(h),
+                other => puts[k].result = Some(Err(other.into_err("create temporary file"))),
+            }
+        }
+        // writes, file after file, many requests in flight
+        let mut buf = vec![0u8; sftp::WRITE_CHUNK];
+        let mut write_ids: Vec<(usize, u32)> = Vec::new();
+        let mut sizes = vec![0u64; puts.len()];
+        for (k, p) in puts.iter_mut().enumerate() {
+            let (Some(h), Some((input, _))) = (&p.handle, &mut p.input) else {
+                continue;
+            };
+            loop {
+                if cancel.load(Ordering::Relaxed) {
+                    p.result = Some(Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "aborted by shutdown",
+                    )));
+                    break;
+                }
+                let n = match input.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        p.result = Some(Err(e));
+                        break;
+                    }
+                };
+                if n == 0 {
+                    break;
+                }
+                write_ids.push((k, self.sftp.write(h, sizes[k], &buf[..n])?));
+                sizes[k] += n as u64;
+                add_progress(n as u64);
+            }
+        }
+        for (k, id) in write_ids {
+            if let Err(e) = self.sftp.wait(id)?.ok("write")
+                && puts[k].result.is_none()
+            {
+                puts[k].result = Some(Err(e));
+            }
+        }
+        // attributes and close (failed files: close only)
+        let mut tail_ids: Vec<(usize, Option<u32>, u32)> = Vec::new();
+        for (k, p) in puts.iter_mut().enumerate() {
+            let Some(h) = p.handle.take() else { continue };
+            let (input, before) = p.input.as_ref().unwrap();
+            if p.result.is_none()
+                && let Err(e) = verify_unchanged(input, before, sizes[k])
+            {
+                p.result = Some(Err(e));
+            }
+            let set = if p.result.is_none() {
+                let attrs = Attrs {
+                    perm: Some(before.mode() & 0o7777),
+                    times: Some((secs32(before.atime()), secs32(before.mtime()))),
+                    uid_gid: preserve_owner.then_some((before.uid(), before.gid())),
+                    size: None,
+                };
+                Some(self.sftp.fsetstat(&h, &attrs)?)
+            } else {
+                None
+            };
+            let close = self.sftp.close(&h)?;
+            tail_ids.push((k, set, close));
+        }
+        for (k, set, close) in tail_ids {
+            if let Some(set) = set
+                && let Err(e) = self.sftp.wait(set)?.ok("set mode and mtime")
+            {
+                puts[k].result.get_or_insert(Err(e));
+            }
+            if let Err(e) = self.sftp.wait(close)?.ok("close") {
+                puts[k].result.get_or_insert(Err(e));
+            }
+        }
+        // rename the complete files into place; remove the temporaries of the others
+        let mut last_ids: Vec<(usize, u32, bool)> = Vec::new();
+        for (k, p) in puts.iter().enumerate() {
+            if p.input.is_none() {
+                continue;
+            }
+            if p.result.is_none() {
+                let id = if self.sftp.posix_rename {
+                    self.sftp.posix_rename(&p.tmp, &p.fin)?
+                } else {
+                    let r = self.sftp.remove(&p.fin)?;
+                    let _ = self.sftp.wait(r)?;
+                    self.sftp.send_rename(&p.tmp, &p.fin)?
+                };
+                last_ids.push((k, id, true));
+            } else {
+                last_ids.push((k, self.sftp.remove(&p.tmp)?, false));
+            }
+        }
+        let mut cleanup = Vec::new();
+        for (k, id, is_rename) in last_ids {
+            let r = self.sftp.wait(id)?;
+            if is_rename {
+                match r.ok("rename into place") {
+                    Ok(()) => puts[k].result = Some(Ok(sizes[k])),
+                    Err(e) => {
+                        puts[k].result = Some(Err(e));
+                        cleanup.push(self.sftp.remove(&puts[k].tmp)?);
+                    }
+                }
+            }
+        }
+        for id in cleanup {
+            let _ = self.sftp.wait(id)?;
+        }
+        Ok(puts
+            .into_iter()
+            .map(|p| {
+                p.result
+                    .unwrap_or_else(|| Err(io::Error::other("not attempted")))
+            })
+            .collect())
+    }
+
+    /// Send the request for one non-copy action; the id of its reply.
+    fn send_action(&mut self, a: &Action) -> io::Result<Option<u32>> {
+        let p = self.path(a.path());
+        Ok(Some(match a {
+            Action::Delete {
+                kind: EntryKind::Dir,
+                ..
+            } => self.sftp.rmdir(&p)?,
+            Action::Delete { .. } => self.sftp.remove(&p)?,
+            Action::Mkdir { .. } => self.sftp.mkdir(
+                &p,
+                &Attrs {
+                    perm: Some(0o700),
+                    ..Default::default()
+                },
+            )?,
+            Action::SetAttrs {
+                kind,
+                mode,
+                mtime,
+                owner,
+                ..
+            } => {
+                let attrs = Attrs {
+                    perm: if *kind == EntryKind::Symlink {
+                        None
+                    } else {
+                        *mode
+                    },
+                    times: mtime.map(|(s, _)| (secs32(s), secs32(s))),
+                    uid_gid: *owner,
+                    size: None,
+                };
+                if *kind == EntryKind::Symlink {
+                    if !self.sftp.lsetstat {
+                        return Ok(None);
+                    }
+                    self.sftp.lsetstat(&p, &attrs)?
+                } else {
+                    self.sftp.setstat(&p, &attrs)?
+                }
+            }
+            Action::Symlink { .. } | Action::Copy { .. } => {
+                return Err(io::Error::other("not pipelined"));
+            }
+        }))
+    }
+
+    /// Rename `tmp` over `fin` atomically (posix-rename); without that
+    /// extension, remove then rename (a short window without the file).
+    fn rename_over(&mut self, tmp: &[u8], fin: &[u8]) -> io::Result<()> {
+        if self.sftp.posix_rename {
+            let id = self.sftp.posix_rename(tmp, fin)?;
+            return self.wait_ok(id, "rename into place");
+        }
+        let r = self.sftp.remove(fin)?;
+        let _ = self.sftp.wait(r)?;
+        let id = self.sftp.send_rename(tmp, fin)?;
+        self.wait_ok(id, "rename into place")
+    }
+}
