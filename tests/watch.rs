@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::sshd::{Sshd, ssh_job};
+use common::sshd::Sshd;
 use common::{Lab, is_root, set_mtime};
 use std::fs;
 use std::path::Path;

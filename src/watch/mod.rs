@@ -44,3 +44,40 @@ impl Default for WatchOptions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    fn parse(watch: &str) -> Result<Option<super::WatchOptions>, String> {
+        let y =
+            format!("jobs:\n  w:\n    source: /srv/a\n    remote: /srv/b\n    watch: {watch}\n");
+        crate::config::parse(Path::new("/etc/syncjob/jobs.yaml"), y.as_bytes())
+            .map(|c| c.jobs[0].watch)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn watch_key_forms() {
+        let d = super::WatchOptions::default();
+        assert_eq!(d.delay.as_millis(), 100);
+        assert_eq!(d.max_delay.as_secs(), 2);
+        assert_eq!(parse("true").unwrap(), Some(d));
+        assert_eq!(parse("false").unwrap(), None);
+        let w = parse("{delay: 0, max_delay: 500ms}").unwrap().unwrap();
+        assert_eq!((w.delay.as_millis(), w.max_delay.as_millis()), (0, 500));
+        let w = parse("{max_delay: 10s}").unwrap().unwrap();
+        assert_eq!(w.delay.as_millis(), 100);
+        let e = parse("{dealy: 1s}").unwrap_err();
+        assert!(e.contains("did you mean `delay`"), "{e}");
+        let e = parse("{delay: 5s, max_delay: 1s}").unwrap_err();
+        assert!(e.contains("must not be shorter"), "{e}");
+        let e = parse("yes please").unwrap_err();
+        assert!(
+            e.contains("`watch` must be true, false or a mapping"),
+            "{e}"
+        );
+        let e = parse("{delay: soon}").unwrap_err();
+        assert!(e.contains("`watch.delay`"), "{e}");
+    }
+}
