@@ -261,7 +261,6 @@ impl Worker {
     }
 
     fn work(&mut self) {
-        status::save_pending(&self.pfile, &self.pending);
         self.publish();
         let lock = self.lock.clone();
         let Some(_guard) = lock.acquire(&self.ctx.stop) else {
@@ -597,6 +596,7 @@ fn job_main(ctx: JobCtx, rx: Receiver<Control>) {
         let _ = tx.send(p);
     }
     let mut last_status = Instant::now() - TICK;
+    let mut written: Option<status::Snapshot> = None;
     while !ctx.stop.load(Ordering::Relaxed) {
         while let Ok(Control::Full(why)) = rx.try_recv() {
             w.gather.full(why, Instant::now());
@@ -620,7 +620,12 @@ fn job_main(ctx: JobCtx, rx: Receiver<Control>) {
             if w.gather.paths.is_empty() && ctx.live.pending_paths() == 0 {
                 *ctx.live.oldest.lock().unwrap() = None;
             }
-            status::write_snapshot(&ctx.env.state_dir, &ctx.live.snapshot(&job.name));
+            // written when it changed (nothing is written while idle)
+            let snap = ctx.live.snapshot(&job.name);
+            if written.as_ref() != Some(&snap) {
+                status::write_snapshot(&ctx.env.state_dir, &snap);
+                written = Some(snap);
+            }
         }
     }
     for (tx, t) in workers {
