@@ -249,7 +249,9 @@ def case_burst(sshd, results):
             results.append(f"{name:<16} {BURST:>6} {'-':>12} {t2 - t1:12.2f}   (writing took {t1 - t0:.2f} s)")
             continue
         if kind == "sj":
-            t = syncjob("burst-sj", src, remote, sshd)
+            # the default delay (100 ms, max_delay 2 s): a release is sent in
+            # few batches, not one per file event
+            t = syncjob("burst-sj", src, remote, sshd, extra="    watch: true\n")
             t.logged("watching")
         else:
             t = lsyncd("burst-ls", src, dst, sshd, True)

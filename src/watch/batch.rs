@@ -165,6 +165,15 @@ impl TargetSync {
         }
     }
 
+    /// Open the connection batches will use, ahead of the first one (so
+    /// that it does not pay for the handshake); a failure is left for the
+    /// batch to report.
+    pub fn preconnect(&mut self, job: &Job) {
+        if self.conn.is_none() {
+            self.conn = transport::open(&self.target, &settings(job)).ok();
+        }
+    }
+
     /// Drop the kept connection (the target went away, or idle).
     pub fn disconnect(&mut self) {
         self.conn = None;

@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 
 /// With the watch limit reached: a full sync this often.
 pub const FALLBACK_INTERVAL: Duration = Duration::from_secs(60);
-/// A target's state is written as its manifest after this long idle.
-const SAVE_AFTER_IDLE: Duration = Duration::from_secs(2);
+/// A target's state is written as its manifest after this long idle (and
+/// at exit; a crash leaves none, and the next start lists the target).
+const SAVE_AFTER_IDLE: Duration = Duration::from_secs(30);
 /// The longest wait of the job's loop (control messages, status file).
 const TICK: Duration = Duration::from_millis(500);
 
@@ -319,7 +320,9 @@ impl Worker {
         if res.status == Status::Ok {
             // without a manifest (mode full, compare checksum,
             // verify_interval 0) each later change is a full sync too
-            self.ts.load_state(job);
+            if self.ts.load_state(job) {
+                self.ts.preconnect(job);
+            }
             true
         } else {
             self.pending.merge(paths.clone());
