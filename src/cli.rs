@@ -350,7 +350,7 @@ fn cmd_run(
         v
     };
     let opts = run::Options {
-        trigger: "manual",
+        trigger: run::Trigger::Manual,
         dry_run,
         wait: match wait {
             None => Wait::No,
@@ -652,7 +652,7 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             "delete": j.delete,
             "source": j.source.display().to_string(),
             "targets": j.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
-            "last_status": l.map(|r| r.status.clone()),
+            "last_status": l.map(|r| r.status),
             "last_run": l.map(|r| r.finished_at.clone()),
             "next": next,
             "watch": crate::watch::status::describe(&env.state_dir, j),

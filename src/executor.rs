@@ -2,10 +2,11 @@
 
 use crate::journal::PathError;
 use crate::plan::{Action, EntryKind, Plan, display_path};
-use crate::transport::{Transport, is_changed_during_copy, with_progress};
+use crate::transport::{CopyCtx, Transport, is_changed_during_copy};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// How many times a file that changed while being copied is tried again.
 const CHANGED_RETRIES: u32 = 3;
@@ -58,6 +59,16 @@ pub struct Settings<'a> {
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
+impl Settings<'_> {
+    /// What every copy is told: when to stop, where to count its bytes.
+    fn copy_ctx(&self) -> CopyCtx<'_> {
+        CopyCtx {
+            cancel: self.cancel,
+            progress: self.progress.as_deref(),
+        }
+    }
+}
+
 /// Errors after which the rest of the target cannot proceed.
 fn is_fatal(e: &io::Error) -> bool {
     matches!(
@@ -95,13 +106,14 @@ fn copy_batch(
         .map(|a| (a.path(), s.source_root.join(a.path())))
         .collect();
     let mut warnings = Vec::new();
-    let mut r = t.put_files(&items, s.preserve_owner, s.cancel);
+    let ctx = s.copy_ctx();
+    let mut r = t.put_files(&items, s.preserve_owner, &ctx);
     for (k, res) in r.iter_mut().enumerate() {
         let mut tries = 0;
         while matches!(res, Err(e) if is_changed_during_copy(e)) && tries < CHANGED_RETRIES {
             tries += 1;
             std::thread::sleep(std::time::Duration::from_millis(50 * tries as u64));
-            *res = t.put_file(items[k].0, &items[k].1, s.preserve_owner, s.cancel);
+            *res = t.put_file(items[k].0, &items[k].1, s.preserve_owner, &ctx);
         }
         if tries > 0 && res.is_ok() {
             warnings.push(PathError {
@@ -139,21 +151,22 @@ fn split_copies(batch: &[&Action]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// Apply `plan` through `t`, batch by batch of one kind of action. Stops
+/// at a shutdown or when the target is lost (`Outcome::lost_target`).
 pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
-    let mut out = Outcome::default();
-    // entries whose creation or removal failed: nothing is done below them
-    let mut failed: Vec<PathBuf> = Vec::new();
-    let mut counted_deletes = 0u64;
-    let under_failed = |failed: &[PathBuf], p: &Path| failed.iter().any(|f| p.starts_with(f));
+    let mut ex = Executor {
+        s,
+        out: Outcome::default(),
+        failed: Vec::new(),
+        counted_deletes: 0,
+        extras: Vec::new(),
+        extras_failed: AtomicBool::new(false),
+    };
     let n = plan.len();
     let mut i = 0;
-    // extra connections for parallel copies, opened on first need
-    let mut extras: Vec<Option<Box<dyn Transport>>> = Vec::new();
-    let extras_failed = AtomicBool::new(false);
-
-    'outer: while i < n {
+    while i < n {
         if s.cancel.load(Ordering::Relaxed) {
-            out.aborted = Some("stopped by shutdown before finishing".into());
+            ex.out.aborted = Some("stopped by shutdown before finishing".into());
             break;
         }
         // the next actions of one kind, made from the plan's entries (a
@@ -168,8 +181,47 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
             .take(limit)
             .map(|k| plan.action(k))
             .collect();
-        // gather a batch of consecutive actions of one kind
-        let first = &window[0];
+        let (batch, taken, bytes) = ex.gather(&window);
+        i += taken;
+        if batch.is_empty() {
+            continue;
+        }
+        let is_copy = matches!(window[0], Action::Copy { .. });
+        let results = if is_copy {
+            ex.copy_run(t, &batch, bytes)
+        } else {
+            t.apply(&batch).into_iter().map(|r| r.map(|()| 0)).collect()
+        };
+        if ex.account(&batch, results, is_copy) {
+            break;
+        }
+    }
+    ex.out
+}
+
+/// One plan being applied.
+struct Executor<'s, 'a> {
+    s: &'s Settings<'a>,
+    out: Outcome,
+    /// entries whose creation or removal failed: nothing is done below them
+    failed: Vec<PathBuf>,
+    counted_deletes: u64,
+    /// extra connections for parallel copies, opened on first need
+    extras: Vec<Option<Box<dyn Transport>>>,
+    extras_failed: AtomicBool,
+}
+
+impl Executor<'_, '_> {
+    fn under_failed(&self, p: &Path) -> bool {
+        self.failed.iter().any(|f| p.starts_with(f))
+    }
+
+    /// A batch of consecutive actions of one kind from the start of
+    /// `window` (copies bounded by COPY_RUN_FILES / COPY_RUN_BYTES, others
+    /// by BATCH), leaving out deletions past `max_delete` and actions under
+    /// a failed directory. Returns the batch, how many actions of the
+    /// window it consumed, and the bytes of its copies.
+    fn gather<'w>(&mut self, window: &'w [Action]) -> (Vec<&'w Action>, usize, u64) {
         let mut batch: Vec<&Action> = Vec::new();
         let mut bytes = 0u64;
         let mut w = 0;
@@ -184,25 +236,25 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
             } else if batch.len() >= BATCH {
                 break;
             }
-            i += 1;
             w += 1;
             let path = a.path();
             let parent_failed = path
                 .parent()
-                .is_some_and(|p| !p.as_os_str().is_empty() && under_failed(&failed, p));
+                .is_some_and(|p| !p.as_os_str().is_empty() && self.under_failed(p));
             match a {
                 Action::Delete { counted, .. } => {
-                    if *counted && s.max_delete.is_some_and(|m| counted_deletes >= m) {
-                        out.deletes_withheld += 1;
+                    if *counted && self.s.max_delete.is_some_and(|m| self.counted_deletes >= m) {
+                        self.out.deletes_withheld += 1;
                         continue;
                     }
                     if *counted {
-                        counted_deletes += 1;
+                        self.counted_deletes += 1;
                     }
                 }
-                Action::SetAttrs { .. } if under_failed(&failed, path) => continue,
+                Action::SetAttrs { .. } if self.under_failed(path) => continue,
                 _ if parent_failed => {
-                    out.error(path, "skipped: its parent directory could not be prepared");
+                    self.out
+                        .error(path, "skipped: its parent directory could not be prepared");
                     continue;
                 }
                 Action::Copy { size, .. } => bytes += size,
@@ -210,149 +262,164 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
             }
             batch.push(a);
         }
-        if batch.is_empty() {
-            continue;
-        }
+        (batch, w, bytes)
+    }
 
-        let results: Vec<io::Result<u64>> = if matches!(first, Action::Copy { .. }) {
-            let groups = split_copies(&batch);
-            // more connections for a long run of copies, opened by their
-            // worker threads while this one already copies
-            let want = match s.open_extra {
-                Some(_)
-                    if !extras_failed.load(Ordering::Relaxed)
-                        && groups.len() > 1
-                        && (batch.len() >= PARALLEL_MIN_FILES || bytes >= PARALLEL_MIN_BYTES) =>
-                {
-                    s.streams.min(groups.len()).saturating_sub(1)
-                }
-                _ => extras.len().min(groups.len().saturating_sub(1)),
-            };
-            while extras.len() < want {
-                extras.push(None);
+    /// Copy a batch, spread over up to `streams` connections when it is
+    /// long (the extra ones opened by their own threads while this one
+    /// already copies). One result per copy, in order.
+    fn copy_run(
+        &mut self,
+        t: &mut dyn Transport,
+        batch: &[&Action],
+        bytes: u64,
+    ) -> Vec<io::Result<u64>> {
+        let s = self.s;
+        let groups = split_copies(batch);
+        let want = match s.open_extra {
+            Some(_)
+                if !self.extras_failed.load(Ordering::Relaxed)
+                    && groups.len() > 1
+                    && (batch.len() >= PARALLEL_MIN_FILES || bytes >= PARALLEL_MIN_BYTES) =>
+            {
+                s.streams.min(groups.len()).saturating_sub(1)
             }
-            let slots: Vec<std::sync::Mutex<Option<io::Result<u64>>>> =
-                batch.iter().map(|_| std::sync::Mutex::new(None)).collect();
-            let warnings = std::sync::Mutex::new(Vec::new());
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let work = |t: &mut dyn Transport| {
-                loop {
-                    if s.cancel.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let g = next.fetch_add(1, Ordering::SeqCst);
-                    let Some(range) = groups.get(g) else { break };
-                    let (res, w) = copy_batch(t, &batch[range.clone()], s);
-                    let lost = res.iter().any(|r| matches!(r, Err(e) if is_fatal(e)));
-                    for (k, r) in range.clone().zip(res) {
-                        *slots[k].lock().unwrap() = Some(r);
-                    }
-                    warnings.lock().unwrap().extend(w);
-                    if lost {
-                        // this connection is gone; the others go on
-                        break;
-                    }
-                }
-            };
-            std::thread::scope(|sc| {
-                for slot in extras.iter_mut().take(want) {
-                    let work = &work;
-                    let extras_failed = &extras_failed;
-                    sc.spawn(move || {
-                        if slot.is_none() && !extras_failed.load(Ordering::Relaxed) {
-                            match s.open_extra.map(|open| open()) {
-                                Some(Ok(x)) => *slot = Some(x),
-                                // one connection will do
-                                _ => extras_failed.store(true, Ordering::Relaxed),
-                            }
-                        }
-                        if let Some(x) = slot.as_mut() {
-                            with_progress(s.progress.clone(), || work(x.as_mut()));
-                        }
-                    });
-                }
-                with_progress(s.progress.clone(), || work(t));
-            });
-            out.warnings.extend(warnings.into_inner().unwrap());
-            slots
-                .into_iter()
-                .map(|m| {
-                    m.into_inner().unwrap().unwrap_or_else(|| {
-                        Err(io::Error::new(
-                            io::ErrorKind::Interrupted,
-                            "not copied: the run stopped first",
-                        ))
-                    })
-                })
-                .collect()
-        } else {
-            t.apply(&batch).into_iter().map(|r| r.map(|()| 0)).collect()
+            _ => self.extras.len().min(groups.len().saturating_sub(1)),
         };
+        while self.extras.len() < want {
+            self.extras.push(None);
+        }
+        let slots: Vec<Mutex<Option<io::Result<u64>>>> =
+            batch.iter().map(|_| Mutex::new(None)).collect();
+        let warnings = Mutex::new(Vec::new());
+        let next = AtomicUsize::new(0);
+        let work = |t: &mut dyn Transport| {
+            loop {
+                if s.cancel.load(Ordering::Relaxed) {
+                    break;
+                }
+                let g = next.fetch_add(1, Ordering::SeqCst);
+                let Some(range) = groups.get(g) else { break };
+                let (res, w) = copy_batch(t, &batch[range.clone()], s);
+                let lost = res.iter().any(|r| matches!(r, Err(e) if is_fatal(e)));
+                for (k, r) in range.clone().zip(res) {
+                    *slots[k].lock().unwrap() = Some(r);
+                }
+                warnings.lock().unwrap().extend(w);
+                if lost {
+                    // this connection is gone; the others go on
+                    break;
+                }
+            }
+        };
+        let extras_failed = &self.extras_failed;
+        std::thread::scope(|sc| {
+            for slot in self.extras.iter_mut().take(want) {
+                let work = &work;
+                sc.spawn(move || {
+                    if slot.is_none() && !extras_failed.load(Ordering::Relaxed) {
+                        match s.open_extra.map(|open| open()) {
+                            Some(Ok(x)) => *slot = Some(x),
+                            // one connection will do
+                            _ => extras_failed.store(true, Ordering::Relaxed),
+                        }
+                    }
+                    if let Some(x) = slot.as_mut() {
+                        work(x.as_mut());
+                    }
+                });
+            }
+            work(t);
+        });
+        self.out.warnings.extend(warnings.into_inner().unwrap());
+        slots
+            .into_iter()
+            .map(|m| {
+                m.into_inner().unwrap().unwrap_or_else(|| {
+                    Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "not copied: the run stopped first",
+                    ))
+                })
+            })
+            .collect()
+    }
 
-        let is_copy = matches!(first, Action::Copy { .. });
+    /// Count a batch's results into the outcome; true when the run must
+    /// stop (the target was lost).
+    fn account(&mut self, batch: &[&Action], results: Vec<io::Result<u64>>, is_copy: bool) -> bool {
         // copies never started because a connection was lost or a shutdown
         // came are not errors of their own (the run says why it stopped)
-        let stopped = s.cancel.load(Ordering::Relaxed)
+        let stopped = self.s.cancel.load(Ordering::Relaxed)
             || results.iter().any(|r| matches!(r, Err(e) if is_fatal(e)));
         for (a, r) in batch.iter().zip(results) {
             if stopped && is_copy && matches!(&r, Err(e) if e.kind() == io::ErrorKind::Interrupted)
             {
                 continue;
             }
-            let path = a.path();
-            match (a, r) {
-                (Action::Copy { .. }, Ok(n)) => {
-                    // (on_done was called by the copying thread)
-                    out.files_transferred += 1;
-                    out.bytes_transferred += n;
-                }
-                (Action::Delete { .. }, Ok(_)) => {
-                    out.files_deleted += 1;
-                    (s.on_done)(a);
-                }
-                (_, Ok(_)) => (s.on_done)(a),
-                // already gone (the plan may come from a target manifest)
-                (Action::Delete { .. }, Err(e)) if e.kind() == io::ErrorKind::NotFound => {}
-                (Action::Delete { kind, counted, .. }, Err(e))
-                    if *kind == EntryKind::Dir
-                        && *counted
-                        && e.kind() == io::ErrorKind::DirectoryNotEmpty =>
-                {
-                    // excluded (or withheld) entries remain inside: keep it
-                    out.warnings.push(PathError {
-                        path: display_path(path),
-                        message: "directory not deleted: it still holds excluded or kept entries"
-                            .into(),
-                    });
-                }
-                (_, Err(e)) => {
-                    match a {
-                        Action::Delete { counted: false, .. } | Action::Mkdir { .. } => {
-                            failed.push(path.to_path_buf())
-                        }
-                        _ => {}
-                    }
-                    let fatal = is_fatal(&e);
-                    if fatal && out.lost_target {
-                        // the same lost connection again: said once
-                        continue;
-                    }
-                    out.error(path, e.to_string());
-                    if fatal {
-                        out.aborted = Some(format!("target lost: {e}"));
-                        out.lost_target = true;
-                        if !is_copy {
-                            break 'outer;
-                        }
-                        // copies of other connections may have succeeded:
-                        // count them before stopping
+            match r {
+                Ok(n) => self.applied(a, n),
+                Err(e) => {
+                    if self.failed_one(a, e) && !is_copy {
+                        return true;
                     }
                 }
             }
         }
-        if out.lost_target {
-            break 'outer;
+        self.out.lost_target
+    }
+
+    fn applied(&mut self, a: &Action, n: u64) {
+        match a {
+            Action::Copy { .. } => {
+                // (on_done was called by the copying thread)
+                self.out.files_transferred += 1;
+                self.out.bytes_transferred += n;
+            }
+            Action::Delete { .. } => {
+                self.out.files_deleted += 1;
+                (self.s.on_done)(a);
+            }
+            _ => (self.s.on_done)(a),
         }
     }
-    out
+
+    /// Record one failed action; true when it lost the target.
+    fn failed_one(&mut self, a: &Action, e: io::Error) -> bool {
+        let path = a.path();
+        match a {
+            // already gone (the plan may come from a target manifest)
+            Action::Delete { .. } if e.kind() == io::ErrorKind::NotFound => return false,
+            Action::Delete { kind, counted, .. }
+                if *kind == EntryKind::Dir
+                    && *counted
+                    && e.kind() == io::ErrorKind::DirectoryNotEmpty =>
+            {
+                // excluded (or withheld) entries remain inside: keep it
+                self.out.warnings.push(PathError {
+                    path: display_path(path),
+                    message: "directory not deleted: it still holds excluded or kept entries"
+                        .into(),
+                });
+                return false;
+            }
+            Action::Delete { counted: false, .. } | Action::Mkdir { .. } => {
+                self.failed.push(path.to_path_buf())
+            }
+            _ => {}
+        }
+        let fatal = is_fatal(&e);
+        if fatal && self.out.lost_target {
+            // the same lost connection again: said once
+            return false;
+        }
+        self.out.error(path, e.to_string());
+        if fatal {
+            // copies of other connections may have succeeded: they are
+            // counted before stopping
+            self.out.aborted = Some(format!("target lost: {e}"));
+            self.out.lost_target = true;
+        }
+        fatal
+    }
 }

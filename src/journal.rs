@@ -11,6 +11,82 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+/// How a run ended, as stored in the log (`"ok"`, `"dry_run"`, …). Ordered
+/// from best to worst: a job's status is the worst of its targets'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    DryRun,
+    Skipped,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::DryRun => "dry_run",
+            Status::Skipped => "skipped",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// What started a run: `syncjob run`, the schedule, or a retry after a
+/// failed scheduled run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Manual,
+    Schedule,
+    Retry,
+    /// a real-time watch: a batch of changes, or the watcher's full sync
+    Watch,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Schedule => "schedule",
+            Trigger::Retry => "retry",
+            Trigger::Watch => "watch",
+        }
+    }
+}
+
+/// A job's transfer mode (`mode:` in the jobs file, `mode` in the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Transfer what differs (size and mtime, or content).
+    Incremental,
+    /// Transfer every file.
+    Full,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Incremental => "incremental",
+        }
+    }
+}
+
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            /// The stored name (padding and width flags apply).
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    )*};
+}
+display_as_str!(Status, Trigger, Mode);
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PathError {
     pub path: String,
@@ -32,10 +108,10 @@ pub struct Record {
     pub ts: String,
     pub job: String,
     pub run_id: String,
-    pub trigger: String,
+    pub trigger: Trigger,
     pub target: String,
-    pub mode: String,
-    pub status: String,
+    pub mode: Mode,
+    pub status: Status,
     pub reason: Option<String>,
     pub started_at: String,
     pub finished_at: String,
@@ -182,6 +258,27 @@ impl Iterator for RevLines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_trigger_and_mode_are_stored_as_before() {
+        fn j<T: Serialize>(v: &T) -> String {
+            serde_json::to_string(v).unwrap()
+        }
+        assert_eq!(j(&Status::DryRun), "\"dry_run\"");
+        assert_eq!(j(&Status::Ok), "\"ok\"");
+        assert_eq!(j(&Trigger::Schedule), "\"schedule\"");
+        assert_eq!(j(&Trigger::Retry), "\"retry\"");
+        assert_eq!(j(&Mode::Incremental), "\"incremental\"");
+        for s in [Status::Ok, Status::DryRun, Status::Skipped, Status::Failed] {
+            let back: Status = serde_json::from_str(&j(&s)).unwrap();
+            assert_eq!(
+                (back, format!("{s:<8}|")),
+                (s, format!("{:<8}|", s.as_str()))
+            );
+        }
+        assert!(serde_json::from_str::<Status>("\"exploded\"").is_err());
+        assert!(Status::Failed > Status::Skipped && Status::Skipped > Status::Ok);
+    }
 
     #[test]
     fn reverse_lines_across_blocks() {

@@ -6,6 +6,7 @@
 //! `cli` maps arguments to these and outcomes to exit codes.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod executor;

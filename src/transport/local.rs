@@ -1,6 +1,8 @@
 //! A target directory on this machine.
 
-use super::{Listing, Transport, copy_cancellable, open_source, temp_name, verify_unchanged};
+use super::{
+    CopyCtx, Listing, Transport, copy_cancellable, open_source, temp_name, verify_unchanged,
+};
 use crate::filter::Filter;
 use crate::journal::PathError;
 use crate::plan::{Entry, EntryKind, TreeBuilder, display_path, is_temp_name};
@@ -8,7 +10,6 @@ use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub struct Local {
@@ -167,7 +168,7 @@ impl Transport for Local {
         rel: &Path,
         src: &Path,
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<u64> {
         let (mut input, before) = open_source(src)?;
         let tmp = self.path(&temp_name(rel));
@@ -177,7 +178,7 @@ impl Transport for Local {
             .mode(0o600)
             .open(&tmp)?;
         let result = (|| {
-            let n = copy_cancellable(&mut input, &mut out, cancel)?;
+            let n = copy_cancellable(&mut input, &mut out, ctx)?;
             verify_unchanged(&input, &before, n)?;
             use std::os::unix::fs::MetadataExt;
             if preserve_owner {

@@ -67,13 +67,14 @@ pub trait Transport: Send {
     fn mkdir(&mut self, rel: &Path) -> io::Result<()>;
     /// Write `src` to `rel` under a temporary name, set its mode, mtime (and
     /// owner), then rename it into place. Returns the bytes written.
-    /// Gives up (removing its temporary file) when `cancel` is set.
+    /// Gives up (removing its temporary file) when `ctx` is cancelled, and
+    /// counts the bytes it sends into `ctx`.
     fn put_file(
         &mut self,
         rel: &Path,
         src: &Path,
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<u64>;
     /// Whether a symlink's own mtime can be set.
     fn symlink_times(&self) -> bool {
@@ -98,11 +99,11 @@ pub trait Transport: Send {
         &mut self,
         items: &[(&Path, PathBuf)],
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> Vec<io::Result<u64>> {
         items
             .iter()
-            .map(|(rel, src)| self.put_file(rel, src, preserve_owner, cancel))
+            .map(|(rel, src)| self.put_file(rel, src, preserve_owner, ctx))
             .collect()
     }
 
@@ -245,24 +246,24 @@ pub fn verify_unchanged(f: &File, before: &Metadata, copied: u64) -> io::Result<
 }
 
 /// Copy `input` to `out` in large chunks (in-kernel `copy_file_range` where
-/// both are files), checking `cancel` between chunks.
+/// both are files), checking `ctx` for a shutdown between chunks.
 pub fn copy_cancellable(
     input: &mut File,
     out: &mut impl io::Write,
-    cancel: &AtomicBool,
+    ctx: &CopyCtx,
 ) -> io::Result<u64> {
     use std::io::Read;
     const CHUNK: u64 = 16 << 20;
     let mut total = 0;
     loop {
-        if cancel.load(Ordering::Relaxed) {
+        if ctx.cancelled() {
             return Err(io::Error::new(
                 io::ErrorKind::Interrupted,
                 "aborted by shutdown",
             ));
         }
         let n = io::copy(&mut input.by_ref().take(CHUNK), out)?;
-        add_progress(n);
+        ctx.add_progress(n);
         total += n;
         if n < CHUNK {
             return Ok(total);
@@ -270,27 +271,30 @@ pub fn copy_cancellable(
     }
 }
 
-thread_local! {
-    /// Bytes sent so far by this thread's copies, for a progress bar.
-    static PROGRESS: std::cell::RefCell<Option<std::sync::Arc<AtomicU64>>> =
-        const { std::cell::RefCell::new(None) };
+/// What the run tells a copy: when to stop, and where to count the bytes
+/// it sends (for a progress bar). Passed explicitly to every copy; no
+/// thread-local state.
+#[derive(Clone, Copy)]
+pub struct CopyCtx<'a> {
+    /// Set at shutdown: copies stop between chunks, removing their
+    /// temporary file.
+    pub cancel: &'a AtomicBool,
+    /// Bytes sent so far, when someone is watching.
+    pub progress: Option<&'a AtomicU64>,
 }
 
-/// Run `f` with this thread's copies counting their bytes into `counter`.
-pub fn with_progress<R>(counter: Option<std::sync::Arc<AtomicU64>>, f: impl FnOnce() -> R) -> R {
-    let old = PROGRESS.with(|p| p.replace(counter));
-    let r = f();
-    PROGRESS.with(|p| *p.borrow_mut() = old);
-    r
-}
+impl CopyCtx<'_> {
+    /// Whether the run was told to stop.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
 
-/// Count `n` bytes sent (a chunk of a file being copied).
-pub fn add_progress(n: u64) {
-    PROGRESS.with(|p| {
-        if let Some(c) = &*p.borrow() {
+    /// Count `n` bytes sent (a chunk of a file being copied).
+    pub fn add_progress(&self, n: u64) {
+        if let Some(c) = self.progress {
             c.fetch_add(n, Ordering::Relaxed);
         }
-    });
+    }
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -22,7 +22,7 @@ use super::dirty::Paths;
 use super::scan::{self, Regions};
 use crate::config::Job;
 use crate::executor::{self, Outcome, Settings};
-use crate::journal::{self, PathError, Record};
+use crate::journal::{self, PathError, Record, Status, Trigger};
 use crate::manifest::{self, Caps};
 use crate::plan::{self, Entry, Scan};
 use crate::target::Target;
@@ -363,11 +363,11 @@ pub struct RecordStart {
     pub run_id: String,
     pub started: String,
     pub at: Instant,
-    pub trigger: &'static str,
+    pub trigger: Trigger,
 }
 
 impl RecordStart {
-    pub fn new(trigger: &'static str) -> RecordStart {
+    pub fn new(trigger: Trigger) -> RecordStart {
         RecordStart {
             run_id: crate::run::new_run_id(),
             started: journal::now_rfc3339(),
@@ -397,10 +397,10 @@ impl RecordStart {
             ts: finished.clone(),
             job: job.name.clone(),
             run_id: self.run_id.clone(),
-            trigger: self.trigger.into(),
+            trigger: self.trigger,
             target: target.to_string(),
-            mode: job.mode.as_str().into(),
-            status: if ok { "ok" } else { "failed" }.into(),
+            mode: job.mode,
+            status: if ok { Status::Ok } else { Status::Failed },
             reason,
             started_at: self.started.clone(),
             finished_at: finished,

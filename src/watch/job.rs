@@ -24,7 +24,7 @@ use crate::config::Job;
 use crate::daemon::{Level, say};
 use crate::journal;
 use crate::lock;
-use crate::run::{self, Env, Status, Wait};
+use crate::run::{self, Env, Status, Trigger, Wait};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -163,7 +163,7 @@ fn log_record(r: &journal::Record, env: &Env) {
 }
 
 fn say_record(r: &journal::Record) {
-    let level = if r.status == "ok" {
+    let level = if r.status == Status::Ok {
         Level::Info
     } else {
         Level::Error
@@ -302,7 +302,7 @@ impl Worker {
         let mut one = (**job).clone();
         one.targets = vec![self.ts.target.clone()];
         let opts = run::Options {
-            trigger: "watch",
+            trigger: Trigger::Watch,
             dry_run: false,
             wait: Wait::Held,
             verbose: false,
@@ -335,7 +335,7 @@ impl Worker {
 
     fn batch(&mut self, paths: &Paths) -> bool {
         let job = self.ctx.job.clone();
-        let rs = RecordStart::new("watch");
+        let rs = RecordStart::new(Trigger::Watch);
         let (ended, rec) = self.ts.batch(&job, paths, &self.ctx.cancel, &rs);
         log_record(&rec, &self.ctx.env);
         self.ctx.live.batches.fetch_add(1, Ordering::Relaxed);

@@ -11,10 +11,9 @@
 use super::Ssh;
 use super::session::shell_quote;
 use crate::helper::proto;
-use crate::transport::{OpenError, add_progress, open_source, temp_name, verify_unchanged};
+use crate::transport::{CopyCtx, OpenError, open_source, temp_name, verify_unchanged};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Start `CMD helper` on the remote and check its greeting. A helper that
 /// cannot start is a permanent error (it is configured, and would be
@@ -100,7 +99,7 @@ fn send_delta(
     len: u64,
     theirs: &proto::Hashes,
     mine: &[[u8; 32]],
-    cancel: &AtomicBool,
+    ctx: &CopyCtx,
 ) -> io::Result<(u64, Option<io::Error>)> {
     use proto::{chunk, copy};
     use std::io::Write;
@@ -113,7 +112,7 @@ fn send_delta(
     let mut literal = 0u64;
     let mut off = 0u64;
     for (i, sum) in mine.iter().enumerate() {
-        if cancel.load(Ordering::Relaxed) {
+        if ctx.cancelled() {
             let e = io::Error::new(io::ErrorKind::Interrupted, "aborted by shutdown");
             return Ok((literal, Some(e)));
         }
@@ -145,7 +144,7 @@ fn send_delta(
             ch.write_all(out)?;
             out.clear();
         }
-        add_progress(n);
+        ctx.add_progress(n);
     }
     if let Some((at, l)) = pending.take() {
         copy(at, l as u32, out);
@@ -158,187 +157,65 @@ fn helper_lost(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::BrokenPipe, format!("remote helper: {e}"))
 }
 
+/// A source opened for copying, with its state then.
+type Opened = (std::fs::File, std::fs::Metadata);
+/// The target's block hashes of a file and the source's.
+type Basis = (proto::Hashes, Vec<[u8; 32]>);
+
 impl Ssh {
     /// Copy files through the remote helper: all records of the batch go
     /// out as one stream, then the replies are read (one per file sent).
     /// A big file that exists on the target goes as a delta: the helper
     /// first gives the SHA-256 of each block of its version there, and only
     /// the blocks that differ are sent (the others are copied there).
+    /// `Err`: the helper's stream broke (every file with it).
     pub(super) fn put_batch_helper(
         &mut self,
         items: &[(&Path, PathBuf)],
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<Vec<io::Result<u64>>> {
-        use proto::{
-            FileHeader, Hashes, chunk, end, hashes_request, header, read_hashes, read_reply,
-        };
         use std::io::Write;
-        use std::os::unix::fs::MetadataExt;
         let mut results: Vec<Option<io::Result<u64>>> = items.iter().map(|_| None).collect();
-        let mut sent: Vec<(usize, u64)> = Vec::with_capacity(items.len());
         let mut out: Vec<u8> = Vec::with_capacity(FLUSH + (64 << 10));
         let paths: Vec<(Vec<u8>, Vec<u8>)> = items
             .iter()
             .map(|(rel, _)| (self.path(&temp_name(rel)), self.path(rel)))
             .collect();
         let ch = self.helper.as_mut().expect("helper started");
-
-        // big sources opened first (the others as their turn comes): their
-        // state then (`before`) is what the copy is checked against at the
-        // end, whatever is read in between
-        let mut opened: Vec<Option<(std::fs::File, std::fs::Metadata)>> = Vec::new();
-        for (k, (_, src)) in items.iter().enumerate() {
-            let big = std::fs::metadata(src).is_ok_and(|m| m.len() >= DELTA_MIN);
-            opened.push(None);
-            if big {
-                match open_source(src) {
-                    Ok(x) => opened[k] = Some(x),
-                    Err(e) => results[k] = Some(Err(e)),
-                }
-            }
-        }
-        // big files: the block hashes of their versions on the target,
-        // while the source's blocks are hashed here
-        let mut hashes: Vec<Option<(Hashes, Vec<[u8; 32]>)>> = items.iter().map(|_| None).collect();
-        let mut asked = Vec::new();
-        for (k, o) in opened.iter().enumerate() {
-            if let Some((_, md)) = o
-                && md.len() >= DELTA_MIN
-            {
-                let block = delta_block(md.len());
-                hashes_request(&paths[k].1, block, &mut out);
-                asked.push((k, block));
-            }
-        }
-        if !asked.is_empty() {
-            ch.write_all(&out).map_err(helper_lost)?;
-            out.clear();
-            let remote = std::thread::scope(|sc| {
-                let local: Vec<_> = asked
-                    .iter()
-                    .map(|&(k, block)| {
-                        let (f, md) = opened[k].as_ref().unwrap();
-                        sc.spawn(move || hash_source(f, md.len(), block))
-                    })
-                    .collect();
-                let mut remote = Vec::new();
-                for &(_, block) in &asked {
-                    remote.push(read_hashes(ch, block));
-                }
-                (
-                    remote,
-                    local.into_iter().map(|t| t.join()).collect::<Vec<_>>(),
-                )
-            });
-            let (remote, local) = remote;
-            for ((&(k, _), r), l) in asked.iter().zip(remote).zip(local) {
-                // no hashes there (a new file, …) or here: sent whole
-                if let (Ok(h), Ok(Ok(mine))) = (r.map_err(helper_lost)?, l) {
-                    hashes[k] = Some((h, mine));
-                }
-            }
-        }
-
+        let opened = open_big(items, &mut results);
+        let mut hashes = ask_hashes(ch, &paths, &opened, &mut out)?;
         let mut buf = vec![0u8; 128 << 10];
+        let mut sent: Vec<(usize, u64)> = Vec::with_capacity(items.len());
         for (k, (o, (_, src))) in opened.into_iter().zip(items).enumerate() {
             if results[k].is_some() {
                 continue;
             }
-            let (mut input, before) = match o.map_or_else(|| open_source(src), Ok) {
+            let (input, before) = match o.map_or_else(|| open_source(src), Ok) {
                 Ok(x) => x,
                 Err(e) => {
                     results[k] = Some(Err(e));
                     continue;
                 }
             };
-            let basis = hashes[k].take();
-            header(
-                &FileHeader {
-                    basis: basis.is_some(),
-                    tmp: &paths[k].0,
-                    fin: &paths[k].1,
-                    mode: before.mode() & 0o7777,
-                    mtime: before.mtime(),
-                    mtime_ns: before.mtime_nsec() as u32,
-                    owner: preserve_owner.then(|| (before.uid(), before.gid())),
-                },
-                &mut out,
-            );
-            if let Some((theirs, mine)) = basis {
-                // a delta: blocks that differ are read and sent, the others
-                // copied there from the old version
-                let r = send_delta(
-                    ch,
-                    &mut out,
-                    &mut buf,
-                    &input,
-                    before.len(),
-                    &theirs,
-                    &mine,
-                    cancel,
-                );
-                let (literal, mut fail) = match r {
-                    Ok(x) => x,
-                    Err(e) => return Err(helper_lost(e)),
-                };
-                if fail.is_none()
-                    && let Err(e) = verify_unchanged(&input, &before, before.len())
-                {
-                    fail = Some(e);
-                }
-                end(fail.is_none(), &mut out);
-                if let Some(e) = fail {
-                    results[k] = Some(Err(e));
-                }
-                sent.push((k, literal));
-                continue;
-            }
-            let mut size = 0u64;
-            let mut fail = None;
-            loop {
-                if cancel.load(Ordering::Relaxed) {
-                    fail = Some(io::Error::new(
-                        io::ErrorKind::Interrupted,
-                        "aborted by shutdown",
-                    ));
-                    break;
-                }
-                let n = match input.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) => {
-                        fail = Some(e);
-                        break;
-                    }
-                };
-                for c in buf[..n].chunks(proto::MAX_CHUNK as usize) {
-                    chunk(c, &mut out);
-                }
-                size += n as u64;
-                if out.len() >= FLUSH {
-                    ch.write_all(&out).map_err(helper_lost)?;
-                    out.clear();
-                }
-                add_progress(n as u64);
-            }
-            if fail.is_none()
-                && let Err(e) = verify_unchanged(&input, &before, size)
-            {
-                fail = Some(e);
-            }
-            // an aborted file is removed by the helper; our reason stands
-            end(fail.is_none(), &mut out);
+            let file = FileOut {
+                input,
+                before,
+                tmp: &paths[k].0,
+                fin: &paths[k].1,
+                preserve_owner,
+            };
+            let (n, fail) = file.send(ch, &mut out, &mut buf, hashes[k].take(), ctx)?;
             if let Some(e) = fail {
                 results[k] = Some(Err(e));
             }
-            sent.push((k, size));
+            sent.push((k, n));
         }
         // (no `flush`: libssh2's channel flush discards unread incoming
         // data, i.e. replies that already came)
         ch.write_all(&out).map_err(helper_lost)?;
         for (k, literal) in sent {
-            let r = read_reply(ch).map_err(helper_lost)?;
+            let r = proto::read_reply(ch).map_err(helper_lost)?;
             if results[k].is_none() {
                 results[k] = Some(r.map(|()| literal));
             }
@@ -347,5 +224,169 @@ impl Ssh {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| Err(io::Error::other("not attempted"))))
             .collect())
+    }
+}
+
+/// Big sources (delta candidates) opened first, the others as their turn
+/// comes: their state then (`before`) is what the copy is checked against
+/// at the end, whatever is read in between.
+fn open_big(
+    items: &[(&Path, PathBuf)],
+    results: &mut [Option<io::Result<u64>>],
+) -> Vec<Option<Opened>> {
+    let mut opened = Vec::with_capacity(items.len());
+    for (k, (_, src)) in items.iter().enumerate() {
+        let big = std::fs::metadata(src).is_ok_and(|m| m.len() >= DELTA_MIN);
+        opened.push(None);
+        if big {
+            match open_source(src) {
+                Ok(x) => opened[k] = Some(x),
+                Err(e) => results[k] = Some(Err(e)),
+            }
+        }
+    }
+    opened
+}
+
+/// Big files: the block hashes of their versions on the target, asked for
+/// while the source's blocks are hashed here. `None` for a file with no
+/// hashes there (a new file, …) or here: it is sent whole.
+fn ask_hashes(
+    ch: &mut ssh2::Channel,
+    paths: &[(Vec<u8>, Vec<u8>)],
+    opened: &[Option<Opened>],
+    out: &mut Vec<u8>,
+) -> io::Result<Vec<Option<Basis>>> {
+    use std::io::Write;
+    let mut hashes: Vec<Option<Basis>> = opened.iter().map(|_| None).collect();
+    let mut asked = Vec::new();
+    for (k, o) in opened.iter().enumerate() {
+        if let Some((_, md)) = o
+            && md.len() >= DELTA_MIN
+        {
+            let block = delta_block(md.len());
+            proto::hashes_request(&paths[k].1, block, out);
+            asked.push((k, block));
+        }
+    }
+    if asked.is_empty() {
+        return Ok(hashes);
+    }
+    ch.write_all(out).map_err(helper_lost)?;
+    out.clear();
+    let (remote, local) = std::thread::scope(|sc| {
+        let local: Vec<_> = asked
+            .iter()
+            .map(|&(k, block)| {
+                let (f, md) = opened[k].as_ref().unwrap();
+                sc.spawn(move || hash_source(f, md.len(), block))
+            })
+            .collect();
+        let remote: Vec<_> = asked
+            .iter()
+            .map(|&(_, block)| proto::read_hashes(ch, block))
+            .collect();
+        (
+            remote,
+            local.into_iter().map(|t| t.join()).collect::<Vec<_>>(),
+        )
+    });
+    for ((&(k, _), r), l) in asked.iter().zip(remote).zip(local) {
+        if let (Ok(h), Ok(Ok(mine))) = (r.map_err(helper_lost)?, l) {
+            hashes[k] = Some((h, mine));
+        }
+    }
+    Ok(hashes)
+}
+
+/// One file's record being sent.
+struct FileOut<'p> {
+    input: std::fs::File,
+    before: std::fs::Metadata,
+    tmp: &'p [u8],
+    fin: &'p [u8],
+    preserve_owner: bool,
+}
+
+impl FileOut<'_> {
+    /// Header, data (whole, or a delta against `basis`), end. Returns the
+    /// bytes sent and the file's own failure (a read error, a change, a
+    /// shutdown: the helper then drops its temporary file); `Err`: the
+    /// stream broke.
+    fn send(
+        mut self,
+        ch: &mut ssh2::Channel,
+        out: &mut Vec<u8>,
+        buf: &mut Vec<u8>,
+        basis: Option<Basis>,
+        ctx: &CopyCtx,
+    ) -> io::Result<(u64, Option<io::Error>)> {
+        use std::os::unix::fs::MetadataExt;
+        let before = &self.before;
+        proto::header(
+            &proto::FileHeader {
+                basis: basis.is_some(),
+                tmp: self.tmp,
+                fin: self.fin,
+                mode: before.mode() & 0o7777,
+                mtime: before.mtime(),
+                mtime_ns: before.mtime_nsec() as u32,
+                owner: self.preserve_owner.then(|| (before.uid(), before.gid())),
+            },
+            out,
+        );
+        let is_delta = basis.is_some();
+        let (n, mut fail) = match basis {
+            // a delta: blocks that differ are read and sent, the others
+            // copied there from the old version
+            Some((theirs, mine)) => {
+                let len = before.len();
+                send_delta(ch, out, buf, &self.input, len, &theirs, &mine, ctx)
+                    .map_err(helper_lost)?
+            }
+            None => self.send_whole(ch, out, buf, ctx)?,
+        };
+        // (a delta reads the whole source, at its blocks' offsets)
+        let read = if is_delta { self.before.len() } else { n };
+        if fail.is_none()
+            && let Err(e) = verify_unchanged(&self.input, &self.before, read)
+        {
+            fail = Some(e);
+        }
+        // an aborted file is removed by the helper; our reason stands
+        proto::end(fail.is_none(), out);
+        Ok((n, fail))
+    }
+
+    /// The whole file as data chunks.
+    fn send_whole(
+        &mut self,
+        ch: &mut ssh2::Channel,
+        out: &mut Vec<u8>,
+        buf: &mut [u8],
+        ctx: &CopyCtx,
+    ) -> io::Result<(u64, Option<io::Error>)> {
+        use std::io::Write;
+        let mut size = 0u64;
+        loop {
+            if ctx.cancelled() {
+                let e = io::Error::new(io::ErrorKind::Interrupted, "aborted by shutdown");
+                return Ok((size, Some(e)));
+            }
+            let n = match self.input.read(buf) {
+                Ok(0) => return Ok((size, None)),
+                Ok(n) => n,
+                Err(e) => return Ok((size, Some(e))),
+            };
+            for c in buf[..n].chunks(proto::MAX_CHUNK as usize) {
+                proto::chunk(c, out);
+            }
+            size += n as u64;
+            if out.len() >= FLUSH {
+                ch.write_all(out).map_err(helper_lost)?;
+                out.clear();
+            }
+            ctx.add_progress(n as u64);
+        }
     }
 }

@@ -31,7 +31,7 @@ pub use listing::parse_find;
 pub use session::{base64, shell_quote};
 
 use self::sftp::Sftp;
-use super::{Listing, OpenError, Transport, TransportSettings};
+use super::{CopyCtx, Listing, OpenError, Transport, TransportSettings};
 use crate::filter::Filter;
 use crate::plan::{Action, EntryKind};
 use crate::target::SshTarget;
@@ -39,7 +39,6 @@ use sha2::{Digest, Sha256};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 pub struct Ssh {
     sess: ssh2::Session,
@@ -91,12 +90,12 @@ impl Transport for Ssh {
         &mut self,
         items: &[(&Path, PathBuf)],
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> Vec<io::Result<u64>> {
         let r = if self.helper.is_some() {
-            self.put_batch_helper(items, preserve_owner, cancel)
+            self.put_batch_helper(items, preserve_owner, ctx)
         } else {
-            self.put_batch(items, preserve_owner, cancel)
+            self.put_batch(items, preserve_owner, ctx)
         };
         match r {
             Ok(r) => r
@@ -177,9 +176,9 @@ impl Transport for Ssh {
         rel: &Path,
         src: &Path,
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<u64> {
-        self.sftp_put_file(rel, src, preserve_owner, cancel)
+        self.sftp_put_file(rel, src, preserve_owner, ctx)
     }
 
     fn symlink(&mut self, rel: &Path, target: &Path, mtime: Option<(i64, u32)>) -> io::Result<()> {

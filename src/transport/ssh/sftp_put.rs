@@ -9,11 +9,10 @@
 use super::Ssh;
 use super::sftp::{self, Attrs, FXF_CREAT, FXF_EXCL, FXF_WRITE, Reply, secs32};
 use crate::plan::{Action, EntryKind};
-use crate::transport::{add_progress, apply_one, open_source, temp_name, verify_unchanged};
+use crate::transport::{CopyCtx, apply_one, open_source, temp_name, verify_unchanged};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 impl Ssh {
     /// SFTP v3 reports a full disk (and quota) only as a generic "Failure".
@@ -115,7 +114,7 @@ impl Ssh {
         rel: &Path,
         src: &Path,
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
         let (mut input, before) = open_source(src)?;
@@ -135,7 +134,7 @@ impl Ssh {
             let mut off = 0u64;
             let mut buf = vec![0u8; sftp::WRITE_CHUNK];
             loop {
-                if cancel.load(Ordering::Relaxed) {
+                if ctx.cancelled() {
                     return Err(io::Error::new(
                         io::ErrorKind::Interrupted,
                         "aborted by shutdown",
@@ -147,7 +146,7 @@ impl Ssh {
                 }
                 ids.push(self.sftp.write(&handle, off, &buf[..n])?);
                 off += n as u64;
-                add_progress(n as u64);
+                ctx.add_progress(n as u64);
             }
             let mut first_err = None;
             for id in ids {
@@ -278,13 +277,28 @@ impl Ssh {
     /// Pipelined upload of several files: all OPENs, then all WRITEs, then
     /// all FSETSTAT+CLOSE, then all renames, each phase sent before its
     /// replies are read, so a batch costs a few round trips, not a few per file.
+    /// `Err`: the session failed (every file with it).
     pub(super) fn put_batch(
         &mut self,
         items: &[(&Path, PathBuf)],
         preserve_owner: bool,
-        cancel: &AtomicBool,
+        ctx: &CopyCtx,
     ) -> io::Result<Vec<io::Result<u64>>> {
-        use std::os::unix::fs::MetadataExt;
+        let mut puts = self.open_all(items)?;
+        let sizes = self.write_all(&mut puts, ctx)?;
+        self.close_all(&mut puts, &sizes, preserve_owner)?;
+        self.rename_all(&mut puts, &sizes)?;
+        Ok(puts
+            .into_iter()
+            .map(|p| {
+                p.result
+                    .unwrap_or_else(|| Err(io::Error::other("not attempted")))
+            })
+            .collect())
+    }
+
+    /// Phase 1: open each source and create its temporary file (O_EXCL).
+    fn open_all(&mut self, items: &[(&Path, PathBuf)]) -> io::Result<Vec<Put>> {
         let mut puts: Vec<Put> = Vec::with_capacity(items.len());
         let mut open_ids = Vec::new();
         for (rel, src) in items {
@@ -318,7 +332,12 @@ impl Ssh {
                 other => puts[k].result = Some(Err(other.into_err("create temporary file"))),
             }
         }
-        // writes, file after file, many requests in flight
+        Ok(puts)
+    }
+
+    /// Phase 2: the data, file after file, many requests in flight; the
+    /// bytes written per file.
+    fn write_all(&mut self, puts: &mut [Put], ctx: &CopyCtx) -> io::Result<Vec<u64>> {
         let mut buf = vec![0u8; sftp::WRITE_CHUNK];
         let mut write_ids: Vec<(usize, u32)> = Vec::new();
         let mut sizes = vec![0u64; puts.len()];
@@ -327,7 +346,7 @@ impl Ssh {
                 continue;
             };
             loop {
-                if cancel.load(Ordering::Relaxed) {
+                if ctx.cancelled() {
                     p.result = Some(Err(io::Error::new(
                         io::ErrorKind::Interrupted,
                         "aborted by shutdown",
@@ -346,7 +365,7 @@ impl Ssh {
                 }
                 write_ids.push((k, self.sftp.write(h, sizes[k], &buf[..n])?));
                 sizes[k] += n as u64;
-                add_progress(n as u64);
+                ctx.add_progress(n as u64);
             }
         }
         for (k, id) in write_ids {
@@ -356,7 +375,18 @@ impl Ssh {
                 puts[k].result = Some(Err(e));
             }
         }
-        // attributes and close (failed files: close only)
+        Ok(sizes)
+    }
+
+    /// Phase 3: check each source did not change, set mode and mtime on
+    /// the handle, close (failed files: close only).
+    fn close_all(
+        &mut self,
+        puts: &mut [Put],
+        sizes: &[u64],
+        preserve_owner: bool,
+    ) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
         let mut tail_ids: Vec<(usize, Option<u32>, u32)> = Vec::new();
         for (k, p) in puts.iter_mut().enumerate() {
             let Some(h) = p.handle.take() else { continue };
@@ -390,7 +420,12 @@ impl Ssh {
                 puts[k].result.get_or_insert(Err(e));
             }
         }
-        // rename the complete files into place; remove the temporaries of the others
+        Ok(())
+    }
+
+    /// Phase 4: rename the complete files into place; remove the
+    /// temporaries of the others.
+    fn rename_all(&mut self, puts: &mut [Put], sizes: &[u64]) -> io::Result<()> {
         let mut last_ids: Vec<(usize, u32, bool)> = Vec::new();
         for (k, p) in puts.iter().enumerate() {
             if p.input.is_none() {
@@ -425,13 +460,7 @@ impl Ssh {
         for id in cleanup {
             let _ = self.sftp.wait(id)?;
         }
-        Ok(puts
-            .into_iter()
-            .map(|p| {
-                p.result
-                    .unwrap_or_else(|| Err(io::Error::other("not attempted")))
-            })
-            .collect())
+        Ok(())
     }
 
     /// Send the request for one non-copy action; the id of its reply.

@@ -1,0 +1,414 @@
+//! One job's settings (its own merged over `defaults`) → a validated
+//! [`Job`], section by section: source and targets, modes and flags,
+//! schedule and zone, excludes, numbers, `ssh`, hooks. Every problem is
+//! recorded at its value's position; a job with any problem is not built.
+//! Relative paths are resolved against the directory of the file that
+//! defines the job.
+
+use super::raw::{Ctx, Raw};
+use super::{Compare, Hooks, HostKeyPolicy, Job, Mode, Overlap, SshOptions};
+use crate::filter::Filter;
+use crate::schedule::{self, Schedule};
+use crate::target::{self, Target};
+use crate::units::parse_duration;
+use crate::yaml::{Kind, Node, Pos};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Typed reads of one job's raw settings, each problem reported once.
+struct Reader<'r, 'n> {
+    raw: &'r Raw<'n>,
+    name: &'r str,
+    base: &'r Path,
+}
+
+impl<'n> Reader<'_, 'n> {
+    fn j(&self) -> Option<&str> {
+        Some(self.name)
+    }
+
+    /// A job key's value, unless absent or null.
+    fn f(&self, k: &str) -> Option<&'n Node> {
+        self.raw.fields.get(k).copied().filter(|n| !n.is_null())
+    }
+
+    /// An `ssh` key's value, unless absent or null.
+    fn s(&self, k: &str) -> Option<&'n Node> {
+        self.raw.ssh.get(k).copied().filter(|n| !n.is_null())
+    }
+
+    fn string(&self, ctx: &mut Ctx, n: &Node, key: &str) -> Option<String> {
+        match n.as_str() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                let msg = format!("`{key}` must be a string, found {}", n.type_name());
+                ctx.err(n.pos, self.j(), msg);
+                None
+            }
+        }
+    }
+
+    fn boolean(&self, ctx: &mut Ctx, key: &str, default: bool) -> bool {
+        match self.f(key) {
+            None => default,
+            Some(n) => n.as_bool().unwrap_or_else(|| {
+                let msg = format!("`{key}` must be true or false, found {}", n.type_name());
+                ctx.err(n.pos, self.j(), msg);
+                default
+            }),
+        }
+    }
+
+    fn number(&self, ctx: &mut Ctx, key: &str) -> Option<u64> {
+        let n = self.f(key)?;
+        n.as_u64().or_else(|| {
+            let msg = format!("`{key}` must be a whole number, found {}", n.type_name());
+            ctx.err(n.pos, self.j(), msg);
+            None
+        })
+    }
+
+    fn duration(&self, ctx: &mut Ctx, n: &Node, key: &str) -> Option<Duration> {
+        match parse_duration(n.scalar().unwrap_or("")) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                ctx.err(n.pos, self.j(), format!("`{key}`: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The index of the key's value among `options`.
+    fn choice(&self, ctx: &mut Ctx, key: &str, options: &[&str]) -> Option<usize> {
+        let n = self.f(key)?;
+        let s = n.scalar().unwrap_or("");
+        let found = options.iter().position(|o| *o == s);
+        if found.is_none() {
+            let msg = format!(
+                "`{key}` must be one of {}, found {s:?}",
+                options.join(" | ")
+            );
+            ctx.err(n.pos, self.j(), msg);
+        }
+        found
+    }
+
+    /// A path, relative ones resolved against the file's directory.
+    fn path_of(&self, ctx: &mut Ctx, n: &Node, key: &str) -> Option<PathBuf> {
+        let p = PathBuf::from(self.string(ctx, n, key)?);
+        Some(if p.is_absolute() {
+            p
+        } else {
+            self.base.join(p)
+        })
+    }
+
+    /// One string or a list of strings.
+    fn items(n: &'n Node) -> Vec<&'n Node> {
+        match &n.kind {
+            Kind::Seq(items) => items.iter().collect(),
+            _ => vec![n],
+        }
+    }
+}
+
+/// Build one job from its merged settings; `None` when it has problems
+/// (each recorded in `ctx`).
+pub(super) fn build_job(ctx: &mut Ctx, name: &str, pos: Pos, r: &Raw, base: &Path) -> Option<Job> {
+    let before = ctx.problems.len();
+    let rd = Reader { raw: r, name, base };
+    let source = source(ctx, &rd, pos);
+    let targets = targets(ctx, &rd, pos);
+    if let Some(src) = &source {
+        check_overlap(ctx, &rd, pos, src, &targets);
+    }
+    let (mode, compare, overlap) = modes(ctx, &rd);
+    let (schedule, timezone) = schedule_and_zone(ctx, &rd);
+    let exclude = excludes(ctx, &rd);
+    let filter = Filter::new(&exclude).unwrap_or_default();
+    let mut job = Job {
+        name: name.to_string(),
+        pos,
+        source: PathBuf::new(),
+        targets,
+        mode,
+        delete: rd.boolean(ctx, "delete", false),
+        schedule,
+        timezone,
+        exclude,
+        filter,
+        compare,
+        retries: 3,
+        retry_interval: None,
+        verify_interval: Duration::from_secs(60),
+        allow_empty_source: rd.boolean(ctx, "allow_empty_source", false),
+        max_delete: None,
+        preserve_owner: rd.boolean(ctx, "preserve_owner", false),
+        overlap,
+        catch_up: rd.boolean(ctx, "catch_up", false),
+        parallel: 4,
+        streams: 4,
+        ssh: ssh(ctx, &rd),
+        hooks: hooks(ctx, &rd),
+        watch: rd.f("watch").and_then(|n| watch_options(ctx, n, rd.j())),
+    };
+    numbers(ctx, &rd, &mut job);
+    if ctx.problems.len() > before {
+        return None;
+    }
+    job.source = source?;
+    Some(job)
+}
+
+/// `source`: a local directory.
+fn source(ctx: &mut Ctx, rd: &Reader, pos: Pos) -> Option<PathBuf> {
+    let Some(n) = rd.f("source") else {
+        ctx.err(
+            pos,
+            rd.j(),
+            "missing `source` (the local directory to mirror)",
+        );
+        return None;
+    };
+    let s = rd.string(ctx, n, "source")?;
+    if s.contains("://") || (s.contains(':') && !s.starts_with('/') && !s.starts_with('.')) {
+        let msg = format!("`source` must be a local directory, found {s:?}");
+        ctx.err(n.pos, rd.j(), msg);
+        return None;
+    }
+    let p = Path::new(&s);
+    Some(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        rd.base.join(p)
+    })
+}
+
+/// `remote`: one target or a list, none twice.
+fn targets(ctx: &mut Ctx, rd: &Reader, pos: Pos) -> Vec<Target> {
+    let mut targets = Vec::new();
+    let Some(n) = rd.f("remote") else {
+        ctx.err(
+            pos,
+            rd.j(),
+            "missing `remote` (one target or a list of targets)",
+        );
+        return targets;
+    };
+    let items = Reader::items(n);
+    if items.is_empty() {
+        ctx.err(n.pos, rd.j(), "`remote` is an empty list");
+    }
+    for item in items {
+        let Some(s) = rd.string(ctx, item, "remote") else {
+            continue;
+        };
+        match target::parse(&s, rd.base) {
+            Ok(t) if targets.contains(&t) => {
+                ctx.err(item.pos, rd.j(), format!("target {s:?} is listed twice"))
+            }
+            Ok(t) => targets.push(t),
+            Err(e) => ctx.err(item.pos, rd.j(), format!("bad target: {e}")),
+        }
+    }
+    targets
+}
+
+/// A local target inside the source, or around it, is refused.
+fn check_overlap(ctx: &mut Ctx, rd: &Reader, pos: Pos, src: &Path, targets: &[Target]) {
+    for t in targets {
+        if let Target::Local(p) = t
+            && (p.starts_with(src) || src.starts_with(p))
+        {
+            let msg = format!(
+                "target {} overlaps the source {} (one lies inside the other)",
+                p.display(),
+                src.display()
+            );
+            ctx.err(pos, rd.j(), msg);
+        }
+    }
+}
+
+/// `mode`, `compare`, `overlap`.
+fn modes(ctx: &mut Ctx, rd: &Reader) -> (Mode, Compare, Overlap) {
+    let mode = match rd.choice(ctx, "mode", &["incremental", "full"]) {
+        Some(1) => Mode::Full,
+        _ => Mode::Incremental,
+    };
+    let compare = match rd.choice(ctx, "compare", &["size_mtime", "checksum"]) {
+        Some(1) => Compare::Checksum,
+        _ => Compare::SizeMtime,
+    };
+    let overlap = match rd.choice(ctx, "overlap", &["skip", "queue"]) {
+        Some(1) => Overlap::Queue,
+        _ => Overlap::Skip,
+    };
+    (mode, compare, overlap)
+}
+
+/// `schedule` and `timezone`.
+fn schedule_and_zone(ctx: &mut Ctx, rd: &Reader) -> (Option<Schedule>, Option<chrono_tz::Tz>) {
+    let schedule = rd.f("schedule").and_then(|n| {
+        let s = rd.string(ctx, n, "schedule")?;
+        Schedule::parse(&s)
+            .map_err(|e| ctx.err(n.pos, rd.j(), format!("bad schedule {s:?}: {e}")))
+            .ok()
+    });
+    let timezone = rd.f("timezone").and_then(|n| {
+        let s = rd.string(ctx, n, "timezone")?;
+        schedule::parse_tz(&s)
+            .map_err(|e| ctx.err(n.pos, rd.j(), e))
+            .ok()
+    });
+    (schedule, timezone)
+}
+
+/// `exclude`: one pattern or a list, each checked.
+fn excludes(ctx: &mut Ctx, rd: &Reader) -> Vec<String> {
+    let mut exclude = Vec::new();
+    for item in rd.f("exclude").map(Reader::items).unwrap_or_default() {
+        if let Some(s) = rd.string(ctx, item, "exclude") {
+            match Filter::check_pattern(&s) {
+                Ok(()) => exclude.push(s),
+                Err(e) => ctx.err(item.pos, rd.j(), e),
+            }
+        }
+    }
+    exclude
+}
+
+/// `retries`, `retry_interval`, `verify_interval`, `max_delete`,
+/// `parallel`, `streams` (defaults already in `job`).
+fn numbers(ctx: &mut Ctx, rd: &Reader, job: &mut Job) {
+    job.retries = rd.number(ctx, "retries").unwrap_or(3).min(100) as u32;
+    job.retry_interval = rd
+        .f("retry_interval")
+        .and_then(|n| rd.duration(ctx, n, "retry_interval"));
+    if let Some(d) = rd
+        .f("verify_interval")
+        .and_then(|n| rd.duration(ctx, n, "verify_interval"))
+    {
+        job.verify_interval = d;
+    }
+    job.max_delete = rd.number(ctx, "max_delete");
+    match rd.number(ctx, "parallel") {
+        Some(0) => {
+            let p = rd.f("parallel").unwrap().pos;
+            ctx.err(p, rd.j(), "`parallel` must be at least 1");
+        }
+        Some(n) => job.parallel = n as usize,
+        None => {}
+    }
+    match rd.number(ctx, "streams") {
+        Some(n) if (1..=16).contains(&n) => job.streams = n as usize,
+        Some(_) => {
+            let p = rd.f("streams").unwrap().pos;
+            ctx.err(p, rd.j(), "`streams` must be between 1 and 16");
+        }
+        None => {}
+    }
+}
+
+/// The `ssh` section.
+fn ssh(ctx: &mut Ctx, rd: &Reader) -> SshOptions {
+    let mut ssh = SshOptions::default();
+    if let Some(n) = rd.s("identity") {
+        ssh.identity = rd.path_of(ctx, n, "ssh.identity");
+    }
+    if let Some(n) = rd.s("known_hosts") {
+        ssh.known_hosts = rd.path_of(ctx, n, "ssh.known_hosts");
+    }
+    if let Some(n) = rd.s("password_file") {
+        ssh.password_file = rd.path_of(ctx, n, "ssh.password_file");
+    }
+    if let Some(n) = rd.s("strict_host_key_checking") {
+        match n.scalar() {
+            Some("strict") | Some("yes") | Some("true") => {
+                ssh.strict_host_key_checking = HostKeyPolicy::Strict
+            }
+            Some("accept-new") => ssh.strict_host_key_checking = HostKeyPolicy::AcceptNew,
+            _ => ctx.err(
+                n.pos,
+                rd.j(),
+                "`ssh.strict_host_key_checking` must be strict or accept-new (unknown keys are never accepted silently)",
+            ),
+        }
+    }
+    if let Some(n) = rd.s("port") {
+        match n.as_u64().filter(|p| (1..=65535).contains(p)) {
+            Some(p) => ssh.port = p as u16,
+            None => ctx.err(n.pos, rd.j(), "`ssh.port` must be a port number 1-65535"),
+        }
+    }
+    if let Some(n) = rd.s("timeout")
+        && let Some(d) = rd.duration(ctx, n, "ssh.timeout")
+    {
+        ssh.timeout = d;
+    }
+    if let Some(n) = rd.s("remote_helper")
+        && let Some(v) = rd.string(ctx, n, "ssh.remote_helper")
+    {
+        if v.trim().is_empty() || v.contains(['\n', '\0']) {
+            ctx.err(
+                n.pos,
+                rd.j(),
+                "`ssh.remote_helper` must be the path of syncjob on the remote host, e.g. /usr/bin/syncjob",
+            );
+        } else {
+            ssh.remote_helper = Some(v);
+        }
+    }
+    ssh
+}
+
+/// `before`, `after`, `on_failure`, `hook_timeout`.
+fn hooks(ctx: &mut Ctx, rd: &Reader) -> Hooks {
+    let mut hooks = Hooks {
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    for (key, slot) in [
+        ("before", &mut hooks.before),
+        ("after", &mut hooks.after),
+        ("on_failure", &mut hooks.on_failure),
+    ] {
+        if let Some(n) = rd.f(key) {
+            *slot = rd.string(ctx, n, key);
+        }
+    }
+    if let Some(n) = rd.f("hook_timeout")
+        && let Some(d) = rd.duration(ctx, n, "hook_timeout")
+    {
+        hooks.timeout = d;
+    }
+    hooks
+}
+
+/// `watch: true | false | {delay, max_delay}`.
+fn watch_options(ctx: &mut Ctx, n: &Node, j: Option<&str>) -> Option<crate::watch::WatchOptions> {
+    let mut w = crate::watch::WatchOptions::default();
+    if let Some(b) = n.as_bool() {
+        return b.then_some(w);
+    }
+    if !matches!(n.kind, Kind::Map(_)) {
+        let msg = format!(
+            "`watch` must be true, false or a mapping with delay and max_delay, found {}",
+            n.type_name()
+        );
+        ctx.err(n.pos, j, msg);
+        return None;
+    }
+    for (k, v, _) in ctx.map(n, "watch", &["delay", "max_delay"], j) {
+        match parse_duration(v.scalar().unwrap_or("")) {
+            Ok(d) if k == "delay" => w.delay = d,
+            Ok(d) => w.max_delay = d,
+            Err(e) => ctx.err(v.pos, j, format!("`watch.{k}`: {e}")),
+        }
+    }
+    if w.max_delay < w.delay {
+        let msg = "`watch.max_delay` must not be shorter than `watch.delay`";
+        ctx.err(n.pos, j, msg);
+    }
+    Some(w)
+}
