@@ -210,19 +210,27 @@ impl TargetSync {
                 rec.finish(job, &self.target, false, Some(why), 0, &out),
             );
         }
-        if self.conn.is_none() {
-            match transport::open(&self.target, &settings(job)) {
-                Ok(t) => self.conn = Some(t),
-                Err(e) => {
-                    let why = format!("cannot reach target: {e}");
-                    return (
-                        Ended::Unreachable,
-                        rec.finish(job, &self.target, false, Some(why), src.files(), &out),
-                    );
+        let mut reused = self.conn.is_some();
+        let (ended, out) = loop {
+            if self.conn.is_none() {
+                match transport::open(&self.target, &settings(job)) {
+                    Ok(t) => self.conn = Some(t),
+                    Err(e) => {
+                        let why = format!("cannot reach target: {e}");
+                        let r = rec.finish(job, &self.target, false, Some(why), src.files(), &out);
+                        return (Ended::Unreachable, r);
+                    }
                 }
             }
-        }
-        let (ended, out) = self.apply(job, &regions, &src, cancel);
+            let (ended, out) = self.apply(job, &regions, &src, cancel);
+            // the kept connection had gone stale (the server restarted):
+            // once more on a new one
+            if ended == Ended::Unreachable && reused {
+                reused = false;
+                continue;
+            }
+            break (ended, out);
+        };
         let ok = ended == Ended::Ok;
         let reason = (!ok).then(|| failure_reason(job, &out));
         (
@@ -317,6 +325,11 @@ impl TargetSync {
                 };
             }
             (Ended::Ok, out)
+        } else if out.lost_target && out.files_transferred == 0 && out.files_deleted == 0 {
+            // the connection was lost before anything was sent: the state
+            // still holds (a directory made meanwhile fails the retry, which
+            // then makes a full sync)
+            (Ended::Unreachable, out)
         } else {
             self.state = None;
             (Ended::Failed, out)
