@@ -1,4 +1,12 @@
-//! Apply a plan to one target through its transport.
+//! Apply a plan to one target through its transport, batch by batch of
+//! one kind of action (an `Executor` with `gather` → `copy_run` or
+//! `Transport::apply` → `account`).
+//!
+//! Invariants: nothing is done below a directory that could not be made or
+//! removed; at most `max_delete` counted deletions; a file that changed
+//! while copied is tried again (up to 3 times) and never reported done with
+//! mixed content; a lost connection stops the target (said once) so that
+//! `run` can retry it from a fresh listing; a shutdown stops between files.
 
 use crate::journal::PathError;
 use crate::plan::{Action, EntryKind, Plan, display_path};
@@ -421,5 +429,133 @@ impl Executor<'_, '_> {
             self.out.lost_target = true;
         }
         fatal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Compare, Mode};
+    use crate::filter::Filter;
+    use crate::transport::memory::MemoryTarget;
+
+    /// A source tree on disk, a fake target, and the plan between them.
+    struct Case {
+        dir: tempfile::TempDir,
+        target: MemoryTarget,
+    }
+
+    impl Case {
+        fn new(files: &[&str]) -> Case {
+            let dir = tempfile::tempdir().unwrap();
+            for f in files {
+                let p = dir.path().join(f);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(p, f.as_bytes()).unwrap();
+            }
+            Case {
+                dir,
+                target: MemoryTarget::default(),
+            }
+        }
+
+        fn execute(&self, delete: bool, max_delete: Option<u64>) -> Outcome {
+            let scan = crate::plan::scan_source(self.dir.path(), &Filter::default()).unwrap();
+            let mut t = self.target.open();
+            let listing = t.list(&Filter::default()).unwrap();
+            let opts = crate::plan::Options {
+                mode: Mode::Incremental,
+                compare: Compare::SizeMtime,
+                delete,
+                preserve_owner: false,
+                mtime_nanos: true,
+                symlink_times: true,
+            };
+            let mut same = |_: &Path| Ok(false);
+            let filter = Filter::default();
+            let plan = crate::plan::diff(&scan, listing.tree.as_ref(), &filter, opts, &mut same);
+            if !listing.exists() {
+                t.ensure_root().unwrap();
+            }
+            let cancel = AtomicBool::new(false);
+            let s = Settings {
+                source_root: self.dir.path(),
+                max_delete,
+                preserve_owner: false,
+                cancel: &cancel,
+                on_done: &|_| {},
+                open_extra: None,
+                streams: 1,
+                progress: None,
+            };
+            execute(&plan, t.as_mut(), &s)
+        }
+    }
+
+    #[test]
+    fn copies_arrive_and_a_second_run_has_nothing_to_do() {
+        let c = Case::new(&["a", "d/b", "d/e/c"]);
+        let out = c.execute(false, None);
+        assert_eq!((out.files_transferred, out.bytes_transferred), (3, 9));
+        assert!(out.errors.is_empty() && !out.lost_target);
+        assert_eq!(c.target.files()["d/e/c"], b"d/e/c");
+        assert_eq!(c.execute(false, None).files_transferred, 0);
+    }
+
+    #[test]
+    fn max_delete_withholds_the_deletions_past_the_limit() {
+        let c = Case::new(&["keep"]);
+        c.execute(false, None);
+        for n in ["x1", "x2", "x3"] {
+            let p = c.dir.path().join(n);
+            std::fs::write(&p, b"x").unwrap();
+        }
+        c.execute(false, None);
+        for n in ["x1", "x2", "x3"] {
+            std::fs::remove_file(c.dir.path().join(n)).unwrap();
+        }
+        let out = c.execute(true, Some(1));
+        assert_eq!((out.files_deleted, out.deletes_withheld), (1, 2));
+        assert_eq!(c.target.files().len(), 3);
+    }
+
+    #[test]
+    fn nothing_is_done_below_a_directory_that_could_not_be_made() {
+        let c = Case::new(&["top", "bad/x", "bad/y"]);
+        c.target.state().refuse_mkdir.insert("bad".into());
+        let out = c.execute(false, None);
+        assert_eq!(out.files_transferred, 1);
+        let paths: Vec<&str> = out.errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["bad", "bad/x", "bad/y"]);
+        assert!(out.errors[1].message.contains("parent directory"));
+    }
+
+    #[test]
+    fn a_file_changing_while_copied_is_tried_again_with_a_warning() {
+        let c = Case::new(&["hot", "cold"]);
+        c.target.state().changing.insert("hot".into(), 2);
+        let out = c.execute(false, None);
+        assert_eq!(out.files_transferred, 2);
+        assert_eq!(out.warnings.len(), 1);
+        assert_eq!(out.warnings[0].path, "hot");
+        assert!(out.warnings[0].message.contains("2 retries"));
+        // one that never settles is an error after CHANGED_RETRIES more tries
+        let c = Case::new(&["hot"]);
+        c.target.state().changing.insert("hot".into(), 99);
+        let out = c.execute(false, None);
+        assert_eq!(out.files_transferred, 0);
+        assert!(out.errors[0].message.contains("changed while"));
+        assert_eq!(c.target.state().puts, 1 + CHANGED_RETRIES);
+    }
+
+    #[test]
+    fn a_lost_connection_stops_the_target_and_says_so_once() {
+        let c = Case::new(&["a", "b", "c", "d"]);
+        c.target.state().lose_at_put = Some(2);
+        let out = c.execute(false, None);
+        assert!(out.lost_target);
+        assert_eq!(out.files_transferred, 1);
+        assert_eq!(out.aborted.as_deref(), Some("target lost: connection lost"));
+        assert_eq!(out.errors.len(), 1, "{:?}", out.errors);
     }
 }

@@ -1,4 +1,6 @@
-//! The run log: JSON Lines, one object per job run and target, appended.
+//! The run log: JSON Lines, one object per job run and target, appended,
+//! and its vocabulary as typed enums ([`Status`], [`Trigger`], [`Mode`])
+//! stored as the same strings as ever (`"ok"`, `"schedule"`, …).
 //!
 //! Each record is written with one `write(2)` on an `O_APPEND` descriptor
 //! while holding an exclusive `flock` on the log file, so concurrent writers

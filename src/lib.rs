@@ -1,9 +1,11 @@
 //! syncjob: keep a directory identical on many servers.
 //!
-//! A run flows through `config` (YAML → validated jobs) → `schedule` (specs →
-//! next instants) → `daemon` (timer loop) → `lock` → `plan` (walk, list, diff)
-//! → `transport` (local, ssh) → `executor` (apply) → `journal` (run log).
-//! `cli` maps arguments to these and outcomes to exit codes.
+//! Data flows one way, each module importing only those below it:
+//! `cli` → `daemon` → `run` → `executor` → `transport`, `manifest` →
+//! `plan` → `config` → `schedule`; at the bottom `units`, `clock`, `yaml`,
+//! `target`, `filter`, `journal`, `lock`, `hooks`, `helper`. `cli` maps
+//! arguments to these and every outcome to an exit code. The user-facing
+//! contract is `docs/CONTRACT.md`.
 
 pub mod cli;
 pub mod clock;

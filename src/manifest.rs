@@ -360,3 +360,84 @@ impl<R: io::Read> Rd<R> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(extra: &str) -> (tempfile::TempDir, Job, Scan) {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("d/f"), b"data").unwrap();
+        std::os::unix::fs::symlink("d/f", src.join("l")).unwrap();
+        let text = format!(
+            "jobs:\n  j:\n    source: {}\n    remote: /srv/t\n{extra}",
+            src.display()
+        );
+        let job = crate::config::parse(&dir.path().join("jobs.yaml"), text.as_bytes())
+            .unwrap()
+            .jobs
+            .remove(0);
+        let scan = crate::plan::scan_source(&src, &job.filter).unwrap();
+        (dir, job, scan)
+    }
+
+    const CAPS: Caps = Caps {
+        mtime_nanos: true,
+        symlink_times: false,
+        preserve_owner: false,
+    };
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_saved_manifest_loads_with_the_scan_digest_and_entries() {
+        let (dir, job, scan) = setup("");
+        let target = &job.targets[0];
+        let path = path_for(dir.path(), &job, target);
+        save(&path, &job, target, CAPS, unix_now(), &scan).unwrap();
+        let m = load(&path, &job, target, HOUR).expect("loads");
+        assert_eq!(m.digest, digest(&scan, CAPS));
+        assert_eq!(m.caps, CAPS);
+        let back: Vec<(PathBuf, Entry)> = m.entries().unwrap().collect();
+        let want: Vec<(PathBuf, Entry)> = scan
+            .entries
+            .iter()
+            .map(|(p, e)| (p.to_path_buf(), e.clone()))
+            .collect();
+        assert_eq!(back.len(), want.len());
+        for ((bp, be), (wp, we)) in back.iter().zip(&want) {
+            assert_eq!(
+                (bp, be.kind, be.size, be.mtime),
+                (wp, we.kind, we.size, we.mtime)
+            );
+        }
+        // a change in the source changes the digest
+        std::fs::write(dir.path().join("src/d/f"), b"other data").unwrap();
+        let scan2 = crate::plan::scan_source(&job.source, &job.filter).unwrap();
+        assert_ne!(digest(&scan2, CAPS), m.digest);
+    }
+
+    #[test]
+    fn a_manifest_is_void_when_settings_change_it_is_old_or_damaged() {
+        let (dir, job, scan) = setup("");
+        let target = &job.targets[0];
+        let path = path_for(dir.path(), &job, target);
+        save(&path, &job, target, CAPS, unix_now(), &scan).unwrap();
+        // another setting that shapes the plan
+        let (_d2, mut other, _) = setup("    delete: true\n");
+        other.source = job.source.clone();
+        assert!(load(&path, &other, target, HOUR).is_none());
+        // listed too long ago
+        save(&path, &job, target, CAPS, unix_now() - 7200, &scan).unwrap();
+        assert!(load(&path, &job, target, HOUR).is_none());
+        // one byte of the header flipped
+        save(&path, &job, target, CAPS, unix_now(), &scan).unwrap();
+        let mut b = std::fs::read(&path).unwrap();
+        b[45] ^= 1;
+        std::fs::write(&path, &b).unwrap();
+        assert!(load(&path, &job, target, HOUR).is_none());
+        remove(&path);
+        assert!(!path.exists());
+    }
+}

@@ -733,78 +733,103 @@ fn plan_entry(
                 acc.touched.insert(parent(path));
             }
         }
-        EntryKind::File => {
-            let why = match te {
-                None if in_dst => Some(Why::Replace),
-                None => Some(Why::New),
-                Some(_) if opts.mode == Mode::Full => Some(Why::Full),
-                Some(te) => {
-                    let differ = te.size != se.size
-                        || (opts.compare == Compare::SizeMtime
-                            && !te.mtime_eq(se, opts.mtime_nanos));
-                    if differ {
-                        Some(Why::Changed)
-                    } else if opts.compare == Compare::Checksum {
-                        match same_content(path) {
-                            Ok(true) => None,
-                            Ok(false) => Some(Why::Changed),
-                            Err(e) => {
-                                acc.errors.push(PathError {
-                                    path: display_path(path),
-                                    message: format!("cannot compare content: {e}"),
-                                });
-                                return;
-                            }
-                        }
-                    } else {
-                        None
-                    }
-                }
-            };
-            match why {
-                Some(why) => {
-                    let mut flags = 0;
-                    if te.is_some_and(|t| t.size != se.size) {
-                        flags |= SIZE_DIFFERS;
-                    }
-                    if te.is_some_and(|t| !t.mtime_eq(se, opts.mtime_nanos)) {
-                        flags |= TIME_DIFFERS;
-                    }
-                    acc.copies.push(op(k, Code::Copy, why, flags));
-                    acc.touched.insert(parent(path));
-                }
-                None => {
-                    if let Some(flags) = te.and_then(|te| attr_flags(se, te, opts, false)) {
-                        acc.attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
-                    }
-                }
-            }
-        }
-        EntryKind::Symlink => {
-            let same = te.is_some_and(|te| te.link == se.link);
-            let link_time = if opts.symlink_times { SET_MTIME } else { 0 };
-            if !same {
-                let why = match (in_dst, te.is_some()) {
-                    (true, true) => Why::Changed,
-                    (true, false) => Why::Replace,
-                    _ => Why::New,
-                };
-                acc.links.push(op(k, Code::Symlink, why, link_time));
-                acc.touched.insert(parent(path));
-            } else if let Some(te) = te {
-                let mut flags = 0;
-                if opts.preserve_owner && (te.uid, te.gid) != (se.uid, se.gid) {
-                    flags |= SET_OWNER;
-                }
-                if !te.mtime_eq(se, opts.mtime_nanos) {
-                    flags |= link_time;
-                }
-                if flags != 0 {
-                    acc.attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
-                }
-            }
-        }
+        EntryKind::File => plan_file(acc, k, path, se, te, in_dst, opts, same_content),
+        EntryKind::Symlink => plan_symlink(acc, k, path, se, te, in_dst, opts),
         EntryKind::Special => {}
+    }
+}
+
+/// A source file: copied when new, replaced, changed (or in `full` mode),
+/// else its attributes set if they differ.
+#[allow(clippy::too_many_arguments)]
+fn plan_file(
+    acc: &mut Acc,
+    k: usize,
+    path: &Path,
+    se: &Entry,
+    te: Option<&Entry>,
+    in_dst: bool,
+    opts: Options,
+    same_content: &mut dyn FnMut(&Path) -> std::io::Result<bool>,
+) {
+    let why = match te {
+        None if in_dst => Some(Why::Replace),
+        None => Some(Why::New),
+        Some(_) if opts.mode == Mode::Full => Some(Why::Full),
+        Some(te) => {
+            let differ = te.size != se.size
+                || (opts.compare == Compare::SizeMtime && !te.mtime_eq(se, opts.mtime_nanos));
+            if differ {
+                Some(Why::Changed)
+            } else if opts.compare == Compare::Checksum {
+                match same_content(path) {
+                    Ok(true) => None,
+                    Ok(false) => Some(Why::Changed),
+                    Err(e) => {
+                        acc.errors.push(PathError {
+                            path: display_path(path),
+                            message: format!("cannot compare content: {e}"),
+                        });
+                        return;
+                    }
+                }
+            } else {
+                None
+            }
+        }
+    };
+    match why {
+        Some(why) => {
+            let mut flags = 0;
+            if te.is_some_and(|t| t.size != se.size) {
+                flags |= SIZE_DIFFERS;
+            }
+            if te.is_some_and(|t| !t.mtime_eq(se, opts.mtime_nanos)) {
+                flags |= TIME_DIFFERS;
+            }
+            acc.copies.push(op(k, Code::Copy, why, flags));
+            acc.touched.insert(parent(path));
+        }
+        None => {
+            if let Some(flags) = te.and_then(|te| attr_flags(se, te, opts, false)) {
+                acc.attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
+            }
+        }
+    }
+}
+
+/// A source symlink: (re)made when new or pointing elsewhere, else its
+/// owner and own mtime set if they differ.
+fn plan_symlink(
+    acc: &mut Acc,
+    k: usize,
+    path: &Path,
+    se: &Entry,
+    te: Option<&Entry>,
+    in_dst: bool,
+    opts: Options,
+) {
+    let same = te.is_some_and(|te| te.link == se.link);
+    let link_time = if opts.symlink_times { SET_MTIME } else { 0 };
+    if !same {
+        let why = match (in_dst, te.is_some()) {
+            (true, true) => Why::Changed,
+            (true, false) => Why::Replace,
+            _ => Why::New,
+        };
+        acc.links.push(op(k, Code::Symlink, why, link_time));
+        acc.touched.insert(parent(path));
+    } else if let Some(te) = te {
+        let mut flags = 0;
+        if opts.preserve_owner && (te.uid, te.gid) != (se.uid, se.gid) {
+            flags |= SET_OWNER;
+        }
+        if !te.mtime_eq(se, opts.mtime_nanos) {
+            flags |= link_time;
+        }
+        if flags != 0 {
+            acc.attrs.push(op(k, Code::SetAttrs, Why::Changed, flags));
+        }
     }
 }
 
@@ -851,27 +876,21 @@ pub fn diff_stream<'a>(
         src.entries.len() < u32::MAX as usize,
         "more than 4 billion entries"
     );
-    let mut acc = Acc::default();
-    // the entries to delete, in the order found; their ops
-    let mut gone = Sorted::default();
-    let mut deletes: Vec<Op> = Vec::new();
-    // paths whose old entry could not be removed: nothing is done there
-    let mut blocked: Vec<PathBuf> = Vec::new();
-    let is_blocked = |blocked: &[PathBuf], p: &Path| blocked.iter().any(|b| p.starts_with(b));
-    let mut dirs: Vec<(u32, Option<Entry>)> = Vec::new();
+    let mut m = Merge {
+        src,
+        filter,
+        opts,
+        acc: Acc::default(),
+        gone: Sorted::default(),
+        deletes: Vec::new(),
+        blocked: Vec::new(),
+        dirs: Vec::new(),
+        last: None,
+        disordered: false,
+    };
     let mut dst = dst.peekable();
     let n = src.entries.len();
     let mut si = 0;
-    // the last target entry taken, to check the order (an entry out of
-    // order would look absent from the source)
-    let mut last: Option<PathBuf> = None;
-    let mut disordered = false;
-    let mut in_order = |p: PathBuf| {
-        if last.as_ref().is_some_and(|l| *l >= p) {
-            disordered = true;
-        }
-        last = Some(p);
-    };
     loop {
         let ord = match (si < n, dst.peek()) {
             (false, None) => break,
@@ -879,121 +898,182 @@ pub fn diff_stream<'a>(
             (false, Some(_)) => std::cmp::Ordering::Greater,
             (true, Some((d, _))) => src.entries.path_at(si).cmp(d.as_path()),
         };
-        // a target entry the source does not have
         if ord == std::cmp::Ordering::Greater {
             let (path, te) = dst.next().unwrap();
-            if path.as_os_str().is_empty() || is_blocked(&blocked, &path) {
-                in_order(path);
-                continue;
-            }
-            let counted = if is_temp_name(&path) {
-                false
-            } else if filter.excluded_with_parents(&path, te.kind == EntryKind::Dir)
-                || src.is_unknown(&path)
-                || !opts.delete
-            {
-                in_order(path);
-                continue;
-            } else {
-                true
-            };
-            acc.touched.insert(parent(&path));
-            let why = if counted { Why::New } else { Why::Replace };
-            deletes.push(op(
-                gone.len(),
-                Code::Delete,
-                why,
-                if counted { COUNTED } else { 0 },
-            ));
-            gone.push(&path, Entry::blank(te.kind));
-            in_order(path);
+            m.target_only(path, te);
             continue;
         }
         let (k, path, se) = (si, src.entries.path_at(si), src.entries.at(si));
         si += 1;
         let te = if ord == std::cmp::Ordering::Equal {
             dst.next().map(|(p, te)| {
-                in_order(p);
+                m.in_order(p);
                 te
             })
         } else {
             None
         };
-        if is_blocked(&blocked, path) {
+        if m.is_blocked(path) {
             continue;
         }
         if let Some(t) = &te
-            && t.kind != se.kind
-            && !path.as_os_str().is_empty()
-            && !filter.excluded_with_parents(path, t.kind == EntryKind::Dir)
-            && !src.is_unknown(path)
+            && m.type_changed(path, se, t)
         {
-            // type change: the old entry goes, whatever `delete` says; a
-            // non-empty directory only when `delete` allows its contents to go
             let has_children = t.kind == EntryKind::Dir
                 && dst
                     .peek()
                     .is_some_and(|(p, _)| p.starts_with(path) && p.as_path() != path);
-            if has_children && !opts.delete {
-                acc.errors.push(PathError {
-                    path: display_path(path),
-                    message: "a non-empty directory on the target stands where the source has another type; enable `delete` to replace it".into(),
-                });
-                blocked.push(path.to_path_buf());
+            if !m.replace(path, t, has_children) {
                 continue;
             }
-            acc.touched.insert(parent(path));
-            deletes.push(op(gone.len(), Code::Delete, Why::Replace, 0));
-            gone.push(path, Entry::blank(t.kind));
         }
         let same = te.as_ref().filter(|t| t.kind == se.kind);
         if se.kind == EntryKind::Dir {
-            dirs.push((k as u32, same.cloned()));
+            m.dirs.push((k as u32, same.cloned()));
         }
-        plan_entry(
-            &mut acc,
-            k,
-            path,
-            se,
-            same,
-            te.is_some(),
+        let present = te.is_some();
+        plan_entry(&mut m.acc, k, path, se, same, present, opts, same_content);
+    }
+    m.finish()
+}
+
+/// The state of [`diff_stream`]'s one pass.
+struct Merge<'a, 'f> {
+    src: &'a Scan,
+    filter: &'f Filter,
+    opts: Options,
+    acc: Acc,
+    /// the entries to delete, in the order found; their ops
+    gone: Sorted,
+    deletes: Vec<Op>,
+    /// paths whose old entry could not be removed: nothing is done there
+    blocked: Vec<PathBuf>,
+    dirs: Vec<(u32, Option<Entry>)>,
+    /// the last target entry taken, to check the order (an entry out of
+    /// order would look absent from the source)
+    last: Option<PathBuf>,
+    disordered: bool,
+}
+
+impl<'a> Merge<'a, '_> {
+    fn is_blocked(&self, p: &Path) -> bool {
+        self.blocked.iter().any(|b| p.starts_with(b))
+    }
+
+    fn in_order(&mut self, p: PathBuf) {
+        if self.last.as_ref().is_some_and(|l| *l >= p) {
+            self.disordered = true;
+        }
+        self.last = Some(p);
+    }
+
+    /// A target entry the source does not have: deleted with `delete`
+    /// (a stale temporary file always), unless excluded or under an
+    /// unknown source path.
+    fn target_only(&mut self, path: PathBuf, te: Entry) {
+        if path.as_os_str().is_empty() || self.is_blocked(&path) {
+            self.in_order(path);
+            return;
+        }
+        let counted = if is_temp_name(&path) {
+            false
+        } else if self
+            .filter
+            .excluded_with_parents(&path, te.kind == EntryKind::Dir)
+            || self.src.is_unknown(&path)
+            || !self.opts.delete
+        {
+            self.in_order(path);
+            return;
+        } else {
+            true
+        };
+        self.acc.touched.insert(parent(&path));
+        let why = if counted { Why::New } else { Why::Replace };
+        let flags = if counted { COUNTED } else { 0 };
+        self.deletes
+            .push(op(self.gone.len(), Code::Delete, why, flags));
+        self.gone.push(&path, Entry::blank(te.kind));
+        self.in_order(path);
+    }
+
+    /// The target has another type of entry at `path` (and may lose it).
+    fn type_changed(&self, path: &Path, se: &Entry, t: &Entry) -> bool {
+        t.kind != se.kind
+            && !path.as_os_str().is_empty()
+            && !self
+                .filter
+                .excluded_with_parents(path, t.kind == EntryKind::Dir)
+            && !self.src.is_unknown(path)
+    }
+
+    /// Type change: the old entry goes, whatever `delete` says; a non-empty
+    /// directory only when `delete` allows its contents to go. False when
+    /// it cannot go (the path is then blocked).
+    fn replace(&mut self, path: &Path, t: &Entry, has_children: bool) -> bool {
+        if has_children && !self.opts.delete {
+            self.acc.errors.push(PathError {
+                path: display_path(path),
+                message: "a non-empty directory on the target stands where the source has another type; enable `delete` to replace it".into(),
+            });
+            self.blocked.push(path.to_path_buf());
+            return false;
+        }
+        self.acc.touched.insert(parent(path));
+        self.deletes
+            .push(op(self.gone.len(), Code::Delete, Why::Replace, 0));
+        self.gone.push(path, Entry::blank(t.kind));
+        true
+    }
+
+    /// The plan: deletes (deepest first), then directories, files,
+    /// symlinks, attributes, directory attributes.
+    fn finish(self) -> Plan<'a> {
+        let Merge {
+            src,
             opts,
-            same_content,
+            acc,
+            gone,
+            mut deletes,
+            dirs,
+            disordered,
+            ..
+        } = self;
+        let dir_ops = dir_attrs(&dirs, src, &acc, opts);
+        deletes.reverse();
+        let mut acc = acc;
+        if disordered {
+            // cannot happen with the listings syncjob makes; if it does, the
+            // plan deletes nothing and the run fails (and lists next time)
+            deletes.clear();
+            acc.errors.push(PathError {
+                path: String::new(),
+                message: "the target's entries came out of order: nothing was deleted".into(),
+            });
+        }
+        let Acc {
+            mkdirs,
+            copies,
+            links,
+            attrs,
+            errors,
+            ..
+        } = acc;
+        // directories first, then files, then symlinks (each in path order, so
+        // parents before children): long runs of copies can be spread over
+        // several connections
+        let mut ops = Vec::with_capacity(
+            deletes.len() + mkdirs.len() + copies.len() + links.len() + attrs.len() + dir_ops.len(),
         );
-    }
-    let dir_ops = dir_attrs(&dirs, src, &acc, opts);
-    deletes.reverse();
-    if disordered {
-        // cannot happen with the listings syncjob makes; if it does, the
-        // plan deletes nothing and the run fails (and lists next time)
-        deletes.clear();
-        acc.errors.push(PathError {
-            path: String::new(),
-            message: "the target's entries came out of order: nothing was deleted".into(),
-        });
-    }
-    let Acc {
-        mkdirs,
-        copies,
-        links,
-        attrs,
-        errors,
-        ..
-    } = acc;
-    // directories first, then files, then symlinks (each in path order, so
-    // parents before children): long runs of copies can be spread over
-    // several connections
-    let mut ops = Vec::with_capacity(
-        deletes.len() + mkdirs.len() + copies.len() + links.len() + attrs.len() + dir_ops.len(),
-    );
-    for part in [deletes, mkdirs, copies, links, attrs, dir_ops] {
-        ops.extend(part);
-    }
-    Plan {
-        src: &src.entries,
-        gone,
-        ops,
-        errors,
+        for part in [deletes, mkdirs, copies, links, attrs, dir_ops] {
+            ops.extend(part);
+        }
+        Plan {
+            src: &src.entries,
+            gone,
+            ops,
+            errors,
+        }
     }
 }
 

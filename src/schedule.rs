@@ -208,49 +208,101 @@ fn parse_duration_secs(s: &str) -> Result<u64, String> {
         })
 }
 
+/// What a leading `@word` stands for.
+enum Shorthand {
+    /// No shorthand: cron fields.
+    None,
+    /// The 6 cron fields it stands for.
+    Cron(&'static str),
+    /// `@every N`: every N real seconds.
+    Every(u64),
+}
+
+fn shorthand(text: &str) -> Result<Shorthand, String> {
+    Ok(Shorthand::Cron(match text.split_whitespace().next().unwrap_or("") {
+        "@yearly" | "@annually" => "0 0 0 1 1 *",
+        "@monthly" => "0 0 0 1 * *",
+        "@weekly" => "0 0 0 * * 0",
+        "@daily" | "@midnight" => "0 0 0 * * *",
+        "@hourly" => "0 0 * * * *",
+        "@every" => {
+            let rest: Vec<&str> = text.split_whitespace().skip(1).collect();
+            if rest.len() != 1 {
+                return Err("`@every` takes one duration, e.g. `@every 5s` or `@every 2m30s`".into());
+            }
+            let secs = parse_duration_secs(rest[0]).map_err(|e| format!("@every: {e}"))?;
+            return Ok(Shorthand::Every(secs));
+        }
+        "@reboot" => return Err("`@reboot` is not supported (use `catch_up: true`, or run the job from a boot unit)".into()),
+        w if w.starts_with('@') => {
+            return Err(format!(
+                "unknown shorthand {w:?} (known: @yearly @annually @monthly @weekly @daily @midnight @hourly @every)"
+            ));
+        }
+        _ => return Ok(Shorthand::None),
+    }))
+}
+
+/// The 6 fields (seconds first) as a [`Cron`]; one that can never fire is
+/// refused.
+fn cron_of(f: &[&str]) -> Result<Cron, String> {
+    let sec = parse_field(f[0], &SEC)?;
+    let min = parse_field(f[1], &MIN)?;
+    let hour = parse_field(f[2], &HOUR)? as u32;
+    let dom = parse_field(f[3], &DOM)? as u32;
+    let month = parse_field(f[4], &MONTH)? as u16;
+    let mut dow = parse_field(f[5], &DOW)?;
+    if dow & (1 << 7) != 0 {
+        dow = (dow | 1) & 0x7f;
+    }
+    let cron = Cron {
+        sec,
+        min,
+        hour,
+        dom,
+        month,
+        dow: dow as u8,
+        dom_star: f[3].starts_with('*'),
+        dow_star: f[5].starts_with('*'),
+        hour_star: f[2].starts_with('*'),
+    };
+    // A spec such as `0 0 30 2 *` never fires: refuse it at `check`.
+    let y2k = NaiveDate::from_ymd_opt(2000, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    if cron.next_naive(y2k).is_none() {
+        return Err("this schedule never fires (no such day)".into());
+    }
+    Ok(cron)
+}
+
 impl Schedule {
     pub fn parse(spec: &str) -> Result<Schedule, String> {
         let text = spec.trim();
         if text.is_empty() {
             return Err("the schedule is empty".into());
         }
-        let expanded = match text.split_whitespace().next().unwrap_or("") {
-            "@yearly" | "@annually" => "0 0 0 1 1 *",
-            "@monthly" => "0 0 0 1 * *",
-            "@weekly" => "0 0 0 * * 0",
-            "@daily" | "@midnight" => "0 0 0 * * *",
-            "@hourly" => "0 0 * * * *",
-            "@every" => {
-                let rest: Vec<&str> = text.split_whitespace().skip(1).collect();
-                if rest.len() != 1 {
-                    return Err("`@every` takes one duration, e.g. `@every 5s` or `@every 2m30s`".into());
-                }
-                let secs = parse_duration_secs(rest[0]).map_err(|e| format!("@every: {e}"))?;
+        let expanded = match shorthand(text)? {
+            Shorthand::Every(secs) => {
                 return Ok(Schedule {
                     text: text.into(),
                     kind: Kind::Every(secs),
                 });
             }
-            "@reboot" => return Err("`@reboot` is not supported (use `catch_up: true`, or run the job from a boot unit)".into()),
-            w if w.starts_with('@') => {
-                return Err(format!(
-                    "unknown shorthand {w:?} (known: @yearly @annually @monthly @weekly @daily @midnight @hourly @every)"
-                ));
-            }
-            _ => "",
+            Shorthand::Cron(e) => e,
+            Shorthand::None => "",
         };
-        let owned;
         let fields: Vec<&str> = if expanded.is_empty() {
             text.split_whitespace().collect()
         } else {
-            owned = expanded.to_string();
             if text.split_whitespace().count() != 1 {
                 return Err(format!(
                     "{} takes no further fields",
                     text.split_whitespace().next().unwrap()
                 ));
             }
-            owned.split_whitespace().collect()
+            expanded.split_whitespace().collect()
         };
         let f: Vec<&str> = match fields.len() {
             5 => std::iter::once("0").chain(fields.iter().copied()).collect(),
@@ -261,41 +313,9 @@ impl Schedule {
                 ));
             }
         };
-        let sec = parse_field(f[0], &SEC)?;
-        let min = parse_field(f[1], &MIN)?;
-        let hour = parse_field(f[2], &HOUR)? as u32;
-        let dom = parse_field(f[3], &DOM)? as u32;
-        let month = parse_field(f[4], &MONTH)? as u16;
-        let mut dow = parse_field(f[5], &DOW)?;
-        if dow & (1 << 7) != 0 {
-            dow = (dow | 1) & 0x7f;
-        }
-        let cron = Cron {
-            sec,
-            min,
-            hour,
-            dom,
-            month,
-            dow: dow as u8,
-            dom_star: f[3].starts_with('*'),
-            dow_star: f[5].starts_with('*'),
-            hour_star: f[2].starts_with('*'),
-        };
-        // A spec such as `0 0 30 2 *` never fires: refuse it at `check`.
-        if cron
-            .next_naive(
-                NaiveDate::from_ymd_opt(2000, 1, 1)
-                    .unwrap()
-                    .and_hms_opt(0, 0, 0)
-                    .unwrap(),
-            )
-            .is_none()
-        {
-            return Err("this schedule never fires (no such day)".into());
-        }
         Ok(Schedule {
             text: text.into(),
-            kind: Kind::Cron(cron),
+            kind: Kind::Cron(cron_of(&f)?),
         })
     }
 

@@ -97,53 +97,7 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
         return Err("the target is empty".into());
     }
     if let Some(rest) = s.strip_prefix("ssh://") {
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => {
-                return Err(format!(
-                    "{s:?}: an ssh:// target needs a path (ssh://host/path)"
-                ));
-            }
-        };
-        let path = path.strip_prefix("/~/").unwrap_or(path);
-        let (user, hostport) = split_user(authority).map_err(|e| format!("{s:?}: {e}"))?;
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (h, after) = v6
-                .split_once(']')
-                .ok_or_else(|| format!("{s:?}: unclosed `[` in the host"))?;
-            let port = match after {
-                "" => None,
-                p => Some(
-                    p.strip_prefix(':')
-                        .ok_or_else(|| format!("{s:?}: bad port"))?,
-                ),
-            };
-            (h, port)
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (hostport, None),
-            }
-        };
-        let port = match port {
-            None => None,
-            Some(p) => Some(
-                p.parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| format!("{s:?}: bad port {p:?}"))?,
-            ),
-        };
-        if !valid_host(host) {
-            return Err(format!("{s:?}: invalid host {host:?}"));
-        }
-        check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
-        return Ok(Target::Ssh(SshTarget {
-            user,
-            host: host.to_string(),
-            port,
-            path: path.to_string(),
-        }));
+        return parse_url(s, rest);
     }
     if s.contains("://") {
         return Err(format!(
@@ -155,54 +109,14 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
         // user@[v6]:/path
         s.split_once("@[").map(|(_, r)| r)
     }) {
-        let user = if s.starts_with('[') {
-            None
-        } else {
-            let (u, _) = s.split_once("@[").unwrap();
-            if !valid_user(u) {
-                return Err(format!("{s:?}: invalid user name {u:?}"));
-            }
-            Some(u.to_string())
-        };
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("{s:?}: unclosed `[` in the host"))?;
-        let path = after
-            .strip_prefix(':')
-            .ok_or_else(|| format!("{s:?}: expected `:` and a path after `]`"))?;
-        if !valid_host(host) {
-            return Err(format!("{s:?}: invalid host {host:?}"));
-        }
-        check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
-        return Ok(Target::Ssh(SshTarget {
-            user,
-            host: host.to_string(),
-            port: None,
-            path: path.to_string(),
-        }));
+        return parse_scp_v6(s, v6);
     }
     let colon = s.find(':');
     let slash = s.find('/');
     if let Some(c) = colon
         && slash.is_none_or(|sl| c < sl)
     {
-        let (userhost, path) = (&s[..c], &s[c + 1..]);
-        if path.starts_with(':') {
-            return Err(format!(
-                "{s:?}: rsync daemon targets (host::module) are not supported; use ssh"
-            ));
-        }
-        let (user, host) = split_user(userhost).map_err(|e| format!("{s:?}: {e}"))?;
-        if !valid_host(host) {
-            return Err(format!("{s:?}: invalid host {host:?}"));
-        }
-        check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
-        return Ok(Target::Ssh(SshTarget {
-            user,
-            host: host.to_string(),
-            port: None,
-            path: path.to_string(),
-        }));
+        return parse_scp(s, c);
     }
     check_root(s).map_err(|e| format!("{s:?}: {e}"))?;
     let p = Path::new(s);
@@ -212,6 +126,107 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
         base.join(p)
     };
     Ok(Target::Local(p))
+}
+
+/// `ssh://[user@]host[:port]/path` (`rest`: after the scheme).
+fn parse_url(s: &str, rest: &str) -> Result<Target, String> {
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => {
+            return Err(format!(
+                "{s:?}: an ssh:// target needs a path (ssh://host/path)"
+            ));
+        }
+    };
+    let path = path.strip_prefix("/~/").unwrap_or(path);
+    let (user, hostport) = split_user(authority).map_err(|e| format!("{s:?}: {e}"))?;
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("{s:?}: unclosed `[` in the host"))?;
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("{s:?}: bad port"))?,
+            ),
+        };
+        (h, port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{s:?}: bad port {p:?}"))?,
+        ),
+    };
+    if !valid_host(host) {
+        return Err(format!("{s:?}: invalid host {host:?}"));
+    }
+    check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(Target::Ssh(SshTarget {
+        user,
+        host: host.to_string(),
+        port,
+        path: path.to_string(),
+    }))
+}
+
+/// `[v6]:/path` or `user@[v6]:/path` (`v6`: after the `[`).
+fn parse_scp_v6(s: &str, v6: &str) -> Result<Target, String> {
+    let user = if s.starts_with('[') {
+        None
+    } else {
+        let (u, _) = s.split_once("@[").unwrap();
+        if !valid_user(u) {
+            return Err(format!("{s:?}: invalid user name {u:?}"));
+        }
+        Some(u.to_string())
+    };
+    let (host, after) = v6
+        .split_once(']')
+        .ok_or_else(|| format!("{s:?}: unclosed `[` in the host"))?;
+    let path = after
+        .strip_prefix(':')
+        .ok_or_else(|| format!("{s:?}: expected `:` and a path after `]`"))?;
+    if !valid_host(host) {
+        return Err(format!("{s:?}: invalid host {host:?}"));
+    }
+    check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(Target::Ssh(SshTarget {
+        user,
+        host: host.to_string(),
+        port: None,
+        path: path.to_string(),
+    }))
+}
+
+/// `[user@]host:path`, the colon at `c`.
+fn parse_scp(s: &str, c: usize) -> Result<Target, String> {
+    let (userhost, path) = (&s[..c], &s[c + 1..]);
+    if path.starts_with(':') {
+        return Err(format!(
+            "{s:?}: rsync daemon targets (host::module) are not supported; use ssh"
+        ));
+    }
+    let (user, host) = split_user(userhost).map_err(|e| format!("{s:?}: {e}"))?;
+    if !valid_host(host) {
+        return Err(format!("{s:?}: invalid host {host:?}"));
+    }
+    check_root(path).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(Target::Ssh(SshTarget {
+        user,
+        host: host.to_string(),
+        port: None,
+        path: path.to_string(),
+    }))
 }
 
 #[cfg(test)]

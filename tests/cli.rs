@@ -181,6 +181,7 @@ fn a_held_lock_exits_75_and_logs_skipped_and_dies_with_its_holder() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(waiter.try_wait().unwrap().is_none(), "still waiting");
+    // SAFETY: kill(2) takes plain integers; a stale pid is ESRCH
     unsafe { libc::kill(holder.id() as i32, libc::SIGKILL) };
     holder.wait().unwrap();
     let st = waiter.wait().unwrap();

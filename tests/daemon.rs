@@ -41,6 +41,7 @@ impl Daemon {
         }
     }
     fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) takes plain integers; a stale pid is ESRCH
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
     /// Wait for exit, up to `limit`.
@@ -342,6 +343,7 @@ fn notifies_systemd_ready_when_notify_socket_is_set() {
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1");
+    // SAFETY: kill(2) takes plain integers; a stale pid is ESRCH
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let n = sock.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");

@@ -116,6 +116,7 @@ fn kill9_mid_copy_with(lab: &Lab, dst: &Path, size: usize, helper: bool) {
         set_mtime(&dst.join("big.bin"), 1_500_000_000, 0);
         let mut child = lab.spawn(&["run", "web"]);
         let caught = wait_for_temp(dst, &mut child);
+        // SAFETY: kill(2) takes plain integers; a stale pid is ESRCH
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let st = child.wait().unwrap();
         if !caught || st.code().is_some() {

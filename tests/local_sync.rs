@@ -254,6 +254,7 @@ fn special_files_are_skipped_with_a_warning() {
     lab.write("a.txt", b"a");
     let fifo = lab.src().join("pipe");
     let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     lab.job("delete: true");
     lab.run(&["run", "web"]).code(0);

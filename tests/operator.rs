@@ -131,6 +131,7 @@ fn log_filters_by_job_status_and_since_and_reads_a_big_log_from_the_end() {
     let mut out = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
     let mut status = 0;
+    // SAFETY: rusage is plain integers, for which all zeroes is valid
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: plain wait4 on our own child with valid out-pointers.
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };

@@ -321,8 +321,9 @@ fn finish(
         return Err(ctx("set mtime", io::Error::last_os_error()));
     }
     // a full disk may show only when the data is flushed at close
-    // SAFETY: the descriptor is owned by `f` and closed exactly once here
     let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+    // SAFETY: `fd` was owned by `f`, which gave it up: it is closed
+    // exactly once, here
     if unsafe { libc::close(fd) } != 0 {
         return Err(ctx("close", io::Error::last_os_error()));
     }

@@ -10,7 +10,7 @@
 
 use super::record::{RecordBase, append_all, hook_outcome};
 use super::target::{RunShared, sync_target};
-use super::{Env, JobResult, Options, Status, Wait, log_skipped};
+use super::{Env, JobResult, Opener, Options, Status, Wait, log_skipped};
 use crate::config::Job;
 use crate::executor::Outcome;
 use crate::journal::{self, HookOutcome, Record};
@@ -28,7 +28,13 @@ pub(super) fn holds_records(job: &Job, opts: &Options) -> bool {
 }
 
 /// The run up to its records: lock, `before`, scan, targets.
-pub(super) fn run_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> JobResult {
+pub(super) fn run_locked(
+    job: &Job,
+    env: &Env,
+    opts: &Options,
+    cancel: &AtomicBool,
+    open: &Opener,
+) -> JobResult {
     // A dry run changes nothing and takes no lock.
     let _lock = if opts.dry_run || opts.wait == Wait::Held {
         None
@@ -59,6 +65,7 @@ pub(super) fn run_locked(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBo
         base: &base,
         started: &started,
         multi: multi.as_ref(),
+        open,
     };
     let records = sync_targets(job, &shared);
     let status = records.iter().map(|r| r.status).max().unwrap_or(Status::Ok);

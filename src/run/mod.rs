@@ -14,6 +14,8 @@ mod progress;
 mod record;
 pub mod report;
 mod target;
+#[cfg(test)]
+mod tests;
 
 pub use crate::journal::{Status, Trigger};
 pub use record::new_run_id;
@@ -21,6 +23,8 @@ pub use record::new_run_id;
 use crate::config::Job;
 use crate::executor::Outcome;
 use crate::journal::{self, Record};
+use crate::target::Target;
+use crate::transport::{self, OpenError, Transport, TransportSettings};
 use record::{RecordBase, append_all};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -101,7 +105,23 @@ pub fn log_skipped(job: &Job, env: &Env, trigger: Trigger, reason: &str) -> JobR
 /// Runs the job's `after` (and on failure `on_failure`) hook at the end of a
 /// real run.
 pub fn run_job(job: &Job, env: &Env, opts: &Options, cancel: &AtomicBool) -> JobResult {
-    let mut res = job::run_locked(job, env, opts, cancel);
+    run_job_with(job, env, opts, cancel, &transport::open)
+}
+
+/// Opens a connection to a target: [`transport::open`], or a fake one in
+/// tests.
+pub type Opener<'a> =
+    dyn Fn(&Target, &TransportSettings) -> Result<Box<dyn Transport>, OpenError> + Sync + 'a;
+
+/// [`run_job`] with the targets opened by `open`.
+pub fn run_job_with(
+    job: &Job,
+    env: &Env,
+    opts: &Options,
+    cancel: &AtomicBool,
+    open: &Opener,
+) -> JobResult {
+    let mut res = job::run_locked(job, env, opts, cancel, open);
     if opts.dry_run || res.status == Status::Skipped {
         if !res.appended {
             append_all(env, &res.records);

@@ -21,7 +21,7 @@
 
 use super::progress::TargetProgress;
 use super::record::RecordBase;
-use super::{Env, Options, Status, dry_run};
+use super::{Env, Opener, Options, Status, dry_run};
 use crate::config::{Compare, Job, Mode};
 use crate::executor::{self, Outcome, Settings};
 use crate::journal::{PathError, Record};
@@ -44,6 +44,8 @@ pub(super) struct RunShared<'a> {
     pub base: &'a RecordBase<'a>,
     pub started: &'a (String, Instant),
     pub multi: Option<&'a indicatif::MultiProgress>,
+    /// Opens connections to targets.
+    pub open: &'a Opener<'a>,
 }
 
 /// What the target's manifest allows.
@@ -233,7 +235,8 @@ impl<'a> TargetRun<'a> {
             .as_ref()
             .map(|(_, at)| *at)
             .unwrap_or_else(manifest::unix_now);
-        let (what, e) = match open_and_list(self.job, self.target, known.map(|(e, _)| e)) {
+        let known = known.map(|(e, _)| e);
+        let (what, e) = match open_and_list(self.run.open, self.job, self.target, known) {
             Ok((transport, listing)) => {
                 return Connected::Ready(Connection {
                     transport,
@@ -358,7 +361,8 @@ impl<'a> TargetRun<'a> {
             }
         };
         let tsettings = transport_settings(job);
-        let open_extra = || transport::open(target, &tsettings).map_err(|e| e.source);
+        let open = self.run.open;
+        let open_extra = || open(target, &tsettings).map_err(|e| e.source);
         let settings = Settings {
             source_root: &job.source,
             max_delete: job.max_delete,
@@ -488,11 +492,12 @@ impl<'a> TargetRun<'a> {
 /// Connect to a target and list it, unless its entries are already known
 /// (from its manifest).
 fn open_and_list(
+    open: &Opener,
     job: &Job,
     target: &Target,
     known: Option<manifest::ManifestEntries>,
 ) -> Result<(Box<dyn Transport>, Listing), (String, OpenError)> {
-    let mut t = transport::open(target, &transport_settings(job))
+    let mut t = open(target, &transport_settings(job))
         .map_err(|e| ("cannot reach target".to_string(), e))?;
     let l = match known {
         Some(entries) => Listing {

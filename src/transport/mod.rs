@@ -1,10 +1,16 @@
 //! Where a target's files live. One trait, two implementations: `local`
-//! (a directory on this machine) and `ssh` (a directory on a remote host).
+//! (a directory on this machine) and `ssh` (a directory on a remote host),
+//! plus `memory`, a fake for unit tests. A transport gets the settings it
+//! needs ([`TransportSettings`]), never the job; a failure to open one is an
+//! [`OpenError`] whose [`Retry`] kind says whether trying again can help;
+//! every copy gets a [`CopyCtx`] (cancel, progress) explicitly.
 //!
 //! Paths handed to a transport are relative to the target root and come from
 //! the planner, never from the remote side unchecked.
 
 pub mod local;
+#[cfg(test)]
+pub mod memory;
 pub mod ssh;
 
 use crate::config::SshOptions;

@@ -147,6 +147,7 @@ impl Sshd {
                 i += 1;
             }
             for p in all {
+                // SAFETY: kill(2) takes plain integers; a stale pid is ESRCH
                 unsafe { libc::kill(p as i32, libc::SIGKILL) };
             }
         }

@@ -13,6 +13,7 @@ use super::sftp;
 use crate::journal::PathError;
 use crate::plan::{Entry, EntryKind, Tree, TreeBuilder};
 use crate::transport::Listing;
+use std::collections::HashSet;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -143,7 +144,7 @@ impl Ssh {
 pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
     let mut tree = TreeBuilder::default();
     // directories accepted so far (an entry's parent must be one of them)
-    let mut dirs: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+    let mut dirs: HashSet<&[u8]> = HashSet::new();
     let mut have_root = false;
     let mut fields = out.split(|b| *b == 0);
     let mut f: [&[u8]; 8] = [&[]; 8];
@@ -154,97 +155,105 @@ pub fn parse_find(out: &[u8], errors: &mut Vec<PathError>) -> Tree {
                 None => break 'records,
             }
         }
-        let (ty, size, mtime, mode, uid, gid, name, link) =
-            (f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]);
-        let show = String::from_utf8_lossy(name).into_owned();
-        let mut reject = |why: &str| {
-            errors.push(PathError {
-                path: show.clone(),
-                message: format!("remote listing entry rejected: {why}"),
-            })
-        };
-        let rel = Path::new(std::ffi::OsStr::from_bytes(name));
+        let name = f[6];
         let is_root = name.is_empty();
-        if !is_root
-            && (name.starts_with(b"/")
-                || name
-                    .split(|b| *b == b'/')
-                    .any(|c| c.is_empty() || c == b"." || c == b".."))
-        {
-            reject("unsafe name");
-            continue;
-        }
-        if is_root && have_root {
-            reject("second root entry");
-            continue;
-        }
-        if !is_root {
-            let parent = match name.iter().rposition(|b| *b == b'/') {
-                Some(k) => &name[..k],
-                None => &b""[..],
-            };
-            if !dirs.contains(parent) {
-                reject("its parent is not a listed directory");
-                continue;
+        let checked = check_name(name, have_root, &dirs).and_then(|()| entry_of(&f));
+        let entry = match checked {
+            Ok(e) if is_root && e.kind != EntryKind::Dir => {
+                Err("the target root is not a directory")
             }
-        }
-        let kind = match ty {
-            b"f" => EntryKind::File,
-            b"d" => EntryKind::Dir,
-            b"l" => EntryKind::Symlink,
-            b"p" | b"s" | b"c" | b"b" | b"D" => EntryKind::Special,
-            _ => {
-                reject("unknown type");
+            other => other,
+        };
+        let entry = match entry {
+            Ok(e) => e,
+            Err(why) => {
+                errors.push(PathError {
+                    path: String::from_utf8_lossy(name).into_owned(),
+                    message: format!("remote listing entry rejected: {why}"),
+                });
                 continue;
             }
         };
-        let num = |b: &[u8]| {
-            std::str::from_utf8(b)
-                .ok()
-                .and_then(|s| s.parse::<u64>().ok())
-        };
-        let (secs, nanos) = {
-            let s = std::str::from_utf8(mtime).unwrap_or("");
-            let (a, b) = s.split_once('.').unwrap_or((s, "0"));
-            let ns: String = b.chars().chain(std::iter::repeat('0')).take(9).collect();
-            (a.parse::<i64>().ok(), ns.parse::<u32>().ok())
-        };
-        let mode = std::str::from_utf8(mode)
-            .ok()
-            .and_then(|m| u32::from_str_radix(m, 8).ok());
-        let (Some(size), Some(secs), Some(nanos), Some(mode), Some(uid), Some(gid)) =
-            (num(size), secs, nanos, mode, num(uid), num(gid))
-        else {
-            reject("malformed attributes");
-            continue;
-        };
-        if is_root && kind != EntryKind::Dir {
-            reject("the target root is not a directory");
-            continue;
-        }
         have_root = true;
-        if kind == EntryKind::Dir {
+        if entry.kind == EntryKind::Dir {
             dirs.insert(name);
         } else {
             // a later entry of another type at a directory's path replaces it
             dirs.remove(name);
         }
-        tree.push(
-            rel,
-            Entry {
-                kind,
-                size: if kind == EntryKind::File { size } else { 0 },
-                mtime: secs,
-                mtime_ns: nanos,
-                mode: mode & 0o7777,
-                uid: uid as u32,
-                gid: gid as u32,
-                link: (kind == EntryKind::Symlink)
-                    .then(|| Box::new(PathBuf::from(std::ffi::OsStr::from_bytes(link)))),
-            },
-        );
+        tree.push(Path::new(std::ffi::OsStr::from_bytes(name)), entry);
     }
     tree.finish()
+}
+
+/// A listed name is safe: relative, no empty, `.` or `..` component, one
+/// root, and its parent a directory listed before it.
+fn check_name(name: &[u8], have_root: bool, dirs: &HashSet<&[u8]>) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return if have_root {
+            Err("second root entry")
+        } else {
+            Ok(())
+        };
+    }
+    if name.starts_with(b"/")
+        || name
+            .split(|b| *b == b'/')
+            .any(|c| c.is_empty() || c == b"." || c == b"..")
+    {
+        return Err("unsafe name");
+    }
+    let parent = match name.iter().rposition(|b| *b == b'/') {
+        Some(k) => &name[..k],
+        None => &b""[..],
+    };
+    if !dirs.contains(parent) {
+        return Err("its parent is not a listed directory");
+    }
+    Ok(())
+}
+
+/// The entry of one record's fields: type, size, mtime (`secs.frac`), mode
+/// (octal), uid, gid, name, link target.
+fn entry_of(f: &[&[u8]; 8]) -> Result<Entry, &'static str> {
+    let (ty, size, mtime, mode, uid, gid, link) = (f[0], f[1], f[2], f[3], f[4], f[5], f[7]);
+    let kind = match ty {
+        b"f" => EntryKind::File,
+        b"d" => EntryKind::Dir,
+        b"l" => EntryKind::Symlink,
+        b"p" | b"s" | b"c" | b"b" | b"D" => EntryKind::Special,
+        _ => return Err("unknown type"),
+    };
+    let num = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    let (secs, nanos) = {
+        let s = std::str::from_utf8(mtime).unwrap_or("");
+        let (a, b) = s.split_once('.').unwrap_or((s, "0"));
+        let ns: String = b.chars().chain(std::iter::repeat('0')).take(9).collect();
+        (a.parse::<i64>().ok(), ns.parse::<u32>().ok())
+    };
+    let mode = std::str::from_utf8(mode)
+        .ok()
+        .and_then(|m| u32::from_str_radix(m, 8).ok());
+    let (Some(size), Some(secs), Some(nanos), Some(mode), Some(uid), Some(gid)) =
+        (num(size), secs, nanos, mode, num(uid), num(gid))
+    else {
+        return Err("malformed attributes");
+    };
+    Ok(Entry {
+        kind,
+        size: if kind == EntryKind::File { size } else { 0 },
+        mtime: secs,
+        mtime_ns: nanos,
+        mode: mode & 0o7777,
+        uid: uid as u32,
+        gid: gid as u32,
+        link: (kind == EntryKind::Symlink)
+            .then(|| Box::new(PathBuf::from(std::ffi::OsStr::from_bytes(link)))),
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,177 @@
+//! `run` over the in-memory target: the manifest shortcut, planning from a
+//! manifest, retries of transient failures (not of permanent ones), a lost
+//! connection retried from a fresh listing, a dry run that changes nothing.
+
+use super::*;
+use crate::transport::memory::MemoryTarget;
+use crate::transport::{OpenError, Retry};
+use std::sync::Mutex;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    job: Job,
+    env: Env,
+    target: MemoryTarget,
+}
+
+impl Fixture {
+    fn new(extra: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("a.txt"), b"alpha").unwrap();
+        std::fs::write(src.join("d/b.txt"), b"beta").unwrap();
+        let text = format!(
+            "jobs:\n  j:\n    source: {}\n    remote: /nonexistent/target\n    retries: 2\n{extra}",
+            src.display()
+        );
+        let cfg = crate::config::parse(&dir.path().join("jobs.yaml"), text.as_bytes()).unwrap();
+        let env = Env {
+            state_dir: dir.path().join("state"),
+            log: dir.path().join("state/runs.jsonl"),
+        };
+        Fixture {
+            job: cfg.jobs[0].clone(),
+            env,
+            dir,
+            target: MemoryTarget::default(),
+        }
+    }
+
+    fn src(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("src").join(rel)
+    }
+
+    fn run_with(&self, opts: &Options, open: &Opener) -> JobResult {
+        run_job_with(&self.job, &self.env, opts, &AtomicBool::new(false), open)
+    }
+
+    fn run(&self, opts: &Options) -> JobResult {
+        let t = self.target.clone();
+        self.run_with(opts, &move |_: &Target, _: &TransportSettings| Ok(t.open()))
+    }
+}
+
+fn opts() -> Options {
+    Options {
+        trigger: Trigger::Manual,
+        dry_run: false,
+        wait: Wait::No,
+        verbose: false,
+        quiet: true,
+        progress: false,
+        verify: false,
+        scheduled_for: None,
+    }
+}
+
+#[test]
+fn a_run_copies_then_an_unchanged_source_needs_no_connection() {
+    let fx = Fixture::new("");
+    let r = fx.run(&opts());
+    assert_eq!(r.status, Status::Ok, "{:?}", r.records);
+    assert_eq!(r.records[0].files_transferred, 2);
+    let files = fx.target.files();
+    assert_eq!(files["a.txt"], b"alpha");
+    assert_eq!(files["d/b.txt"], b"beta");
+    assert_eq!(fx.target.state().opens, 1);
+
+    // nothing changed: decided from the manifest, no connection at all
+    let r = fx.run(&opts());
+    assert_eq!(r.status, Status::Ok);
+    assert_eq!(r.records[0].target_state.as_deref(), Some("manifest"));
+    assert_eq!(fx.target.state().opens, 1);
+
+    // a change: planned against the manifest (connected, not listed)
+    std::fs::write(fx.src("a.txt"), b"ALPHA, longer").unwrap();
+    let r = fx.run(&opts());
+    assert_eq!(r.records[0].files_transferred, 1);
+    let st = fx.target.state();
+    assert_eq!((st.opens, st.lists), (2, 1));
+    drop(st);
+    assert_eq!(fx.target.files()["a.txt"], b"ALPHA, longer");
+
+    // --verify lists the target again
+    let r = fx.run(&Options {
+        verify: true,
+        ..opts()
+    });
+    assert_eq!(r.records[0].files_transferred, 0);
+    assert_eq!(fx.target.state().lists, 2);
+}
+
+#[test]
+fn a_permanent_failure_is_not_retried_and_a_transient_one_is() {
+    let fx = Fixture::new("");
+    let calls = Mutex::new(0);
+    let permanent = |_: &Target, _: &TransportSettings| -> Result<Box<dyn Transport>, OpenError> {
+        *calls.lock().unwrap() += 1;
+        Err(OpenError::permanent(
+            std::io::ErrorKind::PermissionDenied,
+            "auth refused",
+        ))
+    };
+    let r = fx.run_with(&opts(), &permanent);
+    assert_eq!(r.status, Status::Failed);
+    let reason = r.records[0].reason.clone().unwrap();
+    assert_eq!(reason, "cannot reach target: auth refused (not retried)");
+    assert_eq!(*calls.lock().unwrap(), 1);
+
+    // refused once, then reachable: one retry, and the run is ok
+    let t = fx.target.clone();
+    let tries = Mutex::new(0);
+    let flaky = |_: &Target, _: &TransportSettings| -> Result<Box<dyn Transport>, OpenError> {
+        let mut n = tries.lock().unwrap();
+        *n += 1;
+        if *n == 1 {
+            let e = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+            return Err(OpenError::from(e));
+        }
+        Ok(t.open())
+    };
+    let r = fx.run_with(&opts(), &flaky);
+    assert_eq!(r.status, Status::Ok, "{:?}", r.records[0].reason);
+    assert_eq!(*tries.lock().unwrap(), 2);
+    assert_eq!(
+        OpenError::from(std::io::Error::other("x")).retry,
+        Retry::Transient
+    );
+}
+
+#[test]
+fn a_connection_lost_midway_is_retried_from_a_fresh_listing() {
+    let fx = Fixture::new("");
+    fx.target.state().lose_at_put = Some(2);
+    let r = fx.run(&opts());
+    assert_eq!(r.status, Status::Ok, "{:?}", r.records[0].reason);
+    assert_eq!(fx.target.files().len(), 2);
+    let st = fx.target.state();
+    // the second attempt listed the target and copied only what was missing
+    assert_eq!((st.opens, st.lists, st.puts), (2, 2, 3));
+}
+
+#[test]
+fn a_dry_run_changes_nothing_and_keeps_no_manifest() {
+    let fx = Fixture::new("");
+    let r = fx.run(&Options {
+        dry_run: true,
+        ..opts()
+    });
+    assert_eq!(r.status, Status::DryRun);
+    assert!(fx.target.files().is_empty());
+    assert_eq!(fx.target.state().puts, 0);
+    // so the next real run connects and copies
+    assert_eq!(fx.run(&opts()).records[0].files_transferred, 2);
+}
+
+#[test]
+fn records_are_appended_with_the_typed_fields() {
+    let fx = Fixture::new("");
+    fx.run(&opts());
+    let log = std::fs::read_to_string(&fx.env.log).unwrap();
+    let v: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["trigger"], "manual");
+    assert_eq!(v["mode"], "incremental");
+    assert_eq!(v["target"], "/nonexistent/target");
+}
