@@ -48,6 +48,7 @@ impl Proc {
         let _ = self.child.wait();
     }
     fn term(&mut self) -> Option<i32> {
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let until = Instant::now() + WAIT;
         while Instant::now() < until {

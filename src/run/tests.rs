@@ -62,6 +62,7 @@ fn opts() -> Options {
         progress: false,
         verify: false,
         scheduled_for: None,
+        note: None,
     }
 }
 

@@ -71,6 +71,7 @@ fn settings(job: &Job) -> transport::TransportSettings {
 }
 
 fn effective_owner(job: &Job) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     job.preserve_owner && unsafe { libc::geteuid() } == 0
 }
 
