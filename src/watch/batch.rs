@@ -301,14 +301,25 @@ impl TargetSync {
         if out.lost_target || out.aborted.is_some() {
             self.conn = None;
         }
+        let ended = self.conclude(job, regions, src, &mut out);
+        (ended, out)
+    }
+
+    /// The target's state after a batch: updated when the batch is clean
+    /// (copies that failed only because their source vanished meanwhile
+    /// count as clean: the target is unchanged there, and their own event
+    /// follows), kept when the connection was lost before anything was
+    /// sent, unknown otherwise.
+    fn conclude(&mut self, job: &Job, regions: &Regions, src: &Scan, out: &mut Outcome) -> Ended {
         let clean = out.aborted.is_none()
             && out.deletes_withheld == 0
             && out.errors_dropped == 0
             && src.unknown.is_empty()
             && out.errors.iter().all(|e| source_race(&job.source, e));
+        let Some(st) = self.state.as_mut() else {
+            return Ended::Failed;
+        };
         if clean {
-            // copies that failed because their source vanished left the
-            // target as it was there: keep the old state at those paths
             let kept: Vec<(PathBuf, Option<Entry>)> = out
                 .errors
                 .iter()
@@ -325,15 +336,19 @@ impl TargetSync {
                     None => st.entries.remove(&p),
                 };
             }
-            (Ended::Ok, out)
+            out.warnings.extend(out.errors.drain(..).map(|e| PathError {
+                message: format!("{} (vanished from the source meanwhile)", e.message),
+                ..e
+            }));
+            Ended::Ok
         } else if out.lost_target && out.files_transferred == 0 && out.files_deleted == 0 {
             // the connection was lost before anything was sent: the state
             // still holds (a directory made meanwhile fails the retry, which
             // then makes a full sync)
-            (Ended::Unreachable, out)
+            Ended::Unreachable
         } else {
             self.state = None;
-            (Ended::Failed, out)
+            Ended::Failed
         }
     }
 }
