@@ -337,7 +337,7 @@ pub fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
     forward_signals(tx.clone())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let cancel = Arc::new(AtomicBool::new(false));
-    let watched = crate::watch::daemon::Watched::new(env.clone(), cancel.clone());
+    let watched = crate::watch::daemon::Watched::new(env.clone());
     let mut d = Daemon {
         config_path,
         env,

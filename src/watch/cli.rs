@@ -13,7 +13,6 @@ use crate::daemon::{Level, say};
 use crate::lock;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub fn watch_lock_path(state_dir: &Path, job: &str) -> PathBuf {
@@ -35,20 +34,32 @@ pub fn take_watch_lock(state_dir: &Path, job: &Job) -> Result<lock::Lock, String
     }
 }
 
+/// After the abort, how long to wait for watched jobs to stop.
+const ABORT_GRACE: Duration = Duration::from_secs(10);
+
 /// Stop watched jobs: no new batches at once; transfers aborted after
-/// `timeout`.
-pub fn stop_all(handles: Vec<(Handle, lock::Lock)>, cancel: &AtomicBool, timeout: Duration) {
+/// `timeout`; jobs still not stopped ABORT_GRACE later are left behind.
+pub fn stop_all(handles: Vec<(Handle, lock::Lock)>, timeout: Duration) {
     for (h, _) in &handles {
         h.request_stop();
     }
     let deadline = Instant::now() + timeout;
+    let mut aborted = false;
     while handles.iter().any(|(h, _)| !h.is_finished()) {
-        if Instant::now() >= deadline && !cancel.load(Ordering::Relaxed) {
+        if Instant::now() >= deadline && !aborted {
             say(
                 Level::Warning,
-                "shutdown_timeout reached: aborting running transfers",
+                "shutdown_timeout reached: aborting the watched jobs' transfers",
             );
-            cancel.store(true, Ordering::SeqCst);
+            handles.iter().for_each(|(h, _)| h.abort());
+            aborted = true;
+        }
+        if Instant::now() >= deadline + ABORT_GRACE {
+            say(
+                Level::Error,
+                "watched jobs did not stop; going on without them",
+            );
+            return;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -77,17 +88,16 @@ pub fn run(g: &Global, names: &[String]) -> Result<(), CliError> {
         signal_hook::consts::SIGINT,
     ])
     .map_err(|e| CliError::Failed(format!("cannot install signal handlers: {e}")))?;
-    let cancel = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     for j in jobs {
         let l = take_watch_lock(&env.state_dir, &j).map_err(CliError::Failed)?;
-        handles.push((job::spawn(Arc::new(j), env.clone(), cancel.clone()), l));
+        handles.push((job::spawn(Arc::new(j), env.clone()), l));
     }
     let sig = signals.forever().next().unwrap_or(0);
     say(
         Level::Info,
         &format!("signal {sig}: stopping the watched jobs"),
     );
-    stop_all(handles, &cancel, cfg.shutdown_timeout);
+    stop_all(handles, cfg.shutdown_timeout);
     Ok(())
 }

@@ -13,21 +13,18 @@ use crate::lock;
 use crate::run::Env;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 pub struct Watched {
     env: Env,
-    cancel: Arc<AtomicBool>,
     /// job → its watcher, watch lock, and settings (to see changes)
     jobs: HashMap<String, (Handle, lock::Lock, String)>,
 }
 
 impl Watched {
-    pub fn new(env: Env, cancel: Arc<AtomicBool>) -> Watched {
+    pub fn new(env: Env) -> Watched {
         Watched {
             env,
-            cancel,
             jobs: HashMap::new(),
         }
     }
@@ -55,14 +52,14 @@ impl Watched {
                 stopping.push((h, l));
             }
         }
-        stop_all(stopping, &self.cancel, shutdown_timeout);
+        stop_all(stopping, shutdown_timeout);
         for (n, (j, fp)) in want {
             if self.jobs.contains_key(n) {
                 continue;
             }
             match take_watch_lock(&self.env.state_dir, j) {
                 Ok(l) => {
-                    let h = job::spawn(Arc::new(j.clone()), self.env.clone(), self.cancel.clone());
+                    let h = job::spawn(Arc::new(j.clone()), self.env.clone());
                     self.jobs.insert(n.to_string(), (h, l, fp));
                 }
                 Err(e) => say(Level::Error, &e),
@@ -92,6 +89,6 @@ impl Watched {
     /// Stop them all (transfers aborted after `timeout`).
     pub fn stop(&mut self, timeout: Duration) {
         let all = self.jobs.drain().map(|(_, (h, l, _))| (h, l)).collect();
-        stop_all(all, &self.cancel, timeout);
+        stop_all(all, timeout);
     }
 }

@@ -50,6 +50,8 @@ pub struct Handle {
     pub live: Arc<Live>,
     tx: Sender<Control>,
     stop: Arc<AtomicBool>,
+    /// aborts this job's transfers (and only this job's)
+    cancel: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -60,6 +62,10 @@ impl Handle {
     /// Ask the job to stop (its workers finish the batch in hand).
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+    /// Abort the transfers in hand (between chunks).
+    pub fn abort(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
     }
     pub fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
@@ -121,14 +127,15 @@ impl Drop for LockGuard<'_> {
 }
 
 /// Start watching a job: its watches, then its targets' full syncs.
-pub fn spawn(job: Arc<Job>, env: Env, cancel: Arc<AtomicBool>) -> Handle {
+pub fn spawn(job: Arc<Job>, env: Env) -> Handle {
     let live = Arc::new(Live::default());
+    let cancel = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
     let ctx = JobCtx {
         job,
         env,
-        cancel,
+        cancel: cancel.clone(),
         stop: stop.clone(),
         live: live.clone(),
     };
@@ -137,6 +144,7 @@ pub fn spawn(job: Arc<Job>, env: Env, cancel: Arc<AtomicBool>) -> Handle {
         live,
         tx,
         stop,
+        cancel,
         thread: Some(thread),
     }
 }
