@@ -205,6 +205,10 @@ struct Worker {
     lock: Arc<SharedLock>,
     attempt: u32,
     retry_at: Option<Instant>,
+    /// the last full sync failed: the next waits for its backoff
+    full_failed: bool,
+    /// the last batch was held back by the source guard
+    held: bool,
     last_work: Instant,
 }
 
@@ -249,7 +253,7 @@ impl Worker {
             // state is known goes with every new batch
             let needs_full = self.pending.full.is_some() || self.ts.state.is_none();
             let waiting = self.retry_at.is_some_and(|t| t > Instant::now());
-            if waiting && (needs_full || !fresh) {
+            if waiting && (!fresh || (needs_full && self.full_failed)) {
                 continue;
             }
             self.work();
@@ -284,6 +288,10 @@ impl Worker {
         if ok {
             self.attempt = 0;
             self.retry_at = None;
+        } else if std::mem::take(&mut self.held) {
+            // the source is gone or empty: wait for the next change (the
+            // job's loop sends a full sync when the source is back)
+            self.retry_at = Some(Instant::now() + Duration::from_secs(3600));
         } else {
             self.retry_at = Some(Instant::now() + backoff(self.attempt));
             self.attempt += 1;
@@ -325,6 +333,7 @@ impl Worker {
             say_record(r);
         }
         self.ctx.live.full_syncs.fetch_add(1, Ordering::Relaxed);
+        self.full_failed = res.status != Status::Ok;
         if res.status == Status::Ok {
             // without a manifest (mode full, compare checksum,
             // verify_interval 0) each later change is a full sync too
@@ -349,8 +358,13 @@ impl Worker {
         self.ctx.live.batches.fetch_add(1, Ordering::Relaxed);
         match ended {
             Ended::Ok => true,
-            Ended::Unreachable | Ended::SourceGuard => {
+            Ended::Unreachable => {
                 self.pending.merge(paths.clone());
+                false
+            }
+            Ended::SourceGuard => {
+                self.pending.merge(paths.clone());
+                self.held = true;
                 false
             }
             Ended::Failed => {
@@ -668,6 +682,8 @@ fn start_workers(ctx: &JobCtx) -> Vec<WorkerHandle> {
                 lock: lock.clone(),
                 attempt: 0,
                 retry_at: None,
+                full_failed: false,
+                held: false,
                 last_work: Instant::now(),
             };
             (tx, std::thread::spawn(move || worker.run(rx)))
