@@ -331,6 +331,17 @@ fn a_stopped_ssh_target_catches_up_and_the_other_keeps_syncing() {
     converges(&lab.src(), &local, &[], &p);
     s.restart();
     converges(&lab.src(), &lab.dst(), &[], &p);
+    // the target's state held while it was down (nothing was sent): its
+    // pending paths were sent, no full sync was needed
+    let fulls: Vec<_> = watch_records(&lab)
+        .into_iter()
+        .filter(|r| {
+            r["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("a batch failed"))
+        })
+        .collect();
+    assert!(fulls.is_empty(), "{fulls:?}");
 }
 
 #[test]
