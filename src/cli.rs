@@ -73,6 +73,12 @@ pub enum Command {
     },
     /// Run the scheduler in the foreground (what the systemd unit starts)
     Daemon,
+    /// Watch jobs in the foreground: one full sync, then every change as it happens
+    Watch {
+        /// Jobs to watch
+        #[arg(required = true)]
+        jobs: Vec<String>,
+    },
     /// Validate the jobs file
     Check,
     /// Jobs with schedule, targets, last outcome and next fire time
@@ -264,6 +270,7 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             crate::daemon::run(path, g.env_checked()?)?;
             Ok(EXIT_OK)
         }
+        Command::Watch { jobs } => crate::watch::cli::run(g, jobs).map(|()| EXIT_OK),
         Command::Check => cmd_check(g),
         Command::List { json } => cmd_list(g, *json),
         Command::Next {
@@ -395,6 +402,7 @@ fn cmd_run(
         inline_retries: true,
         lock_held: false,
         on_record: None,
+        note: None,
     };
     let env = g.env_checked()?;
     let cancel = AtomicBool::new(false);
@@ -763,6 +771,7 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             "last_run": last_run,
             "last_by_target": by_target,
             "next": next,
+            "watch": crate::watch::status::describe(&env.state_dir, j),
         }));
     }
     let owners = crate::cluster::report::lookup(&cfg);
@@ -796,6 +805,9 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
             r["next"].as_str().unwrap_or("-"),
             join_targets(j)
         );
+    }
+    for l in crate::watch::status::text_lines(&env.state_dir, &cfg.jobs) {
+        crate::outln!("{l}");
     }
     if let Some(o) = &owners {
         crate::cluster::report::print(&cfg, o);
@@ -832,6 +844,7 @@ fn cmd_status(g: &Global, json: bool) -> Result<u8, CliError> {
             "running": running.iter().map(|(n, h)| serde_json::json!({
                 "job": n, "pid": h.pid, "since": h.since, "trigger": h.trigger
             })).collect::<Vec<_>>(),
+            "watched": g.load().map(|c| c.jobs.iter().filter_map(|j| crate::watch::status::read_snapshot(&env.state_dir, &j.name)).collect::<Vec<_>>()).unwrap_or_default(),
         });
         if let (Some(c), Some(o)) = (&cfg, &owners) {
             v["cluster"] = crate::cluster::report::all_json(c, o);
@@ -852,6 +865,11 @@ fn cmd_status(g: &Global, json: bool) -> Result<u8, CliError> {
         crate::outln!("{:<16} {:>8} {:<9} SINCE", "JOB", "PID", "TRIGGER");
         for (n, h) in running {
             crate::outln!("{:<16} {:>8} {:<9} {}", n, h.pid, h.trigger, h.since);
+        }
+    }
+    if let Some(c) = &cfg {
+        for l in crate::watch::status::text_lines(&env.state_dir, &c.jobs) {
+            crate::outln!("{l}");
         }
     }
     if let (Some(c), Some(o)) = (&cfg, &owners) {

@@ -43,6 +43,8 @@ pub enum Trigger {
     Manual,
     Schedule,
     Retry,
+    /// a real-time watch: a batch of changes, or the watcher's full sync
+    Watch,
 }
 
 impl Trigger {
@@ -51,6 +53,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Schedule => "schedule",
             Trigger::Retry => "retry",
+            Trigger::Watch => "watch",
         }
     }
 }

@@ -39,4 +39,5 @@ pub mod target;
 pub mod target_state;
 pub mod transport;
 pub mod units;
+pub mod watch;
 pub mod yaml;

@@ -165,6 +165,7 @@ pub(super) fn build_job(ctx: &mut Ctx, name: &str, pos: Pos, r: &Raw, base: &Pat
         stale_after: rd
             .f("stale_after")
             .and_then(|n| rd.duration(ctx, n, "stale_after")),
+        watch: rd.f("watch").and_then(|n| watch_options(ctx, n, rd.j())),
     };
     numbers(ctx, &rd, &mut job);
     if ctx.problems.len() > before {
@@ -573,4 +574,32 @@ fn hooks(ctx: &mut Ctx, rd: &Reader) -> Hooks {
         hooks.timeout = d;
     }
     hooks
+}
+
+/// `watch: true | false | {delay, max_delay}`.
+fn watch_options(ctx: &mut Ctx, n: &Node, j: Option<&str>) -> Option<crate::watch::WatchOptions> {
+    let mut w = crate::watch::WatchOptions::default();
+    if let Some(b) = n.as_bool() {
+        return b.then_some(w);
+    }
+    if !matches!(n.kind, Kind::Map(_)) {
+        let msg = format!(
+            "`watch` must be true, false or a mapping with delay and max_delay, found {}",
+            n.type_name()
+        );
+        ctx.err(n.pos, j, msg);
+        return None;
+    }
+    for (k, v, _) in ctx.map(n, "watch", &["delay", "max_delay"], j) {
+        match parse_duration(v.scalar().unwrap_or("")) {
+            Ok(d) if k == "delay" => w.delay = d,
+            Ok(d) => w.max_delay = d,
+            Err(e) => ctx.err(v.pos, j, format!("`watch.{k}`: {e}")),
+        }
+    }
+    if w.max_delay < w.delay {
+        let msg = "`watch.max_delay` must not be shorter than `watch.delay`";
+        ctx.err(n.pos, j, msg);
+    }
+    Some(w)
 }

@@ -176,6 +176,8 @@ pub struct Job {
     pub hooks: Hooks,
     /// `/healthz` turns 503 when the last success is older than this.
     pub stale_after: Option<Duration>,
+    /// Real-time watch (`watch:`): changes are sent as they happen.
+    pub watch: Option<crate::watch::WatchOptions>,
 }
 
 /// Shell commands run around a job's run (like sersync's command plugin).

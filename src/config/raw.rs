@@ -41,6 +41,7 @@ pub(super) const JOB_KEYS: &[&str] = &[
     "on_failure",
     "hook_timeout",
     "stale_after",
+    "watch",
 ];
 pub(super) const SSH_KEYS: &[&str] = &[
     "identity",

@@ -125,6 +125,8 @@ struct Daemon {
     clock: Arc<dyn Clock>,
     /// metrics, health, cluster locks (see `observe`)
     obs: Arc<crate::observe::Observer>,
+    /// jobs with `watch:` (their firings are full syncs in their watcher)
+    watched: crate::watch::daemon::Watched,
 }
 
 impl Daemon {
@@ -132,6 +134,12 @@ impl Daemon {
     fn execute(&mut self, fires: Vec<Fire>) {
         for f in fires {
             match f {
+                Fire::Start { job, .. } if self.watched.contains(&job.name) => {
+                    let why = "schedule: periodic full verification";
+                    self.watched.full_sync(&job.name, why);
+                    // not a run of its own: done as far as firing goes
+                    let _ = self.tx.send(Event::Finished(job.name.clone(), Vec::new()));
+                }
                 Fire::Start { job, due, trigger } => {
                     // cluster mode: only the job's owner starts it, while etcd answers
                     let Some(permit) = self.obs.claim(&job.name, &self.cancel) else {
@@ -208,6 +216,7 @@ impl Daemon {
                 inline_retries: false,
                 lock_held: true,
                 on_record: Some(say_record),
+                note: None,
             };
             let res = run::run_job(&job, &env, &opts, &cancel);
             drop(permit);
@@ -239,7 +248,7 @@ impl Daemon {
             .cfg
             .jobs
             .iter()
-            .filter(|j| j.catch_up && j.schedule.is_some())
+            .filter(|j| j.catch_up && j.schedule.is_some() && j.watch.is_none())
             .map(|j| j.name.as_str())
             .collect();
         if names.is_empty() {
@@ -282,6 +291,7 @@ impl Daemon {
                 self.cfg = cfg;
                 self.obs.loaded(&self.cfg);
                 self.firing.schedule_all(&self.cfg.jobs, self.clock.now());
+                self.watched.sync(&self.cfg.jobs, self.cfg.shutdown_timeout);
                 let msg = format!(
                     "reloaded {}: {} job(s)",
                     self.config_path.display(),
@@ -344,6 +354,7 @@ impl Daemon {
         );
         say(Level::Info, &msg);
         let deadline = std::time::Instant::now() + timeout;
+        self.watched.stop(timeout);
         let mut aborted = false;
         while self.firing.running > 0 {
             let now = std::time::Instant::now();
@@ -398,24 +409,29 @@ pub fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
     forward_signals(tx.clone())?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let obs = crate::observe::Observer::start(&cfg, &env).map_err(DaemonError::Setup)?;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let watched = crate::watch::daemon::Watched::new(env.clone());
     let mut d = Daemon {
         locks: HashMap::new(),
         config_path,
         env,
         cfg,
         firing: Firing::default(),
-        cancel: Arc::new(AtomicBool::new(false)),
+        cancel,
         tx,
         clock,
         obs: Arc::new(obs),
+        watched,
     };
     let now = d.clock.now();
     d.firing.schedule_all(&d.cfg.jobs, now);
+    d.watched.sync(&d.cfg.jobs, d.cfg.shutdown_timeout);
     let scheduled = d.firing.jobs.values().filter(|s| s.next.is_some()).count();
     let msg = format!(
-        "syncjob {} daemon started: {} job(s), {scheduled} scheduled, state dir {}, log {}",
+        "syncjob {} daemon started: {} job(s), {scheduled} scheduled, {} watched, state dir {}, log {}",
         env!("CARGO_PKG_VERSION"),
         d.cfg.jobs.len(),
+        d.watched.len(),
         d.env.state_dir.display(),
         d.env.log.display()
     );

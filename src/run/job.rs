@@ -56,6 +56,7 @@ pub(super) fn run_locked(
     let mut base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
     base.owner = opts.owner.clone();
     base.hooks = before;
+    base.note = opts.note.clone();
     let multi = (opts.progress && !opts.dry_run).then(indicatif::MultiProgress::new);
     let shared = RunShared {
         env,

@@ -20,6 +20,7 @@ mod tests;
 
 pub use crate::journal::{Status, Trigger};
 pub use record::new_run_id;
+pub use target::transport_settings;
 
 use crate::config::Job;
 use crate::executor::Outcome;
@@ -65,10 +66,13 @@ pub struct Options {
     /// never keeps the run (and its hooks) waiting.
     pub inline_retries: bool,
     /// The caller holds the job's lock already (the daemon, while runs of
-    /// the job on other targets are still going).
+    /// the job on other targets are still going; a watcher's full syncs).
     pub lock_held: bool,
     /// Called with each target's record as soon as that target is done.
     pub on_record: Option<fn(&Record)>,
+    /// Why this run happens, put in its records' `reason` when they have
+    /// none (a watcher's full sync: start, queue overflow, ...).
+    pub note: Option<String>,
 }
 
 #[derive(Debug)]

@@ -35,6 +35,8 @@ pub(super) struct RecordBase<'a> {
     pub owner: Option<crate::cluster::Owner>,
     /// the `before` hook's outcome, in every record of the run
     pub hooks: Vec<journal::HookOutcome>,
+    /// the run's `note` (see `Options::note`)
+    pub note: Option<String>,
 }
 
 impl<'a> RecordBase<'a> {
@@ -54,6 +56,7 @@ impl<'a> RecordBase<'a> {
             }),
             hooks: Vec::new(),
             owner: None,
+            note: None,
         }
     }
 }
@@ -79,7 +82,7 @@ impl RecordBase<'_> {
             target: target.to_string(),
             mode: self.job.mode,
             status,
-            reason,
+            reason: reason.or_else(|| self.note.clone()),
             started_at: started.0,
             finished_at: finished,
             duration_ms: started.1.elapsed().as_millis() as u64,

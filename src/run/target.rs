@@ -166,7 +166,8 @@ pub(super) fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Recor
 }
 
 /// What the transports need of a job.
-fn transport_settings(job: &Job, env: &Env) -> TransportSettings {
+/// What a transport needs of the job (and where it keeps what it learns).
+pub fn transport_settings(job: &Job, state_dir: &std::path::Path) -> TransportSettings {
     TransportSettings {
         ssh: job.ssh.clone(),
         rsync: crate::transport::rsyncd::RsyncSettings {
@@ -175,7 +176,7 @@ fn transport_settings(job: &Job, env: &Env) -> TransportSettings {
             exclude: job.exclude.clone(),
             preserve_owner: job.preserve_owner,
         },
-        state_dir: Some(env.state_dir.clone()),
+        state_dir: Some(state_dir.to_path_buf()),
     }
 }
 
@@ -393,7 +394,7 @@ impl<'a> TargetRun<'a> {
                 }
             }
         };
-        let tsettings = transport_settings(job, self.run.env);
+        let tsettings = transport_settings(job, &self.run.env.state_dir);
         let open = self.run.open;
         let open_extra = || open(target, &tsettings).map_err(|e| e.source);
         let max_delete = self.max_delete(&plan);
@@ -566,7 +567,7 @@ fn open_and_list(
     env: &Env,
     known: Option<manifest::ManifestEntries>,
 ) -> Result<(Box<dyn Transport>, Listing), (String, OpenError)> {
-    let mut t = open(target, &transport_settings(job, env))
+    let mut t = open(target, &transport_settings(job, &env.state_dir))
         .map_err(|e| ("cannot reach target".to_string(), e))?;
     let l = match known {
         Some(entries) => Listing {

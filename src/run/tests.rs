@@ -66,6 +66,7 @@ fn opts() -> Options {
         inline_retries: true,
         lock_held: false,
         on_record: None,
+        note: None,
     }
 }
 

@@ -1,0 +1,418 @@
+//! Real-time watch, end to end: the real binary (`syncjob watch`,
+//! `syncjob daemon`), the kernel's inotify, a real sshd; equality checked
+//! with `rsync -anc --delete`. Bounds are seconds, never tight.
+
+mod common;
+
+use common::sshd::Sshd;
+use common::{Lab, is_root, set_mtime};
+use std::fs;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A `syncjob watch`/`daemon` process, its stderr in a file; killed on drop.
+struct Proc {
+    child: Child,
+    err: std::path::PathBuf,
+}
+
+impl Proc {
+    fn start(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let err = lab.path(&format!("stderr-{}.log", args.join("-")));
+        let mut c = lab.cmd();
+        c.args(args)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&err).unwrap());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        Proc {
+            child: c.spawn().unwrap(),
+            err,
+        }
+    }
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.err).unwrap_or_default()
+    }
+    /// Wait until stderr holds `what`.
+    #[track_caller]
+    fn wait_for(&self, what: &str) {
+        let s = eventually(WAIT, || self.stderr().contains(what));
+        assert!(s, "never logged {what:?}:\n{}", self.stderr());
+    }
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    fn term(&mut self) -> Option<i32> {
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + WAIT;
+        while Instant::now() < until {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    f()
+}
+
+/// What `rsync -anc --delete` would still change (files vanishing while
+/// it reads, as a watcher's temporary files do, count as a difference).
+fn rsync_diff(src: &Path, dst: &Path, extra: &[&str]) -> String {
+    let out = std::process::Command::new("rsync")
+        .args(["-anc", "--delete", "--itemize-changes"])
+        .args(extra)
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", dst.display()))
+        .output()
+        .expect("rsync is installed (the README test command installs it)");
+    let mut d = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        d.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    d
+}
+
+#[track_caller]
+fn converges(src: &Path, dst: &Path, extra: &[&str], p: &Proc) {
+    let ok = eventually(WAIT, || rsync_diff(src, dst, extra).is_empty());
+    assert!(
+        ok,
+        "target differs:\n{}\n--- stderr\n{}",
+        rsync_diff(src, dst, extra),
+        p.stderr()
+    );
+}
+
+fn watch_records(lab: &Lab) -> Vec<serde_json::Value> {
+    lab.log()
+        .into_iter()
+        .filter(|r| r["trigger"] == "watch")
+        .collect()
+}
+
+#[test]
+fn every_kind_of_change_is_sent_and_excluded_paths_are_ignored() {
+    let lab = Lab::new();
+    lab.write("keep.txt", b"keep");
+    lab.write("cache/old", b"excluded");
+    lab.job("delete: true\nexclude: [\"/cache/\", \"*.tmp\"]\nwatch: {delay: 0}");
+    let p = Proc::start(&lab, &["watch", "web"], &[]);
+    p.wait_for("watching");
+    let (src, dst) = (lab.src(), lab.dst());
+    let ex = ["--exclude=/cache/", "--exclude=*.tmp"];
+    converges(&src, &dst, &ex, &p);
+
+    // create; a deep tree made at once
+    lab.write("new.txt", b"new");
+    fs::create_dir_all(src.join("a/b/c")).unwrap();
+    fs::write(src.join("a/b/c/f"), b"deep").unwrap();
+    converges(&src, &dst, &ex, &p);
+    assert_eq!(fs::read(dst.join("a/b/c/f")).unwrap(), b"deep");
+
+    // an edit that keeps the size and the mtime is still sent
+    set_mtime(&src.join("keep.txt"), 1_600_000_000, 0);
+    converges(&src, &dst, &ex, &p);
+    fs::write(src.join("keep.txt"), b"KEEP").unwrap();
+    set_mtime(&src.join("keep.txt"), 1_600_000_000, 0);
+    assert!(eventually(WAIT, || fs::read(dst.join("keep.txt")).unwrap() == b"KEEP"));
+
+    // delete, rename a file, rename a directory
+    fs::remove_file(src.join("new.txt")).unwrap();
+    fs::rename(src.join("keep.txt"), src.join("kept.txt")).unwrap();
+    fs::rename(src.join("a"), src.join("z")).unwrap();
+    converges(&src, &dst, &ex, &p);
+    assert!(!dst.join("a").exists());
+
+    // file -> directory -> symlink -> file
+    fs::remove_file(src.join("kept.txt")).unwrap();
+    fs::create_dir(src.join("kept.txt")).unwrap();
+    fs::write(src.join("kept.txt/in"), b"in").unwrap();
+    converges(&src, &dst, &ex, &p);
+    fs::remove_dir_all(src.join("kept.txt")).unwrap();
+    std::os::unix::fs::symlink("z/b", src.join("kept.txt")).unwrap();
+    converges(&src, &dst, &ex, &p);
+    assert!(
+        fs::symlink_metadata(dst.join("kept.txt"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    fs::remove_file(src.join("kept.txt")).unwrap();
+    fs::write(src.join("kept.txt"), b"a file again").unwrap();
+    converges(&src, &dst, &ex, &p);
+
+    // excluded paths: not sent, and no batch at all
+    let before = watch_records(&lab).len();
+    lab.write("cache/new", b"x");
+    lab.write("z/junk.tmp", b"x");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        watch_records(&lab).len(),
+        before,
+        "{:?}",
+        watch_records(&lab)
+    );
+    assert!(!dst.join("cache/new").exists() && !dst.join("z/junk.tmp").exists());
+    assert!(!dst.join("cache").exists());
+
+    let recs = watch_records(&lab);
+    assert!(recs.iter().all(|r| r["status"] == "ok"), "{recs:?}");
+    assert!(
+        recs[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("full sync: start")
+    );
+}
+
+#[test]
+fn the_source_root_removed_deletes_nothing_and_its_return_is_synced() {
+    let lab = Lab::new();
+    for i in 0..20 {
+        lab.write(&format!("d/{i}"), b"x");
+    }
+    lab.job("delete: true\nwatch: {delay: 50ms}");
+    let p = Proc::start(&lab, &["watch", "web"], &[]);
+    p.wait_for("watching");
+    converges(&lab.src(), &lab.dst(), &[], &p);
+    fs::remove_dir_all(lab.src()).unwrap();
+    p.wait_for("is gone");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(fs::read_dir(lab.dst().join("d")).unwrap().count(), 20);
+    // an emptied root is held back too
+    fs::create_dir(lab.src()).unwrap();
+    p.wait_for("the source is back");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(fs::read_dir(lab.dst().join("d")).unwrap().count(), 20);
+    lab.write("d/0", b"only this one");
+    converges(&lab.src(), &lab.dst(), &[], &p);
+    assert!(
+        lab.log()
+            .iter()
+            .all(|r| r["files_deleted"].as_u64() == Some(0) || r["status"] == "ok"),
+        "{:?}",
+        lab.log()
+    );
+}
+
+/// Lowers fs.inotify.max_queued_events while the watcher starts (it takes
+/// its queue size then), and puts it back.
+struct QueueLimit(String);
+
+impl QueueLimit {
+    fn set(n: u32) -> QueueLimit {
+        let p = "/proc/sys/fs/inotify/max_queued_events";
+        let old = fs::read_to_string(p).unwrap();
+        fs::write(p, n.to_string()).unwrap();
+        QueueLimit(old)
+    }
+}
+
+impl Drop for QueueLimit {
+    fn drop(&mut self) {
+        let _ = fs::write("/proc/sys/fs/inotify/max_queued_events", self.0.trim());
+    }
+}
+
+#[test]
+fn a_real_queue_overflow_becomes_a_full_sync_with_its_reason() {
+    if !is_root() {
+        eprintln!("skipped: lowering fs.inotify.max_queued_events needs root");
+        return;
+    }
+    let lab = Lab::new();
+    lab.write("seed", b"x");
+    lab.job("delete: true\nwatch: {delay: 200ms}");
+    let p = {
+        let _limit = QueueLimit::set(16);
+        let p = Proc::start(&lab, &["watch", "web"], &[]);
+        p.wait_for("watching");
+        p
+    };
+    converges(&lab.src(), &lab.dst(), &[], &p);
+    for i in 0..3000 {
+        lab.write(&format!("burst/{}/{i}", i % 30), b"y");
+    }
+    p.wait_for("overflow");
+    converges(&lab.src(), &lab.dst(), &[], &p);
+    let ok = eventually(WAIT, || {
+        watch_records(&lab).iter().any(|r| {
+            r["status"] == "ok"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("full sync: inotify event queue overflow"))
+        })
+    });
+    assert!(ok, "{:?}\n{}", watch_records(&lab), p.stderr());
+}
+
+#[test]
+fn the_watch_limit_is_a_clear_error_and_falls_back_to_full_syncs() {
+    let lab = Lab::new();
+    for i in 0..5 {
+        lab.write(&format!("d{i}/f"), b"x");
+    }
+    lab.job("watch: true");
+    let p = Proc::start(
+        &lab,
+        &["watch", "web"],
+        &[("SYNCJOB_TEST_MAX_WATCHES", "2")],
+    );
+    p.wait_for("fs.inotify.max_user_watches");
+    assert!(p.stderr().contains("needs 6 watches"), "{}", p.stderr());
+    assert!(p.stderr().contains("falling back to a full sync every 60s"));
+    // it did not stop: the start's full sync happened
+    converges(&lab.src(), &lab.dst(), &[], &p);
+    let shown = eventually(WAIT, || lab.run(&["status"]).stdout.contains("fallback"));
+    assert!(shown, "{}", lab.run(&["status"]).stdout);
+}
+
+#[test]
+fn a_stopped_ssh_target_catches_up_and_the_other_keeps_syncing() {
+    let lab = Lab::new();
+    let mut s = Sshd::start(&lab.path("sshd"));
+    lab.write("a", b"1");
+    let local = lab.path("local");
+    let y = format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: [{}, {}]\n    {}\n    delete: true\n    watch: {{delay: 0}}\n",
+        s.url(&lab.dst()),
+        local.display(),
+        s.ssh_yaml()
+    );
+    lab.config(&y);
+    let p = Proc::start(&lab, &["watch", "web"], &[]);
+    p.wait_for("watching");
+    converges(&lab.src(), &lab.dst(), &[], &p);
+    converges(&lab.src(), &local, &[], &p);
+    // over ssh too: an edit keeping size and mtime is sent
+    set_mtime(&lab.src().join("a"), 1_600_000_000, 0);
+    converges(&lab.src(), &lab.dst(), &[], &p);
+    fs::write(lab.src().join("a"), b"2").unwrap();
+    set_mtime(&lab.src().join("a"), 1_600_000_000, 0);
+    assert!(eventually(WAIT, || fs::read(lab.dst().join("a")).unwrap() == b"2"));
+
+    s.kill();
+    lab.write("b/new", b"while down");
+    fs::remove_file(lab.src().join("a")).unwrap();
+    converges(&lab.src(), &local, &[], &p);
+    let down = eventually(WAIT, || {
+        watch_records(&lab).iter().any(|r| {
+            r["status"] == "failed" && r["reason"].as_str().unwrap_or("").contains("cannot reach")
+        })
+    });
+    assert!(down, "{:?}", watch_records(&lab));
+    assert!(lab.dst().join("a").exists());
+    // still down: the local target keeps up with every change
+    lab.write("c", b"more");
+    converges(&lab.src(), &local, &[], &p);
+    s.restart();
+    converges(&lab.src(), &lab.dst(), &[], &p);
+    // the target's state held while it was down (nothing was sent): its
+    // pending paths were sent, no full sync was needed
+    let fulls: Vec<_> = watch_records(&lab)
+        .into_iter()
+        .filter(|r| {
+            r["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("a batch failed"))
+        })
+        .collect();
+    assert!(fulls.is_empty(), "{fulls:?}");
+}
+
+#[test]
+fn kill_9_mid_batch_then_a_restart_converges() {
+    let lab = Lab::new();
+    lab.write("seed", b"x");
+    lab.job("delete: true\nwatch: {delay: 0}");
+    let mut p = Proc::start(&lab, &["watch", "web"], &[]);
+    p.wait_for("watching");
+    converges(&lab.src(), &lab.dst(), &[], &p);
+    for i in 0..4000 {
+        lab.write(&format!("many/{}/{i}", i % 40), &vec![b'z'; 2048]);
+    }
+    // killed while the batch is being applied
+    assert!(eventually(WAIT, || lab.dst().join("many").exists()));
+    p.kill9();
+    // more changes while it is dead
+    fs::remove_file(lab.src().join("seed")).unwrap();
+    lab.write("after", b"after");
+    let p = Proc::start(&lab, &["watch", "web"], &[]);
+    p.wait_for("watching");
+    converges(&lab.src(), &lab.dst(), &[], &p);
+}
+
+#[test]
+fn the_daemon_runs_watched_jobs_and_status_shows_them() {
+    let lab = Lab::new();
+    lab.write("a", b"1");
+    lab.job("delete: true\nwatch: {delay: 0}\nschedule: \"*/2 * * * * *\"");
+    let mut d = Proc::start(&lab, &["daemon"], &[]);
+    d.wait_for("watching");
+    converges(&lab.src(), &lab.dst(), &[], &d);
+    lab.write("b", b"2");
+    converges(&lab.src(), &lab.dst(), &[], &d);
+    // a second watcher of the same job is refused
+    let second = lab.run(&["watch", "web"]);
+    assert_ne!(second.code, 0);
+    assert!(
+        second.stderr.contains("already watched"),
+        "{}",
+        second.stderr
+    );
+    let st = lab.run(&["status"]);
+    assert!(
+        eventually(WAIT, || lab
+            .run(&["status"])
+            .stdout
+            .contains("watch web: watching")),
+        "{}",
+        st.stdout
+    );
+    let list = lab.run(&["list", "--json"]);
+    let row: serde_json::Value = serde_json::from_str(list.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(row["watch"]["delay_ms"], 0);
+    assert!(
+        row["watch"]["watching"]["watches"].as_u64().unwrap() >= 1,
+        "{row}"
+    );
+    // the schedule beside watch: periodic full verification in the watcher
+    let verified = eventually(WAIT, || {
+        watch_records(&lab).iter().any(|r| {
+            r["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("periodic full verification"))
+        })
+    });
+    assert!(verified, "{:?}", lab.log());
+    assert!(
+        lab.log().iter().all(|r| r["trigger"] == "watch"),
+        "{:?}",
+        lab.log()
+    );
+    assert_eq!(d.term(), Some(0));
+}
