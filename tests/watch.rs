@@ -416,3 +416,32 @@ fn the_daemon_runs_watched_jobs_and_status_shows_them() {
     );
     assert_eq!(d.term(), Some(0));
 }
+
+/// sersync's own way of working: changes pushed to an rsync daemon module
+/// as they happen (issue 15), through the same batches as other targets.
+#[test]
+fn watch_batches_reach_an_rsync_daemon_target() {
+    let lab = Lab::new();
+    let d = common::rsyncd::Rsyncd::start(&lab.path("rsyncd"));
+    lab.write("index.html", b"<h1>v1</h1>\n");
+    lab.write("gone.txt", b"to be deleted");
+    common::rsyncd::rsync_job(&lab, &d, "delete: true\nwatch: {delay: 0}");
+    let p = Proc::start(&lab, &["watch", "web"], &[]);
+    p.wait_for("watching");
+    let (src, dst) = (lab.src(), d.module.join("web"));
+    converges(&src, &dst, &[], &p);
+    let before = watch_records(&lab).len();
+
+    // an edit, a deep new tree and a delete, each sent by a batch
+    lab.write("index.html", b"<h1>v2</h1>\n");
+    lab.write("release/a/b/c.txt", b"deep");
+    fs::remove_file(src.join("gone.txt")).unwrap();
+    converges(&src, &dst, &[], &p);
+    assert_eq!(fs::read(dst.join("index.html")).unwrap(), b"<h1>v2</h1>\n");
+    assert!(!dst.join("gone.txt").exists());
+    let recs = watch_records(&lab);
+    assert!(recs.len() > before, "no batch record: {recs:?}");
+    let last = recs.last().unwrap();
+    assert_eq!(last["target"], d.url("web"), "{last}");
+    assert_eq!(last["status"], "ok", "{last}");
+}
