@@ -41,7 +41,7 @@ pub struct Permit {
 }
 
 fn log(error: bool, msg: &str) {
-    use crate::daemon::{Level, say};
+    use crate::out::{Level, say};
     say(if error { Level::Error } else { Level::Info }, msg);
 }
 

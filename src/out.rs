@@ -1,5 +1,6 @@
 //! Printing that never panics: `outln!`/`out!` write to stdout and
-//! `errln!` to stderr, ignoring write errors.
+//! `errln!` to stderr, ignoring write errors; `say` writes one daemon
+//! line (escaped, with journald's `<N>` priority under systemd).
 //!
 //! Invariant: a closed stdout or stderr (`syncjob next JOB | head -1`, a
 //! daemon whose stderr pipe or journal went away) never ends the process:
@@ -51,4 +52,30 @@ macro_rules! outln {
 #[macro_export]
 macro_rules! errln {
     ($($arg:tt)*) => { $crate::out::stderr(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// How bad a daemon line is (journald's priorities).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Error = 3,
+    Warning = 4,
+    Info = 6,
+}
+
+/// One line to stderr, escaped (`escape::text`); with the `<N>` priority
+/// prefix journald understands when stderr goes to the journal.
+pub fn say(level: Level, msg: &str) {
+    // names from the trees or the remote: never a raw newline (a forged
+    // `<0>` line) or terminal sequence
+    let msg = crate::escape::text(msg);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        crate::errln!("<{}>{msg}", level as u8);
+    } else {
+        let tag = match level {
+            Level::Error => "ERROR",
+            Level::Warning => "WARN",
+            Level::Info => "INFO",
+        };
+        crate::errln!("{} {tag} {msg}", crate::journal::now_rfc3339());
+    }
 }

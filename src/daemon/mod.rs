@@ -29,6 +29,7 @@ use crate::config::Job;
 use crate::config::{self, Config, ConfigError};
 use crate::journal::{self, Record};
 use crate::lock;
+use crate::out::{Level, say};
 use crate::run::{self, Env, Status, Trigger, Wait};
 use chrono::{DateTime, Utc};
 use firing::{Fire, Firing};
@@ -49,31 +50,6 @@ enum Event {
     Reload,
     /// A run ended: the job's name and whether it failed.
     Finished(String, Vec<Record>),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Level {
-    Error = 3,
-    Warning = 4,
-    Info = 6,
-}
-
-/// One line to stderr, escaped (`escape::text`); with the `<N>` priority
-/// prefix journald understands when stderr goes to the journal.
-pub(crate) fn say(level: Level, msg: &str) {
-    // names from the trees or the remote: never a raw newline (a forged
-    // `<0>` line) or terminal sequence
-    let msg = crate::escape::text(msg);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        crate::errln!("<{}>{msg}", level as u8);
-    } else {
-        let tag = match level {
-            Level::Error => "ERROR",
-            Level::Warning => "WARN",
-            Level::Info => "INFO",
-        };
-        crate::errln!("{} {tag} {msg}", journal::now_rfc3339());
-    }
 }
 
 fn targets_of(job: &Job) -> String {
@@ -321,12 +297,19 @@ impl Daemon {
             let states = self.firing.jobs.iter();
             self.obs
                 .turn(states.map(|(n, s)| (n.as_str(), s.next, s.running)));
+            self.watched.report(&self.obs.metrics);
+            // watched jobs' backlog and lag are reported every second
+            let most = if self.watched.is_empty() {
+                MAX_SLEEP
+            } else {
+                Duration::from_secs(1)
+            };
             let sleep = match self.firing.next_wakeup() {
                 Some(t) => (t - self.clock.now())
                     .to_std()
                     .unwrap_or(Duration::ZERO)
-                    .min(MAX_SLEEP),
-                None => MAX_SLEEP,
+                    .min(most),
+                None => most,
             };
             match rx.recv_timeout(sleep) {
                 Ok(Event::Terminate(sig)) => return sig,

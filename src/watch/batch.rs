@@ -152,8 +152,8 @@ impl TargetSync {
         };
         match manifest::save(&self.mpath, job, &self.target, st.caps, st.listed_at, &scan) {
             Ok(()) => st.saved = true,
-            Err(e) => crate::daemon::say(
-                crate::daemon::Level::Warning,
+            Err(e) => crate::out::say(
+                crate::out::Level::Warning,
                 &format!(
                     "job {}: cannot write the manifest of {}: {e}",
                     job.name, self.target

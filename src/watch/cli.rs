@@ -9,8 +9,8 @@
 use super::job::{self, Handle};
 use crate::cli::{CliError, Global};
 use crate::config::Job;
-use crate::daemon::{Level, say};
 use crate::lock;
+use crate::out::{Level, say};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -8,8 +8,8 @@
 use super::cli::{stop_all, take_watch_lock};
 use super::job::{self, Handle};
 use crate::config::Job;
-use crate::daemon::{Level, say};
 use crate::lock;
+use crate::out::{Level, say};
 use crate::run::Env;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +19,8 @@ pub struct Watched {
     env: Env,
     /// job → its watcher, watch lock, and settings (to see changes)
     jobs: HashMap<String, (Handle, lock::Lock, String)>,
+    /// job → its watcher's overflow count at the last `report`
+    overflows_seen: HashMap<String, u64>,
 }
 
 impl Watched {
@@ -26,6 +28,7 @@ impl Watched {
         Watched {
             env,
             jobs: HashMap::new(),
+            overflows_seen: HashMap::new(),
         }
     }
 
@@ -60,6 +63,10 @@ impl Watched {
             match take_watch_lock(&self.env.state_dir, j) {
                 Ok(l) => {
                     let h = job::spawn(Arc::new(j.clone()), self.env.clone());
+                    h.live
+                        .collect
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.overflows_seen.remove(n);
                     self.jobs.insert(n.to_string(), (h, l, fp));
                 }
                 Err(e) => say(Level::Error, &e),
@@ -83,6 +90,27 @@ impl Watched {
     pub fn full_sync(&self, name: &str, why: &str) {
         if let Some((h, _, _)) = self.jobs.get(name) {
             h.full_sync(why);
+        }
+    }
+
+    /// Their live figures into the metrics: the records of their batches
+    /// and full syncs (runs, bytes, last success), pending paths, lag,
+    /// watches, and the overflows since the last report.
+    pub fn report(&mut self, m: &crate::metrics::Metrics) {
+        for (name, (h, _, _)) in &self.jobs {
+            let live = &h.live;
+            let records = live.take_records();
+            if !records.is_empty() {
+                m.observe_run(&records);
+            }
+            m.watch_backlog(name, live.pending_paths(), live.lag().as_secs_f64());
+            m.watch_count(name, live.watch_count());
+            let seen = self.overflows_seen.entry(name.clone()).or_insert(0);
+            let now = live.overflow_count();
+            for _ in *seen..now {
+                m.watch_overflow(name);
+            }
+            *seen = now;
         }
     }
 

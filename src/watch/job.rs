@@ -21,9 +21,9 @@ use super::dirty::{Gather, Paths};
 use super::status::{self, Live};
 use super::watcher::{Signal, WatchError, Watcher};
 use crate::config::Job;
-use crate::daemon::{Level, say};
 use crate::journal;
 use crate::lock;
+use crate::out::{Level, say};
 use crate::run::{self, Env, Status, Trigger, Wait};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -160,7 +160,8 @@ struct JobCtx {
     live: Arc<Live>,
 }
 
-fn log_record(r: &journal::Record, env: &Env) {
+fn log_record(r: &journal::Record, env: &Env, live: &Live) {
+    live.finished(r);
     if let Err(e) = journal::append(&env.log, r) {
         say(
             Level::Error,
@@ -334,6 +335,7 @@ impl Worker {
         };
         let res = run::run_job(&one, &self.ctx.env, &opts, &self.ctx.cancel);
         for r in &res.records {
+            self.ctx.live.finished(r);
             say_record(r);
         }
         self.ctx.live.full_syncs.fetch_add(1, Ordering::Relaxed);
@@ -358,7 +360,7 @@ impl Worker {
         let job = self.ctx.job.clone();
         let rs = RecordStart::new(Trigger::Watch);
         let (ended, rec) = self.ts.batch(&job, paths, &self.ctx.cancel, &rs);
-        log_record(&rec, &self.ctx.env);
+        log_record(&rec, &self.ctx.env, &self.ctx.live);
         self.ctx.live.batches.fetch_add(1, Ordering::Relaxed);
         match ended {
             Ended::Ok => true,

@@ -28,9 +28,33 @@ pub struct Live {
     /// when the oldest change not yet sent everywhere was seen
     pub oldest: Mutex<Option<Instant>>,
     pub mode: Mutex<String>,
+    /// Keep the records of batches and full syncs for the daemon's metrics
+    /// (`take_records`); off in `syncjob watch`, which has none.
+    pub collect: std::sync::atomic::AtomicBool,
+    records: Mutex<Vec<crate::journal::Record>>,
 }
 
+/// Records kept for the metrics at most (the oldest are dropped).
+const MAX_KEPT_RECORDS: usize = 10_000;
+
 impl Live {
+    /// A batch's or full sync's record, for the metrics when collected.
+    pub fn finished(&self, r: &crate::journal::Record) {
+        if !self.collect.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut v = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() >= MAX_KEPT_RECORDS {
+            v.remove(0);
+        }
+        v.push(r.clone());
+    }
+
+    /// The records kept since the last call.
+    pub fn take_records(&self) -> Vec<crate::journal::Record> {
+        std::mem::take(&mut *self.records.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     pub fn watch_count(&self) -> u64 {
         self.watches.load(Ordering::Relaxed)
     }
