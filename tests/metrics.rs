@@ -321,3 +321,56 @@ fn an_endless_request_header_does_not_grow_the_daemon_or_block_the_others() {
     // the others are still served meanwhile
     assert_eq!(http_get(&addr, "/healthz").0, 200);
 }
+
+/// A watched job reports into the daemon's metrics: its watches, backlog
+/// and lag, and its batches' records (runs, files, last success).
+#[test]
+fn a_watched_job_reports_watches_backlog_and_batches() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"x");
+    lab.write("d/e/f.txt", b"y");
+    let cfg = "metrics: 127.0.0.1:0\njobs:\n  web:\n    source: {src}\n    remote: {dst}\n    watch: {delay: 0}\n    stale_after: 1h\n";
+    lab.config(cfg);
+    let d = DaemonProc::start(&lab);
+    let addr = d.metrics_addr();
+    let dst = lab.dst().display().to_string();
+    let ok = format!("syncjob_runs_total{{job=\"web\",status=\"ok\",target=\"{dst}\"}}");
+    let files = format!("syncjob_files_transferred_total{{job=\"web\",target=\"{dst}\"}}");
+    let until = |what: &dyn Fn(&str) -> bool| {
+        let t = Instant::now();
+        loop {
+            let (_, text) = http_get(&addr, "/metrics");
+            if what(&text) {
+                return text;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "never:\n{text}\n{}",
+                d.err()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // the start's full sync: 2 files; the root, d and d/e are watched
+    let text = until(&|t| sample(t, &files) == Some(2.0));
+    assert!(
+        sample(&text, "syncjob_watches{job=\"web\"}") >= Some(3.0),
+        "{text}"
+    );
+    let runs = sample(&text, &ok).unwrap();
+    // a change: a batch sends it (and may send again what shares its
+    // directory), nothing is left pending
+    lab.write("d/new.txt", b"z");
+    let text = until(&|t| sample(t, &files) >= Some(3.0));
+    assert_eq!(std::fs::read(lab.dst().join("d/new.txt")).unwrap(), b"z");
+    assert!(sample(&text, &ok) > Some(runs), "{text}");
+    let text = until(&|t| sample(t, "syncjob_watch_pending_paths{job=\"web\"}") == Some(0.0));
+    assert_eq!(
+        sample(&text, "syncjob_watch_overflows_total{job=\"web\"}"),
+        Some(0.0)
+    );
+    assert!(sample(&text, "syncjob_watch_lag_seconds{job=\"web\"}").is_some());
+    promtool_check(&text);
+    let (code, body) = http_get(&addr, "/healthz");
+    assert_eq!(code, 200, "{body}");
+}

@@ -286,7 +286,12 @@ impl Metrics {
 
     /// Watch mode: one lost event (overflow, watch limit) → a full sync.
     pub fn watch_overflow(&self, job: &str) {
-        self.watch.overflows.with_label_values(&[job]).inc();
+        self.watch_overflows(job, 1);
+    }
+
+    /// Watch mode: `n` more lost events (0 makes the series appear).
+    pub fn watch_overflows(&self, job: &str, n: u64) {
+        self.watch.overflows.with_label_values(&[job]).inc_by(n);
     }
 
     /// Cluster mode: whether etcd is reachable (with the reason when not).

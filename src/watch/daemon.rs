@@ -107,9 +107,7 @@ impl Watched {
             m.watch_count(name, live.watch_count());
             let seen = self.overflows_seen.entry(name.clone()).or_insert(0);
             let now = live.overflow_count();
-            for _ in *seen..now {
-                m.watch_overflow(name);
-            }
+            m.watch_overflows(name, now.saturating_sub(*seen));
             *seen = now;
         }
     }
