@@ -23,9 +23,10 @@ fn cluster_config_ttl(lab: &Lab, etcd: &str, jobs: usize, ttl: i64) {
     let mut y = format!(
         "metrics: 127.0.0.1:0\ncluster:\n  etcd: [{etcd}]\n  ttl: {ttl}s\n  prefix: /syncjob/test\njobs:\n"
     );
+    // every firing is logged (the run log proves each ran exactly once)
     for i in 0..jobs {
         y.push_str(&format!(
-            "  j{i}:\n    source: {{src}}\n    remote: {{dir}}/dst{i}\n    schedule: \"* * * * * *\"\n"
+            "  j{i}:\n    source: {{src}}\n    remote: {{dir}}/dst{i}\n    schedule: \"* * * * * *\"\n    log_noop: true\n"
         ));
     }
     lab.config(&y);

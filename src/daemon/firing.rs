@@ -254,6 +254,18 @@ impl Firing {
         }
     }
 
+    /// A run that was decided but not started (in cluster mode this
+    /// daemon does not own the job, or etcd does not answer): its targets
+    /// are free again for the next firing, and nothing is logged.
+    pub fn not_started(&mut self, job: &Job) {
+        self.stopped(&job.name);
+        if let Some(st) = self.jobs.get_mut(&job.name) {
+            for t in &job.targets {
+                st.targets.release(&t.to_string());
+            }
+        }
+    }
+
     /// A run ended during shutdown.
     pub fn stopped(&mut self, name: &str) {
         self.running = self.running.saturating_sub(1);

@@ -119,7 +119,7 @@ impl Daemon {
                 Fire::Start { job, due, trigger } => {
                     // cluster mode: only the job's owner starts it, while etcd answers
                     let Some(permit) = self.obs.claim(&job.name, &self.cancel) else {
-                        self.firing.stopped(&job.name);
+                        self.firing.not_started(&job);
                         continue;
                     };
                     if trigger == Trigger::Retry {
