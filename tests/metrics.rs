@@ -15,10 +15,12 @@ jobs:
     remote: {dst}
     schedule: \"* * * * * *\"
     stale_after: 1h
+    log_noop: true
   broken:
     source: {dir}/missing
     remote: {dir}/dst2
     schedule: \"* * * * * *\"
+    log_noop: true
 ";
 
 /// Poll `/healthz` until its status is `want`; returns the body.
