@@ -195,7 +195,8 @@ fn the_source_root_removed_deletes_nothing_and_its_return_is_synced() {
     for i in 0..20 {
         lab.write(&format!("d/{i}"), b"x");
     }
-    lab.job("delete: true\nwatch: {delay: 50ms}");
+    // max_delete lifted: the end deletes 19 of 20 entries, past the default
+    lab.job("delete: true\nmax_delete: 100%\nwatch: {delay: 50ms}");
     let p = Proc::start(&lab, &["watch", "web"], &[]);
     p.wait_for("watching");
     converges(&lab.src(), &lab.dst(), &[], &p);
@@ -439,8 +440,10 @@ fn watch_batches_reach_an_rsync_daemon_target() {
     converges(&src, &dst, &[], &p);
     assert_eq!(fs::read(dst.join("index.html")).unwrap(), b"<h1>v2</h1>\n");
     assert!(!dst.join("gone.txt").exists());
+    // the record is appended once the batch is done (just after the files)
+    let more = eventually(WAIT, || watch_records(&lab).len() > before);
     let recs = watch_records(&lab);
-    assert!(recs.len() > before, "no batch record: {recs:?}");
+    assert!(more, "no batch record: {recs:?}");
     let last = recs.last().unwrap();
     assert_eq!(last["target"], d.url("web"), "{last}");
     assert_eq!(last["status"], "ok", "{last}");

@@ -113,8 +113,8 @@ impl Daemon {
                 Fire::Start { job, .. } if self.watched.contains(&job.name) => {
                     let why = "schedule: periodic full verification";
                     self.watched.full_sync(&job.name, why);
-                    // not a run of its own: done as far as firing goes
-                    let _ = self.tx.send(Event::Finished(job.name.clone(), Vec::new()));
+                    // not a run of its own: its targets are free again
+                    self.firing.not_started(&job);
                 }
                 Fire::Start { job, due, trigger } => {
                     // cluster mode: only the job's owner starts it, while etcd answers

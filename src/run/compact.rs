@@ -8,7 +8,8 @@
 //! alive.
 //!
 //! Invariants: a run that changed, failed or warned is always appended; a
-//! manual run (`syncjob run`) is always appended; counts are never lost
+//! manual run (`syncjob run`) and a watcher's full sync are always
+//! appended; counts are never lost
 //! within a process (they ride on the next appended record).
 
 use crate::journal::{Record, Status};

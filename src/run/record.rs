@@ -104,7 +104,10 @@ impl RecordBase<'_> {
             retry: false,
             unlogged_noop: 0,
             unlogged_skipped: 0,
-            compact: self.trigger != Trigger::Manual && !self.job.logs_noop(),
+            // only scheduled firings and their retries are compacted: a manual
+            // run and a watcher's full sync (with its reason) always show
+            compact: matches!(self.trigger, Trigger::Schedule | Trigger::Retry)
+                && !self.job.logs_noop(),
         }
     }
 }
