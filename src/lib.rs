@@ -39,5 +39,6 @@ pub mod target;
 pub mod target_state;
 pub mod transport;
 pub mod units;
+pub mod violation;
 pub mod watch;
 pub mod yaml;

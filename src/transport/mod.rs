@@ -14,7 +14,7 @@ pub mod local;
 pub mod memory;
 pub mod rsyncd;
 pub mod ssh;
-pub mod violation;
+use crate::violation;
 
 use crate::config::SshOptions;
 use crate::filter::Filter;

@@ -156,7 +156,7 @@ impl Client {
             .read_to_end(&mut out)?;
         if out.len() as u64 > MAX_EXEC_OUTPUT {
             let _ = p.child.kill();
-            return Err(crate::transport::violation::violation(format!(
+            return Err(crate::violation::violation(format!(
                 "a remote command printed more than {MAX_EXEC_OUTPUT} bytes: {}",
                 String::from_utf8_lossy(cmd)
             )));
