@@ -33,7 +33,6 @@ pub mod relname;
 pub mod rolling;
 pub mod run;
 pub mod schedule;
-pub mod source;
 pub mod statedir;
 pub mod target;
 pub mod target_state;

@@ -10,7 +10,7 @@ use crate::beneath::Beneath;
 use crate::filter::Filter;
 use crate::journal::PathError;
 use crate::plan::{Entry, EntryKind, TreeBuilder, display_path, is_temp_name};
-use crate::source::SourceTree;
+use crate::plan::source::SourceTree;
 use std::fs::{self, File, FileTimes};
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;

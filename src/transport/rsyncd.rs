@@ -637,7 +637,7 @@ impl Transport for Rsyncd {
         &mut self,
         rel: &Path,
         _src: &Path,
-        _source: Option<&crate::source::SourceTree>,
+        _source: Option<&crate::plan::source::SourceTree>,
     ) -> io::Result<bool> {
         let name = wire_name(rel);
         Ok(!self.differing()?.contains(&name))

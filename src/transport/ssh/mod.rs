@@ -285,7 +285,7 @@ impl Transport for Ssh {
         &mut self,
         rel: &Path,
         src: &Path,
-        source: Option<&crate::source::SourceTree>,
+        source: Option<&crate::plan::source::SourceTree>,
     ) -> io::Result<bool> {
         let (mut f, _) = crate::transport::open_source(src, source)?;
         let mut h = Sha256::new();
