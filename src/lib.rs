@@ -33,6 +33,7 @@ pub mod relname;
 pub mod rolling;
 pub mod run;
 pub mod schedule;
+pub mod settings;
 pub mod statedir;
 pub mod target;
 pub mod target_state;

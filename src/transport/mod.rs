@@ -16,10 +16,10 @@ pub mod rsyncd;
 pub mod ssh;
 use crate::violation;
 
-use crate::config::SshOptions;
 use crate::filter::Filter;
 use crate::journal::PathError;
 use crate::plan::{Action, EntryKind, Tree};
+use crate::settings::SshOptions;
 use crate::target::Target;
 use std::fs::{File, Metadata};
 use std::io;

@@ -19,7 +19,7 @@
 //!   What it says on stderr is kept (at most 64 KiB) for the message.
 
 use super::resolve::{Resolved, ssh_binary};
-use crate::config::{HostKeyPolicy, SshOptions};
+use crate::settings::{HostKeyPolicy, SshOptions};
 use crate::transport::OpenError;
 use std::ffi::OsString;
 use std::io::{self, Read, Write};

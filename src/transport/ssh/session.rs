@@ -15,7 +15,7 @@
 
 use super::known_hosts::{self, KnownHosts, Verdict};
 use super::resolve::{Hop, Resolved};
-use crate::config::{HostKeyPolicy, SshOptions};
+use crate::settings::{HostKeyPolicy, SshOptions};
 use crate::transport::OpenError;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
