@@ -237,6 +237,15 @@ impl Global {
     }
 }
 
+/// `syncjob metrics`: its failures exit with [`EXIT_FAILED`].
+fn metrics_cmd(g: &Global, dir: Option<&std::path::Path>) -> Result<u8, CliError> {
+    let cfg = g.load()?;
+    let env = g.env();
+    crate::metrics::command::run(&cfg, &env.log, &env.state_dir, dir, g.verbose)
+        .map_err(|e| CliError::Failed(e.0))?;
+    Ok(EXIT_OK)
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -303,7 +312,7 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             *json,
         ),
         Command::Status { json } => cmd_status(g, *json),
-        Command::Metrics { textfile } => crate::metrics::command::run(g, textfile.as_deref()),
+        Command::Metrics { textfile } => metrics_cmd(g, textfile.as_deref()),
         Command::Generate { dir } => cmd_generate(dir),
         Command::Import { from } => crate::import::run(from).map(|()| EXIT_OK),
         Command::Helper { root } => crate::helper::main(root.as_deref())
