@@ -237,6 +237,26 @@ impl Global {
     }
 }
 
+/// `syncjob watch`: an unknown job is a usage error.
+fn watch_cmd(g: &Global, jobs: &[String]) -> Result<u8, CliError> {
+    use crate::watch::cli::WatchCmdError;
+    let cfg = g.load()?;
+    match crate::watch::cli::run(&cfg, &g.env(), jobs) {
+        Ok(()) => Ok(EXIT_OK),
+        Err(WatchCmdError::Usage(m)) => Err(CliError::Usage(m)),
+        Err(WatchCmdError::Failed(m)) => Err(CliError::Failed(m)),
+    }
+}
+
+/// `syncjob metrics`: its failures exit with [`EXIT_FAILED`].
+fn metrics_cmd(g: &Global, dir: Option<&std::path::Path>) -> Result<u8, CliError> {
+    let cfg = g.load()?;
+    let env = g.env();
+    crate::metrics::command::run(&cfg, &env.log, &env.state_dir, dir, g.verbose)
+        .map_err(|e| CliError::Failed(e.0))?;
+    Ok(EXIT_OK)
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -270,7 +290,7 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             crate::daemon::run(path, g.env_checked()?)?;
             Ok(EXIT_OK)
         }
-        Command::Watch { jobs } => crate::watch::cli::run(g, jobs).map(|()| EXIT_OK),
+        Command::Watch { jobs } => watch_cmd(g, jobs),
         Command::Check => cmd_check(g),
         Command::List { json } => cmd_list(g, *json),
         Command::Next {
@@ -303,9 +323,13 @@ fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             *json,
         ),
         Command::Status { json } => cmd_status(g, *json),
-        Command::Metrics { textfile } => crate::metrics::command::run(g, textfile.as_deref()),
+        Command::Metrics { textfile } => metrics_cmd(g, textfile.as_deref()),
         Command::Generate { dir } => cmd_generate(dir),
-        Command::Import { from } => crate::import::run(from).map(|()| EXIT_OK),
+        Command::Import { from } => match crate::import::run(from) {
+            Ok(()) => Ok(EXIT_OK),
+            Err(crate::import::ImportError::Usage(m)) => Err(CliError::Usage(m)),
+            Err(crate::import::ImportError::Failed(m)) => Err(CliError::Failed(m)),
+        },
         Command::Helper { root } => crate::helper::main(root.as_deref())
             .map(|()| EXIT_OK)
             .map_err(|e| CliError::Failed(format!("helper: {e}"))),

@@ -68,7 +68,7 @@ pub struct Settings<'a> {
     /// counts the bytes sent by copies as they go (for a progress bar)
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// source files are opened through it (directory handles of the scan)
-    pub source: Option<&'a crate::source::SourceTree>,
+    pub source: Option<&'a crate::plan::source::SourceTree>,
 }
 
 impl Settings<'_> {

@@ -6,7 +6,8 @@
 //! Invariant: only local facts are checked (no connection is made), so a
 //! problem found here fails every run the same way until it is fixed.
 
-use crate::config::{HostKeyPolicy, Job, SshOptions};
+use crate::config::Job;
+use crate::settings::{HostKeyPolicy, SshOptions};
 use crate::target::Target;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

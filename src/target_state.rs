@@ -9,7 +9,7 @@
 
 use crate::config::Job;
 use crate::journal::Record;
-use crate::run::Status;
+use crate::journal::Status;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 

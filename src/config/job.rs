@@ -421,8 +421,8 @@ fn rsync(
     rd: &Reader,
     targets: &[Target],
     pos: Pos,
-) -> crate::transport::rsyncd::RsyncOptions {
-    let mut o = crate::transport::rsyncd::RsyncOptions::default();
+) -> crate::settings::RsyncOptions {
+    let mut o = crate::settings::RsyncOptions::default();
     let s = |k: &str| rd.raw.rsync.get(k).copied().filter(|n| !n.is_null());
     let mut at = pos;
     if let Some(n) = s("password_file") {
@@ -441,7 +441,7 @@ fn rsync(
         o.timeout = d;
     }
     if targets.iter().any(|t| matches!(t, Target::Rsync(_))) {
-        for problem in crate::transport::rsyncd::check(&o) {
+        for problem in crate::settings::rsync::check(&o) {
             ctx.err(at, rd.j(), problem);
         }
     }
@@ -577,8 +577,12 @@ fn hooks(ctx: &mut Ctx, rd: &Reader) -> Hooks {
 }
 
 /// `watch: true | false | {delay, max_delay}`.
-fn watch_options(ctx: &mut Ctx, n: &Node, j: Option<&str>) -> Option<crate::watch::WatchOptions> {
-    let mut w = crate::watch::WatchOptions::default();
+fn watch_options(
+    ctx: &mut Ctx,
+    n: &Node,
+    j: Option<&str>,
+) -> Option<crate::settings::WatchOptions> {
+    let mut w = crate::settings::WatchOptions::default();
     if let Some(b) = n.as_bool() {
         return b.then_some(w);
     }

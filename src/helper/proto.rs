@@ -134,12 +134,12 @@ pub fn read_hashes(r: &mut dyn Read, block: u32) -> io::Result<io::Result<Hashes
     let size = u64::from_le_bytes(h[..8].try_into().unwrap());
     let count = u32::from_le_bytes(h[8..].try_into().unwrap());
     if count as u64 != size.div_ceil(block.max(1) as u64) {
-        return Err(crate::transport::violation::violation(
+        return Err(crate::violation::violation(
             "remote helper: wrong number of block hashes",
         ));
     }
     if count > MAX_HASHES {
-        return Err(crate::transport::violation::violation(format!(
+        return Err(crate::violation::violation(format!(
             "remote helper: {count} block hashes announced (at most {MAX_HASHES}); refused"
         )));
     }

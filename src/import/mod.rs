@@ -14,7 +14,6 @@ pub mod rsync_args;
 pub mod sersync;
 pub mod shell;
 
-use crate::cli::CliError;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io;
@@ -45,16 +44,27 @@ pub enum ImportCmd {
     },
 }
 
+/// Why `syncjob import` failed; the caller maps it to its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// the input cannot be read or converted
+    #[error("{0}")]
+    Usage(String),
+    /// the result is wrong or cannot be written
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// `syncjob import …`: convert, check the result, print or write it.
-pub fn run(cmd: &ImportCmd) -> Result<(), CliError> {
+pub fn run(cmd: &ImportCmd) -> Result<(), ImportError> {
     let read = |p: &Path| {
-        read_input(p).map_err(|e| CliError::Usage(format!("cannot read {}: {e}", p.display())))
+        read_input(p).map_err(|e| ImportError::Usage(format!("cannot read {}: {e}", p.display())))
     };
     let (text, output) = match cmd {
         ImportCmd::Sersync { confxml, output } => {
             let shown = confxml.display().to_string();
             let text = sersync::import(&read(confxml)?, &shown)
-                .map_err(|e| CliError::Usage(e.to_string()))?;
+                .map_err(|e| ImportError::Usage(e.to_string()))?;
             (text, output)
         }
         ImportCmd::Crontab {
@@ -79,18 +89,18 @@ pub fn run(cmd: &ImportCmd) -> Result<(), CliError> {
     };
     if !text.lines().any(|l| l == "jobs:") {
         // nothing to run: the reasons, and no file
-        emit(&text, None).map_err(|e| CliError::Failed(e.to_string()))?;
-        return Err(CliError::Failed(
+        emit(&text, None).map_err(|e| ImportError::Failed(e.to_string()))?;
+        return Err(ImportError::Failed(
             "no job could be carried over (the reasons are in the comments above)".into(),
         ));
     }
     self_check(&text).map_err(|e| {
-        CliError::Failed(format!(
+        ImportError::Failed(format!(
             "the imported jobs file does not load (a bug in the importer; please report it):\n{e}\n{text}"
         ))
     })?;
     emit(&text, output.as_deref()).map_err(|e| {
-        CliError::Failed(format!(
+        ImportError::Failed(format!(
             "cannot write {}: {e}",
             output.as_deref().unwrap_or(Path::new("-")).display()
         ))

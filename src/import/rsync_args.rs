@@ -20,7 +20,7 @@ enum Place {
 }
 
 fn place(arg: &str) -> Place {
-    if arg.starts_with("rsync://") || super::super::transport::rsyncd::parse_target(arg).is_some() {
+    if arg.starts_with("rsync://") || crate::target::rsync::parse_target(arg).is_some() {
         return Place::Daemon;
     }
     if arg.starts_with('/') || arg.starts_with('.') {

@@ -8,28 +8,38 @@
 //! never written in place; nothing is printed then.
 
 use super::textfile;
-use crate::cli::{CliError, EXIT_OK, Global};
+use crate::config::Config;
 use std::path::Path;
 
-pub fn run(g: &Global, dir: Option<&Path>) -> Result<u8, CliError> {
-    let cfg = g.load()?;
-    let env = g.env();
-    let m = textfile::from_log(&cfg, &env)
-        .map_err(|e| CliError::Failed(format!("cannot read run log {}: {e}", env.log.display())))?;
+/// Why `syncjob metrics` failed (the caller maps it to its exit code).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CommandError(pub String);
+
+/// `log` and `state_dir` are the run's; `dir` the `--textfile` directory.
+pub fn run(
+    cfg: &Config,
+    log: &Path,
+    state_dir: &Path,
+    dir: Option<&Path>,
+    verbose: bool,
+) -> Result<(), CommandError> {
+    let m = textfile::from_log(cfg, log, state_dir)
+        .map_err(|e| CommandError(format!("cannot read run log {}: {e}", log.display())))?;
     let text = m.encode();
     match dir.or(cfg.observe.metrics_textfile.as_deref()) {
         Some(d) => {
             let p = textfile::write(d, &text).map_err(|e| {
-                CliError::Failed(format!(
+                CommandError(format!(
                     "cannot write the metrics into {}: {e}",
                     d.display()
                 ))
             })?;
-            if g.verbose {
+            if verbose {
                 eprintln!("syncjob: wrote {}", p.display());
             }
         }
         None => print!("{text}"),
     }
-    Ok(EXIT_OK)
+    Ok(())
 }

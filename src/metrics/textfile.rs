@@ -79,11 +79,11 @@ pub fn seed_last_success(m: &Metrics, cfg: &Config, log: &Path) {
 /// Rebuild the metrics from the whole run log (`syncjob metrics`): counters
 /// count every record, durations are per run, next firings come from the
 /// schedules, `syncjob_running` from the job locks.
-pub fn from_log(cfg: &Config, env: &crate::run::Env) -> std::io::Result<Metrics> {
+pub fn from_log(cfg: &Config, log: &Path, state_dir: &Path) -> std::io::Result<Metrics> {
     let m = Metrics::new();
     know_jobs(&m, cfg);
     m.lock_health().beat();
-    match std::fs::File::open(&env.log) {
+    match std::fs::File::open(log) {
         Ok(f) => replay(&m, std::io::BufReader::new(f))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
@@ -91,7 +91,7 @@ pub fn from_log(cfg: &Config, env: &crate::run::Env) -> std::io::Result<Metrics>
     let now = chrono::Utc::now();
     for j in &cfg.jobs {
         let next = j.schedule.as_ref().and_then(|s| s.next_after(now, j.tz()));
-        let lock = crate::lock::job_lock_path(&env.state_dir, &j.name);
+        let lock = crate::lock::job_lock_path(state_dir, &j.name);
         m.set_job(&j.name, next, crate::lock::holder(&lock).is_some());
     }
     Ok(m)

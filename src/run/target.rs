@@ -311,7 +311,7 @@ impl<'a> TargetRun<'a> {
         };
         let plan = {
             let tr = &mut transport;
-            let tree = crate::source::SourceTree::of(self.run.scan);
+            let tree = crate::plan::source::SourceTree::of(self.run.scan);
             let mut same = |rel: &Path| tr.same_content(rel, &job.source.join(rel), tree.as_ref());
             match listing.stream.take() {
                 Some(mut st) => {
@@ -398,7 +398,7 @@ impl<'a> TargetRun<'a> {
         let open = self.run.open;
         let open_extra = || open(target, &tsettings).map_err(|e| e.source);
         let max_delete = self.max_delete(&plan);
-        let source = crate::source::SourceTree::of(self.run.scan);
+        let source = crate::plan::source::SourceTree::of(self.run.scan);
         let settings = Settings {
             source_root: &job.source,
             max_delete,

@@ -9,8 +9,8 @@ use super::{
 use crate::beneath::Beneath;
 use crate::filter::Filter;
 use crate::journal::PathError;
+use crate::plan::source::SourceTree;
 use crate::plan::{Entry, EntryKind, TreeBuilder, display_path, is_temp_name};
-use crate::source::SourceTree;
 use std::fs::{self, File, FileTimes};
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;

@@ -123,7 +123,7 @@ impl Transport for Memory {
         &mut self,
         rel: &Path,
         src: &Path,
-        _source: Option<&crate::source::SourceTree>,
+        _source: Option<&crate::plan::source::SourceTree>,
     ) -> io::Result<bool> {
         let data = std::fs::read(src)?;
         let st = self.st();

@@ -14,16 +14,15 @@ pub mod local;
 pub mod memory;
 pub mod rsyncd;
 pub mod ssh;
-pub mod violation;
+use crate::violation;
 
-use crate::config::SshOptions;
 use crate::filter::Filter;
 use crate::journal::PathError;
-use crate::plan::{Action, EntryKind, TEMP_PREFIX, Tree};
+use crate::plan::{Action, EntryKind, Tree};
+use crate::settings::SshOptions;
 use crate::target::Target;
 use std::fs::{File, Metadata};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -78,7 +77,7 @@ pub trait Transport: Send {
         &mut self,
         rel: &Path,
         src: &Path,
-        source: Option<&crate::source::SourceTree>,
+        source: Option<&crate::plan::source::SourceTree>,
     ) -> io::Result<bool>;
     fn mkdir(&mut self, rel: &Path) -> io::Result<()>;
     /// Write `src` to `rel` under a temporary name, set its mode, mtime (and
@@ -277,7 +276,7 @@ pub fn is_changed_during_copy(e: &io::Error) -> bool {
 /// swapped in for one of them is never followed either.
 pub fn open_source(
     path: &Path,
-    source: Option<&crate::source::SourceTree>,
+    source: Option<&crate::plan::source::SourceTree>,
 ) -> io::Result<(File, Metadata)> {
     let beneath = source.and_then(|t| Some((t, path.strip_prefix(t.root_path()).ok()?)));
     let f = match beneath {
@@ -355,7 +354,7 @@ pub struct CopyCtx<'a> {
     pub progress: Option<&'a AtomicU64>,
     /// The source as scanned: files are opened through its directory
     /// handles (`None`: by path, the last component not followed).
-    pub source: Option<&'a crate::source::SourceTree>,
+    pub source: Option<&'a crate::plan::source::SourceTree>,
 }
 
 impl CopyCtx<'_> {
@@ -372,19 +371,4 @@ impl CopyCtx<'_> {
     }
 }
 
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// A temporary name beside `rel`: `.syncjob-tmp.<pid>.<n>.<name>`.
-pub fn temp_name(rel: &Path) -> PathBuf {
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or(b"x");
-    // keep the whole name under NAME_MAX (255)
-    let keep = &name[..name.len().min(180)];
-    let mut tmp = format!("{TEMP_PREFIX}{}.{n}.", std::process::id()).into_bytes();
-    tmp.extend_from_slice(keep);
-    let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
-    match rel.parent() {
-        Some(p) => p.join(tmp),
-        None => tmp,
-    }
-}
+pub use crate::plan::temp_name;

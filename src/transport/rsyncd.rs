@@ -24,44 +24,25 @@
 
 mod listing;
 mod process;
-mod url;
 
+/// Options and the check-time test live in `settings` (config reads them
+/// without importing transport).
+pub use crate::settings::rsync::{RsyncOptions, check, check_password_file};
+pub use crate::target::rsync::{RsyncTarget, parse_target};
 pub use listing::parse as parse_listing;
-pub use url::{RsyncTarget, parse_target};
 
 use super::{CopyCtx, Listing, OpenError, Retry, Transport};
 use crate::filter::Filter;
 use crate::journal::PathError;
 use crate::plan::{Action, EntryKind};
-use process::{Ended, find_rsync, is_permanent, run, unescape, whole_run_error};
+use crate::settings::rsync::find_rsync;
+use process::{Ended, is_permanent, run, unescape, whole_run_error};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
-
-/// `rsync:` settings of a job (or of `defaults:`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RsyncOptions {
-    pub password_file: Option<PathBuf>,
-    /// For targets without a port of their own.
-    pub port: u16,
-    /// Connection timeout (`--contimeout`) and I/O timeout (`--timeout`).
-    pub timeout: Duration,
-}
-
-impl Default for RsyncOptions {
-    fn default() -> Self {
-        RsyncOptions {
-            password_file: None,
-            port: 873,
-            timeout: Duration::from_secs(30),
-        }
-    }
-}
 
 /// What an rsync daemon target needs of its job: `rsync` sends from the
 /// source itself and applies the job's excludes to listings.
@@ -71,50 +52,6 @@ pub struct RsyncSettings {
     pub source: PathBuf,
     pub exclude: Vec<String>,
     pub preserve_owner: bool,
-}
-
-/// A password file rsync may use: a regular file, mode 0600 or stricter,
-/// owned by the user running syncjob.
-pub fn check_password_file(p: &Path) -> Result<(), String> {
-    let md =
-        std::fs::metadata(p).map_err(|e| format!("rsync.password_file {}: {e}", p.display()))?;
-    if !md.is_file() {
-        return Err(format!("rsync.password_file {} is not a file", p.display()));
-    }
-    if md.mode() & 0o077 != 0 {
-        return Err(format!(
-            "rsync.password_file {} must be mode 0600 (it is {:04o}); chmod 600 it",
-            p.display(),
-            md.mode() & 0o7777
-        ));
-    }
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if md.uid() != me {
-        return Err(format!(
-            "rsync.password_file {} must be owned by the user running syncjob (uid {me}), not uid {}",
-            p.display(),
-            md.uid()
-        ));
-    }
-    Ok(())
-}
-
-/// What keeps a job with rsync daemon targets from running (for `check`).
-pub fn check(opts: &RsyncOptions) -> Vec<String> {
-    let mut out = Vec::new();
-    if find_rsync().is_none() {
-        out.push(
-            "rsync daemon targets need the `rsync` binary, not found in PATH (apt-get install rsync)"
-                .to_string(),
-        );
-    }
-    if let Some(p) = &opts.password_file
-        && let Err(e) = check_password_file(p)
-    {
-        out.push(e);
-    }
-    out
 }
 
 /// A private empty directory: the source of delete runs.
@@ -637,7 +574,7 @@ impl Transport for Rsyncd {
         &mut self,
         rel: &Path,
         _src: &Path,
-        _source: Option<&crate::source::SourceTree>,
+        _source: Option<&crate::plan::source::SourceTree>,
     ) -> io::Result<bool> {
         let name = wire_name(rel);
         Ok(!self.differing()?.contains(&name))

@@ -7,10 +7,10 @@
 //! jobs file's `shutdown_timeout`), and states are written as manifests.
 
 use super::job::{self, Handle};
-use crate::cli::{CliError, Global};
-use crate::config::Job;
+use crate::config::{Config, Job};
 use crate::lock;
 use crate::out::{Level, say};
+use crate::run::Env;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,15 +69,23 @@ pub fn stop_all(handles: Vec<(Handle, lock::Lock)>, timeout: Duration) {
     }
 }
 
-pub fn run(g: &Global, names: &[String]) -> Result<(), CliError> {
-    let cfg = g.load()?;
-    let env = g.env();
+/// Why `syncjob watch` failed; the caller maps it to its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchCmdError {
+    /// a mistake on the command line (an unknown job)
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub fn run(cfg: &Config, env: &Env, names: &[String]) -> Result<(), WatchCmdError> {
     let mut jobs = Vec::new();
     for n in names {
         match cfg.job(n) {
             Some(j) => jobs.push(j.clone()),
             None => {
-                return Err(CliError::Usage(format!(
+                return Err(WatchCmdError::Usage(format!(
                     "no job named {n:?} in the jobs file"
                 )));
             }
@@ -87,10 +95,10 @@ pub fn run(g: &Global, names: &[String]) -> Result<(), CliError> {
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
     ])
-    .map_err(|e| CliError::Failed(format!("cannot install signal handlers: {e}")))?;
+    .map_err(|e| WatchCmdError::Failed(format!("cannot install signal handlers: {e}")))?;
     let mut handles = Vec::new();
     for j in jobs {
-        let l = take_watch_lock(&env.state_dir, &j).map_err(CliError::Failed)?;
+        let l = take_watch_lock(&env.state_dir, &j).map_err(WatchCmdError::Failed)?;
         handles.push((job::spawn(Arc::new(j), env.clone()), l));
     }
     let sig = signals.forever().next().unwrap_or(0);

@@ -9,7 +9,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -42,17 +42,6 @@ pub fn permanent(msg: String) -> io::Error {
 /// Whether `e` is a [`Refused`] run.
 pub fn is_permanent(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|i| i.is::<Refused>())
-}
-
-/// Find `rsync` in `PATH`.
-pub fn find_rsync() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("rsync"))
-        .find(|p| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }
 
 /// Run `rsync ARGS`, feeding `stdin` and calling `on_line` for each stdout

@@ -13,7 +13,7 @@ use super::sftp;
 use crate::journal::PathError;
 use crate::plan::{Entry, EntryKind, Tree, TreeBuilder};
 use crate::transport::Listing;
-use crate::transport::violation::violation;
+use crate::violation::violation;
 use std::collections::HashSet;
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};

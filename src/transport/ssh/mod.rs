@@ -40,9 +40,9 @@ pub use session::{base64, shell_quote};
 use self::openssh::Pipe;
 use self::sftp::Sftp;
 use super::{CopyCtx, Listing, OpenError, Transport, TransportSettings};
-use crate::config::SshClient;
 use crate::filter::Filter;
 use crate::plan::{Action, EntryKind};
+use crate::settings::SshClient;
 use crate::target::SshTarget;
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
@@ -285,7 +285,7 @@ impl Transport for Ssh {
         &mut self,
         rel: &Path,
         src: &Path,
-        source: Option<&crate::source::SourceTree>,
+        source: Option<&crate::plan::source::SourceTree>,
     ) -> io::Result<bool> {
         let (mut f, _) = crate::transport::open_source(src, source)?;
         let mut h = Sha256::new();

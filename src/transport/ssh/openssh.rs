@@ -19,7 +19,7 @@
 //!   What it says on stderr is kept (at most 64 KiB) for the message.
 
 use super::resolve::{Resolved, ssh_binary};
-use crate::config::{HostKeyPolicy, SshOptions};
+use crate::settings::{HostKeyPolicy, SshOptions};
 use crate::transport::OpenError;
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
@@ -156,7 +156,7 @@ impl Client {
             .read_to_end(&mut out)?;
         if out.len() as u64 > MAX_EXEC_OUTPUT {
             let _ = p.child.kill();
-            return Err(crate::transport::violation::violation(format!(
+            return Err(crate::violation::violation(format!(
                 "a remote command printed more than {MAX_EXEC_OUTPUT} bytes: {}",
                 String::from_utf8_lossy(cmd)
             )));

@@ -18,7 +18,7 @@
 //!   (port numbers, hop syntax). Without an `ssh` binary the files are read
 //!   by `config_parse` (Host and Include, no Match).
 
-use crate::config::{HostKeyPolicy, SshConfigFile, SshOptions};
+use crate::settings::{HostKeyPolicy, SshConfigFile, SshOptions};
 use crate::target::SshTarget;
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -111,8 +111,8 @@ pub fn check_lines(
     o: &SshOptions,
 ) -> Vec<Result<String, String>> {
     let client = match o.client {
-        crate::config::SshClient::Libssh2 => "libssh2",
-        crate::config::SshClient::OpenSsh => "openssh",
+        crate::settings::SshClient::Libssh2 => "libssh2",
+        crate::settings::SshClient::OpenSsh => "openssh",
     };
     targets
         .iter()

@@ -15,7 +15,7 @@
 
 use super::known_hosts::{self, KnownHosts, Verdict};
 use super::resolve::{Hop, Resolved};
-use crate::config::{HostKeyPolicy, SshOptions};
+use crate::settings::{HostKeyPolicy, SshOptions};
 use crate::transport::OpenError;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -337,7 +337,7 @@ pub(super) fn exec(
     };
     // a remote command's output is bounded (mkdir, sha256sum: a few lines)
     let too_long = || {
-        crate::transport::violation::violation(format!(
+        crate::violation::violation(format!(
             "a remote command printed more than {MAX_EXEC_OUTPUT} bytes: {cmd}"
         ))
     };

@@ -219,7 +219,7 @@ impl Reply {
     }
 }
 
-use crate::transport::violation::violation;
+use crate::violation::violation;
 
 pub struct Sftp {
     chan: Box<dyn super::openssh::Pipe>,

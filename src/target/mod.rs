@@ -6,11 +6,13 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub mod rsync;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Local(PathBuf),
     Ssh(SshTarget),
-    Rsync(crate::transport::rsyncd::RsyncTarget),
+    Rsync(rsync::RsyncTarget),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +25,7 @@ pub struct SshTarget {
     pub path: String,
     /// This target's own SSH settings (a target written as a map with
     /// `ssh:`), over the job's; `None`: the job's.
-    pub ssh: Option<Box<crate::config::SshOptions>>,
+    pub ssh: Option<Box<crate::settings::SshOptions>>,
 }
 
 impl fmt::Display for Target {
@@ -122,7 +124,7 @@ pub fn parse(s: &str, base: &Path) -> Result<Target, String> {
     if s.is_empty() {
         return Err("the target is empty".into());
     }
-    if let Some(t) = crate::transport::rsyncd::parse_target(s) {
+    if let Some(t) = rsync::parse_target(s) {
         return t.map(Target::Rsync).map_err(|e| format!("{s:?}: {e}"));
     }
     if let Some(rest) = s.strip_prefix("ssh://") {

@@ -9,6 +9,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+pub mod source;
+
 /// Temporary files are named `.syncjob-tmp.<pid>.<n>.<name>`; one left by a
 /// killed run is removed by the next run, and the source walk skips them.
 pub const TEMP_PREFIX: &str = ".syncjob-tmp.";
@@ -34,6 +36,23 @@ pub fn is_temp_name(p: &Path) -> bool {
         return false;
     };
     rest.len() > a + b
+}
+
+static TEMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A temporary name beside `rel`: `.syncjob-tmp.<pid>.<n>.<name>`.
+pub fn temp_name(rel: &Path) -> PathBuf {
+    let n = TEMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or(b"x");
+    // keep the whole name under NAME_MAX (255)
+    let keep = &name[..name.len().min(180)];
+    let mut tmp = format!("{TEMP_PREFIX}{}.{n}.", std::process::id()).into_bytes();
+    tmp.extend_from_slice(keep);
+    let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
+    match rel.parent() {
+        Some(p) => p.join(tmp),
+        None => tmp,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,7 +302,7 @@ pub struct Scan {
     /// The root as it was walked (files are copied from it: see `source`).
     pub root_fd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
     /// Device and inode of each directory walked.
-    pub dir_ids: std::sync::Arc<crate::source::DirIds>,
+    pub dir_ids: std::sync::Arc<crate::plan::source::DirIds>,
 }
 
 impl Scan {
@@ -325,7 +344,7 @@ pub fn display_path(p: &Path) -> String {
 /// Walk the source tree (symlinks are not followed; excluded directories are
 /// not entered).
 pub fn scan_source(root: &Path, filter: &Filter) -> Result<Scan, ScanError> {
-    let (fd, st) = match crate::source::open_root(root) {
+    let (fd, st) = match crate::plan::source::open_root(root) {
         Ok(x) => x,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(ScanError::Missing(root.to_path_buf()));
@@ -353,9 +372,9 @@ pub fn scan_source(root: &Path, filter: &Filter) -> Result<Scan, ScanError> {
     // sorted by name, a depth-first walk yields paths in `Path` order, so
     // the tree is built from a sorted list without comparing paths again
     let mut found = Sorted::default();
-    found.push(Path::new(""), crate::source::entry_of(&st, None));
-    let mut dirs = crate::source::DirIds::new();
-    crate::source::walk(
+    found.push(Path::new(""), crate::plan::source::entry_of(&st, None));
+    let mut dirs = crate::plan::source::DirIds::new();
+    crate::plan::source::walk(
         walk_fd,
         Path::new(""),
         filter,
@@ -1076,7 +1095,7 @@ mod temp_name_tests {
         assert!(!t(".syncjob-tmp.12.0."));
         assert!(!t(".syncjob-tmp.x.0.y"));
         assert!(!t("syncjob-tmp.1.2.y"));
-        let made = crate::transport::temp_name(Path::new("d/a.txt"));
+        let made = temp_name(Path::new("d/a.txt"));
         assert!(is_temp_name(&made), "{made:?}");
     }
 }
