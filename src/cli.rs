@@ -753,10 +753,50 @@ fn cmd_log(
     Ok(EXIT_OK)
 }
 
+/// One row of `list`: a job's settings, the last real outcome of each of
+/// its targets (a skipped firing is not one), its next firing, its watch.
+fn list_row(
+    j: &config::Job,
+    last: &std::collections::HashMap<(String, String), journal::Record>,
+    state_dir: &std::path::Path,
+    now: DateTime<Utc>,
+) -> serde_json::Value {
+    let tz = j.tz();
+    let next = j
+        .schedule
+        .as_ref()
+        .and_then(|s| s.next_after(now, tz))
+        .map(|t| fmt_instant(t, tz));
+    let per_target: Vec<&journal::Record> = j
+        .targets
+        .iter()
+        .filter_map(|t| last.get(&(j.name.clone(), t.to_string())))
+        .collect();
+    let worst = per_target.iter().map(|r| r.status).max();
+    let last_run = per_target.iter().map(|r| r.finished_at.clone()).max();
+    let by_target: serde_json::Map<String, serde_json::Value> = per_target
+        .iter()
+        .map(|r| (r.target.clone(), serde_json::json!(r.status)))
+        .collect();
+    serde_json::json!({
+        "job": j.name,
+        "schedule": j.schedule.as_ref().map(|s| s.text().to_string()),
+        "timezone": tz.name(),
+        "mode": j.mode.as_str(),
+        "delete": j.delete,
+        "source": j.source.display().to_string(),
+        "targets": j.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
+        "last_status": worst,
+        "last_run": last_run,
+        "last_by_target": by_target,
+        "next": next,
+        "watch": crate::watch::status::describe(state_dir, j),
+    })
+}
+
 fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
     let cfg = g.load()?;
     let env = g.env();
-    // the last real outcome of each target (a skipped firing is not one)
     let pairs: Vec<(String, String)> = cfg
         .jobs
         .iter()
@@ -764,40 +804,11 @@ fn cmd_list(g: &Global, json: bool) -> Result<u8, CliError> {
         .collect();
     let last = journal::last_outcomes(&env.log, &pairs);
     let now = Utc::now();
-    let mut rows = Vec::new();
-    for j in &cfg.jobs {
-        let tz = j.tz();
-        let next = j
-            .schedule
-            .as_ref()
-            .and_then(|s| s.next_after(now, tz))
-            .map(|t| fmt_instant(t, tz));
-        let per_target: Vec<&journal::Record> = j
-            .targets
-            .iter()
-            .filter_map(|t| last.get(&(j.name.clone(), t.to_string())))
-            .collect();
-        let worst = per_target.iter().map(|r| r.status).max();
-        let last_run = per_target.iter().map(|r| r.finished_at.clone()).max();
-        let by_target: serde_json::Map<String, serde_json::Value> = per_target
-            .iter()
-            .map(|r| (r.target.clone(), serde_json::json!(r.status)))
-            .collect();
-        rows.push(serde_json::json!({
-            "job": j.name,
-            "schedule": j.schedule.as_ref().map(|s| s.text().to_string()),
-            "timezone": tz.name(),
-            "mode": j.mode.as_str(),
-            "delete": j.delete,
-            "source": j.source.display().to_string(),
-            "targets": j.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>(),
-            "last_status": worst,
-            "last_run": last_run,
-            "last_by_target": by_target,
-            "next": next,
-            "watch": crate::watch::status::describe(&env.state_dir, j),
-        }));
-    }
+    let rows: Vec<serde_json::Value> = cfg
+        .jobs
+        .iter()
+        .map(|j| list_row(j, &last, &env.state_dir, now))
+        .collect();
     let owners = crate::cluster::report::lookup(&cfg);
     if json {
         for r in rows {
