@@ -462,3 +462,66 @@ fn jobs_go_on_when_the_etcd_member_in_use_dies_in_a_three_member_cluster() {
         d.stop();
     }
 }
+
+/// A watched job is watched by one daemon only: the one holding its etcd
+/// lock; when that daemon dies, another takes the lock and the watch, and
+/// changes flow again.
+#[test]
+fn a_watched_job_is_watched_by_its_owner_only_and_moves_when_it_dies() {
+    let lab = Lab::new();
+    lab.write("a.txt", b"x");
+    let etcd = Etcd::start(lab.dir.path());
+    lab.config(&format!(
+        "cluster:\n  etcd: [{}]\n  ttl: {TTL}s\n  prefix: /syncjob/test\njobs:\n  w:\n    source: {{src}}\n    remote: {{dst}}\n    watch: {{delay: 0}}\n",
+        etcd.url
+    ));
+    let mut ds = start(&lab, 2);
+    let owned = settled(&lab, 1);
+    let owner = owned["w"].clone();
+    let pid: u32 = owner.rsplit(':').next().unwrap().parse().unwrap();
+    let oi = ds.iter().position(|d| d.child.id() == pid).unwrap();
+    ds[oi].wait_for("watching", Duration::from_secs(20));
+    let watchers = |lab: &Lab| -> BTreeSet<u64> {
+        lab.log()
+            .iter()
+            .filter(|r| r["reason"] == "full sync: start")
+            .filter_map(|r| r["pid"].as_u64())
+            .collect()
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        watchers(&lab),
+        BTreeSet::from([pid as u64]),
+        "{}",
+        ds[1 - oi].err()
+    );
+    lab.write("b.txt", b"by the owner");
+    let sent = |name: &str, want: &[u8]| {
+        let t = Instant::now();
+        while std::fs::read(lab.dst().join(name)).ok().as_deref() != Some(want) {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{name} never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    sent("b.txt", b"by the owner");
+
+    // the owner dies: the other daemon takes the lock and the watch
+    // SAFETY: kill(2) on a daemon this test started has no memory-safety preconditions.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    ds[oi].child.wait().unwrap();
+    let other = ds[1 - oi].child.id() as u64;
+    let t = Instant::now();
+    while !watchers(&lab).contains(&other) {
+        assert!(
+            t.elapsed() < Duration::from_secs((TTL + 10) as u64),
+            "the watch never moved: {}",
+            ds[1 - oi].err()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.write("c.txt", b"after the move");
+    sent("c.txt", b"after the move");
+}

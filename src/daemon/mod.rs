@@ -267,7 +267,12 @@ impl Daemon {
                 self.cfg = cfg;
                 self.obs.loaded(&self.cfg);
                 self.firing.schedule_all(&self.cfg.jobs, self.clock.now());
-                self.watched.sync(&self.cfg.jobs, self.cfg.shutdown_timeout);
+                self.watched.sync(
+                    &self.cfg.jobs,
+                    self.cfg.shutdown_timeout,
+                    &self.obs,
+                    &self.cancel,
+                );
                 let msg = format!(
                     "reloaded {}: {} job(s)",
                     self.config_path.display(),
@@ -297,7 +302,7 @@ impl Daemon {
             let states = self.firing.jobs.iter();
             self.obs
                 .turn(states.map(|(n, s)| (n.as_str(), s.next, s.running)));
-            self.watched.report(&self.obs.metrics);
+            self.watched.report(&self.obs, &self.cancel);
             // watched jobs' backlog and lag are reported every second
             let most = if self.watched.is_empty() {
                 MAX_SLEEP
@@ -408,7 +413,8 @@ pub fn run(config_path: PathBuf, env: Env) -> Result<(), DaemonError> {
     };
     let now = d.clock.now();
     d.firing.schedule_all(&d.cfg.jobs, now);
-    d.watched.sync(&d.cfg.jobs, d.cfg.shutdown_timeout);
+    d.watched
+        .sync(&d.cfg.jobs, d.cfg.shutdown_timeout, &d.obs, &d.cancel);
     let scheduled = d.firing.jobs.values().filter(|s| s.next.is_some()).count();
     let msg = format!(
         "syncjob {} daemon started: {} job(s), {scheduled} scheduled, {} watched, state dir {}, log {}",
