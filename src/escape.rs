@@ -5,8 +5,9 @@
 //! newline, carriage return or ESC, so no forged line, `<N>` journal
 //! priority or terminal sequence), no Unicode bidirectional or line/
 //! paragraph separator control, and no invalid UTF-8; each such byte is
-//! written as rsync does, `\#ooo` (octal), and so is a backslash before `#`,
-//! so that `names::decode` gives the bytes back. Everything else is kept as is.
+//! written as rsync does, `\#ooo` (octal); `reversible` also escapes a
+//! backslash before `#`, so that `names::decode` gives the bytes back.
+//! Everything else is kept as is.
 
 /// Characters that reorder or break displayed text without being control
 /// characters: bidi embeddings, overrides and isolates, marks, separators.
@@ -22,12 +23,22 @@ fn push_octal(out: &mut String, bytes: &[u8]) {
 
 /// Bytes (a file name, a symlink target) as printable text.
 pub fn bytes(b: &[u8]) -> String {
+    octal(b, false)
+}
+
+/// [`bytes`], and a backslash before `#` too, so that `names::decode`
+/// gives the bytes back (names in records).
+pub fn reversible(b: &[u8]) -> String {
+    octal(b, true)
+}
+
+fn octal(b: &[u8], reversible: bool) -> String {
     let mut out = String::with_capacity(b.len());
     for chunk in b.utf8_chunks() {
         let mut chars = chunk.valid().chars().peekable();
         while let Some(c) = chars.next() {
-            // `\#` itself is escaped so that `names::decode` inverts this
-            if c.is_control() || is_format_hazard(c) || (c == '\\' && chars.peek() == Some(&'#')) {
+            let hash = reversible && c == '\\' && chars.peek() == Some(&'#');
+            if c.is_control() || is_format_hazard(c) || hash {
                 let mut buf = [0u8; 4];
                 push_octal(&mut out, c.encode_utf8(&mut buf).as_bytes());
             } else {
@@ -41,7 +52,7 @@ pub fn bytes(b: &[u8]) -> String {
 
 /// A message that may carry names from outside, as one printable line.
 pub fn text(s: &str) -> String {
-    if s.chars().any(|c| c.is_control() || is_format_hazard(c)) || s.contains("\\#") {
+    if s.chars().any(|c| c.is_control() || is_format_hazard(c)) {
         bytes(s.as_bytes())
     } else {
         s.to_string()

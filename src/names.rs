@@ -9,9 +9,9 @@
 //! different names never look the same and the bytes can be recovered from
 //! a record (replace each `\#ooo` by the byte `ooo`).
 
-/// `bytes` as text, reversibly: the escaping of `escape::bytes`.
+/// `bytes` as text, reversibly (`escape::reversible`).
 pub fn encode(b: &[u8]) -> String {
-    crate::escape::bytes(b)
+    crate::escape::reversible(b)
 }
 
 pub fn decode(s: &str) -> Vec<u8> {

@@ -473,8 +473,9 @@ fn hostile_names_are_escaped_in_run_output_dry_run_log_table_and_journal_lines()
     fs::write(lab.dst().join(os(evil)).join("inner"), "y").unwrap();
     lab.job("");
     let r = lab.run(&["run", "--dry-run", "web"]);
+    // (`.d..t` for the root: its mtime may differ by a clock tick)
     assert_clean("dry run", &r.stdout, &|l| {
-        l.starts_with('#') || l.starts_with(">f") || l.starts_with("cd")
+        l.starts_with('#') || l.starts_with(">f") || l.starts_with("cd") || l == ".d..t...... ./"
     });
     fs::write(lab.src().join(os(newer)), "n").unwrap();
     let r = lab.run(&["run", "--dry-run", "web"]);
