@@ -21,6 +21,8 @@
 //!   directory does not re-open the chain; removing or creating a directory
 //!   drops its cached handles.
 
+pub mod walk;
+
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use std::collections::HashMap;
 use std::ffi::OsStr;

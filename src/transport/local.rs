@@ -6,11 +6,11 @@
 use super::{
     CopyCtx, Listing, Transport, copy_cancellable, open_source, temp_name, verify_unchanged,
 };
-use crate::beneath::Beneath;
+use crate::beneath::{Beneath, walk};
 use crate::filter::Filter;
 use crate::journal::PathError;
-use crate::plan::source::SourceTree;
-use crate::plan::{Entry, EntryKind, TreeBuilder, display_path, is_temp_name};
+use crate::plan::source::{SourceTree, entry_of};
+use crate::plan::{EntryKind, TreeBuilder, display_path, is_temp_name};
 use std::fs::{self, File, FileTimes};
 use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
@@ -87,53 +87,25 @@ impl Transport for Local {
         Ok(l)
     }
 
+    /// The walk of [`crate::beneath::walk`]: through directory handles
+    /// beneath the root, never through a symlink, in path order, streamed.
     fn list_stream(&mut self, filter: &Filter) -> Option<io::Result<Listing>> {
-        let md = match fs::metadata(&self.root) {
-            Ok(md) => md,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Some(Ok(Listing::default())),
+        let (fd, st) = match walk::open_root(&self.root) {
+            Ok(Some(root)) => root,
+            Ok(None) => return Some(Ok(Listing::default())),
             Err(e) => return Some(Err(e)),
         };
-        if !md.is_dir() {
-            return Some(Err(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                format!("target {} is not a directory", self.root.display()),
-            )));
-        }
         let errors = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-        let root = self.root.clone();
-        let filter = filter.clone();
         let sink = errors.clone();
-        let walker = walkdir::WalkDir::new(&root)
-            .follow_links(false)
-            .min_depth(1)
-            // path order: directory before contents, names sorted
-            .sort_by_file_name()
-            .into_iter()
-            .filter_entry({
-                let root = root.clone();
-                move |e| {
-                    let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
-                    is_temp_name(rel) || !filter.excluded(rel, e.file_type().is_dir())
-                }
-            });
-        let top = std::iter::once((PathBuf::new(), Entry::from_metadata(&md, None)));
-        let rest = walker.filter_map(move |item| match item {
-            Ok(e) => {
-                let rel = e.path().strip_prefix(&root).ok()?.to_path_buf();
-                // an entry that vanished between readdir and stat is absent
-                let md = e.metadata().ok()?;
-                let link = if md.file_type().is_symlink() {
-                    fs::read_link(e.path()).ok()
-                } else {
-                    None
-                };
-                Some((rel, Entry::from_metadata(&md, link)))
-            }
-            Err(err) => {
-                let p = err.path().unwrap_or(&root);
+        let filter = filter.clone();
+        let keep =
+            move |rel: &Path, is_dir: bool| is_temp_name(rel) || !filter.excluded(rel, is_dir);
+        let entries = walk::Walk::new(fd, st, keep).filter_map(move |item| match item {
+            Ok((rel, st, link)) => Some((rel, entry_of(&st, link))),
+            Err(e) => {
                 sink.borrow_mut().push(PathError {
-                    path: display_path(p.strip_prefix(&root).unwrap_or(p)),
-                    message: format!("cannot list target: {err}"),
+                    path: display_path(&e.path),
+                    message: format!("cannot list target: {}", e.error),
                 });
                 None
             }
@@ -141,7 +113,7 @@ impl Transport for Local {
         Some(Ok(Listing {
             tree: None,
             stream: Some(super::Stream {
-                entries: Box::new(top.chain(rest)),
+                entries: Box::new(entries),
                 errors,
             }),
             errors: Vec::new(),
@@ -260,6 +232,7 @@ fn split(rel: &Path) -> io::Result<(&Path, &std::ffi::OsStr)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Entry;
 
     #[test]
     fn list_holds_what_list_stream_yields_in_path_order() {
