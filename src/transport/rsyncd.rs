@@ -24,6 +24,7 @@
 
 mod listing;
 mod process;
+mod sender;
 
 /// Options and the check-time test live in `settings` (config reads them
 /// without importing transport).
@@ -36,7 +37,7 @@ use crate::filter::Filter;
 use crate::journal::PathError;
 use crate::plan::{Action, EntryKind};
 use crate::settings::rsync::find_rsync;
-use process::{Ended, is_permanent, run, unescape, whole_run_error};
+use process::{Ended, is_permanent, run, run_as, unescape, whole_run_error};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io;
@@ -111,6 +112,8 @@ pub struct Rsyncd {
     owners: bool,
     /// files whose content differs (`compare: checksum`), asked once
     differs: Option<HashSet<Vec<u8>>>,
+    /// who the runs that read the source run as (`None`: as syncjob)
+    sender: Option<sender::Sender>,
 }
 
 /// The name as rsync's `--files-from` and output give it ("." for the root).
@@ -164,6 +167,8 @@ impl Rsyncd {
             // SAFETY: geteuid has no preconditions.
             owners: s.preserve_owner && unsafe { libc::geteuid() } == 0,
             differs: None,
+            sender: sender::for_source(&s.source, s.options.password_file.as_deref())
+                .map_err(|e| OpenError::permanent(e.kind(), e.to_string()))?,
         };
         me.login().map_err(|e| OpenError {
             retry: if is_permanent(&e) {
@@ -179,7 +184,7 @@ impl Rsyncd {
     /// List the root alone (everything below excluded): reaches the
     /// daemon, logs in and opens the module. A missing root is fine.
     fn login(&self) -> io::Result<()> {
-        let mut args = self.common_args();
+        let mut args = self.common_args(false);
         args.extend(["--list-only", "-d", "--exclude=*"].map(OsString::from));
         args.push(self.url.clone().into());
         let end = run(
@@ -195,14 +200,19 @@ impl Rsyncd {
         }
     }
 
-    fn common_args(&self) -> Vec<OsString> {
+    /// Timeouts and the password file (`as_sender`: the run reads the
+    /// source, and gets the password from its environment when it runs as
+    /// the source's owner).
+    fn common_args(&self, as_sender: bool) -> Vec<OsString> {
         let secs = self.opts.timeout.as_secs().max(1);
         let mut a: Vec<OsString> = vec![
             format!("--contimeout={secs}").into(),
             format!("--timeout={secs}").into(),
             "--no-motd".into(),
         ];
-        if let Some(p) = &self.opts.password_file {
+        if let Some(p) = &self.opts.password_file
+            && !(as_sender && self.sender.is_some())
+        {
             let mut s = OsString::from("--password-file=");
             s.push(p);
             a.push(s);
@@ -219,7 +229,8 @@ impl Rsyncd {
         src: &Path,
         cancel: &AtomicBool,
     ) -> io::Result<(Ended, Done)> {
-        let mut args = self.common_args();
+        let from_source = src == self.source;
+        let mut args = self.common_args(from_source);
         args.extend(flags.iter().map(OsString::from));
         args.extend(
             [
@@ -246,23 +257,31 @@ impl Rsyncd {
         // rsync prints some per-file failures on stdout ("cannot delete
         // non-empty directory: x"): kept (bounded) beside stderr
         let mut other = String::new();
-        let mut end = run(&self.rsync, &args, input, cancel, &mut |line| {
-            match line.strip_prefix(prefix.as_bytes()) {
-                Some(rest) => {
-                    if let Some((item, bytes, name)) = parse_item(rest)
-                        && wanted.contains(name.as_slice())
-                    {
-                        done.insert(name, (item, bytes));
+        let sender = self.sender.as_ref().filter(|_| from_source);
+        let mut end = run_as(
+            &self.rsync,
+            &args,
+            input,
+            cancel,
+            &mut |line| {
+                match line.strip_prefix(prefix.as_bytes()) {
+                    Some(rest) => {
+                        if let Some((item, bytes, name)) = parse_item(rest)
+                            && wanted.contains(name.as_slice())
+                        {
+                            done.insert(name, (item, bytes));
+                        }
                     }
+                    None if other.len() < process::MAX_STDERR => {
+                        other.push_str(&String::from_utf8_lossy(line));
+                        other.push('\n');
+                    }
+                    None => {}
                 }
-                None if other.len() < process::MAX_STDERR => {
-                    other.push_str(&String::from_utf8_lossy(line));
-                    other.push('\n');
-                }
-                None => {}
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+            sender,
+        )?;
         if let Some(e) = whole_run_error(&end, &self.shown) {
             return Err(e);
         }
@@ -368,7 +387,7 @@ impl Rsyncd {
     /// `--checksum` (for `compare: checksum`).
     fn differing(&mut self) -> io::Result<&HashSet<Vec<u8>>> {
         if self.differs.is_none() {
-            let mut args = self.common_args();
+            let mut args = self.common_args(true);
             args.extend(["-rlptnc", "--itemize-changes"].map(OsString::from));
             for p in &self.excludes {
                 args.push(format!("--exclude={p}").into());
@@ -380,7 +399,7 @@ impl Rsyncd {
             args.push(self.url.clone().into());
             let prefix = format!("{} ", self.marker);
             let mut set = HashSet::new();
-            let end = run(
+            let end = run_as(
                 &self.rsync,
                 &args,
                 Vec::new(),
@@ -394,6 +413,7 @@ impl Rsyncd {
                     }
                     Ok(())
                 },
+                self.sender.as_ref(),
             )?;
             if let Some(e) = whole_run_error(&end, &self.shown) {
                 return Err(e);
@@ -459,7 +479,7 @@ impl Transport for Rsyncd {
     }
 
     fn list(&mut self, _filter: &Filter) -> io::Result<Listing> {
-        let mut args = self.common_args();
+        let mut args = self.common_args(false);
         args.extend(["--list-only", "-rl", "--no-h"].map(OsString::from));
         for p in &self.excludes {
             args.push(format!("--exclude={p}").into());
@@ -536,7 +556,7 @@ impl Transport for Rsyncd {
             std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
             names.push(rel.as_os_str().as_bytes().to_vec());
         }
-        let mut args = self.common_args();
+        let mut args = self.common_args(false);
         args.extend(["-d", "--from0", "--files-from=-", "--no-implied-dirs"].map(OsString::from));
         let mut src = stage.0.as_os_str().to_owned();
         src.push("/");

@@ -1,12 +1,14 @@
 //! One run of the system `rsync` binary, its output read as a stream.
 //!
 //! Invariants: the password never appears in arguments (only the path of
-//! the password file, `--password-file`); stdout is read line by line with
+//! the password file, `--password-file`, or, for a sender running as the
+//! source's owner, `RSYNC_PASSWORD`; an inherited one is removed); stdout is read line by line with
 //! each line bounded ([`MAX_LINE`]) and stderr keeps at most [`MAX_STDERR`]
 //! bytes, because both carry text from the remote daemon; the child is
 //! killed when the caller's `cancel` flag is set or a line is refused; the
 //! child never outlives [`run`].
 
+use super::sender::Sender;
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -54,15 +56,31 @@ pub fn run(
     cancel: &AtomicBool,
     on_line: &mut dyn FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<Ended> {
-    let mut child = Command::new(rsync)
-        .args(args)
+    run_as(rsync, args, stdin, cancel, on_line, None)
+}
+
+/// [`run`], as `sender` when given (see [`super::sender`]).
+pub fn run_as(
+    rsync: &Path,
+    args: &[OsString],
+    stdin: Vec<u8>,
+    cancel: &AtomicBool,
+    on_line: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    sender: Option<&Sender>,
+) -> io::Result<Ended> {
+    let mut cmd = Command::new(rsync);
+    cmd.args(args)
         // times in listings in UTC; names escaped byte by byte (`\#ooo`)
         .env("TZ", "UTC0")
         .env("LC_ALL", "C")
         .env_remove("RSYNC_PASSWORD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(s) = sender {
+        s.apply(&mut cmd);
+    }
+    let mut child = cmd
         .spawn()
         .map_err(|e| io::Error::new(e.kind(), format!("cannot start {}: {e}", rsync.display())))?;
     let pid = child.id() as libc::pid_t;
