@@ -125,3 +125,99 @@ fn a_host_certificate_is_accepted_or_refused_with_a_pointer_to_openssh() {
         assert!(!lab.dst().join("a").exists());
     }
 }
+
+/// Sign `key.pub` with `ca` for the test user, writing `key-cert.pub`.
+fn sign(ca: &Path, key: &Path) {
+    keygen(&[
+        "-q",
+        "-s",
+        ca.to_str().unwrap(),
+        "-I",
+        "syncjob-test",
+        "-n",
+        &user(),
+        "-V",
+        "-5m:+1h",
+        &format!("{}.pub", key.display()),
+    ]);
+}
+
+/// `CertificateFile` in the OpenSSH config (a certificate kept apart from
+/// its key, after one for another key): used by both clients, through
+/// `ssh -G` and, without an `ssh` binary, the built-in parser.
+#[test]
+fn a_certificate_file_named_in_the_ssh_config_authenticates() {
+    let lab = Lab::new();
+    let d = lab.path("cadir");
+    fs::create_dir_all(&d).unwrap();
+    let ca = ca(&d);
+    let s = Sshd::start_with(
+        &lab.path("sshd"),
+        &format!("TrustedUserCAKeys {}.pub", ca.display()),
+    );
+    fs::write(s.dir.join("authorized_keys"), "").unwrap();
+    // the key's certificate and another key's, both away from the key
+    sign(&ca, &s.key);
+    let other = d.join("other");
+    keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        other.to_str().unwrap(),
+    ]);
+    sign(&ca, &other);
+    let certs = lab.path("certs");
+    fs::create_dir_all(&certs).unwrap();
+    let mine = certs.join("deploy-cert.pub");
+    fs::rename(s.dir.join("id_ed25519-cert.pub"), &mine).unwrap();
+    let theirs = certs.join("other-cert.pub");
+    fs::rename(d.join("other-cert.pub"), &theirs).unwrap();
+    let block = |cert_lines: &str| {
+        format!(
+            "Host web3\n  HostName 127.0.0.1\n  User {}\n  Port {}\n  IdentityFile {}\n  \
+             UserKnownHostsFile {}\n{cert_lines}",
+            user(),
+            s.port,
+            s.key.display(),
+            s.known_hosts.display()
+        )
+    };
+    let config = lab.path("ssh_config");
+    lab.config(&format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: web3:{}\n    retries: 0\n    \
+         ssh: {{ timeout: 10s, config: {}{} }}\n",
+        lab.dst().display(),
+        config.display(),
+        client_yaml()
+    ));
+    lab.write("a", b"cert file\n");
+    // without the certificate: refused (the key alone is not authorized)
+    fs::write(&config, block("")).unwrap();
+    lab.run(&["run", "web"]).code(1);
+    assert!(!lab.dst().join("a").exists());
+    let lines = format!(
+        "  CertificateFile {}\n  CertificateFile {}\n",
+        theirs.display(),
+        mine.display()
+    );
+    fs::write(&config, block(&lines)).unwrap();
+    let r = lab.run(&["run", "web"]);
+    r.code(0);
+    assert_eq!(fs::read(lab.dst().join("a")).unwrap(), b"cert file\n");
+    if client_yaml().is_empty() {
+        // the built-in parser (no `ssh` binary) reads it too
+        lab.write("b", b"parsed\n");
+        let r = Run::from(
+            lab.cmd()
+                .env("PATH", "/nonexistent")
+                .args(["run", "web"])
+                .output()
+                .unwrap(),
+        );
+        r.code(0);
+        assert_eq!(fs::read(lab.dst().join("b")).unwrap(), b"parsed\n");
+    }
+}

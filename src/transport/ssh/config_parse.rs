@@ -27,6 +27,7 @@ const KEYS: &[&str] = &[
     "proxyjump",
     "connecttimeout",
     "identitiesonly",
+    "certificatefile",
 ];
 const MAX_FILE: u64 = 1 << 20;
 const MAX_DEPTH: usize = 8;
@@ -127,7 +128,8 @@ impl Reader<'_> {
                     }
                 }
                 _ if active && KEYS.contains(&k.as_str()) && !args.is_empty() => {
-                    let many = k == "identityfile" || k == "userknownhostsfile";
+                    let many =
+                        k == "identityfile" || k == "userknownhostsfile" || k == "certificatefile";
                     let e = self.out.entry(k.clone()).or_default();
                     if many {
                         e.extend(args.iter().cloned());

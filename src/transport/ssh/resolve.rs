@@ -71,6 +71,8 @@ pub struct Hop {
     pub identity_given: bool,
     /// `IdentitiesOnly yes`: no ssh-agent
     pub identities_only: bool,
+    /// `CertificateFile`s, in order (offered with the keys they certify)
+    pub certificates: Vec<PathBuf>,
     /// known_hosts files read; unknown keys are added to the first
     pub known_hosts: Vec<PathBuf>,
     pub strict: HostKeyPolicy,
@@ -453,6 +455,10 @@ fn hop_from(
         identities.insert(0, k.clone());
     }
     let identities_only = first(g, "identitiesonly") == Some("yes");
+    let certificates = g
+        .get("certificatefile")
+        .map(|v| v.iter().map(|p| expand(p)).collect())
+        .unwrap_or_default();
     let known_hosts = known_hosts_of(g, o);
     let strict = strict_of(g, o, alias)?;
     let connect_timeout = match (o.timeout, first(g, "connecttimeout")) {
@@ -472,6 +478,7 @@ fn hop_from(
         identities,
         identity_given,
         identities_only,
+        certificates,
         known_hosts,
         strict,
         connect_timeout,

@@ -461,22 +461,24 @@ fn append_known_host(path: &Path, line: &[u8]) -> io::Result<()> {
     r
 }
 
-/// Public key authentication with `key`; as ssh, a certificate
-/// `KEY-cert.pub` beside it (a user certificate signed by a CA the server
-/// trusts) is offered first.
-fn try_key(sess: &ssh2::Session, user: &str, key: &Path, passphrase: Option<&str>) -> bool {
-    let mut cert = key.as_os_str().to_owned();
-    cert.push("-cert.pub");
-    let cert = PathBuf::from(cert);
-    (cert.is_file()
-        && sess
-            .userauth_pubkey_file(user, Some(&cert), key, passphrase)
+/// Public key authentication with `key`; as ssh, the user certificates
+/// for it (`CertificateFile`s that certify it, then `KEY-cert.pub` beside
+/// it: signed by a CA the server trusts) are offered first.
+fn try_key(
+    sess: &ssh2::Session,
+    user: &str,
+    key: &Path,
+    passphrase: Option<&str>,
+    certificates: &[PathBuf],
+) -> bool {
+    super::certs::for_key(key, certificates).iter().any(|cert| {
+        sess.userauth_pubkey_file(user, Some(cert), key, passphrase)
             .is_ok()
+            && sess.authenticated()
+    }) || (sess
+        .userauth_pubkey_file(user, None, key, passphrase)
+        .is_ok()
         && sess.authenticated())
-        || (sess
-            .userauth_pubkey_file(user, None, key, passphrase)
-            .is_ok()
-            && sess.authenticated())
 }
 
 fn authenticate(sess: &ssh2::Session, hop: &Hop, o: &SshOptions) -> Result<(), OpenError> {
@@ -522,7 +524,7 @@ fn authenticate(sess: &ssh2::Session, hop: &Hop, o: &SshOptions) -> Result<(), O
             tried.push(format!("(skipped: {e})"));
             continue;
         }
-        if try_key(sess, user, &k, passphrase) {
+        if try_key(sess, user, &k, passphrase, &hop.certificates) {
             return Ok(());
         }
     }
