@@ -28,6 +28,7 @@ mod helper_probe;
 mod jump;
 mod known_hosts;
 mod listing;
+mod mux;
 mod old_times;
 pub mod openssh;
 pub mod resolve;
@@ -154,7 +155,7 @@ impl Ssh {
                 (conn, label)
             }
             SshClient::OpenSsh => {
-                let c = openssh::Client::new(r, o)?;
+                let c = openssh::Client::new(r, o, settings.state_dir.as_deref())?;
                 let label = c.label.clone();
                 (Conn::OpenSsh(Box::new(c)), label)
             }

@@ -12,18 +12,23 @@
 //!   port, user, known_hosts, StrictHostKeyChecking, ConnectTimeout; the
 //!   job's key with IdentitiesOnly; the job's ProxyJump) so both clients go
 //!   to the same place with the same host key policy.
+//! - The `ssh` processes of one destination share one master connection
+//!   (see `mux`) unless the user's config sets a `ControlPath` of its own;
+//!   syncjob never overrides a user's ControlMaster/ControlPath/
+//!   ControlPersist.
 //! - A child is never left behind: dropping a [`ChildPipe`] closes its
 //!   stdin, waits at most 2 s, then kills it.
 //! - `ssh` failing itself (exit 255) on authentication or a host key is a
 //!   permanent error; other failures (refused, timed out) are transient.
 //!   What it says on stderr is kept (at most 64 KiB) for the message.
 
+use super::mux::Mux;
 use super::resolve::{Resolved, ssh_binary};
 use crate::settings::{HostKeyPolicy, SshOptions};
 use crate::transport::OpenError;
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +42,8 @@ pub struct Client {
     args: Vec<OsString>,
     dest: String,
     pub label: String,
+    /// the master connection this target's `ssh` processes share
+    mux: Option<Mux>,
     /// keeps the config wrapper of `resolve` alive
     _resolved: Resolved,
 }
@@ -72,7 +79,9 @@ fn quoted(v: &str) -> String {
 
 impl Client {
     /// Check what this client cannot do and build the `ssh` arguments.
-    pub fn new(r: Resolved, o: &SshOptions) -> Result<Client, OpenError> {
+    /// With a state dir and no `ControlPath` of the user's, the target's
+    /// `ssh` processes share one master connection (see `mux`).
+    pub fn new(r: Resolved, o: &SshOptions, state_dir: Option<&Path>) -> Result<Client, OpenError> {
         let ssh = ssh_binary().ok_or_else(|| {
             OpenError::permanent(
                 io::ErrorKind::NotFound,
@@ -129,13 +138,22 @@ impl Client {
             None => {}
         }
         args.extend(["-T", "-x", "-a"].map(OsString::from));
-        Ok(Client {
+        let share = state_dir.filter(|_| !r.user_control_path);
+        let mut c = Client {
             ssh,
             args,
             dest: h.alias.clone(),
             label: super::session::hop_label(h),
+            mux: None,
             _resolved: r,
-        })
+        };
+        if let Some(d) = share {
+            c.mux = c.start_master(d)?;
+            if let Some(m) = &c.mux {
+                c.args.splice(0..0, m.options());
+            }
+        }
+        Ok(c)
     }
 
     fn command(&self) -> Command {
@@ -233,6 +251,56 @@ impl Client {
             OpenError::permanent(io::ErrorKind::PermissionDenied, msg)
         } else {
             OpenError::from(io::Error::new(io::ErrorKind::ConnectionAborted, msg))
+        }
+    }
+}
+
+impl Client {
+    /// A share of the destination's master connection, started (`ssh -f
+    /// -N` with the client's arguments; it returns once logged in) by the
+    /// first client of the destination. `ssh` failing to log in is this
+    /// client's error, as for any other `ssh` it runs.
+    fn start_master(&self, state_dir: &Path) -> Result<Option<Mux>, OpenError> {
+        let key = format!("{:?} {}", self.args, self.dest);
+        Mux::acquire(state_dir, &key, |opts| {
+            // the backgrounded master keeps its stdio: a file, not a pipe
+            let mut err = tempfile::tempfile().map_err(OpenError::from)?;
+            let mut c = Command::new(&self.ssh);
+            c.args(opts)
+                .args(&self.args)
+                .args(["-f", "-N", "--", &self.dest])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(err.try_clone().map_err(OpenError::from)?);
+            let st = c.status().map_err(OpenError::from)?;
+            if st.success() {
+                return Ok(());
+            }
+            let mut said = Vec::new();
+            use std::io::Seek;
+            err.seek(std::io::SeekFrom::Start(0))
+                .map_err(OpenError::from)?;
+            let _ = err.take(64 << 10).read_to_end(&mut said);
+            Err(self.failed(&said))
+        })
+    }
+}
+
+impl Drop for Client {
+    /// The shared master (if any) exits with the destination's last client.
+    fn drop(&mut self) {
+        if self
+            .mux
+            .as_ref()
+            .is_some_and(|m| m.release() && m.path.exists())
+        {
+            let mut c = self.command();
+            c.args(["-O", "exit", "--"])
+                .arg(&self.dest)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let _ = c.status();
         }
     }
 }

@@ -86,6 +86,9 @@ pub struct Resolved {
     pub jump: Vec<Hop>,
     /// `-F FILE` for `ssh` (the same file `ssh -G` read), if any
     pub config_args: Vec<OsString>,
+    /// the user's config sets a `ControlPath` for the target (their own
+    /// connection sharing, left to ssh)
+    pub user_control_path: bool,
     /// keeps the `$HOME` wrapper file alive while `ssh` may read it
     _wrapper: Option<Arc<tempfile::TempPath>>,
 }
@@ -216,6 +219,7 @@ fn resolve_with(
 ) -> Result<Resolved, ResolveError> {
     let g = lookup(&t.host, t.user.as_deref(), t.port.or(o.port))?;
     let target = hop_from(&g, &t.host, o, true)?;
+    let user_control_path = first(&g, "controlpath").is_some_and(|p| p != "none");
     let jump_spec = match &o.proxy_jump {
         Some(j) if j == "none" => None,
         Some(j) => Some(j.clone()),
@@ -234,6 +238,7 @@ fn resolve_with(
         target,
         jump,
         config_args,
+        user_control_path,
         _wrapper: wrapper.map(Arc::new),
     })
 }
@@ -270,6 +275,7 @@ fn plain(t: &SshTarget, o: &SshOptions) -> Result<Resolved, ResolveError> {
         target,
         jump,
         config_args: vec!["-F".into(), "none".into()],
+        user_control_path: false,
         _wrapper: None,
     })
 }
