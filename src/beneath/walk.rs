@@ -110,8 +110,8 @@ fn open_checked(parent: BorrowedFd, name: &OsStr, want: (u64, u64)) -> io::Resul
 
 impl<F: FnMut(&Path, bool) -> bool> Walk<F> {
     /// The walk of the directory open as `fd` (its `stat` given), which is
-    /// yielded first with the empty path. Nothing is read before the first
-    /// call to `next`.
+    /// yielded first with the empty path. The root's names are read here;
+    /// everything below as the walk reaches it.
     pub fn new(fd: OwnedFd, st: Stat, keep: F) -> Walk<F> {
         let mut w = Walk {
             root: Some((PathBuf::new(), st, None)),
