@@ -3,6 +3,7 @@
 //! the source swaps a directory for a symlink to a root-only directory
 //! while root's run sends a big file. The secret must never reach the
 //! module. Needs root (skipped otherwise) and a real `rsync --daemon`.
+//! `SWAP=OwnLinkOldRsync` or `SWAP=RootsLink` runs one variant only.
 
 mod common;
 
