@@ -16,9 +16,11 @@
 //! - Memory is bounded: the source is streamed; at most one block plus
 //!   [`LITERAL_MAX`] of it is held, whatever its size.
 //!
-//! Status: the algorithm and its tests; the remote helper still sends
-//! fixed-offset deltas until its wire format carries the weak checksums
-//! (see README, "Deltas").
+//! - A 64 Ki-bit table of the weak sums' low bits is checked before the
+//!   hash map, so that most non-matching offsets cost one bit test.
+//!
+//! Used by the remote helper's deltas (`helper::proto_tree`'s `W` record,
+//! the SSH transport's helper client).
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -105,6 +107,11 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// The 16-bit tag of a weak sum (its two halves mixed).
+fn tag(w: u32) -> usize {
+    ((w ^ (w >> 16)) & 0xffff) as usize
+}
+
 /// One step of rebuilding the source.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Op<'a> {
@@ -123,8 +130,11 @@ pub fn delta(
 ) -> io::Result<u64> {
     let bl = sig.block;
     let mut table: HashMap<u32, Vec<u32>> = HashMap::new();
+    let mut tags = vec![0u64; 1 << 10];
     for (i, w) in sig.weak.iter().enumerate() {
         table.entry(*w).or_default().push(i as u32);
+        let t = tag(*w);
+        tags[t >> 6] |= 1 << (t & 63);
     }
     // buf[lit..pos] is pending literal; buf[pos..pos + bl] the window
     let mut buf: Vec<u8> = Vec::with_capacity(LITERAL_MAX + 2 * bl);
@@ -159,7 +169,10 @@ pub fn delta(
             return Ok(literal);
         }
         let r = *roll.get_or_insert_with(|| Rolling::new(&buf[pos..pos + bl]));
-        let hit = table.get(&r.digest()).and_then(|cands| {
+        let d = r.digest();
+        let t = tag(d);
+        let maybe = tags[t >> 6] & (1 << (t & 63)) != 0;
+        let hit = maybe.then(|| table.get(&d)).flatten().and_then(|cands| {
             let strong: [u8; 32] = Sha256::digest(&buf[pos..pos + bl]).into();
             cands
                 .iter()

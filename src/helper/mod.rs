@@ -27,6 +27,8 @@
 //! if the helper itself is killed).
 
 pub mod proto;
+pub mod proto_tree;
+mod tree;
 
 use crate::beneath::Beneath;
 use proto::{
@@ -42,9 +44,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// A file the helper could not write: errno (0: none) and message.
-struct Fail(i32, String);
+pub(crate) struct Fail(i32, String);
 
-fn reply(w: &mut dyn Write, r: &Result<(), Fail>) -> io::Result<()> {
+pub(crate) fn reply(w: &mut dyn Write, r: &Result<(), Fail>) -> io::Result<()> {
     let mut b = Vec::new();
     match r {
         Ok(()) => proto::done(&mut b),
@@ -54,7 +56,7 @@ fn reply(w: &mut dyn Write, r: &Result<(), Fail>) -> io::Result<()> {
 }
 
 /// Say what was being done, keeping the errno.
-fn ctx(what: &str, e: io::Error) -> Fail {
+pub(crate) fn ctx(what: &str, e: io::Error) -> Fail {
     Fail(e.raw_os_error().unwrap_or(0), format!("{what}: {e}"))
 }
 
@@ -106,10 +108,12 @@ pub fn serve<R: Read>(
                 receive(input, output, &mut fs, &mut buf, delta, &mut hashed)?
             }
             x => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("unknown record {x:#x}"),
-                ));
+                if !tree::serve_op(x, input, output, &mut fs, &mut hashed)? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unknown record {x:#x}"),
+                    ));
+                }
             }
         }
         // replies go out when the input has no more records queued
@@ -121,7 +125,7 @@ pub fn serve<R: Read>(
 
 /// What identifies a file's version: if any of it changes, the file did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ident {
+pub(crate) struct Ident {
     dev: u64,
     ino: u64,
     size: u64,
@@ -130,7 +134,7 @@ struct Ident {
 }
 
 impl Ident {
-    fn of(md: &std::fs::Metadata) -> Ident {
+    pub(crate) fn of(md: &std::fs::Metadata) -> Ident {
         use std::os::unix::fs::MetadataExt;
         Ident {
             dev: md.dev(),
@@ -142,7 +146,7 @@ impl Ident {
     }
 }
 
-fn open_regular(fs: &mut Beneath, path: &Path) -> Result<(File, std::fs::Metadata), Fail> {
+pub(crate) fn open_regular(fs: &mut Beneath, path: &Path) -> Result<(File, std::fs::Metadata), Fail> {
     let f = fs.open_read(path).map_err(|e| ctx("open", e))?;
     let md = f.metadata().map_err(|e| ctx("stat", e))?;
     Ok((f, md))
@@ -151,7 +155,7 @@ fn open_regular(fs: &mut Beneath, path: &Path) -> Result<(File, std::fs::Metadat
 /// The directory, temporary name and final name of a record: the final
 /// name relative to the root, the temporary one a `.syncjob-tmp.` name
 /// beside it.
-fn names<'a>(tmp: &'a [u8], fin: &'a [u8]) -> Result<(&'a Path, &'a OsStr, &'a OsStr), Fail> {
+pub(crate) fn names<'a>(tmp: &'a [u8], fin: &'a [u8]) -> Result<(&'a Path, &'a OsStr, &'a OsStr), Fail> {
     let tmp = Path::new(OsStr::from_bytes(tmp));
     let fin = Path::new(OsStr::from_bytes(fin));
     crate::beneath::check_relative(fin).map_err(|e| Fail(libc::EINVAL, e.to_string()))?;
@@ -175,7 +179,7 @@ fn names<'a>(tmp: &'a [u8], fin: &'a [u8]) -> Result<(&'a Path, &'a OsStr, &'a O
 
 /// Set-user-ID and set-group-ID bits are set only on a file whose owner the
 /// record sets, by a helper running as root.
-fn check_mode(mode: u32, owner: Option<(u32, u32)>) -> Result<(), Fail> {
+pub(crate) fn check_mode(mode: u32, owner: Option<(u32, u32)>) -> Result<(), Fail> {
     if mode & 0o6000 != 0 && (owner.is_none() || !rustix::process::geteuid().is_root()) {
         return Err(Fail(
             libc::EPERM,
@@ -281,8 +285,20 @@ fn receive<R: Read>(
     }
     let created = file.is_some();
     // the data comes whatever happened: read it all
-    let commit = match read_data(input, buf, &mut file, &mut err, delta, basis.as_ref()) {
-        Ok(c) => c,
+    let mut sum = delta.then(<sha2::Sha256 as sha2::Digest>::new);
+    let data = read_data(input, buf, &mut file, &mut err, basis.as_ref(), sum.as_mut());
+    let commit = match data.and_then(|c| end_sum(input, delta).map(|s| (c, s))) {
+        Ok((c, want)) => {
+            if let (Some(h), Some(want), true, None) = (sum, want, c, &err) {
+                if <[u8; 32]>::from(sha2::Digest::finalize(h)) != want {
+                    err = Some(Fail(
+                        libc::EIO,
+                        "the rebuilt file's SHA-256 is not the source's; not renamed".into(),
+                    ));
+                }
+            }
+            c
+        }
         Err(e) => {
             // the stream broke mid-file: nothing stays behind
             if let (true, Some((dir, t, _))) = (created, at) {
@@ -310,14 +326,26 @@ fn receive<R: Read>(
 /// A file's data chunks (and, with a basis, copies from it), written to
 /// `file` until an error (kept in `err`); returns whether the sender
 /// committed the file.
+/// The whole-file SHA-256 at the end of a `D` record.
+fn end_sum(input: &mut dyn Read, delta: bool) -> io::Result<Option<[u8; 32]>> {
+    if !delta {
+        return Ok(None);
+    }
+    let mut s = [0u8; 32];
+    input.read_exact(&mut s)?;
+    Ok(Some(s))
+}
+
 fn read_data(
     input: &mut dyn Read,
     buf: &mut [u8],
     file: &mut Option<File>,
     err: &mut Option<Fail>,
-    delta: bool,
     basis: Option<&File>,
+    mut sum: Option<&mut sha2::Sha256>,
 ) -> io::Result<bool> {
+    use sha2::Digest;
+    let delta = sum.is_some();
     use std::os::unix::fs::FileExt;
     loop {
         let n = u32_of(input)?;
@@ -349,6 +377,9 @@ fn read_data(
                 {
                     *err = Some(ctx("write", e));
                 }
+                if let Some(h) = sum.as_mut() {
+                    h.update(&*data);
+                }
                 off += step as u64;
                 left -= step;
             }
@@ -366,6 +397,9 @@ fn read_data(
             && let Err(e) = f.write_all(data)
         {
             *err = Some(ctx("write", e));
+        }
+        if let Some(h) = sum.as_mut() {
+            h.update(&*data);
         }
     }
     let mut commit = [0u8; 1];
@@ -550,7 +584,7 @@ mod tests {
         chunk(&new[8192..12288], &mut input);
         copy(12288, 40_000 - 12288, &mut input);
         chunk(&new[40_000..], &mut input);
-        end(true, &mut input);
+        end_delta(true, &block_sum(&new), &mut input);
         let mut out = Vec::new();
         serve(&mut io::BufReader::new(&input[..]), &mut out, &root).unwrap();
         let mut r = &out[GREETING.len()..];
@@ -562,7 +596,7 @@ mod tests {
         let mut input = Vec::new();
         delta_header(&mut input);
         copy(0, 100, &mut input);
-        end(true, &mut input);
+        end_delta(true, &[0u8; 32], &mut input);
         let mut out = Vec::new();
         serve(&mut io::BufReader::new(&input[..]), &mut out, &root).unwrap();
         let e = read_reply(&mut &out[GREETING.len()..])
@@ -590,7 +624,7 @@ mod tests {
         let mut input = Vec::new();
         delta_header(&mut input);
         copy(0, 10, &mut input);
-        end(true, &mut input);
+        end_delta(true, &[0u8; 32], &mut input);
         tx.write_all(&input).unwrap();
         let e = read_reply(&mut rx_out).unwrap().unwrap_err();
         assert!(e.to_string().contains("changed since"), "{e}");

@@ -13,6 +13,9 @@
 //!         u8 commit (1) or abort (0: the source changed or could not be read)
 //!   b'D'  the same, and the data may also say "copy from the file now at
 //!         the final name": u32 0xFFFFFFFF, u64 offset, u32 len
+//!         (protocol 3: a `D` record's commit byte is followed by the
+//!         SHA-256 of the whole new version: the helper renames the file
+//!         into place only if what it wrote has that hash)
 //! helper → client, per file, in order:
 //!   u8 0 (done)  |  u8 1, i32 errno (0: none, -1: aborted), u16 len, message
 //!
@@ -35,10 +38,12 @@
 
 use std::io::{self, Read};
 
-/// The first line the helper prints: protocol name and version. Version 2:
-/// paths relative to the helper's `--root` (version 1 took absolute paths,
-/// unconfined).
-pub const GREETING: &[u8] = b"syncjob-helper 2\n";
+/// The first line the helper prints: protocol name and version. Version 3:
+/// the tree records of [`super::proto_tree`] (a helper carries a whole
+/// job), and a `D` record ends with the SHA-256 of the whole new version.
+/// Version 2: paths relative to the helper's `--root`, no tree records.
+/// Version 1 took absolute paths, unconfined.
+pub const GREETING: &[u8] = b"syncjob-helper 3\n";
 /// Smallest block size of a hashes request.
 pub const MIN_BLOCK: u32 = 4 << 10;
 /// Most block hashes given for one file.
@@ -165,6 +170,13 @@ pub fn end(commit: bool, out: &mut Vec<u8>) {
     out.push(commit as u8);
 }
 
+/// Encode the end of a `D` record: commit or abort, and the SHA-256 of
+/// the whole new version (checked by the helper before the rename).
+pub fn end_delta(commit: bool, sum: &[u8; 32], out: &mut Vec<u8>) {
+    end(commit, out);
+    out.extend_from_slice(sum);
+}
+
 /// Read one reply: `Ok(())` or the helper's error for that file.
 pub fn read_reply(r: &mut dyn Read) -> io::Result<io::Result<()>> {
     let mut b = [0u8; 1];
@@ -184,7 +196,7 @@ fn bad_reply(x: u8) -> io::Error {
 }
 
 /// The rest of an error reply.
-fn read_fail(r: &mut dyn Read) -> io::Result<io::Error> {
+pub(crate) fn read_fail(r: &mut dyn Read) -> io::Result<io::Error> {
     let mut e = [0u8; 6];
     r.read_exact(&mut e)?;
     let errno = i32::from_le_bytes(e[..4].try_into().unwrap());

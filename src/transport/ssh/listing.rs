@@ -257,11 +257,44 @@ impl FindParser {
         Ok(at)
     }
 
+    /// One entry listed by other means (the remote helper's listing),
+    /// checked and bounded as a record is; `Err`: the listing is refused.
+    pub(super) fn entry(
+        &mut self,
+        name: &[u8],
+        entry: Entry,
+        errors: &mut Vec<PathError>,
+    ) -> Result<(), String> {
+        self.records += 1;
+        if self.records > self.max_records {
+            return Err(format!(
+                "more than {} entries (ssh.max_listing_entries); refused",
+                self.max_records
+            ));
+        }
+        let r = check_name(name, self.have_root, &self.dirs).and_then(|()| self.accept(name, entry));
+        if let Err(why) = r {
+            self.rejected += 1;
+            if errors.len() < MAX_REJECTED {
+                errors.push(PathError {
+                    path: crate::escape::bytes(name),
+                    message: format!("remote listing entry rejected: {why}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// One record; `Err`: why it is rejected.
     fn record(&mut self, f: [&[u8]; 8]) -> Result<(), &'static str> {
         let name = f[6];
         check_name(name, self.have_root, &self.dirs)?;
         let entry = entry_of(&f)?;
+        self.accept(name, entry)
+    }
+
+    /// A checked entry into the tree.
+    fn accept(&mut self, name: &[u8], entry: Entry) -> Result<(), &'static str> {
         if name.is_empty() && entry.kind != EntryKind::Dir {
             return Err("the target root is not a directory");
         }

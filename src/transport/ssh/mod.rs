@@ -24,6 +24,7 @@
 mod config_parse;
 mod helper_client;
 mod helper_probe;
+mod helper_tree;
 mod jump;
 mod known_hosts;
 mod listing;
@@ -158,7 +159,6 @@ impl Ssh {
                 (Conn::OpenSsh(Box::new(c)), label)
             }
         };
-        let sftp = conn.sftp(&label)?;
         let helper = match o.remote_helper.as_deref() {
             Some("none") => None,
             Some(cmd) => Some(helper_client::start_helper(
@@ -174,6 +174,11 @@ impl Ssh {
                 settings.state_dir.as_deref(),
                 &key,
             ),
+        };
+        // a helper carries the whole job: no SFTP channel (see helper_tree)
+        let sftp = match helper {
+            Some(_) => Sftp::start(Box::new(helper_tree::NoSftp::new()))?,
+            None => conn.sftp(&label)?,
         };
         Ok(Ssh {
             sftp,
@@ -251,23 +256,34 @@ impl Transport for Ssh {
     }
 
     fn apply(&mut self, actions: &[&Action]) -> Vec<io::Result<()>> {
+        if self.helper.is_some() {
+            return self.helper_apply(actions);
+        }
         self.apply_pipelined(actions)
     }
 
     fn mtime_nanos(&self) -> bool {
-        // SFTP v3 sets whole seconds
-        false
+        // SFTP v3 sets whole seconds; the helper sets nanoseconds
+        self.helper.is_some()
     }
 
     fn symlink_times(&self) -> bool {
-        self.sftp.lsetstat
+        self.helper.is_some() || self.sftp.lsetstat
     }
 
     fn list(&mut self, _filter: &Filter) -> io::Result<Listing> {
+        if self.helper.is_some() {
+            return self.helper_list();
+        }
         self.list_remote()
     }
 
     fn ensure_root(&mut self) -> io::Result<()> {
+        if self.helper.is_some() {
+            let mut r = Vec::new();
+            crate::helper::proto_tree::path_request(b'P', b"", &mut r);
+            return self.helper_one(r);
+        }
         let mut cmd = b"mkdir -p -- ".to_vec();
         cmd.extend_from_slice(&shell_quote(&self.root));
         let (code, _, err) = self.conn.exec(&cmd, false)?;
@@ -287,6 +303,9 @@ impl Transport for Ssh {
         src: &Path,
         source: Option<&crate::plan::source::SourceTree>,
     ) -> io::Result<bool> {
+        if self.helper.is_some() {
+            return self.helper_same_content(rel, src, source);
+        }
         let (mut f, _) = crate::transport::open_source(src, source)?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
@@ -312,6 +331,9 @@ impl Transport for Ssh {
     }
 
     fn mkdir(&mut self, rel: &Path) -> io::Result<()> {
+        if self.helper.is_some() {
+            return self.helper_apply(&[&Action::Mkdir { path: rel.into() }]).remove(0);
+        }
         self.sftp_mkdir(rel)
     }
 
@@ -322,10 +344,23 @@ impl Transport for Ssh {
         preserve_owner: bool,
         ctx: &CopyCtx,
     ) -> io::Result<u64> {
+        if self.helper.is_some() {
+            let items = [(rel, src.to_path_buf())];
+            return self.put_files(&items, preserve_owner, ctx).remove(0);
+        }
         self.sftp_put_file(rel, src, preserve_owner, ctx)
     }
 
     fn symlink(&mut self, rel: &Path, target: &Path, mtime: Option<(i64, u32)>) -> io::Result<()> {
+        if self.helper.is_some() {
+            let a = Action::Symlink {
+                path: rel.into(),
+                target: target.into(),
+                why: crate::plan::Why::New,
+                mtime,
+            };
+            return self.helper_apply(&[&a]).remove(0);
+        }
         self.sftp_symlink(rel, target, mtime)
     }
 
@@ -337,6 +372,17 @@ impl Transport for Ssh {
         mtime: Option<(i64, u32)>,
         owner: Option<(u32, u32)>,
     ) -> io::Result<()> {
+        if self.helper.is_some() {
+            let a = Action::SetAttrs {
+                path: rel.into(),
+                kind,
+                mode,
+                mtime,
+                owner,
+                new: false,
+            };
+            return self.helper_apply(&[&a]).remove(0);
+        }
         self.sftp_set_attrs(rel, kind, mode, mtime, owner)?;
         match mtime {
             Some((s, _)) if !old_times::fits_sftp(s) => self.touch_times(&[(self.path(rel), s)]),
@@ -345,6 +391,14 @@ impl Transport for Ssh {
     }
 
     fn remove(&mut self, rel: &Path, kind: EntryKind) -> io::Result<()> {
+        if self.helper.is_some() {
+            let a = Action::Delete {
+                path: rel.into(),
+                kind,
+                counted: false,
+            };
+            return self.helper_apply(&[&a]).remove(0);
+        }
         self.sftp_remove(rel, kind)
     }
 }
