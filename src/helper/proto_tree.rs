@@ -174,7 +174,7 @@ pub fn read_signature(
     let count = u32::from_le_bytes(h[8..].try_into().unwrap());
     if count > MAX_BLOCK_SUMS || count as u64 != size / block.max(1) as u64 {
         return Err(crate::violation::violation(format!(
-            "remote helper: {count} block sums for {size} bytes in blocks of {block}; refused"
+            "remote helper: {count} block hashes announced for {size} bytes in blocks of {block} (at most {MAX_BLOCK_SUMS}, one per full block); refused"
         )));
     }
     let mut sig = crate::rolling::Signature {
