@@ -1,13 +1,18 @@
 //! The remote helper: `syncjob helper`, run on an SSH target over an exec
-//! channel when the job sets `ssh.remote_helper`. It receives files as one
+//! channel (`ssh.remote_helper`, `auto` by default). It receives files as one
 //! stream and writes each one as SFTP would (a temporary name in the same
 //! directory, mode and mtime set, then renamed into place), but without
 //! five SFTP requests and replies per file: one record in, one reply out,
-//! as rsync's receiving side does. Without `remote_helper` (the default),
-//! files go over SFTP, which every OpenSSH server has.
+//! as rsync's receiving side does. Without a helper (`remote_helper:
+//! none`, or none found), files go over SFTP, which every OpenSSH server
+//! has.
 //!
-//! The wire format (records, replies, bounds) is in [`proto`], shared with
-//! the SSH transport's helper client.
+//! The wire format (records, replies, bounds) is in [`proto`] (files) and
+//! [`proto_tree`] (protocol 3: listing, directories, symlinks, attributes,
+//! removals, checksums, rolling signatures), shared with the SSH
+//! transport's helper client; the tree records are served by `tree`. With
+//! them the helper carries a whole job: a key whose forced command is the
+//! helper needs nothing else on the remote.
 //!
 //! Confinement: `syncjob helper --root DIR` (the client passes its target
 //! root; as an ssh forced command the operator fixes it) touches nothing
@@ -591,6 +596,20 @@ mod tests {
         read_hashes(&mut r, 4096).unwrap().unwrap();
         read_reply(&mut r).unwrap().unwrap();
         assert_eq!(std::fs::read(&fin).unwrap(), new);
+        assert!(!d.path().join(tmp).exists());
+        // a delta whose result is not what the sender hashed: not renamed
+        let mut input = Vec::new();
+        hashes_request(fin_b, 4096, &mut input);
+        delta_header(&mut input);
+        copy(0, 4096, &mut input);
+        end_delta(true, &block_sum(b"something else"), &mut input);
+        let mut out = Vec::new();
+        serve(&mut io::BufReader::new(&input[..]), &mut out, &root).unwrap();
+        let mut r = &out[GREETING.len()..];
+        read_hashes(&mut r, 4096).unwrap().unwrap();
+        let e = read_reply(&mut r).unwrap().unwrap_err();
+        assert!(e.to_string().contains("SHA-256"), "{e}");
+        assert_eq!(std::fs::read(&fin).unwrap(), new, "untouched");
         assert!(!d.path().join(tmp).exists());
         // 3. a delta without hashes taken by this helper: refused
         let mut input = Vec::new();
