@@ -45,22 +45,40 @@ pub struct Rolling {
 
 const B: u64 = 0x9E37_79B9_7F4A_7C15;
 
+/// `B^e` mod 2^64.
+fn pow(mut e: u64) -> u64 {
+    let (mut r, mut base) = (1u64, B);
+    while e > 0 {
+        if e & 1 == 1 {
+            r = r.wrapping_mul(base);
+        }
+        base = base.wrapping_mul(base);
+        e >>= 1;
+    }
+    r
+}
+
 impl Rolling {
     pub fn new(data: &[u8]) -> Rolling {
+        // eight bytes a step: `h * B^8 + sum (x_k + 1) * B^(7-k)`, the
+        // eight products independent (not one multiply chain per byte)
+        let p: [u64; 9] = std::array::from_fn(|k| pow(k as u64));
         let mut h = 0u64;
-        for &x in data {
+        let mut chunks = data.chunks_exact(8);
+        for c in &mut chunks {
+            let mut s = 0u64;
+            for (k, &x) in c.iter().enumerate() {
+                s = s.wrapping_add((x as u64 + 1).wrapping_mul(p[7 - k]));
+            }
+            h = h.wrapping_mul(p[8]).wrapping_add(s);
+        }
+        for &x in chunks.remainder() {
             h = h.wrapping_mul(B).wrapping_add(x as u64 + 1);
         }
-        let mut top = 1u64;
-        let (mut base, mut e) = (B, data.len().saturating_sub(1) as u64);
-        while e > 0 {
-            if e & 1 == 1 {
-                top = top.wrapping_mul(base);
-            }
-            base = base.wrapping_mul(base);
-            e >>= 1;
+        Rolling {
+            h,
+            top: pow(data.len().saturating_sub(1) as u64),
         }
-        Rolling { h, top }
     }
 
     /// Slide the window one byte: `out` leaves, `inn` enters.
@@ -134,8 +152,21 @@ pub enum Op<'a> {
 /// Compute the delta of `src` against `sig`, handing each op to `emit` in
 /// source order; returns the literal bytes.
 pub fn delta(
+    src: impl Read,
+    sig: &Signature,
+    emit: impl FnMut(Op) -> io::Result<()>,
+) -> io::Result<u64> {
+    delta_with(src, sig, &[], emit)
+}
+
+/// [`delta`], given the SHA-256 of the source's blocks at offsets that are
+/// multiples of the block size (`aligned[k]`: bytes `k*block..(k+1)*block`,
+/// computed beforehand, e.g. while the signature was awaited): a window at
+/// such an offset is not hashed again.
+pub fn delta_with(
     mut src: impl Read,
     sig: &Signature,
+    aligned: &[[u8; 32]],
     mut emit: impl FnMut(Op) -> io::Result<()>,
 ) -> io::Result<u64> {
     let bl = sig.block;
@@ -153,6 +184,15 @@ pub fn delta(
     let mut literal = 0u64;
     let mut roll: Option<Rolling> = None;
     let mut next: Option<u32> = Some(0);
+    // the source offset of buf[0]
+    let mut base = 0u64;
+    let strong_at = |at: u64, window: &[u8]| -> [u8; 32] {
+        let k = at / bl.max(1) as u64;
+        match aligned.get(k as usize) {
+            Some(s) if at % bl as u64 == 0 => *s,
+            _ => Sha256::digest(window).into(),
+        }
+    };
     let mut flush = |buf: &[u8], emit: &mut dyn FnMut(Op) -> io::Result<()>| -> io::Result<()> {
         if !buf.is_empty() {
             literal += buf.len() as u64;
@@ -165,6 +205,7 @@ pub fn delta(
         // (and one byte past it, to roll)
         if !eof && buf.len() <= pos + bl {
             buf.drain(..lit);
+            base += lit as u64;
             pos -= lit;
             lit = 0;
             let want = (pos + bl + (256 << 10)).max(buf.len());
@@ -187,7 +228,7 @@ pub fn delta(
         if roll.is_none()
             && let Some(j) = next.filter(|&j| (j as usize) < sig.strong.len())
         {
-            let s: [u8; 32] = Sha256::digest(window).into();
+            let s = strong_at(base + pos as u64, window);
             if sig.strong[j as usize] == s {
                 hit = Some(j);
             }
@@ -199,7 +240,7 @@ pub fn delta(
             let t = tag(d);
             let maybe = tags[t >> 6] & (1 << (t & 63)) != 0;
             hit = maybe.then(|| table.get(&d)).flatten().and_then(|cands| {
-                let strong = strong_here.unwrap_or_else(|| Sha256::digest(window).into());
+                let strong = strong_here.unwrap_or_else(|| strong_at(base + pos as u64, window));
                 cands
                     .iter()
                     .copied()
@@ -266,6 +307,29 @@ mod tests {
         }
         v.truncate(n);
         v
+    }
+
+    #[test]
+    fn precomputed_aligned_sums_give_the_same_ops() {
+        let old = pseudo(100_000, 5);
+        let mut new = old.clone();
+        new[50_000] ^= 1;
+        new.extend_from_slice(b"tail");
+        let sig = Signature::of(&old[..], 4096).unwrap();
+        let aligned: Vec<[u8; 32]> = new
+            .chunks_exact(4096)
+            .map(|c| Sha256::digest(c).into())
+            .collect();
+        let ops = |aligned: &[[u8; 32]]| {
+            let mut v = Vec::new();
+            delta_with(&new[..], &sig, aligned, |op| {
+                v.push(format!("{op:?}"));
+                Ok(())
+            })
+            .unwrap();
+            v
+        };
+        assert_eq!(ops(&aligned), ops(&[]));
     }
 
     #[test]

@@ -85,44 +85,47 @@ fn delta_block(size: u64) -> u32 {
 /// Streamed records are written out past this size.
 const FLUSH: usize = 256 << 10;
 
-/// A reader that hashes what it reads.
-struct Hashing<'a, R> {
-    inner: R,
-    sum: &'a mut sha2::Sha256,
+/// The SHA-256 of each full `block` of the first `len` bytes of `f`, and
+/// of all of them (read at offsets: the descriptor's position is left
+/// alone). Computed while the helper computes its signature.
+fn hash_source(f: &std::fs::File, len: u64, block: u32) -> io::Result<Local> {
+    use sha2::Digest;
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; block as usize];
+    let mut aligned = Vec::with_capacity((len / block as u64) as usize);
+    let mut whole = sha2::Sha256::new();
+    let mut off = 0;
+    while off < len {
+        let n = (len - off).min(block as u64) as usize;
+        f.read_exact_at(&mut buf[..n], off)?;
+        whole.update(&buf[..n]);
+        if n == block as usize {
+            aligned.push(proto::block_sum(&buf[..n]));
+        }
+        off += n as u64;
+    }
+    Ok((aligned, whole.finalize().into()))
 }
 
-impl<R: Read> Read for Hashing<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        use sha2::Digest;
-        let n = self.inner.read(buf)?;
-        self.sum.update(&buf[..n]);
-        Ok(n)
-    }
-}
+/// The source's aligned block sums and whole-file SHA-256.
+type Local = (Vec<[u8; 32]>, [u8; 32]);
 
 /// The data of a rolling delta against the target's `sig`: copies of its
 /// blocks (adjacent ones merged) and literal data, written out as they
-/// come. Returns the literal bytes, the file's own failure (a read error,
-/// a shutdown), if any, and the SHA-256 of the source as read; `Err`: the
-/// stream broke.
+/// come. Returns the literal bytes and the file's own failure (a read
+/// error, a shutdown), if any; `Err`: the stream broke.
 fn send_rolling(
     ch: &mut Box<dyn Pipe>,
     out: &mut Vec<u8>,
     input: &std::fs::File,
-    sig: &crate::rolling::Signature,
+    (sig, aligned): (&crate::rolling::Signature, &[[u8; 32]]),
     ctx: &CopyCtx,
-) -> io::Result<(u64, Option<io::Error>, [u8; 32])> {
+) -> io::Result<(u64, Option<io::Error>)> {
     use crate::rolling::Op;
-    use sha2::Digest;
     use std::io::Write;
-    let mut sum = sha2::Sha256::new();
     let mut broke: Option<io::Error> = None;
     let mut pending: Option<(u64, u64)> = None;
-    let reader = Hashing {
-        inner: input,
-        sum: &mut sum,
-    };
-    let r = crate::rolling::delta(reader, sig, |op| {
+    let r = crate::rolling::delta_with(input, sig, aligned, |op| {
         if ctx.cancelled() {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "aborted by shutdown"));
         }
@@ -164,10 +167,9 @@ fn send_rolling(
     if let Some((at, l)) = pending.take() {
         proto::copy(at, l as u32, out);
     }
-    let digest: [u8; 32] = sum.finalize().into();
     match r {
-        Ok(literal) => Ok((literal, None, digest)),
-        Err(e) => Ok((0, Some(e), digest)),
+        Ok(literal) => Ok((literal, None)),
+        Err(e) => Ok((0, Some(e))),
     }
 }
 
@@ -178,8 +180,8 @@ fn helper_lost(e: impl std::fmt::Display) -> io::Error {
 
 /// A source opened for copying, with its state then.
 type Opened = (std::fs::File, std::fs::Metadata);
-/// The target's rolling signature of a file.
-type Basis = crate::rolling::Signature;
+/// The target's rolling signature of a file, and the source's sums.
+type Basis = (crate::rolling::Signature, Local);
 
 impl Ssh {
     /// Copy files through the remote helper: all records of the batch go
@@ -297,10 +299,24 @@ fn ask_hashes(
     }
     ch.write_all(out).map_err(helper_lost)?;
     out.clear();
-    for (k, block) in asked {
-        let r = crate::helper::proto_tree::read_signature(ch, block).map_err(helper_lost)?;
-        if let Ok((_, sig)) = r {
-            sigs[k] = Some(sig);
+    // the source is hashed here while the helper reads the target there
+    let (remote, local) = std::thread::scope(|sc| {
+        let local: Vec<_> = asked
+            .iter()
+            .map(|&(k, block)| {
+                let (f, md) = opened[k].as_ref().expect("asked for opened files");
+                sc.spawn(move || hash_source(f, md.len(), block))
+            })
+            .collect();
+        let remote: Vec<_> = asked
+            .iter()
+            .map(|&(_, block)| crate::helper::proto_tree::read_signature(ch, block))
+            .collect();
+        (remote, local.into_iter().map(|t| t.join()).collect::<Vec<_>>())
+    });
+    for ((&(k, _), r), l) in asked.iter().zip(remote).zip(local) {
+        if let (Ok((_, sig)), Ok(Ok(mine))) = (r.map_err(helper_lost)?, l) {
+            sigs[k] = Some((sig, mine));
         }
     }
     Ok(sigs)
@@ -346,10 +362,9 @@ impl FileOut<'_> {
         let mut whole = [0u8; 32];
         let (n, mut fail) = match basis {
             // a delta: copies of the blocks found, literal data between
-            Some(sig) => {
-                let (n, fail, sum) = send_rolling(ch, out, &self.input, &sig, ctx)?;
+            Some((sig, (aligned, sum))) => {
                 whole = sum;
-                (n, fail)
+                send_rolling(ch, out, &self.input, (&sig, &aligned), ctx)?
             }
             None => self.send_whole(ch, out, buf, ctx)?,
         };
