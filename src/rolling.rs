@@ -1,14 +1,14 @@
 //! Rolling-checksum deltas (rsync's algorithm): the receiver describes its
 //! old version as fixed blocks, each with a weak rolling checksum and a
-//! SHA-256; the sender slides a window over the new version one byte at a
+//! BLAKE3; the sender slides a window over the new version one byte at a
 //! time, and wherever the window's weak checksum is one of the receiver's
-//! *and* its SHA-256 is that block's, the block is copied from the old
+//! *and* its BLAKE3 is that block's, the block is copied from the old
 //! version; everything else is sent literally. Unlike comparing blocks at
 //! fixed offsets, an insertion or deletion costs about one block, not the
 //! rest of the file.
 //!
 //! Invariants:
-//! - A copy is emitted only after the strong hash (SHA-256) of the source
+//! - A copy is emitted only after the strong hash (BLAKE3) of the source
 //!   window equals the block's: the weak checksum only proposes.
 //! - The ops, applied in order, rebuild the source exactly: copies and
 //!   literals cover the source from offset 0 to its end without gap or
@@ -22,7 +22,6 @@
 //! Used by the remote helper's deltas (`helper::proto_tree`'s `W` record,
 //! the SSH transport's helper client).
 
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::{self, Read};
 
@@ -33,7 +32,7 @@ pub const LITERAL_MAX: usize = 1 << 20;
 /// mod 2^64, `sum (x_i + 1) * B^(len-1-i)`. Not rsync's Adler-style sum of
 /// bytes and of running sums: on periodic data (a repeated pattern, a
 /// table) almost every offset collides with a block under that sum, and
-/// each collision costs a SHA-256 of a whole block (measured: 24 MiB of a
+/// each collision costs a BLAKE3 of a whole block (measured: 24 MiB of a
 /// 251-byte pattern took 103 s to scan in a debug build); a polynomial hash
 /// collides only where the windows are equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +116,7 @@ impl Signature {
                 return Ok(s);
             }
             s.weak.push(Rolling::new(&buf).digest());
-            s.strong.push(Sha256::digest(&buf).into());
+            s.strong.push(strong(&buf));
         }
     }
 }
@@ -133,6 +132,13 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+/// The strong hash of a block: BLAKE3 (a cryptographic hash, several
+/// times faster than BLAKE3 where the CPU has no SHA extensions, and
+/// faster with them too on whole blocks).
+pub fn strong(data: &[u8]) -> [u8; 32] {
+    blake3::hash(data).into()
 }
 
 /// The 16-bit tag of a weak sum (its two halves mixed).
@@ -159,7 +165,7 @@ pub fn delta(
     delta_with(src, sig, &[], emit)
 }
 
-/// [`delta`], given the SHA-256 of the source's blocks at offsets that are
+/// [`delta`], given the BLAKE3 of the source's blocks at offsets that are
 /// multiples of the block size (`aligned[k]`: bytes `k*block..(k+1)*block`,
 /// computed beforehand, e.g. while the signature was awaited): a window at
 /// such an offset is not hashed again.
@@ -170,29 +176,14 @@ pub fn delta_with(
     mut emit: impl FnMut(Op) -> io::Result<()>,
 ) -> io::Result<u64> {
     let bl = sig.block;
-    let mut table: HashMap<u32, Vec<u32>> = HashMap::new();
-    let mut tags = vec![0u64; 1 << 10];
-    for (i, w) in sig.weak.iter().enumerate() {
-        table.entry(*w).or_default().push(i as u32);
-        let t = tag(*w);
-        tags[t >> 6] |= 1 << (t & 63);
-    }
+    let mut m = Matcher::new(sig, aligned);
     // buf[lit..pos] is pending literal; buf[pos..pos + bl] the window
     let mut buf: Vec<u8> = Vec::with_capacity(LITERAL_MAX + 2 * bl);
     let (mut lit, mut pos) = (0usize, 0usize);
     let mut eof = false;
     let mut literal = 0u64;
-    let mut roll: Option<Rolling> = None;
-    let mut next: Option<u32> = Some(0);
     // the source offset of buf[0]
     let mut base = 0u64;
-    let strong_at = |at: u64, window: &[u8]| -> [u8; 32] {
-        let k = at / bl.max(1) as u64;
-        match aligned.get(k as usize) {
-            Some(s) if at % bl as u64 == 0 => *s,
-            _ => Sha256::digest(window).into(),
-        }
-    };
     let mut flush = |buf: &[u8], emit: &mut dyn FnMut(Op) -> io::Result<()>| -> io::Result<()> {
         if !buf.is_empty() {
             literal += buf.len() as u64;
@@ -220,35 +211,7 @@ pub fn delta_with(
             flush(&buf[lit..], &mut emit)?;
             return Ok(literal);
         }
-        // right after a match (or at the start), the next block is the
-        // likely one: its SHA-256 is tried before any weak sum is computed
-        let window = &buf[pos..pos + bl];
-        let mut strong_here: Option<[u8; 32]> = None;
-        let mut hit = None;
-        if roll.is_none()
-            && let Some(j) = next.filter(|&j| (j as usize) < sig.strong.len())
-        {
-            let s = strong_at(base + pos as u64, window);
-            if sig.strong[j as usize] == s {
-                hit = Some(j);
-            }
-            strong_here = Some(s);
-        }
-        if hit.is_none() {
-            let r = *roll.get_or_insert_with(|| Rolling::new(window));
-            let d = r.digest();
-            let t = tag(d);
-            let maybe = tags[t >> 6] & (1 << (t & 63)) != 0;
-            hit = maybe.then(|| table.get(&d)).flatten().and_then(|cands| {
-                let strong = strong_here.unwrap_or_else(|| strong_at(base + pos as u64, window));
-                cands
-                    .iter()
-                    .copied()
-                    .find(|&i| sig.strong[i as usize] == strong)
-            });
-        }
-        if let Some(i) = hit {
-            next = Some(i + 1);
+        if let Some(i) = m.find(&buf[pos..pos + bl], base + pos as u64) {
             flush(&buf[lit..pos], &mut emit)?;
             emit(Op::Copy {
                 offset: i as u64 * bl as u64,
@@ -256,7 +219,6 @@ pub fn delta_with(
             })?;
             pos += bl;
             lit = pos;
-            roll = None;
             continue;
         }
         if pos - lit >= LITERAL_MAX {
@@ -264,14 +226,97 @@ pub fn delta_with(
             lit = pos;
         }
         if buf.len() > pos + bl {
-            let mut r = roll.expect("computed above");
-            r.roll(buf[pos], buf[pos + bl]);
-            roll = Some(r);
+            m.roll(buf[pos], buf[pos + bl]);
             pos += 1;
         } else {
             // at the end (the top read all there was): the rest is literal
             flush(&buf[lit..], &mut emit)?;
             return Ok(literal);
+        }
+    }
+}
+
+/// Finds the block a window holds: the weak sums' table and tags, the
+/// window's rolling sum, the block expected next.
+struct Matcher<'a> {
+    sig: &'a Signature,
+    aligned: &'a [[u8; 32]],
+    table: HashMap<u32, Vec<u32>>,
+    tags: Vec<u64>,
+    /// the window's weak sum (`None` right after a match: not computed)
+    roll: Option<Rolling>,
+    /// the block after the last one matched
+    next: Option<u32>,
+}
+
+impl<'a> Matcher<'a> {
+    fn new(sig: &'a Signature, aligned: &'a [[u8; 32]]) -> Matcher<'a> {
+        let mut table: HashMap<u32, Vec<u32>> = HashMap::new();
+        let mut tags = vec![0u64; 1 << 10];
+        for (i, w) in sig.weak.iter().enumerate() {
+            table.entry(*w).or_default().push(i as u32);
+            let t = tag(*w);
+            tags[t >> 6] |= 1 << (t & 63);
+        }
+        Matcher {
+            sig,
+            aligned,
+            table,
+            tags,
+            roll: None,
+            next: Some(0),
+        }
+    }
+
+    /// The BLAKE3 of the window at source offset `at`.
+    fn strong(&self, at: u64, window: &[u8]) -> [u8; 32] {
+        let bl = self.sig.block.max(1) as u64;
+        match self.aligned.get((at / bl) as usize) {
+            Some(s) if at % bl == 0 => *s,
+            _ => strong(window),
+        }
+    }
+
+    /// The block `window` (at source offset `at`) holds, if any: right
+    /// after a match (or at the start) the next block is tried first, by
+    /// its BLAKE3, before any weak sum is computed.
+    fn find(&mut self, window: &[u8], at: u64) -> Option<u32> {
+        let sig = self.sig;
+        let mut strong_here: Option<[u8; 32]> = None;
+        let mut hit = None;
+        if self.roll.is_none()
+            && let Some(j) = self.next.filter(|&j| (j as usize) < sig.strong.len())
+        {
+            let s = self.strong(at, window);
+            if sig.strong[j as usize] == s {
+                hit = Some(j);
+            }
+            strong_here = Some(s);
+        }
+        if hit.is_none() {
+            let d = self.roll.get_or_insert_with(|| Rolling::new(window)).digest();
+            let t = tag(d);
+            if self.tags[t >> 6] & (1 << (t & 63)) != 0
+                && let Some(cands) = self.table.get(&d)
+            {
+                let strong = strong_here.unwrap_or_else(|| self.strong(at, window));
+                hit = cands
+                    .iter()
+                    .copied()
+                    .find(|&i| sig.strong[i as usize] == strong);
+            }
+        }
+        if let Some(i) = hit {
+            self.next = Some(i + 1);
+            self.roll = None;
+        }
+        hit
+    }
+
+    /// The window moves one byte (after `find` found nothing).
+    fn roll(&mut self, out: u8, inn: u8) {
+        if let Some(r) = self.roll.as_mut() {
+            r.roll(out, inn);
         }
     }
 }
@@ -318,7 +363,7 @@ mod tests {
         let sig = Signature::of(&old[..], 4096).unwrap();
         let aligned: Vec<[u8; 32]> = new
             .chunks_exact(4096)
-            .map(|c| Sha256::digest(c).into())
+            .map(strong)
             .collect();
         let ops = |aligned: &[[u8; 32]]| {
             let mut v = Vec::new();

@@ -31,7 +31,9 @@ fn bin() -> String {
 fn run(lab: &Lab, args: &[&str]) -> common::Run {
     let mut c = lab.cmd();
     let mut cmd = Command::new(bin());
-    cmd.args(c.get_args()).args(args).current_dir(lab.dir.path());
+    cmd.args(c.get_args())
+        .args(args)
+        .current_dir(lab.dir.path());
     for (k, v) in c.get_envs() {
         match v {
             Some(v) => cmd.env(k, v),
@@ -143,7 +145,11 @@ fn a_forced_command_helper_carries_a_whole_job() {
     force_helper(&s, &lab.dst());
     // the key runs nothing but the helper: `find` and `ls` are not run
     let said = ssh_raw(&s, "find / -maxdepth 1", Vec::new());
-    assert!(said.starts_with(b"syncjob-helper "), "{:?}", String::from_utf8_lossy(&said));
+    assert!(
+        said.starts_with(b"syncjob-helper "),
+        "{:?}",
+        String::from_utf8_lossy(&said)
+    );
     populate(&lab);
     job(&lab, &s);
     run(&lab, &["run", "web"]).code(0);
@@ -196,9 +202,17 @@ fn state(dir: &Path) -> Vec<(String, u32, i64, Vec<u8>)> {
     let mut v: Vec<_> = names
         .into_iter()
         .map(|n| {
-            let p = if n.is_empty() { dir.to_path_buf() } else { dir.join(&n) };
+            let p = if n.is_empty() {
+                dir.to_path_buf()
+            } else {
+                dir.join(&n)
+            };
             let md = fs::symlink_metadata(&p).unwrap();
-            let data = if md.is_file() { fs::read(&p).unwrap() } else { vec![] };
+            let data = if md.is_file() {
+                fs::read(&p).unwrap()
+            } else {
+                vec![]
+            };
             (n, md.mode(), md.mtime(), data)
         })
         .collect();
@@ -256,7 +270,11 @@ fn hostile_records(out: &Path, secret: &Path) -> Vec<Vec<u8>> {
 /// reads (`C` through the link, `C` of an absolute secret, `W` through
 /// the link).
 fn check_replies(mut r: &[u8], n: usize) {
-    assert!(r.starts_with(GREETING), "greeting: {:?}", String::from_utf8_lossy(&r[..r.len().min(40)]));
+    assert!(
+        r.starts_with(GREETING),
+        "greeting: {:?}",
+        String::from_utf8_lossy(&r[..r.len().min(40)])
+    );
     r = &r[GREETING.len()..];
     // the listing: the link itself, nothing through it
     assert_eq!(pt::read_list_head(&mut r).unwrap().unwrap(), true);
@@ -264,7 +282,9 @@ fn check_replies(mut r: &[u8], n: usize) {
     loop {
         match pt::read_item(&mut r).unwrap() {
             Item::End => break,
-            Item::Entry { name, entry } => names.push((String::from_utf8(name).unwrap(), entry.kind)),
+            Item::Entry { name, entry } => {
+                names.push((String::from_utf8(name).unwrap(), entry.kind))
+            }
             Item::Error { path, message } => panic!("{path:?}: {message}"),
         }
     }
@@ -276,11 +296,22 @@ fn check_replies(mut r: &[u8], n: usize) {
         assert!(e.is_err(), "hostile record {k} was accepted");
     }
     for k in n - 2..n {
-        proto::read_reply(&mut r).unwrap().unwrap_or_else(|e| panic!("record {k}: {e}"));
+        proto::read_reply(&mut r)
+            .unwrap()
+            .unwrap_or_else(|e| panic!("record {k}: {e}"));
     }
-    assert!(pt::read_sum(&mut r).unwrap().is_err(), "a checksum through the link");
-    assert!(pt::read_sum(&mut r).unwrap().is_err(), "a checksum of the secret");
-    assert!(pt::read_signature(&mut r, 4096).unwrap().is_err(), "a signature through the link");
+    assert!(
+        pt::read_sum(&mut r).unwrap().is_err(),
+        "a checksum through the link"
+    );
+    assert!(
+        pt::read_sum(&mut r).unwrap().is_err(),
+        "a checksum of the secret"
+    );
+    assert!(
+        pt::read_signature(&mut r, 4096).unwrap().is_err(),
+        "a signature through the link"
+    );
     assert!(r.is_empty(), "{} bytes more", r.len());
 }
 
@@ -324,7 +355,9 @@ fn counting_relay(to: u16) -> (u16, Arc<AtomicU64>) {
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(down) = conn else { return };
-            let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", to)) else { return };
+            let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                return;
+            };
             let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
             let c = c.clone();
             std::thread::spawn(move || {
@@ -386,7 +419,10 @@ fn one_byte_inserted_at_the_start_of_64_mib_sends_under_1_mib_over_ssh() {
     );
     lab.config(&y);
     run(&lab, &["run", "web"]).code(0);
-    assert!(sent.load(Ordering::Relaxed) > 64 * MIB, "the first copy goes whole");
+    assert!(
+        sent.load(Ordering::Relaxed) > 64 * MIB,
+        "the first copy goes whole"
+    );
     let mut new = Vec::with_capacity(big.len() + 1);
     new.push(b'!');
     new.extend_from_slice(&big);

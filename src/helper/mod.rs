@@ -151,7 +151,10 @@ impl Ident {
     }
 }
 
-pub(crate) fn open_regular(fs: &mut Beneath, path: &Path) -> Result<(File, std::fs::Metadata), Fail> {
+pub(crate) fn open_regular(
+    fs: &mut Beneath,
+    path: &Path,
+) -> Result<(File, std::fs::Metadata), Fail> {
     let f = fs.open_read(path).map_err(|e| ctx("open", e))?;
     let md = f.metadata().map_err(|e| ctx("stat", e))?;
     Ok((f, md))
@@ -160,7 +163,10 @@ pub(crate) fn open_regular(fs: &mut Beneath, path: &Path) -> Result<(File, std::
 /// The directory, temporary name and final name of a record: the final
 /// name relative to the root, the temporary one a `.syncjob-tmp.` name
 /// beside it.
-pub(crate) fn names<'a>(tmp: &'a [u8], fin: &'a [u8]) -> Result<(&'a Path, &'a OsStr, &'a OsStr), Fail> {
+pub(crate) fn names<'a>(
+    tmp: &'a [u8],
+    fin: &'a [u8],
+) -> Result<(&'a Path, &'a OsStr, &'a OsStr), Fail> {
     let tmp = Path::new(OsStr::from_bytes(tmp));
     let fin = Path::new(OsStr::from_bytes(fin));
     crate::beneath::check_relative(fin).map_err(|e| Fail(libc::EINVAL, e.to_string()))?;
@@ -265,19 +271,11 @@ fn receive<R: Read>(
         Ok(n) => (None, Some(n)),
         Err(f) => (Some(f), None),
     };
-    // a delta's basis: the file at the final name, as it was hashed
     let mut basis: Option<File> = None;
     if err.is_none() && delta {
-        match (hashed.remove(&fin), open_regular(fs, fin_path)) {
-            (Some(id), Ok((f, md))) if Ident::of(&md) == id => basis = Some(f),
-            (None, _) => err = Some(Fail(libc::EINVAL, "delta without block hashes".into())),
-            (_, Err(f)) => err = Some(f),
-            (Some(_), Ok(_)) => {
-                err = Some(Fail(
-                    0,
-                    "the file on the target changed since its blocks were hashed".into(),
-                ))
-            }
+        match delta_basis(fs, hashed.remove(&fin), fin_path) {
+            Ok(f) => basis = Some(f),
+            Err(f) => err = Some(f),
         }
     }
     // the temporary file is new (O_EXCL) and private until complete
@@ -290,17 +288,19 @@ fn receive<R: Read>(
     }
     let created = file.is_some();
     // the data comes whatever happened: read it all
-    let mut sum = delta.then(<sha2::Sha256 as sha2::Digest>::new);
-    let data = read_data(input, buf, &mut file, &mut err, basis.as_ref(), sum.as_mut());
+    let mut sum = delta.then(blake3::Hasher::new);
+    let data = read_data(
+        input,
+        buf,
+        &mut file,
+        &mut err,
+        basis.as_ref(),
+        sum.as_mut(),
+    );
     let commit = match data.and_then(|c| end_sum(input, delta).map(|s| (c, s))) {
         Ok((c, want)) => {
             if let (Some(h), Some(want), true, None) = (sum, want, c, &err) {
-                if <[u8; 32]>::from(sha2::Digest::finalize(h)) != want {
-                    err = Some(Fail(
-                        libc::EIO,
-                        "the rebuilt file's SHA-256 is not the source's; not renamed".into(),
-                    ));
-                }
+                err = check_sum(h, &want).err();
             }
             c
         }
@@ -331,7 +331,29 @@ fn receive<R: Read>(
 /// A file's data chunks (and, with a basis, copies from it), written to
 /// `file` until an error (kept in `err`); returns whether the sender
 /// committed the file.
-/// The whole-file SHA-256 at the end of a `D` record.
+/// A delta's basis: the file at the final name, as it was hashed (`id`).
+fn delta_basis(fs: &mut Beneath, id: Option<Ident>, fin: &Path) -> Result<File, Fail> {
+    let Some(id) = id else {
+        return Err(Fail(libc::EINVAL, "delta without block hashes".into()));
+    };
+    let (f, md) = open_regular(fs, fin)?;
+    if Ident::of(&md) != id {
+        let m = "the file on the target changed since its blocks were hashed";
+        return Err(Fail(0, m.into()));
+    }
+    Ok(f)
+}
+
+/// The rebuilt file's BLAKE3 hash must be the one the sender computed.
+fn check_sum(h: blake3::Hasher, want: &[u8; 32]) -> Result<(), Fail> {
+    if <[u8; 32]>::from(h.finalize()) != *want {
+        let m = "the rebuilt file's BLAKE3 hash is not the source's; not renamed";
+        return Err(Fail(libc::EIO, m.into()));
+    }
+    Ok(())
+}
+
+/// The whole-file BLAKE3 hash at the end of a `D` record.
 fn end_sum(input: &mut dyn Read, delta: bool) -> io::Result<Option<[u8; 32]>> {
     if !delta {
         return Ok(None);
@@ -347,9 +369,8 @@ fn read_data(
     file: &mut Option<File>,
     err: &mut Option<Fail>,
     basis: Option<&File>,
-    mut sum: Option<&mut sha2::Sha256>,
+    mut sum: Option<&mut blake3::Hasher>,
 ) -> io::Result<bool> {
-    use sha2::Digest;
     let delta = sum.is_some();
     use std::os::unix::fs::FileExt;
     loop {
@@ -589,7 +610,7 @@ mod tests {
         chunk(&new[8192..12288], &mut input);
         copy(12288, 40_000 - 12288, &mut input);
         chunk(&new[40_000..], &mut input);
-        end_delta(true, &block_sum(&new), &mut input);
+        end_delta(true, blake3::hash(&new).as_bytes(), &mut input);
         let mut out = Vec::new();
         serve(&mut io::BufReader::new(&input[..]), &mut out, &root).unwrap();
         let mut r = &out[GREETING.len()..];
@@ -608,7 +629,7 @@ mod tests {
         let mut r = &out[GREETING.len()..];
         read_hashes(&mut r, 4096).unwrap().unwrap();
         let e = read_reply(&mut r).unwrap().unwrap_err();
-        assert!(e.to_string().contains("SHA-256"), "{e}");
+        assert!(e.to_string().contains("BLAKE3"), "{e}");
         assert_eq!(std::fs::read(&fin).unwrap(), new, "untouched");
         assert!(!d.path().join(tmp).exists());
         // 3. a delta without hashes taken by this helper: refused

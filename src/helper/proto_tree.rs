@@ -15,7 +15,7 @@
 //!   b'P'                 create the root            done | failed
 //!   b'C' path            SHA-256 of a file          u8 0, 32 bytes | failed
 //!   b'W' path u32 block  rolling signature          u8 0, u64 size, u32 n,
-//!                                                   n × (u32 weak, 32 strong)
+//!                                                   n × (u32 weak, 32 BLAKE3)
 //!                                                   | failed
 //! list reply: u8 2 (no root) | failed | u8 0, then items:
 //!   b'e' u8 type u64 size i64 s u32 ns u32 mode u32 uid u32 gid
@@ -69,7 +69,13 @@ pub fn remove_request(p: &[u8], dir: bool, out: &mut Vec<u8>) {
 }
 
 /// `S`: a symlink at `p` pointing at `link`, made at `tmp` and renamed.
-pub fn symlink_request(p: &[u8], tmp: &[u8], link: &[u8], t: Option<(i64, u32)>, out: &mut Vec<u8>) {
+pub fn symlink_request(
+    p: &[u8],
+    tmp: &[u8],
+    link: &[u8],
+    t: Option<(i64, u32)>,
+    out: &mut Vec<u8>,
+) {
     out.push(b'S');
     path(p, out);
     path(tmp, out);
@@ -185,7 +191,8 @@ pub fn read_signature(
     for _ in 0..count {
         let mut b = [0u8; 36];
         r.read_exact(&mut b)?;
-        sig.weak.push(u32::from_le_bytes(b[..4].try_into().unwrap()));
+        sig.weak
+            .push(u32::from_le_bytes(b[..4].try_into().unwrap()));
         sig.strong.push(b[4..].try_into().unwrap());
     }
     Ok(Ok((size, sig)))
@@ -247,7 +254,10 @@ pub fn entry_item(name: &[u8], e: &crate::plan::Entry, out: &mut Vec<u8>) {
         out.extend_from_slice(&v.to_le_bytes());
     }
     path(name, out);
-    let link = e.link.as_deref().map_or(&b""[..], |l| l.as_os_str().as_encoded_bytes());
+    let link = e
+        .link
+        .as_deref()
+        .map_or(&b""[..], |l| l.as_os_str().as_encoded_bytes());
     path(link, out);
 }
 
@@ -367,7 +377,15 @@ mod tests {
         let mut out = Vec::new();
         symlink_request(b"l", b".syncjob-tmp.1.1.l", b"../x", Some((5, 6)), &mut out);
         let (p, t, l, m) = read_symlink(&mut &out[1..]).unwrap();
-        assert_eq!((&p[..], &t[..], &l[..], m), (&b"l"[..], &b".syncjob-tmp.1.1.l"[..], &b"../x"[..], Some((5, 6))));
+        assert_eq!(
+            (&p[..], &t[..], &l[..], m),
+            (
+                &b"l"[..],
+                &b".syncjob-tmp.1.1.l"[..],
+                &b"../x"[..],
+                Some((5, 6))
+            )
+        );
         let mut e = Entry::blank(EntryKind::Symlink);
         e.link = Some(Box::new("t".into()));
         e.mtime = 9;

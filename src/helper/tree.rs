@@ -149,7 +149,10 @@ fn signature(
 ) -> io::Result<()> {
     let r = (|| {
         if hashed.len() >= super::proto::MAX_HASHED && !hashed.contains_key(&p) {
-            return Err(Fail(libc::EINVAL, "too many files awaiting their delta".into()));
+            return Err(Fail(
+                libc::EINVAL,
+                "too many files awaiting their delta".into(),
+            ));
         }
         use super::proto::{MAX_BLOCK, MIN_BLOCK};
         if !(MIN_BLOCK..=MAX_BLOCK).contains(&block) {

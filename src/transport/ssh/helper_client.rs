@@ -6,11 +6,11 @@
 //!
 //! Big changed files (>= 8 MiB) that exist on the target go as rolling
 //! deltas (`crate::rolling`, rsync's algorithm): the helper returns a weak
-//! rolling checksum and a SHA-256 for each block of its version; the
+//! rolling checksum and a BLAKE3 hash for each block of its version; the
 //! source is scanned at every byte offset, and a window whose weak sum
-//! and SHA-256 match a block is sent as "copy that block", the rest as
+//! and BLAKE3 hash match a block is sent as "copy that block", the rest as
 //! literal data. An insertion or deletion costs about one block, not the
-//! rest of the file. The record ends with the SHA-256 of the whole source
+//! rest of the file. The record ends with the BLAKE3 hash of the whole source
 //! as read, which the helper checks against what it wrote before renaming.
 
 use super::Ssh;
@@ -85,29 +85,28 @@ fn delta_block(size: u64) -> u32 {
 /// Streamed records are written out past this size.
 const FLUSH: usize = 256 << 10;
 
-/// The SHA-256 of each full `block` of the first `len` bytes of `f`, and
+/// The BLAKE3 of each full `block` of the first `len` bytes of `f`, and
 /// of all of them (read at offsets: the descriptor's position is left
 /// alone). Computed while the helper computes its signature.
 fn hash_source(f: &std::fs::File, len: u64, block: u32) -> io::Result<Local> {
-    use sha2::Digest;
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; block as usize];
     let mut aligned = Vec::with_capacity((len / block as u64) as usize);
-    let mut whole = sha2::Sha256::new();
+    let mut whole = blake3::Hasher::new();
     let mut off = 0;
     while off < len {
         let n = (len - off).min(block as u64) as usize;
         f.read_exact_at(&mut buf[..n], off)?;
         whole.update(&buf[..n]);
         if n == block as usize {
-            aligned.push(proto::block_sum(&buf[..n]));
+            aligned.push(crate::rolling::strong(&buf[..n]));
         }
         off += n as u64;
     }
     Ok((aligned, whole.finalize().into()))
 }
 
-/// The source's aligned block sums and whole-file SHA-256.
+/// The source's aligned block sums and whole-file BLAKE3.
 type Local = (Vec<[u8; 32]>, [u8; 32]);
 
 /// The data of a rolling delta against the target's `sig`: copies of its
@@ -127,7 +126,10 @@ fn send_rolling(
     let mut pending: Option<(u64, u64)> = None;
     let r = crate::rolling::delta_with(input, sig, aligned, |op| {
         if ctx.cancelled() {
-            return Err(io::Error::new(io::ErrorKind::Interrupted, "aborted by shutdown"));
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "aborted by shutdown",
+            ));
         }
         match op {
             Op::Copy { offset, len } => {
@@ -312,7 +314,10 @@ fn ask_hashes(
             .iter()
             .map(|&(_, block)| crate::helper::proto_tree::read_signature(ch, block))
             .collect();
-        (remote, local.into_iter().map(|t| t.join()).collect::<Vec<_>>())
+        (
+            remote,
+            local.into_iter().map(|t| t.join()).collect::<Vec<_>>(),
+        )
     });
     for ((&(k, _), r), l) in asked.iter().zip(remote).zip(local) {
         if let (Ok((_, sig)), Ok(Ok(mine))) = (r.map_err(helper_lost)?, l) {

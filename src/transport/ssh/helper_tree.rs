@@ -42,7 +42,9 @@ fn lost(e: io::Error) -> io::Error {
 
 impl Ssh {
     fn helper_pipe(&mut self) -> &mut Box<dyn Pipe> {
-        self.helper.as_mut().expect("the remote helper carries this target")
+        self.helper
+            .as_mut()
+            .expect("the remote helper carries this target")
     }
 
     /// The target's listing, walked by the helper.
@@ -89,7 +91,9 @@ impl Ssh {
         }
         let tree = p.finish(&mut errors);
         if tree.is_empty() {
-            return Err(violation("remote helper: a listing without its root; refused"));
+            return Err(violation(
+                "remote helper: a listing without its root; refused",
+            ));
         }
         Ok(Listing {
             tree: Some(tree),
@@ -140,7 +144,9 @@ impl Ssh {
                     io::ErrorKind::InvalidInput,
                     "copies go through put_files",
                 )),
-                _ => done.next().unwrap_or_else(|| Err(io::Error::other("no reply"))),
+                _ => done
+                    .next()
+                    .unwrap_or_else(|| Err(io::Error::other("no reply"))),
             })
             .collect()
     }

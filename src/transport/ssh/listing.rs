@@ -272,7 +272,8 @@ impl FindParser {
                 self.max_records
             ));
         }
-        let r = check_name(name, self.have_root, &self.dirs).and_then(|()| self.accept(name, entry));
+        let r =
+            check_name(name, self.have_root, &self.dirs).and_then(|()| self.accept(name, entry));
         if let Err(why) = r {
             self.rejected += 1;
             if errors.len() < MAX_REJECTED {

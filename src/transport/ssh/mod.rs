@@ -263,8 +263,9 @@ impl Transport for Ssh {
     }
 
     fn mtime_nanos(&self) -> bool {
-        // SFTP v3 sets whole seconds; the helper sets nanoseconds
-        self.helper.is_some()
+        // SFTP v3 sets whole seconds (the helper sets nanoseconds, but
+        // targets synced over SFTP before would then all differ)
+        false
     }
 
     fn symlink_times(&self) -> bool {
@@ -332,7 +333,9 @@ impl Transport for Ssh {
 
     fn mkdir(&mut self, rel: &Path) -> io::Result<()> {
         if self.helper.is_some() {
-            return self.helper_apply(&[&Action::Mkdir { path: rel.into() }]).remove(0);
+            return self
+                .helper_apply(&[&Action::Mkdir { path: rel.into() }])
+                .remove(0);
         }
         self.sftp_mkdir(rel)
     }
