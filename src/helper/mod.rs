@@ -288,22 +288,8 @@ fn receive<R: Read>(
     }
     let created = file.is_some();
     // the data comes whatever happened: read it all
-    let mut sum = delta.then(blake3::Hasher::new);
-    let data = read_data(
-        input,
-        buf,
-        &mut file,
-        &mut err,
-        basis.as_ref(),
-        sum.as_mut(),
-    );
-    let commit = match data.and_then(|c| end_sum(input, delta).map(|s| (c, s))) {
-        Ok((c, want)) => {
-            if let (Some(h), Some(want), true, None) = (sum, want, c, &err) {
-                err = check_sum(h, &want).err();
-            }
-            c
-        }
+    let commit = match read_data(input, buf, &mut file, &mut err, delta, basis.as_ref()) {
+        Ok(c) => c,
         Err(e) => {
             // the stream broke mid-file: nothing stays behind
             if let (true, Some((dir, t, _))) = (created, at) {
@@ -331,6 +317,42 @@ fn receive<R: Read>(
 /// A file's data chunks (and, with a basis, copies from it), written to
 /// `file` until an error (kept in `err`); returns whether the sender
 /// committed the file.
+/// Append `len` bytes of `basis` at `off` to `f`: in the kernel
+/// (`copy_file_range`: no copy through this process; a reflink where the
+/// filesystem shares blocks), else read and written.
+fn copy_range(basis: &File, mut off: u64, mut len: u64, f: &mut File, buf: &mut [u8]) -> Result<(), Fail> {
+    use std::os::unix::fs::FileExt;
+    let short = || Fail(libc::EINVAL, "copy beyond the end of the old version".into());
+    let mut in_kernel = true;
+    while len > 0 {
+        let step = len.min(64 << 20) as usize;
+        if in_kernel {
+            let mut at = off;
+            match rustix::fs::copy_file_range(basis, Some(&mut at), &*f, None, step) {
+                Ok(0) => return Err(short()),
+                Ok(n) => {
+                    off += n as u64;
+                    len -= n as u64;
+                    continue;
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                // not on this filesystem (or kernel): read and write
+                Err(_) => in_kernel = false,
+            }
+        }
+        let step = step.min(buf.len());
+        let data = &mut buf[..step];
+        basis.read_exact_at(data, off).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => short(),
+            _ => ctx("read the old version", e),
+        })?;
+        f.write_all(data).map_err(|e| ctx("write", e))?;
+        off += step as u64;
+        len -= step as u64;
+    }
+    Ok(())
+}
+
 /// A delta's basis: the file at the final name, as it was hashed (`id`).
 fn delta_basis(fs: &mut Beneath, id: Option<Ident>, fin: &Path) -> Result<File, Fail> {
     let Some(id) = id else {
@@ -344,43 +366,21 @@ fn delta_basis(fs: &mut Beneath, id: Option<Ident>, fin: &Path) -> Result<File, 
     Ok(f)
 }
 
-/// The rebuilt file's BLAKE3 hash must be the one the sender computed.
-fn check_sum(h: blake3::Hasher, want: &[u8; 32]) -> Result<(), Fail> {
-    if <[u8; 32]>::from(h.finalize()) != *want {
-        let m = "the rebuilt file's BLAKE3 hash is not the source's; not renamed";
-        return Err(Fail(libc::EIO, m.into()));
-    }
-    Ok(())
-}
-
-/// The whole-file BLAKE3 hash at the end of a `D` record.
-fn end_sum(input: &mut dyn Read, delta: bool) -> io::Result<Option<[u8; 32]>> {
-    if !delta {
-        return Ok(None);
-    }
-    let mut s = [0u8; 32];
-    input.read_exact(&mut s)?;
-    Ok(Some(s))
-}
-
 fn read_data(
     input: &mut dyn Read,
     buf: &mut [u8],
     file: &mut Option<File>,
     err: &mut Option<Fail>,
+    delta: bool,
     basis: Option<&File>,
-    mut sum: Option<&mut blake3::Hasher>,
 ) -> io::Result<bool> {
-    let delta = sum.is_some();
-    use std::os::unix::fs::FileExt;
     loop {
         let n = u32_of(input)?;
         if n == 0 {
             break;
         }
         if n == COPY {
-            let (mut off, left) = proto::read_copy(input)?;
-            let mut left = left as usize;
+            let (off, len) = proto::read_copy(input)?;
             let Some(b) = basis else {
                 if delta {
                     // the basis could not be used: the file already failed
@@ -391,23 +391,10 @@ fn read_data(
                     "copy in a record without a basis",
                 ));
             };
-            while left > 0 && err.is_none() {
-                let step = left.min(buf.len());
-                let data = &mut buf[..step];
-                if let Err(e) = b.read_exact_at(data, off) {
-                    *err = Some(ctx("read the old version", e));
-                    break;
-                }
-                if let Some(f) = file.as_mut()
-                    && let Err(e) = f.write_all(data)
-                {
-                    *err = Some(ctx("write", e));
-                }
-                if let Some(h) = sum.as_mut() {
-                    h.update(&*data);
-                }
-                off += step as u64;
-                left -= step;
+            if let (Some(f), None) = (file.as_mut(), err.as_ref())
+                && let Err(e) = copy_range(b, off, len as u64, f, buf)
+            {
+                *err = Some(e);
             }
             continue;
         }
@@ -423,9 +410,6 @@ fn read_data(
             && let Err(e) = f.write_all(data)
         {
             *err = Some(ctx("write", e));
-        }
-        if let Some(h) = sum.as_mut() {
-            h.update(&*data);
         }
     }
     let mut commit = [0u8; 1];
@@ -610,7 +594,7 @@ mod tests {
         chunk(&new[8192..12288], &mut input);
         copy(12288, 40_000 - 12288, &mut input);
         chunk(&new[40_000..], &mut input);
-        end_delta(true, blake3::hash(&new).as_bytes(), &mut input);
+        end(true, &mut input);
         let mut out = Vec::new();
         serve(&mut io::BufReader::new(&input[..]), &mut out, &root).unwrap();
         let mut r = &out[GREETING.len()..];
@@ -618,25 +602,25 @@ mod tests {
         read_reply(&mut r).unwrap().unwrap();
         assert_eq!(std::fs::read(&fin).unwrap(), new);
         assert!(!d.path().join(tmp).exists());
-        // a delta whose result is not what the sender hashed: not renamed
+        // a copy beyond the end of the old version: refused, not renamed
         let mut input = Vec::new();
         hashes_request(fin_b, 4096, &mut input);
         delta_header(&mut input);
-        copy(0, 4096, &mut input);
-        end_delta(true, &block_sum(b"something else"), &mut input);
+        copy(new.len() as u64 - 10, 4096, &mut input);
+        end(true, &mut input);
         let mut out = Vec::new();
         serve(&mut io::BufReader::new(&input[..]), &mut out, &root).unwrap();
         let mut r = &out[GREETING.len()..];
         read_hashes(&mut r, 4096).unwrap().unwrap();
         let e = read_reply(&mut r).unwrap().unwrap_err();
-        assert!(e.to_string().contains("BLAKE3"), "{e}");
+        assert!(e.to_string().contains("beyond the end"), "{e}");
         assert_eq!(std::fs::read(&fin).unwrap(), new, "untouched");
         assert!(!d.path().join(tmp).exists());
         // 3. a delta without hashes taken by this helper: refused
         let mut input = Vec::new();
         delta_header(&mut input);
         copy(0, 100, &mut input);
-        end_delta(true, &[0u8; 32], &mut input);
+        end(true, &mut input);
         let mut out = Vec::new();
         serve(&mut io::BufReader::new(&input[..]), &mut out, &root).unwrap();
         let e = read_reply(&mut &out[GREETING.len()..])
@@ -664,7 +648,7 @@ mod tests {
         let mut input = Vec::new();
         delta_header(&mut input);
         copy(0, 10, &mut input);
-        end_delta(true, &[0u8; 32], &mut input);
+        end(true, &mut input);
         tx.write_all(&input).unwrap();
         let e = read_reply(&mut rx_out).unwrap().unwrap_err();
         assert!(e.to_string().contains("changed since"), "{e}");

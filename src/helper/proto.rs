@@ -13,9 +13,6 @@
 //!         u8 commit (1) or abort (0: the source changed or could not be read)
 //!   b'D'  the same, and the data may also say "copy from the file now at
 //!         the final name": u32 0xFFFFFFFF, u64 offset, u32 len
-//!         (protocol 3: a `D` record's commit byte is followed by the
-//!         BLAKE3 hash of the whole new version: the helper renames the
-//!         file into place only if what it wrote has that hash)
 //! helper → client, per file, in order:
 //!   u8 0 (done)  |  u8 1, i32 errno (0: none, -1: aborted), u16 len, message
 //!
@@ -40,8 +37,7 @@ use std::io::{self, Read};
 
 /// The first line the helper prints: protocol name and version. Version 3:
 /// the tree records of [`super::proto_tree`] (a helper carries a whole
-/// job), and a `D` record ends with the BLAKE3 hash of the whole new
-/// version.
+/// job) and rolling-checksum deltas (`W` signatures).
 /// Version 2: paths relative to the helper's `--root`, no tree records.
 /// Version 1 took absolute paths, unconfined.
 pub const GREETING: &[u8] = b"syncjob-helper 3\n";
@@ -169,13 +165,6 @@ pub fn block_sum(data: &[u8]) -> [u8; 32] {
 pub fn end(commit: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(&0u32.to_le_bytes());
     out.push(commit as u8);
-}
-
-/// Encode the end of a `D` record: commit or abort, and the BLAKE3 hash
-/// of the whole new version (checked by the helper before the rename).
-pub fn end_delta(commit: bool, sum: &[u8; 32], out: &mut Vec<u8>) {
-    end(commit, out);
-    out.extend_from_slice(sum);
 }
 
 /// Read one reply: `Ok(())` or the helper's error for that file.

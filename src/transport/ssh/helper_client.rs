@@ -10,8 +10,11 @@
 //! source is scanned at every byte offset, and a window whose weak sum
 //! and BLAKE3 hash match a block is sent as "copy that block", the rest as
 //! literal data. An insertion or deletion costs about one block, not the
-//! rest of the file. The record ends with the BLAKE3 hash of the whole source
-//! as read, which the helper checks against what it wrote before renaming.
+//! rest of the file. Each copy is verified by its block's strong hash
+//! (found here on the source's window, given there for the target's
+//! block) and the helper checks that the target's file is the one it
+//! hashed (device, inode, size, mtime, ctime); the literal data is the
+//! source's bytes.
 
 use super::Ssh;
 use super::openssh::Pipe;
@@ -85,29 +88,27 @@ fn delta_block(size: u64) -> u32 {
 /// Streamed records are written out past this size.
 const FLUSH: usize = 256 << 10;
 
-/// The BLAKE3 of each full `block` of the first `len` bytes of `f`, and
-/// of all of them (read at offsets: the descriptor's position is left
-/// alone). Computed while the helper computes its signature.
+/// The BLAKE3 of each full `block` of the first `len` bytes of `f` (read
+/// at offsets: the descriptor's position is left alone). Computed while
+/// the helper computes its signature.
 fn hash_source(f: &std::fs::File, len: u64, block: u32) -> io::Result<Local> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; block as usize];
     let mut aligned = Vec::with_capacity((len / block as u64) as usize);
-    let mut whole = blake3::Hasher::new();
     let mut off = 0;
     while off < len {
         let n = (len - off).min(block as u64) as usize;
         f.read_exact_at(&mut buf[..n], off)?;
-        whole.update(&buf[..n]);
         if n == block as usize {
             aligned.push(crate::rolling::strong(&buf[..n]));
         }
         off += n as u64;
     }
-    Ok((aligned, whole.finalize().into()))
+    Ok(aligned)
 }
 
-/// The source's aligned block sums and whole-file BLAKE3.
-type Local = (Vec<[u8; 32]>, [u8; 32]);
+/// The source's aligned block sums.
+type Local = Vec<[u8; 32]>;
 
 /// The data of a rolling delta against the target's `sig`: copies of its
 /// blocks (adjacent ones merged) and literal data, written out as they
@@ -364,13 +365,9 @@ impl FileOut<'_> {
             out,
         );
         let is_delta = basis.is_some();
-        let mut whole = [0u8; 32];
         let (n, mut fail) = match basis {
             // a delta: copies of the blocks found, literal data between
-            Some((sig, (aligned, sum))) => {
-                whole = sum;
-                send_rolling(ch, out, &self.input, (&sig, &aligned), ctx)?
-            }
+            Some((sig, aligned)) => send_rolling(ch, out, &self.input, (&sig, &aligned), ctx)?,
             None => self.send_whole(ch, out, buf, ctx)?,
         };
         // (a delta reads the whole source)
@@ -381,11 +378,7 @@ impl FileOut<'_> {
             fail = Some(e);
         }
         // an aborted file is removed by the helper; our reason stands
-        if is_delta {
-            proto::end_delta(fail.is_none(), &whole, out);
-        } else {
-            proto::end(fail.is_none(), out);
-        }
+        proto::end(fail.is_none(), out);
         Ok((n, fail))
     }
 
