@@ -272,7 +272,7 @@ impl<'a> Matcher<'a> {
     fn strong(&self, at: u64, window: &[u8]) -> [u8; 32] {
         let bl = self.sig.block.max(1) as u64;
         match self.aligned.get((at / bl) as usize) {
-            Some(s) if at % bl == 0 => *s,
+            Some(s) if at.is_multiple_of(bl) => *s,
             _ => strong(window),
         }
     }
@@ -294,7 +294,10 @@ impl<'a> Matcher<'a> {
             strong_here = Some(s);
         }
         if hit.is_none() {
-            let d = self.roll.get_or_insert_with(|| Rolling::new(window)).digest();
+            let d = self
+                .roll
+                .get_or_insert_with(|| Rolling::new(window))
+                .digest();
             let t = tag(d);
             if self.tags[t >> 6] & (1 << (t & 63)) != 0
                 && let Some(cands) = self.table.get(&d)
@@ -361,10 +364,7 @@ mod tests {
         new[50_000] ^= 1;
         new.extend_from_slice(b"tail");
         let sig = Signature::of(&old[..], 4096).unwrap();
-        let aligned: Vec<[u8; 32]> = new
-            .chunks_exact(4096)
-            .map(strong)
-            .collect();
+        let aligned: Vec<[u8; 32]> = new.chunks_exact(4096).map(strong).collect();
         let ops = |aligned: &[[u8; 32]]| {
             let mut v = Vec::new();
             delta_with(&new[..], &sig, aligned, |op| {

@@ -277,7 +277,7 @@ fn check_replies(mut r: &[u8], n: usize) {
     );
     r = &r[GREETING.len()..];
     // the listing: the link itself, nothing through it
-    assert_eq!(pt::read_list_head(&mut r).unwrap().unwrap(), true);
+    assert!(pt::read_list_head(&mut r).unwrap().unwrap(), "a root");
     let mut names = Vec::new();
     loop {
         match pt::read_item(&mut r).unwrap() {

@@ -320,9 +320,20 @@ fn receive<R: Read>(
 /// Append `len` bytes of `basis` at `off` to `f`: in the kernel
 /// (`copy_file_range`: no copy through this process; a reflink where the
 /// filesystem shares blocks), else read and written.
-fn copy_range(basis: &File, mut off: u64, mut len: u64, f: &mut File, buf: &mut [u8]) -> Result<(), Fail> {
+fn copy_range(
+    basis: &File,
+    mut off: u64,
+    mut len: u64,
+    f: &mut File,
+    buf: &mut [u8],
+) -> Result<(), Fail> {
     use std::os::unix::fs::FileExt;
-    let short = || Fail(libc::EINVAL, "copy beyond the end of the old version".into());
+    let short = || {
+        Fail(
+            libc::EINVAL,
+            "copy beyond the end of the old version".into(),
+        )
+    };
     let mut in_kernel = true;
     while len > 0 {
         let step = len.min(64 << 20) as usize;

@@ -198,7 +198,7 @@ fn list(root: &Path, out: &mut dyn Write) -> io::Result<()> {
     let mut b = Vec::new();
     pt::entry_item(b"", &crate::plan::source::entry_of(&st, None), &mut b);
     out.write_all(&b)?;
-    walk(fd, &mut PathBuf::new(), out)?;
+    walk(fd, Path::new(""), out)?;
     out.write_all(b".")
 }
 
@@ -219,7 +219,7 @@ fn error_item(out: &mut dyn Write, rel: &Path, msg: &str) -> io::Result<()> {
 /// List the directory open as `fd` (at `rel`): each entry, and each
 /// subdirectory's contents right after its own entry.
 #[allow(clippy::unnecessary_cast)]
-fn walk(fd: OwnedFd, rel: &mut PathBuf, out: &mut dyn Write) -> io::Result<()> {
+fn walk(fd: OwnedFd, rel: &Path, out: &mut dyn Write) -> io::Result<()> {
     let mut d = match rustix::fs::Dir::new(fd) {
         Ok(d) => d,
         Err(e) => return error_item(out, rel, &e.to_string()),
@@ -281,8 +281,7 @@ fn walk(fd: OwnedFd, rel: &mut PathBuf, out: &mut dyn Write) -> io::Result<()> {
         };
         match rustix::fs::fstat(&sub) {
             Ok(now) if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino) => {
-                let mut c = child;
-                walk(sub, &mut c, out)?;
+                walk(sub, &child, out)?;
             }
             _ => error_item(out, &child, "changed while it was listed")?,
         }

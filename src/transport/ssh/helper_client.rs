@@ -346,7 +346,7 @@ impl FileOut<'_> {
         mut self,
         ch: &mut Box<dyn Pipe>,
         out: &mut Vec<u8>,
-        buf: &mut Vec<u8>,
+        buf: &mut [u8],
         basis: Option<Basis>,
         ctx: &CopyCtx,
     ) -> io::Result<(u64, Option<io::Error>)> {
