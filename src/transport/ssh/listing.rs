@@ -474,6 +474,26 @@ mod tests {
         assert_eq!(errors.len(), 7, "{errors:?}");
     }
 
+    /// Entries from the remote helper's listing are checked as `find`'s.
+    #[test]
+    fn helper_entries_escaping_the_root_are_rejected() {
+        let mut p = FindParser::new(5);
+        let mut errors = vec![];
+        let mut link = Entry::blank(EntryKind::Symlink);
+        link.link = Some(Box::new(PathBuf::from("/etc")));
+        p.entry(b"", Entry::blank(EntryKind::Dir), &mut errors)
+            .unwrap();
+        p.entry(b"evil", link, &mut errors).unwrap();
+        for bad in [&b"evil/passwd"[..], b"../x", b"/etc/passwd"] {
+            p.entry(bad, Entry::blank(EntryKind::File), &mut errors)
+                .unwrap();
+        }
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        let e = p.entry(b"ok", Entry::blank(EntryKind::File), &mut errors);
+        assert!(e.unwrap_err().contains("more than 5 entries"));
+        assert_eq!(p.finish(&mut errors).len(), 2);
+    }
+
     #[test]
     fn truncated_or_garbage_listing_does_not_panic() {
         let mut errors = vec![];
