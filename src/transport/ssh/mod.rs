@@ -14,7 +14,9 @@
 //!   WRITEs, mode/mtime set on the open handle, then `posix-rename` over the
 //!   final name (atomic). With `ssh.remote_helper`, files go instead as
 //!   one stream to `syncjob helper` on the remote (see `helper`): the same
-//!   temporary name and rename there, one record and one reply per file.
+//!   temporary name and rename there, one record and one reply per file;
+//!   and then the helper also lists, makes directories and symlinks, sets
+//!   attributes and deletes (`helper_tree`): no `find`, no SFTP channel.
 //!
 //! Room by room: `session` (connect, host keys, auth, remote commands),
 //! `listing` (`find` and SFTP readdir), `sftp_put` (SFTP writes, pipelined),
