@@ -210,14 +210,22 @@ fn a_helper_announcing_billions_of_block_hashes_fails_the_target_not_the_process
     let helper = lab.path("evil-helper");
     script(
         &helper,
-        "#!/usr/bin/python3\nimport sys, struct\n\
+        "#!/usr/bin/python3\nimport sys, struct, os\n\
          i, o = sys.stdin.buffer, sys.stdout.buffer\n\
-         o.write(b'syncjob-helper 2\\n'); o.flush()\n\
-         if i.read(1) == b'H':\n\
-         \x20   n, = struct.unpack('<I', i.read(4)); i.read(n)\n\
-         \x20   block, = struct.unpack('<I', i.read(4))\n\
-         \x20   count = 0xFFFFFFFF\n\
-         \x20   o.write(b'\\0' + struct.pack('<QI', count * block, count) + b'\\0' * 3200); o.flush()\n",
+         o.write(b'syncjob-helper 3\\n'); o.flush()\n\
+         def s(b): return struct.pack('<I', len(b)) + b\n\
+         def e(t, n, size): return b'e' + t + struct.pack('<QqIIII', size, 0, 0, 0o755, 0, 0) + s(n) + s(b'')\n\
+         while True:\n\
+         \x20   op = i.read(1)\n\
+         \x20   if op == b'P': o.write(b'\\0')\n\
+         \x20   elif op == b'L': o.write(b'\\0' + e(b'd', b'', 0) + e(b'f', b'big', 1) + b'.')\n\
+         \x20   elif op == b'W':\n\
+         \x20       n, = struct.unpack('<I', i.read(4)); i.read(n)\n\
+         \x20       block, = struct.unpack('<I', i.read(4))\n\
+         \x20       count = 0xFFFFFFFF\n\
+         \x20       o.write(b'\\0' + struct.pack('<QI', count * block, count) + b'\\0' * 3200)\n\
+         \x20   else: sys.exit(0)\n\
+         \x20   o.flush()\n",
     );
     job_with(
         &lab,

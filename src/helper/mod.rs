@@ -1,13 +1,18 @@
 //! The remote helper: `syncjob helper`, run on an SSH target over an exec
-//! channel when the job sets `ssh.remote_helper`. It receives files as one
+//! channel (`ssh.remote_helper`, `auto` by default). It receives files as one
 //! stream and writes each one as SFTP would (a temporary name in the same
 //! directory, mode and mtime set, then renamed into place), but without
 //! five SFTP requests and replies per file: one record in, one reply out,
-//! as rsync's receiving side does. Without `remote_helper` (the default),
-//! files go over SFTP, which every OpenSSH server has.
+//! as rsync's receiving side does. Without a helper (`remote_helper:
+//! none`, or none found), files go over SFTP, which every OpenSSH server
+//! has.
 //!
-//! The wire format (records, replies, bounds) is in [`proto`], shared with
-//! the SSH transport's helper client.
+//! The wire format (records, replies, bounds) is in [`proto`] (files) and
+//! [`proto_tree`] (protocol 3: listing, directories, symlinks, attributes,
+//! removals, checksums, rolling signatures), shared with the SSH
+//! transport's helper client; the tree records are served by `tree`. With
+//! them the helper carries a whole job: a key whose forced command is the
+//! helper needs nothing else on the remote.
 //!
 //! Confinement: `syncjob helper --root DIR` (the client passes its target
 //! root; as an ssh forced command the operator fixes it) touches nothing
@@ -27,6 +32,8 @@
 //! if the helper itself is killed).
 
 pub mod proto;
+pub mod proto_tree;
+mod tree;
 
 use crate::beneath::Beneath;
 use proto::{
@@ -42,9 +49,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// A file the helper could not write: errno (0: none) and message.
-struct Fail(i32, String);
+pub(crate) struct Fail(i32, String);
 
-fn reply(w: &mut dyn Write, r: &Result<(), Fail>) -> io::Result<()> {
+pub(crate) fn reply(w: &mut dyn Write, r: &Result<(), Fail>) -> io::Result<()> {
     let mut b = Vec::new();
     match r {
         Ok(()) => proto::done(&mut b),
@@ -54,7 +61,7 @@ fn reply(w: &mut dyn Write, r: &Result<(), Fail>) -> io::Result<()> {
 }
 
 /// Say what was being done, keeping the errno.
-fn ctx(what: &str, e: io::Error) -> Fail {
+pub(crate) fn ctx(what: &str, e: io::Error) -> Fail {
     Fail(e.raw_os_error().unwrap_or(0), format!("{what}: {e}"))
 }
 
@@ -106,10 +113,12 @@ pub fn serve<R: Read>(
                 receive(input, output, &mut fs, &mut buf, delta, &mut hashed)?
             }
             x => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("unknown record {x:#x}"),
-                ));
+                if !tree::serve_op(x, input, output, &mut fs, &mut hashed)? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("unknown record {x:#x}"),
+                    ));
+                }
             }
         }
         // replies go out when the input has no more records queued
@@ -121,7 +130,7 @@ pub fn serve<R: Read>(
 
 /// What identifies a file's version: if any of it changes, the file did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Ident {
+pub(crate) struct Ident {
     dev: u64,
     ino: u64,
     size: u64,
@@ -130,7 +139,7 @@ struct Ident {
 }
 
 impl Ident {
-    fn of(md: &std::fs::Metadata) -> Ident {
+    pub(crate) fn of(md: &std::fs::Metadata) -> Ident {
         use std::os::unix::fs::MetadataExt;
         Ident {
             dev: md.dev(),
@@ -142,7 +151,10 @@ impl Ident {
     }
 }
 
-fn open_regular(fs: &mut Beneath, path: &Path) -> Result<(File, std::fs::Metadata), Fail> {
+pub(crate) fn open_regular(
+    fs: &mut Beneath,
+    path: &Path,
+) -> Result<(File, std::fs::Metadata), Fail> {
     let f = fs.open_read(path).map_err(|e| ctx("open", e))?;
     let md = f.metadata().map_err(|e| ctx("stat", e))?;
     Ok((f, md))
@@ -151,7 +163,10 @@ fn open_regular(fs: &mut Beneath, path: &Path) -> Result<(File, std::fs::Metadat
 /// The directory, temporary name and final name of a record: the final
 /// name relative to the root, the temporary one a `.syncjob-tmp.` name
 /// beside it.
-fn names<'a>(tmp: &'a [u8], fin: &'a [u8]) -> Result<(&'a Path, &'a OsStr, &'a OsStr), Fail> {
+pub(crate) fn names<'a>(
+    tmp: &'a [u8],
+    fin: &'a [u8],
+) -> Result<(&'a Path, &'a OsStr, &'a OsStr), Fail> {
     let tmp = Path::new(OsStr::from_bytes(tmp));
     let fin = Path::new(OsStr::from_bytes(fin));
     crate::beneath::check_relative(fin).map_err(|e| Fail(libc::EINVAL, e.to_string()))?;
@@ -175,7 +190,7 @@ fn names<'a>(tmp: &'a [u8], fin: &'a [u8]) -> Result<(&'a Path, &'a OsStr, &'a O
 
 /// Set-user-ID and set-group-ID bits are set only on a file whose owner the
 /// record sets, by a helper running as root.
-fn check_mode(mode: u32, owner: Option<(u32, u32)>) -> Result<(), Fail> {
+pub(crate) fn check_mode(mode: u32, owner: Option<(u32, u32)>) -> Result<(), Fail> {
     if mode & 0o6000 != 0 && (owner.is_none() || !rustix::process::geteuid().is_root()) {
         return Err(Fail(
             libc::EPERM,
@@ -256,19 +271,11 @@ fn receive<R: Read>(
         Ok(n) => (None, Some(n)),
         Err(f) => (Some(f), None),
     };
-    // a delta's basis: the file at the final name, as it was hashed
     let mut basis: Option<File> = None;
     if err.is_none() && delta {
-        match (hashed.remove(&fin), open_regular(fs, fin_path)) {
-            (Some(id), Ok((f, md))) if Ident::of(&md) == id => basis = Some(f),
-            (None, _) => err = Some(Fail(libc::EINVAL, "delta without block hashes".into())),
-            (_, Err(f)) => err = Some(f),
-            (Some(_), Ok(_)) => {
-                err = Some(Fail(
-                    0,
-                    "the file on the target changed since its blocks were hashed".into(),
-                ))
-            }
+        match delta_basis(fs, hashed.remove(&fin), fin_path) {
+            Ok(f) => basis = Some(f),
+            Err(f) => err = Some(f),
         }
     }
     // the temporary file is new (O_EXCL) and private until complete
@@ -310,6 +317,66 @@ fn receive<R: Read>(
 /// A file's data chunks (and, with a basis, copies from it), written to
 /// `file` until an error (kept in `err`); returns whether the sender
 /// committed the file.
+/// Append `len` bytes of `basis` at `off` to `f`: in the kernel
+/// (`copy_file_range`: no copy through this process; a reflink where the
+/// filesystem shares blocks), else read and written.
+fn copy_range(
+    basis: &File,
+    mut off: u64,
+    mut len: u64,
+    f: &mut File,
+    buf: &mut [u8],
+) -> Result<(), Fail> {
+    use std::os::unix::fs::FileExt;
+    let short = || {
+        Fail(
+            libc::EINVAL,
+            "copy beyond the end of the old version".into(),
+        )
+    };
+    let mut in_kernel = true;
+    while len > 0 {
+        let step = len.min(64 << 20) as usize;
+        if in_kernel {
+            let mut at = off;
+            match rustix::fs::copy_file_range(basis, Some(&mut at), &*f, None, step) {
+                Ok(0) => return Err(short()),
+                Ok(n) => {
+                    off += n as u64;
+                    len -= n as u64;
+                    continue;
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                // not on this filesystem (or kernel): read and write
+                Err(_) => in_kernel = false,
+            }
+        }
+        let step = step.min(buf.len());
+        let data = &mut buf[..step];
+        basis.read_exact_at(data, off).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => short(),
+            _ => ctx("read the old version", e),
+        })?;
+        f.write_all(data).map_err(|e| ctx("write", e))?;
+        off += step as u64;
+        len -= step as u64;
+    }
+    Ok(())
+}
+
+/// A delta's basis: the file at the final name, as it was hashed (`id`).
+fn delta_basis(fs: &mut Beneath, id: Option<Ident>, fin: &Path) -> Result<File, Fail> {
+    let Some(id) = id else {
+        return Err(Fail(libc::EINVAL, "delta without block hashes".into()));
+    };
+    let (f, md) = open_regular(fs, fin)?;
+    if Ident::of(&md) != id {
+        let m = "the file on the target changed since its blocks were hashed";
+        return Err(Fail(0, m.into()));
+    }
+    Ok(f)
+}
+
 fn read_data(
     input: &mut dyn Read,
     buf: &mut [u8],
@@ -318,15 +385,13 @@ fn read_data(
     delta: bool,
     basis: Option<&File>,
 ) -> io::Result<bool> {
-    use std::os::unix::fs::FileExt;
     loop {
         let n = u32_of(input)?;
         if n == 0 {
             break;
         }
         if n == COPY {
-            let (mut off, left) = proto::read_copy(input)?;
-            let mut left = left as usize;
+            let (off, len) = proto::read_copy(input)?;
             let Some(b) = basis else {
                 if delta {
                     // the basis could not be used: the file already failed
@@ -337,20 +402,10 @@ fn read_data(
                     "copy in a record without a basis",
                 ));
             };
-            while left > 0 && err.is_none() {
-                let step = left.min(buf.len());
-                let data = &mut buf[..step];
-                if let Err(e) = b.read_exact_at(data, off) {
-                    *err = Some(ctx("read the old version", e));
-                    break;
-                }
-                if let Some(f) = file.as_mut()
-                    && let Err(e) = f.write_all(data)
-                {
-                    *err = Some(ctx("write", e));
-                }
-                off += step as u64;
-                left -= step;
+            if let (Some(f), None) = (file.as_mut(), err.as_ref())
+                && let Err(e) = copy_range(b, off, len as u64, f, buf)
+            {
+                *err = Some(e);
             }
             continue;
         }
@@ -557,6 +612,20 @@ mod tests {
         read_hashes(&mut r, 4096).unwrap().unwrap();
         read_reply(&mut r).unwrap().unwrap();
         assert_eq!(std::fs::read(&fin).unwrap(), new);
+        assert!(!d.path().join(tmp).exists());
+        // a copy beyond the end of the old version: refused, not renamed
+        let mut input = Vec::new();
+        hashes_request(fin_b, 4096, &mut input);
+        delta_header(&mut input);
+        copy(new.len() as u64 - 10, 4096, &mut input);
+        end(true, &mut input);
+        let mut out = Vec::new();
+        serve(&mut io::BufReader::new(&input[..]), &mut out, &root).unwrap();
+        let mut r = &out[GREETING.len()..];
+        read_hashes(&mut r, 4096).unwrap().unwrap();
+        let e = read_reply(&mut r).unwrap().unwrap_err();
+        assert!(e.to_string().contains("beyond the end"), "{e}");
+        assert_eq!(std::fs::read(&fin).unwrap(), new, "untouched");
         assert!(!d.path().join(tmp).exists());
         // 3. a delta without hashes taken by this helper: refused
         let mut input = Vec::new();

@@ -35,10 +35,12 @@
 
 use std::io::{self, Read};
 
-/// The first line the helper prints: protocol name and version. Version 2:
-/// paths relative to the helper's `--root` (version 1 took absolute paths,
-/// unconfined).
-pub const GREETING: &[u8] = b"syncjob-helper 2\n";
+/// The first line the helper prints: protocol name and version. Version 3:
+/// the tree records of [`super::proto_tree`] (a helper carries a whole
+/// job) and rolling-checksum deltas (`W` signatures).
+/// Version 2: paths relative to the helper's `--root`, no tree records.
+/// Version 1 took absolute paths, unconfined.
+pub const GREETING: &[u8] = b"syncjob-helper 3\n";
 /// Smallest block size of a hashes request.
 pub const MIN_BLOCK: u32 = 4 << 10;
 /// Most block hashes given for one file.
@@ -184,7 +186,7 @@ fn bad_reply(x: u8) -> io::Error {
 }
 
 /// The rest of an error reply.
-fn read_fail(r: &mut dyn Read) -> io::Result<io::Error> {
+pub(crate) fn read_fail(r: &mut dyn Read) -> io::Result<io::Error> {
     let mut e = [0u8; 6];
     r.read_exact(&mut e)?;
     let errno = i32::from_le_bytes(e[..4].try_into().unwrap());

@@ -4,9 +4,17 @@
 //! files as one stream of records in the wire format of
 //! `proto::proto` and reads one reply per file.
 //!
-//! Big changed files (>= 8 MiB) that exist on the target go as deltas: the
-//! helper returns the SHA-256 of each block of its version while the
-//! source's blocks are hashed here; only differing blocks are sent.
+//! Big changed files (>= 8 MiB) that exist on the target go as rolling
+//! deltas (`crate::rolling`, rsync's algorithm): the helper returns a weak
+//! rolling checksum and a BLAKE3 hash for each block of its version; the
+//! source is scanned at every byte offset, and a window whose weak sum
+//! and BLAKE3 hash match a block is sent as "copy that block", the rest as
+//! literal data. An insertion or deletion costs about one block, not the
+//! rest of the file. Each copy is verified by its block's strong hash
+//! (found here on the source's window, given there for the target's
+//! block) and the helper checks that the target's file is the one it
+//! hashed (device, inode, size, mtime, ctime); the literal data is the
+//! source's bytes.
 
 use super::Ssh;
 use super::openssh::Pipe;
@@ -80,85 +88,92 @@ fn delta_block(size: u64) -> u32 {
 /// Streamed records are written out past this size.
 const FLUSH: usize = 256 << 10;
 
-/// The SHA-256 of each `block` of the first `len` bytes of `f` (read at
-/// offsets: the descriptor's position is left alone).
-fn hash_source(f: &std::fs::File, len: u64, block: u32) -> io::Result<Vec<[u8; 32]>> {
+/// The BLAKE3 of each full `block` of the first `len` bytes of `f` (read
+/// at offsets: the descriptor's position is left alone). Computed while
+/// the helper computes its signature.
+fn hash_source(f: &std::fs::File, len: u64, block: u32) -> io::Result<Local> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; block as usize];
-    let mut sums = Vec::with_capacity(len.div_ceil(block as u64) as usize);
+    let mut aligned = Vec::with_capacity((len / block as u64) as usize);
     let mut off = 0;
     while off < len {
         let n = (len - off).min(block as u64) as usize;
         f.read_exact_at(&mut buf[..n], off)?;
-        sums.push(proto::block_sum(&buf[..n]));
+        if n == block as usize {
+            aligned.push(crate::rolling::strong(&buf[..n]));
+        }
         off += n as u64;
     }
-    Ok(sums)
+    Ok(aligned)
 }
 
-/// The data of a delta: runs of equal blocks as copies, the others read
-/// (at their offsets) and sent. Returns the bytes sent and the file's own
-/// failure (a read error, a shutdown), if any; `Err`: the stream broke.
-#[allow(clippy::too_many_arguments)]
-fn send_delta(
+/// The source's aligned block sums.
+type Local = Vec<[u8; 32]>;
+
+/// The data of a rolling delta against the target's `sig`: copies of its
+/// blocks (adjacent ones merged) and literal data, written out as they
+/// come. Returns the literal bytes and the file's own failure (a read
+/// error, a shutdown), if any; `Err`: the stream broke.
+fn send_rolling(
     ch: &mut Box<dyn Pipe>,
     out: &mut Vec<u8>,
-    buf: &mut Vec<u8>,
     input: &std::fs::File,
-    len: u64,
-    theirs: &proto::Hashes,
-    mine: &[[u8; 32]],
+    (sig, aligned): (&crate::rolling::Signature, &[[u8; 32]]),
     ctx: &CopyCtx,
 ) -> io::Result<(u64, Option<io::Error>)> {
-    use proto::{chunk, copy};
+    use crate::rolling::Op;
     use std::io::Write;
-    use std::os::unix::fs::FileExt;
-    let block = theirs.block as u64;
-    if buf.len() < block as usize {
-        buf.resize(block as usize, 0);
-    }
+    let mut broke: Option<io::Error> = None;
     let mut pending: Option<(u64, u64)> = None;
-    let mut literal = 0u64;
-    let mut off = 0u64;
-    for (i, sum) in mine.iter().enumerate() {
+    let r = crate::rolling::delta_with(input, sig, aligned, |op| {
         if ctx.cancelled() {
-            let e = io::Error::new(io::ErrorKind::Interrupted, "aborted by shutdown");
-            return Ok((literal, Some(e)));
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "aborted by shutdown",
+            ));
         }
-        let n = (len - off).min(block);
-        if theirs.sums.get(i) == Some(sum) {
-            pending = match pending {
-                Some((at, l)) if at + l == off && l < (1 << 30) => Some((at, l + n)),
-                Some((at, l)) => {
-                    copy(at, l as u32, out);
-                    Some((off, n))
+        match op {
+            Op::Copy { offset, len } => {
+                ctx.add_progress(len);
+                pending = match pending {
+                    Some((at, l)) if at + l == offset && l + len <= 1 << 30 => Some((at, l + len)),
+                    Some((at, l)) => {
+                        proto::copy(at, l as u32, out);
+                        Some((offset, len))
+                    }
+                    None => Some((offset, len)),
+                };
+            }
+            Op::Literal(d) => {
+                if let Some((at, l)) = pending.take() {
+                    proto::copy(at, l as u32, out);
                 }
-                None => Some((off, n)),
-            };
-        } else {
-            if let Some((at, l)) = pending.take() {
-                copy(at, l as u32, out);
+                for c in d.chunks(proto::MAX_CHUNK as usize) {
+                    proto::chunk(c, out);
+                }
+                ctx.add_progress(d.len() as u64);
             }
-            let data = &mut buf[..n as usize];
-            if let Err(e) = input.read_exact_at(data, off) {
-                return Ok((literal, Some(e)));
-            }
-            for c in data.chunks(proto::MAX_CHUNK as usize) {
-                chunk(c, out);
-            }
-            literal += n;
         }
-        off += n;
         if out.len() >= FLUSH {
-            ch.write_all(out)?;
+            if let Err(e) = ch.write_all(out) {
+                let failed = io::Error::new(e.kind(), e.to_string());
+                broke = Some(e);
+                return Err(failed);
+            }
             out.clear();
         }
-        ctx.add_progress(n);
+        Ok(())
+    });
+    if let Some(e) = broke {
+        return Err(helper_lost(e));
     }
     if let Some((at, l)) = pending.take() {
-        copy(at, l as u32, out);
+        proto::copy(at, l as u32, out);
     }
-    Ok((literal, None))
+    match r {
+        Ok(literal) => Ok((literal, None)),
+        Err(e) => Ok((0, Some(e))),
+    }
 }
 
 /// An error of the helper's stream: the connection is lost for copying.
@@ -168,15 +183,15 @@ fn helper_lost(e: impl std::fmt::Display) -> io::Error {
 
 /// A source opened for copying, with its state then.
 type Opened = (std::fs::File, std::fs::Metadata);
-/// The target's block hashes of a file and the source's.
-type Basis = (proto::Hashes, Vec<[u8; 32]>);
+/// The target's rolling signature of a file, and the source's sums.
+type Basis = (crate::rolling::Signature, Local);
 
 impl Ssh {
     /// Copy files through the remote helper: all records of the batch go
     /// out as one stream, then the replies are read (one per file sent).
-    /// A big file that exists on the target goes as a delta: the helper
-    /// first gives the SHA-256 of each block of its version there, and only
-    /// the blocks that differ are sent (the others are copied there).
+    /// A big file that exists on the target goes as a rolling delta: the
+    /// helper first gives the signature of its version there (see the
+    /// module's comment).
     /// `Err`: the helper's stream broke (every file with it).
     pub(super) fn put_batch_helper(
         &mut self,
@@ -262,9 +277,8 @@ fn open_big(
     opened
 }
 
-/// Big files: the block hashes of their versions on the target, asked for
-/// while the source's blocks are hashed here. `None` for a file with no
-/// hashes there (a new file, …) or here: it is sent whole.
+/// Big files: the rolling signatures of their versions on the target.
+/// `None` for a file with none there (a new file, …): it is sent whole.
 fn ask_hashes(
     ch: &mut Box<dyn Pipe>,
     paths: &[(Vec<u8>, Vec<u8>)],
@@ -272,33 +286,34 @@ fn ask_hashes(
     out: &mut Vec<u8>,
 ) -> io::Result<Vec<Option<Basis>>> {
     use std::io::Write;
-    let mut hashes: Vec<Option<Basis>> = opened.iter().map(|_| None).collect();
+    let mut sigs: Vec<Option<Basis>> = opened.iter().map(|_| None).collect();
     let mut asked = Vec::new();
     for (k, o) in opened.iter().enumerate() {
         if let Some((_, md)) = o
             && md.len() >= DELTA_MIN
         {
             let block = delta_block(md.len());
-            proto::hashes_request(&paths[k].1, block, out);
+            crate::helper::proto_tree::signature_request(&paths[k].1, block, out);
             asked.push((k, block));
         }
     }
     if asked.is_empty() {
-        return Ok(hashes);
+        return Ok(sigs);
     }
     ch.write_all(out).map_err(helper_lost)?;
     out.clear();
+    // the source is hashed here while the helper reads the target there
     let (remote, local) = std::thread::scope(|sc| {
         let local: Vec<_> = asked
             .iter()
             .map(|&(k, block)| {
-                let (f, md) = opened[k].as_ref().unwrap();
+                let (f, md) = opened[k].as_ref().expect("asked for opened files");
                 sc.spawn(move || hash_source(f, md.len(), block))
             })
             .collect();
         let remote: Vec<_> = asked
             .iter()
-            .map(|&(_, block)| proto::read_hashes(ch, block))
+            .map(|&(_, block)| crate::helper::proto_tree::read_signature(ch, block))
             .collect();
         (
             remote,
@@ -306,11 +321,11 @@ fn ask_hashes(
         )
     });
     for ((&(k, _), r), l) in asked.iter().zip(remote).zip(local) {
-        if let (Ok(h), Ok(Ok(mine))) = (r.map_err(helper_lost)?, l) {
-            hashes[k] = Some((h, mine));
+        if let (Ok((_, sig)), Ok(Ok(mine))) = (r.map_err(helper_lost)?, l) {
+            sigs[k] = Some((sig, mine));
         }
     }
-    Ok(hashes)
+    Ok(sigs)
 }
 
 /// One file's record being sent.
@@ -331,7 +346,7 @@ impl FileOut<'_> {
         mut self,
         ch: &mut Box<dyn Pipe>,
         out: &mut Vec<u8>,
-        buf: &mut Vec<u8>,
+        buf: &mut [u8],
         basis: Option<Basis>,
         ctx: &CopyCtx,
     ) -> io::Result<(u64, Option<io::Error>)> {
@@ -351,16 +366,11 @@ impl FileOut<'_> {
         );
         let is_delta = basis.is_some();
         let (n, mut fail) = match basis {
-            // a delta: blocks that differ are read and sent, the others
-            // copied there from the old version
-            Some((theirs, mine)) => {
-                let len = before.len();
-                send_delta(ch, out, buf, &self.input, len, &theirs, &mine, ctx)
-                    .map_err(helper_lost)?
-            }
+            // a delta: copies of the blocks found, literal data between
+            Some((sig, aligned)) => send_rolling(ch, out, &self.input, (&sig, &aligned), ctx)?,
             None => self.send_whole(ch, out, buf, ctx)?,
         };
-        // (a delta reads the whole source, at its blocks' offsets)
+        // (a delta reads the whole source)
         let read = if is_delta { self.before.len() } else { n };
         if fail.is_none()
             && let Err(e) = verify_unchanged(&self.input, &self.before, read)

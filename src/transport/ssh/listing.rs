@@ -257,11 +257,45 @@ impl FindParser {
         Ok(at)
     }
 
+    /// One entry listed by other means (the remote helper's listing),
+    /// checked and bounded as a record is; `Err`: the listing is refused.
+    pub(super) fn entry(
+        &mut self,
+        name: &[u8],
+        entry: Entry,
+        errors: &mut Vec<PathError>,
+    ) -> Result<(), String> {
+        self.records += 1;
+        if self.records > self.max_records {
+            return Err(format!(
+                "more than {} entries (ssh.max_listing_entries); refused",
+                self.max_records
+            ));
+        }
+        let r =
+            check_name(name, self.have_root, &self.dirs).and_then(|()| self.accept(name, entry));
+        if let Err(why) = r {
+            self.rejected += 1;
+            if errors.len() < MAX_REJECTED {
+                errors.push(PathError {
+                    path: crate::escape::bytes(name),
+                    message: format!("remote listing entry rejected: {why}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// One record; `Err`: why it is rejected.
     fn record(&mut self, f: [&[u8]; 8]) -> Result<(), &'static str> {
         let name = f[6];
         check_name(name, self.have_root, &self.dirs)?;
         let entry = entry_of(&f)?;
+        self.accept(name, entry)
+    }
+
+    /// A checked entry into the tree.
+    fn accept(&mut self, name: &[u8], entry: Entry) -> Result<(), &'static str> {
         if name.is_empty() && entry.kind != EntryKind::Dir {
             return Err("the target root is not a directory");
         }
@@ -438,6 +472,26 @@ mod tests {
         let t = parse_find(&out, &mut errors);
         assert_eq!(t.len(), 2, "{t:?}");
         assert_eq!(errors.len(), 7, "{errors:?}");
+    }
+
+    /// Entries from the remote helper's listing are checked as `find`'s.
+    #[test]
+    fn helper_entries_escaping_the_root_are_rejected() {
+        let mut p = FindParser::new(5);
+        let mut errors = vec![];
+        let mut link = Entry::blank(EntryKind::Symlink);
+        link.link = Some(Box::new(PathBuf::from("/etc")));
+        p.entry(b"", Entry::blank(EntryKind::Dir), &mut errors)
+            .unwrap();
+        p.entry(b"evil", link, &mut errors).unwrap();
+        for bad in [&b"evil/passwd"[..], b"../x", b"/etc/passwd"] {
+            p.entry(bad, Entry::blank(EntryKind::File), &mut errors)
+                .unwrap();
+        }
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        let e = p.entry(b"ok", Entry::blank(EntryKind::File), &mut errors);
+        assert!(e.unwrap_err().contains("more than 5 entries"));
+        assert_eq!(p.finish(&mut errors).len(), 2);
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //!   WRITEs, mode/mtime set on the open handle, then `posix-rename` over the
 //!   final name (atomic). With `ssh.remote_helper`, files go instead as
 //!   one stream to `syncjob helper` on the remote (see `helper`): the same
-//!   temporary name and rename there, one record and one reply per file.
+//!   temporary name and rename there, one record and one reply per file;
+//!   and then the helper also lists, makes directories and symlinks, sets
+//!   attributes and deletes (`helper_tree`): no `find`, no SFTP channel.
 //!
 //! Room by room: `session` (connect, host keys, auth, remote commands),
 //! `listing` (`find` and SFTP readdir), `sftp_put` (SFTP writes, pipelined),
@@ -25,6 +27,7 @@ mod certs;
 mod config_parse;
 mod helper_client;
 mod helper_probe;
+mod helper_tree;
 mod jump;
 mod known_hosts;
 mod listing;
@@ -160,7 +163,6 @@ impl Ssh {
                 (Conn::OpenSsh(Box::new(c)), label)
             }
         };
-        let sftp = conn.sftp(&label)?;
         let helper = match o.remote_helper.as_deref() {
             Some("none") => None,
             Some(cmd) => Some(helper_client::start_helper(
@@ -176,6 +178,11 @@ impl Ssh {
                 settings.state_dir.as_deref(),
                 &key,
             ),
+        };
+        // a helper carries the whole job: no SFTP channel (see helper_tree)
+        let sftp = match helper {
+            Some(_) => Sftp::start(Box::new(helper_tree::NoSftp::new()))?,
+            None => conn.sftp(&label)?,
         };
         Ok(Ssh {
             sftp,
@@ -253,23 +260,35 @@ impl Transport for Ssh {
     }
 
     fn apply(&mut self, actions: &[&Action]) -> Vec<io::Result<()>> {
+        if self.helper.is_some() {
+            return self.helper_apply(actions);
+        }
         self.apply_pipelined(actions)
     }
 
     fn mtime_nanos(&self) -> bool {
-        // SFTP v3 sets whole seconds
+        // SFTP v3 sets whole seconds (the helper sets nanoseconds, but
+        // targets synced over SFTP before would then all differ)
         false
     }
 
     fn symlink_times(&self) -> bool {
-        self.sftp.lsetstat
+        self.helper.is_some() || self.sftp.lsetstat
     }
 
     fn list(&mut self, _filter: &Filter) -> io::Result<Listing> {
+        if self.helper.is_some() {
+            return self.helper_list();
+        }
         self.list_remote()
     }
 
     fn ensure_root(&mut self) -> io::Result<()> {
+        if self.helper.is_some() {
+            let mut r = Vec::new();
+            crate::helper::proto_tree::path_request(b'P', b"", &mut r);
+            return self.helper_one(r);
+        }
         let mut cmd = b"mkdir -p -- ".to_vec();
         cmd.extend_from_slice(&shell_quote(&self.root));
         let (code, _, err) = self.conn.exec(&cmd, false)?;
@@ -289,6 +308,9 @@ impl Transport for Ssh {
         src: &Path,
         source: Option<&crate::plan::source::SourceTree>,
     ) -> io::Result<bool> {
+        if self.helper.is_some() {
+            return self.helper_same_content(rel, src, source);
+        }
         let (mut f, _) = crate::transport::open_source(src, source)?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
@@ -314,6 +336,11 @@ impl Transport for Ssh {
     }
 
     fn mkdir(&mut self, rel: &Path) -> io::Result<()> {
+        if self.helper.is_some() {
+            return self
+                .helper_apply(&[&Action::Mkdir { path: rel.into() }])
+                .remove(0);
+        }
         self.sftp_mkdir(rel)
     }
 
@@ -324,10 +351,23 @@ impl Transport for Ssh {
         preserve_owner: bool,
         ctx: &CopyCtx,
     ) -> io::Result<u64> {
+        if self.helper.is_some() {
+            let items = [(rel, src.to_path_buf())];
+            return self.put_files(&items, preserve_owner, ctx).remove(0);
+        }
         self.sftp_put_file(rel, src, preserve_owner, ctx)
     }
 
     fn symlink(&mut self, rel: &Path, target: &Path, mtime: Option<(i64, u32)>) -> io::Result<()> {
+        if self.helper.is_some() {
+            let a = Action::Symlink {
+                path: rel.into(),
+                target: target.into(),
+                why: crate::plan::Why::New,
+                mtime,
+            };
+            return self.helper_apply(&[&a]).remove(0);
+        }
         self.sftp_symlink(rel, target, mtime)
     }
 
@@ -339,6 +379,17 @@ impl Transport for Ssh {
         mtime: Option<(i64, u32)>,
         owner: Option<(u32, u32)>,
     ) -> io::Result<()> {
+        if self.helper.is_some() {
+            let a = Action::SetAttrs {
+                path: rel.into(),
+                kind,
+                mode,
+                mtime,
+                owner,
+                new: false,
+            };
+            return self.helper_apply(&[&a]).remove(0);
+        }
         self.sftp_set_attrs(rel, kind, mode, mtime, owner)?;
         match mtime {
             Some((s, _)) if !old_times::fits_sftp(s) => self.touch_times(&[(self.path(rel), s)]),
@@ -347,6 +398,14 @@ impl Transport for Ssh {
     }
 
     fn remove(&mut self, rel: &Path, kind: EntryKind) -> io::Result<()> {
+        if self.helper.is_some() {
+            let a = Action::Delete {
+                path: rel.into(),
+                kind,
+                counted: false,
+            };
+            return self.helper_apply(&[&a]).remove(0);
+        }
         self.sftp_remove(rel, kind)
     }
 }
