@@ -32,6 +32,7 @@ pub mod openssh;
 pub mod resolve;
 mod session;
 pub mod sftp;
+mod sftp_guard;
 mod sftp_put;
 
 pub use listing::parse_find;
