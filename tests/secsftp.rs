@@ -68,13 +68,15 @@ fn seed(lab: &Lab) {
     lab.write("top/deep/x.txt", b"x1");
     lab.write("top/deep/gone.txt", b"to delete");
     lab.write("conf.txt", b"conf");
+    lab.write("conf2.txt", b"conf2");
     lab.write("m/f.txt", b"m");
     fs::set_permissions(lab.src().join("m"), fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// Plant the links: `dst/sub` and `dst/top/deep` → `outside` (a top-level
 /// and a nested parent), `dst/m` → `outside` (a directory whose mode
-/// changes), `dst/conf.txt` → the secret.
+/// changes), `dst/conf.txt` (a mode change) and `dst/conf2.txt` (a
+/// content change) → the secret.
 fn plant(lab: &Lab, out: &Path, secret: &Path) {
     let dst = lab.dst();
     for (rel, to) in [
@@ -82,6 +84,7 @@ fn plant(lab: &Lab, out: &Path, secret: &Path) {
         ("top/deep", out),
         ("m", out),
         ("conf.txt", secret),
+        ("conf2.txt", secret),
     ] {
         let p = dst.join(rel);
         if fs::symlink_metadata(&p).unwrap().is_dir() {
@@ -106,6 +109,7 @@ fn change_source(lab: &Lab) {
     lab.write("top/deep/y.txt", b"y");
     fs::remove_file(src.join("top/deep/gone.txt")).unwrap();
     fs::set_permissions(src.join("conf.txt"), fs::Permissions::from_mode(0o666)).unwrap();
+    lab.write("conf2.txt", b"conf2, rewritten");
     fs::set_permissions(src.join("m"), fs::Permissions::from_mode(0o777)).unwrap();
     fs::set_permissions(src.join("m/f.txt"), fs::Permissions::from_mode(0o666)).unwrap();
 }
@@ -147,7 +151,9 @@ fn symlinks_planted_in_an_sftp_target_are_never_written_through() {
         for d in ["sub", "top/deep", "m"] {
             assert!(fs::symlink_metadata(dst.join(d)).unwrap().is_dir(), "{d}");
         }
-        assert!(fs::symlink_metadata(dst.join("conf.txt")).unwrap().is_file());
+        for f in ["conf.txt", "conf2.txt"] {
+            assert!(fs::symlink_metadata(dst.join(f)).unwrap().is_file(), "{f}");
+        }
         assert_eq!(snapshot(&out), before, "{extra}");
         assert_eq!(mode(&out), out_mode, "{extra}");
         assert_eq!(mode(&secret), 0o600, "{extra}");
@@ -175,7 +181,11 @@ fn a_mode_change_planned_from_the_manifest_never_chmods_through_a_link() {
     fs::remove_file(dst.join("f.txt")).unwrap();
     symlink(&secret, dst.join("f.txt")).unwrap();
     let src = lab.src();
-    fs::set_permissions(src.join("sub/deep/d.txt"), fs::Permissions::from_mode(0o666)).unwrap();
+    fs::set_permissions(
+        src.join("sub/deep/d.txt"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
     fs::set_permissions(src.join("f.txt"), fs::Permissions::from_mode(0o666)).unwrap();
     let r = lab.run(&["run", "web"]);
     assert_eq!(
@@ -187,6 +197,9 @@ fn a_mode_change_planned_from_the_manifest_never_chmods_through_a_link() {
     );
     assert_eq!(mode(&secret), 0o600, "the secret was chmod-ed");
     assert_ne!(r.code, 0, "a replaced link is reported: {}", r.stdout);
+    let said = format!("{}{}", r.stdout, r.stderr);
+    assert!(said.contains("symlink"), "{said}");
+    eprintln!("{said}");
     lab.run(&["run", "web"]);
     lab.run(&["run", "web"]).code(0);
     assert_eq!(rsync_diff(&src, &dst, &[]), "");

@@ -46,9 +46,9 @@ const ATTR_EXTENDED: u32 = 0x8000_0000;
 
 const FX_OK: u32 = 0;
 const FX_EOF: u32 = 1;
-const FX_NO_SUCH_FILE: u32 = 2;
+pub const FX_NO_SUCH_FILE: u32 = 2;
 const FX_PERMISSION_DENIED: u32 = 3;
-pub const FX_FAILURE: u32 = 4;
+const FX_FAILURE: u32 = 4;
 
 /// Largest data per WRITE (OpenSSH accepts up to 256 KiB packets).
 pub const WRITE_CHUNK: usize = 64 * 1024;

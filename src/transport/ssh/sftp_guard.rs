@@ -22,7 +22,7 @@
 //! helper (`syncjob helper`, directory handles) closes that window.
 
 use super::Ssh;
-use super::sftp::{Attrs, FX_FAILURE, Reply, is_dir_mode, is_link_mode};
+use super::sftp::{Attrs, FX_NO_SUCH_FILE, Reply, is_dir_mode, is_link_mode};
 use crate::plan::EntryKind;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -99,7 +99,9 @@ impl Ssh {
                     && !self.sftp.verified.refused.contains_key(d)
                     && !want.contains_key(&key)
                 {
-                    let id = self.sftp.lstat(&self.path(Path::new(std::ffi::OsStr::from_bytes(d))))?;
+                    let id = self
+                        .sftp
+                        .lstat(&self.path(Path::new(std::ffi::OsStr::from_bytes(d))))?;
                     want.insert(key, id);
                 }
             }
@@ -207,8 +209,12 @@ impl Ssh {
             match self.sftp.wait(id)? {
                 Reply::Status(0, _) => {}
                 Reply::Attrs(a) => retry.push((k, Some(a))),
-                // e.g. lsetstat's fchmodat without /proc: check, then setstat
-                Reply::Status(FX_FAILURE, _) if items[k].1 != EntryKind::Symlink => {
+                // lsetstat refused (its fchmodat needs /proc, which a
+                // chroot may lack; or the server denies the request):
+                // check, then setstat
+                Reply::Status(code, _)
+                    if code != FX_NO_SUCH_FILE && items[k].1 != EntryKind::Symlink =>
+                {
                     retry.push((k, None))
                 }
                 other => out[k] = Err(other.into_err("set attributes")),
@@ -243,10 +249,9 @@ impl Ssh {
                 }
             };
             if lst.perm.is_none_or(is_link_mode) {
-                out[k] = Err(io::Error::other(format!(
-                    "{} is a symlink on the target: its attributes are not set through it",
-                    crate::escape::bytes(items[k].0.as_os_str().as_bytes())
-                )));
+                out[k] = Err(io::Error::other(
+                    "a symlink on the target: its attributes are not set through it",
+                ));
                 continue;
             }
             ids.push((k, self.sftp.setstat(&p, &items[k].2)?));

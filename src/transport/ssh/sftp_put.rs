@@ -55,8 +55,11 @@ impl Ssh {
                 let depth = |a: &Action| a.path().components().count();
                 let max = actions.iter().map(|a| depth(a)).max().unwrap_or(0);
                 for level in 1..=max {
-                    let these: Vec<usize> =
-                        all.iter().copied().filter(|&k| depth(actions[k]) == level).collect();
+                    let these: Vec<usize> = all
+                        .iter()
+                        .copied()
+                        .filter(|&k| depth(actions[k]) == level)
+                        .collect();
                     for (k, r) in these.iter().zip(self.send_and_wait(actions, &these)) {
                         out[*k] = r;
                     }
@@ -79,7 +82,11 @@ impl Ssh {
                     mtime,
                     owner,
                     ..
-                } => Some((path.as_path(), *kind, attrs_for(*kind, *mode, *mtime, *owner))),
+                } => Some((
+                    path.as_path(),
+                    *kind,
+                    attrs_for(*kind, *mode, *mtime, *owner),
+                )),
                 _ => None,
             })
             .collect();
