@@ -89,7 +89,7 @@ impl Conn {
     fn stream(&self, cmd: &[u8], ignore_stderr: bool) -> io::Result<Box<dyn Pipe>> {
         match self {
             Conn::Embedded { sess, .. } => {
-                let mut ch = sess.channel_session().map_err(io::Error::from)?;
+                let mut ch = session::open_channel(sess)?;
                 if ignore_stderr {
                     ch.handle_extended_data(ssh2::ExtendedData::Ignore)
                         .map_err(io::Error::from)?;
@@ -109,7 +109,7 @@ impl Conn {
             |e: io::Error| io::Error::new(e.kind(), format!("cannot start sftp on {label}: {e}"));
         match self {
             Conn::Embedded { sess, .. } => {
-                let mut ch = sess.channel_session().map_err(io::Error::from)?;
+                let mut ch = session::open_channel(sess)?;
                 ch.subsystem("sftp").map_err(io::Error::from)?;
                 Ok(Sftp::start(Box::new(ch)).map_err(what)?)
             }

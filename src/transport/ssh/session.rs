@@ -315,7 +315,7 @@ pub(super) fn exec(
     cmd: &[u8],
     ignore_stderr: bool,
 ) -> io::Result<(i32, Vec<u8>, Vec<u8>)> {
-    let mut ch = sess.channel_session().map_err(io::Error::from)?;
+    let mut ch = open_channel(sess)?;
     if ignore_stderr {
         ch.handle_extended_data(ssh2::ExtendedData::Ignore)
             .map_err(io::Error::from)?;
@@ -558,4 +558,16 @@ mod tests {
         assert_eq!(base64(b"foob", false), "Zm9vYg");
         assert_eq!(shell_quote(b"it's"), b"'it'\\''s'");
     }
+}
+
+/// The receive window of the session channels we open (libssh2's default
+/// is 2 MiB): replies, listings and the helper's answers never wait for a
+/// window adjustment on a fast link.
+pub const CHANNEL_WINDOW: u32 = 16 << 20;
+
+/// A "session" channel with a [`CHANNEL_WINDOW`] receive window (packets
+/// of libssh2's default size, 32 KiB).
+pub fn open_channel(sess: &ssh2::Session) -> io::Result<ssh2::Channel> {
+    sess.channel_open("session", CHANNEL_WINDOW, 32 * 1024, None)
+        .map_err(io::Error::from)
 }

@@ -52,8 +52,11 @@ const FX_FAILURE: u32 = 4;
 
 /// Largest data per WRITE (OpenSSH accepts up to 256 KiB packets).
 pub const WRITE_CHUNK: usize = 64 * 1024;
-/// Requests in flight before we wait for replies.
-const MAX_IN_FLIGHT: usize = 64;
+/// Requests in flight before we wait for replies (a sliding window: the
+/// oldest reply is read before one more is sent). Small files cost 4-5
+/// requests each, so 256 keeps 50+ files moving per round trip; replies
+/// kept out of order stay bounded by this too.
+const MAX_IN_FLIGHT: usize = 256;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attrs {

@@ -5,12 +5,15 @@
 //! - before anything is written, made, removed or has its attributes set
 //!   below a directory, every parent component of its path (below the
 //!   target root, which the operator named) is checked with LSTAT to be a
-//!   real directory; checked and self-made directories are remembered for
-//!   the connection ([`Verified`]), and forgotten when we remove them;
+//!   real directory; checked and self-made directories are remembered on
+//!   the connection for [`VERIFIED_FOR`] ([`Verified`]: a batch's parents
+//!   are checked in one pipelined round trip, a kept-open connection
+//!   checks again later), and forgotten when we remove them;
 //! - a symlink met where a directory is expected is the target's content:
 //!   it is removed and an empty directory made in its place (never gone
 //!   through); what was to be done below it fails this run with a clear
-//!   reason, so the run is not `ok`, its manifest is not kept, and the
+//!   reason (in that call; later calls work below the new directory), so
+//!   the run is not `ok`, its manifest is not kept, and the
 //!   next run lists the target afresh and sends that content again;
 //! - attributes are set with `lsetstat@openssh.com` (which never follows
 //!   a symlink); without it, or when the server's lsetstat cannot set a
@@ -25,35 +28,56 @@ use super::Ssh;
 use super::sftp::{Attrs, FX_NO_SUCH_FILE, Reply, is_dir_mode, is_link_mode};
 use crate::plan::EntryKind;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long a directory found real (or made by us) is believed without
+/// a new LSTAT. Short: a connection kept open (the watcher's) checks its
+/// parents again for each batch that comes later.
+pub const VERIFIED_FOR: Duration = Duration::from_secs(2);
 
 /// Directories of the target (relative paths, bytes) known on this
-/// connection to be real directories, and those found to be symlinks and
-/// replaced (nothing is done below those on this connection).
+/// connection to be real directories, and since when.
 #[derive(Default)]
 pub struct Verified {
-    dirs: HashSet<Vec<u8>>,
-    refused: HashMap<Vec<u8>, String>,
+    dirs: HashMap<Vec<u8>, Instant>,
 }
 
 impl Verified {
-    /// `dir` is a real directory (checked, or made by us).
+    /// `dir` is a real directory (checked, or made by us), now.
     pub fn add(&mut self, dir: &Path) {
-        self.dirs.insert(dir.as_os_str().as_bytes().to_vec());
+        if self.dirs.len() >= 1 << 16 {
+            self.dirs.retain(|_, t| t.elapsed() < VERIFIED_FOR);
+        }
+        self.dirs
+            .insert(dir.as_os_str().as_bytes().to_vec(), Instant::now());
     }
 
     /// We removed `path`: forget it and everything below it.
     pub fn forget(&mut self, path: &Path) {
         let p = path.as_os_str().as_bytes();
         self.dirs
-            .retain(|d| !(d == p || (d.starts_with(p) && d.get(p.len()) == Some(&b'/'))));
+            .retain(|d, _| !(d == p || (d.starts_with(p) && d.get(p.len()) == Some(&b'/'))));
     }
 
     fn knows(&self, dir: &[u8]) -> bool {
-        dir.is_empty() || self.dirs.contains(dir)
+        dir.is_empty()
+            || self
+                .dirs
+                .get(dir)
+                .is_some_and(|t| t.elapsed() < VERIFIED_FOR)
     }
+}
+
+/// What one check found: the parents that are real directories, and
+/// those that are not, with why (what is below them fails in that call).
+#[derive(Default)]
+struct Checked {
+    good: HashSet<Vec<u8>>,
+    refused: HashMap<Vec<u8>, String>,
 }
 
 /// The parent directories of `rel` below the root, outermost first.
@@ -62,6 +86,22 @@ fn parents(rel: &[u8]) -> impl Iterator<Item = &[u8]> {
         .enumerate()
         .filter(|(k, c)| **c == b'/' && *k > 0)
         .map(|(k, _)| &rel[..k])
+}
+
+/// Whether every parent of `rel` was found a real directory; else why not.
+fn parents_ok(rel: &Path, c: &Checked) -> io::Result<()> {
+    for d in parents(rel.as_os_str().as_bytes()) {
+        if let Some(why) = c.refused.get(d) {
+            return Err(io::Error::other(why.clone()));
+        }
+        if !c.good.contains(d) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: no such directory", crate::escape::bytes(d)),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What LSTAT found at a parent.
@@ -92,16 +132,16 @@ impl Ssh {
     pub(super) fn check_parents(&mut self, rels: &[&Path]) -> io::Result<Vec<io::Result<()>>> {
         // by depth, then name: a parent is settled before its children
         let mut want: BTreeMap<(usize, Vec<u8>), u32> = BTreeMap::new();
+        let mut c = Checked::default();
         for rel in rels {
             for (depth, d) in parents(rel.as_os_str().as_bytes()).enumerate() {
                 let key = (depth, d.to_vec());
-                if !self.sftp.verified.knows(d)
-                    && !self.sftp.verified.refused.contains_key(d)
-                    && !want.contains_key(&key)
-                {
+                if self.sftp.verified.knows(d) {
+                    c.good.insert(d.to_vec());
+                } else if !want.contains_key(&key) {
                     let id = self
                         .sftp
-                        .lstat(&self.path(Path::new(std::ffi::OsStr::from_bytes(d))))?;
+                        .lstat(&self.path(Path::new(OsStr::from_bytes(d))))?;
                     want.insert(key, id);
                 }
             }
@@ -111,28 +151,31 @@ impl Ssh {
             seen.push((d, found(self.sftp.wait(id)?)));
         }
         for (d, f) in seen {
-            self.settle(&d, f);
+            self.settle(&d, f, &mut c);
         }
-        Ok(rels.iter().map(|rel| self.parents_ok(rel)).collect())
+        Ok(rels.iter().map(|rel| parents_ok(rel, &c)).collect())
     }
 
     /// Act on what LSTAT found at parent `d` (its own parents settled).
-    fn settle(&mut self, d: &[u8], f: Found) {
-        let v = &self.sftp.verified;
-        if parents(d).any(|p| v.refused.contains_key(p) || !v.knows(p)) {
+    fn settle(&mut self, d: &[u8], f: Found, c: &mut Checked) {
+        if parents(d).any(|p| !c.good.contains(p)) {
             return; // below a refused or missing parent: not reached
         }
-        let rel = Path::new(std::ffi::OsStr::from_bytes(d));
+        let rel = Path::new(OsStr::from_bytes(d));
         let shown = crate::escape::bytes(d);
         match f {
-            Found::Dir => self.sftp.verified.add(rel),
+            Found::Dir => {
+                self.sftp.verified.add(rel);
+                c.good.insert(d.to_vec());
+            }
             Found::Missing => {}
             Found::Other(what) => {
-                let why = format!("{shown}: {what}");
-                self.sftp.verified.refused.insert(d.to_vec(), why);
+                c.refused.insert(d.to_vec(), format!("{shown}: {what}"));
             }
             Found::Link => {
                 let why = match self.replace_link(rel) {
+                    // a real directory now (ours); what this call meant to
+                    // do below it fails, so the run is not `ok`
                     Ok(()) => format!(
                         "{shown} was a symlink on the target: replaced by an empty directory \
                          (nothing went through it); its content is sent again by the next run"
@@ -142,7 +185,7 @@ impl Ssh {
                          not followed, and it could not be replaced: {e}"
                     ),
                 };
-                self.sftp.verified.refused.insert(d.to_vec(), why);
+                c.refused.insert(d.to_vec(), why);
             }
         }
     }
@@ -159,23 +202,8 @@ impl Ssh {
                 ..Default::default()
             },
         )?;
-        self.sftp.wait(id)?.ok("mkdir")
-    }
-
-    /// Whether every parent of `rel` is a known directory; else why not.
-    fn parents_ok(&self, rel: &Path) -> io::Result<()> {
-        let v = &self.sftp.verified;
-        for d in parents(rel.as_os_str().as_bytes()) {
-            if let Some(why) = v.refused.get(d) {
-                return Err(io::Error::other(why.clone()));
-            }
-            if !v.knows(d) {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("{}: no such directory", crate::escape::bytes(d)),
-                ));
-            }
-        }
+        self.sftp.wait(id)?.ok("mkdir")?;
+        self.sftp.verified.add(rel);
         Ok(())
     }
 
