@@ -210,10 +210,11 @@ def main():
             sh("cp", "-a", f"{trees}/big", f"{trees}/big-insert")
             f0 = sorted(os.listdir(f"{trees}/big-insert"))[0]
             p = f"{trees}/big-insert/{f0}"
-            with open(p, "rb") as f:
-                data = f.read()
-            with open(p, "wb") as f:
-                f.write(b"\x5a" + data)
+            # streamed: a 256 MiB buffer here would be counted in every
+            # child's peak RSS (a forked child starts with the parent's pages)
+            with open(f"{trees}/big/{f0}", "rb") as fin, open(p, "wb") as fout:
+                fout.write(b"\x5a")
+                shutil.copyfileobj(fin, fout, 1 << 20)
         T = f"{LAB}/targets"
         os.makedirs(T, exist_ok=True)
         if TMPFS:

@@ -138,11 +138,11 @@ impl Ssh {
                 let key = (depth, d.to_vec());
                 if self.sftp.verified.knows(d) {
                     c.good.insert(d.to_vec());
-                } else if !want.contains_key(&key) {
+                } else if let std::collections::btree_map::Entry::Vacant(e) = want.entry(key) {
                     let id = self
                         .sftp
                         .lstat(&self.path(Path::new(OsStr::from_bytes(d))))?;
-                    want.insert(key, id);
+                    e.insert(id);
                 }
             }
         }
