@@ -266,11 +266,12 @@ fn handshake<S: std::os::fd::AsRawFd + 'static>(
     let mut sess = ssh2::Session::new().map_err(io::Error::from)?;
     sess.set_tcp_stream(stream);
     // Chosen by measurement (bench/ciphers.sh, 2026-11-27, 2 cores, AES-NI,
-    // loopback sshd, CPU seconds per GiB moved, this client + the server):
-    // over the remote helper chacha20-poly1305 10.5, aes128-ctr 11.0,
-    // aes128-gcm 12.2; over SFTP 12.7, 12.2, 13.2. libssh2's AES-GCM costs
-    // this side 8.4 s/GiB against 5.3 for its chacha20 (6.1 for ctr), so
-    // GCM comes after CTR. The first of these the server offers is used.
+    // loopback sshd, CPU seconds per GiB moved, this client + the server,
+    // two runs): through the remote helper chacha20-poly1305 10.5/8.6,
+    // aes128-ctr 11.0/11.0, aes128-gcm 12.2/10.2; over SFTP 12.7/11.0,
+    // 12.2/12.4, 13.2/12.2. libssh2's AES-GCM costs this side 7-8 s/GiB
+    // against 5 for its chacha20 (6 for CTR). The first of these the
+    // server offers is used.
     const CIPHERS: &str = "chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes192-ctr";
     for m in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
         let _ = sess.method_pref(m, CIPHERS);
