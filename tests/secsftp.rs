@@ -206,3 +206,80 @@ fn a_mode_change_planned_from_the_manifest_never_chmods_through_a_link() {
     assert_eq!(snapshot(&out), before);
     assert_eq!(mode(&secret), 0o600);
 }
+
+/// `syncjob watch` keeps its SFTP connection open between batches: a
+/// directory it wrote into in one batch, swapped for a link to an outside
+/// directory before the next batch, is checked again by that batch, so
+/// nothing lands outside; the target converges to real directories.
+#[test]
+fn a_link_planted_between_two_watch_batches_is_not_written_through() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    sftp_job(&lab, &s, "watch: {delay: 0}");
+    lab.write("sub/a.txt", b"a");
+    let (out, _) = outside(&lab);
+    let before = snapshot(&out);
+    let err = fs::File::create(lab.path("watch.err")).unwrap();
+    let child = lab
+        .cmd()
+        .args(["watch", "web"])
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let _stop = KillOnDrop(child);
+    let dst = lab.dst();
+    assert!(
+        eventually(|| dst.join("sub/a.txt").exists()),
+        "{}",
+        said(&lab)
+    );
+    // a batch that writes into `sub` on the kept connection
+    lab.write("sub/b.txt", b"b");
+    assert!(
+        eventually(|| dst.join("sub/b.txt").exists()),
+        "{}",
+        said(&lab)
+    );
+    fs::rename(dst.join("sub"), lab.path("sub.was")).unwrap();
+    symlink(&out, dst.join("sub")).unwrap();
+    lab.write("sub/c.txt", b"c");
+    lab.write("sub/deeper/d.txt", b"d");
+    // the batch met the link: replaced, the files sent again later
+    let real = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    assert!(
+        eventually(|| real(&dst.join("sub")) && dst.join("sub/c.txt").exists()),
+        "{}",
+        said(&lab)
+    );
+    assert_eq!(snapshot(&out), before, "{}", said(&lab));
+    assert!(eventually(|| dst.join("sub/deeper/d.txt").exists()));
+    assert_eq!(snapshot(&out), before);
+}
+
+/// The watcher's stderr.
+fn said(lab: &Lab) -> String {
+    fs::read_to_string(lab.path("watch.err")).unwrap_or_default()
+}
+
+/// Poll `f` for up to 90 s (the watcher retries a failed batch with a full
+/// sync; generous for a loaded machine).
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(90) {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -5,10 +5,11 @@
 //! - before anything is written, made, removed or has its attributes set
 //!   below a directory, every parent component of its path (below the
 //!   target root, which the operator named) is checked with LSTAT to be a
-//!   real directory; checked and self-made directories are remembered on
-//!   the connection for [`VERIFIED_FOR`] ([`Verified`]: a batch's parents
-//!   are checked in one pipelined round trip, a kept-open connection
-//!   checks again later), and forgotten when we remove them;
+//!   real directory; checked and self-made directories are remembered
+//!   for the batch of operations at hand ([`Verified`]: a batch's parents
+//!   are checked in one pipelined round trip; the next batch, e.g. the
+//!   watcher's next one on its kept-open connection, checks again), and
+//!   forgotten when we remove them;
 //! - a symlink met where a directory is expected is the target's content:
 //!   it is removed and an empty directory made in its place (never gone
 //!   through); what was to be done below it fails this run with a clear
@@ -32,43 +33,37 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
-/// How long a directory found real (or made by us) is believed without
-/// a new LSTAT. Short: a connection kept open (the watcher's) checks its
-/// parents again for each batch that comes later.
-pub const VERIFIED_FOR: Duration = Duration::from_secs(2);
-
-/// Directories of the target (relative paths, bytes) known on this
-/// connection to be real directories, and since when.
+/// Directories of the target (relative paths, bytes) known to be real
+/// directories (checked, or made by us) since the current batch of
+/// operations began: cleared when the next batch begins
+/// ([`Verified::new_batch`]), so a connection kept open (the watcher's)
+/// checks its parents again for each batch.
 #[derive(Default)]
 pub struct Verified {
-    dirs: HashMap<Vec<u8>, Instant>,
+    dirs: HashSet<Vec<u8>>,
 }
 
 impl Verified {
-    /// `dir` is a real directory (checked, or made by us), now.
+    /// A batch of operations begins: nothing is known any more.
+    pub fn new_batch(&mut self) {
+        self.dirs.clear();
+    }
+
+    /// `dir` is a real directory (checked, or made by us).
     pub fn add(&mut self, dir: &Path) {
-        if self.dirs.len() >= 1 << 16 {
-            self.dirs.retain(|_, t| t.elapsed() < VERIFIED_FOR);
-        }
-        self.dirs
-            .insert(dir.as_os_str().as_bytes().to_vec(), Instant::now());
+        self.dirs.insert(dir.as_os_str().as_bytes().to_vec());
     }
 
     /// We removed `path`: forget it and everything below it.
     pub fn forget(&mut self, path: &Path) {
         let p = path.as_os_str().as_bytes();
         self.dirs
-            .retain(|d, _| !(d == p || (d.starts_with(p) && d.get(p.len()) == Some(&b'/'))));
+            .retain(|d| !(d == p || (d.starts_with(p) && d.get(p.len()) == Some(&b'/'))));
     }
 
     fn knows(&self, dir: &[u8]) -> bool {
-        dir.is_empty()
-            || self
-                .dirs
-                .get(dir)
-                .is_some_and(|t| t.elapsed() < VERIFIED_FOR)
+        dir.is_empty() || self.dirs.contains(dir)
     }
 }
 

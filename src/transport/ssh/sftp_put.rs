@@ -46,6 +46,7 @@ impl Ssh {
     /// checked parents (`sftp_guard`). Directories are made level by level
     /// (a directory made in this batch is a checked parent of the next).
     pub(super) fn apply_pipelined(&mut self, actions: &[&Action]) -> Vec<io::Result<()>> {
+        self.sftp.verified.new_batch();
         let all: Vec<usize> = (0..actions.len()).collect();
         match actions.first() {
             Some(Action::Symlink { .. }) => actions.iter().map(|a| apply_one(self, a)).collect(),
@@ -170,8 +171,10 @@ impl Ssh {
         }
     }
 
-    /// Fails when a parent of `rel` is not a checked directory.
+    /// One operation alone (a batch of its own): fails when a parent of
+    /// `rel` is not a real directory.
     fn check_one(&mut self, rel: &Path) -> io::Result<()> {
+        self.sftp.verified.new_batch();
         self.check_parents(&[rel])?.pop().unwrap_or(Ok(()))
     }
 
@@ -307,6 +310,7 @@ impl Ssh {
         owner: Option<(u32, u32)>,
     ) -> io::Result<()> {
         let attrs = attrs_for(kind, mode, mtime, owner);
+        self.sftp.verified.new_batch();
         self.set_attrs_many(&[(rel, kind, attrs)])?
             .pop()
             .unwrap_or(Ok(()))
@@ -356,6 +360,7 @@ impl Ssh {
         preserve_owner: bool,
         ctx: &CopyCtx,
     ) -> io::Result<Vec<io::Result<u64>>> {
+        self.sftp.verified.new_batch();
         let mut puts = self.open_all(items, ctx)?;
         let sizes = self.write_all(&mut puts, ctx)?;
         self.close_all(&mut puts, &sizes, preserve_owner)?;
