@@ -2,7 +2,10 @@
 """syncjob vs rsync, side by side in one run, on the same trees and the same
 private loopback sshd. Run through bench/compare.sh.
 
-Cases (each timed RUNS times, alternating syncjob and rsync, medians):
+Cases (each timed RUNS times, alternating syncjob and rsync, medians).
+syncjob runs with its default settings; the bench's sshd puts a `syncjob`
+on the remote PATH (see Sshd), as rsync is there, so the default
+`ssh.remote_helper: auto` finds it and files go to `syncjob helper`:
   web-initial      ~20k files ~200 MB to an empty target over ssh
   web-noop         the same again, nothing changed (syncjob: from its manifest)
   web-noop-list    the same with syncjob listing the target (--verify)
@@ -12,12 +15,15 @@ Cases (each timed RUNS times, alternating syncjob and rsync, medians):
   web-local        initial copy local -> local
   small-initial    100k files of ~1 KB over ssh
   small-noop       the same again (small-noop-list: syncjob with --verify)
-  big-initial      4 x 256 MiB over ssh (compared with the raw ssh pipe rate too)
+  big-initial      4 x 256 MiB over ssh (compared with the raw ssh pipe rate too,
+                   measured after each of its runs)
   big-tail         one 256 MiB file changed in its last 1 MiB (rsync's delta case)
-  *-initial-h      web/small/big initial copies with ssh.remote_helper: files go
-                   to `syncjob helper` on the remote instead of SFTP
-  big-tail-h       big-tail with the helper (only the changed blocks are sent)
+  big-insert       one byte inserted at the start of one 256 MiB file
+  *-sftp           web/small/big initial, big-tail and big-insert with
+                   `ssh.remote_helper: none` (no syncjob on the remote: SFTP)
   million-rss      (MILLION=1 only) peak RSS of a no-op plan over 1M files, local
+(The former `*-h` cases, with an explicit `remote_helper`, are the default
+cases now.) The issue's goals are printed beside the ratios.
 
 Measured per run with wait4(): wall time, CPU (user+sys, including reaped
 children such as rsync's ssh), peak RSS. Remote-side CPU (sshd, rsync's
@@ -33,7 +39,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "syncjob")
+BIN = os.environ.get("BIN") or os.path.join(ROOT, "target", "release", "syncjob")
 MKTREE = os.path.join(ROOT, "bench", "mktree.py")
 LAB = os.environ.get("LAB", "/tmp/syncjob-compare")
 RUNS = int(os.environ.get("RUNS", "3"))
@@ -56,9 +62,19 @@ def free_port():
 
 
 class Sshd:
-    def __init__(self, d):
+    """A private sshd on loopback. `extra`: sshd_config lines put first (the
+    first value of a key wins). Its sessions get PATH=D/bin:/usr/local/bin:
+    /usr/bin:/bin through `SetEnv`, and D/bin/syncjob is a link to the
+    build under test: syncjob is "installed on the remote PATH" as rsync is
+    (in /usr/bin), without touching the system; D/bin goes with the lab."""
+
+    def __init__(self, d, extra=""):
         self.d = d
         os.makedirs(d, exist_ok=True)
+        os.makedirs(f"{d}/bin", exist_ok=True)
+        if os.path.lexists(f"{d}/bin/syncjob"):
+            os.remove(f"{d}/bin/syncjob")
+        os.symlink(BIN, f"{d}/bin/syncjob")
         for k in ("host_key", "id_ed25519"):
             if not os.path.exists(f"{d}/{k}"):
                 sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", f"{d}/{k}")
@@ -69,7 +85,8 @@ class Sshd:
         with open(f"{d}/known_hosts", "w") as f:
             f.write(f"[127.0.0.1]:{self.port} {hostpub}\n")
         with open(f"{d}/sshd_config", "w") as f:
-            f.write(f"""Port {self.port}
+            f.write(f"""{extra}
+Port {self.port}
 ListenAddress 127.0.0.1
 HostKey {d}/host_key
 PidFile {d}/sshd.pid
@@ -86,7 +103,7 @@ MaxStartups 100:30:200
 MaxSessions 64
 LogLevel ERROR
 Subsystem sftp internal-sftp
-SetEnv HOME={d}/home
+SetEnv HOME={d}/home PATH={d}/bin:/usr/local/bin:/usr/bin:/bin
 """)
         os.makedirs("/run/sshd", exist_ok=True)
         sh("/usr/sbin/sshd", "-f", f"{d}/sshd_config", "-E", f"{d}/sshd.log")
@@ -104,6 +121,9 @@ SetEnv HOME={d}/home
             os.kill(pid, 15)
         except Exception:
             pass
+        # the "installed" syncjob goes with the server
+        if os.path.lexists(f"{self.d}/bin/syncjob"):
+            os.remove(f"{self.d}/bin/syncjob")
 
 
 def measure(cmd, env=None):
@@ -131,13 +151,39 @@ def reset(src, dst):
 def write_jobs(path, jobs, sshd):
     lines = ["jobs:"]
     for name, (src, remote, *helper) in jobs.items():
-        more = f", remote_helper: {BIN}" if helper and helper[0] else ""
+        # default settings, but for `remote_helper: none` on the *-sftp jobs
+        more = f", remote_helper: {helper[0]}" if helper else ""
         lines += [f"  {name}:", f"    source: {src}", f"    remote: {remote}", "    delete: true",
-                  "    retries: 0",
-                  f"    streams: {os.environ.get('STREAMS', '4')}",
-                  f"    ssh: {{ identity: {sshd.d}/id_ed25519, known_hosts: {sshd.d}/known_hosts{more} }}"]
+                  "    retries: 0"]
+        if os.environ.get("STREAMS"):
+            lines.append(f"    streams: {os.environ['STREAMS']}")
+        lines.append(f"    ssh: {{ identity: {sshd.d}/id_ed25519, known_hosts: {sshd.d}/known_hosts{more} }}")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+# the issue's goals: ratio to rsync (≤), or share of the raw ssh pipe (≥)
+GOALS = {"web-initial": "<=0.8", "small-initial": "<=0.7", "big-tail": "<=0.5",
+         "big-insert": "<=0.5", "web-initial-sftp": "<=1.0", "big-initial": ">=95%pipe"}
+
+
+def goal_cell(name, ratio, pipe_share):
+    g = GOALS.get(name)
+    if not g:
+        return ""
+    if g.endswith("%pipe"):
+        met = pipe_share is not None and pipe_share * 100 >= float(g[2:-5])
+        return f"{g} {'met' if met else 'NOT met'}"
+    return f"{g} {'met' if ratio <= float(g[2:]) else 'NOT met'}"
+
+
+def helper_used(state):
+    """Whether the auto probe found the remote helper (its cache says so)."""
+    d = f"{state}/remote-helper"
+    try:
+        return any(open(f"{d}/{f}").read().startswith("present") for f in os.listdir(d))
+    except OSError:
+        return False
 
 
 def main():
@@ -161,6 +207,15 @@ def main():
             with open(f"{trees}/big-tail/{f0}", "r+b") as f:
                 f.seek(-(1 << 20), 2)
                 f.write(os.urandom(1 << 20))
+        if not os.path.exists(f"{trees}/big-insert"):
+            sh("cp", "-a", f"{trees}/big", f"{trees}/big-insert")
+            f0 = sorted(os.listdir(f"{trees}/big-insert"))[0]
+            p = f"{trees}/big-insert/{f0}"
+            # streamed: a 256 MiB buffer here would be counted in every
+            # child's peak RSS (a forked child starts with the parent's pages)
+            with open(f"{trees}/big/{f0}", "rb") as fin, open(p, "wb") as fout:
+                fout.write(b"\x5a")
+                shutil.copyfileobj(fin, fout, 1 << 20)
         T = f"{LAB}/targets"
         os.makedirs(T, exist_ok=True)
         if TMPFS:
@@ -177,11 +232,13 @@ def main():
             "small": (f"{trees}/small", ssh_url(f"{T}/sj-small")),
             "big": (f"{trees}/big", ssh_url(f"{T}/sj-big")),
             "bigtail": (f"{trees}/big-tail", ssh_url(f"{T}/sj-big")),
-            # the same through `syncjob helper` on the remote (ssh.remote_helper)
-            "webh": (f"{trees}/web", ssh_url(f"{T}/sj-web"), True),
-            "smallh": (f"{trees}/small", ssh_url(f"{T}/sj-small"), True),
-            "bigh": (f"{trees}/big", ssh_url(f"{T}/sj-big"), True),
-            "bigtailh": (f"{trees}/big-tail", ssh_url(f"{T}/sj-big"), True),
+            "biginsert": (f"{trees}/big-insert", ssh_url(f"{T}/sj-big")),
+            # no syncjob on the remote: SFTP only
+            "websftp": (f"{trees}/web", ssh_url(f"{T}/sj-web"), "none"),
+            "smallsftp": (f"{trees}/small", ssh_url(f"{T}/sj-small"), "none"),
+            "bigsftp": (f"{trees}/big", ssh_url(f"{T}/sj-big"), "none"),
+            "bigtailsftp": (f"{trees}/big-tail", ssh_url(f"{T}/sj-big"), "none"),
+            "biginsertsftp": (f"{trees}/big-insert", ssh_url(f"{T}/sj-big"), "none"),
         }
         cfg = f"{LAB}/jobs.yaml"
         write_jobs(cfg, jobs, sshd)
@@ -238,18 +295,32 @@ def main():
              lambda tool: rm(f"{T}/{tool}-big", tool)),
             ("big-tail", sj("bigtail"), rsync_ssh + [f"{trees}/big-tail/", rdest(f"{T}/rs-big")],
              lambda tool: reset_t(f"{trees}/big", f"{T}/{tool}-big", tool)),
-            # syncjob with ssh.remote_helper (syncjob on the remote, as rsync
-            # needs rsync there) against the same rsync runs
-            ("web-initial-h", sj("webh"), rsync_ssh + [f"{trees}/web/", rdest(f"{T}/rs-web")],
+            ("big-insert", sj("biginsert"), rsync_ssh + [f"{trees}/big-insert/", rdest(f"{T}/rs-big")],
+             lambda tool: reset_t(f"{trees}/big", f"{T}/{tool}-big", tool)),
+            # no syncjob on the remote (ssh.remote_helper: none): SFTP
+            ("web-initial-sftp", sj("websftp"), rsync_ssh + [f"{trees}/web/", rdest(f"{T}/rs-web")],
              lambda tool: rm(f"{T}/{tool}-web", tool)),
-            ("small-initial-h", sj("smallh"), rsync_ssh + [f"{trees}/small/", rdest(f"{T}/rs-small")],
+            ("small-initial-sftp", sj("smallsftp"), rsync_ssh + [f"{trees}/small/", rdest(f"{T}/rs-small")],
              lambda tool: rm(f"{T}/{tool}-small", tool)),
-            ("big-initial-h", sj("bigh"), rsync_ssh + [f"{trees}/big/", rdest(f"{T}/rs-big")],
+            ("big-initial-sftp", sj("bigsftp"), rsync_ssh + [f"{trees}/big/", rdest(f"{T}/rs-big")],
              lambda tool: rm(f"{T}/{tool}-big", tool)),
-            # the helper sends only the changed blocks (fixed 128 KiB blocks)
-            ("big-tail-h", sj("bigtailh"), rsync_ssh + [f"{trees}/big-tail/", rdest(f"{T}/rs-big")],
+            ("big-tail-sftp", sj("bigtailsftp"), rsync_ssh + [f"{trees}/big-tail/", rdest(f"{T}/rs-big")],
+             lambda tool: reset_t(f"{trees}/big", f"{T}/{tool}-big", tool)),
+            ("big-insert-sftp", sj("biginsertsftp"), rsync_ssh + [f"{trees}/big-insert/", rdest(f"{T}/rs-big")],
              lambda tool: reset_t(f"{trees}/big", f"{T}/{tool}-big", tool)),
         ]
+        big = sorted(os.listdir(f"{trees}/big"))
+        total = sum(os.path.getsize(f"{trees}/big/{f}") for f in big)
+        pipe = []
+
+        def measure_pipe():
+            # raw ssh pipe rate over one big file, taken beside the big
+            # cases so that it sees the same load
+            t0 = time.perf_counter()
+            with open(f"{trees}/big/{big[0]}", "rb") as f:
+                sh("ssh", *sshd.opts.split(), f"{USER}@127.0.0.1", "cat >/dev/null", stdin=f)
+            pipe.append(os.path.getsize(f"{trees}/big/{big[0]}") / (time.perf_counter() - t0))
+
         results = []
         for name, sj_cmd, rs_cmd, prep in cases:
             if CASES and name not in CASES:
@@ -261,31 +332,33 @@ def main():
                     prep(tool)
                     sh("sync")
                     m[tool].append(measure(cmd))
+                if name.startswith("big-initial"):
+                    measure_pipe()
             med = {t: tuple(statistics.median(x[k] for x in v) for k in range(3)) for t, v in m.items()}
             results.append((name, med))
             print(f"  {name}: syncjob {med['sj'][0]:.2f}s, rsync {med['rs'][0]:.2f}s", file=sys.stderr, flush=True)
 
-        # raw ssh pipe rate over the big files
-        big = sorted(os.listdir(f"{trees}/big"))
-        total = sum(os.path.getsize(f"{trees}/big/{f}") for f in big)
-        pipe = []
-        for _ in range(RUNS):
-            t0 = time.perf_counter()
-            with open(f"{trees}/big/{big[0]}", "rb") as f:
-                sh("ssh", *sshd.opts.split(), f"{USER}@127.0.0.1", "cat >/dev/null", stdin=f)
-            pipe.append(os.path.getsize(f"{trees}/big/{big[0]}") / (time.perf_counter() - t0))
+        if not pipe:
+            for _ in range(RUNS):
+                measure_pipe()
         pipe_rate = statistics.median(pipe)
 
         print()
         where = "targets on tmpfs" if TMPFS else "targets on disk"
-        print(f"syncjob vs rsync, medians of {RUNS} runs, {os.cpu_count()} cores, loopback ssh, {where}")
-        print(f"{'case':<15}{'syncjob s':>10}{'rsync s':>9}{'ratio':>7}   {'sj cpu':>7}{'rs cpu':>7}   {'sj MiB':>7}{'rs MiB':>7}")
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"syncjob vs rsync, medians of {RUNS} runs, {os.cpu_count()} cores, loopback ssh, {where}, "
+              f"load average at the end {load}")
+        print(f"remote helper found on the remote PATH by `auto`: {'yes' if helper_used(f'{LAB}/state') else 'NO'}")
+        print(f"{'case':<19}{'syncjob s':>10}{'rsync s':>9}{'ratio':>7}   {'sj cpu':>7}{'rs cpu':>7}   "
+              f"{'sj MiB':>7}{'rs MiB':>7}   goal")
         for name, med in results:
             sjw, sjc, sjr = med["sj"]
             rsw, rsc, rsr = med["rs"]
-            print(f"{name:<15}{sjw:>10.2f}{rsw:>9.2f}{sjw / rsw:>7.2f}   {sjc:>7.2f}{rsc:>7.2f}   {sjr:>7.1f}{rsr:>7.1f}")
+            share = (total / sjw / pipe_rate) if name.startswith("big-initial") else None
+            print(f"{name:<19}{sjw:>10.2f}{rsw:>9.2f}{sjw / rsw:>7.2f}   {sjc:>7.2f}{rsc:>7.2f}   "
+                  f"{sjr:>7.1f}{rsr:>7.1f}   {goal_cell(name, sjw / rsw, share)}")
         print(f"raw ssh pipe (cat >/dev/null): {pipe_rate / (1 << 20):.0f} MiB/s")
-        for case in ("big-initial", "big-initial-h"):
+        for case in ("big-initial", "big-initial-sftp"):
             bi = dict(results).get(case)
             if bi:
                 rate = total / bi["sj"][0]

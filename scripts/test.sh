@@ -38,5 +38,6 @@ cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
 # the SSH tests again with the system's ssh binary as the transport
 SYNCJOB_TEST_SSH_CLIENT=openssh cargo test --test ssh --test faults --test ssh_config \
-  --test ssh_auto_helper --test ssh_certs --test secstate_ssh --test secfs --test helper_job
+  --test ssh_auto_helper --test ssh_certs --test secstate_ssh --test secfs --test helper_job \
+  --test secsftp
 bash tests/packaging.sh

@@ -20,6 +20,7 @@
 //!
 //! Room by room: `session` (connect, host keys, auth, remote commands),
 //! `listing` (`find` and SFTP readdir), `sftp_put` (SFTP writes, pipelined),
+//! `sftp_guard` (SFTP never through a target symlink: parents LSTATed),
 //! `helper_client` (files through `syncjob helper`), `sftp` (the SFTP v3
 //! client). This file holds the [`Ssh`] transport that ties them together.
 
@@ -37,6 +38,7 @@ pub mod openssh;
 pub mod resolve;
 mod session;
 pub mod sftp;
+mod sftp_guard;
 mod sftp_put;
 
 pub use listing::parse_find;
@@ -92,7 +94,7 @@ impl Conn {
     fn stream(&self, cmd: &[u8], ignore_stderr: bool) -> io::Result<Box<dyn Pipe>> {
         match self {
             Conn::Embedded { sess, .. } => {
-                let mut ch = sess.channel_session().map_err(io::Error::from)?;
+                let mut ch = session::open_channel(sess)?;
                 if ignore_stderr {
                     ch.handle_extended_data(ssh2::ExtendedData::Ignore)
                         .map_err(io::Error::from)?;
@@ -112,7 +114,7 @@ impl Conn {
             |e: io::Error| io::Error::new(e.kind(), format!("cannot start sftp on {label}: {e}"));
         match self {
             Conn::Embedded { sess, .. } => {
-                let mut ch = sess.channel_session().map_err(io::Error::from)?;
+                let mut ch = session::open_channel(sess)?;
                 ch.subsystem("sftp").map_err(io::Error::from)?;
                 Ok(Sftp::start(Box::new(ch)).map_err(what)?)
             }

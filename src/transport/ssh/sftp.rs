@@ -13,6 +13,7 @@ use std::io::{self, Read, Write};
 const INIT: u8 = 1;
 const VERSION: u8 = 2;
 const OPEN: u8 = 3;
+const LSTAT: u8 = 7;
 const CLOSE: u8 = 4;
 const WRITE: u8 = 6;
 const SETSTAT: u8 = 9;
@@ -29,6 +30,7 @@ const EXTENDED: u8 = 200;
 const EXTENDED_REPLY: u8 = 201;
 const STATUS: u8 = 101;
 const HANDLE: u8 = 102;
+const ATTRS: u8 = 105;
 const NAME: u8 = 104;
 
 pub const FXF_WRITE: u32 = 0x02;
@@ -44,14 +46,17 @@ const ATTR_EXTENDED: u32 = 0x8000_0000;
 
 const FX_OK: u32 = 0;
 const FX_EOF: u32 = 1;
-const FX_NO_SUCH_FILE: u32 = 2;
+pub const FX_NO_SUCH_FILE: u32 = 2;
 const FX_PERMISSION_DENIED: u32 = 3;
 const FX_FAILURE: u32 = 4;
 
 /// Largest data per WRITE (OpenSSH accepts up to 256 KiB packets).
 pub const WRITE_CHUNK: usize = 64 * 1024;
-/// Requests in flight before we wait for replies.
-const MAX_IN_FLIGHT: usize = 64;
+/// Requests in flight before we wait for replies (a sliding window: the
+/// oldest reply is read before one more is sent). Small files cost 4-5
+/// requests each, so 256 keeps 50+ files moving per round trip; replies
+/// kept out of order stay bounded by this too.
+const MAX_IN_FLIGHT: usize = 256;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attrs {
@@ -179,6 +184,8 @@ pub enum Reply {
     Status(u32, String),
     Handle(Vec<u8>),
     Name(Vec<(Vec<u8>, Attrs)>),
+    /// SSH_FXP_ATTRS (the answer to LSTAT)
+    Attrs(Attrs),
     /// SSH_FXP_EXTENDED_REPLY: the payload after the id
     Extended(Vec<u8>),
     Other(u8),
@@ -230,6 +237,8 @@ pub struct Sftp {
     early: std::collections::HashMap<u32, Reply>,
     pub posix_rename: bool,
     pub lsetstat: bool,
+    /// target directories checked (LSTAT) or made on this connection
+    pub verified: super::sftp_guard::Verified,
     pub fsync: bool,
     pub statvfs: bool,
     /// requests not yet written to the channel: small requests go out
@@ -264,6 +273,7 @@ impl Sftp {
             early: Default::default(),
             posix_rename: false,
             lsetstat: false,
+            verified: Default::default(),
             fsync: false,
             statvfs: false,
             out: Vec::with_capacity(2 * OUT_FLUSH + WRITE_CHUNK),
@@ -367,6 +377,7 @@ impl Sftp {
                 Reply::Status(code, msg)
             }
             HANDLE => Reply::Handle(r.string()?.to_vec()),
+            ATTRS => Reply::Attrs(Attrs::decode(&mut r)?),
             NAME => {
                 let n = r.u32()?;
                 let mut v = Vec::with_capacity(n.min(4096) as usize);
@@ -491,6 +502,11 @@ impl Sftp {
             put_str(b, path);
             attrs.encode(b);
         })
+    }
+
+    /// LSTAT: the attributes of `path` itself (a symlink is not followed).
+    pub fn lstat(&mut self, path: &[u8]) -> io::Result<u32> {
+        self.send(LSTAT, |b| put_str(b, path))
     }
 
     pub fn mkdir(&mut self, path: &[u8], attrs: &Attrs) -> io::Result<u32> {

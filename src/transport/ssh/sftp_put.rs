@@ -42,61 +42,144 @@ impl Ssh {
         self.sftp.wait(id)?.ok(what)
     }
 
-    /// Non-copy actions, pipelined (symlinks one by one).
+    /// Non-copy actions, pipelined (symlinks one by one), each only below
+    /// checked parents (`sftp_guard`). Directories are made level by level
+    /// (a directory made in this batch is a checked parent of the next).
     pub(super) fn apply_pipelined(&mut self, actions: &[&Action]) -> Vec<io::Result<()>> {
-        if matches!(actions.first(), Some(Action::Symlink { .. })) {
+        self.sftp.verified.new_batch();
+        let all: Vec<usize> = (0..actions.len()).collect();
+        match actions.first() {
+            Some(Action::Symlink { .. }) => actions.iter().map(|a| apply_one(self, a)).collect(),
+            Some(Action::SetAttrs { .. }) => self.set_attrs_batch(actions),
+            Some(Action::Mkdir { .. }) => {
+                let mut out: Vec<io::Result<()>> = actions.iter().map(|_| Ok(())).collect();
+                let depth = |a: &Action| a.path().components().count();
+                let max = actions.iter().map(|a| depth(a)).max().unwrap_or(0);
+                for level in 1..=max {
+                    let these: Vec<usize> = all
+                        .iter()
+                        .copied()
+                        .filter(|&k| depth(actions[k]) == level)
+                        .collect();
+                    for (k, r) in these.iter().zip(self.send_and_wait(actions, &these)) {
+                        out[*k] = r;
+                    }
+                }
+                out
+            }
+            _ => self.send_and_wait(actions, &all),
+        }
+    }
+
+    /// Set attributes for a batch of SetAttrs actions.
+    fn set_attrs_batch(&mut self, actions: &[&Action]) -> Vec<io::Result<()>> {
+        let items: Vec<(&Path, EntryKind, Attrs)> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SetAttrs {
+                    path,
+                    kind,
+                    mode,
+                    mtime,
+                    owner,
+                    ..
+                } => Some((
+                    path.as_path(),
+                    *kind,
+                    attrs_for(*kind, *mode, *mtime, *owner),
+                )),
+                _ => None,
+            })
+            .collect();
+        if items.len() != actions.len() {
             return actions.iter().map(|a| apply_one(self, a)).collect();
         }
-        let mut sent = Vec::with_capacity(actions.len());
-        for a in actions {
-            match self.send_action(a) {
+        match self.set_attrs_many(&items) {
+            Ok(r) => r,
+            Err(e) => actions
+                .iter()
+                .map(|_| Err(io::Error::new(e.kind(), e.to_string())))
+                .collect(),
+        }
+    }
+
+    /// Check the parents of `actions[which]`, send the requests of those
+    /// below checked parents, and wait for the replies; one result each.
+    fn send_and_wait(&mut self, actions: &[&Action], which: &[usize]) -> Vec<io::Result<()>> {
+        let rels: Vec<&Path> = which.iter().map(|&k| actions[k].path()).collect();
+        let checked = match self.check_parents(&rels) {
+            Ok(c) => c,
+            Err(e) => {
+                return which
+                    .iter()
+                    .map(|_| Err(io::Error::new(e.kind(), e.to_string())))
+                    .collect();
+            }
+        };
+        let mut sent = Vec::with_capacity(which.len());
+        let mut broken: Option<io::Error> = None;
+        for (&k, c) in which.iter().zip(checked) {
+            if let Some(e) = &broken {
+                // nothing more can be sent on a broken channel
+                sent.push(Err(io::Error::new(e.kind(), e.to_string())));
+                continue;
+            }
+            match c.and_then(|()| self.send_action(actions[k])) {
                 Ok(id) => sent.push(Ok(id)),
-                Err(e) => {
-                    let fatal = io::Error::new(e.kind(), e.to_string());
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {
+                    broken = Some(io::Error::new(e.kind(), e.to_string()));
                     sent.push(Err(e));
-                    // nothing more can be sent on a broken channel
-                    while sent.len() < actions.len() {
-                        sent.push(Err(io::Error::new(fatal.kind(), fatal.to_string())));
-                    }
-                    break;
                 }
+                Err(e) => sent.push(Err(e)),
             }
         }
-        let mut out = Vec::with_capacity(actions.len());
-        for (a, s) in actions.iter().zip(sent) {
-            let r = match s {
-                Err(e) => Err(e),
-                Ok(None) => Ok(()),
-                Ok(Some(id)) => match self.sftp.wait(id) {
-                    Err(e) => Err(e),
-                    Ok(Reply::Status(0, _)) => Ok(()),
-                    Ok(Reply::Status(4, _))
-                        if matches!(
-                            a,
-                            Action::Delete {
-                                kind: EntryKind::Dir,
-                                ..
-                            }
-                        ) =>
-                    {
-                        Err(io::Error::new(
-                            io::ErrorKind::DirectoryNotEmpty,
-                            "directory not empty",
-                        ))
-                    }
-                    Ok(other) => Err(other.into_err(match a {
-                        Action::Delete { .. } => "remove",
-                        Action::Mkdir { .. } => "mkdir",
-                        _ => "set attributes",
-                    })),
-                },
-            };
-            out.push(r);
+        which
+            .iter()
+            .zip(sent)
+            .map(|(&k, s)| self.action_reply(actions[k], s))
+            .collect()
+    }
+
+    /// The outcome of one sent action; remembers made and removed
+    /// directories.
+    fn action_reply(&mut self, a: &Action, sent: io::Result<u32>) -> io::Result<()> {
+        let reply = self.sftp.wait(sent?)?;
+        let dir_delete = matches!(
+            a,
+            Action::Delete {
+                kind: EntryKind::Dir,
+                ..
+            }
+        );
+        match reply {
+            Reply::Status(0, _) => {
+                match a {
+                    Action::Mkdir { .. } => self.sftp.verified.add(a.path()),
+                    Action::Delete { .. } => self.sftp.verified.forget(a.path()),
+                    _ => {}
+                }
+                Ok(())
+            }
+            Reply::Status(4, _) if dir_delete => Err(io::Error::new(
+                io::ErrorKind::DirectoryNotEmpty,
+                "directory not empty",
+            )),
+            other => Err(other.into_err(match a {
+                Action::Delete { .. } => "remove",
+                _ => "mkdir",
+            })),
         }
-        out
+    }
+
+    /// One operation alone (a batch of its own): fails when a parent of
+    /// `rel` is not a real directory.
+    fn check_one(&mut self, rel: &Path) -> io::Result<()> {
+        self.sftp.verified.new_batch();
+        self.check_parents(&[rel])?.pop().unwrap_or(Ok(()))
     }
 
     pub(super) fn sftp_mkdir(&mut self, rel: &Path) -> io::Result<()> {
+        self.check_one(rel)?;
         let p = self.path(rel);
         let id = self.sftp.mkdir(
             &p,
@@ -105,7 +188,9 @@ impl Ssh {
                 ..Default::default()
             },
         )?;
-        self.wait_ok(id, "mkdir")
+        self.wait_ok(id, "mkdir")?;
+        self.sftp.verified.add(rel);
+        Ok(())
     }
 
     /// One file, alone (a retry after it changed while being copied).
@@ -117,6 +202,7 @@ impl Ssh {
         ctx: &CopyCtx,
     ) -> io::Result<u64> {
         use std::os::unix::fs::MetadataExt;
+        self.check_one(rel)?;
         let (mut input, before) = open_source(src, ctx.source)?;
         let tmp = self.path(&temp_name(rel));
         let fin = self.path(rel);
@@ -191,6 +277,7 @@ impl Ssh {
         target: &Path,
         mtime: Option<(i64, u32)>,
     ) -> io::Result<()> {
+        self.check_one(rel)?;
         let tmp = self.path(&temp_name(rel));
         let fin = self.path(rel);
         let id = self.sftp.symlink(&tmp, target.as_os_str().as_bytes())?;
@@ -222,34 +309,23 @@ impl Ssh {
         mtime: Option<(i64, u32)>,
         owner: Option<(u32, u32)>,
     ) -> io::Result<()> {
-        let p = self.path(rel);
-        let attrs = Attrs {
-            perm: if kind == EntryKind::Symlink {
-                None
-            } else {
-                mode
-            },
-            times: mtime.map(|(s, _)| (secs32(s), secs32(s))),
-            uid_gid: owner,
-            size: None,
-        };
-        let id = if kind == EntryKind::Symlink {
-            if !self.sftp.lsetstat {
-                return Ok(());
-            }
-            self.sftp.lsetstat(&p, &attrs)?
-        } else {
-            self.sftp.setstat(&p, &attrs)?
-        };
-        self.wait_ok(id, "set attributes")
+        let attrs = attrs_for(kind, mode, mtime, owner);
+        self.sftp.verified.new_batch();
+        self.set_attrs_many(&[(rel, kind, attrs)])?
+            .pop()
+            .unwrap_or(Ok(()))
     }
 
     pub(super) fn sftp_remove(&mut self, rel: &Path, kind: EntryKind) -> io::Result<()> {
+        self.check_one(rel)?;
         let p = self.path(rel);
         if kind == EntryKind::Dir {
             let id = self.sftp.rmdir(&p)?;
             match self.sftp.wait(id)? {
-                Reply::Status(0, _) => Ok(()),
+                Reply::Status(0, _) => {
+                    self.sftp.verified.forget(rel);
+                    Ok(())
+                }
                 // OpenSSH answers a non-empty directory with a plain failure
                 Reply::Status(4, _) => Err(io::Error::new(
                     io::ErrorKind::DirectoryNotEmpty,
@@ -284,6 +360,7 @@ impl Ssh {
         preserve_owner: bool,
         ctx: &CopyCtx,
     ) -> io::Result<Vec<io::Result<u64>>> {
+        self.sftp.verified.new_batch();
         let mut puts = self.open_all(items, ctx)?;
         let sizes = self.write_all(&mut puts, ctx)?;
         self.close_all(&mut puts, &sizes, preserve_owner)?;
@@ -297,11 +374,14 @@ impl Ssh {
             .collect())
     }
 
-    /// Phase 1: open each source and create its temporary file (O_EXCL).
+    /// Phase 1: check the parents (`sftp_guard`), open each source and
+    /// create its temporary file (O_EXCL).
     fn open_all(&mut self, items: &[(&Path, PathBuf)], ctx: &CopyCtx) -> io::Result<Vec<Put>> {
         let mut puts: Vec<Put> = Vec::with_capacity(items.len());
         let mut open_ids = Vec::new();
-        for (rel, src) in items {
+        let rels: Vec<&Path> = items.iter().map(|(r, _)| *r).collect();
+        let checked = self.check_parents(&rels)?;
+        for ((rel, src), checked) in items.iter().zip(checked) {
             let mut p = Put {
                 tmp: self.path(&temp_name(rel)),
                 fin: self.path(rel),
@@ -309,7 +389,7 @@ impl Ssh {
                 handle: None,
                 result: None,
             };
-            match open_source(src, ctx.source) {
+            match checked.and_then(|()| open_source(src, ctx.source)) {
                 Ok(x) => {
                     p.input = Some(x);
                     let id = self.sftp.open(
@@ -464,9 +544,9 @@ impl Ssh {
     }
 
     /// Send the request for one non-copy action; the id of its reply.
-    fn send_action(&mut self, a: &Action) -> io::Result<Option<u32>> {
+    fn send_action(&mut self, a: &Action) -> io::Result<u32> {
         let p = self.path(a.path());
-        Ok(Some(match a {
+        Ok(match a {
             Action::Delete {
                 kind: EntryKind::Dir,
                 ..
@@ -479,36 +559,10 @@ impl Ssh {
                     ..Default::default()
                 },
             )?,
-            Action::SetAttrs {
-                kind,
-                mode,
-                mtime,
-                owner,
-                ..
-            } => {
-                let attrs = Attrs {
-                    perm: if *kind == EntryKind::Symlink {
-                        None
-                    } else {
-                        *mode
-                    },
-                    times: mtime.map(|(s, _)| (secs32(s), secs32(s))),
-                    uid_gid: *owner,
-                    size: None,
-                };
-                if *kind == EntryKind::Symlink {
-                    if !self.sftp.lsetstat {
-                        return Ok(None);
-                    }
-                    self.sftp.lsetstat(&p, &attrs)?
-                } else {
-                    self.sftp.setstat(&p, &attrs)?
-                }
-            }
-            Action::Symlink { .. } | Action::Copy { .. } => {
+            Action::SetAttrs { .. } | Action::Symlink { .. } | Action::Copy { .. } => {
                 return Err(io::Error::other("not pipelined"));
             }
-        }))
+        })
     }
 
     /// Rename `tmp` over `fin` atomically (posix-rename); without that
@@ -522,5 +576,24 @@ impl Ssh {
         let _ = self.sftp.wait(r)?;
         let id = self.sftp.send_rename(tmp, fin)?;
         self.wait_ok(id, "rename into place")
+    }
+}
+
+/// The attributes SFTP sets for an entry (a symlink has no mode of its own).
+fn attrs_for(
+    kind: EntryKind,
+    mode: Option<u32>,
+    mtime: Option<(i64, u32)>,
+    owner: Option<(u32, u32)>,
+) -> Attrs {
+    Attrs {
+        perm: if kind == EntryKind::Symlink {
+            None
+        } else {
+            mode
+        },
+        times: mtime.map(|(s, _)| (secs32(s), secs32(s))),
+        uid_gid: owner,
+        size: None,
     }
 }
