@@ -448,3 +448,81 @@ fn watch_batches_reach_an_rsync_daemon_target() {
     assert_eq!(last["target"], d.url("web"), "{last}");
     assert_eq!(last["status"], "ok", "{last}");
 }
+
+/// Records appended after the first `n`, of batches (not full syncs).
+fn batches_after(lab: &Lab, n: usize) -> Vec<serde_json::Value> {
+    watch_records(lab)
+        .into_iter()
+        .skip(n)
+        .filter(|r| {
+            !r["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("full sync"))
+        })
+        .collect()
+}
+
+/// A renamed directory (many files and a big one) is renamed on each
+/// target, local and over ssh, not sent again; a file moved and edited
+/// just before still arrives; a move out of the tree deletes, one into
+/// it creates.
+#[test]
+fn a_moved_directory_is_renamed_on_the_targets_not_sent_again() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    for i in 0..300 {
+        lab.write(&format!("rel/v1/f{i}"), &vec![b'a' + (i % 26) as u8; 8192]);
+    }
+    lab.write("rel/v1/big.bin", &vec![7u8; 24 << 20]);
+    lab.write("rel/v1/sub/deep.txt", b"deep");
+    lab.write("other/x", b"x");
+    let local = lab.path("local");
+    let y = format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: [{}, {}]\n    {}\n    delete: true\n    watch: {{delay: 50ms}}\n",
+        s.url(&lab.dst()),
+        local.display(),
+        s.ssh_yaml()
+    );
+    lab.config(&y);
+    let p = Proc::start(&lab, &["watch", "web"], &[]);
+    p.wait_for("watching");
+    let (src, dst) = (lab.src(), lab.dst());
+    converges(&src, &dst, &[], &p);
+    converges(&src, &local, &[], &p);
+    let before = watch_records(&lab).len();
+    let moved_bytes = 300 * 8192 + (24 << 20);
+
+    // the release directory renamed; a file inside edited (same size)
+    // just before: the edit must still arrive
+    fs::write(src.join("rel/v1/f0"), vec![b'Z'; 8192]).unwrap();
+    fs::rename(src.join("rel/v1"), src.join("rel/v2")).unwrap();
+    converges(&src, &dst, &[], &p);
+    converges(&src, &local, &[], &p);
+    assert_eq!(fs::read(dst.join("rel/v2/f0")).unwrap(), vec![b'Z'; 8192]);
+    assert!(!dst.join("rel/v1").exists() && !local.join("rel/v1").exists());
+    let done = eventually(WAIT, || batches_after(&lab, before).len() >= 2);
+    let recs = batches_after(&lab, before);
+    assert!(done, "{recs:?}");
+    assert!(recs.iter().all(|r| r["status"] == "ok"), "{recs:?}");
+    let sent: u64 = recs
+        .iter()
+        .map(|r| r["bytes_transferred"].as_u64().unwrap())
+        .sum();
+    assert!(
+        sent < moved_bytes / 100,
+        "{sent} bytes sent for a move of {moved_bytes}: {recs:?}\n{}",
+        p.stderr()
+    );
+
+    // moved out of the tree: deleted (delete: true); moved in: created
+    let before = watch_records(&lab).len();
+    fs::rename(src.join("other"), lab.path("outside")).unwrap();
+    converges(&src, &dst, &[], &p);
+    converges(&src, &local, &[], &p);
+    fs::rename(lab.path("outside"), src.join("back")).unwrap();
+    converges(&src, &dst, &[], &p);
+    converges(&src, &local, &[], &p);
+    assert_eq!(fs::read(local.join("back/x")).unwrap(), b"x");
+    let recs = batches_after(&lab, before);
+    assert!(recs.iter().all(|r| r["status"] == "ok"), "{recs:?}");
+}
