@@ -526,3 +526,91 @@ fn a_moved_directory_is_renamed_on_the_targets_not_sent_again() {
     let recs = batches_after(&lab, before);
     assert!(recs.iter().all(|r| r["status"] == "ok"), "{recs:?}");
 }
+
+/// `syncjob watch` as the `nobody` user (the lab handed over to it).
+fn start_as_nobody(lab: &Lab, args: &[&str]) -> Proc {
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(lab.dir.path())
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let inner = lab.cmd();
+    let err = lab.path("stderr-nobody.log");
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .args(args)
+        .env_remove("SYNCJOB_CONFIG")
+        .env("TZ", "UTC")
+        .current_dir(lab.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&err).unwrap());
+    Proc {
+        child: c.spawn().unwrap(),
+        err,
+    }
+}
+
+/// A root-only file in the source of a watcher running as `nobody`:
+/// logged once with its backoff, never a full sync, the other changes
+/// keep flowing (the unreadable path goes with each batch), and once it
+/// can be read it arrives.
+#[test]
+fn an_unreadable_source_file_is_retried_by_backoff_never_by_full_syncs() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the watcher runs as `nobody`)");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    fs::set_permissions(lab.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    lab.write("a", b"1");
+    lab.write("locked.txt", b"root only");
+    lab.job("delete: true\nwatch: {delay: 0}");
+    let p = start_as_nobody(&lab, &["watch", "web"]);
+    // root owns it, 0600: nobody cannot read it
+    let locked = lab.src().join("locked.txt");
+    std::os::unix::fs::chown(&locked, Some(0), Some(0)).unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o600)).unwrap();
+    p.wait_for("watching");
+    p.wait_for("cannot be read");
+    // (the test writes as root, the watcher as nobody: owners differ)
+    let ex = ["--no-o", "--no-g", "--exclude=/locked.txt"];
+    converges(&lab.src(), &lab.dst(), &ex, &p);
+    // one made unreadable later, in a batch
+    lab.write("later.txt", b"later");
+    let later = lab.src().join("later.txt");
+    fs::set_permissions(&later, fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&later, Some(0), Some(0)).unwrap();
+    for i in 0..5 {
+        lab.write(&format!("n{i}"), b"new");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let ex = [
+        "--no-o",
+        "--no-g",
+        "--exclude=/locked.txt",
+        "--exclude=/later.txt",
+    ];
+    converges(&lab.src(), &lab.dst(), &ex, &p);
+    assert!(!lab.dst().join("locked.txt").exists());
+    // readable again: it arrives
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(&later, fs::Permissions::from_mode(0o644)).unwrap();
+    converges(&lab.src(), &lab.dst(), &["--no-o", "--no-g"], &p);
+    p.wait_for("could not be read are sent now");
+    let fulls: Vec<_> = watch_records(&lab)
+        .into_iter()
+        .filter(|r| {
+            r["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("full sync"))
+        })
+        .collect();
+    assert_eq!(fulls.len(), 1, "only the start's: {fulls:?}\n{}", p.stderr());
+    let logged = p.stderr().matches("cannot be read").count();
+    assert!(logged <= 3, "logged {logged} times:\n{}", p.stderr());
+}
