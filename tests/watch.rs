@@ -608,3 +608,79 @@ fn an_unreadable_source_file_is_retried_by_backoff_never_by_full_syncs() {
     let logged = p.stderr().matches("cannot be read").count();
     assert!(logged <= 3, "logged {logged} times:\n{}", p.stderr());
 }
+
+/// Issue 11, finding 2, for batches: the source's owner (`nobody`) swaps
+/// a directory of a batch for a symlink to a root-only directory while
+/// the batch (run by root) copies a big file first. Nothing from behind
+/// the link reaches the target: the batch reads its paths through the
+/// directory handles it scanned.
+#[test]
+fn a_dirty_directory_swapped_during_a_batch_leaks_no_root_only_file() {
+    if !is_root() {
+        eprintln!("skipped: needs root (the attacker is the `nobody` user)");
+        return;
+    }
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new();
+    fs::set_permissions(lab.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    lab.write("seed", b"x");
+    let private = lab.path("private");
+    fs::create_dir(&private).unwrap();
+    fs::write(private.join("secret.txt"), b"TOPSECRET").unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let staging = lab.path("staging");
+    fs::create_dir_all(staging.join("sub")).unwrap();
+    fs::write(staging.join("a_big"), vec![7u8; 512 << 20]).unwrap();
+    fs::write(staging.join("sub/secret.txt"), b"decoy").unwrap();
+    for d in [lab.src(), staging.clone()] {
+        let ok = std::process::Command::new("chown")
+            .args(["-R", "nobody"])
+            .arg(&d)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    // one stream: path order, the big file first; delete off, so that a
+    // leaked file would stay
+    lab.job("streams: 1\nwatch: {delay: 300ms}");
+    let p = Proc::start(&lab, &["watch", "web"], &[]);
+    p.wait_for("watching");
+    converges(&lab.src(), &lab.dst(), &["--no-o", "--no-g"], &p);
+    let script = "import os, sys\nsys.stdin.readline()\nos.rename(sys.argv[1] + '/sub', sys.argv[1] + '/sub.old')\nos.symlink(sys.argv[2], sys.argv[1] + '/sub')\n";
+    let mut attacker = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", script])
+        .arg(lab.src())
+        .arg(&private)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // both moved in at once: one batch, `a_big` copied before `sub/...`
+    fs::rename(staging.join("sub"), lab.src().join("sub")).unwrap();
+    fs::rename(staging.join("a_big"), lab.src().join("a_big")).unwrap();
+    let busy = || {
+        fs::read_dir(lab.dst()).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".syncjob-tmp."))
+        })
+    };
+    assert!(eventually(WAIT, busy), "the big copy never started");
+    attacker.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(attacker.wait().unwrap().success(), "the swap failed");
+    converges(&lab.src(), &lab.dst(), &["--no-o", "--no-g"], &p);
+    for n in common::listing(&lab.dst()) {
+        let f = lab.dst().join(&n);
+        let md = fs::symlink_metadata(&f).unwrap();
+        if md.is_file() && n != "a_big" {
+            assert_ne!(fs::read(&f).unwrap(), b"TOPSECRET", "{n} leaked");
+        }
+    }
+    // the batch met the swap (else the test proves nothing)
+    let met = watch_records(&lab).iter().any(|r| {
+        r["errors"]
+            .as_array()
+            .is_some_and(|es| es.iter().any(|e| e["path"] == "sub/secret.txt"))
+    });
+    assert!(met, "the swap came after the batch: {:?}", watch_records(&lab));
+}
