@@ -668,7 +668,8 @@ fn a_dirty_directory_swapped_during_a_batch_leaks_no_root_only_file() {
     assert!(eventually(WAIT, busy), "the big copy never started");
     attacker.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert!(attacker.wait().unwrap().success(), "the swap failed");
-    converges(&lab.src(), &lab.dst(), &["--no-o", "--no-g"], &p);
+    // the swap's own batch (or full sync) has run
+    eventually(WAIT, || lab.dst().join("sub.old/secret.txt").exists());
     for n in common::listing(&lab.dst()) {
         let f = lab.dst().join(&n);
         let md = fs::symlink_metadata(&f).unwrap();
@@ -676,6 +677,7 @@ fn a_dirty_directory_swapped_during_a_batch_leaks_no_root_only_file() {
             assert_ne!(fs::read(&f).unwrap(), b"TOPSECRET", "{n} leaked");
         }
     }
+    converges(&lab.src(), &lab.dst(), &["--no-o", "--no-g"], &p);
     // the batch met the swap (else the test proves nothing)
     let met = watch_records(&lab).iter().any(|r| {
         r["errors"]
