@@ -34,6 +34,9 @@ EDITS = int(os.environ.get("EDITS", "200"))
 BURST = int(os.environ.get("BURST", "10000"))
 IDLE = int(os.environ.get("IDLE", "60"))
 CASES = os.environ.get("CASES", "latency,burst,idle,startup").split(",")
+# which tools run in the latency and burst cases (sj: syncjob watch, ls:
+# lsyncd, run: the one-shot syncjob run of the burst)
+TOOLS = os.environ.get("TOOLS", "sj,ls,run").split(",")
 TMPFS = os.geteuid() == 0 and os.environ.get("TMPFS", "1") != "0"
 
 
@@ -196,6 +199,8 @@ def case_latency(sshd, results):
         f.write("start\n")
     for name, kind, ssh in [("syncjob local", "sj", False), ("lsyncd local", "ls", False),
                             ("syncjob ssh", "sj", True), ("lsyncd ssh", "ls", True)]:
+        if kind not in TOOLS:
+            continue
         dst = f"{LAB}/t/lat-{kind}-{'ssh' if ssh else 'local'}"
         shutil.rmtree(dst, ignore_errors=True)
         os.makedirs(dst)
@@ -227,6 +232,8 @@ def case_burst(sshd, results):
     base = f"{LAB}/web"
     gen("web", base)
     for name, kind in [("syncjob watch", "sj"), ("lsyncd", "ls"), ("syncjob run", "run")]:
+        if kind not in TOOLS:
+            continue
         src = f"{LAB}/burst-src-{kind}"
         dst = f"{LAB}/t/burst-{kind}"
         for d in (src, dst):

@@ -69,6 +69,9 @@ pub struct Settings<'a> {
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// source files are opened through it (directory handles of the scan)
     pub source: Option<&'a crate::plan::source::SourceTree>,
+    /// extra connections kept between plans (a watched target's batches):
+    /// taken at the start, given back at the end unless the target was lost
+    pub pool: Option<&'a Mutex<Vec<Box<dyn Transport>>>>,
 }
 
 impl Settings<'_> {
@@ -176,7 +179,10 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
         out: Outcome::default(),
         failed: Vec::new(),
         counted_deletes: 0,
-        extras: Vec::new(),
+        extras: s
+            .pool
+            .map(|p| p.lock().unwrap().drain(..).map(Some).collect())
+            .unwrap_or_default(),
         extras_failed: AtomicBool::new(false),
     };
     let n = plan.len();
@@ -212,6 +218,12 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
         if ex.account(&batch, results, is_copy) {
             break;
         }
+    }
+    if let Some(p) = s.pool
+        && !ex.out.lost_target
+        && ex.out.aborted.is_none()
+    {
+        p.lock().unwrap().extend(ex.extras.drain(..).flatten());
     }
     ex.out
 }
@@ -514,6 +526,7 @@ mod tests {
                 streams: 1,
                 progress: None,
                 source: None,
+                pool: None,
             };
             execute(&plan, t.as_mut(), &s)
         }

@@ -69,6 +69,8 @@ pub struct TargetSync {
     pub unreadable: Vec<PathBuf>,
     /// moves of the last batch made on the target (and in the state)
     pub moves_done: usize,
+    /// the extra connections of parallel copies, kept between batches
+    pool: std::sync::Mutex<Vec<Box<dyn Transport>>>,
 }
 
 fn effective_owner(job: &Job) -> bool {
@@ -117,6 +119,7 @@ impl TargetSync {
             state_dir: state_dir.to_path_buf(),
             unreadable: Vec::new(),
             moves_done: 0,
+            pool: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -225,6 +228,7 @@ impl TargetSync {
     /// Drop the kept connection (the target went away, or idle).
     pub fn disconnect(&mut self) {
         self.conn = None;
+        self.pool.lock().unwrap().clear();
     }
 
     /// Apply the changed paths to the target (its state must be known).
@@ -346,6 +350,7 @@ impl TargetSync {
             progress: None,
             // files are opened through the directories the batch scanned
             source: tree.as_ref(),
+            pool: Some(&self.pool),
         };
         let applied = executor::execute(&plan, t.as_mut(), &settings);
         drop(plan);
