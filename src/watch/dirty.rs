@@ -234,6 +234,38 @@ mod tests {
     }
 
     #[test]
+    fn a_move_carries_the_paths_below_it_and_its_tree_is_trusted() {
+        let mut d = Paths::default();
+        d.add(Change::Entry(p("a/f")));
+        d.add(Change::Move(p("a"), p("b")));
+        // the edit before the move is now at the new name, still sent
+        assert_eq!(d.map.get(Path::new("b/f")), Some(&false));
+        assert!(!d.map.contains_key(Path::new("a/f")));
+        assert!(!d.trusted(Path::new("b/f")));
+        assert!(d.trusted(Path::new("b/g")));
+        assert!(!d.trusted(Path::new("c")));
+        // moved on again: one trusted tree at the last name
+        d.add(Change::Move(p("b"), p("c")));
+        assert_eq!(d.moves, vec![(p("a"), p("b")), (p("b"), p("c"))]);
+        assert!(d.trusted(Path::new("c/g")) && !d.trusted(Path::new("b/g")));
+        // a change inside the moved tree afterwards is sent
+        d.add(Change::Tree(p("c/sub")));
+        assert!(!d.trusted(Path::new("c/sub/x")));
+        // a move out of a tree created in this batch: two changed trees
+        let mut e = Paths::default();
+        e.add(Change::Tree(p("new")));
+        e.add(Change::Move(p("new"), p("old")));
+        assert!(e.moves.is_empty());
+        assert_eq!(e.map.get(Path::new("old")), Some(&true));
+        // merged: the moves replay, in order
+        let mut m = Paths::default();
+        m.add(Change::Entry(p("a/f")));
+        m.merge(d.clone());
+        assert_eq!(m.moves, d.moves);
+        assert_eq!(m.map.get(Path::new("c/f")), Some(&false));
+    }
+
+    #[test]
     fn too_many_paths_become_a_full_sync() {
         let mut d = Paths::default();
         for i in 0..=MAX_PATHS {
