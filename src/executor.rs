@@ -18,6 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// How many times a file that changed while being copied is tried again.
 const CHANGED_RETRIES: u32 = 3;
+/// The waits before those tries (ms): the first is short, since most such
+/// files are being closed right then (a watched file copied on its first
+/// write event), later ones leave a slower writer time to finish.
+const CHANGED_WAIT_MS: [u64; CHANGED_RETRIES as usize] = [2, 50, 200];
 /// Errors kept per record; the rest are counted.
 const MAX_ERRORS: usize = 200;
 
@@ -128,7 +132,8 @@ fn copy_batch(
         let mut tries = 0;
         while matches!(res, Err(e) if is_changed_during_copy(e)) && tries < CHANGED_RETRIES {
             tries += 1;
-            std::thread::sleep(std::time::Duration::from_millis(50 * tries as u64));
+            let wait = CHANGED_WAIT_MS[(tries as usize - 1).min(CHANGED_WAIT_MS.len() - 1)];
+            std::thread::sleep(std::time::Duration::from_millis(wait));
             *res = t.put_file(items[k].0, &items[k].1, s.preserve_owner, &ctx);
         }
         if tries > 0 && res.is_ok() {
