@@ -684,5 +684,9 @@ fn a_dirty_directory_swapped_during_a_batch_leaks_no_root_only_file() {
             .as_array()
             .is_some_and(|es| es.iter().any(|e| e["path"] == "sub/secret.txt"))
     });
-    assert!(met, "the swap came after the batch: {:?}", watch_records(&lab));
+    assert!(
+        met,
+        "the swap came after the batch: {:?}",
+        watch_records(&lab)
+    );
 }

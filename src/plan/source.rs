@@ -221,11 +221,7 @@ pub fn walk(
 
 /// Open the directory `name` of `dir` without following a symlink, and
 /// check that it is the directory `want` (device, inode).
-pub(crate) fn open_checked(
-    dir: BorrowedFd,
-    name: &OsStr,
-    want: (u64, u64),
-) -> io::Result<OwnedFd> {
+pub(crate) fn open_checked(dir: BorrowedFd, name: &OsStr, want: (u64, u64)) -> io::Result<OwnedFd> {
     let sub = rustix::fs::openat(dir, name, read_dir_flags(), Mode::empty()).map_err(|e| {
         if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
             io::Error::new(

@@ -433,10 +433,8 @@ impl TargetSync {
                     None => st.entries.remove(&p),
                 };
             }
-            let (races, unreadable): (Vec<PathError>, Vec<PathError>) = out
-                .errors
-                .drain(..)
-                .partition(|e| source_race(root, e));
+            let (races, unreadable): (Vec<PathError>, Vec<PathError>) =
+                out.errors.drain(..).partition(|e| source_race(root, e));
             out.warnings.extend(races.into_iter().map(|e| PathError {
                 message: format!("{} (vanished from the source meanwhile)", e.message),
                 ..e
@@ -535,10 +533,7 @@ fn apply_moves(
 /// The state's entries at and below `from` are now at and below `to`.
 fn move_state(entries: &mut BTreeMap<PathBuf, Entry>, from: &Path, to: &Path) {
     let below: Vec<PathBuf> = entries
-        .range::<Path, _>((
-            std::ops::Bound::Included(from),
-            std::ops::Bound::Unbounded,
-        ))
+        .range::<Path, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
         .take_while(|(k, _)| k.starts_with(from))
         .map(|(k, _)| k.clone())
         .collect();

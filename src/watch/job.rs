@@ -253,7 +253,9 @@ impl Unreadable {
             if !self.paths.is_empty() {
                 say(
                     Level::Info,
-                    &format!("job {job} -> {target}: the source paths that could not be read are sent now"),
+                    &format!(
+                        "job {job} -> {target}: the source paths that could not be read are sent now"
+                    ),
                 );
             }
             *self = Unreadable::default();
@@ -432,7 +434,7 @@ impl Worker {
                 .map(|e| format!("{}: {}", e.path, e.message));
             let target = self.ts.target.to_string();
             self.unreadable = Unreadable::default();
-            self.unreadable.after(&job, &target, failed, first);
+            self.unreadable.after(job, &target, failed, first);
             return true;
         }
         self.full_failed = res.status != Status::Ok;
@@ -462,7 +464,10 @@ impl Worker {
         match ended {
             Ended::Ok => {
                 let failed = std::mem::take(&mut self.ts.unreadable);
-                let first = rec.errors.first().map(|e| format!("{}: {}", e.path, e.message));
+                let first = rec
+                    .errors
+                    .first()
+                    .map(|e| format!("{}: {}", e.path, e.message));
                 let target = self.ts.target.to_string();
                 self.unreadable.after(&job, &target, failed, first);
                 true

@@ -127,7 +127,11 @@ pub fn scan(root: &Path, regions: &Regions, filter: &Filter) -> Scan {
     let (fd, st) = match source::open_root(root) {
         Ok(x) => x,
         Err(e) => {
-            fail(&mut scan, Path::new(""), format!("cannot open the source: {e}"));
+            fail(
+                &mut scan,
+                Path::new(""),
+                format!("cannot open the source: {e}"),
+            );
             return scan;
         }
     };
@@ -163,7 +167,16 @@ pub fn scan(root: &Path, regions: &Regions, filter: &Filter) -> Scan {
                 continue;
             }
         };
-        one(&pfd, name, p, *tree, filter, &mut scan, &mut b, &mut dirs.ids);
+        one(
+            &pfd,
+            name,
+            p,
+            *tree,
+            filter,
+            &mut scan,
+            &mut b,
+            &mut dirs.ids,
+        );
     }
     scan.entries = b.finish();
     scan.root_fd = Some(fd);

@@ -320,9 +320,8 @@ impl Watcher {
             }
             let (wd, m, cookie, name) = events[i].clone();
             if m.contains(EventMask::MOVED_FROM)
-                && let Some(j) = (i + 1..events.len().min(i + 1 + PAIR_WINDOW)).find(|&j| {
-                    events[j].1.contains(EventMask::MOVED_TO) && events[j].2 == cookie
-                })
+                && let Some(j) = (i + 1..events.len().min(i + 1 + PAIR_WINDOW))
+                    .find(|&j| events[j].1.contains(EventMask::MOVED_TO) && events[j].2 == cookie)
                 && let Some(c) = self.moved(&events[i], &events[j])
             {
                 paired[j] = true;
