@@ -18,6 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// How many times a file that changed while being copied is tried again.
 const CHANGED_RETRIES: u32 = 3;
+/// The waits before those tries (ms): the first is short, since most such
+/// files are being closed right then (a watched file copied on its first
+/// write event), later ones leave a slower writer time to finish.
+const CHANGED_WAIT_MS: [u64; CHANGED_RETRIES as usize] = [2, 50, 200];
 /// Errors kept per record; the rest are counted.
 const MAX_ERRORS: usize = 200;
 
@@ -69,6 +73,9 @@ pub struct Settings<'a> {
     pub progress: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     /// source files are opened through it (directory handles of the scan)
     pub source: Option<&'a crate::plan::source::SourceTree>,
+    /// extra connections kept between plans (a watched target's batches):
+    /// taken at the start, given back at the end unless the target was lost
+    pub pool: Option<&'a Mutex<Vec<Box<dyn Transport>>>>,
 }
 
 impl Settings<'_> {
@@ -125,7 +132,8 @@ fn copy_batch(
         let mut tries = 0;
         while matches!(res, Err(e) if is_changed_during_copy(e)) && tries < CHANGED_RETRIES {
             tries += 1;
-            std::thread::sleep(std::time::Duration::from_millis(50 * tries as u64));
+            let wait = CHANGED_WAIT_MS[(tries as usize - 1).min(CHANGED_WAIT_MS.len() - 1)];
+            std::thread::sleep(std::time::Duration::from_millis(wait));
             *res = t.put_file(items[k].0, &items[k].1, s.preserve_owner, &ctx);
         }
         if tries > 0 && res.is_ok() {
@@ -176,7 +184,10 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
         out: Outcome::default(),
         failed: Vec::new(),
         counted_deletes: 0,
-        extras: Vec::new(),
+        extras: s
+            .pool
+            .map(|p| p.lock().unwrap().drain(..).map(Some).collect())
+            .unwrap_or_default(),
         extras_failed: AtomicBool::new(false),
     };
     let n = plan.len();
@@ -212,6 +223,12 @@ pub fn execute(plan: &Plan, t: &mut dyn Transport, s: &Settings) -> Outcome {
         if ex.account(&batch, results, is_copy) {
             break;
         }
+    }
+    if let Some(p) = s.pool
+        && !ex.out.lost_target
+        && ex.out.aborted.is_none()
+    {
+        p.lock().unwrap().extend(ex.extras.drain(..).flatten());
     }
     ex.out
 }
@@ -514,6 +531,7 @@ mod tests {
                 streams: 1,
                 progress: None,
                 source: None,
+                pool: None,
             };
             execute(&plan, t.as_mut(), &s)
         }

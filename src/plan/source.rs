@@ -57,7 +57,7 @@ pub fn entry_of(st: &Stat, link: Option<PathBuf>) -> Entry {
 }
 
 #[allow(clippy::unnecessary_cast)]
-fn id(st: &Stat) -> (u64, u64) {
+pub(crate) fn id(st: &Stat) -> (u64, u64) {
     (st.st_dev as u64, st.st_ino as u64)
 }
 
@@ -221,7 +221,7 @@ pub fn walk(
 
 /// Open the directory `name` of `dir` without following a symlink, and
 /// check that it is the directory `want` (device, inode).
-fn open_checked(dir: BorrowedFd, name: &OsStr, want: (u64, u64)) -> io::Result<OwnedFd> {
+pub(crate) fn open_checked(dir: BorrowedFd, name: &OsStr, want: (u64, u64)) -> io::Result<OwnedFd> {
     let sub = rustix::fs::openat(dir, name, read_dir_flags(), Mode::empty()).map_err(|e| {
         if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
             io::Error::new(

@@ -409,6 +409,7 @@ impl<'a> TargetRun<'a> {
             streams: job.streams,
             progress: progress.sent(),
             source: source.as_ref(),
+            pool: None,
         };
         let applied =
             progress.while_copying(|| executor::execute(&plan, transport.as_mut(), &settings));

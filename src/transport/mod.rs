@@ -108,6 +108,18 @@ pub trait Transport: Send {
     /// Remove one entry (a directory only when empty).
     fn remove(&mut self, rel: &Path, kind: EntryKind) -> io::Result<()>;
 
+    /// Rename the entry `from` to `to` (both relative to the root), as
+    /// rename(2) does: a non-directory at `to` is replaced, an empty
+    /// directory too; neither name is followed if it is a symlink. Used by
+    /// watched jobs to move what moved in the source instead of sending it
+    /// again. `Unsupported` (the default) means: delete and send instead.
+    fn rename(&mut self, _from: &Path, _to: &Path) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this target cannot rename entries",
+        ))
+    }
+
     /// Several files at once (`put_file` each by default; a remote transport
     /// pipelines them). One result per item, in order.
     fn put_files(

@@ -24,7 +24,8 @@ use crate::config::Job;
 use crate::executor::{self, Outcome, Settings};
 use crate::journal::{self, PathError, Record, Status, Trigger};
 use crate::manifest::{self, Caps};
-use crate::plan::{self, Entry, Scan};
+use crate::plan::source::SourceTree;
+use crate::plan::{self, Entry, EntryKind, Scan};
 use crate::target::Target;
 use crate::transport::{self, Transport};
 use std::collections::BTreeMap;
@@ -63,6 +64,13 @@ pub struct TargetSync {
     conn: Option<Box<dyn Transport>>,
     mpath: PathBuf,
     state_dir: PathBuf,
+    /// source paths the last batch could not read (permissions): the
+    /// target's state there is kept, the worker retries them
+    pub unreadable: Vec<PathBuf>,
+    /// moves of the last batch made on the target (and in the state)
+    pub moves_done: usize,
+    /// the extra connections of parallel copies, kept between batches
+    pool: std::sync::Mutex<Vec<Box<dyn Transport>>>,
 }
 
 fn effective_owner(job: &Job) -> bool {
@@ -109,6 +117,9 @@ impl TargetSync {
             conn: None,
             mpath,
             state_dir: state_dir.to_path_buf(),
+            unreadable: Vec::new(),
+            moves_done: 0,
+            pool: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -130,6 +141,45 @@ impl TargetSync {
             caps: m.caps,
             listed_at: m.listed_at,
             saved: true,
+        });
+        true
+    }
+
+    /// Take the state from a listing of the target (after a full sync
+    /// that could not read some source paths, which leaves no manifest).
+    pub fn state_from_listing(&mut self, job: &Job) -> bool {
+        self.state = None;
+        self.preconnect(job);
+        let Some(t) = self.conn.as_mut() else {
+            return false;
+        };
+        let Ok(mut l) = t.list(&job.filter) else {
+            self.conn = None;
+            return false;
+        };
+        let mut entries = BTreeMap::new();
+        if let Some(st) = l.stream.take() {
+            entries.extend(st.entries);
+            l.errors.extend(st.errors.take());
+        } else if let Some(tree) = &l.tree {
+            entries.extend(tree.iter().map(|(p, e)| (p.to_path_buf(), e.clone())));
+        }
+        if !l.errors.is_empty() || entries.is_empty() {
+            return false;
+        }
+        let caps = Caps {
+            mtime_nanos: t.mtime_nanos(),
+            symlink_times: t.symlink_times(),
+            preserve_owner: effective_owner(job),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.state = Some(State {
+            entries,
+            caps,
+            listed_at: now,
+            saved: false,
         });
         true
     }
@@ -178,6 +228,7 @@ impl TargetSync {
     /// Drop the kept connection (the target went away, or idle).
     pub fn disconnect(&mut self) {
         self.conn = None;
+        self.pool.lock().unwrap().clear();
     }
 
     /// Apply the changed paths to the target (its state must be known).
@@ -189,6 +240,8 @@ impl TargetSync {
         rec: &RecordStart,
     ) -> (Ended, Record) {
         let out = Outcome::default();
+        self.unreadable.clear();
+        self.moves_done = 0;
         if let Some(why) = source_guard(job) {
             return (
                 Ended::SourceGuard,
@@ -226,7 +279,7 @@ impl TargetSync {
                     }
                 }
             }
-            let (ended, out) = self.apply(job, &regions, &src, cancel);
+            let (ended, out) = self.apply(job, paths, &regions, &src, cancel);
             // the kept connection had gone stale (the server restarted):
             // once more on a new one
             if ended == Ended::Unreachable && reused {
@@ -235,7 +288,7 @@ impl TargetSync {
             }
             break (ended, out);
         };
-        let ok = ended == Ended::Ok;
+        let ok = ended == Ended::Ok && out.errors.is_empty();
         let reason = (!ok).then(|| failure_reason(job, &out));
         (
             ended,
@@ -246,12 +299,17 @@ impl TargetSync {
     fn apply(
         &mut self,
         job: &Job,
+        paths: &Paths,
         regions: &Regions,
         src: &Scan,
         cancel: &AtomicBool,
     ) -> (Ended, Outcome) {
         let t = self.conn.as_mut().expect("connected");
         let st = self.state.as_mut().expect("state known");
+        let moves = &paths.moves[self.moves_done.min(paths.moves.len())..];
+        let (done, unmoved) = apply_moves(t.as_mut(), st, &self.mpath, moves);
+        self.moves_done += done;
+        let trusted = |p: &Path| paths.trusted(p) && !unmoved.iter().any(|u| p.starts_with(u));
         let popts = plan::Options {
             mode: job.mode,
             compare: job.compare,
@@ -260,11 +318,12 @@ impl TargetSync {
             mtime_nanos: t.mtime_nanos(),
             symlink_times: t.symlink_times(),
         };
-        let mut theirs = scan::target_side(regions, &st.entries).into_iter();
+        let mut theirs = scan::target_side(regions, &st.entries, &trusted).into_iter();
+        let tree = SourceTree::of(src);
         let plan = {
             let root = &job.source;
             let tr = &mut *t;
-            let mut same = |rel: &Path| tr.same_content(rel, &root.join(rel), None);
+            let mut same = |rel: &Path| tr.same_content(rel, &root.join(rel), tree.as_ref());
             plan::diff_stream(src, &mut theirs, &job.filter, popts, &mut same)
         };
         let mut out = Outcome {
@@ -289,8 +348,9 @@ impl TargetSync {
             open_extra: Some(&open_extra),
             streams: job.streams,
             progress: None,
-            // dirty paths are read by path (see `scan`), not from a scan's handles
-            source: None,
+            // files are opened through the directories the batch scanned
+            source: tree.as_ref(),
+            pool: Some(&self.pool),
         };
         let applied = executor::execute(&plan, t.as_mut(), &settings);
         drop(plan);
@@ -316,35 +376,71 @@ impl TargetSync {
     /// follows), kept when the connection was lost before anything was
     /// sent, unknown otherwise.
     fn conclude(&mut self, job: &Job, regions: &Regions, src: &Scan, out: &mut Outcome) -> Ended {
+        let root = &job.source;
         let clean = out.aborted.is_none()
             && out.deletes_withheld == 0
             && out.errors_dropped == 0
-            && src.unknown.is_empty()
-            && out.errors.iter().all(|e| source_race(&job.source, e));
+            && out
+                .errors
+                .iter()
+                .all(|e| source_race(root, e) || source_unreadable(root, e));
         let Some(st) = self.state.as_mut() else {
             return Ended::Failed;
         };
         if clean {
-            let kept: Vec<(PathBuf, Option<Entry>)> = out
+            // where the plan did nothing (failed copies; unknown source
+            // paths and all below them), the target holds what it held
+            let mut kept: Vec<(PathBuf, Option<Entry>)> = out
                 .errors
                 .iter()
                 .map(|e| {
-                    let p = PathBuf::from(&e.path);
+                    let p = rel_of(e);
                     let old = st.entries.get(&p).cloned();
                     (p, old)
                 })
                 .collect();
+            let mut gone: Vec<PathBuf> = Vec::new();
+            for u in &src.unknown {
+                gone.push(u.clone());
+                kept.extend(
+                    st.entries
+                        .range::<Path, _>((
+                            std::ops::Bound::Included(u.as_path()),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .take_while(|(k, _)| k.starts_with(u))
+                        .map(|(k, e)| (k.clone(), Some(e.clone()))),
+                );
+            }
             scan::update_state(&mut st.entries, regions, src);
+            for u in gone {
+                let below: Vec<PathBuf> = st
+                    .entries
+                    .range::<Path, _>((
+                        std::ops::Bound::Included(u.as_path()),
+                        std::ops::Bound::Unbounded,
+                    ))
+                    .take_while(|(k, _)| k.starts_with(&u))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in below {
+                    st.entries.remove(&k);
+                }
+            }
             for (p, old) in kept {
                 match old {
                     Some(e) => st.entries.insert(p, e),
                     None => st.entries.remove(&p),
                 };
             }
-            out.warnings.extend(out.errors.drain(..).map(|e| PathError {
+            let (races, unreadable): (Vec<PathError>, Vec<PathError>) =
+                out.errors.drain(..).partition(|e| source_race(root, e));
+            out.warnings.extend(races.into_iter().map(|e| PathError {
                 message: format!("{} (vanished from the source meanwhile)", e.message),
                 ..e
             }));
+            self.unreadable = unreadable.iter().map(rel_of).collect();
+            out.errors = unreadable;
             Ended::Ok
         } else if out.lost_target && out.files_transferred == 0 && out.files_deleted == 0 {
             // the connection was lost before anything was sent: the state
@@ -358,12 +454,111 @@ impl TargetSync {
     }
 }
 
+/// The relative path an error names (names are encoded in errors).
+fn rel_of(e: &PathError) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    if e.path == "." {
+        return PathBuf::new();
+    }
+    PathBuf::from(std::ffi::OsStr::from_bytes(&crate::names::decode(&e.path)))
+}
+
 /// A copy that failed because its source is gone now (deleted or
 /// replaced after the scan): its own event brings it back.
 fn source_race(root: &Path, e: &PathError) -> bool {
     !e.path.is_empty()
         && e.path != "."
-        && matches!(std::fs::symlink_metadata(root.join(&e.path)), Err(x) if x.kind() == std::io::ErrorKind::NotFound)
+        && matches!(std::fs::symlink_metadata(root.join(rel_of(e))), Err(x) if x.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// A source path this process may not read (permissions): nothing was done
+/// there on the target; the worker keeps it and tries again later. (A probe
+/// only: the handle is closed unread.)
+pub fn source_unreadable(root: &Path, e: &PathError) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    if e.path.is_empty() || e.path == "." {
+        return false;
+    }
+    let r = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(root.join(rel_of(e)));
+    matches!(r, Err(x) if x.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
+/// Rename on the target what was renamed in the source, in order, and in
+/// the state with it (the manifest is removed first). A move is made only
+/// where the state says it can be exact: its old name there, and its new
+/// name free (or both not directories). Returns how many moves were made
+/// (up to the first that failed: later ones may depend on it) and the new
+/// names of the moves not made (their files are sent again, and their old
+/// names deleted as `delete` says).
+fn apply_moves(
+    t: &mut dyn Transport,
+    st: &mut State,
+    mpath: &Path,
+    moves: &[(PathBuf, PathBuf)],
+) -> (usize, Vec<PathBuf>) {
+    let mut done = 0;
+    let mut unmoved = Vec::new();
+    let mut stopped = false;
+    for (from, to) in moves {
+        let possible = match (st.entries.get(from), st.entries.get(to)) {
+            (Some(_), None) => true,
+            (Some(f), Some(t)) => f.kind != EntryKind::Dir && t.kind != EntryKind::Dir,
+            _ => false,
+        };
+        if stopped || !possible {
+            unmoved.push(to.clone());
+            continue;
+        }
+        if st.saved {
+            manifest::remove(mpath);
+            st.saved = false;
+        }
+        match t.rename(from, to) {
+            Ok(()) => {
+                move_state(&mut st.entries, from, to);
+                done += 1;
+            }
+            Err(_) => {
+                unmoved.push(to.clone());
+                stopped = true;
+            }
+        }
+    }
+    (done, unmoved)
+}
+
+/// The state's entries at and below `from` are now at and below `to`.
+fn move_state(entries: &mut BTreeMap<PathBuf, Entry>, from: &Path, to: &Path) {
+    let below: Vec<PathBuf> = entries
+        .range::<Path, _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(from))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut moved = Vec::with_capacity(below.len());
+    for k in below {
+        if let Some(e) = entries.remove(&k) {
+            let rest = k.strip_prefix(from).unwrap_or(Path::new(""));
+            let n = if rest.as_os_str().is_empty() {
+                to.to_path_buf()
+            } else {
+                to.join(rest)
+            };
+            moved.push((n, e));
+        }
+    }
+    // a directory replaced at `to` (empty, as rename(2) requires) is gone
+    let old: Vec<PathBuf> = entries
+        .range::<Path, _>((std::ops::Bound::Included(to), std::ops::Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(to))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for k in old {
+        entries.remove(&k);
+    }
+    entries.extend(moved);
 }
 
 fn failure_reason(job: &Job, out: &Outcome) -> String {

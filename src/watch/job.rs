@@ -211,10 +211,84 @@ struct Worker {
     /// the last batch was held back by the source guard
     held: bool,
     last_work: Instant,
+    /// source paths this process cannot read, retried with every batch
+    /// and on their own by backoff (never a full sync for them)
+    unreadable: Unreadable,
 }
 
 fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << attempt.min(5)).min(Duration::from_secs(30))
+}
+
+/// First wait before an unreadable source path is tried again on its own;
+/// it doubles with each try, up to [`UNREADABLE_MAX`].
+pub const UNREADABLE_FIRST: Duration = Duration::from_secs(30);
+pub const UNREADABLE_MAX: Duration = Duration::from_secs(600);
+
+/// Source paths that could not be read, and their backoff.
+#[derive(Default)]
+struct Unreadable {
+    paths: Paths,
+    step: u32,
+    next: Option<Instant>,
+    /// the batch in hand was this backoff's retry
+    retrying: bool,
+}
+
+impl Unreadable {
+    fn wait(step: u32) -> Duration {
+        (UNREADABLE_FIRST * (1u32 << step.min(10))).min(UNREADABLE_MAX)
+    }
+
+    fn due(&self) -> bool {
+        self.next.is_some_and(|t| t <= Instant::now())
+    }
+
+    /// After a batch that held these paths (`failed`: those still
+    /// unreadable, `first`: the first error). Logged once per step.
+    fn after(&mut self, job: &Job, target: &str, failed: Vec<PathBuf>, first: Option<String>) {
+        let (root, job) = (&job.source, &job.name);
+        let retrying = std::mem::take(&mut self.retrying);
+        if failed.is_empty() {
+            if !self.paths.is_empty() {
+                say(
+                    Level::Info,
+                    &format!(
+                        "job {job} -> {target}: the source paths that could not be read are sent now"
+                    ),
+                );
+            }
+            *self = Unreadable::default();
+            return;
+        }
+        let new = self.paths.is_empty();
+        self.paths = Paths::default();
+        for p in failed {
+            // an unreadable directory: all of it, once it can be read
+            let dir = std::fs::symlink_metadata(root.join(&p)).is_ok_and(|m| m.is_dir());
+            self.paths.add(if dir {
+                super::watcher::Change::Tree(p)
+            } else {
+                super::watcher::Change::Entry(p)
+            });
+        }
+        if new || retrying {
+            if retrying {
+                self.step += 1;
+            }
+            let wait = Unreadable::wait(self.step);
+            say(
+                Level::Warning,
+                &format!(
+                    "job {job} -> {target}: {} source path(s) cannot be read ({}); not sent, the target keeps what it has there; tried again with the next batches and in {}s (no full sync)",
+                    self.paths.len(),
+                    first.unwrap_or_default(),
+                    wait.as_secs()
+                ),
+            );
+            self.next = Some(Instant::now() + wait);
+        }
+    }
 }
 
 impl Worker {
@@ -243,6 +317,12 @@ impl Worker {
             }
             if self.ctx.stop.load(Ordering::Relaxed) {
                 break;
+            }
+            if self.pending.is_empty() && self.unreadable.due() {
+                self.unreadable.retrying = true;
+                self.unreadable.next = None;
+                self.pending.merge(self.unreadable.paths.clone());
+                fresh = true;
             }
             if self.pending.is_empty() {
                 if unsaved && self.last_work.elapsed() >= SAVE_AFTER_IDLE {
@@ -280,10 +360,12 @@ impl Worker {
         let Some(_guard) = lock.acquire(&self.ctx.stop) else {
             return;
         };
-        let paths = std::mem::take(&mut self.pending);
+        let mut paths = std::mem::take(&mut self.pending);
         let ok = if paths.full.is_some() || self.ts.state.is_none() {
             self.full(&paths)
         } else {
+            // the paths that could not be read go with every batch
+            paths.merge(self.unreadable.paths.clone());
             self.batch(&paths)
         };
         if ok {
@@ -339,8 +421,25 @@ impl Worker {
             say_record(r);
         }
         self.ctx.live.full_syncs.fetch_add(1, Ordering::Relaxed);
+        // only source paths it could not read: the target is listed for
+        // its state, and those paths are retried by backoff
+        if res.status != Status::Ok
+            && let Some(failed) = only_unreadable(job, &res.records)
+            && self.ts.state_from_listing(job)
+        {
+            self.full_failed = false;
+            let first = res.records[0]
+                .errors
+                .first()
+                .map(|e| format!("{}: {}", e.path, e.message));
+            let target = self.ts.target.to_string();
+            self.unreadable = Unreadable::default();
+            self.unreadable.after(job, &target, failed, first);
+            return true;
+        }
         self.full_failed = res.status != Status::Ok;
         if res.status == Status::Ok {
+            self.unreadable = Unreadable::default();
             // without a manifest (mode full, compare checksum,
             // verify_interval 0) each later change is a full sync too
             if self.ts.load_state(job) {
@@ -363,9 +462,21 @@ impl Worker {
         log_record(&rec, &self.ctx.env, &self.ctx.live);
         self.ctx.live.batches.fetch_add(1, Ordering::Relaxed);
         match ended {
-            Ended::Ok => true,
+            Ended::Ok => {
+                let failed = std::mem::take(&mut self.ts.unreadable);
+                let first = rec
+                    .errors
+                    .first()
+                    .map(|e| format!("{}: {}", e.path, e.message));
+                let target = self.ts.target.to_string();
+                self.unreadable.after(&job, &target, failed, first);
+                true
+            }
             Ended::Unreachable => {
-                self.pending.merge(paths.clone());
+                // the moves already made there are not made again
+                let mut rest = paths.clone();
+                rest.moves.drain(..self.ts.moves_done.min(rest.moves.len()));
+                self.pending.merge(rest);
                 false
             }
             Ended::SourceGuard => {
@@ -384,6 +495,26 @@ impl Worker {
             }
         }
     }
+}
+
+/// The source paths a failed full sync could not read, when those are
+/// its only failures (`None`: it failed for other reasons too).
+fn only_unreadable(job: &Job, records: &[journal::Record]) -> Option<Vec<PathBuf>> {
+    let [r] = records else { return None };
+    let n = r.errors.len();
+    let reason = r.reason.as_deref()?;
+    if n == 0 || !reason.starts_with(&format!("{n} error(s); first:")) {
+        return None;
+    }
+    r.errors
+        .iter()
+        .map(|e| {
+            batch::source_unreadable(&job.source, e).then(|| {
+                use std::os::unix::ffi::OsStrExt;
+                PathBuf::from(std::ffi::OsStr::from_bytes(&crate::names::decode(&e.path)))
+            })
+        })
+        .collect()
 }
 
 fn set_mode(live: &Live, m: &str) {
@@ -691,6 +822,7 @@ fn start_workers(ctx: &JobCtx) -> Vec<WorkerHandle> {
                 full_failed: false,
                 held: false,
                 last_work: Instant::now(),
+                unreadable: Unreadable::default(),
             };
             (tx, std::thread::spawn(move || worker.run(rx)))
         })

@@ -10,17 +10,27 @@
 //! - the region scanned in the source and the region taken from the
 //!   target's state are exactly the same paths, so nothing outside the
 //!   changed paths is ever planned, and nothing inside is missed;
-//! - no path is read through a symlink: a path whose parent is not a real
+//! - no path is read through a symlink: the regions are read relative to
+//!   directory handles opened from the root a component at a time with
+//!   `O_NOFOLLOW`, each checked to be the directory just stat'ed (device,
+//!   inode), and the batch's copies open their files through those same
+//!   directories (`SourceTree`); a path whose parent is not a real
 //!   directory (replaced by a symlink meanwhile) is not read, and is
-//!   reported unknown (nothing there is deleted).
+//!   reported unknown (nothing there is deleted);
+//! - a moved tree (see `dirty`) is a tree region whose files are compared
+//!   with the target's state by size and mtime instead of sent again.
 
 use super::dirty::Paths;
 use crate::filter::Filter;
 use crate::journal::PathError;
-use crate::plan::{Entry, EntryKind, Scan, TreeBuilder, display_path, is_temp_name};
-use std::collections::BTreeMap;
-use std::os::unix::fs::FileTypeExt;
+use crate::plan::source::{self, DirIds};
+use crate::plan::{Entry, EntryKind, Scan, Sorted, TreeBuilder, display_path};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The regions of a batch: path → whether its whole tree is included.
 pub type Regions = BTreeMap<PathBuf, bool>;
@@ -33,7 +43,11 @@ fn source_kind(root: &Path, rel: &Path) -> Option<EntryKind> {
 /// Widen the changed paths into regions (see the module's invariants).
 pub fn regions(paths: &Paths, root: &Path, state: &BTreeMap<PathBuf, Entry>) -> Regions {
     let mut items: BTreeMap<PathBuf, bool> = BTreeMap::new();
-    for (p, tree) in &paths.map {
+    let moves = paths
+        .moves
+        .iter()
+        .flat_map(|(f, t)| [(f, &true), (t, &true)]);
+    for (p, tree) in paths.map.iter().chain(moves) {
         *items.entry(p.clone()).or_default() |= *tree;
         if let Some(parent) = p.parent() {
             items.entry(parent.to_path_buf()).or_default();
@@ -52,54 +66,127 @@ pub fn regions(paths: &Paths, root: &Path, state: &BTreeMap<PathBuf, Entry>) -> 
     out.map
 }
 
-/// Whether every parent of `rel` below the root is a real directory.
-fn parents_are_dirs(root: &Path, rel: &Path) -> bool {
-    let mut cur = root.to_path_buf();
-    let comps: Vec<_> = rel.components().collect();
-    for c in comps.iter().take(comps.len().saturating_sub(1)) {
-        cur.push(c);
-        match std::fs::symlink_metadata(&cur) {
-            Ok(md) if md.file_type().is_dir() => {}
-            _ => return false,
-        }
-    }
-    true
+/// Directory handles of one batch's scan, opened from the root handle a
+/// component at a time (`O_NOFOLLOW`, device and inode checked against a
+/// `statat` of the name just before), cached for the batch.
+struct Dirs {
+    open: HashMap<PathBuf, Arc<OwnedFd>>,
+    ids: DirIds,
 }
 
-/// Scan the regions of the source, in path order.
+/// Why a region's parent could not be opened.
+enum NoParent {
+    /// not a directory (a symlink swapped in, a file), gone, or swapped
+    /// meanwhile: its own event covers it
+    Changed,
+    /// it cannot be read (permissions)
+    Io(PathBuf, std::io::Error),
+}
+
+impl Dirs {
+    fn get(&mut self, rel: &Path) -> Result<Arc<OwnedFd>, NoParent> {
+        if let Some(fd) = self.open.get(rel) {
+            return Ok(fd.clone());
+        }
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(NoParent::Changed);
+        };
+        let pfd = self.get(parent)?;
+        let st = match rustix::fs::statat(&*pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode as _) == FileType::Directory => st,
+            Ok(_) => return Err(NoParent::Changed),
+            Err(e) if e == rustix::io::Errno::NOENT => return Err(NoParent::Changed),
+            Err(e) => return Err(NoParent::Io(rel.to_path_buf(), e.into())),
+        };
+        let fd = match source::open_checked(pfd.as_fd(), name, source::id(&st)) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(NoParent::Io(rel.to_path_buf(), e));
+            }
+            Err(_) => return Err(NoParent::Changed),
+        };
+        if self.open.len() >= 1024 {
+            self.open.retain(|k, _| k.as_os_str().is_empty());
+        }
+        self.ids.insert(rel.to_path_buf(), source::id(&st));
+        self.open.insert(rel.to_path_buf(), fd.clone());
+        Ok(fd)
+    }
+}
+
+/// Scan the regions of the source, in path order, relative to directory
+/// handles from the root (as the full scan does): the scan keeps its root
+/// handle and the directories' identities, so the batch's copies open
+/// their files through the very directories scanned
+/// ([`crate::plan::source::SourceTree`]).
 pub fn scan(root: &Path, regions: &Regions, filter: &Filter) -> Scan {
     let mut scan = Scan {
         root: root.to_path_buf(),
         ..Default::default()
     };
+    let (fd, st) = match source::open_root(root) {
+        Ok(x) => x,
+        Err(e) => {
+            fail(
+                &mut scan,
+                Path::new(""),
+                format!("cannot open the source: {e}"),
+            );
+            return scan;
+        }
+    };
+    let fd = Arc::new(fd);
+    let mut dirs = Dirs {
+        open: HashMap::from([(PathBuf::new(), fd.clone())]),
+        ids: DirIds::from([(PathBuf::new(), source::id(&st))]),
+    };
     let mut b = TreeBuilder::default();
     for (p, tree) in regions {
-        if !parents_are_dirs(root, p) {
-            // a parent was replaced meanwhile: its own event covers it
-            scan.unknown.insert(p.clone());
+        if p.as_os_str().is_empty() {
+            b.push(p, source::entry_of(&st, None));
+            if *tree {
+                let here = rustix::fs::openat(&*fd, ".", read_dir_flags(), Mode::empty());
+                match here {
+                    Ok(d) => walk_into(d, p, filter, &mut scan, &mut b, &mut dirs.ids),
+                    Err(e) => fail(&mut scan, p, e.to_string()),
+                }
+            }
             continue;
         }
-        let abs = root.join(p);
-        let md = match std::fs::symlink_metadata(&abs) {
-            Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                fail(&mut scan, p, format!("cannot stat: {e}"));
+        let name = p.file_name().unwrap_or_default();
+        let pfd = match dirs.get(p.parent().unwrap_or(Path::new(""))) {
+            Ok(fd) => fd,
+            Err(NoParent::Changed) => {
+                // a parent was replaced meanwhile: its own event covers it
+                scan.unknown.insert(p.clone());
+                continue;
+            }
+            Err(NoParent::Io(at, e)) => {
+                fail(&mut scan, &at, e.to_string());
+                scan.unknown.insert(p.clone());
                 continue;
             }
         };
-        if let Some(e) = entry(&mut scan, p, &abs, &md) {
-            let is_dir = e.kind == EntryKind::Dir;
-            b.push(p, e);
-            if *tree && is_dir {
-                walk(&abs, p, filter, &mut scan, &mut b);
-            }
-        }
+        one(
+            &pfd,
+            name,
+            p,
+            *tree,
+            filter,
+            &mut scan,
+            &mut b,
+            &mut dirs.ids,
+        );
     }
     scan.entries = b.finish();
+    scan.root_fd = Some(fd);
+    scan.dir_ids = Arc::new(dirs.ids);
     scan
 }
 
+/// A path that could not be read: an error, and unknown (nothing at or
+/// below it is deleted on the target, and the target's state there is
+/// kept).
 fn fail(scan: &mut Scan, rel: &Path, msg: String) {
     scan.errors.push(PathError {
         path: display_path(rel),
@@ -108,85 +195,96 @@ fn fail(scan: &mut Scan, rel: &Path, msg: String) {
     scan.unknown.insert(rel.to_path_buf());
 }
 
-/// The entry for one path (`None`: special file or unreadable link,
-/// recorded as unknown).
-fn entry(scan: &mut Scan, rel: &Path, abs: &Path, md: &std::fs::Metadata) -> Option<Entry> {
-    let ft = md.file_type();
-    if ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device() {
-        scan.warnings.push(PathError {
-            path: display_path(rel),
-            message: "special file (fifo, socket or device) skipped".into(),
-        });
-        scan.unknown.insert(rel.to_path_buf());
-        return None;
-    }
-    let link = if ft.is_symlink() {
-        match std::fs::read_link(abs) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                fail(scan, rel, format!("cannot read link: {e}"));
-                return None;
-            }
-        }
-    } else {
-        None
-    };
-    Some(Entry::from_metadata(md, link))
+fn read_dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
 }
 
-/// Everything below one directory, in path order (names sorted, depth
-/// first), symlinks not followed, excluded entries skipped.
-fn walk(abs: &Path, rel: &Path, filter: &Filter, scan: &mut Scan, b: &mut TreeBuilder) {
-    let rd = match std::fs::read_dir(abs) {
-        Ok(rd) => rd,
-        Err(e) => {
-            fail(scan, rel, e.to_string());
-            return;
-        }
+/// One region: the entry `name` of the directory `pfd` (and, for a tree,
+/// everything below it).
+#[allow(clippy::too_many_arguments)]
+fn one(
+    pfd: &OwnedFd,
+    name: &std::ffi::OsStr,
+    rel: &Path,
+    tree: bool,
+    filter: &Filter,
+    scan: &mut Scan,
+    b: &mut TreeBuilder,
+    ids: &mut DirIds,
+) {
+    let st = match rustix::fs::statat(pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(e) if e == rustix::io::Errno::NOENT => return,
+        Err(e) => return fail(scan, rel, format!("cannot stat: {e}")),
     };
-    let mut names: Vec<(std::ffi::OsString, bool)> = Vec::new();
-    for e in rd {
-        match e {
-            Ok(e) => {
-                let child = rel.join(e.file_name());
-                let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-                if !is_temp_name(&child) && !filter.excluded(&child, is_dir) {
-                    names.push((e.file_name(), is_dir));
+    match FileType::from_raw_mode(st.st_mode as _) {
+        FileType::RegularFile => b.push(rel, source::entry_of(&st, None)),
+        FileType::Symlink => match rustix::fs::readlinkat(pfd, name, Vec::new()) {
+            Ok(l) => {
+                let l = PathBuf::from(std::ffi::OsStr::from_bytes(l.as_bytes()));
+                b.push(rel, source::entry_of(&st, Some(l)));
+            }
+            Err(e) => fail(scan, rel, format!("cannot read link: {e}")),
+        },
+        FileType::Directory => {
+            b.push(rel, source::entry_of(&st, None));
+            if !tree {
+                return;
+            }
+            match source::open_checked(pfd.as_fd(), name, source::id(&st)) {
+                Ok(d) => {
+                    ids.insert(rel.to_path_buf(), source::id(&st));
+                    walk_into(d, rel, filter, scan, b, ids);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    fail(scan, rel, e.to_string())
+                }
+                // replaced meanwhile: its own event covers it
+                Err(_) => {
+                    scan.unknown.insert(rel.to_path_buf());
                 }
             }
-            Err(e) => fail(scan, rel, e.to_string()),
+        }
+        _ => {
+            scan.warnings.push(PathError {
+                path: display_path(rel),
+                message: "special file (fifo, socket or device) skipped".into(),
+            });
+            scan.unknown.insert(rel.to_path_buf());
         }
     }
-    names.sort_unstable();
-    for (name, _) in names {
-        let (cabs, crel) = (abs.join(&name), rel.join(&name));
-        let md = match std::fs::symlink_metadata(&cabs) {
-            Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => {
-                fail(scan, &crel, format!("cannot stat: {e}"));
-                continue;
-            }
-        };
-        if let Some(e) = entry(scan, &crel, &cabs, &md) {
-            let is_dir = e.kind == EntryKind::Dir;
-            b.push(&crel, e);
-            if is_dir {
-                walk(&cabs, &crel, filter, scan, b);
-            }
-        }
+}
+
+/// Everything below the directory `d` (the full scan's handle-based walk).
+fn walk_into(
+    d: OwnedFd,
+    rel: &Path,
+    filter: &Filter,
+    scan: &mut Scan,
+    b: &mut TreeBuilder,
+    ids: &mut DirIds,
+) {
+    let mut found = Sorted::default();
+    source::walk(d, rel, filter, scan, &mut found, ids);
+    for (p, e) in found.iter() {
+        b.push(p, e.clone());
     }
 }
 
 /// The target's entries in the regions, in path order. Files are given an
 /// impossible mtime, so that every file in a changed region is sent again
 /// (an event means the path is checked for real: an edit that keeps the
-/// size and the mtime is still sent).
-pub fn target_side(regions: &Regions, state: &BTreeMap<PathBuf, Entry>) -> Vec<(PathBuf, Entry)> {
+/// size and the mtime is still sent), except those `trusted` (moved there
+/// on the target, unchanged since).
+pub fn target_side(
+    regions: &Regions,
+    state: &BTreeMap<PathBuf, Entry>,
+    trusted: &dyn Fn(&Path) -> bool,
+) -> Vec<(PathBuf, Entry)> {
     let mut out = Vec::new();
     let mut push = |p: &Path, e: &Entry| {
         let mut e = e.clone();
-        if e.kind == EntryKind::File {
+        if e.kind == EntryKind::File && !trusted(p) {
             e.mtime = i64::MIN;
         }
         out.push((p.to_path_buf(), e));
@@ -268,7 +366,7 @@ mod tests {
         fs::write(r.join("a/b"), "now a file").unwrap();
         let reg = regions(&paths, r, &state);
         assert_eq!(reg.get(Path::new("a/b")), Some(&true));
-        let t = target_side(&reg, &state);
+        let t = target_side(&reg, &state, &|_| false);
         let names: Vec<_> = t.iter().map(|(p, _)| p.to_str().unwrap()).collect();
         assert_eq!(names, vec!["a", "a/b", "a/b/f", "a/g"]);
         assert!(

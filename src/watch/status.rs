@@ -205,7 +205,9 @@ pub fn save_pending(path: &Path, p: &Paths) {
         b.extend_from_slice(r.replace('\0', " ").as_bytes());
         b.push(0);
     }
-    for (k, tree) in &p.map {
+    // a move is kept as its two names, each a changed tree
+    let moved = p.moves.iter().flat_map(|(f, t)| [(f, &true), (t, &true)]);
+    for (k, tree) in p.map.iter().chain(moved) {
         b.push(if *tree { b'T' } else { b'E' });
         b.extend_from_slice(k.as_os_str().as_bytes());
         b.push(0);

@@ -44,7 +44,18 @@ pub enum Change {
     /// The entry and everything below it (a directory created, moved in or
     /// out, deleted).
     Tree(PathBuf),
+    /// The entry (and everything below it) was renamed from the first path
+    /// to the second, both inside the tree and not excluded (an
+    /// `IN_MOVED_FROM`/`IN_MOVED_TO` pair with one cookie).
+    Move(PathBuf, PathBuf),
 }
+
+/// One raw event: watch, mask, cookie, name.
+type Raw = (i32, EventMask, u32, Option<PathBuf>);
+
+/// How far after an `IN_MOVED_FROM` its `IN_MOVED_TO` is looked for (the
+/// kernel queues the two back to back; other events may slip between).
+const PAIR_WINDOW: usize = 16;
 
 /// Something that makes the changed paths incomplete.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,33 +288,96 @@ impl Watcher {
         changes: &mut dyn FnMut(Change),
         signals: &mut dyn FnMut(Signal),
     ) -> Result<(), WatchError> {
+        // everything queued now, so that a move's two halves meet
+        let mut events: Vec<Raw> = Vec::new();
         loop {
             let mut buf = std::mem::take(&mut self.buf);
-            let events: Vec<(i32, EventMask, Option<PathBuf>)> =
-                match self.ino.read_events(&mut buf) {
-                    Ok(evs) => evs
-                        .map(|e| {
-                            (
-                                e.wd.get_watch_descriptor_id(),
-                                e.mask,
-                                e.name.map(|n: &OsStr| PathBuf::from(n)),
-                            )
-                        })
-                        .collect(),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Vec::new(),
-                    Err(e) => {
-                        self.buf = buf;
-                        return Err(WatchError::Io(self.root.display().to_string(), e));
-                    }
-                };
-            self.buf = buf;
-            if events.is_empty() {
-                return Ok(());
+            let before = events.len();
+            match self.ino.read_events(&mut buf) {
+                Ok(evs) => events.extend(evs.map(|e| {
+                    (
+                        e.wd.get_watch_descriptor_id(),
+                        e.mask,
+                        e.cookie,
+                        e.name.map(|n: &OsStr| PathBuf::from(n)),
+                    )
+                })),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.buf = buf;
+                    return Err(WatchError::Io(self.root.display().to_string(), e));
+                }
             }
-            for (wd, m, name) in events {
-                self.event(wd, m, name, changes, signals)?;
+            self.buf = buf;
+            if events.len() == before {
+                break;
             }
         }
+        let mut paired = vec![false; events.len()];
+        for i in 0..events.len() {
+            if paired[i] {
+                continue;
+            }
+            let (wd, m, cookie, name) = events[i].clone();
+            if m.contains(EventMask::MOVED_FROM)
+                && let Some(j) = (i + 1..events.len().min(i + 1 + PAIR_WINDOW))
+                    .find(|&j| events[j].1.contains(EventMask::MOVED_TO) && events[j].2 == cookie)
+                && let Some(c) = self.moved(&events[i], &events[j])
+            {
+                paired[j] = true;
+                changes(c);
+                continue;
+            }
+            self.event(wd, m, name, changes, signals)?;
+        }
+        Ok(())
+    }
+
+    /// A rename inside the tree, both names not excluded: the watches at
+    /// and below the old name now carry the new one. `None`: not such a
+    /// move (each half is then an event of its own).
+    fn moved(&mut self, from: &Raw, to: &Raw) -> Option<Change> {
+        let old = self.by_wd.get(&from.0)?.join(from.3.as_ref()?);
+        let new = self.by_wd.get(&to.0)?.join(to.3.as_ref()?);
+        let is_dir = from.1.contains(EventMask::ISDIR);
+        let skip = |w: &Watcher, p: &Path| {
+            p.as_os_str().is_empty() || is_temp_name(p) || w.filter.excluded_with_parents(p, is_dir)
+        };
+        if skip(self, &old) || skip(self, &new) || new.starts_with(&old) {
+            return None;
+        }
+        if is_dir {
+            self.rename_watches(&old, &new);
+            // what the new place's excludes let in is watched too
+            if self.watch_tree(&new, &mut |_| {}).is_err() {
+                return None;
+            }
+        }
+        Some(Change::Move(old, new))
+    }
+
+    /// The watches at and below `old` are now at and below `new`.
+    fn rename_watches(&mut self, old: &Path, new: &Path) {
+        // whatever was watched at the new name was replaced
+        self.forget_tree(new, true);
+        let moved: Vec<PathBuf> = self
+            .by_path
+            .keys()
+            .filter(|p| p.starts_with(old))
+            .cloned()
+            .collect();
+        for p in moved {
+            let Some(wd) = self.by_path.remove(&p) else {
+                continue;
+            };
+            let q = match p.strip_prefix(old) {
+                Ok(rest) if !rest.as_os_str().is_empty() => new.join(rest),
+                _ => new.to_path_buf(),
+            };
+            self.by_wd.insert(wd.get_watch_descriptor_id(), q.clone());
+            self.by_path.insert(q, wd);
+        }
+        self.update_count();
     }
 
     fn event(

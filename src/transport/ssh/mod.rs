@@ -410,4 +410,18 @@ impl Transport for Ssh {
         }
         self.sftp_remove(rel, kind)
     }
+
+    /// `posix-rename@openssh.com` (rename(2) on the server); without that
+    /// extension, Unsupported (the caller deletes and sends instead).
+    fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        if !self.sftp.posix_rename {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the SFTP server has no posix-rename",
+            ));
+        }
+        let (f, t) = (self.path(from), self.path(to));
+        let id = self.sftp.posix_rename(&f, &t)?;
+        self.sftp.wait(id)?.ok("rename")
+    }
 }

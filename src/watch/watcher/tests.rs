@@ -110,3 +110,31 @@ fn the_root_going_away_is_reported_and_a_moved_out_dir_is_forgotten() {
         "{cs:?}"
     );
 }
+
+#[test]
+fn a_rename_inside_the_tree_is_one_move_and_its_watches_follow() {
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir_all(d.path().join("a/b")).unwrap();
+    fs::create_dir_all(d.path().join("cache")).unwrap();
+    fs::write(d.path().join("f"), "x").unwrap();
+    let mut w = Watcher::new(d.path(), Filter::new(&["/cache/"]).unwrap()).unwrap();
+    assert_eq!(w.watch_all().unwrap(), 3);
+    fs::rename(d.path().join("a"), d.path().join("z")).unwrap();
+    fs::rename(d.path().join("f"), d.path().join("z/g")).unwrap();
+    let mv = |a: &str, b: &str| Change::Move(a.into(), b.into());
+    let (cs, _) = collect(&mut w, 5, &|cs, _| has(cs, mv("f", "z/g")));
+    assert_eq!(cs, vec![mv("a", "z"), mv("f", "z/g")], "{cs:?}");
+    assert_eq!(w.watch_count(), 3);
+    // the moved watches report under the new name
+    fs::write(d.path().join("z/b/new"), "y").unwrap();
+    let (cs, _) = collect(&mut w, 5, &|cs, _| has(cs, Change::Entry("z/b/new".into())));
+    assert!(has(&cs, Change::Entry("z/b/new".into())), "{cs:?}");
+    // into an excluded place: a deletion; out of it: a creation
+    fs::rename(d.path().join("z"), d.path().join("cache/z")).unwrap();
+    let (cs, _) = collect(&mut w, 5, &|cs, _| !cs.is_empty());
+    assert_eq!(cs, vec![Change::Tree("z".into())]);
+    fs::rename(d.path().join("cache/z"), d.path().join("back")).unwrap();
+    let (cs, _) = collect(&mut w, 5, &|cs, _| !cs.is_empty());
+    assert_eq!(cs, vec![Change::Tree("back".into())]);
+    assert_eq!(w.watch_count(), 3);
+}
