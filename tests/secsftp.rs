@@ -257,6 +257,45 @@ fn a_link_planted_between_two_watch_batches_is_not_written_through() {
     assert_eq!(snapshot(&out), before);
 }
 
+/// A directory renamed in the source is renamed on the target by the
+/// watcher (posix-rename); a link planted at a parent of the old name must
+/// not carry that rename outside the target (the rename before the fix
+/// moved `outside/deep` to `outside/moved`).
+#[test]
+fn a_watched_rename_is_never_made_through_a_planted_link() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    sftp_job(&lab, &s, "watch: {delay: 0}");
+    lab.write("sub/deep/d.txt", b"d");
+    let (out, _) = outside(&lab);
+    let before = snapshot(&out);
+    let err = fs::File::create(lab.path("watch.err")).unwrap();
+    let child = lab
+        .cmd()
+        .args(["watch", "web"])
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let _stop = KillOnDrop(child);
+    let dst = lab.dst();
+    assert!(
+        eventually(|| dst.join("sub/deep/d.txt").exists()),
+        "{}",
+        said(&lab)
+    );
+    fs::rename(dst.join("sub"), lab.path("sub.was")).unwrap();
+    symlink(&out, dst.join("sub")).unwrap();
+    fs::rename(lab.path("src/sub/deep"), lab.path("src/sub/moved")).unwrap();
+    let real = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    let landed = eventually(|| {
+        out.join("moved").exists()
+            || (real(&dst.join("sub")) && dst.join("sub/moved/d.txt").exists())
+    });
+    assert_eq!(snapshot(&out), before, "{}", said(&lab));
+    assert!(landed, "{}", said(&lab));
+}
+
 /// The watcher's stderr.
 fn said(lab: &Lab) -> String {
     fs::read_to_string(lab.path("watch.err")).unwrap_or_default()

@@ -411,17 +411,25 @@ impl Transport for Ssh {
         self.sftp_remove(rel, kind)
     }
 
-    /// `posix-rename@openssh.com` (rename(2) on the server); without that
-    /// extension, Unsupported (the caller deletes and sends instead).
+    /// `posix-rename@openssh.com` (rename(2) on the server) after the
+    /// parents of both names were checked to be real directories (see
+    /// `sftp_guard`); without that extension, or with a helper (which has
+    /// no rename record), Unsupported: the caller deletes and sends instead.
     fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
-        if !self.sftp.posix_rename {
+        if self.helper.is_some() || !self.sftp.posix_rename {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                "the SFTP server has no posix-rename",
+                "no rename on this target (posix-rename over SFTP only)",
             ));
+        }
+        self.sftp.verified.new_batch();
+        for checked in self.check_parents(&[from, to])? {
+            checked?;
         }
         let (f, t) = (self.path(from), self.path(to));
         let id = self.sftp.posix_rename(&f, &t)?;
+        self.sftp.verified.forget(from);
+        self.sftp.verified.forget(to);
         self.sftp.wait(id)?.ok("rename")
     }
 }
