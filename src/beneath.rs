@@ -222,6 +222,25 @@ impl Beneath {
         Ok(())
     }
 
+    /// Rename `from` to `to` (paths relative to the root) with `renameat`
+    /// between their two parents, both opened beneath the root (no symlink
+    /// on the way followed; renameat never follows the final names). The
+    /// cached handles at and below both names are dropped. `to` inside
+    /// `from`, or either the root itself, is refused.
+    pub fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        if from.as_os_str().is_empty() || to.as_os_str().is_empty() || to.starts_with(from) {
+            return Err(not_beneath(to));
+        }
+        let (fd, from_name) = self.parent(from)?;
+        let from_dir = fd.try_clone_to_owned()?;
+        let from_name = from_name.to_owned();
+        let (to_dir, to_name) = self.parent(to)?;
+        rustix::fs::renameat(&from_dir, &from_name, to_dir, to_name)?;
+        self.forget(from);
+        self.forget(to);
+        Ok(())
+    }
+
     /// Remove the name `name` of the directory `dir` (a file or a symlink;
     /// quietly nothing if it is gone).
     pub fn unlink_in(&mut self, dir: &Path, name: &OsStr) {

@@ -251,6 +251,11 @@ fn hostile_records(out: &Path, secret: &Path) -> Vec<Vec<u8>> {
     rec(&|b| pt::path_request(b'M', b"../newdir", b));
     rec(&|b| pt::symlink_request(b"link/x", b"link/.syncjob-tmp.1.1.x", b"/etc", None, b));
     rec(&|b| pt::symlink_request(b"x", b"../.syncjob-tmp.1.1.x", b"/etc", None, b));
+    rec(&|b| pt::rename_request(b"link/keep.txt", b"stolen.txt", b));
+    rec(&|b| pt::rename_request(b"inside.txt", b"link/planted.txt", b));
+    rec(&|b| pt::rename_request(b"../outside/gone.txt", b"stolen.txt", b));
+    rec(&|b| pt::rename_request(b"inside.txt", &abs(&out.join("planted.txt")), b));
+    rec(&|b| pt::rename_request(b"", b"x", b));
     // the legitimate: the link's own mtime, a directory inside
     rec(&|b| {
         let a = Attrs {

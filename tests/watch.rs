@@ -468,6 +468,16 @@ fn batches_after(lab: &Lab, n: usize) -> Vec<serde_json::Value> {
 /// it creates.
 #[test]
 fn a_moved_directory_is_renamed_on_the_targets_not_sent_again() {
+    moved_directory_renamed(false)
+}
+
+/// The same with the remote helper carrying the SSH target (`N` record).
+#[test]
+fn a_moved_directory_is_renamed_through_the_remote_helper() {
+    moved_directory_renamed(true)
+}
+
+fn moved_directory_renamed(helper: bool) {
     let lab = Lab::new();
     let s = Sshd::start(&lab.path("sshd"));
     for i in 0..300 {
@@ -481,7 +491,14 @@ fn a_moved_directory_is_renamed_on_the_targets_not_sent_again() {
         "jobs:\n  web:\n    source: {{src}}\n    remote: [{}, {}]\n    {}\n    delete: true\n    watch: {{delay: 50ms}}\n",
         s.url(&lab.dst()),
         local.display(),
-        s.ssh_yaml()
+        if helper {
+            s.ssh_yaml_with(&format!(
+                ", remote_helper: {}",
+                env!("CARGO_BIN_EXE_syncjob")
+            ))
+        } else {
+            s.ssh_yaml()
+        }
     );
     lab.config(&y);
     let p = Proc::start(&lab, &["watch", "web"], &[]);

@@ -12,6 +12,8 @@
 //!   b'A' path u8 kind u8 what u32 mode i64 s u32 ns u32 uid u32 gid
 //!                        set attributes             done | failed
 //!   b'R' path u8 dir     remove (a dir only empty)  done | failed
+//!   b'N' path path       rename (renameat, both     done | failed
+//!                        parents beneath the root)
 //!   b'P'                 create the root            done | failed
 //!   b'C' path            SHA-256 of a file          u8 0, 32 bytes | failed
 //!   b'W' path u32 block  rolling signature          u8 0, u64 size, u32 n,
@@ -66,6 +68,13 @@ pub fn remove_request(p: &[u8], dir: bool, out: &mut Vec<u8>) {
     out.push(b'R');
     path(p, out);
     out.push(dir as u8);
+}
+
+/// `N`: rename `from` to `to`.
+pub fn rename_request(from: &[u8], to: &[u8], out: &mut Vec<u8>) {
+    out.push(b'N');
+    path(from, out);
+    path(to, out);
 }
 
 /// `S`: a symlink at `p` pointing at `link`, made at `tmp` and renamed.

@@ -59,6 +59,12 @@ pub(super) fn serve_op(
             let dir = pt::u8_of(input)? != 0;
             rel_of(&p).and_then(|rel| fs.remove(rel, dir).map_err(io_fail("remove")))
         }
+        b'N' => {
+            let (from, to) = (pt::read_path(input)?, pt::read_path(input)?);
+            rel_of(&from)
+                .and_then(|f| Ok((f, rel_of(&to)?)))
+                .and_then(|(f, t)| fs.rename(f, t).map_err(io_fail("rename")))
+        }
         b'S' => {
             let (p, tmp, link, t) = pt::read_symlink(input)?;
             names(&tmp, &p).and_then(|(_, t_name, _)| {

@@ -221,24 +221,8 @@ impl Transport for Local {
     }
 
     fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
-        rename_beneath(&mut self.fs, from, to)
+        self.fs.rename(from, to)
     }
-}
-
-/// `renameat` between two parents opened beneath the root (no symlink on
-/// the way followed; the final names are never followed by renameat).
-/// The cached handles at and below both names are dropped.
-fn rename_beneath(fs: &mut Beneath, from: &Path, to: &Path) -> io::Result<()> {
-    if from.as_os_str().is_empty() || to.as_os_str().is_empty() || to.starts_with(from) {
-        return Err(crate::beneath::not_beneath(to));
-    }
-    let (fd, from_name) = fs.parent(from)?;
-    let from_dir = fd.try_clone_to_owned()?;
-    let (to_dir, to_name) = fs.parent(to)?;
-    rustix::fs::renameat(&from_dir, from_name, to_dir, to_name)?;
-    fs.forget(from);
-    fs.forget(to);
-    Ok(())
 }
 
 /// The parent directory and final name of a path relative to the root.

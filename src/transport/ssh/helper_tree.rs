@@ -133,6 +133,13 @@ impl Ssh {
         self.helper_records(&[record]).pop().expect("one reply")
     }
 
+    /// `N`: rename beneath the helper's root.
+    pub(super) fn helper_rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut out = Vec::new();
+        pt::rename_request(b(from), b(to), &mut out);
+        self.helper_one(out)
+    }
+
     /// Non-copy actions through the helper, pipelined.
     pub(super) fn helper_apply(&mut self, actions: &[&Action]) -> Vec<io::Result<()>> {
         let records: Vec<Vec<u8>> = actions.iter().filter_map(|a| record(a)).collect();

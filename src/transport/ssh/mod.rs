@@ -411,12 +411,16 @@ impl Transport for Ssh {
         self.sftp_remove(rel, kind)
     }
 
+    /// Through the helper (`renameat` beneath its root), else
     /// `posix-rename@openssh.com` (rename(2) on the server) after the
     /// parents of both names were checked to be real directories (see
-    /// `sftp_guard`); without that extension, or with a helper (which has
-    /// no rename record), Unsupported: the caller deletes and sends instead.
+    /// `sftp_guard`); without that extension, Unsupported: the caller
+    /// deletes and sends instead.
     fn rename(&mut self, from: &Path, to: &Path) -> io::Result<()> {
-        if self.helper.is_some() || !self.sftp.posix_rename {
+        if self.helper.is_some() {
+            return self.helper_rename(from, to);
+        }
+        if !self.sftp.posix_rename {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "no rename on this target (posix-rename over SFTP only)",
