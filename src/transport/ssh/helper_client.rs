@@ -144,21 +144,7 @@ fn send_rolling(
         match op {
             Op::Copy { offset, len } => {
                 ctx.add_progress(len);
-                pending = match pending {
-                    Some((at, l)) if at + l == offset && l + len <= COPY_EAGER => {
-                        Some((at, l + len))
-                    }
-                    Some((at, l)) => {
-                        proto::copy(at, l as u32, out);
-                        Some((offset, len))
-                    }
-                    None => Some((offset, len)),
-                };
-                if let Some((at, l)) = pending.filter(|&(_, l)| l >= COPY_EAGER) {
-                    proto::copy(at, l as u32, out);
-                    pending = None;
-                    now = true;
-                }
+                now = push_copy(&mut pending, (offset, len), out);
             }
             Op::Literal(d) => {
                 if let Some((at, l)) = pending.take() {
@@ -201,6 +187,31 @@ fn send_rolling(
     match r {
         Ok(literal) => Ok((literal, None)),
         Err(e) => Ok((0, Some(e))),
+    }
+}
+
+/// Merge a copy into `pending` or write `pending` out to `out`; `true`
+/// when a copy of [`COPY_EAGER`] was written (to be sent at once).
+fn push_copy(
+    pending: &mut Option<(u64, u64)>,
+    (offset, len): (u64, u64),
+    out: &mut Vec<u8>,
+) -> bool {
+    *pending = match *pending {
+        Some((at, l)) if at + l == offset && l + len <= COPY_EAGER => Some((at, l + len)),
+        Some((at, l)) => {
+            proto::copy(at, l as u32, out);
+            Some((offset, len))
+        }
+        None => Some((offset, len)),
+    };
+    match *pending {
+        Some((at, l)) if l >= COPY_EAGER => {
+            proto::copy(at, l as u32, out);
+            *pending = None;
+            true
+        }
+        _ => false,
     }
 }
 
