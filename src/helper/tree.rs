@@ -144,6 +144,9 @@ fn file_sum(fs: &mut Beneath, p: &[u8]) -> Result<[u8; 32], Fail> {
     }
 }
 
+/// Threads that compute a rolling signature, at most.
+const SIGNATURE_THREADS: usize = 4;
+
 /// A `W` record: the weak and strong sums of each full block of `p`, and
 /// its identity kept for the delta that follows (as for `H`).
 fn signature(
@@ -171,7 +174,11 @@ fn signature(
             let m = format!("more than {} blocks of {block} bytes", pt::MAX_BLOCK_SUMS);
             return Err(Fail(libc::EINVAL, m));
         }
-        let sig = crate::rolling::Signature::of(io::BufReader::new(&f), block as usize)
+        // (in up to SIGNATURE_THREADS threads: the signature is the
+        // delta's critical path, the client waits for it)
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = threads.min(SIGNATURE_THREADS);
+        let sig = crate::rolling::Signature::of_file(&f, id.size, block as usize, threads)
             .map_err(io_fail("read"))?;
         let now = f.metadata().map_err(io_fail("stat"))?;
         if Ident::of(&now) != id {

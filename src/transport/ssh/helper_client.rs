@@ -110,10 +110,18 @@ fn hash_source(f: &std::fs::File, len: u64, block: u32) -> io::Result<Local> {
 /// The source's aligned block sums.
 type Local = Vec<[u8; 32]>;
 
+/// Adjacent copies are merged up to this length, and a copy this long is
+/// written out at once, so that the helper copies while the source is
+/// still scanned here.
+const COPY_EAGER: u64 = 16 << 20;
+
 /// The data of a rolling delta against the target's `sig`: copies of its
 /// blocks (adjacent ones merged) and literal data, written out as they
-/// come. Returns the literal bytes and the file's own failure (a read
-/// error, a shutdown), if any; `Err`: the stream broke.
+/// come. The leading blocks that are the target's own (by the BLAKE3 sums
+/// `aligned`, taken on the source) are copied without reading the source
+/// again; the scan starts after them. Returns the literal bytes and the
+/// file's own failure (a read error, a shutdown), if any; `Err`: the
+/// stream broke.
 fn send_rolling(
     ch: &mut Box<dyn Pipe>,
     out: &mut Vec<u8>,
@@ -122,27 +130,21 @@ fn send_rolling(
     ctx: &CopyCtx,
 ) -> io::Result<(u64, Option<io::Error>)> {
     use crate::rolling::Op;
-    use std::io::Write;
+    use std::io::{Seek, Write};
     let mut broke: Option<io::Error> = None;
     let mut pending: Option<(u64, u64)> = None;
-    let r = crate::rolling::delta_with(input, sig, aligned, |op| {
+    let mut emit = |op: Op| {
         if ctx.cancelled() {
             return Err(io::Error::new(
                 io::ErrorKind::Interrupted,
                 "aborted by shutdown",
             ));
         }
+        let mut now = false;
         match op {
             Op::Copy { offset, len } => {
                 ctx.add_progress(len);
-                pending = match pending {
-                    Some((at, l)) if at + l == offset && l + len <= 1 << 30 => Some((at, l + len)),
-                    Some((at, l)) => {
-                        proto::copy(at, l as u32, out);
-                        Some((offset, len))
-                    }
-                    None => Some((offset, len)),
-                };
+                now = push_copy(&mut pending, (offset, len), out);
             }
             Op::Literal(d) => {
                 if let Some((at, l)) = pending.take() {
@@ -154,7 +156,7 @@ fn send_rolling(
                 ctx.add_progress(d.len() as u64);
             }
         }
-        if out.len() >= FLUSH {
+        if out.len() >= FLUSH || now {
             if let Err(e) = ch.write_all(out) {
                 let failed = io::Error::new(e.kind(), e.to_string());
                 broke = Some(e);
@@ -163,7 +165,19 @@ fn send_rolling(
             out.clear();
         }
         Ok(())
-    });
+    };
+    let bl = sig.block as u64;
+    let start = crate::rolling::leading_run(sig, aligned) as u64 * bl;
+    let mut r = Ok(());
+    let mut at = 0;
+    while at < start && r.is_ok() {
+        let len = (start - at).min(COPY_EAGER.max(bl) / bl * bl);
+        r = emit(Op::Copy { offset: at, len });
+        at += len;
+    }
+    let r = r
+        .and_then(|()| (&*input).seek(io::SeekFrom::Start(start)))
+        .and_then(|_| crate::rolling::delta_from(input, start, sig, aligned, &mut emit));
     if let Some(e) = broke {
         return Err(helper_lost(e));
     }
@@ -173,6 +187,31 @@ fn send_rolling(
     match r {
         Ok(literal) => Ok((literal, None)),
         Err(e) => Ok((0, Some(e))),
+    }
+}
+
+/// Merge a copy into `pending` or write `pending` out to `out`; `true`
+/// when a copy of [`COPY_EAGER`] was written (to be sent at once).
+fn push_copy(
+    pending: &mut Option<(u64, u64)>,
+    (offset, len): (u64, u64),
+    out: &mut Vec<u8>,
+) -> bool {
+    *pending = match *pending {
+        Some((at, l)) if at + l == offset && l + len <= COPY_EAGER => Some((at, l + len)),
+        Some((at, l)) => {
+            proto::copy(at, l as u32, out);
+            Some((offset, len))
+        }
+        None => Some((offset, len)),
+    };
+    match *pending {
+        Some((at, l)) if l >= COPY_EAGER => {
+            proto::copy(at, l as u32, out);
+            *pending = None;
+            true
+        }
+        _ => false,
     }
 }
 
