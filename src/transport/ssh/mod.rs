@@ -313,6 +313,9 @@ impl Transport for Ssh {
         if self.helper.is_some() {
             return self.helper_same_content(rel, src, source);
         }
+        if !self.plain_file_beneath(rel)? {
+            return Ok(false);
+        }
         let (mut f, _) = crate::transport::open_source(src, source)?;
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];

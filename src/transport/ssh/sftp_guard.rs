@@ -121,6 +121,23 @@ fn found(r: Reply) -> Found {
 }
 
 impl Ssh {
+    /// Whether `rel` is a regular file (LSTAT) under parents checked to be
+    /// real directories: only then is it read by path (`compare:
+    /// checksum`'s remote `sha256sum`); otherwise it counts as different
+    /// and the copy (through the guards) replaces it. `Err`: the session
+    /// failed.
+    pub(super) fn plain_file_beneath(&mut self, rel: &Path) -> io::Result<bool> {
+        self.sftp.verified.new_batch();
+        if self.check_parents(&[rel])?.pop().is_none_or(|r| r.is_err()) {
+            return Ok(false);
+        }
+        let id = self.sftp.lstat(&self.path(rel))?;
+        Ok(matches!(
+            self.sftp.wait(id)?,
+            Reply::Attrs(Attrs { perm: Some(p), .. }) if p & 0o170000 == 0o100000
+        ))
+    }
+
     /// Check the parents of each of `rels` (LSTATs pipelined, one round
     /// trip for all directories not yet known); one result per rel.
     /// `Err` outside: the session failed.
