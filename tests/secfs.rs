@@ -7,7 +7,7 @@
 mod common;
 
 use common::sshd::{Sshd, ssh_job_helper};
-use common::{BIN, Lab, is_root, listing, mode, rsync_diff};
+use common::{BIN, Lab, is_root, listing, mode, rsync_diff, snapshot};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -16,24 +16,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-/// Everything below `dir`: relative name, content (files), mode.
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>, u32)> {
-    let mut v: Vec<_> = listing(dir)
-        .into_iter()
-        .map(|n| {
-            let p = dir.join(&n);
-            let data = if p.is_file() {
-                fs::read(&p).unwrap()
-            } else {
-                vec![]
-            };
-            (n, data, mode(&p))
-        })
-        .collect();
-    v.sort();
-    v
-}
 
 /// An outside directory and a 0600 secret beside the lab's trees.
 fn outside(lab: &Lab) -> (PathBuf, PathBuf) {

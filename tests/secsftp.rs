@@ -8,28 +8,10 @@
 mod common;
 
 use common::sshd::Sshd;
-use common::{Lab, listing, mode, rsync_diff};
+use common::{Lab, mode, rsync_diff, snapshot};
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-
-/// Everything below `dir`: relative name, content (files), mode.
-fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>, u32)> {
-    let mut v: Vec<_> = listing(dir)
-        .into_iter()
-        .map(|n| {
-            let p = dir.join(&n);
-            let data = if p.is_file() {
-                fs::read(&p).unwrap()
-            } else {
-                vec![]
-            };
-            (n, data, mode(&p))
-        })
-        .collect();
-    v.sort();
-    v
-}
 
 /// An outside directory (with a subdirectory `deep`) and a 0600 secret
 /// beside the lab's trees.
@@ -219,15 +201,7 @@ fn a_link_planted_between_two_watch_batches_is_not_written_through() {
     lab.write("sub/a.txt", b"a");
     let (out, _) = outside(&lab);
     let before = snapshot(&out);
-    let err = fs::File::create(lab.path("watch.err")).unwrap();
-    let child = lab
-        .cmd()
-        .args(["watch", "web"])
-        .stdout(std::process::Stdio::null())
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    let _stop = KillOnDrop(child);
+    let _stop = start_watch(&lab);
     let dst = lab.dst();
     assert!(
         eventually(|| dst.join("sub/a.txt").exists()),
@@ -269,15 +243,7 @@ fn a_watched_rename_is_never_made_through_a_planted_link() {
     lab.write("sub/deep/d.txt", b"d");
     let (out, _) = outside(&lab);
     let before = snapshot(&out);
-    let err = fs::File::create(lab.path("watch.err")).unwrap();
-    let child = lab
-        .cmd()
-        .args(["watch", "web"])
-        .stdout(std::process::Stdio::null())
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    let _stop = KillOnDrop(child);
+    let _stop = start_watch(&lab);
     let dst = lab.dst();
     assert!(
         eventually(|| dst.join("sub/deep/d.txt").exists()),
@@ -294,6 +260,20 @@ fn a_watched_rename_is_never_made_through_a_planted_link() {
     });
     assert_eq!(snapshot(&out), before, "{}", said(&lab));
     assert!(landed, "{}", said(&lab));
+}
+
+/// `syncjob watch web` in the background, its stderr in `watch.err`;
+/// killed when the guard drops.
+fn start_watch(lab: &Lab) -> KillOnDrop {
+    let err = fs::File::create(lab.path("watch.err")).unwrap();
+    let child = lab
+        .cmd()
+        .args(["watch", "web"])
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    KillOnDrop(child)
 }
 
 /// The watcher's stderr.

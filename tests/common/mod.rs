@@ -175,6 +175,24 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Everything below `dir`: relative name, content (files), mode.
+pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>, u32)> {
+    let mut v: Vec<_> = listing(dir)
+        .into_iter()
+        .map(|n| {
+            let p = dir.join(&n);
+            let data = if p.is_file() {
+                fs::read(&p).unwrap()
+            } else {
+                vec![]
+            };
+            (n, data, mode(&p))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Names of every entry below `dir` (relative), sorted.
 pub fn listing(dir: &Path) -> Vec<String> {
     if !dir.exists() {
