@@ -66,16 +66,8 @@ fn attack(swap: Swap) {
     rsync_job(&lab, &d, "verify_interval: 0\nstreams: 1");
     lab.write("a_big", &vec![7u8; 400 << 20]);
     lab.write("sub/secret.txt", b"decoy");
-    let private = lab.path("private");
-    fs::create_dir(&private).unwrap();
-    fs::write(private.join("secret.txt"), b"TOPSECRET").unwrap();
-    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
-    let chown = Command::new("chown")
-        .args(["-R", "nobody"])
-        .arg(lab.src())
-        .status()
-        .unwrap();
-    assert!(chown.success());
+    let private = common::root_only_secret(&lab);
+    common::give_to_nobody(&lab.src());
     let bin = lab.path("bin");
     fs::create_dir(&bin).unwrap();
     let mut path = std::env::var_os("PATH").unwrap_or_default();

@@ -181,16 +181,8 @@ fn a_source_directory_swapped_by_its_owner_leaks_no_root_only_file() {
     let big = vec![7u8; 512 << 20];
     lab.write("a_big", &big);
     lab.write("sub/secret.txt", b"decoy");
-    let private = lab.path("private");
-    fs::create_dir(&private).unwrap();
-    fs::write(private.join("secret.txt"), b"TOPSECRET").unwrap();
-    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
-    let chown = Command::new("chown")
-        .args(["-R", "nobody"])
-        .arg(lab.src())
-        .status()
-        .unwrap();
-    assert!(chown.success());
+    let private = common::root_only_secret(&lab);
+    common::give_to_nobody(&lab.src());
     // the attacker, ready: renames `sub` and plants the link when told
     let script = "import os, sys\nsys.stdin.readline()\nos.rename(sys.argv[1] + '/sub', sys.argv[1] + '/sub.old')\nos.symlink(sys.argv[2], sys.argv[1] + '/sub')\n";
     let mut attacker = Command::new("setpriv")

@@ -642,21 +642,13 @@ fn a_dirty_directory_swapped_during_a_batch_leaks_no_root_only_file() {
     let lab = Lab::new();
     fs::set_permissions(lab.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     lab.write("seed", b"x");
-    let private = lab.path("private");
-    fs::create_dir(&private).unwrap();
-    fs::write(private.join("secret.txt"), b"TOPSECRET").unwrap();
-    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let private = common::root_only_secret(&lab);
     let staging = lab.path("staging");
     fs::create_dir_all(staging.join("sub")).unwrap();
     fs::write(staging.join("a_big"), vec![7u8; 512 << 20]).unwrap();
     fs::write(staging.join("sub/secret.txt"), b"decoy").unwrap();
     for d in [lab.src(), staging.clone()] {
-        let ok = std::process::Command::new("chown")
-            .args(["-R", "nobody"])
-            .arg(&d)
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        common::give_to_nobody(&d);
     }
     // one stream: path order, the big file first; delete off, so that a
     // leaked file would stay

@@ -193,6 +193,27 @@ pub fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>, u32)> {
     v
 }
 
+/// A directory only root can read, `private/` beside the lab's trees,
+/// holding `secret.txt` ("TOPSECRET"): what a source owner's swap must
+/// never make a root run read. Returns its path.
+pub fn root_only_secret(lab: &Lab) -> PathBuf {
+    let private = lab.path("private");
+    fs::create_dir(&private).unwrap();
+    fs::write(private.join("secret.txt"), b"TOPSECRET").unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    private
+}
+
+/// `chown -R nobody` of `dir` (the `nobody` user owns it: the attacker).
+pub fn give_to_nobody(dir: &Path) {
+    let ok = Command::new("chown")
+        .args(["-R", "nobody"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "chown -R nobody {}", dir.display());
+}
+
 /// Names of every entry below `dir` (relative), sorted.
 pub fn listing(dir: &Path) -> Vec<String> {
     if !dir.exists() {
