@@ -26,7 +26,7 @@
 //! helper (`syncjob helper`, directory handles) closes that window.
 
 use super::Ssh;
-use super::sftp::{Attrs, FX_NO_SUCH_FILE, Reply, is_dir_mode, is_link_mode};
+use super::sftp::{Attrs, FX_NO_SUCH_FILE, Reply, is_dir_mode, is_file_mode, is_link_mode};
 use crate::plan::EntryKind;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -134,7 +134,7 @@ impl Ssh {
         let id = self.sftp.lstat(&self.path(rel))?;
         Ok(matches!(
             self.sftp.wait(id)?,
-            Reply::Attrs(Attrs { perm: Some(p), .. }) if p & 0o170000 == 0o100000
+            Reply::Attrs(Attrs { perm: Some(p), .. }) if is_file_mode(p)
         ))
     }
 
