@@ -12,7 +12,8 @@
 //!   not absolute); anything else is refused before any system call.
 //! - The final component is acted on with `*at` calls on the parent's handle
 //!   that never follow it (`unlinkat`, `renameat`, `symlinkat`, `mkdirat`,
-//!   `O_NOFOLLOW|O_EXCL` creations, `AT_SYMLINK_NOFOLLOW`); modes are set on
+//!   `O_NOFOLLOW|O_EXCL` creations, `AT_SYMLINK_NOFOLLOW`, `linkat` of an
+//!   unnamed `O_TMPFILE` file, which never replaces); modes are set on
 //!   a handle of the entry itself (checked not to be a symlink), never
 //!   through a path.
 //! - The root path itself is the operator's (trusted, may contain symlinks);
@@ -213,6 +214,47 @@ impl Beneath {
             flags,
             Mode::from_raw_mode(0o600),
         )?))
+    }
+
+    /// A new unnamed file in the directory `dir` (`O_TMPFILE`, private:
+    /// 0600), open for reading and writing. Nobody else can open it, and it
+    /// is gone when closed unless [`Beneath::link_new`] names it.
+    /// `Ok(None)`: the kernel or the filesystem has no `O_TMPFILE` (NFS,
+    /// old kernels): use a named temporary file.
+    pub fn create_unnamed(&mut self, dir: &Path) -> io::Result<Option<File>> {
+        use rustix::io::Errno;
+        let d = self.dir(dir)?;
+        let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
+        match rustix::fs::openat(d, ".", flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            // EISDIR: a kernel without O_TMPFILE opened the directory
+            Err(e) if e == Errno::OPNOTSUPP || e == Errno::ISDIR || e == Errno::INVAL => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Give the unnamed file `f` (from [`Beneath::create_unnamed`]) the name
+    /// `name` in the directory `dir`. Nothing there is replaced or followed:
+    /// any entry at that name, a symlink too, gives `AlreadyExists`.
+    pub fn link_new(&mut self, dir: &Path, f: &File, name: &OsStr) -> io::Result<()> {
+        use rustix::io::Errno;
+        let d = self.dir(dir)?;
+        match rustix::fs::linkat(f, "", d, name, AtFlags::EMPTY_PATH) {
+            Ok(()) => return Ok(()),
+            // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; without it, ENOENT:
+            // name the file through its descriptor's /proc entry instead
+            Err(e) if e == Errno::NOENT || e == Errno::PERM => {}
+            Err(e) => return Err(e.into()),
+        }
+        let own = format!("/proc/self/fd/{}", f.as_raw_fd());
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            own.as_str(),
+            d,
+            name,
+            AtFlags::SYMLINK_FOLLOW,
+        )?;
+        Ok(())
     }
 
     /// Rename `from` to `to`, both names in the directory `dir`.

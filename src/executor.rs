@@ -9,8 +9,9 @@
 //! `run` can retry it from a fresh listing; a shutdown stops between files.
 
 use crate::journal::PathError;
-use crate::plan::{Action, EntryKind, Plan, display_path};
-use crate::transport::{CopyCtx, Transport, is_changed_during_copy};
+use crate::plan::{Action, EntryKind, Plan, Why, display_path};
+use crate::transport::{CopyCtx, Planned, Transport, is_changed_during_copy};
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -85,6 +86,7 @@ impl Settings<'_> {
             cancel: self.cancel,
             progress: self.progress.as_deref(),
             source: self.source,
+            planned: None,
         }
     }
 }
@@ -126,7 +128,11 @@ fn copy_batch(
         .map(|a| (a.path(), s.source_root.join(a.path())))
         .collect();
     let mut warnings = Vec::new();
-    let ctx = s.copy_ctx();
+    let planned = planned_of(batch);
+    let ctx = CopyCtx {
+        planned: Some(&planned),
+        ..s.copy_ctx()
+    };
     let mut r = t.put_files(&items, s.preserve_owner, &ctx);
     for (k, res) in r.iter_mut().enumerate() {
         let mut tries = 0;
@@ -147,6 +153,26 @@ fn copy_batch(
         }
     }
     (r, warnings)
+}
+
+/// What the plan knows of a batch's copies (sizes, which files are new on
+/// the target), for the transport.
+fn planned_of<'a>(batch: &[&'a Action]) -> HashMap<&'a Path, Planned> {
+    batch
+        .iter()
+        .filter_map(|a| match a {
+            Action::Copy {
+                path, why, size, ..
+            } => Some((
+                path.as_path(),
+                Planned {
+                    size: *size,
+                    on_target: matches!(why, Why::Changed | Why::Full),
+                },
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Split copies into batches of at most `files` / `max_bytes` (by default

@@ -33,10 +33,32 @@ fn temps(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Whether some process is writing an unnamed file (`O_TMPFILE`, as the
+/// remote helper does) in `dir`: a descriptor of it reads
+/// `DIR/#INODE (deleted)` in /proc.
+fn unnamed_in(dir: &Path) -> bool {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return false;
+    };
+    let prefix = format!("{}/#", dir.display());
+    procs.flatten().any(|p| {
+        fs::read_dir(p.path().join("fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                fs::read_link(fd.path()).is_ok_and(|l| {
+                    let l = l.to_string_lossy();
+                    l.starts_with(&prefix) && l.ends_with(" (deleted)")
+                })
+            })
+        })
+    })
+}
+
+/// Wait until a copy into `dir` is under way: a temporary file there, or
+/// an unnamed one being written (`false`: the run ended first).
 fn wait_for_temp(dir: &Path, child: &mut std::process::Child) -> bool {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(60) {
-        if !temps(dir).is_empty() {
+        if !temps(dir).is_empty() || unnamed_in(dir) {
             return true;
         }
         if child.try_wait().unwrap().is_some() {
@@ -44,7 +66,7 @@ fn wait_for_temp(dir: &Path, child: &mut std::process::Child) -> bool {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    panic!("no temporary file appeared in {}", dir.display());
+    panic!("no temporary or unnamed file appeared in {}", dir.display());
 }
 
 /// A tmpfs mounted for the test, unmounted when dropped.
@@ -104,8 +126,9 @@ fn kill9_mid_copy(lab: &Lab, dst: &Path, size: usize) {
     kill9_mid_copy_with(lab, dst, size, false)
 }
 
-/// `helper`: the receiving side is `syncjob helper`, which removes its
-/// temporary file itself when the stream breaks.
+/// `helper`: the receiving side is `syncjob helper`, which writes an
+/// unnamed file (gone with its descriptor) or removes its temporary file
+/// itself when the stream breaks.
 fn kill9_mid_copy_with(lab: &Lab, dst: &Path, size: usize, helper: bool) {
     lab.write("big.bin", &vec![b'N'; size]);
     lab.write("small.txt", b"small");

@@ -1,9 +1,9 @@
 //! The remote helper: `syncjob helper`, run on an SSH target over an exec
 //! channel (`ssh.remote_helper`, `auto` by default). It receives files as one
-//! stream and writes each one as SFTP would (a temporary name in the same
-//! directory, mode and mtime set, then renamed into place), but without
-//! five SFTP requests and replies per file: one record in, one reply out,
-//! as rsync's receiving side does. Without a helper (`remote_helper:
+//! stream and writes each one unnamed in its directory (or under a
+//! temporary name), sets mode and mtime, then names it (see [`land`]),
+//! without five SFTP requests and replies per file: one record in, one
+//! reply out, as rsync's receiving side does. Without a helper (`remote_helper:
 //! none`, or none found), files go over SFTP, which every OpenSSH server
 //! has.
 //!
@@ -27,10 +27,11 @@
 //! helper refuses to start.
 //!
 //! A file is at its final name only after a complete stream and a commit;
-//! anything else (abort, error, the connection lost mid-file) removes the
-//! temporary file (or leaves it to the next run's stale-temporary cleanup
-//! if the helper itself is killed).
+//! anything else (abort, error, the connection lost mid-file) drops the
+//! unnamed file or removes the temporary one (a temporary name left by a
+//! killed helper goes at the next run's stale-temporary cleanup).
 
+mod land;
 pub mod proto;
 pub mod proto_tree;
 mod tree;
@@ -45,7 +46,6 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// A file the helper could not write: errno (0: none) and message.
@@ -278,11 +278,13 @@ fn receive<R: Read>(
             Err(f) => err = Some(f),
         }
     }
-    // the temporary file is new (O_EXCL) and private until complete
+    // the file is new and private (unnamed, or a new temporary name)
+    // until complete
     let mut file: Option<File> = None;
+    let mut unnamed = false;
     if let (None, Some((dir, t, _))) = (&err, at) {
-        match fs.create_new(dir, t) {
-            Ok(f) => file = Some(f),
+        match land::start(fs, dir, t) {
+            Ok(l) => (file, unnamed) = (Some(l.file), l.unnamed),
             Err(e) => err = Some(ctx("create temporary file", e)),
         }
     }
@@ -302,11 +304,16 @@ fn receive<R: Read>(
         (_, Some(e)) => Err(e),
         (None, None) => Err(Fail(0, "no file".into())),
         (Some(_), None) if !commit => Err(Fail(ABORTED, "aborted by the sender".into())),
-        (Some(f), None) => finish(f, mode, mtime, mtime_ns, owner).and_then(|()| {
-            let (dir, t, name) = at.expect("names checked");
-            fs.rename_in(dir, t, name)
-                .map_err(|e| ctx("rename into place", e))
-        }),
+        (Some(file), None) => {
+            let attrs = land::Attrs {
+                mode,
+                mtime,
+                mtime_ns,
+                owner,
+            };
+            let l = land::Landing { file, unnamed };
+            land::commit(fs, l, at.expect("names checked"), &attrs)
+        }
     };
     if let (true, true, Some((dir, t, _))) = (result.is_err(), created, at) {
         fs.unlink_in(dir, t);
@@ -426,39 +433,6 @@ fn read_data(
     let mut commit = [0u8; 1];
     input.read_exact(&mut commit)?;
     Ok(commit[0] == 1)
-}
-
-/// Set the attributes of a complete temporary file and close it.
-fn finish(
-    f: File,
-    mode: u32,
-    mtime: i64,
-    mtime_ns: u32,
-    owner: Option<(u32, u32)>,
-) -> Result<(), Fail> {
-    use std::os::fd::AsRawFd;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| ctx("set owner", e))?;
-    }
-    // after fchown, which may clear set-id bits
-    f.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(|e| ctx("set mode", e))?;
-    let ts = libc::timespec {
-        tv_sec: mtime as libc::time_t,
-        tv_nsec: mtime_ns as libc::c_long,
-    };
-    // SAFETY: a valid descriptor and two valid timespecs
-    if unsafe { libc::futimens(f.as_raw_fd(), [ts, ts].as_ptr()) } != 0 {
-        return Err(ctx("set mtime", io::Error::last_os_error()));
-    }
-    // a full disk may show only when the data is flushed at close
-    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
-    // SAFETY: `fd` was owned by `f`, which gave it up: it is closed
-    // exactly once, here
-    if unsafe { libc::close(fd) } != 0 {
-        return Err(ctx("close", io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// `syncjob helper --root DIR`: serve stdin/stdout, confined to DIR.

@@ -46,7 +46,9 @@ pub fn temp_name(rel: &Path) -> PathBuf {
     let name = rel.file_name().map(|n| n.as_bytes()).unwrap_or(b"x");
     // keep the whole name under NAME_MAX (255)
     let keep = &name[..name.len().min(180)];
-    let mut tmp = format!("{TEMP_PREFIX}{}.{n}.", std::process::id()).into_bytes();
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = PID.get_or_init(std::process::id);
+    let mut tmp = format!("{TEMP_PREFIX}{pid}.{n}.").into_bytes();
     tmp.extend_from_slice(keep);
     let tmp = PathBuf::from(std::ffi::OsStr::from_bytes(&tmp));
     match rel.parent() {

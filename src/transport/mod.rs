@@ -367,6 +367,20 @@ pub struct CopyCtx<'a> {
     /// The source as scanned: files are opened through its directory
     /// handles (`None`: by path, the last component not followed).
     pub source: Option<&'a crate::plan::source::SourceTree>,
+    /// What the plan knows of the files being copied, by relative path
+    /// (`None`, or a path not in it: nothing known; a transport that needs
+    /// to know finds out itself).
+    pub planned: Option<&'a std::collections::HashMap<&'a Path, Planned>>,
+}
+
+/// A planned copy as the plan saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    /// the source's size at the scan
+    pub size: u64,
+    /// whether the target may hold a version of the file (a delta basis):
+    /// false for a file the plan found absent there
+    pub on_target: bool,
 }
 
 impl CopyCtx<'_> {

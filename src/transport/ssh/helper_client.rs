@@ -49,7 +49,7 @@ pub(super) fn start_helper(
         Err(io::Error::new(io::ErrorKind::TimedOut, "no greeting"))
     };
     if got.is_ok() && greeting == proto::GREETING {
-        return Ok(ch);
+        return Ok(Box::new(super::buffered::Buffered::new(ch)));
     }
     let (status, err) = ch.finish();
     let said = String::from_utf8_lossy(&err).trim().to_string();
@@ -303,8 +303,12 @@ fn open_big(
     ctx: &CopyCtx,
 ) -> Vec<Option<Opened>> {
     let mut opened = Vec::with_capacity(items.len());
-    for (k, (_, src)) in items.iter().enumerate() {
-        let big = std::fs::metadata(src).is_ok_and(|m| m.len() >= DELTA_MIN);
+    for (k, (rel, src)) in items.iter().enumerate() {
+        // what the plan knows spares a stat (a new file has no basis)
+        let big = match ctx.planned.and_then(|p| p.get(rel)) {
+            Some(p) => p.on_target && p.size >= DELTA_MIN,
+            None => std::fs::metadata(src).is_ok_and(|m| m.len() >= DELTA_MIN),
+        };
         opened.push(None);
         if big {
             match open_source(src, ctx.source) {
@@ -431,12 +435,20 @@ impl FileOut<'_> {
     ) -> io::Result<(u64, Option<io::Error>)> {
         use std::io::Write;
         let mut size = 0u64;
+        // the size it had when opened: a file that grew since is caught by
+        // `verify_unchanged` (size, mtime, ctime), without one more read to
+        // see the end
+        let want = self.before.len();
         loop {
             if ctx.cancelled() {
                 let e = io::Error::new(io::ErrorKind::Interrupted, "aborted by shutdown");
                 return Ok((size, Some(e)));
             }
-            let n = match self.input.read(buf) {
+            let room = (want - size.min(want)).min(buf.len() as u64) as usize;
+            if room == 0 {
+                return Ok((size, None));
+            }
+            let n = match self.input.read(&mut buf[..room]) {
                 Ok(0) => return Ok((size, None)),
                 Ok(n) => n,
                 Err(e) => return Ok((size, Some(e))),

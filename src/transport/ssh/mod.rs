@@ -24,6 +24,7 @@
 //! `helper_client` (files through `syncjob helper`), `sftp` (the SFTP v3
 //! client). This file holds the [`Ssh`] transport that ties them together.
 
+mod buffered;
 mod certs;
 mod config_parse;
 mod helper_client;
