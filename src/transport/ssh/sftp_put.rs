@@ -2,7 +2,8 @@
 //! file goes to a temporary name beside its final one, its data WRITEs
 //! pipelined, mode and mtime set on the open handle (`fsetstat`), then it
 //! is renamed over the final name with `posix-rename@openssh.com` (atomic).
-//! A batch of files, and of other actions, is pipelined phase by phase, so
+//! A batch of files, and of other actions, is pipelined phase by phase (open;
+//! data, attributes and close; rename), so
 //! small files do not pay a round trip each. A failed file's temporary is
 //! removed; nothing is ever left half-written at a final name.
 
@@ -362,8 +363,7 @@ impl Ssh {
     ) -> io::Result<Vec<io::Result<u64>>> {
         self.sftp.verified.new_batch();
         let mut puts = self.open_all(items, ctx)?;
-        let sizes = self.write_all(&mut puts, ctx)?;
-        self.close_all(&mut puts, &sizes, preserve_owner)?;
+        let sizes = self.write_all(&mut puts, preserve_owner, ctx)?;
         self.rename_all(&mut puts, &sizes)?;
         Ok(puts
             .into_iter()
@@ -415,17 +415,28 @@ impl Ssh {
         Ok(puts)
     }
 
-    /// Phase 2: the data, file after file, many requests in flight; the
-    /// bytes written per file.
-    fn write_all(&mut self, puts: &mut [Put], ctx: &CopyCtx) -> io::Result<Vec<u64>> {
+    /// Phase 2: the data, file after file, many requests in flight, each
+    /// file's mode and mtime set on its handle and the handle closed right
+    /// after its data (the server answers in order; nothing is renamed
+    /// before all of it is answered); the bytes written per file.
+    fn write_all(
+        &mut self,
+        puts: &mut [Put],
+        preserve_owner: bool,
+        ctx: &CopyCtx,
+    ) -> io::Result<Vec<u64>> {
         let mut buf = vec![0u8; sftp::WRITE_CHUNK];
         let mut write_ids: Vec<(usize, u32)> = Vec::new();
+        let mut tail_ids: Vec<(usize, Option<u32>, u32)> = Vec::new();
         let mut sizes = vec![0u64; puts.len()];
         for (k, p) in puts.iter_mut().enumerate() {
-            let (Some(h), Some((input, _))) = (&p.handle, &mut p.input) else {
+            let (Some(h), Some((input, before))) = (&p.handle, &mut p.input) else {
                 continue;
             };
-            loop {
+            // the size it had when opened: a file that grew since is caught
+            // by `verify_unchanged`, without one more read to see the end
+            let want = before.len();
+            while sizes[k] < want {
                 if ctx.cancelled() {
                     p.result = Some(Err(io::Error::new(
                         io::ErrorKind::Interrupted,
@@ -433,20 +444,21 @@ impl Ssh {
                     )));
                     break;
                 }
-                let n = match input.read(&mut buf) {
+                let room = (want - sizes[k]).min(buf.len() as u64) as usize;
+                let n = match input.read(&mut buf[..room]) {
+                    Ok(0) => break,
                     Ok(n) => n,
                     Err(e) => {
                         p.result = Some(Err(e));
                         break;
                     }
                 };
-                if n == 0 {
-                    break;
-                }
                 write_ids.push((k, self.sftp.write(h, sizes[k], &buf[..n])?));
                 sizes[k] += n as u64;
                 ctx.add_progress(n as u64);
             }
+            let (set, close) = self.finish_file(p, sizes[k], preserve_owner)?;
+            tail_ids.push((k, set, close));
         }
         for (k, id) in write_ids {
             if let Err(e) = self.sftp.wait(id)?.ok("write")
@@ -454,41 +466,6 @@ impl Ssh {
             {
                 puts[k].result = Some(Err(e));
             }
-        }
-        Ok(sizes)
-    }
-
-    /// Phase 3: check each source did not change, set mode and mtime on
-    /// the handle, close (failed files: close only).
-    fn close_all(
-        &mut self,
-        puts: &mut [Put],
-        sizes: &[u64],
-        preserve_owner: bool,
-    ) -> io::Result<()> {
-        use std::os::unix::fs::MetadataExt;
-        let mut tail_ids: Vec<(usize, Option<u32>, u32)> = Vec::new();
-        for (k, p) in puts.iter_mut().enumerate() {
-            let Some(h) = p.handle.take() else { continue };
-            let (input, before) = p.input.as_ref().unwrap();
-            if p.result.is_none()
-                && let Err(e) = verify_unchanged(input, before, sizes[k])
-            {
-                p.result = Some(Err(e));
-            }
-            let set = if p.result.is_none() {
-                let attrs = Attrs {
-                    perm: Some(before.mode() & 0o7777),
-                    times: Some((secs32(before.atime()), secs32(before.mtime()))),
-                    uid_gid: preserve_owner.then_some((before.uid(), before.gid())),
-                    size: None,
-                };
-                Some(self.sftp.fsetstat(&h, &attrs)?)
-            } else {
-                None
-            };
-            let close = self.sftp.close(&h)?;
-            tail_ids.push((k, set, close));
         }
         for (k, set, close) in tail_ids {
             if let Some(set) = set
@@ -500,10 +477,41 @@ impl Ssh {
                 puts[k].result.get_or_insert(Err(e));
             }
         }
-        Ok(())
+        Ok(sizes)
     }
 
-    /// Phase 4: rename the complete files into place; remove the
+    /// After a file's data: check its source did not change, set mode and
+    /// mtime on the handle (not for a failed file), close it. The ids of
+    /// the two requests.
+    fn finish_file(
+        &mut self,
+        p: &mut Put,
+        size: u64,
+        preserve_owner: bool,
+    ) -> io::Result<(Option<u32>, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        let h = p.handle.take().expect("an open handle");
+        let (input, before) = p.input.as_ref().expect("an open source");
+        if p.result.is_none()
+            && let Err(e) = verify_unchanged(input, before, size)
+        {
+            p.result = Some(Err(e));
+        }
+        let set = if p.result.is_none() {
+            let attrs = Attrs {
+                perm: Some(before.mode() & 0o7777),
+                times: Some((secs32(before.atime()), secs32(before.mtime()))),
+                uid_gid: preserve_owner.then_some((before.uid(), before.gid())),
+                size: None,
+            };
+            Some(self.sftp.fsetstat(&h, &attrs)?)
+        } else {
+            None
+        };
+        Ok((set, self.sftp.close(&h)?))
+    }
+
+    /// Phase 3: rename the complete files into place; remove the
     /// temporaries of the others.
     fn rename_all(&mut self, puts: &mut [Put], sizes: &[u64]) -> io::Result<()> {
         let mut last_ids: Vec<(usize, u32, bool)> = Vec::new();
