@@ -2,10 +2,10 @@
 //! file goes to a temporary name beside its final one, its data WRITEs
 //! pipelined, mode and mtime set on the open handle (`fsetstat`), then it
 //! is renamed over the final name with `posix-rename@openssh.com` (atomic).
-//! A batch of files, and of other actions, is pipelined phase by phase (open;
-//! data, attributes and close; rename), so
-//! small files do not pay a round trip each. A failed file's temporary is
-//! removed; nothing is ever left half-written at a final name.
+//! A batch of files, and of other actions, is pipelined phase by phase
+//! (open; data, attributes and close; rename), so small files do not pay a
+//! round trip each. A failed file's temporary is removed; nothing is ever
+//! left half-written at a final name.
 
 use super::Ssh;
 use super::sftp::{self, Attrs, FXF_CREAT, FXF_EXCL, FXF_WRITE, Reply, secs32};
