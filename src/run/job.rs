@@ -8,6 +8,7 @@
 //! `after`/`on_failure` hooks: then they are held until those have run, so
 //! that their outcome goes into the records.
 
+use super::preconnect::Pending;
 use super::record::{RecordBase, append_all, hook_outcome};
 use super::target::{RunShared, sync_target};
 use super::{Env, JobResult, Opener, Options, Status, Wait, log_skipped};
@@ -49,26 +50,31 @@ pub(super) fn run_locked(
         Err(res) => return *res,
     };
     let started = (journal::now_rfc3339(), Instant::now());
-    let scan = match scan_source(job) {
-        Ok(s) => s,
+    // targets that will be listed are connected to during the scan
+    let scanned = std::thread::scope(|sc| {
+        let pending = Pending::start(sc, job, env, opts, open);
+        let scan = scan_source(job)?;
+        let mut base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
+        base.owner = opts.owner.clone();
+        base.hooks = before.clone();
+        base.note = opts.note.clone();
+        let multi = (opts.progress && !opts.dry_run).then(indicatif::MultiProgress::new);
+        let shared = RunShared {
+            env,
+            scan: &scan,
+            opts,
+            cancel,
+            base: &base,
+            started: &started,
+            multi: multi.as_ref(),
+            open,
+        };
+        Ok(sync_targets(job, &shared, &pending))
+    });
+    let records = match scanned {
+        Ok(r) => r,
         Err(reason) => return fail_all(job, env, opts, reason, before),
     };
-    let mut base = RecordBase::new(job, opts.trigger, opts.scheduled_for);
-    base.owner = opts.owner.clone();
-    base.hooks = before;
-    base.note = opts.note.clone();
-    let multi = (opts.progress && !opts.dry_run).then(indicatif::MultiProgress::new);
-    let shared = RunShared {
-        env,
-        scan: &scan,
-        opts,
-        cancel,
-        base: &base,
-        started: &started,
-        multi: multi.as_ref(),
-        open,
-    };
-    let records = sync_targets(job, &shared);
     let status = records.iter().map(|r| r.status).max().unwrap_or(Status::Ok);
     JobResult {
         job: job.name.clone(),
@@ -156,7 +162,7 @@ fn scan_source(job: &Job) -> Result<Scan, String> {
 }
 
 /// Every target, `parallel` at a time; their records in target order.
-fn sync_targets(job: &Job, shared: &RunShared) -> Vec<Record> {
+fn sync_targets(job: &Job, shared: &RunShared, pending: &Pending) -> Vec<Record> {
     let hold = holds_records(job, shared.opts);
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<(usize, Record)>> = Mutex::new(Vec::new());
@@ -170,7 +176,7 @@ fn sync_targets(job: &Job, shared: &RunShared) -> Vec<Record> {
                     let Some(target) = job.targets.get(i) else {
                         break;
                     };
-                    let (rec, text) = sync_target(job, target, shared);
+                    let (rec, text) = sync_target(job, target, shared, pending.take(i));
                     if !hold {
                         append_all(shared.env, std::slice::from_ref(&rec));
                     }

@@ -11,6 +11,7 @@
 mod compact;
 mod dry_run;
 mod job;
+mod preconnect;
 mod progress;
 mod record;
 pub mod report;

@@ -118,11 +118,21 @@ pub(super) struct TargetRun<'a> {
     /// The percentage guard of `max_delete` refused this plan's deletions:
     /// (deletions planned, the target's entries, the percentage).
     delete_guard: Option<(u64, u64, u8)>,
+    /// A connection opened while the source was scanned (`preconnect`):
+    /// the first attempt's.
+    pre: Option<Result<Box<dyn Transport>, OpenError>>,
 }
 
 /// Plan and apply one target; returns its record and the text to print.
-pub(super) fn sync_target(job: &Job, target: &Target, run: &RunShared) -> (Record, String) {
+/// `pre`: a connection opened for it while the source was scanned.
+pub(super) fn sync_target(
+    job: &Job,
+    target: &Target,
+    run: &RunShared,
+    pre: Option<Result<Box<dyn Transport>, OpenError>>,
+) -> (Record, String) {
     let mut t = TargetRun::new(job, target, *run);
+    t.pre = pre;
     // checked at load too; again now (a symlink made since may put a
     // local target inside the source)
     if let Target::Local(p) = target
@@ -194,6 +204,15 @@ fn backoff(n: u32, cancel: &AtomicBool) -> bool {
     true
 }
 
+/// Whether a run of `job` keeps manifests: incremental size+mtime jobs,
+/// not a dry run (`--verify` lists, then refreshes the manifest).
+pub(super) fn keeps_manifest(job: &Job, opts: &Options) -> bool {
+    !opts.dry_run
+        && !job.verify_interval.is_zero()
+        && job.mode == Mode::Incremental
+        && job.compare == Compare::SizeMtime
+}
+
 impl<'a> TargetRun<'a> {
     fn new(job: &'a Job, target: &'a Target, run: RunShared<'a>) -> Self {
         // SAFETY: geteuid has no preconditions and cannot fail.
@@ -209,18 +228,14 @@ impl<'a> TargetRun<'a> {
             },
             text: String::new(),
             mpath: manifest::path_for(&run.env.state_dir, job, target),
-            // manifests are kept for incremental size+mtime jobs; --verify
-            // lists (and then refreshes the manifest)
-            manifest_ok: !run.opts.dry_run
-                && !job.verify_interval.is_zero()
-                && job.mode == Mode::Incremental
-                && job.compare == Compare::SizeMtime,
+            manifest_ok: keeps_manifest(job, run.opts),
             effective_owner: job.preserve_owner && root,
             run,
             attempt: 0,
             retried: Vec::new(),
             retry_later: false,
             delete_guard: None,
+            pre: None,
         }
     }
 
@@ -259,17 +274,17 @@ impl<'a> TargetRun<'a> {
             .map(|(_, at)| *at)
             .unwrap_or_else(manifest::unix_now);
         let known = known.map(|(e, _)| e);
-        let (what, e) =
-            match open_and_list(self.run.open, self.job, self.target, self.run.env, known) {
-                Ok((transport, listing)) => {
-                    return Connected::Ready(Connection {
-                        transport,
-                        listing,
-                        listed_at,
-                    });
-                }
-                Err(x) => x,
-            };
+        let (what, e) = match open_and_list(self.run, self.job, self.target, known, self.pre.take())
+        {
+            Ok((transport, listing)) => {
+                return Connected::Ready(Connection {
+                    transport,
+                    listing,
+                    listed_at,
+                });
+            }
+            Err(x) => x,
+        };
         let permanent = e.retry == Retry::Permanent;
         if !permanent && !self.run.opts.inline_retries && !self.run.opts.dry_run {
             self.retry_later = true;
@@ -562,14 +577,15 @@ impl<'a> TargetRun<'a> {
 /// Connect to a target and list it, unless its entries are already known
 /// (from its manifest).
 fn open_and_list(
-    open: &Opener,
+    run: RunShared,
     job: &Job,
     target: &Target,
-    env: &Env,
     known: Option<manifest::ManifestEntries>,
+    pre: Option<Result<Box<dyn Transport>, OpenError>>,
 ) -> Result<(Box<dyn Transport>, Listing), (String, OpenError)> {
-    let mut t = open(target, &transport_settings(job, &env.state_dir))
-        .map_err(|e| ("cannot reach target".to_string(), e))?;
+    let opened =
+        pre.unwrap_or_else(|| (run.open)(target, &transport_settings(job, &run.env.state_dir)));
+    let mut t = opened.map_err(|e| ("cannot reach target".to_string(), e))?;
     let l = match known {
         Some(entries) => Listing {
             stream: Some(transport::Stream {

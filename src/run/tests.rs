@@ -16,13 +16,17 @@ struct Fixture {
 
 impl Fixture {
     fn new(extra: &str) -> Fixture {
+        Fixture::with_remote("/nonexistent/target", extra)
+    }
+
+    fn with_remote(remote: &str, extra: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let src = dir.path().join("src");
         std::fs::create_dir_all(src.join("d")).unwrap();
         std::fs::write(src.join("a.txt"), b"alpha").unwrap();
         std::fs::write(src.join("d/b.txt"), b"beta").unwrap();
         let text = format!(
-            "jobs:\n  j:\n    source: {}\n    remote: /nonexistent/target\n    retries: 2\n{extra}",
+            "jobs:\n  j:\n    source: {}\n    remote: {remote}\n    retries: 2\n{extra}",
             src.display()
         );
         let cfg = crate::config::parse(&dir.path().join("jobs.yaml"), text.as_bytes()).unwrap();
@@ -204,4 +208,66 @@ fn a_run_under_a_cluster_lock_records_its_owner_and_revision() {
     assert!(recs[0].get("lock_revision").is_none());
     assert_eq!(recs[1]["owner"], "web1:42");
     assert_eq!(recs[1]["lock_revision"], 17);
+}
+
+#[test]
+fn a_remote_target_is_connected_once_per_run_that_needs_it_and_never_otherwise() {
+    // remote: connected during the scan when it will be listed
+    let fx = Fixture::with_remote("ssh://u@127.0.0.1:2222/srv/t", "");
+    let opens = || fx.target.state().opens;
+    let lists = || fx.target.state().lists;
+    // first run, no manifest: one connection (the one made during the
+    // scan is the first attempt's, not an extra one)
+    assert_eq!(fx.run(&opts()).status, Status::Ok);
+    assert_eq!((opens(), lists()), (1, 1));
+    // unchanged: no connection at all
+    assert_eq!(
+        fx.run(&opts()).records[0].target_state.as_deref(),
+        Some("manifest")
+    );
+    assert_eq!(opens(), 1);
+    // changed, manifest kept: connected once, not listed
+    std::fs::write(fx.src("a.txt"), b"changed").unwrap();
+    assert_eq!(fx.run(&opts()).records[0].files_transferred, 1);
+    assert_eq!((opens(), lists()), (2, 1));
+    // --verify: connected (during the scan) and listed, once
+    let verify = Options {
+        verify: true,
+        ..opts()
+    };
+    assert_eq!(fx.run(&verify).status, Status::Ok);
+    assert_eq!((opens(), lists()), (3, 2));
+}
+
+#[test]
+fn a_failed_scan_drops_the_early_connection_and_a_failed_early_connection_is_retried() {
+    let fx = Fixture::with_remote("ssh://u@127.0.0.1:2222/srv/t", "");
+    // the source is gone: the run fails on it, nothing is copied
+    std::fs::rename(fx.src(""), fx.dir.path().join("moved")).unwrap();
+    let r = fx.run(&opts());
+    assert_eq!(r.status, Status::Failed);
+    assert!(
+        r.records[0].reason.as_deref().unwrap().contains("source"),
+        "{:?}",
+        r.records[0].reason
+    );
+    assert_eq!(fx.target.state().puts, 0);
+    std::fs::rename(fx.dir.path().join("moved"), fx.src("")).unwrap();
+    // the connection made during the scan fails (transient): it counts as
+    // the first attempt, the retry connects again
+    let t = fx.target.clone();
+    let tries = Mutex::new(0);
+    let flaky = |_: &Target, _: &TransportSettings| -> Result<Box<dyn Transport>, OpenError> {
+        let mut n = tries.lock().unwrap();
+        *n += 1;
+        if *n == 1 {
+            let e = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+            return Err(OpenError::from(e));
+        }
+        Ok(t.open())
+    };
+    let r = fx.run_with(&opts(), &flaky);
+    assert_eq!(r.status, Status::Ok, "{:?}", r.records[0].reason);
+    assert_eq!(*tries.lock().unwrap(), 2);
+    assert_eq!(r.records[0].files_transferred, 2);
 }
