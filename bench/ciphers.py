@@ -60,7 +60,7 @@ def one_cipher(cipher, big, total, T):
                 shutil.rmtree(f"{state}/manifests", ignore_errors=True)
                 compare.sh("sync")
                 s0 = server_cpu(sshd)
-                wall, cpu, _ = compare.measure(
+                wall, cpu, _, _ = compare.measure(
                     [compare.BIN, "-c", cfg, "--state-dir", state, "-q", "run", job])
                 time.sleep(0.5)  # the session's processes reaped
                 got[job].append(mib_s(total, wall))

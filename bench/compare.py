@@ -26,8 +26,9 @@ on the remote PATH (see Sshd), as rsync is there, so the default
 cases now.) The issue's goals are printed beside the ratios.
 
 Measured per run with wait4(): wall time, CPU (user+sys, including reaped
-children such as rsync's ssh), peak RSS. Remote-side CPU (sshd, rsync's
-receiver, sftp-server) is not included for either tool.
+children such as rsync's ssh), peak RSS; and the server side's CPU (sshd,
+its sessions, sftp-server, syncjob helper, rsync's receiver) from a cgroup
+the bench sshd is moved into (root only; `nan` otherwise).
 """
 import json
 import os
@@ -126,16 +127,67 @@ SetEnv HOME={d}/home PATH={d}/bin:/usr/local/bin:/usr/bin:/bin
             os.remove(f"{self.d}/bin/syncjob")
 
 
+class ServerCpu:
+    """CPU time of the bench sshd and everything it starts (its sessions,
+    sftp-server, syncjob helper, rsync's receiver): the sshd is moved into
+    a cgroup of its own (cgroup v2 `cpu.stat`, or v1 `cpuacct`), whose
+    usage is read around each run. Root only; `None` figures otherwise."""
+
+    def __init__(self, pid, name):
+        self.read = None
+        for base, usage, scale in (("/sys/fs/cgroup", "cpu.stat", None),
+                                   ("/sys/fs/cgroup/cpuacct", "cpuacct.usage", 1e9)):
+            d = f"{base}/{name}"
+            try:
+                if scale is None and not os.path.exists(f"{base}/cgroup.controllers"):
+                    continue
+                os.makedirs(d, exist_ok=True)
+                with open(f"{d}/cgroup.procs", "w") as f:
+                    f.write(str(pid))
+            except OSError:
+                continue
+            self.dir = d
+            if scale is None:
+                def read(d=d):
+                    for line in open(f"{d}/cpu.stat"):
+                        k, v = line.split()
+                        if k == "usage_usec":
+                            return int(v) / 1e6
+                self.read = read
+            else:
+                self.read = lambda d=d: int(open(f"{d}/cpuacct.usage").read()) / 1e9
+            return
+
+    def seconds(self):
+        return self.read() if self.read else None
+
+    def remove(self):
+        if self.read:
+            try:
+                # the sshd has exited; an empty cgroup can go
+                os.rmdir(self.dir)
+            except OSError:
+                pass
+
+
+SERVER = None
+
+
 def measure(cmd, env=None):
+    s0 = SERVER.seconds() if SERVER else None
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, ru = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t0
+    # the server's sessions end just after the client: let them be counted
+    time.sleep(0.2)
+    s1 = SERVER.seconds() if SERVER else None
     err = p.stderr.read().decode(errors="replace")
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"command failed ({code}): {' '.join(cmd)}\n{err}")
-    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0
+    server = s1 - s0 if s0 is not None and s1 is not None else float("nan")
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0, server
 
 
 def gen(kind, dest, seed=1):
@@ -191,6 +243,8 @@ def main():
     trees = f"{LAB}/trees"
     os.makedirs(trees, exist_ok=True)
     sshd = Sshd(f"{LAB}/sshd")
+    global SERVER
+    SERVER = ServerCpu(int(open(f"{LAB}/sshd/sshd.pid").read()), f"syncjob-bench-{os.getpid()}")
     ssh_url = lambda p: f"ssh://{USER}@127.0.0.1:{sshd.port}{p}"
     rsync_ssh = ["rsync", "-a", "--delete", "-e", f"ssh {sshd.opts}"]
     rdest = lambda p: f"{USER}@127.0.0.1:{p}/"
@@ -334,7 +388,7 @@ def main():
                     m[tool].append(measure(cmd))
                 if name.startswith("big-initial"):
                     measure_pipe()
-            med = {t: tuple(statistics.median(x[k] for x in v) for k in range(3)) for t, v in m.items()}
+            med = {t: tuple(statistics.median(x[k] for x in v) for k in range(4)) for t, v in m.items()}
             results.append((name, med))
             print(f"  {name}: syncjob {med['sj'][0]:.2f}s, rsync {med['rs'][0]:.2f}s", file=sys.stderr, flush=True)
 
@@ -349,14 +403,16 @@ def main():
         print(f"syncjob vs rsync, medians of {RUNS} runs, {os.cpu_count()} cores, loopback ssh, {where}, "
               f"load average at the end {load}")
         print(f"remote helper found on the remote PATH by `auto`: {'yes' if helper_used(f'{LAB}/state') else 'NO'}")
-        print(f"{'case':<19}{'syncjob s':>10}{'rsync s':>9}{'ratio':>7}   {'sj cpu':>7}{'rs cpu':>7}   "
-              f"{'sj MiB':>7}{'rs MiB':>7}   goal")
+        print("cpu: user+sys seconds of the client side (rsync's with its ssh); srv: of the server "
+              "side (the sshd's cgroup: sessions, sftp-server, syncjob helper, rsync's receiver)")
+        print(f"{'case':<19}{'syncjob s':>10}{'rsync s':>9}{'ratio':>7}   {'sj cpu':>7}{'rs cpu':>7}"
+              f"{'sj srv':>7}{'rs srv':>7}   {'sj MiB':>7}{'rs MiB':>7}   goal")
         for name, med in results:
-            sjw, sjc, sjr = med["sj"]
-            rsw, rsc, rsr = med["rs"]
+            sjw, sjc, sjr, sjs = med["sj"]
+            rsw, rsc, rsr, rss = med["rs"]
             share = (total / sjw / pipe_rate) if name.startswith("big-initial") else None
-            print(f"{name:<19}{sjw:>10.2f}{rsw:>9.2f}{sjw / rsw:>7.2f}   {sjc:>7.2f}{rsc:>7.2f}   "
-                  f"{sjr:>7.1f}{rsr:>7.1f}   {goal_cell(name, sjw / rsw, share)}")
+            print(f"{name:<19}{sjw:>10.2f}{rsw:>9.2f}{sjw / rsw:>7.2f}   {sjc:>7.2f}{rsc:>7.2f}"
+                  f"{sjs:>7.2f}{rss:>7.2f}   {sjr:>7.1f}{rsr:>7.1f}   {goal_cell(name, sjw / rsw, share)}")
         print(f"raw ssh pipe (cat >/dev/null): {pipe_rate / (1 << 20):.0f} MiB/s")
         for case in ("big-initial", "big-initial-sftp"):
             bi = dict(results).get(case)
@@ -369,6 +425,9 @@ def main():
         sshd.stop()
         if TMPFS:
             subprocess.run(["umount", "-l", f"{LAB}/targets"])
+        if SERVER:
+            time.sleep(0.5)
+            SERVER.remove()
 
 
 def million(trees):
