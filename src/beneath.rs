@@ -246,6 +246,14 @@ impl Beneath {
             Err(e) if e == Errno::NOENT || e == Errno::PERM => {}
             Err(e) => return Err(e.into()),
         }
+        self.link_new_by_proc(dir, f, name)
+    }
+
+    /// [`Beneath::link_new`] without `CAP_DAC_READ_SEARCH`: through the
+    /// descriptor's own entry in /proc (the link followed is this
+    /// process's descriptor, not a name in the tree).
+    pub fn link_new_by_proc(&mut self, dir: &Path, f: &File, name: &OsStr) -> io::Result<()> {
+        let d = self.dir(dir)?;
         let own = format!("/proc/self/fd/{}", f.as_raw_fd());
         rustix::fs::linkat(
             rustix::fs::CWD,

@@ -213,6 +213,22 @@ mod tests {
     }
 
     #[test]
+    fn without_the_capability_the_file_is_named_through_its_proc_entry() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("d")).unwrap();
+        std::fs::write(root.path().join("d/taken"), b"old").unwrap();
+        let mut fs = Beneath::new(root.path().to_path_buf());
+        let mut f = fs.create_unnamed(Path::new("d")).unwrap().unwrap();
+        f.write_all(b"via proc").unwrap();
+        let d = Path::new("d");
+        let e = fs.link_new_by_proc(d, &f, OsStr::new("taken")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(root.path().join("d/taken")).unwrap(), b"old");
+        fs.link_new_by_proc(d, &f, OsStr::new("f")).unwrap();
+        assert_eq!(std::fs::read(root.path().join("d/f")).unwrap(), b"via proc");
+    }
+
+    #[test]
     fn linking_never_replaces_an_entry() {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join("d")).unwrap();
