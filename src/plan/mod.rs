@@ -681,7 +681,22 @@ struct Acc {
     attrs: Vec<Op>,
     /// directories whose listing changes (their mtime must be set again)
     touched: BTreeSet<PathBuf>,
+    /// the directory touched last (entries come in path order: most
+    /// touches repeat it, and are not looked up in the set again)
+    last_touched: Option<PathBuf>,
     errors: Vec<PathError>,
+}
+
+impl Acc {
+    /// The directory holding `path` changes.
+    fn touch(&mut self, path: &Path) {
+        let p = path.parent().unwrap_or(Path::new(""));
+        if self.last_touched.as_deref().map(Path::as_os_str) == Some(p.as_os_str()) {
+            return;
+        }
+        self.touched.insert(p.to_path_buf());
+        self.last_touched = Some(p.to_path_buf());
+    }
 }
 
 fn op(idx: usize, code: Code, why: Why, flags: u8) -> Op {
@@ -693,6 +708,7 @@ fn op(idx: usize, code: Code, why: Why, flags: u8) -> Op {
     }
 }
 
+#[cfg(test)]
 fn parent(p: &Path) -> PathBuf {
     p.parent().map(Path::to_path_buf).unwrap_or_default()
 }
@@ -716,7 +732,7 @@ fn plan_entry(
             // directory attributes are set at the end, deepest first
             if te.is_none() && !is_root {
                 acc.mkdirs.push(op(k, Code::Mkdir, Why::New, 0));
-                acc.touched.insert(parent(path));
+                acc.touch(path);
             }
         }
         EntryKind::File => plan_file(acc, k, path, se, te, in_dst, opts, same_content),
@@ -774,7 +790,7 @@ fn plan_file(
                 flags |= TIME_DIFFERS;
             }
             acc.copies.push(op(k, Code::Copy, why, flags));
-            acc.touched.insert(parent(path));
+            acc.touch(path);
         }
         None => {
             if let Some(flags) = te.and_then(|te| attr_flags(se, te, opts, false)) {
@@ -804,7 +820,7 @@ fn plan_symlink(
             _ => Why::New,
         };
         acc.links.push(op(k, Code::Symlink, why, link_time));
-        acc.touched.insert(parent(path));
+        acc.touch(path);
     } else if let Some(te) = te {
         let mut flags = 0;
         if opts.preserve_owner && (te.uid, te.gid) != (se.uid, se.gid) {
@@ -978,7 +994,7 @@ impl<'a> Merge<'a, '_> {
         } else {
             true
         };
-        self.acc.touched.insert(parent(&path));
+        self.acc.touch(&path);
         let why = if counted { Why::New } else { Why::Replace };
         let flags = if counted { COUNTED } else { 0 };
         self.deletes
@@ -1009,7 +1025,7 @@ impl<'a> Merge<'a, '_> {
             self.blocked.push(path.to_path_buf());
             return false;
         }
-        self.acc.touched.insert(parent(path));
+        self.acc.touch(path);
         self.deletes
             .push(op(self.gone.len(), Code::Delete, Why::Replace, 0));
         self.gone.push(path, Entry::blank(t.kind));
