@@ -241,6 +241,9 @@ pub struct Sftp {
     pub verified: super::sftp_guard::Verified,
     pub fsync: bool,
     pub statvfs: bool,
+    /// the most handles the server keeps open at once, where it says
+    /// (`limits@openssh.com`); `None`: not said
+    pub max_handles: Option<u64>,
     /// requests not yet written to the channel: small requests go out
     /// together in one SSH packet
     out: Vec<u8>,
@@ -276,6 +279,7 @@ impl Sftp {
             verified: Default::default(),
             fsync: false,
             statvfs: false,
+            max_handles: None,
             out: Vec::with_capacity(2 * OUT_FLUSH + WRITE_CHUNK),
             inbuf: Vec::with_capacity(64 * 1024),
             inpos: 0,
@@ -292,6 +296,7 @@ impl Sftp {
         }
         let mut r = Reader::new(&body);
         let _version = r.u32()?;
+        let mut limits = false;
         while !r.b.is_empty() {
             let name = r.string()?;
             let _data = r.string()?;
@@ -300,10 +305,28 @@ impl Sftp {
                 b"lsetstat@openssh.com" => s.lsetstat = true,
                 b"fsync@openssh.com" => s.fsync = true,
                 b"statvfs@openssh.com" => s.statvfs = true,
+                b"limits@openssh.com" => limits = true,
                 _ => {}
             }
         }
+        if limits {
+            s.max_handles = s.max_open_handles()?;
+        }
         Ok(s)
+    }
+
+    /// `limits@openssh.com`: the most handles open at once (0: not said).
+    fn max_open_handles(&mut self) -> io::Result<Option<u64>> {
+        let Reply::Extended(body) = self.call(EXTENDED, |b| put_str(b, b"limits@openssh.com"))?
+        else {
+            return Ok(None);
+        };
+        // max-packet-length, max-read-length, max-write-length, max-open-handles
+        let mut r = Reader::new(&body);
+        for _ in 0..3 {
+            r.u64()?;
+        }
+        Ok(Some(r.u64()?).filter(|n| *n > 0))
     }
 
     fn send_packet(&mut self, t: u8, payload: &[u8]) -> io::Result<()> {
@@ -624,4 +647,72 @@ pub fn is_file_mode(perm: u32) -> bool {
 }
 pub fn is_link_mode(perm: u32) -> bool {
     perm & 0o170000 == 0o120000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A server that answers from a script, whatever it is sent.
+    struct Scripted(io::Cursor<Vec<u8>>);
+    impl Read for Scripted {
+        fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+            self.0.read(b)
+        }
+    }
+    impl Write for Scripted {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl super::super::openssh::Pipe for Scripted {
+        fn finish(&mut self) -> (i32, Vec<u8>) {
+            (0, Vec::new())
+        }
+    }
+
+    fn packet(t: u8, body: &[u8], out: &mut Vec<u8>) {
+        put_u32(out, body.len() as u32 + 1);
+        out.push(t);
+        out.extend_from_slice(body);
+    }
+
+    /// VERSION with `exts`, then, if `handles`, the limits reply (id 1).
+    fn server(exts: &[&[u8]], handles: Option<u64>) -> Sftp {
+        let mut body = Vec::new();
+        put_u32(&mut body, 3);
+        for e in exts {
+            put_str(&mut body, e);
+            put_str(&mut body, b"1");
+        }
+        let mut script = Vec::new();
+        packet(VERSION, &body, &mut script);
+        if let Some(h) = handles {
+            let mut b = Vec::new();
+            put_u32(&mut b, 1);
+            for v in [34000u64, 32768, 32768, h] {
+                b.extend_from_slice(&v.to_be_bytes());
+            }
+            packet(EXTENDED_REPLY, &b, &mut script);
+        }
+        Sftp::start(Box::new(Scripted(io::Cursor::new(script)))).unwrap()
+    }
+
+    #[test]
+    fn the_servers_handle_limit_is_asked_where_it_says_it_has_one() {
+        let s = server(
+            &[b"posix-rename@openssh.com", b"limits@openssh.com"],
+            Some(1019),
+        );
+        assert_eq!(s.max_handles, Some(1019));
+        assert!(s.posix_rename);
+        // 0 means "not said"
+        assert_eq!(server(&[b"limits@openssh.com"], Some(0)).max_handles, None);
+        // not advertised: not asked (the script has no reply for it)
+        assert_eq!(server(&[b"statvfs@openssh.com"], None).max_handles, None);
+    }
 }
