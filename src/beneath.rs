@@ -130,7 +130,9 @@ impl Beneath {
             if self.cache.len() >= MAX_CACHED {
                 self.cache.clear();
             }
-            self.cache.insert(rel.to_path_buf(), fd);
+            // keys spelled canonically ("a/b", never "a//b/"): `forget`
+            // compares them as bytes
+            self.cache.insert(rel.components().collect(), fd);
         }
         Ok(self.cache[rel].as_fd())
     }
@@ -183,8 +185,17 @@ impl Beneath {
 
     /// Forget the handles of `rel` and below (it was removed or replaced).
     pub fn forget(&mut self, rel: &Path) {
-        if self.cache.keys().any(|k| k.starts_with(rel)) {
-            self.cache.retain(|k, _| !k.starts_with(rel));
+        // compared as bytes (the keys are plain relative paths, see
+        // `check_relative`): this runs for every directory made, against
+        // every cached handle
+        let rel: PathBuf = rel.components().collect();
+        let r = rel.as_os_str().as_encoded_bytes();
+        let below = |k: &PathBuf| {
+            let k = k.as_os_str().as_encoded_bytes();
+            r.is_empty() || (k.starts_with(r) && (k.len() == r.len() || k[r.len()] == b'/'))
+        };
+        if self.cache.keys().any(below) {
+            self.cache.retain(|k, _| !below(k));
         }
     }
 
@@ -455,6 +466,24 @@ pub fn times((s, ns): (i64, u32)) -> rustix::fs::Timestamps {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn forgetting_a_directory_drops_its_handles_and_those_below_only() {
+        let root = tempfile::tempdir().unwrap();
+        for d in ["a/b/c", "a/bc", "a/b-x", "z"] {
+            std::fs::create_dir_all(root.path().join(d)).unwrap();
+        }
+        let mut b = Beneath::new(root.path().to_path_buf());
+        for d in ["a//b/", "a/b/c", "a/bc", "a/b-x", "z"] {
+            b.dir(Path::new(d)).unwrap();
+        }
+        b.forget(Path::new("a/b"));
+        let mut left: Vec<String> = b.cache.keys().map(|k| k.display().to_string()).collect();
+        left.sort();
+        assert_eq!(left, ["a/b-x", "a/bc", "z"]);
+        b.forget(Path::new(""));
+        assert!(b.cache.is_empty());
+    }
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
