@@ -29,24 +29,33 @@ use std::io::{self, Read};
 pub const LITERAL_MAX: usize = 1 << 20;
 
 /// The weak checksum of a window: a polynomial (Rabin–Karp) rolling hash
-/// mod 2^64, `sum (x_i + 1) * B^(len-1-i)`. Not rsync's Adler-style sum of
+/// mod 2^32, `sum (x_i + 1) * B^(len-1-i)`. Not rsync's Adler-style sum of
 /// bytes and of running sums: on periodic data (a repeated pattern, a
 /// table) almost every offset collides with a block under that sum, and
 /// each collision costs a BLAKE3 of a whole block (measured: 24 MiB of a
 /// 251-byte pattern took 103 s to scan in a debug build); a polynomial hash
-/// collides only where the windows are equal.
+/// collides only where the windows are equal (or by chance, 2^-32).
+///
+/// Mod 2^32 (helper protocol 4; protocol 3 had mod 2^64) so that a whole
+/// block's hash ([`Rolling::new`], the signature's cost beside BLAKE3) is
+/// computed in 32-bit SIMD lanes: [`LANES`] interleaved Horner sums, each
+/// over every `LANES`-th byte, combined at the end (see [`lanes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rolling {
-    h: u64,
+    h: u32,
     /// `B^(len-1)`: the weight of the byte that leaves
-    top: u64,
+    top: u32,
 }
 
-const B: u64 = 0x9E37_79B9_7F4A_7C15;
+const B: u32 = 0x9E37_79B1;
 
-/// `B^e` mod 2^64.
-fn pow(mut e: u64) -> u64 {
-    let (mut r, mut base) = (1u64, B);
+/// Bytes a step of the lane-wise sum (64 lanes of u32: eight AVX2
+/// registers, enough independent multiplies to hide their latency).
+const LANES: usize = 64;
+
+/// `B^e` mod 2^32.
+fn pow(mut e: u64) -> u32 {
+    let (mut r, mut base) = (1u32, B);
     while e > 0 {
         if e & 1 == 1 {
             r = r.wrapping_mul(base);
@@ -57,22 +66,61 @@ fn pow(mut e: u64) -> u64 {
     r
 }
 
+/// The polynomial of `data`'s first `LANES * k` bytes (all its whole
+/// steps), as `LANES` lane sums: lane `j` is the Horner sum in `B^LANES`
+/// of bytes `j, j + LANES, …`; the polynomial is `sum lane_j *
+/// B^(LANES-1-j)`. Plain Rust that LLVM turns into vector multiplies
+/// where the target has them (see [`lanes_avx2`]).
+#[inline(always)]
+fn lanes_generic(data: &[u8]) -> [u32; LANES] {
+    let step = pow(LANES as u64);
+    let mut acc = [0u32; LANES];
+    for c in data.chunks_exact(LANES) {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_mul(step).wrapping_add(x as u32 + 1);
+        }
+    }
+    acc
+}
+
+/// [`lanes_generic`] compiled for AVX2 (8 lanes a multiply); called only
+/// where the CPU has it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lanes_avx2(data: &[u8]) -> [u32; LANES] {
+    lanes_generic(data)
+}
+
+/// The lane sums of `data` (see [`lanes_generic`]), with AVX2 where the
+/// CPU has it (the same result: the same wrapping arithmetic).
+fn lanes(data: &[u8]) -> [u32; LANES] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above)
+        return unsafe { lanes_avx2(data) };
+    }
+    lanes_generic(data)
+}
+
 impl Rolling {
     pub fn new(data: &[u8]) -> Rolling {
-        // eight bytes a step: `h * B^8 + sum (x_k + 1) * B^(7-k)`, the
-        // eight products independent (not one multiply chain per byte)
-        let p: [u64; 9] = std::array::from_fn(|k| pow(k as u64));
-        let mut h = 0u64;
-        let mut chunks = data.chunks_exact(8);
-        for c in &mut chunks {
-            let mut s = 0u64;
-            for (k, &x) in c.iter().enumerate() {
-                s = s.wrapping_add((x as u64 + 1).wrapping_mul(p[7 - k]));
+        Rolling::from_lanes(data, lanes(data))
+    }
+
+    /// [`Rolling::new`] given `data`'s lane sums `acc`.
+    fn from_lanes(data: &[u8], acc: [u32; LANES]) -> Rolling {
+        let whole = data.len() / LANES * LANES;
+        let mut h = 0u32;
+        if whole > 0 {
+            // lane j's bytes sit LANES-1-j places before the step's end
+            let mut w = 1u32;
+            for a in acc.iter().rev() {
+                h = h.wrapping_add(a.wrapping_mul(w));
+                w = w.wrapping_mul(B);
             }
-            h = h.wrapping_mul(p[8]).wrapping_add(s);
         }
-        for &x in chunks.remainder() {
-            h = h.wrapping_mul(B).wrapping_add(x as u64 + 1);
+        for &x in &data[whole..] {
+            h = h.wrapping_mul(B).wrapping_add(x as u32 + 1);
         }
         Rolling {
             h,
@@ -82,14 +130,19 @@ impl Rolling {
 
     /// Slide the window one byte: `out` leaves, `inn` enters.
     pub fn roll(&mut self, out: u8, inn: u8) {
-        let h = self.h.wrapping_sub(self.top.wrapping_mul(out as u64 + 1));
-        self.h = h.wrapping_mul(B).wrapping_add(inn as u64 + 1);
+        let h = self.h.wrapping_sub(self.top.wrapping_mul(out as u32 + 1));
+        self.h = h.wrapping_mul(B).wrapping_add(inn as u32 + 1);
     }
 
-    /// 32 well-mixed bits of the hash (what goes on the wire).
+    /// The hash's bits well mixed (what goes on the wire; a bijection, so
+    /// no collision is added).
     pub fn digest(&self) -> u32 {
-        let x = self.h ^ (self.h >> 31);
-        (x.wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 32) as u32
+        let mut x = self.h;
+        x ^= x >> 16;
+        x = x.wrapping_mul(0x85EB_CA6B);
+        x ^= x >> 13;
+        x = x.wrapping_mul(0xC2B2_AE35);
+        x ^ (x >> 16)
     }
 }
 
@@ -492,6 +545,53 @@ mod tests {
         }
         let s = Signature::of_file(&f, 4000, 4096, 2).unwrap();
         assert!(s.weak.is_empty());
+    }
+
+    /// The definition, one byte at a time.
+    fn naive(d: &[u8]) -> u32 {
+        d.iter()
+            .fold(0u32, |h, &x| h.wrapping_mul(B).wrapping_add(x as u32 + 1))
+    }
+
+    #[test]
+    fn the_lane_wise_hash_is_the_polynomial_at_every_length() {
+        let d = pseudo(3 * LANES + 7, 11);
+        for n in 0..d.len() {
+            assert_eq!(Rolling::new(&d[..n]).h, naive(&d[..n]), "len {n}");
+        }
+        let d = pseudo(128 << 10, 12);
+        assert_eq!(Rolling::new(&d).h, naive(&d));
+        // the top weight is B^(len-1)
+        assert_eq!(Rolling::new(&d[..5]).top, B.wrapping_mul(B).wrapping_mul(B).wrapping_mul(B));
+    }
+
+    #[test]
+    fn the_simd_and_the_plain_lane_sums_agree() {
+        for n in [0, 1, LANES - 1, LANES, 5 * LANES + 3, 128 << 10] {
+            let d = pseudo(n, n as u64 + 1);
+            let plain = lanes_generic(&d);
+            assert_eq!(lanes(&d), plain, "len {n}");
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2
+                assert_eq!(unsafe { lanes_avx2(&d) }, plain, "len {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn periodic_data_collides_only_where_the_windows_are_equal() {
+        // a 251-byte pattern: windows at offsets that differ by a multiple
+        // of 251 are equal; no other two of the first 251 offsets collide
+        let pat = pseudo(251, 13);
+        let d: Vec<u8> = pat.iter().copied().cycle().take(8192 + 600).collect();
+        let mut r = Rolling::new(&d[..8192]);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..251 {
+            assert!(seen.insert(r.digest()), "offset {i} collides");
+            r.roll(d[i], d[i + 8192]);
+        }
+        assert_eq!(r.digest(), Rolling::new(&d[..8192]).digest());
     }
 
     #[test]
