@@ -174,7 +174,7 @@ impl Signature {
     }
 
     /// [`Signature::of`] the first `len` bytes of `f` (read at offsets),
-    /// the blocks shared among `threads` threads in contiguous runs: the
+    /// computed in `threads` threads (see [`Signature::stream_file`]): the
     /// same result, in about `1 / threads` of the time where cores are free.
     pub fn of_file(
         f: &std::fs::File,
@@ -182,47 +182,94 @@ impl Signature {
         block: usize,
         threads: usize,
     ) -> io::Result<Signature> {
-        use std::os::unix::fs::FileExt;
-        let blocks = len / block.max(1) as u64;
-        let per = blocks.div_ceil(threads.max(1) as u64).max(1);
-        let part = |first: u64| -> io::Result<Signature> {
-            let mut s = Signature {
-                block,
-                ..Default::default()
-            };
-            let mut buf = vec![0u8; block];
-            for k in first..(first + per).min(blocks) {
-                f.read_exact_at(&mut buf, k * block as u64)?;
-                s.weak.push(Rolling::new(&buf).digest());
-                s.strong.push(strong(&buf));
-            }
-            Ok(s)
-        };
-        let parts: Vec<io::Result<Signature>> = std::thread::scope(|sc| {
-            let part = &part;
-            let runs: Vec<_> = (0..blocks)
-                .step_by(per as usize)
-                .skip(1)
-                .map(|first| sc.spawn(move || part(first)))
-                .collect();
-            let mut v = vec![part(0)];
-            v.extend(runs.into_iter().map(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("signature thread panicked")))
-            }));
-            v
-        });
         let mut s = Signature {
             block,
             ..Default::default()
         };
-        for p in parts {
-            let p = p?;
-            s.weak.extend(p.weak);
-            s.strong.extend(p.strong);
-        }
+        Signature::stream_file(f, len, block, threads, 16, |piece| {
+            s.weak.extend(piece.iter().map(|b| b.0));
+            s.strong.extend(piece.iter().map(|b| b.1));
+            Ok(())
+        })?;
         Ok(s)
     }
+
+    /// The sums of each full `block` of the first `len` bytes of `f` (read
+    /// at offsets), handed to `emit` in order, `piece` blocks at a time (the
+    /// last piece may be shorter), as they are computed: pieces are shared
+    /// among `threads` threads (taken in order, put back in order here), so
+    /// that the first ones go out long before the last one is read. Stops
+    /// at the first error, of a read or of `emit`. The pieces computed
+    /// ahead of the one awaited are held: at most the whole signature.
+    pub fn stream_file(
+        f: &std::fs::File,
+        len: u64,
+        block: usize,
+        threads: usize,
+        piece: usize,
+        mut emit: impl FnMut(&[BlockSum]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+        let (block, piece) = (block.max(1), piece.max(1) as u64);
+        let pieces = (len / block as u64).div_ceil(piece);
+        let (next, stop) = (AtomicU64::new(0), AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, io::Result<Vec<BlockSum>>)>();
+        std::thread::scope(|sc| {
+            for _ in 0..threads.clamp(1, 64) {
+                let (tx, next, stop) = (tx.clone(), &next, &stop);
+                sc.spawn(move || {
+                    let mut buf = vec![0u8; block];
+                    while !stop.load(Relaxed) {
+                        let i = next.fetch_add(1, Relaxed);
+                        if i >= pieces {
+                            break;
+                        }
+                        let r = sums_of(f, len, block, i * piece..(i + 1) * piece, &mut buf);
+                        if tx.send((i, r)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut held = std::collections::BTreeMap::new();
+            let mut want = 0u64;
+            let r = (|| {
+                for (i, r) in &rx {
+                    held.insert(i, r);
+                    while let Some(r) = held.remove(&want) {
+                        emit(&r?)?;
+                        want += 1;
+                    }
+                }
+                Ok(())
+            })();
+            stop.store(true, Relaxed);
+            r
+        })
+    }
+}
+
+/// One block's sums: weak, BLAKE3.
+pub type BlockSum = (u32, [u8; 32]);
+
+/// The sums of blocks `range` (those of them that are full blocks of the
+/// first `len` bytes of `f`).
+fn sums_of(
+    f: &std::fs::File,
+    len: u64,
+    block: usize,
+    range: std::ops::Range<u64>,
+    buf: &mut [u8],
+) -> io::Result<Vec<BlockSum>> {
+    use std::os::unix::fs::FileExt;
+    let end = range.end.min(len / block as u64);
+    let mut v = Vec::with_capacity(end.saturating_sub(range.start) as usize);
+    for k in range.start..end {
+        f.read_exact_at(buf, k * block as u64)?;
+        v.push((Rolling::new(buf).digest(), strong(buf)));
+    }
+    Ok(v)
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -545,6 +592,27 @@ mod tests {
         }
         let s = Signature::of_file(&f, 4000, 4096, 2).unwrap();
         assert!(s.weak.is_empty());
+        // in pieces of 1, 3, 4 and 11 blocks: the same sums, in order
+        for (threads, piece) in [(1, 1), (2, 3), (3, 4), (2, 11)] {
+            let mut got: Vec<BlockSum> = Vec::new();
+            let mut sizes = Vec::new();
+            Signature::stream_file(&f, d.len() as u64, 4096, threads, piece, |p| {
+                sizes.push(p.len());
+                got.extend_from_slice(p);
+                Ok(())
+            })
+            .unwrap();
+            let want: Vec<BlockSum> = one.weak.iter().copied().zip(one.strong.clone()).collect();
+            assert!(got == want, "{threads} threads, pieces of {piece}");
+            assert!(sizes.iter().all(|&n| n == piece || n == 10 % piece));
+        }
+        // an error of `emit` stops the stream and is returned
+        let mut calls = 0;
+        let r = Signature::stream_file(&f, d.len() as u64, 4096, 2, 1, |_| {
+            calls += 1;
+            Err(std::io::Error::other("stop"))
+        });
+        assert!(r.is_err() && calls == 1);
     }
 
     /// The definition, one byte at a time.
@@ -562,7 +630,10 @@ mod tests {
         let d = pseudo(128 << 10, 12);
         assert_eq!(Rolling::new(&d).h, naive(&d));
         // the top weight is B^(len-1)
-        assert_eq!(Rolling::new(&d[..5]).top, B.wrapping_mul(B).wrapping_mul(B).wrapping_mul(B));
+        assert_eq!(
+            Rolling::new(&d[..5]).top,
+            B.wrapping_mul(B).wrapping_mul(B).wrapping_mul(B)
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@
 //! temporary file (or leaves it to the next run's stale-temporary cleanup
 //! if the helper itself is killed).
 
+mod ordered;
 pub mod proto;
 pub mod proto_tree;
 mod tree;
@@ -69,12 +70,27 @@ pub(crate) fn ctx(what: &str, e: io::Error) -> Fail {
 /// `output`, until end of input. Returns an error only for a broken stream.
 pub fn serve<R: Read>(
     input: &mut io::BufReader<R>,
-    output: &mut dyn Write,
+    output: &mut (dyn Write + Send),
+    root: &Path,
+) -> io::Result<()> {
+    output.write_all(proto::GREETING)?;
+    output.flush()?;
+    let shared: ordered::Shared = std::sync::Mutex::new(output);
+    std::thread::scope(|sc| {
+        let mut out = ordered::Ordered::new(&shared, sc);
+        let r = records(input, &mut out, root);
+        let settled = out.settle();
+        r.and(settled)
+    })
+}
+
+/// The records of one client (see [`serve`]).
+fn records<R: Read>(
+    input: &mut io::BufReader<R>,
+    output: &mut ordered::Ordered,
     root: &Path,
 ) -> io::Result<()> {
     let mut fs = Beneath::new(root.to_path_buf());
-    output.write_all(proto::GREETING)?;
-    output.flush()?;
     let mut buf = vec![0u8; MAX_CHUNK as usize];
     // the files whose block hashes were given, as they were then
     let mut hashed: HashMap<Vec<u8>, Ident> = HashMap::new();
@@ -108,12 +124,13 @@ pub fn serve<R: Read>(
                     Err(f) => reply(output, &Err(f))?,
                 }
             }
+            b'W' => tree::signature(input, output, &mut fs, &mut hashed)?,
             b'F' | b'D' => {
                 let delta = op[0] == b'D';
                 receive(input, output, &mut fs, &mut buf, delta, &mut hashed)?
             }
             x => {
-                if !tree::serve_op(x, input, output, &mut fs, &mut hashed)? {
+                if !tree::serve_op(x, input, output, &mut fs)? {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("unknown record {x:#x}"),
@@ -271,10 +288,10 @@ fn receive<R: Read>(
         Ok(n) => (None, Some(n)),
         Err(f) => (Some(f), None),
     };
-    let mut basis: Option<File> = None;
+    let mut basis: Option<(File, Ident)> = None;
     if err.is_none() && delta {
         match delta_basis(fs, hashed.remove(&fin), fin_path) {
-            Ok(f) => basis = Some(f),
+            Ok(b) => basis = Some(b),
             Err(f) => err = Some(f),
         }
     }
@@ -288,7 +305,14 @@ fn receive<R: Read>(
     }
     let created = file.is_some();
     // the data comes whatever happened: read it all
-    let commit = match read_data(input, buf, &mut file, &mut err, delta, basis.as_ref()) {
+    let commit = match read_data(
+        input,
+        buf,
+        &mut file,
+        &mut err,
+        delta,
+        basis.as_ref().map(|b| &b.0),
+    ) {
         Ok(c) => c,
         Err(e) => {
             // the stream broke mid-file: nothing stays behind
@@ -298,6 +322,9 @@ fn receive<R: Read>(
             return Err(e);
         }
     };
+    if let (Some(b), None) = (&basis, &err) {
+        err = basis_unchanged(b).err();
+    }
     let result = match (file, err) {
         (_, Some(e)) => Err(e),
         (None, None) => Err(Fail(0, "no file".into())),
@@ -364,8 +391,10 @@ fn copy_range(
     Ok(())
 }
 
-/// A delta's basis: the file at the final name, as it was hashed (`id`).
-fn delta_basis(fs: &mut Beneath, id: Option<Ident>, fin: &Path) -> Result<File, Fail> {
+/// A delta's basis: the file at the final name, as it was hashed (`id`),
+/// with that identity (checked again when the delta is complete: its
+/// signature may have been computed while the delta came, see `tree`).
+fn delta_basis(fs: &mut Beneath, id: Option<Ident>, fin: &Path) -> Result<(File, Ident), Fail> {
     let Some(id) = id else {
         return Err(Fail(libc::EINVAL, "delta without block hashes".into()));
     };
@@ -374,7 +403,18 @@ fn delta_basis(fs: &mut Beneath, id: Option<Ident>, fin: &Path) -> Result<File, 
         let m = "the file on the target changed since its blocks were hashed";
         return Err(Fail(0, m.into()));
     }
-    Ok(f)
+    Ok((f, id))
+}
+
+/// A complete delta's basis is still the version that was hashed (a change
+/// while its blocks were hashed or copied: nothing is renamed).
+fn basis_unchanged((f, id): &(File, Ident)) -> Result<(), Fail> {
+    let now = f.metadata().map_err(|e| ctx("stat the old version", e))?;
+    if Ident::of(&now) != *id {
+        let m = "the file on the target changed while the delta was applied";
+        return Err(Fail(0, m.into()));
+    }
+    Ok(())
 }
 
 fn read_data(
@@ -472,7 +512,7 @@ pub fn main(root: Option<&Path>) -> io::Result<()> {
     };
     let stdin = io::stdin();
     let mut input = io::BufReader::with_capacity(1 << 20, stdin.lock());
-    let mut output = io::BufWriter::new(io::stdout().lock());
+    let mut output = io::BufWriter::new(io::stdout());
     serve(&mut input, &mut output, root)?;
     output.flush()
 }

@@ -20,6 +20,7 @@ use super::Ssh;
 use super::openssh::Pipe;
 use super::session::shell_quote;
 use crate::helper::proto;
+use crate::helper::proto_tree::SignatureStream;
 use crate::transport::{CopyCtx, OpenError, open_source, temp_name, verify_unchanged};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -88,53 +89,27 @@ fn delta_block(size: u64) -> u32 {
 /// Streamed records are written out past this size.
 const FLUSH: usize = 256 << 10;
 
-/// The BLAKE3 of each full `block` of the first `len` bytes of `f` (read
-/// at offsets: the descriptor's position is left alone). Computed while
-/// the helper computes its signature.
-fn hash_source(f: &std::fs::File, len: u64, block: u32) -> io::Result<Local> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; block as usize];
-    let mut aligned = Vec::with_capacity((len / block as u64) as usize);
-    let mut off = 0;
-    while off < len {
-        let n = (len - off).min(block as u64) as usize;
-        f.read_exact_at(&mut buf[..n], off)?;
-        if n == block as usize {
-            aligned.push(crate::rolling::strong(&buf[..n]));
-        }
-        off += n as u64;
-    }
-    Ok(aligned)
-}
-
-/// The source's aligned block sums.
-type Local = Vec<[u8; 32]>;
-
 /// Adjacent copies are merged up to this length, and a copy this long is
 /// written out at once, so that the helper copies while the source is
-/// still scanned here.
+/// still hashed or scanned here.
 const COPY_EAGER: u64 = 16 << 20;
 
-/// The data of a rolling delta against the target's `sig`: copies of its
-/// blocks (adjacent ones merged) and literal data, written out as they
-/// come. The leading blocks that are the target's own (by the BLAKE3 sums
-/// `aligned`, taken on the source) are copied without reading the source
-/// again; the scan starts after them. Returns the literal bytes and the
-/// file's own failure (a read error, a shutdown), if any; `Err`: the
-/// stream broke.
-fn send_rolling(
-    ch: &mut Box<dyn Pipe>,
-    out: &mut Vec<u8>,
-    input: &std::fs::File,
-    (sig, aligned): (&crate::rolling::Signature, &[[u8; 32]]),
-    ctx: &CopyCtx,
-) -> io::Result<(u64, Option<io::Error>)> {
-    use crate::rolling::Op;
-    use std::io::{Seek, Write};
-    let mut broke: Option<io::Error> = None;
-    let mut pending: Option<(u64, u64)> = None;
-    let mut emit = |op: Op| {
-        if ctx.cancelled() {
+/// The ops of a delta, written out as they come: copies of the target's
+/// blocks (adjacent ones merged) and literal data.
+struct Emit<'a> {
+    ch: &'a mut Box<dyn Pipe>,
+    out: &'a mut Vec<u8>,
+    ctx: &'a CopyCtx<'a>,
+    pending: Option<(u64, u64)>,
+    /// the stream broke (a write failed)
+    broke: Option<io::Error>,
+}
+
+impl Emit<'_> {
+    fn op(&mut self, op: crate::rolling::Op) -> io::Result<()> {
+        use crate::rolling::Op;
+        use std::io::Write;
+        if self.ctx.cancelled() {
             return Err(io::Error::new(
                 io::ErrorKind::Interrupted,
                 "aborted by shutdown",
@@ -143,52 +118,148 @@ fn send_rolling(
         let mut now = false;
         match op {
             Op::Copy { offset, len } => {
-                ctx.add_progress(len);
-                now = push_copy(&mut pending, (offset, len), out);
+                self.ctx.add_progress(len);
+                now = push_copy(&mut self.pending, (offset, len), self.out);
             }
             Op::Literal(d) => {
-                if let Some((at, l)) = pending.take() {
-                    proto::copy(at, l as u32, out);
+                if let Some((at, l)) = self.pending.take() {
+                    proto::copy(at, l as u32, self.out);
                 }
                 for c in d.chunks(proto::MAX_CHUNK as usize) {
-                    proto::chunk(c, out);
+                    proto::chunk(c, self.out);
                 }
-                ctx.add_progress(d.len() as u64);
+                self.ctx.add_progress(d.len() as u64);
             }
         }
-        if out.len() >= FLUSH || now {
-            if let Err(e) = ch.write_all(out) {
+        if self.out.len() >= FLUSH || now {
+            if let Err(e) = self.ch.write_all(self.out) {
                 let failed = io::Error::new(e.kind(), e.to_string());
-                broke = Some(e);
+                self.broke = Some(e);
                 return Err(failed);
             }
-            out.clear();
+            self.out.clear();
         }
         Ok(())
-    };
-    let bl = sig.block as u64;
-    let start = crate::rolling::leading_run(sig, aligned) as u64 * bl;
-    let mut r = Ok(());
-    let mut at = 0;
-    while at < start && r.is_ok() {
-        let len = (start - at).min(COPY_EAGER.max(bl) / bl * bl);
-        r = emit(Op::Copy { offset: at, len });
-        at += len;
     }
-    let r = r
-        .and_then(|()| (&*input).seek(io::SeekFrom::Start(start)))
-        .and_then(|_| crate::rolling::delta_from(input, start, sig, aligned, &mut emit));
-    if let Some(e) = broke {
-        return Err(helper_lost(e));
-    }
-    if let Some((at, l)) = pending.take() {
-        proto::copy(at, l as u32, out);
-    }
-    match r {
-        Ok(literal) => Ok((literal, None)),
-        Err(e) => Ok((0, Some(e))),
+
+    /// The copy still pending, written to `out`.
+    fn finish(&mut self) {
+        if let Some((at, l)) = self.pending.take() {
+            proto::copy(at, l as u32, self.out);
+        }
     }
 }
+
+/// The data of a rolling delta against the target's signature `basis`:
+/// copies of its blocks and literal data, written out as they come. A
+/// signature still coming is compared block by block at aligned offsets
+/// as its pieces arrive, and the leading blocks that are the target's own
+/// are copied at once (the helper copies while it still hashes); the scan
+/// starts at the first block that differs, once the whole signature is
+/// here. Returns the literal bytes and the file's own failure (a read
+/// error, a shutdown, the helper's reason not to use its signature), if
+/// any; `Err`: the stream broke.
+fn send_rolling(
+    ch: &mut Box<dyn Pipe>,
+    out: &mut Vec<u8>,
+    input: &std::fs::File,
+    basis: Basis,
+    ctx: &CopyCtx,
+) -> io::Result<(u64, Option<io::Error>)> {
+    use std::io::Seek;
+    let mut e = Emit {
+        ch,
+        out,
+        ctx,
+        pending: None,
+        broke: None,
+    };
+    let (sig, aligned, run, fail) = match basis {
+        Basis::Whole(sig) => (sig, Vec::new(), 0, None),
+        Basis::Streamed(st) => leading_blocks(&mut e, input, st)?,
+    };
+    let r = match fail {
+        Some(f) => Err(f),
+        None => Ok(()),
+    };
+    let start = run as u64 * sig.block as u64;
+    let r = r
+        .and_then(|()| (&*input).seek(io::SeekFrom::Start(start)))
+        .and_then(|_| crate::rolling::delta_from(input, start, &sig, &aligned, |op| e.op(op)));
+    if let Some(b) = e.broke {
+        return Err(helper_lost(b));
+    }
+    e.finish();
+    match r {
+        Ok(literal) => Ok((literal, None)),
+        Err(f) => Ok((0, Some(f))),
+    }
+}
+
+/// Compare the source's aligned blocks with the target's as the pieces of
+/// its signature come, copying the leading ones that are equal (by
+/// BLAKE3), then read the rest of the signature. Returns the signature,
+/// the source's aligned sums computed (up to the first block that
+/// differs), the number of leading blocks copied (the scan starts after
+/// them) and the file's own failure; `Err`: the stream broke (the whole
+/// signature is read otherwise, whatever happened).
+fn leading_blocks(e: &mut Emit, input: &std::fs::File, mut st: SignatureStream) -> io::Result<Leading> {
+    use crate::helper::proto_tree::{Piece, read_piece};
+    use std::os::unix::fs::FileExt;
+    let bl = st.sig.block;
+    let full = input.metadata().map_or(0, |m| m.len()) / bl as u64;
+    let mut buf = vec![0u8; bl];
+    let mut aligned: Vec<[u8; 32]> = Vec::new();
+    let mut ended: Option<Option<io::Error>> = None;
+    let mut fail: Option<io::Error> = None;
+    let mut k = 0usize;
+    while fail.is_none() && (k as u64) < full.min(st.count as u64) {
+        // hashed here while the helper hashes its next pieces
+        if let Err(err) = input.read_exact_at(&mut buf, k as u64 * bl as u64) {
+            fail = Some(err);
+            break;
+        }
+        aligned.push(crate::rolling::strong(&buf));
+        while st.sig.strong.len() <= k && ended.is_none() {
+            match read_piece(e.ch, &mut st).map_err(helper_lost)? {
+                Piece::Sums => {}
+                Piece::Done => ended = Some(None),
+                Piece::Failed(f) => ended = Some(Some(f)),
+            }
+        }
+        if st.sig.strong.get(k) != aligned.last() {
+            break;
+        }
+        let copy = crate::rolling::Op::Copy {
+            offset: k as u64 * bl as u64,
+            len: bl as u64,
+        };
+        if let Err(err) = e.op(copy) {
+            if e.broke.is_some() {
+                return Err(helper_lost(err));
+            }
+            fail = Some(err);
+        }
+        k += 1;
+    }
+    // past the leading blocks: the scan needs the whole signature
+    while ended.is_none() {
+        match read_piece(e.ch, &mut st).map_err(helper_lost)? {
+            Piece::Sums => {}
+            Piece::Done => ended = Some(None),
+            Piece::Failed(f) => ended = Some(Some(f)),
+        }
+    }
+    Ok((st.sig, aligned, k, fail.or(ended.flatten())))
+}
+
+/// What [`leading_blocks`] found.
+type Leading = (
+    crate::rolling::Signature,
+    Vec<[u8; 32]>,
+    usize,
+    Option<io::Error>,
+);
 
 /// Merge a copy into `pending` or write `pending` out to `out`; `true`
 /// when a copy of [`COPY_EAGER`] was written (to be sent at once).
@@ -222,8 +293,13 @@ fn helper_lost(e: impl std::fmt::Display) -> io::Error {
 
 /// A source opened for copying, with its state then.
 type Opened = (std::fs::File, std::fs::Metadata);
-/// The target's rolling signature of a file, and the source's sums.
-type Basis = (crate::rolling::Signature, Local);
+/// The target's rolling signature of a file: read whole, or still coming
+/// (the batch's last one asked: its pieces are read while its delta is
+/// sent, and the helper applies that delta while it still hashes).
+enum Basis {
+    Whole(crate::rolling::Signature),
+    Streamed(SignatureStream),
+}
 
 impl Ssh {
     /// Copy files through the remote helper: all records of the batch go
@@ -250,11 +326,14 @@ impl Ssh {
             })
             .collect();
         let ch = self.helper.as_mut().expect("helper started");
-        let opened = open_big(items, &mut results, ctx);
-        let mut hashes = ask_hashes(ch, &paths, &opened, &mut out)?;
+        let mut opened = open_big(items, &mut results, ctx);
+        let (mut hashes, first) = ask_hashes(ch, &paths, &opened, &mut out)?;
         let mut buf = vec![0u8; 128 << 10];
         let mut sent: Vec<(usize, u64)> = Vec::with_capacity(items.len());
-        for (k, (o, (_, src))) in opened.into_iter().zip(items).enumerate() {
+        // the file whose signature is still coming goes first
+        let order = first.into_iter().chain((0..items.len()).filter(|&k| Some(k) != first));
+        for k in order {
+            let (o, src) = (opened[k].take(), &items[k].1);
             if results[k].is_some() {
                 continue;
             }
@@ -316,14 +395,18 @@ fn open_big(
     opened
 }
 
-/// Big files: the rolling signatures of their versions on the target.
-/// `None` for a file with none there (a new file, …): it is sent whole.
+/// Big files: the rolling signatures of their versions on the target,
+/// all but the last one asked read whole; the last one's head only (the
+/// index of that file is returned: it must be sent first, its pieces
+/// read as it is sent). `None` for a file with none there (a new file,
+/// …): it is sent whole.
 fn ask_hashes(
     ch: &mut Box<dyn Pipe>,
     paths: &[(Vec<u8>, Vec<u8>)],
     opened: &[Option<Opened>],
     out: &mut Vec<u8>,
-) -> io::Result<Vec<Option<Basis>>> {
+) -> io::Result<(Vec<Option<Basis>>, Option<usize>)> {
+    use crate::helper::proto_tree::{read_signature, read_signature_head, signature_request};
     use std::io::Write;
     let mut sigs: Vec<Option<Basis>> = opened.iter().map(|_| None).collect();
     let mut asked = Vec::new();
@@ -332,39 +415,27 @@ fn ask_hashes(
             && md.len() >= DELTA_MIN
         {
             let block = delta_block(md.len());
-            crate::helper::proto_tree::signature_request(&paths[k].1, block, out);
+            signature_request(&paths[k].1, block, out);
             asked.push((k, block));
         }
     }
-    if asked.is_empty() {
-        return Ok(sigs);
-    }
+    let Some(&(last, last_block)) = asked.last() else {
+        return Ok((sigs, None));
+    };
     ch.write_all(out).map_err(helper_lost)?;
     out.clear();
-    // the source is hashed here while the helper reads the target there
-    let (remote, local) = std::thread::scope(|sc| {
-        let local: Vec<_> = asked
-            .iter()
-            .map(|&(k, block)| {
-                let (f, md) = opened[k].as_ref().expect("asked for opened files");
-                sc.spawn(move || hash_source(f, md.len(), block))
-            })
-            .collect();
-        let remote: Vec<_> = asked
-            .iter()
-            .map(|&(_, block)| crate::helper::proto_tree::read_signature(ch, block))
-            .collect();
-        (
-            remote,
-            local.into_iter().map(|t| t.join()).collect::<Vec<_>>(),
-        )
-    });
-    for ((&(k, _), r), l) in asked.iter().zip(remote).zip(local) {
-        if let (Ok((_, sig)), Ok(Ok(mine))) = (r.map_err(helper_lost)?, l) {
-            sigs[k] = Some((sig, mine));
+    for &(k, block) in &asked[..asked.len() - 1] {
+        if let Ok((_, sig)) = read_signature(ch, block).map_err(helper_lost)? {
+            sigs[k] = Some(Basis::Whole(sig));
         }
     }
-    Ok(sigs)
+    match read_signature_head(ch, last_block).map_err(helper_lost)? {
+        Ok(st) => {
+            sigs[last] = Some(Basis::Streamed(st));
+            Ok((sigs, Some(last)))
+        }
+        Err(_) => Ok((sigs, None)),
+    }
 }
 
 /// One file's record being sent.
@@ -406,7 +477,7 @@ impl FileOut<'_> {
         let is_delta = basis.is_some();
         let (n, mut fail) = match basis {
             // a delta: copies of the blocks found, literal data between
-            Some((sig, aligned)) => send_rolling(ch, out, &self.input, (&sig, &aligned), ctx)?,
+            Some(basis) => send_rolling(ch, out, &self.input, basis, ctx)?,
             None => self.send_whole(ch, out, buf, ctx)?,
         };
         // (a delta reads the whole source)
