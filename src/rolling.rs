@@ -345,14 +345,89 @@ pub fn leading_run(sig: &Signature, aligned: &[[u8; 32]]) -> usize {
 /// version's first `start / block` ones (see [`leading_run`]), copied by
 /// the caller.
 pub fn delta_from(
-    mut src: impl Read,
+    src: impl Read,
     start: u64,
     sig: &Signature,
     aligned: &[[u8; 32]],
+    emit: impl FnMut(Op) -> io::Result<()>,
+) -> io::Result<u64> {
+    scan(src, start, (Sigs::Whole(sig), 0), aligned, emit)
+}
+
+/// How far past a window (in the old version's bytes) a signature still
+/// coming must have come before the window is matched: a block moved
+/// further forward than this is found only where the signature came
+/// sooner (else sent literally; the result is exact either way).
+pub const LOOKAHEAD: u64 = 64 << 20;
+
+/// [`delta_from`] against a signature still coming: `sig` holds the
+/// blocks' sums that came, `total` the number announced; `more` reads the
+/// next ones into it (`Ok(false)`: no more will come). Before a window is
+/// matched, the signature covers the old version up to `lookahead` bytes
+/// past it (or is complete; [`LOOKAHEAD`] is the one to use), so that the
+/// scan runs while the rest is computed.
+pub fn delta_growing(
+    src: impl Read,
+    start: u64,
+    (sig, total, lookahead): (&mut Signature, usize, u64),
+    more: &mut dyn FnMut(&mut Signature) -> io::Result<bool>,
+    aligned: &[[u8; 32]],
+    emit: impl FnMut(Op) -> io::Result<()>,
+) -> io::Result<u64> {
+    let ahead = (lookahead / sig.block.max(1) as u64) as usize + 1;
+    let sigs = Sigs::Growing { sig, total, more };
+    scan(src, start, (sigs, ahead), aligned, emit)
+}
+
+/// A scan's signature: whole, or still coming.
+enum Sigs<'a> {
+    Whole(&'a Signature),
+    Growing {
+        sig: &'a mut Signature,
+        total: usize,
+        more: &'a mut dyn FnMut(&mut Signature) -> io::Result<bool>,
+    },
+}
+
+impl Sigs<'_> {
+    fn get(&self) -> &Signature {
+        match self {
+            Sigs::Whole(s) => s,
+            Sigs::Growing { sig, .. } => sig,
+        }
+    }
+
+    fn total(&self) -> usize {
+        match self {
+            Sigs::Whole(s) => s.weak.len(),
+            Sigs::Growing { total, .. } => *total,
+        }
+    }
+
+    /// Read sums until the first `blocks` (or all) came.
+    fn cover(&mut self, blocks: usize) -> io::Result<()> {
+        if let Sigs::Growing { sig, total, more } = self {
+            while sig.weak.len() < blocks.min(*total) {
+                if !more(sig)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The scan of [`delta_from`] and [`delta_growing`] (`ahead`: blocks the
+/// signature must cover past the window, if it is still coming).
+fn scan(
+    mut src: impl Read,
+    start: u64,
+    (mut sigs, ahead): (Sigs, usize),
+    aligned: &[[u8; 32]],
     mut emit: impl FnMut(Op) -> io::Result<()>,
 ) -> io::Result<u64> {
-    let bl = sig.block;
-    let mut m = Matcher::new(sig, aligned);
+    let bl = sigs.get().block;
+    let mut m = Matcher::new(aligned);
     m.next = Some((start / bl.max(1) as u64) as u32);
     // buf[lit..pos] is pending literal; buf[pos..pos + bl] the window
     let mut buf: Vec<u8> = Vec::with_capacity(LITERAL_MAX + 2 * bl);
@@ -383,12 +458,17 @@ pub fn delta_from(
             buf.truncate(have + n);
             eof = have + n < want;
         }
-        if bl == 0 || buf.len() < pos + bl || sig.weak.is_empty() {
+        if bl == 0 || buf.len() < pos + bl || sigs.total() == 0 {
             // no whole window left: the rest is literal
             flush(&buf[lit..], &mut emit)?;
             return Ok(literal);
         }
-        if let Some(i) = m.find(&buf[pos..pos + bl], base + pos as u64) {
+        let at = base + pos as u64;
+        if m.known < sigs.total() {
+            sigs.cover((at / bl as u64) as usize + ahead)?;
+            m.absorb(sigs.get());
+        }
+        if let Some(i) = m.find(sigs.get(), &buf[pos..pos + bl], at) {
             flush(&buf[lit..pos], &mut emit)?;
             emit(Op::Copy {
                 offset: i as u64 * bl as u64,
@@ -413,13 +493,15 @@ pub fn delta_from(
     }
 }
 
-/// Finds the block a window holds: the weak sums' table and tags, the
-/// window's rolling sum, the block expected next.
+/// Finds the block a window holds: the weak sums' table and tags (of the
+/// blocks whose sums came), the window's rolling sum, the block expected
+/// next.
 struct Matcher<'a> {
-    sig: &'a Signature,
     aligned: &'a [[u8; 32]],
     table: HashMap<u32, Vec<u32>>,
     tags: Vec<u64>,
+    /// the blocks in the table
+    known: usize,
     /// the window's weak sum (`None` right after a match: not computed)
     roll: Option<Rolling>,
     /// the block after the last one matched
@@ -427,27 +509,30 @@ struct Matcher<'a> {
 }
 
 impl<'a> Matcher<'a> {
-    fn new(sig: &'a Signature, aligned: &'a [[u8; 32]]) -> Matcher<'a> {
-        let mut table: HashMap<u32, Vec<u32>> = HashMap::new();
-        let mut tags = vec![0u64; 1 << 10];
-        for (i, w) in sig.weak.iter().enumerate() {
-            table.entry(*w).or_default().push(i as u32);
-            let t = tag(*w);
-            tags[t >> 6] |= 1 << (t & 63);
-        }
+    fn new(aligned: &'a [[u8; 32]]) -> Matcher<'a> {
         Matcher {
-            sig,
             aligned,
-            table,
-            tags,
+            table: HashMap::new(),
+            tags: vec![0u64; 1 << 10],
+            known: 0,
             roll: None,
             next: Some(0),
         }
     }
 
-    /// The BLAKE3 of the window at source offset `at`.
-    fn strong(&self, at: u64, window: &[u8]) -> [u8; 32] {
-        let bl = self.sig.block.max(1) as u64;
+    /// Put the blocks of `sig` not yet known in the table.
+    fn absorb(&mut self, sig: &Signature) {
+        for (i, w) in sig.weak.iter().enumerate().skip(self.known) {
+            self.table.entry(*w).or_default().push(i as u32);
+            let t = tag(*w);
+            self.tags[t >> 6] |= 1 << (t & 63);
+        }
+        self.known = sig.weak.len();
+    }
+
+    /// The BLAKE3 of the window at source offset `at` (blocks of `bl`).
+    fn strong(&self, bl: usize, at: u64, window: &[u8]) -> [u8; 32] {
+        let bl = bl.max(1) as u64;
         match self.aligned.get((at / bl) as usize) {
             Some(s) if at.is_multiple_of(bl) => *s,
             _ => strong(window),
@@ -457,14 +542,13 @@ impl<'a> Matcher<'a> {
     /// The block `window` (at source offset `at`) holds, if any: right
     /// after a match (or at the start) the next block is tried first, by
     /// its BLAKE3, before any weak sum is computed.
-    fn find(&mut self, window: &[u8], at: u64) -> Option<u32> {
-        let sig = self.sig;
+    fn find(&mut self, sig: &Signature, window: &[u8], at: u64) -> Option<u32> {
         let mut strong_here: Option<[u8; 32]> = None;
         let mut hit = None;
         if self.roll.is_none()
             && let Some(j) = self.next.filter(|&j| (j as usize) < sig.strong.len())
         {
-            let s = self.strong(at, window);
+            let s = self.strong(sig.block, at, window);
             if sig.strong[j as usize] == s {
                 hit = Some(j);
             }
@@ -479,7 +563,7 @@ impl<'a> Matcher<'a> {
             if self.tags[t >> 6] & (1 << (t & 63)) != 0
                 && let Some(cands) = self.table.get(&d)
             {
-                let strong = strong_here.unwrap_or_else(|| self.strong(at, window));
+                let strong = strong_here.unwrap_or_else(|| self.strong(sig.block, at, window));
                 hit = cands
                     .iter()
                     .copied()
@@ -698,6 +782,83 @@ mod tests {
         assert_eq!(apply(b"", b"abc", &sig).0, b"abc");
         let sig = Signature::of(&b"abc"[..], 512).unwrap();
         assert_eq!(apply(b"abc", b"", &sig).0, b"");
+    }
+
+    /// Rebuild `new` from `old` with the signature coming in pieces of
+    /// `piece` blocks as the scan asks for them (`lookahead` bytes):
+    /// (rebuilt, literal bytes, the pieces read when the first op came).
+    fn apply_growing(
+        old: &[u8],
+        new: &[u8],
+        block: usize,
+        piece: usize,
+        lookahead: u64,
+    ) -> (Vec<u8>, u64, Option<usize>) {
+        let whole = Signature::of(old, block).unwrap();
+        let mut sig = Signature {
+            block,
+            ..Default::default()
+        };
+        let pieces = std::cell::Cell::new(0);
+        let mut more = |s: &mut Signature| {
+            let at = s.weak.len();
+            let end = (at + piece).min(whole.weak.len());
+            s.weak.extend_from_slice(&whole.weak[at..end]);
+            s.strong.extend_from_slice(&whole.strong[at..end]);
+            pieces.set(pieces.get() + 1);
+            Ok(end > at)
+        };
+        let (mut out, mut first) = (Vec::new(), None);
+        let total = whole.weak.len();
+        let lit = delta_growing(new, 0, (&mut sig, total, lookahead), &mut more, &[], |op| {
+            first.get_or_insert(pieces.get());
+            match op {
+                Op::Copy { offset, len } => {
+                    out.extend_from_slice(&old[offset as usize..(offset + len) as usize])
+                }
+                Op::Literal(d) => out.extend_from_slice(d),
+            }
+            Ok(())
+        })
+        .unwrap();
+        (out, lit, first)
+    }
+
+    #[test]
+    fn a_signature_still_coming_rebuilds_exactly_and_is_read_as_needed() {
+        for seed in 1..30u64 {
+            let old = pseudo(40_000 + seed as usize * 53, seed);
+            let mut new = old.clone();
+            let r = pseudo(8, seed + 200);
+            let at = (r[0] as usize * 151) % new.len();
+            let (range, with) = match seed % 4 {
+                0 => (at..at, pseudo(r[1] as usize + 1, seed)),
+                1 => (at..(at + r[1] as usize).min(new.len()), vec![]),
+                2 => (at..(at + 3).min(new.len()), pseudo(9, seed)),
+                _ => (0..0, vec![r[2]]),
+            };
+            new.splice(range, with);
+            let sig = Signature::of(&old[..], 512).unwrap();
+            let (_, want_lit) = apply(&old, &new, &sig);
+            for (piece, ahead) in [(1, 0), (3, 1024), (7, 4096), (1000, 0)] {
+                let (got, lit, _) = apply_growing(&old, &new, 512, piece, ahead);
+                assert!(got == new, "seed {seed} piece {piece} ahead {ahead}");
+                // nothing moved further than 256 bytes here: with that
+                // much signature ahead, the same literal data as whole
+                if ahead >= 1024 {
+                    assert_eq!(lit, want_lit, "seed {seed} piece {piece}");
+                }
+            }
+        }
+        // one byte inserted at the start: the first ops come long before
+        // the last of 200 pieces of 1 block
+        let old = pseudo(200 * 512, 77);
+        let mut new = vec![b'!'];
+        new.extend_from_slice(&old);
+        let (got, lit, first) = apply_growing(&old, &new, 512, 1, 2048);
+        assert!(got == new);
+        assert_eq!(lit, 1);
+        assert!(first.unwrap() < 10, "first op after {first:?} pieces");
     }
 
     /// The case: one byte inserted at the start of a 64 MiB file

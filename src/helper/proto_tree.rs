@@ -252,34 +252,36 @@ pub fn read_signature_head(
     Ok(Ok(SignatureStream { size, count, sig }))
 }
 
-/// Read the next piece of a signature reply (or its end) into `st`; more
-/// sums than announced, or fewer at a successful end, are refused.
-pub fn read_piece(r: &mut dyn Read, st: &mut SignatureStream) -> io::Result<Piece> {
+/// Read the next piece of a signature reply (or its end) into `sig`, of
+/// `count` blocks announced; more sums than announced, or fewer at a
+/// successful end, are refused.
+pub fn read_piece(
+    r: &mut dyn Read,
+    count: u32,
+    sig: &mut crate::rolling::Signature,
+) -> io::Result<Piece> {
     let k = u32_of(r)?;
-    let have = st.sig.weak.len() as u64;
+    let have = sig.weak.len() as u64;
     if k == 0 {
         return match status(r)? {
             Err(e) => Ok(Piece::Failed(e)),
-            Ok(()) if have == st.count as u64 => Ok(Piece::Done),
+            Ok(()) if have == count as u64 => Ok(Piece::Done),
             Ok(()) => Err(bad(format!(
-                "{have} block hashes sent of {} announced",
-                st.count
+                "{have} block hashes sent of {count} announced"
             ))),
         };
     }
-    if k > MAX_PIECE || have + k as u64 > st.count as u64 {
+    if k > MAX_PIECE || have + k as u64 > count as u64 {
         return Err(bad(format!(
-            "a piece of {k} block hashes after {have} of {} announced (at most {MAX_PIECE} a piece)",
-            st.count
+            "a piece of {k} block hashes after {have} of {count} announced (at most {MAX_PIECE} a piece)"
         )));
     }
     for _ in 0..k {
         let mut b = [0u8; 36];
         r.read_exact(&mut b)?;
-        st.sig
-            .weak
+        sig.weak
             .push(u32::from_le_bytes(b[..4].try_into().unwrap()));
-        st.sig.strong.push(b[4..].try_into().unwrap());
+        sig.strong.push(b[4..].try_into().unwrap());
     }
     Ok(Piece::Sums)
 }
@@ -295,7 +297,7 @@ pub fn read_signature(
         Err(e) => return Ok(Err(e)),
     };
     loop {
-        match read_piece(r, &mut st)? {
+        match read_piece(r, st.count, &mut st.sig)? {
             Piece::Sums => {}
             Piece::Done => return Ok(Ok((st.size, st.sig))),
             Piece::Failed(e) => return Ok(Err(e)),

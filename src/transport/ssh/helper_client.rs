@@ -95,14 +95,24 @@ const FLUSH: usize = 256 << 10;
 const COPY_EAGER: u64 = 16 << 20;
 
 /// The ops of a delta, written out as they come: copies of the target's
-/// blocks (adjacent ones merged) and literal data.
+/// blocks (adjacent ones merged) and literal data; and the pieces of its
+/// signature still coming, read as they are needed.
 struct Emit<'a> {
     ch: &'a mut Box<dyn Pipe>,
     out: &'a mut Vec<u8>,
     ctx: &'a CopyCtx<'a>,
     pending: Option<(u64, u64)>,
-    /// the stream broke (a write failed)
+    /// the stream broke (a write or read failed)
     broke: Option<io::Error>,
+    /// the blocks the signature announced
+    count: u32,
+    /// the signature's end came: done, or the helper's reason not to use it
+    ended: Option<Option<io::Error>>,
+}
+
+/// A copy of an error (the original is kept).
+fn again(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
 }
 
 impl Emit<'_> {
@@ -133,13 +143,42 @@ impl Emit<'_> {
         }
         if self.out.len() >= FLUSH || now {
             if let Err(e) = self.ch.write_all(self.out) {
-                let failed = io::Error::new(e.kind(), e.to_string());
+                let failed = again(&e);
                 self.broke = Some(e);
                 return Err(failed);
             }
             self.out.clear();
         }
         Ok(())
+    }
+
+    /// Read the next piece of the signature into `sig`; `Ok(false)`: it
+    /// ended (all its sums came); `Err`: the helper's reason not to use
+    /// it, or the stream broke.
+    fn more(&mut self, sig: &mut crate::rolling::Signature) -> io::Result<bool> {
+        use crate::helper::proto_tree::{Piece, read_piece};
+        match &self.ended {
+            Some(None) => return Ok(false),
+            Some(Some(f)) => return Err(again(f)),
+            None => {}
+        }
+        match read_piece(self.ch, self.count, sig) {
+            Ok(Piece::Sums) => Ok(true),
+            Ok(Piece::Done) => {
+                self.ended = Some(None);
+                Ok(false)
+            }
+            Ok(Piece::Failed(f)) => {
+                let failed = again(&f);
+                self.ended = Some(Some(f));
+                Err(failed)
+            }
+            Err(e) => {
+                let failed = again(&e);
+                self.broke = Some(e);
+                Err(failed)
+            }
+        }
     }
 
     /// The copy still pending, written to `out`.
@@ -154,11 +193,13 @@ impl Emit<'_> {
 /// copies of its blocks and literal data, written out as they come. A
 /// signature still coming is compared block by block at aligned offsets
 /// as its pieces arrive, and the leading blocks that are the target's own
-/// are copied at once (the helper copies while it still hashes); the scan
-/// starts at the first block that differs, once the whole signature is
-/// here. Returns the literal bytes and the file's own failure (a read
-/// error, a shutdown, the helper's reason not to use its signature), if
-/// any; `Err`: the stream broke.
+/// are copied at once (the helper copies while it still hashes); from the
+/// first block that differs the source is scanned, the signature's pieces
+/// read as the scan needs them (see `rolling::delta_growing`). Returns
+/// the literal bytes and the file's own failure (a read error, a
+/// shutdown, the helper's reason not to use its signature), if any;
+/// `Err`: the stream broke. The whole signature is read whatever happens
+/// to the file (the stream stays in step).
 fn send_rolling(
     ch: &mut Box<dyn Pipe>,
     out: &mut Vec<u8>,
@@ -167,25 +208,41 @@ fn send_rolling(
     ctx: &CopyCtx,
 ) -> io::Result<(u64, Option<io::Error>)> {
     use std::io::Seek;
-    let mut e = Emit {
+    // (a whole signature has ended; the end of one still coming is read)
+    let (mut sig, count, ended) = match basis {
+        Basis::Whole(sig) => {
+            let n = sig.weak.len() as u32;
+            (sig, n, Some(None))
+        }
+        Basis::Streamed(st) => (st.sig, st.count, None),
+    };
+    let e = std::cell::RefCell::new(Emit {
         ch,
         out,
         ctx,
         pending: None,
         broke: None,
-    };
-    let (sig, aligned, run, fail) = match basis {
-        Basis::Whole(sig) => (sig, Vec::new(), 0, None),
-        Basis::Streamed(st) => leading_blocks(&mut e, input, st)?,
-    };
-    let r = match fail {
-        Some(f) => Err(f),
-        None => Ok(()),
-    };
+        count,
+        ended,
+    });
+    let (aligned, run, r) = leading_blocks(&mut e.borrow_mut(), input, &mut sig);
     let start = run as u64 * sig.block as u64;
     let r = r
         .and_then(|()| (&*input).seek(io::SeekFrom::Start(start)))
-        .and_then(|_| crate::rolling::delta_from(input, start, &sig, &aligned, |op| e.op(op)));
+        .and_then(|_| {
+            let mut more = |s: &mut crate::rolling::Signature| e.borrow_mut().more(s);
+            crate::rolling::delta_growing(
+                input,
+                start,
+                (&mut sig, count as usize, crate::rolling::LOOKAHEAD),
+                &mut more,
+                &aligned,
+                |op| e.borrow_mut().op(op),
+            )
+        });
+    let mut e = e.into_inner();
+    // (a failed file: the rest of the signature is read all the same)
+    while e.broke.is_none() && e.ended.is_none() && e.more(&mut sig).is_ok() {}
     if let Some(b) = e.broke {
         return Err(helper_lost(b));
     }
@@ -198,36 +255,34 @@ fn send_rolling(
 
 /// Compare the source's aligned blocks with the target's as the pieces of
 /// its signature come, copying the leading ones that are equal (by
-/// BLAKE3), then read the rest of the signature. Returns the signature,
-/// the source's aligned sums computed (up to the first block that
-/// differs), the number of leading blocks copied (the scan starts after
-/// them) and the file's own failure; `Err`: the stream broke (the whole
-/// signature is read otherwise, whatever happened).
-fn leading_blocks(e: &mut Emit, input: &std::fs::File, mut st: SignatureStream) -> io::Result<Leading> {
-    use crate::helper::proto_tree::{Piece, read_piece};
+/// BLAKE3; each source block hashed while the helper hashes its next
+/// pieces). Returns the source's aligned sums computed (up to the first
+/// block that differs), the number of leading blocks copied (the scan
+/// starts after them) and the file's own failure, if any.
+fn leading_blocks(
+    e: &mut Emit,
+    input: &std::fs::File,
+    sig: &mut crate::rolling::Signature,
+) -> (Vec<[u8; 32]>, usize, io::Result<()>) {
     use std::os::unix::fs::FileExt;
-    let bl = st.sig.block;
+    let bl = sig.block;
     let full = input.metadata().map_or(0, |m| m.len()) / bl as u64;
     let mut buf = vec![0u8; bl];
     let mut aligned: Vec<[u8; 32]> = Vec::new();
-    let mut ended: Option<Option<io::Error>> = None;
-    let mut fail: Option<io::Error> = None;
     let mut k = 0usize;
-    while fail.is_none() && (k as u64) < full.min(st.count as u64) {
-        // hashed here while the helper hashes its next pieces
+    while (k as u64) < full.min(e.count as u64) {
         if let Err(err) = input.read_exact_at(&mut buf, k as u64 * bl as u64) {
-            fail = Some(err);
-            break;
+            return (aligned, k, Err(err));
         }
         aligned.push(crate::rolling::strong(&buf));
-        while st.sig.strong.len() <= k && ended.is_none() {
-            match read_piece(e.ch, &mut st).map_err(helper_lost)? {
-                Piece::Sums => {}
-                Piece::Done => ended = Some(None),
-                Piece::Failed(f) => ended = Some(Some(f)),
+        while sig.strong.len() <= k {
+            match e.more(sig) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(err) => return (aligned, k, Err(err)),
             }
         }
-        if st.sig.strong.get(k) != aligned.last() {
+        if sig.strong.get(k) != aligned.last() {
             break;
         }
         let copy = crate::rolling::Op::Copy {
@@ -235,31 +290,12 @@ fn leading_blocks(e: &mut Emit, input: &std::fs::File, mut st: SignatureStream) 
             len: bl as u64,
         };
         if let Err(err) = e.op(copy) {
-            if e.broke.is_some() {
-                return Err(helper_lost(err));
-            }
-            fail = Some(err);
+            return (aligned, k, Err(err));
         }
         k += 1;
     }
-    // past the leading blocks: the scan needs the whole signature
-    while ended.is_none() {
-        match read_piece(e.ch, &mut st).map_err(helper_lost)? {
-            Piece::Sums => {}
-            Piece::Done => ended = Some(None),
-            Piece::Failed(f) => ended = Some(Some(f)),
-        }
-    }
-    Ok((st.sig, aligned, k, fail.or(ended.flatten())))
+    (aligned, k, Ok(()))
 }
-
-/// What [`leading_blocks`] found.
-type Leading = (
-    crate::rolling::Signature,
-    Vec<[u8; 32]>,
-    usize,
-    Option<io::Error>,
-);
 
 /// Merge a copy into `pending` or write `pending` out to `out`; `true`
 /// when a copy of [`COPY_EAGER`] was written (to be sent at once).
@@ -331,7 +367,9 @@ impl Ssh {
         let mut buf = vec![0u8; 128 << 10];
         let mut sent: Vec<(usize, u64)> = Vec::with_capacity(items.len());
         // the file whose signature is still coming goes first
-        let order = first.into_iter().chain((0..items.len()).filter(|&k| Some(k) != first));
+        let order = first
+            .into_iter()
+            .chain((0..items.len()).filter(|&k| Some(k) != first));
         for k in order {
             let (o, src) = (opened[k].take(), &items[k].1);
             if results[k].is_some() {
