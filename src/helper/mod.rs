@@ -709,6 +709,107 @@ mod tests {
         assert!(!d.path().join(tmp).exists());
     }
 
+    /// A helper served over a socket pair: (its input, its output, the
+    /// server thread).
+    type Served = (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+        std::thread::JoinHandle<io::Result<()>>,
+    );
+
+    fn served(root: &Path) -> Served {
+        let (tx_in, rx_in) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx_out, mut rx_out) = std::os::unix::net::UnixStream::pair().unwrap();
+        let root = root.to_path_buf();
+        let server = std::thread::spawn(move || {
+            let mut w = tx_out;
+            serve(&mut io::BufReader::new(rx_in), &mut w, &root)
+        });
+        let mut g = vec![0u8; GREETING.len()];
+        rx_out.read_exact(&mut g).unwrap();
+        (tx_in, rx_out, server)
+    }
+
+    #[test]
+    fn a_delta_is_applied_while_its_signature_streams_and_a_change_meanwhile_is_refused() {
+        use super::proto_tree::{Piece, read_piece, read_signature_head, signature_request};
+        let d = tempfile::tempdir().unwrap();
+        let fin = d.path().join("big");
+        let tmp = Path::new(".syncjob-tmp.1.1.big");
+        let old: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        std::fs::write(&fin, &old).unwrap();
+        let blocks = old.len() / 4096;
+        let delta_header = |input: &mut Vec<u8>| {
+            let h = FileHeader {
+                basis: true,
+                tmp: tmp.as_os_str().as_bytes(),
+                fin: b"big",
+                mode: 0o600,
+                mtime: 0,
+                mtime_ns: 0,
+                owner: None,
+            };
+            header(&h, input)
+        };
+        // the rest of a signature, and whether it ended well
+        let rest = |r: &mut std::os::unix::net::UnixStream, st: &mut _| loop {
+            match read_piece(r, blocks as u32, st).unwrap() {
+                Piece::Sums => {}
+                Piece::Done => return true,
+                Piece::Failed(_) => return false,
+            }
+        };
+        for change in [false, true] {
+            let (mut tx, mut rx, server) = served(d.path());
+            let mut input = Vec::new();
+            signature_request(b"big", 4096, &mut input);
+            // the delta goes before any piece of the signature is read
+            delta_header(&mut input);
+            copy(0, 40_960, &mut input);
+            tx.write_all(&input).unwrap();
+            let mut st = read_signature_head(&mut rx, 4096).unwrap().unwrap();
+            assert_eq!((st.size, st.count as usize), (old.len() as u64, blocks));
+            // the copy was made: the delta's start was checked
+            let t = d.path().join(tmp);
+            while std::fs::metadata(&t).map_or(0, |m| m.len()) < 40_960 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if change {
+                let mut f = std::fs::OpenOptions::new().append(true).open(&fin).unwrap();
+                f.write_all(b"changed on the target").unwrap();
+            }
+            // (a client reads the whole signature before the delta ends)
+            let ok = rest(&mut rx, &mut st.sig);
+            let mut input = Vec::new();
+            chunk(b"new tail", &mut input);
+            end(true, &mut input);
+            tx.write_all(&input).unwrap();
+            let r = read_reply(&mut rx).unwrap();
+            drop(tx);
+            server.join().unwrap().unwrap();
+            assert!(!t.exists());
+            if !change {
+                assert!(ok && r.is_ok(), "{r:?}");
+                assert_eq!(
+                    st.sig.strong[3],
+                    crate::rolling::strong(&old[3 * 4096..4 * 4096])
+                );
+                let mut want = old[..40_960].to_vec();
+                want.extend_from_slice(b"new tail");
+                assert!(std::fs::read(&fin).unwrap() == want);
+                std::fs::write(&fin, &old).unwrap();
+            } else {
+                // (the signature may or may not have seen the change)
+                let _ = ok;
+                let e = r.unwrap_err();
+                assert!(e.to_string().contains("changed while the delta"), "{e}");
+                let mut want = old.clone();
+                want.extend_from_slice(b"changed on the target");
+                assert!(std::fs::read(&fin).unwrap() == want, "not replaced");
+            }
+        }
+    }
+
     #[test]
     fn garbage_is_refused() {
         let mut out = Vec::new();
