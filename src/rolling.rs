@@ -13,8 +13,9 @@
 //! - The ops, applied in order, rebuild the source exactly: copies and
 //!   literals cover the source from offset 0 to its end without gap or
 //!   overlap (unit tests check this on random edits).
-//! - Memory is bounded: the source is streamed; at most one block plus
-//!   [`LITERAL_MAX`] of it is held, whatever its size.
+//! - Memory is bounded: the source is streamed; at most two blocks plus
+//!   [`LITERAL_MAX`] and a read's worth of it are held, whatever its size;
+//!   a signature still coming is held as it comes (at most the whole one).
 //!
 //! - A 64 Ki-bit table of the weak sums' low bits is checked before the
 //!   hash map, so that most non-matching offsets cost one bit test.
@@ -27,6 +28,9 @@ use std::io::{self, Read};
 
 /// Literal data is handed out in pieces of at most this size.
 pub const LITERAL_MAX: usize = 1 << 20;
+
+/// The source is read this much at a time by a scan.
+const READ: usize = 1 << 20;
 
 /// The weak checksum of a window: a polynomial (Rabin–Karp) rolling hash
 /// mod 2^32, `sum (x_i + 1) * B^(len-1-i)`. Not rsync's Adler-style sum of
@@ -429,9 +433,11 @@ fn scan(
     let bl = sigs.get().block;
     let mut m = Matcher::new(aligned);
     m.next = Some((start / bl.max(1) as u64) as u32);
-    // buf[lit..pos] is pending literal; buf[pos..pos + bl] the window
-    let mut buf: Vec<u8> = Vec::with_capacity(LITERAL_MAX + 2 * bl);
-    let (mut lit, mut pos) = (0usize, 0usize);
+    // buf[lit..pos] is pending literal; buf[pos..pos + bl] the window;
+    // buf[..end] was read (the buffer is never zeroed again: a reread
+    // moves only what is left of it to the front)
+    let mut buf: Vec<u8> = vec![0u8; LITERAL_MAX + 2 * bl + READ];
+    let (mut lit, mut pos, mut end) = (0usize, 0usize, 0usize);
     let mut eof = false;
     let mut literal = 0u64;
     // the source offset of buf[0]
@@ -446,21 +452,19 @@ fn scan(
     loop {
         // keep a whole window available (or everything left)
         // (and one byte past it, to roll)
-        if !eof && buf.len() <= pos + bl {
-            buf.drain(..lit);
+        if !eof && end <= pos + bl {
+            buf.copy_within(lit..end, 0);
             base += lit as u64;
-            pos -= lit;
-            lit = 0;
-            let want = (pos + bl + (256 << 10)).max(buf.len());
-            let have = buf.len();
-            buf.resize(want, 0);
-            let n = read_full(&mut src, &mut buf[have..])?;
-            buf.truncate(have + n);
-            eof = have + n < want;
+            (pos, end, lit) = (pos - lit, end - lit, 0);
+            // (pos <= LITERAL_MAX: pending literal is flushed past that)
+            let want = (pos + bl + READ).min(buf.len());
+            let n = read_full(&mut src, &mut buf[end..want])?;
+            eof = end + n < want;
+            end += n;
         }
-        if bl == 0 || buf.len() < pos + bl || sigs.total() == 0 {
+        if bl == 0 || end < pos + bl || sigs.total() == 0 {
             // no whole window left: the rest is literal
-            flush(&buf[lit..], &mut emit)?;
+            flush(&buf[lit..end], &mut emit)?;
             return Ok(literal);
         }
         let at = base + pos as u64;
@@ -482,12 +486,12 @@ fn scan(
             flush(&buf[lit..pos], &mut emit)?;
             lit = pos;
         }
-        if buf.len() > pos + bl {
+        if end > pos + bl {
             m.roll(buf[pos], buf[pos + bl]);
             pos += 1;
         } else {
             // at the end (the top read all there was): the rest is literal
-            flush(&buf[lit..], &mut emit)?;
+            flush(&buf[lit..end], &mut emit)?;
             return Ok(literal);
         }
     }
