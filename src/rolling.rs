@@ -362,14 +362,15 @@ pub fn delta_from(
 /// coming must have come before the window is matched: a block moved
 /// further forward than this is found only where the signature came
 /// sooner (else sent literally; the result is exact either way).
-pub const LOOKAHEAD: u64 = 64 << 20;
+pub const LOOKAHEAD: u64 = 16 << 20;
 
 /// [`delta_from`] against a signature still coming: `sig` holds the
 /// blocks' sums that came, `total` the number announced; `more` reads the
-/// next ones into it (`Ok(false)`: no more will come). Before a window is
-/// matched, the signature covers the old version up to `lookahead` bytes
-/// past it (or is complete; [`LOOKAHEAD`] is the one to use), so that the
-/// scan runs while the rest is computed.
+/// next ones into it (`Ok(false)`: no more will come). The block expected
+/// next (after a match) is awaited; before a window's weak sum is looked
+/// up, the signature covers the old version up to `lookahead` bytes past
+/// it (or is complete; [`LOOKAHEAD`] is the one to use). So the scan runs
+/// right behind the signature while the rest of it is computed.
 pub fn delta_growing(
     src: impl Read,
     start: u64,
@@ -467,12 +468,22 @@ fn scan(
             flush(&buf[lit..end], &mut emit)?;
             return Ok(literal);
         }
-        let at = base + pos as u64;
-        if m.known < sigs.total() {
-            sigs.cover((at / bl as u64) as usize + ahead)?;
-            m.absorb(sigs.get());
+        let (at, window) = (base + pos as u64, &buf[pos..pos + bl]);
+        // (a signature still coming: the expected block must have come;
+        // for a weak sum's lookup, the signature up to `ahead` past)
+        if let Some(j) = m.expected() {
+            sigs.cover(j as usize + 1)?;
         }
-        if let Some(i) = m.find(sigs.get(), &buf[pos..pos + bl], at) {
+        let (mut hit, strong_here) = m.by_next(sigs.get(), window, at);
+        if hit.is_none() {
+            if m.known < sigs.total() {
+                sigs.cover((at / bl as u64) as usize + ahead)?;
+                m.absorb(sigs.get());
+            }
+            hit = m.by_weak(sigs.get(), window, at, strong_here);
+        }
+        if let Some(i) = hit {
+            m.matched(i);
             flush(&buf[lit..pos], &mut emit)?;
             emit(Op::Copy {
                 offset: i as u64 * bl as u64,
@@ -543,42 +554,54 @@ impl<'a> Matcher<'a> {
         }
     }
 
-    /// The block `window` (at source offset `at`) holds, if any: right
-    /// after a match (or at the start) the next block is tried first, by
-    /// its BLAKE3, before any weak sum is computed.
-    fn find(&mut self, sig: &Signature, window: &[u8], at: u64) -> Option<u32> {
-        let mut strong_here: Option<[u8; 32]> = None;
-        let mut hit = None;
-        if self.roll.is_none()
-            && let Some(j) = self.next.filter(|&j| (j as usize) < sig.strong.len())
-        {
-            let s = self.strong(sig.block, at, window);
-            if sig.strong[j as usize] == s {
-                hit = Some(j);
+    /// The block tried first (right after a match, or at the start, before
+    /// any weak sum is computed), if any.
+    fn expected(&self) -> Option<u32> {
+        self.next.filter(|_| self.roll.is_none())
+    }
+
+    /// Whether `window` (at source offset `at`) holds the expected block,
+    /// by its BLAKE3; and that BLAKE3, if it was computed.
+    fn by_next(&self, sig: &Signature, window: &[u8], at: u64) -> (Option<u32>, Option<[u8; 32]>) {
+        match self.expected().filter(|&j| (j as usize) < sig.strong.len()) {
+            Some(j) => {
+                let s = self.strong(sig.block, at, window);
+                ((sig.strong[j as usize] == s).then_some(j), Some(s))
             }
-            strong_here = Some(s);
+            None => (None, None),
         }
-        if hit.is_none() {
-            let d = self
-                .roll
-                .get_or_insert_with(|| Rolling::new(window))
-                .digest();
-            let t = tag(d);
-            if self.tags[t >> 6] & (1 << (t & 63)) != 0
-                && let Some(cands) = self.table.get(&d)
-            {
-                let strong = strong_here.unwrap_or_else(|| self.strong(sig.block, at, window));
-                hit = cands
-                    .iter()
-                    .copied()
-                    .find(|&i| sig.strong[i as usize] == strong);
-            }
+    }
+
+    /// The block `window` (at source offset `at`) holds among those in the
+    /// table: its weak sum (rolled), then its BLAKE3 (`strong_here` if it
+    /// was computed).
+    fn by_weak(
+        &mut self,
+        sig: &Signature,
+        window: &[u8],
+        at: u64,
+        strong_here: Option<[u8; 32]>,
+    ) -> Option<u32> {
+        let d = self
+            .roll
+            .get_or_insert_with(|| Rolling::new(window))
+            .digest();
+        let t = tag(d);
+        if self.tags[t >> 6] & (1 << (t & 63)) == 0 {
+            return None;
         }
-        if let Some(i) = hit {
-            self.next = Some(i + 1);
-            self.roll = None;
-        }
-        hit
+        let cands = self.table.get(&d)?;
+        let strong = strong_here.unwrap_or_else(|| self.strong(sig.block, at, window));
+        cands
+            .iter()
+            .copied()
+            .find(|&i| sig.strong[i as usize] == strong)
+    }
+
+    /// Block `i` was found: the next one is expected.
+    fn matched(&mut self, i: u32) {
+        self.next = Some(i + 1);
+        self.roll = None;
     }
 
     /// The window moves one byte (after `find` found nothing).

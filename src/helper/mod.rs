@@ -346,7 +346,11 @@ fn receive<R: Read>(
 /// committed the file.
 /// Append `len` bytes of `basis` at `off` to `f`: in the kernel
 /// (`copy_file_range`: no copy through this process; a reflink where the
-/// filesystem shares blocks), else read and written.
+/// filesystem shares blocks), else read and written. Where the two
+/// offsets differ within a page (an insertion shifted the data), read and
+/// written: the kernel's copy of pages that do not line up cost more
+/// (measured on tmpfs, 255 MiB: 0.27 s of CPU, against 0.20 s through a
+/// buffer and 0.17 s for pages that line up).
 fn copy_range(
     basis: &File,
     mut off: u64,
@@ -361,7 +365,9 @@ fn copy_range(
             "copy beyond the end of the old version".into(),
         )
     };
-    let mut in_kernel = true;
+    use std::io::Seek;
+    let at = f.stream_position().map_err(|e| ctx("write", e))?;
+    let mut in_kernel = at % 4096 == off % 4096;
     while len > 0 {
         let step = len.min(64 << 20) as usize;
         if in_kernel {
