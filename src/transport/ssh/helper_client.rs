@@ -13,8 +13,18 @@
 //! rest of the file. Each copy is verified by its block's strong hash
 //! (found here on the source's window, given there for the target's
 //! block) and the helper checks that the target's file is the one it
-//! hashed (device, inode, size, mtime, ctime); the literal data is the
-//! source's bytes.
+//! hashed (device, inode, size, mtime, ctime), when the delta starts and
+//! when it is complete; the literal data is the source's bytes.
+//!
+//! The signature streams (protocol 4): the helper sends it in pieces as it
+//! computes them and applies the delta meanwhile. Of a batch's big files,
+//! the last one asked is sent first and its pieces are read as they are
+//! needed: its leading blocks are compared (source hashed here block by
+//! block) and copied as they come, then the rolling scan runs right behind
+//! the signature (`rolling::delta_growing`); the other files' signatures
+//! are read whole first. Every signature is read to its end whatever
+//! happens to its file, so that the stream stays in step, and before the
+//! file's record ends (the helper's next reply waits for it).
 
 use super::Ssh;
 use super::openssh::Pipe;
