@@ -518,7 +518,11 @@ pub fn main(root: Option<&Path>) -> io::Result<()> {
     };
     let stdin = io::stdin();
     let mut input = io::BufReader::with_capacity(1 << 20, stdin.lock());
-    let mut output = io::BufWriter::new(io::stdout());
+    // stdout as a plain file (a copy of its descriptor): the stream is
+    // binary, std's line buffering would split its writes at each 0x0A
+    use std::os::fd::AsFd;
+    let stdout = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+    let mut output = io::BufWriter::new(stdout);
     serve(&mut input, &mut output, root)?;
     output.flush()
 }
