@@ -27,6 +27,7 @@
 mod certs;
 mod config_parse;
 mod helper_client;
+mod helper_delta;
 mod helper_probe;
 mod helper_tree;
 mod jump;
