@@ -6,7 +6,8 @@
 //! Invariants:
 //! - Replies stay in record order: a write from the main thread first
 //!   waits for the streaming thread to end (the signature's pieces and its
-//!   status come whole before anything after them). A flush does not wait.
+//!   status come whole before anything after them). A flush does not wait
+//!   (the streaming thread flushes each of its writes itself).
 //! - At most one streaming thread at a time ([`Ordered::spawn`] settles
 //!   the previous one first); a failed write of that thread (the stream
 //!   broke) is returned by the next settle.
@@ -72,6 +73,12 @@ impl Write for Ordered<'_, '_> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_some() {
+            // nothing of this thread's is buffered (its writes wait for the
+            // streaming thread), and that thread flushes what it writes:
+            // no wait here for a write of that thread blocked on a full pipe
+            return Ok(());
+        }
         lock(self.shared).flush()
     }
 }
@@ -89,10 +96,12 @@ mod tests {
             std::thread::scope(|sc| {
                 let mut out = Ordered::new(&shared, sc);
                 out.spawn(move |w| {
-                    lock(w).write_all(b"piece1 ")?;
-                    // held until the main thread has flushed
+                    // the output held (as by a write blocked on a full
+                    // pipe) until the main thread has flushed
+                    let mut g = lock(w);
+                    g.write_all(b"piece1 ")?;
                     go_rx.recv().unwrap();
-                    lock(w).write_all(b"piece2 ")
+                    g.write_all(b"piece2 ")
                 })
                 .unwrap();
                 out.flush().unwrap();
