@@ -468,21 +468,8 @@ fn scan(
             flush(&buf[lit..end], &mut emit)?;
             return Ok(literal);
         }
-        let (at, window) = (base + pos as u64, &buf[pos..pos + bl]);
-        // (a signature still coming: the expected block must have come;
-        // for a weak sum's lookup, the signature up to `ahead` past)
-        if let Some(j) = m.expected() {
-            sigs.cover(j as usize + 1)?;
-        }
-        let (mut hit, strong_here) = m.by_next(sigs.get(), window, at);
-        if hit.is_none() {
-            if m.known < sigs.total() {
-                sigs.cover((at / bl as u64) as usize + ahead)?;
-                m.absorb(sigs.get());
-            }
-            hit = m.by_weak(sigs.get(), window, at, strong_here);
-        }
-        if let Some(i) = hit {
+        let at = base + pos as u64;
+        if let Some(i) = m.find(&mut sigs, ahead, &buf[pos..pos + bl], at)? {
             m.matched(i);
             flush(&buf[lit..pos], &mut emit)?;
             emit(Op::Copy {
@@ -552,6 +539,32 @@ impl<'a> Matcher<'a> {
             Some(s) if at.is_multiple_of(bl) => *s,
             _ => strong(window),
         }
+    }
+
+    /// The block `window` (at source offset `at`) holds, if any: the
+    /// expected block by its BLAKE3, else by the weak sum. A signature still
+    /// coming is read until the expected block came, and for a weak sum's
+    /// lookup up to `ahead` blocks past the window.
+    fn find(
+        &mut self,
+        sigs: &mut Sigs,
+        ahead: usize,
+        window: &[u8],
+        at: u64,
+    ) -> io::Result<Option<u32>> {
+        if let Some(j) = self.expected() {
+            sigs.cover(j as usize + 1)?;
+        }
+        let (hit, strong_here) = self.by_next(sigs.get(), window, at);
+        if hit.is_some() {
+            return Ok(hit);
+        }
+        if self.known < sigs.total() {
+            let bl = sigs.get().block.max(1) as u64;
+            sigs.cover((at / bl) as usize + ahead)?;
+            self.absorb(sigs.get());
+        }
+        Ok(self.by_weak(sigs.get(), window, at, strong_here))
     }
 
     /// The block tried first (right after a match, or at the start, before
