@@ -13,8 +13,9 @@
 //! - The ops, applied in order, rebuild the source exactly: copies and
 //!   literals cover the source from offset 0 to its end without gap or
 //!   overlap (unit tests check this on random edits).
-//! - Memory is bounded: the source is streamed; at most one block plus
-//!   [`LITERAL_MAX`] of it is held, whatever its size.
+//! - Memory is bounded: the source is streamed; at most two blocks plus
+//!   [`LITERAL_MAX`] and a read's worth of it are held, whatever its size;
+//!   a signature still coming is held as it comes (at most the whole one).
 //!
 //! - A 64 Ki-bit table of the weak sums' low bits is checked before the
 //!   hash map, so that most non-matching offsets cost one bit test.
@@ -28,25 +29,37 @@ use std::io::{self, Read};
 /// Literal data is handed out in pieces of at most this size.
 pub const LITERAL_MAX: usize = 1 << 20;
 
+/// The source is read this much at a time by a scan.
+const READ: usize = 1 << 20;
+
 /// The weak checksum of a window: a polynomial (Rabin–Karp) rolling hash
-/// mod 2^64, `sum (x_i + 1) * B^(len-1-i)`. Not rsync's Adler-style sum of
+/// mod 2^32, `sum (x_i + 1) * B^(len-1-i)`. Not rsync's Adler-style sum of
 /// bytes and of running sums: on periodic data (a repeated pattern, a
 /// table) almost every offset collides with a block under that sum, and
 /// each collision costs a BLAKE3 of a whole block (measured: 24 MiB of a
 /// 251-byte pattern took 103 s to scan in a debug build); a polynomial hash
-/// collides only where the windows are equal.
+/// collides only where the windows are equal (or by chance, 2^-32).
+///
+/// Mod 2^32 (helper protocol 4; protocol 3 had mod 2^64) so that a whole
+/// block's hash ([`Rolling::new`], the signature's cost beside BLAKE3) is
+/// computed in 32-bit SIMD lanes: [`LANES`] interleaved Horner sums, each
+/// over every `LANES`-th byte, combined at the end (see [`lanes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rolling {
-    h: u64,
+    h: u32,
     /// `B^(len-1)`: the weight of the byte that leaves
-    top: u64,
+    top: u32,
 }
 
-const B: u64 = 0x9E37_79B9_7F4A_7C15;
+const B: u32 = 0x9E37_79B1;
 
-/// `B^e` mod 2^64.
-fn pow(mut e: u64) -> u64 {
-    let (mut r, mut base) = (1u64, B);
+/// Bytes a step of the lane-wise sum (64 lanes of u32: eight AVX2
+/// registers, enough independent multiplies to hide their latency).
+const LANES: usize = 64;
+
+/// `B^e` mod 2^32.
+fn pow(mut e: u64) -> u32 {
+    let (mut r, mut base) = (1u32, B);
     while e > 0 {
         if e & 1 == 1 {
             r = r.wrapping_mul(base);
@@ -57,22 +70,61 @@ fn pow(mut e: u64) -> u64 {
     r
 }
 
+/// The polynomial of `data`'s first `LANES * k` bytes (all its whole
+/// steps), as `LANES` lane sums: lane `j` is the Horner sum in `B^LANES`
+/// of bytes `j, j + LANES, …`; the polynomial is `sum lane_j *
+/// B^(LANES-1-j)`. Plain Rust that LLVM turns into vector multiplies
+/// where the target has them (see [`lanes_avx2`]).
+#[inline(always)]
+fn lanes_generic(data: &[u8]) -> [u32; LANES] {
+    let step = pow(LANES as u64);
+    let mut acc = [0u32; LANES];
+    for c in data.chunks_exact(LANES) {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = a.wrapping_mul(step).wrapping_add(x as u32 + 1);
+        }
+    }
+    acc
+}
+
+/// [`lanes_generic`] compiled for AVX2 (8 lanes a multiply); called only
+/// where the CPU has it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lanes_avx2(data: &[u8]) -> [u32; LANES] {
+    lanes_generic(data)
+}
+
+/// The lane sums of `data` (see [`lanes_generic`]), with AVX2 where the
+/// CPU has it (the same result: the same wrapping arithmetic).
+fn lanes(data: &[u8]) -> [u32; LANES] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2 (checked just above)
+        return unsafe { lanes_avx2(data) };
+    }
+    lanes_generic(data)
+}
+
 impl Rolling {
     pub fn new(data: &[u8]) -> Rolling {
-        // eight bytes a step: `h * B^8 + sum (x_k + 1) * B^(7-k)`, the
-        // eight products independent (not one multiply chain per byte)
-        let p: [u64; 9] = std::array::from_fn(|k| pow(k as u64));
-        let mut h = 0u64;
-        let mut chunks = data.chunks_exact(8);
-        for c in &mut chunks {
-            let mut s = 0u64;
-            for (k, &x) in c.iter().enumerate() {
-                s = s.wrapping_add((x as u64 + 1).wrapping_mul(p[7 - k]));
+        Rolling::from_lanes(data, lanes(data))
+    }
+
+    /// [`Rolling::new`] given `data`'s lane sums `acc`.
+    fn from_lanes(data: &[u8], acc: [u32; LANES]) -> Rolling {
+        let whole = data.len() / LANES * LANES;
+        let mut h = 0u32;
+        if whole > 0 {
+            // lane j's bytes sit LANES-1-j places before the step's end
+            let mut w = 1u32;
+            for a in acc.iter().rev() {
+                h = h.wrapping_add(a.wrapping_mul(w));
+                w = w.wrapping_mul(B);
             }
-            h = h.wrapping_mul(p[8]).wrapping_add(s);
         }
-        for &x in chunks.remainder() {
-            h = h.wrapping_mul(B).wrapping_add(x as u64 + 1);
+        for &x in &data[whole..] {
+            h = h.wrapping_mul(B).wrapping_add(x as u32 + 1);
         }
         Rolling {
             h,
@@ -82,14 +134,19 @@ impl Rolling {
 
     /// Slide the window one byte: `out` leaves, `inn` enters.
     pub fn roll(&mut self, out: u8, inn: u8) {
-        let h = self.h.wrapping_sub(self.top.wrapping_mul(out as u64 + 1));
-        self.h = h.wrapping_mul(B).wrapping_add(inn as u64 + 1);
+        let h = self.h.wrapping_sub(self.top.wrapping_mul(out as u32 + 1));
+        self.h = h.wrapping_mul(B).wrapping_add(inn as u32 + 1);
     }
 
-    /// 32 well-mixed bits of the hash (what goes on the wire).
+    /// The hash's bits well mixed (what goes on the wire; a bijection, so
+    /// no collision is added).
     pub fn digest(&self) -> u32 {
-        let x = self.h ^ (self.h >> 31);
-        (x.wrapping_mul(0xBF58_476D_1CE4_E5B9) >> 32) as u32
+        let mut x = self.h;
+        x ^= x >> 16;
+        x = x.wrapping_mul(0x85EB_CA6B);
+        x ^= x >> 13;
+        x = x.wrapping_mul(0xC2B2_AE35);
+        x ^ (x >> 16)
     }
 }
 
@@ -121,7 +178,7 @@ impl Signature {
     }
 
     /// [`Signature::of`] the first `len` bytes of `f` (read at offsets),
-    /// the blocks shared among `threads` threads in contiguous runs: the
+    /// computed in `threads` threads (see [`Signature::stream_file`]): the
     /// same result, in about `1 / threads` of the time where cores are free.
     pub fn of_file(
         f: &std::fs::File,
@@ -129,47 +186,94 @@ impl Signature {
         block: usize,
         threads: usize,
     ) -> io::Result<Signature> {
-        use std::os::unix::fs::FileExt;
-        let blocks = len / block.max(1) as u64;
-        let per = blocks.div_ceil(threads.max(1) as u64).max(1);
-        let part = |first: u64| -> io::Result<Signature> {
-            let mut s = Signature {
-                block,
-                ..Default::default()
-            };
-            let mut buf = vec![0u8; block];
-            for k in first..(first + per).min(blocks) {
-                f.read_exact_at(&mut buf, k * block as u64)?;
-                s.weak.push(Rolling::new(&buf).digest());
-                s.strong.push(strong(&buf));
-            }
-            Ok(s)
-        };
-        let parts: Vec<io::Result<Signature>> = std::thread::scope(|sc| {
-            let part = &part;
-            let runs: Vec<_> = (0..blocks)
-                .step_by(per as usize)
-                .skip(1)
-                .map(|first| sc.spawn(move || part(first)))
-                .collect();
-            let mut v = vec![part(0)];
-            v.extend(runs.into_iter().map(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("signature thread panicked")))
-            }));
-            v
-        });
         let mut s = Signature {
             block,
             ..Default::default()
         };
-        for p in parts {
-            let p = p?;
-            s.weak.extend(p.weak);
-            s.strong.extend(p.strong);
-        }
+        Signature::stream_file(f, len, block, threads, 16, |piece| {
+            s.weak.extend(piece.iter().map(|b| b.0));
+            s.strong.extend(piece.iter().map(|b| b.1));
+            Ok(())
+        })?;
         Ok(s)
     }
+
+    /// The sums of each full `block` of the first `len` bytes of `f` (read
+    /// at offsets), handed to `emit` in order, `piece` blocks at a time (the
+    /// last piece may be shorter), as they are computed: pieces are shared
+    /// among `threads` threads (taken in order, put back in order here), so
+    /// that the first ones go out long before the last one is read. Stops
+    /// at the first error, of a read or of `emit`. The pieces computed
+    /// ahead of the one awaited are held: at most the whole signature.
+    pub fn stream_file(
+        f: &std::fs::File,
+        len: u64,
+        block: usize,
+        threads: usize,
+        piece: usize,
+        mut emit: impl FnMut(&[BlockSum]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+        let (block, piece) = (block.max(1), piece.max(1) as u64);
+        let pieces = (len / block as u64).div_ceil(piece);
+        let (next, stop) = (AtomicU64::new(0), AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, io::Result<Vec<BlockSum>>)>();
+        std::thread::scope(|sc| {
+            for _ in 0..threads.clamp(1, 64) {
+                let (tx, next, stop) = (tx.clone(), &next, &stop);
+                sc.spawn(move || {
+                    let mut buf = vec![0u8; block];
+                    while !stop.load(Relaxed) {
+                        let i = next.fetch_add(1, Relaxed);
+                        if i >= pieces {
+                            break;
+                        }
+                        let r = sums_of(f, len, block, i * piece..(i + 1) * piece, &mut buf);
+                        if tx.send((i, r)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut held = std::collections::BTreeMap::new();
+            let mut want = 0u64;
+            let r = (|| {
+                for (i, r) in &rx {
+                    held.insert(i, r);
+                    while let Some(r) = held.remove(&want) {
+                        emit(&r?)?;
+                        want += 1;
+                    }
+                }
+                Ok(())
+            })();
+            stop.store(true, Relaxed);
+            r
+        })
+    }
+}
+
+/// One block's sums: weak, BLAKE3.
+pub type BlockSum = (u32, [u8; 32]);
+
+/// The sums of blocks `range` (those of them that are full blocks of the
+/// first `len` bytes of `f`).
+fn sums_of(
+    f: &std::fs::File,
+    len: u64,
+    block: usize,
+    range: std::ops::Range<u64>,
+    buf: &mut [u8],
+) -> io::Result<Vec<BlockSum>> {
+    use std::os::unix::fs::FileExt;
+    let end = range.end.min(len / block as u64);
+    let mut v = Vec::with_capacity(end.saturating_sub(range.start) as usize);
+    for k in range.start..end {
+        f.read_exact_at(buf, k * block as u64)?;
+        v.push((Rolling::new(buf).digest(), strong(buf)));
+    }
+    Ok(v)
 }
 
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -245,18 +349,96 @@ pub fn leading_run(sig: &Signature, aligned: &[[u8; 32]]) -> usize {
 /// version's first `start / block` ones (see [`leading_run`]), copied by
 /// the caller.
 pub fn delta_from(
-    mut src: impl Read,
+    src: impl Read,
     start: u64,
     sig: &Signature,
     aligned: &[[u8; 32]],
+    emit: impl FnMut(Op) -> io::Result<()>,
+) -> io::Result<u64> {
+    scan(src, start, (Sigs::Whole(sig), 0), aligned, emit)
+}
+
+/// How far past a window (in the old version's bytes) a signature still
+/// coming must have come before the window is matched: a block moved
+/// further forward than this is found only where the signature came
+/// sooner (else sent literally; the result is exact either way).
+pub const LOOKAHEAD: u64 = 16 << 20;
+
+/// [`delta_from`] against a signature still coming: `sig` holds the
+/// blocks' sums that came, `total` the number announced; `more` reads the
+/// next ones into it (`Ok(false)`: no more will come). The block expected
+/// next (after a match) is awaited; before a window's weak sum is looked
+/// up, the signature covers the old version up to `lookahead` bytes past
+/// it (or is complete; [`LOOKAHEAD`] is the one to use). So the scan runs
+/// right behind the signature while the rest of it is computed.
+pub fn delta_growing(
+    src: impl Read,
+    start: u64,
+    (sig, total, lookahead): (&mut Signature, usize, u64),
+    more: &mut dyn FnMut(&mut Signature) -> io::Result<bool>,
+    aligned: &[[u8; 32]],
+    emit: impl FnMut(Op) -> io::Result<()>,
+) -> io::Result<u64> {
+    let ahead = (lookahead / sig.block.max(1) as u64) as usize + 1;
+    let sigs = Sigs::Growing { sig, total, more };
+    scan(src, start, (sigs, ahead), aligned, emit)
+}
+
+/// A scan's signature: whole, or still coming.
+enum Sigs<'a> {
+    Whole(&'a Signature),
+    Growing {
+        sig: &'a mut Signature,
+        total: usize,
+        more: &'a mut dyn FnMut(&mut Signature) -> io::Result<bool>,
+    },
+}
+
+impl Sigs<'_> {
+    fn get(&self) -> &Signature {
+        match self {
+            Sigs::Whole(s) => s,
+            Sigs::Growing { sig, .. } => sig,
+        }
+    }
+
+    fn total(&self) -> usize {
+        match self {
+            Sigs::Whole(s) => s.weak.len(),
+            Sigs::Growing { total, .. } => *total,
+        }
+    }
+
+    /// Read sums until the first `blocks` (or all) came.
+    fn cover(&mut self, blocks: usize) -> io::Result<()> {
+        if let Sigs::Growing { sig, total, more } = self {
+            while sig.weak.len() < blocks.min(*total) {
+                if !more(sig)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The scan of [`delta_from`] and [`delta_growing`] (`ahead`: blocks the
+/// signature must cover past the window, if it is still coming).
+fn scan(
+    mut src: impl Read,
+    start: u64,
+    (mut sigs, ahead): (Sigs, usize),
+    aligned: &[[u8; 32]],
     mut emit: impl FnMut(Op) -> io::Result<()>,
 ) -> io::Result<u64> {
-    let bl = sig.block;
-    let mut m = Matcher::new(sig, aligned);
+    let bl = sigs.get().block;
+    let mut m = Matcher::new(aligned);
     m.next = Some((start / bl.max(1) as u64) as u32);
-    // buf[lit..pos] is pending literal; buf[pos..pos + bl] the window
-    let mut buf: Vec<u8> = Vec::with_capacity(LITERAL_MAX + 2 * bl);
-    let (mut lit, mut pos) = (0usize, 0usize);
+    // buf[lit..pos] is pending literal; buf[pos..pos + bl] the window;
+    // buf[..end] was read (the buffer is never zeroed again: a reread
+    // moves only what is left of it to the front)
+    let mut buf: Vec<u8> = vec![0u8; LITERAL_MAX + 2 * bl + READ];
+    let (mut lit, mut pos, mut end) = (0usize, 0usize, 0usize);
     let mut eof = false;
     let mut literal = 0u64;
     // the source offset of buf[0]
@@ -271,24 +453,24 @@ pub fn delta_from(
     loop {
         // keep a whole window available (or everything left)
         // (and one byte past it, to roll)
-        if !eof && buf.len() <= pos + bl {
-            buf.drain(..lit);
+        if !eof && end <= pos + bl {
+            buf.copy_within(lit..end, 0);
             base += lit as u64;
-            pos -= lit;
-            lit = 0;
-            let want = (pos + bl + (256 << 10)).max(buf.len());
-            let have = buf.len();
-            buf.resize(want, 0);
-            let n = read_full(&mut src, &mut buf[have..])?;
-            buf.truncate(have + n);
-            eof = have + n < want;
+            (pos, end, lit) = (pos - lit, end - lit, 0);
+            // (pos <= LITERAL_MAX: pending literal is flushed past that)
+            let want = (pos + bl + READ).min(buf.len());
+            let n = read_full(&mut src, &mut buf[end..want])?;
+            eof = end + n < want;
+            end += n;
         }
-        if bl == 0 || buf.len() < pos + bl || sig.weak.is_empty() {
+        if bl == 0 || end < pos + bl || sigs.total() == 0 {
             // no whole window left: the rest is literal
-            flush(&buf[lit..], &mut emit)?;
+            flush(&buf[lit..end], &mut emit)?;
             return Ok(literal);
         }
-        if let Some(i) = m.find(&buf[pos..pos + bl], base + pos as u64) {
+        let at = base + pos as u64;
+        if let Some(i) = m.find(&mut sigs, ahead, &buf[pos..pos + bl], at)? {
+            m.matched(i);
             flush(&buf[lit..pos], &mut emit)?;
             emit(Op::Copy {
                 offset: i as u64 * bl as u64,
@@ -302,24 +484,26 @@ pub fn delta_from(
             flush(&buf[lit..pos], &mut emit)?;
             lit = pos;
         }
-        if buf.len() > pos + bl {
+        if end > pos + bl {
             m.roll(buf[pos], buf[pos + bl]);
             pos += 1;
         } else {
             // at the end (the top read all there was): the rest is literal
-            flush(&buf[lit..], &mut emit)?;
+            flush(&buf[lit..end], &mut emit)?;
             return Ok(literal);
         }
     }
 }
 
-/// Finds the block a window holds: the weak sums' table and tags, the
-/// window's rolling sum, the block expected next.
+/// Finds the block a window holds: the weak sums' table and tags (of the
+/// blocks whose sums came), the window's rolling sum, the block expected
+/// next.
 struct Matcher<'a> {
-    sig: &'a Signature,
     aligned: &'a [[u8; 32]],
     table: HashMap<u32, Vec<u32>>,
     tags: Vec<u64>,
+    /// the blocks in the table
+    known: usize,
     /// the window's weak sum (`None` right after a match: not computed)
     roll: Option<Rolling>,
     /// the block after the last one matched
@@ -327,70 +511,110 @@ struct Matcher<'a> {
 }
 
 impl<'a> Matcher<'a> {
-    fn new(sig: &'a Signature, aligned: &'a [[u8; 32]]) -> Matcher<'a> {
-        let mut table: HashMap<u32, Vec<u32>> = HashMap::new();
-        let mut tags = vec![0u64; 1 << 10];
-        for (i, w) in sig.weak.iter().enumerate() {
-            table.entry(*w).or_default().push(i as u32);
-            let t = tag(*w);
-            tags[t >> 6] |= 1 << (t & 63);
-        }
+    fn new(aligned: &'a [[u8; 32]]) -> Matcher<'a> {
         Matcher {
-            sig,
             aligned,
-            table,
-            tags,
+            table: HashMap::new(),
+            tags: vec![0u64; 1 << 10],
+            known: 0,
             roll: None,
             next: Some(0),
         }
     }
 
-    /// The BLAKE3 of the window at source offset `at`.
-    fn strong(&self, at: u64, window: &[u8]) -> [u8; 32] {
-        let bl = self.sig.block.max(1) as u64;
+    /// Put the blocks of `sig` not yet known in the table.
+    fn absorb(&mut self, sig: &Signature) {
+        for (i, w) in sig.weak.iter().enumerate().skip(self.known) {
+            self.table.entry(*w).or_default().push(i as u32);
+            let t = tag(*w);
+            self.tags[t >> 6] |= 1 << (t & 63);
+        }
+        self.known = sig.weak.len();
+    }
+
+    /// The BLAKE3 of the window at source offset `at` (blocks of `bl`).
+    fn strong(&self, bl: usize, at: u64, window: &[u8]) -> [u8; 32] {
+        let bl = bl.max(1) as u64;
         match self.aligned.get((at / bl) as usize) {
             Some(s) if at.is_multiple_of(bl) => *s,
             _ => strong(window),
         }
     }
 
-    /// The block `window` (at source offset `at`) holds, if any: right
-    /// after a match (or at the start) the next block is tried first, by
-    /// its BLAKE3, before any weak sum is computed.
-    fn find(&mut self, window: &[u8], at: u64) -> Option<u32> {
-        let sig = self.sig;
-        let mut strong_here: Option<[u8; 32]> = None;
-        let mut hit = None;
-        if self.roll.is_none()
-            && let Some(j) = self.next.filter(|&j| (j as usize) < sig.strong.len())
-        {
-            let s = self.strong(at, window);
-            if sig.strong[j as usize] == s {
-                hit = Some(j);
+    /// The block `window` (at source offset `at`) holds, if any: the
+    /// expected block by its BLAKE3, else by the weak sum. A signature still
+    /// coming is read until the expected block came, and for a weak sum's
+    /// lookup up to `ahead` blocks past the window.
+    fn find(
+        &mut self,
+        sigs: &mut Sigs,
+        ahead: usize,
+        window: &[u8],
+        at: u64,
+    ) -> io::Result<Option<u32>> {
+        if let Some(j) = self.expected() {
+            sigs.cover(j as usize + 1)?;
+        }
+        let (hit, strong_here) = self.by_next(sigs.get(), window, at);
+        if hit.is_some() {
+            return Ok(hit);
+        }
+        if self.known < sigs.total() {
+            let bl = sigs.get().block.max(1) as u64;
+            sigs.cover((at / bl) as usize + ahead)?;
+            self.absorb(sigs.get());
+        }
+        Ok(self.by_weak(sigs.get(), window, at, strong_here))
+    }
+
+    /// The block tried first (right after a match, or at the start, before
+    /// any weak sum is computed), if any.
+    fn expected(&self) -> Option<u32> {
+        self.next.filter(|_| self.roll.is_none())
+    }
+
+    /// Whether `window` (at source offset `at`) holds the expected block,
+    /// by its BLAKE3; and that BLAKE3, if it was computed.
+    fn by_next(&self, sig: &Signature, window: &[u8], at: u64) -> (Option<u32>, Option<[u8; 32]>) {
+        match self.expected().filter(|&j| (j as usize) < sig.strong.len()) {
+            Some(j) => {
+                let s = self.strong(sig.block, at, window);
+                ((sig.strong[j as usize] == s).then_some(j), Some(s))
             }
-            strong_here = Some(s);
+            None => (None, None),
         }
-        if hit.is_none() {
-            let d = self
-                .roll
-                .get_or_insert_with(|| Rolling::new(window))
-                .digest();
-            let t = tag(d);
-            if self.tags[t >> 6] & (1 << (t & 63)) != 0
-                && let Some(cands) = self.table.get(&d)
-            {
-                let strong = strong_here.unwrap_or_else(|| self.strong(at, window));
-                hit = cands
-                    .iter()
-                    .copied()
-                    .find(|&i| sig.strong[i as usize] == strong);
-            }
+    }
+
+    /// The block `window` (at source offset `at`) holds among those in the
+    /// table: its weak sum (rolled), then its BLAKE3 (`strong_here` if it
+    /// was computed).
+    fn by_weak(
+        &mut self,
+        sig: &Signature,
+        window: &[u8],
+        at: u64,
+        strong_here: Option<[u8; 32]>,
+    ) -> Option<u32> {
+        let d = self
+            .roll
+            .get_or_insert_with(|| Rolling::new(window))
+            .digest();
+        let t = tag(d);
+        if self.tags[t >> 6] & (1 << (t & 63)) == 0 {
+            return None;
         }
-        if let Some(i) = hit {
-            self.next = Some(i + 1);
-            self.roll = None;
-        }
-        hit
+        let cands = self.table.get(&d)?;
+        let strong = strong_here.unwrap_or_else(|| self.strong(sig.block, at, window));
+        cands
+            .iter()
+            .copied()
+            .find(|&i| sig.strong[i as usize] == strong)
+    }
+
+    /// Block `i` was found: the next one is expected.
+    fn matched(&mut self, i: u32) {
+        self.next = Some(i + 1);
+        self.roll = None;
     }
 
     /// The window moves one byte (after `find` found nothing).
@@ -492,6 +716,77 @@ mod tests {
         }
         let s = Signature::of_file(&f, 4000, 4096, 2).unwrap();
         assert!(s.weak.is_empty());
+        // in pieces of 1, 3, 4 and 11 blocks: the same sums, in order
+        for (threads, piece) in [(1, 1), (2, 3), (3, 4), (2, 11)] {
+            let mut got: Vec<BlockSum> = Vec::new();
+            let mut sizes = Vec::new();
+            Signature::stream_file(&f, d.len() as u64, 4096, threads, piece, |p| {
+                sizes.push(p.len());
+                got.extend_from_slice(p);
+                Ok(())
+            })
+            .unwrap();
+            let want: Vec<BlockSum> = one.weak.iter().copied().zip(one.strong.clone()).collect();
+            assert!(got == want, "{threads} threads, pieces of {piece}");
+            assert!(sizes.iter().all(|&n| n == piece || n == 10 % piece));
+        }
+        // an error of `emit` stops the stream and is returned
+        let mut calls = 0;
+        let r = Signature::stream_file(&f, d.len() as u64, 4096, 2, 1, |_| {
+            calls += 1;
+            Err(std::io::Error::other("stop"))
+        });
+        assert!(r.is_err() && calls == 1);
+    }
+
+    /// The definition, one byte at a time.
+    fn naive(d: &[u8]) -> u32 {
+        d.iter()
+            .fold(0u32, |h, &x| h.wrapping_mul(B).wrapping_add(x as u32 + 1))
+    }
+
+    #[test]
+    fn the_lane_wise_hash_is_the_polynomial_at_every_length() {
+        let d = pseudo(3 * LANES + 7, 11);
+        for n in 0..d.len() {
+            assert_eq!(Rolling::new(&d[..n]).h, naive(&d[..n]), "len {n}");
+        }
+        let d = pseudo(128 << 10, 12);
+        assert_eq!(Rolling::new(&d).h, naive(&d));
+        // the top weight is B^(len-1)
+        assert_eq!(
+            Rolling::new(&d[..5]).top,
+            B.wrapping_mul(B).wrapping_mul(B).wrapping_mul(B)
+        );
+    }
+
+    #[test]
+    fn the_simd_and_the_plain_lane_sums_agree() {
+        for n in [0, 1, LANES - 1, LANES, 5 * LANES + 3, 128 << 10] {
+            let d = pseudo(n, n as u64 + 1);
+            let plain = lanes_generic(&d);
+            assert_eq!(lanes(&d), plain, "len {n}");
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2
+                assert_eq!(unsafe { lanes_avx2(&d) }, plain, "len {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn periodic_data_collides_only_where_the_windows_are_equal() {
+        // a 251-byte pattern: windows at offsets that differ by a multiple
+        // of 251 are equal; no other two of the first 251 offsets collide
+        let pat = pseudo(251, 13);
+        let d: Vec<u8> = pat.iter().copied().cycle().take(8192 + 600).collect();
+        let mut r = Rolling::new(&d[..8192]);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..251 {
+            assert!(seen.insert(r.digest()), "offset {i} collides");
+            r.roll(d[i], d[i + 8192]);
+        }
+        assert_eq!(r.digest(), Rolling::new(&d[..8192]).digest());
     }
 
     #[test]
@@ -527,6 +822,83 @@ mod tests {
         assert_eq!(apply(b"", b"abc", &sig).0, b"abc");
         let sig = Signature::of(&b"abc"[..], 512).unwrap();
         assert_eq!(apply(b"abc", b"", &sig).0, b"");
+    }
+
+    /// Rebuild `new` from `old` with the signature coming in pieces of
+    /// `piece` blocks as the scan asks for them (`lookahead` bytes):
+    /// (rebuilt, literal bytes, the pieces read when the first op came).
+    fn apply_growing(
+        old: &[u8],
+        new: &[u8],
+        block: usize,
+        piece: usize,
+        lookahead: u64,
+    ) -> (Vec<u8>, u64, Option<usize>) {
+        let whole = Signature::of(old, block).unwrap();
+        let mut sig = Signature {
+            block,
+            ..Default::default()
+        };
+        let pieces = std::cell::Cell::new(0);
+        let mut more = |s: &mut Signature| {
+            let at = s.weak.len();
+            let end = (at + piece).min(whole.weak.len());
+            s.weak.extend_from_slice(&whole.weak[at..end]);
+            s.strong.extend_from_slice(&whole.strong[at..end]);
+            pieces.set(pieces.get() + 1);
+            Ok(end > at)
+        };
+        let (mut out, mut first) = (Vec::new(), None);
+        let total = whole.weak.len();
+        let lit = delta_growing(new, 0, (&mut sig, total, lookahead), &mut more, &[], |op| {
+            first.get_or_insert(pieces.get());
+            match op {
+                Op::Copy { offset, len } => {
+                    out.extend_from_slice(&old[offset as usize..(offset + len) as usize])
+                }
+                Op::Literal(d) => out.extend_from_slice(d),
+            }
+            Ok(())
+        })
+        .unwrap();
+        (out, lit, first)
+    }
+
+    #[test]
+    fn a_signature_still_coming_rebuilds_exactly_and_is_read_as_needed() {
+        for seed in 1..30u64 {
+            let old = pseudo(40_000 + seed as usize * 53, seed);
+            let mut new = old.clone();
+            let r = pseudo(8, seed + 200);
+            let at = (r[0] as usize * 151) % new.len();
+            let (range, with) = match seed % 4 {
+                0 => (at..at, pseudo(r[1] as usize + 1, seed)),
+                1 => (at..(at + r[1] as usize).min(new.len()), vec![]),
+                2 => (at..(at + 3).min(new.len()), pseudo(9, seed)),
+                _ => (0..0, vec![r[2]]),
+            };
+            new.splice(range, with);
+            let sig = Signature::of(&old[..], 512).unwrap();
+            let (_, want_lit) = apply(&old, &new, &sig);
+            for (piece, ahead) in [(1, 0), (3, 1024), (7, 4096), (1000, 0)] {
+                let (got, lit, _) = apply_growing(&old, &new, 512, piece, ahead);
+                assert!(got == new, "seed {seed} piece {piece} ahead {ahead}");
+                // nothing moved further than 256 bytes here: with that
+                // much signature ahead, the same literal data as whole
+                if ahead >= 1024 {
+                    assert_eq!(lit, want_lit, "seed {seed} piece {piece}");
+                }
+            }
+        }
+        // one byte inserted at the start: the first ops come long before
+        // the last of 200 pieces of 1 block
+        let old = pseudo(200 * 512, 77);
+        let mut new = vec![b'!'];
+        new.extend_from_slice(&old);
+        let (got, lit, first) = apply_growing(&old, &new, 512, 1, 2048);
+        assert!(got == new);
+        assert_eq!(lit, 1);
+        assert!(first.unwrap() < 10, "first op after {first:?} pieces");
     }
 
     /// The case: one byte inserted at the start of a 64 MiB file

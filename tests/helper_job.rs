@@ -443,3 +443,43 @@ fn one_byte_inserted_at_the_start_of_64_mib_sends_under_1_mib_over_ssh() {
     assert!(wire < MIB, "on the wire: {wire} bytes");
     assert!(fs::read(lab.dst().join("big.bin")).unwrap() == new, "exact");
 }
+
+/// Several big changed files in one batch (with small ones between): the
+/// last one's signature streams while its delta is sent, the others' are
+/// read whole first; each file lands exact and only the changes are sent.
+#[test]
+fn several_big_files_in_one_run_go_as_deltas_and_land_exact() {
+    const MIB: usize = 1 << 20;
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    force_helper(&s, &lab.dst());
+    job(&lab, &s);
+    let mut files: Vec<Vec<u8>> = (0..3)
+        .map(|k| pseudo(9 * MIB + k * 1000, 20 + k as u64))
+        .collect();
+    for (k, f) in files.iter().enumerate() {
+        lab.write(&format!("big{k}.bin"), f);
+        lab.write(&format!("small{k}.txt"), format!("small {k}").as_bytes());
+    }
+    run(&lab, &["run", "web"]).code(0);
+    equal(&lab);
+    // one byte inserted at the start, the tail rewritten, a middle change
+    files[0].insert(0, b'!');
+    for b in &mut files[1][8 * MIB..] {
+        *b = b.wrapping_add(1);
+    }
+    files[2][4 * MIB..4 * MIB + 5].copy_from_slice(b"HELLO");
+    for (k, f) in files.iter().enumerate() {
+        lab.write(&format!("big{k}.bin"), f);
+        lab.write(&format!("small{k}.txt"), format!("changed {k}").as_bytes());
+    }
+    run(&lab, &["run", "web"]).code(0);
+    let rec = lab.last();
+    assert_eq!(rec["files_transferred"], 6, "{rec}");
+    let sent = rec["bytes_transferred"].as_u64().unwrap();
+    assert!(
+        sent < (2 * MIB) as u64,
+        "only the changes are sent: {sent} bytes"
+    );
+    equal(&lab);
+}

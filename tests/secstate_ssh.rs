@@ -212,7 +212,7 @@ fn a_helper_announcing_billions_of_block_hashes_fails_the_target_not_the_process
         &helper,
         "#!/usr/bin/python3\nimport sys, struct, os\n\
          i, o = sys.stdin.buffer, sys.stdout.buffer\n\
-         o.write(b'syncjob-helper 3\\n'); o.flush()\n\
+         o.write(b'syncjob-helper 4\\n'); o.flush()\n\
          def s(b): return struct.pack('<I', len(b)) + b\n\
          def e(t, n, size): return b'e' + t + struct.pack('<QqIIII', size, 0, 0, 0o755, 0, 0) + s(n) + s(b'')\n\
          while True:\n\

@@ -32,6 +32,7 @@
 //! killed helper goes at the next run's stale-temporary cleanup).
 
 mod land;
+mod ordered;
 pub mod proto;
 pub mod proto_tree;
 mod tree;
@@ -69,12 +70,27 @@ pub(crate) fn ctx(what: &str, e: io::Error) -> Fail {
 /// `output`, until end of input. Returns an error only for a broken stream.
 pub fn serve<R: Read>(
     input: &mut io::BufReader<R>,
-    output: &mut dyn Write,
+    output: &mut (dyn Write + Send),
+    root: &Path,
+) -> io::Result<()> {
+    output.write_all(proto::GREETING)?;
+    output.flush()?;
+    let shared: ordered::Shared = std::sync::Mutex::new(output);
+    std::thread::scope(|sc| {
+        let mut out = ordered::Ordered::new(&shared, sc);
+        let r = records(input, &mut out, root);
+        let settled = out.settle();
+        r.and(settled)
+    })
+}
+
+/// The records of one client (see [`serve`]).
+fn records<R: Read>(
+    input: &mut io::BufReader<R>,
+    output: &mut ordered::Ordered,
     root: &Path,
 ) -> io::Result<()> {
     let mut fs = Beneath::new(root.to_path_buf());
-    output.write_all(proto::GREETING)?;
-    output.flush()?;
     let mut buf = vec![0u8; MAX_CHUNK as usize];
     // the files whose block hashes were given, as they were then
     let mut hashed: HashMap<Vec<u8>, Ident> = HashMap::new();
@@ -108,12 +124,13 @@ pub fn serve<R: Read>(
                     Err(f) => reply(output, &Err(f))?,
                 }
             }
+            b'W' => tree::signature(input, output, &mut fs, &mut hashed)?,
             b'F' | b'D' => {
                 let delta = op[0] == b'D';
                 receive(input, output, &mut fs, &mut buf, delta, &mut hashed)?
             }
             x => {
-                if !tree::serve_op(x, input, output, &mut fs, &mut hashed)? {
+                if !tree::serve_op(x, input, output, &mut fs)? {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("unknown record {x:#x}"),
@@ -271,10 +288,10 @@ fn receive<R: Read>(
         Ok(n) => (None, Some(n)),
         Err(f) => (Some(f), None),
     };
-    let mut basis: Option<File> = None;
+    let mut basis: Option<(File, Ident)> = None;
     if err.is_none() && delta {
         match delta_basis(fs, hashed.remove(&fin), fin_path) {
-            Ok(f) => basis = Some(f),
+            Ok(b) => basis = Some(b),
             Err(f) => err = Some(f),
         }
     }
@@ -290,7 +307,14 @@ fn receive<R: Read>(
     }
     let created = file.is_some();
     // the data comes whatever happened: read it all
-    let commit = match read_data(input, buf, &mut file, &mut err, delta, basis.as_ref()) {
+    let commit = match read_data(
+        input,
+        buf,
+        &mut file,
+        &mut err,
+        delta,
+        basis.as_ref().map(|b| &b.0),
+    ) {
         Ok(c) => c,
         Err(e) => {
             // the stream broke mid-file: nothing stays behind
@@ -300,6 +324,9 @@ fn receive<R: Read>(
             return Err(e);
         }
     };
+    if let (Some(b), None) = (&basis, &err) {
+        err = basis_unchanged(b).err();
+    }
     let result = match (file, err) {
         (_, Some(e)) => Err(e),
         (None, None) => Err(Fail(0, "no file".into())),
@@ -326,7 +353,11 @@ fn receive<R: Read>(
 /// committed the file.
 /// Append `len` bytes of `basis` at `off` to `f`: in the kernel
 /// (`copy_file_range`: no copy through this process; a reflink where the
-/// filesystem shares blocks), else read and written.
+/// filesystem shares blocks), else read and written. Where the two
+/// offsets differ within a page (an insertion shifted the data), read and
+/// written: the kernel's copy of pages that do not line up cost more
+/// (measured on tmpfs, 255 MiB: 0.27 s of CPU, against 0.20 s through a
+/// buffer and 0.17 s for pages that line up).
 fn copy_range(
     basis: &File,
     mut off: u64,
@@ -341,7 +372,9 @@ fn copy_range(
             "copy beyond the end of the old version".into(),
         )
     };
-    let mut in_kernel = true;
+    use std::io::Seek;
+    let at = f.stream_position().map_err(|e| ctx("write", e))?;
+    let mut in_kernel = at % 4096 == off % 4096;
     while len > 0 {
         let step = len.min(64 << 20) as usize;
         if in_kernel {
@@ -371,8 +404,10 @@ fn copy_range(
     Ok(())
 }
 
-/// A delta's basis: the file at the final name, as it was hashed (`id`).
-fn delta_basis(fs: &mut Beneath, id: Option<Ident>, fin: &Path) -> Result<File, Fail> {
+/// A delta's basis: the file at the final name, as it was hashed (`id`),
+/// with that identity (checked again when the delta is complete: its
+/// signature may have been computed while the delta came, see `tree`).
+fn delta_basis(fs: &mut Beneath, id: Option<Ident>, fin: &Path) -> Result<(File, Ident), Fail> {
     let Some(id) = id else {
         return Err(Fail(libc::EINVAL, "delta without block hashes".into()));
     };
@@ -381,7 +416,18 @@ fn delta_basis(fs: &mut Beneath, id: Option<Ident>, fin: &Path) -> Result<File, 
         let m = "the file on the target changed since its blocks were hashed";
         return Err(Fail(0, m.into()));
     }
-    Ok(f)
+    Ok((f, id))
+}
+
+/// A complete delta's basis is still the version that was hashed (a change
+/// while its blocks were hashed or copied: nothing is renamed).
+fn basis_unchanged((f, id): &(File, Ident)) -> Result<(), Fail> {
+    let now = f.metadata().map_err(|e| ctx("stat the old version", e))?;
+    if Ident::of(&now) != *id {
+        let m = "the file on the target changed while the delta was applied";
+        return Err(Fail(0, m.into()));
+    }
+    Ok(())
 }
 
 fn read_data(
@@ -446,7 +492,11 @@ pub fn main(root: Option<&Path>) -> io::Result<()> {
     };
     let stdin = io::stdin();
     let mut input = io::BufReader::with_capacity(1 << 20, stdin.lock());
-    let mut output = io::BufWriter::new(io::stdout().lock());
+    // stdout as a plain file (a copy of its descriptor): the stream is
+    // binary, std's line buffering would split its writes at each 0x0A
+    use std::os::fd::AsFd;
+    let stdout = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+    let mut output = io::BufWriter::new(stdout);
     serve(&mut input, &mut output, root)?;
     output.flush()
 }
@@ -641,6 +691,107 @@ mod tests {
         server.join().unwrap().unwrap();
         assert_eq!(std::fs::read(&fin).unwrap(), b"changed behind our back");
         assert!(!d.path().join(tmp).exists());
+    }
+
+    /// A helper served over a socket pair: (its input, its output, the
+    /// server thread).
+    type Served = (
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::UnixStream,
+        std::thread::JoinHandle<io::Result<()>>,
+    );
+
+    fn served(root: &Path) -> Served {
+        let (tx_in, rx_in) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (tx_out, mut rx_out) = std::os::unix::net::UnixStream::pair().unwrap();
+        let root = root.to_path_buf();
+        let server = std::thread::spawn(move || {
+            let mut w = tx_out;
+            serve(&mut io::BufReader::new(rx_in), &mut w, &root)
+        });
+        let mut g = vec![0u8; GREETING.len()];
+        rx_out.read_exact(&mut g).unwrap();
+        (tx_in, rx_out, server)
+    }
+
+    #[test]
+    fn a_delta_is_applied_while_its_signature_streams_and_a_change_meanwhile_is_refused() {
+        use super::proto_tree::{Piece, read_piece, read_signature_head, signature_request};
+        let d = tempfile::tempdir().unwrap();
+        let fin = d.path().join("big");
+        let tmp = Path::new(".syncjob-tmp.1.1.big");
+        let old: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        std::fs::write(&fin, &old).unwrap();
+        let blocks = old.len() / 4096;
+        let delta_header = |input: &mut Vec<u8>| {
+            let h = FileHeader {
+                basis: true,
+                tmp: tmp.as_os_str().as_bytes(),
+                fin: b"big",
+                mode: 0o600,
+                mtime: 0,
+                mtime_ns: 0,
+                owner: None,
+            };
+            header(&h, input)
+        };
+        // the rest of a signature, and whether it ended well
+        let rest = |r: &mut std::os::unix::net::UnixStream, st: &mut _| loop {
+            match read_piece(r, blocks as u32, st).unwrap() {
+                Piece::Sums => {}
+                Piece::Done => return true,
+                Piece::Failed(_) => return false,
+            }
+        };
+        for change in [false, true] {
+            let (mut tx, mut rx, server) = served(d.path());
+            let mut input = Vec::new();
+            signature_request(b"big", 4096, &mut input);
+            // the delta goes before any piece of the signature is read
+            delta_header(&mut input);
+            copy(0, 40_960, &mut input);
+            tx.write_all(&input).unwrap();
+            let mut st = read_signature_head(&mut rx, 4096).unwrap().unwrap();
+            assert_eq!((st.size, st.count as usize), (old.len() as u64, blocks));
+            // the copy was made: the delta's start was checked
+            let t = d.path().join(tmp);
+            while std::fs::metadata(&t).map_or(0, |m| m.len()) < 40_960 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if change {
+                let mut f = std::fs::OpenOptions::new().append(true).open(&fin).unwrap();
+                f.write_all(b"changed on the target").unwrap();
+            }
+            // (a client reads the whole signature before the delta ends)
+            let ok = rest(&mut rx, &mut st.sig);
+            let mut input = Vec::new();
+            chunk(b"new tail", &mut input);
+            end(true, &mut input);
+            tx.write_all(&input).unwrap();
+            let r = read_reply(&mut rx).unwrap();
+            drop(tx);
+            server.join().unwrap().unwrap();
+            assert!(!t.exists());
+            if !change {
+                assert!(ok && r.is_ok(), "{r:?}");
+                assert_eq!(
+                    st.sig.strong[3],
+                    crate::rolling::strong(&old[3 * 4096..4 * 4096])
+                );
+                let mut want = old[..40_960].to_vec();
+                want.extend_from_slice(b"new tail");
+                assert!(std::fs::read(&fin).unwrap() == want);
+                std::fs::write(&fin, &old).unwrap();
+            } else {
+                // (the signature may or may not have seen the change)
+                let _ = ok;
+                let e = r.unwrap_err();
+                assert!(e.to_string().contains("changed while the delta"), "{e}");
+                let mut want = old.clone();
+                want.extend_from_slice(b"changed on the target");
+                assert!(std::fs::read(&fin).unwrap() == want, "not replaced");
+            }
+        }
     }
 
     #[test]

@@ -35,12 +35,14 @@
 
 use std::io::{self, Read};
 
-/// The first line the helper prints: protocol name and version. Version 3:
+/// The first line the helper prints: protocol name and version. Version 4:
+/// the weak rolling checksum of `W` signatures is mod 2^32 (computed in
+/// SIMD lanes, see `crate::rolling::Rolling`), not mod 2^64. Version 3:
 /// the tree records of [`super::proto_tree`] (a helper carries a whole
 /// job) and rolling-checksum deltas (`W` signatures).
 /// Version 2: paths relative to the helper's `--root`, no tree records.
 /// Version 1 took absolute paths, unconfined.
-pub const GREETING: &[u8] = b"syncjob-helper 3\n";
+pub const GREETING: &[u8] = b"syncjob-helper 4\n";
 /// Smallest block size of a hashes request.
 pub const MIN_BLOCK: u32 = 4 << 10;
 /// Most block hashes given for one file.

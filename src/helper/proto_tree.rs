@@ -17,8 +17,12 @@
 //!   b'P'                 create the root            done | failed
 //!   b'C' path            SHA-256 of a file          u8 0, 32 bytes | failed
 //!   b'W' path u32 block  rolling signature          u8 0, u64 size, u32 n,
-//!                                                   n × (u32 weak, 32 BLAKE3)
+//!                                                   pieces, u32 0, status
 //!                                                   | failed
+//!        (protocol 4) a piece: u32 k (1..=MAX_PIECE), k × (u32 weak,
+//!        32 BLAKE3), the next k of the n full blocks in order, sent as
+//!        they are computed; the status after the pieces: done (all n were
+//!        sent) | failed (the file changed or could not be read meanwhile)
 //! list reply: u8 2 (no root) | failed | u8 0, then items:
 //!   b'e' u8 type u64 size i64 s u32 ns u32 mode u32 uid u32 gid
 //!        u32 len name  u32 len link      (pre-order: a directory first)
@@ -28,7 +32,7 @@
 //!
 //! Paths are u32-length-prefixed bytes. Invariant: every length and count
 //! read here is checked against its bound ([`MAX_NAME`], [`MAX_BLOCK_SUMS`],
-//! [`super::proto::MAX_PATH`]) before anything is allocated for it; what the
+//! [`MAX_PIECE`], [`super::proto::MAX_PATH`]) before anything is allocated for it; what the
 //! reader cannot trust (the names' safety, the order) is checked by the
 //! caller (the client's listing parser).
 
@@ -163,23 +167,71 @@ pub fn signature_request(p: &[u8], block: u32, out: &mut Vec<u8>) {
     out.extend_from_slice(&block.to_le_bytes());
 }
 
-/// A signature reply: the file's size and its full blocks' sums.
-pub fn signature_reply(size: u64, weak: &[u32], strong: &[[u8; 32]], out: &mut Vec<u8>) {
+/// Most block sums in one piece of a signature reply.
+pub const MAX_PIECE: u32 = 4096;
+
+/// The head of a signature reply: the file's size and its number of full
+/// blocks; the sums follow in pieces ([`signature_piece`]), then
+/// [`signature_end`] and a status.
+pub fn signature_head(size: u64, count: u32, out: &mut Vec<u8>) {
     out.push(0);
     out.extend_from_slice(&size.to_le_bytes());
-    out.extend_from_slice(&(weak.len() as u32).to_le_bytes());
-    for (w, s) in weak.iter().zip(strong) {
-        out.extend_from_slice(&w.to_le_bytes());
-        out.extend_from_slice(s);
+    out.extend_from_slice(&count.to_le_bytes());
+}
+
+/// A piece of a signature reply: the next blocks' sums, in pieces of at
+/// most [`MAX_PIECE`].
+pub fn signature_piece(sums: &[crate::rolling::BlockSum], out: &mut Vec<u8>) {
+    for p in sums.chunks(MAX_PIECE as usize) {
+        out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+        for (w, s) in p {
+            out.extend_from_slice(&w.to_le_bytes());
+            out.extend_from_slice(s);
+        }
     }
 }
 
-/// Read a signature reply for blocks of `block`: (size, signature), or the
+/// The end of a signature's pieces (a status reply follows: done, or why
+/// the sums are not to be used).
+pub fn signature_end(out: &mut Vec<u8>) {
+    out.extend_from_slice(&0u32.to_le_bytes());
+}
+
+/// A whole signature reply (head, one piece, end, done).
+pub fn signature_reply(size: u64, sums: &[crate::rolling::BlockSum], out: &mut Vec<u8>) {
+    signature_head(size, sums.len() as u32, out);
+    signature_piece(sums, out);
+    signature_end(out);
+    super::proto::done(out);
+}
+
+/// A signature reply being read: what its head announced, what came.
+#[derive(Debug)]
+pub struct SignatureStream {
+    pub size: u64,
+    /// the full blocks announced
+    pub count: u32,
+    /// the blocks read so far (in `sig`)
+    pub sig: crate::rolling::Signature,
+}
+
+/// What [`read_piece`] read.
+#[derive(Debug)]
+pub enum Piece {
+    /// more sums (appended to the signature)
+    Sums,
+    /// the end, every block's sums read
+    Done,
+    /// the end: the helper's reason not to use the sums
+    Failed(io::Error),
+}
+
+/// Read the head of a signature reply for blocks of `block`, or the
 /// helper's error. The count must be the size's number of full blocks.
-pub fn read_signature(
+pub fn read_signature_head(
     r: &mut dyn Read,
     block: u32,
-) -> io::Result<io::Result<(u64, crate::rolling::Signature)>> {
+) -> io::Result<io::Result<SignatureStream>> {
     if let Err(e) = status(r)? {
         return Ok(Err(e));
     }
@@ -192,19 +244,65 @@ pub fn read_signature(
             "remote helper: {count} block hashes announced for {size} bytes in blocks of {block} (at most {MAX_BLOCK_SUMS}, one per full block); refused"
         )));
     }
-    let mut sig = crate::rolling::Signature {
+    let sig = crate::rolling::Signature {
         block: block as usize,
         weak: Vec::with_capacity(count.min(4096) as usize),
         strong: Vec::with_capacity(count.min(4096) as usize),
     };
-    for _ in 0..count {
+    Ok(Ok(SignatureStream { size, count, sig }))
+}
+
+/// Read the next piece of a signature reply (or its end) into `sig`, of
+/// `count` blocks announced; more sums than announced, or fewer at a
+/// successful end, are refused.
+pub fn read_piece(
+    r: &mut dyn Read,
+    count: u32,
+    sig: &mut crate::rolling::Signature,
+) -> io::Result<Piece> {
+    let k = u32_of(r)?;
+    let have = sig.weak.len() as u64;
+    if k == 0 {
+        return match status(r)? {
+            Err(e) => Ok(Piece::Failed(e)),
+            Ok(()) if have == count as u64 => Ok(Piece::Done),
+            Ok(()) => Err(bad(format!(
+                "{have} block hashes sent of {count} announced"
+            ))),
+        };
+    }
+    if k > MAX_PIECE || have + k as u64 > count as u64 {
+        return Err(bad(format!(
+            "a piece of {k} block hashes after {have} of {count} announced (at most {MAX_PIECE} a piece)"
+        )));
+    }
+    for _ in 0..k {
         let mut b = [0u8; 36];
         r.read_exact(&mut b)?;
         sig.weak
             .push(u32::from_le_bytes(b[..4].try_into().unwrap()));
         sig.strong.push(b[4..].try_into().unwrap());
     }
-    Ok(Ok((size, sig)))
+    Ok(Piece::Sums)
+}
+
+/// Read a whole signature reply for blocks of `block`: (size,
+/// signature), or the helper's error.
+pub fn read_signature(
+    r: &mut dyn Read,
+    block: u32,
+) -> io::Result<io::Result<(u64, crate::rolling::Signature)>> {
+    let mut st = match read_signature_head(r, block)? {
+        Ok(st) => st,
+        Err(e) => return Ok(Err(e)),
+    };
+    loop {
+        match read_piece(r, st.count, &mut st.sig)? {
+            Piece::Sums => {}
+            Piece::Done => return Ok(Ok((st.size, st.sig))),
+            Piece::Failed(e) => return Ok(Err(e)),
+        }
+    }
 }
 
 /// The reply to `C`: a SHA-256.
@@ -419,11 +517,53 @@ mod tests {
         assert!(read_item(&mut &big[..]).is_err());
         // a signature whose count does not fit the size is refused
         let mut s = Vec::new();
-        signature_reply(10_000, &[1, 2, 3], &[[0u8; 32]; 3], &mut s);
+        signature_reply(10_000, &[(1, [0u8; 32]); 3], &mut s);
         assert!(read_signature(&mut &s[..], 4096).is_err());
         let mut s = Vec::new();
-        signature_reply(10_000, &[1, 2], &[[0u8; 32]; 2], &mut s);
+        signature_reply(10_000, &[(1, [0u8; 32]), (2, [0u8; 32])], &mut s);
         let (size, sig) = read_signature(&mut &s[..], 4096).unwrap().unwrap();
         assert_eq!((size, sig.weak), (10_000, vec![1, 2]));
+    }
+
+    #[test]
+    fn a_signature_in_pieces_reads_back_and_its_counts_are_bounded() {
+        let sums: Vec<crate::rolling::BlockSum> = (0..5u32).map(|i| (i, [i as u8; 32])).collect();
+        let head = |count: u32| {
+            let mut s = Vec::new();
+            signature_head(count as u64 * 4096 + 7, count, &mut s);
+            s
+        };
+        // in pieces of 2, 2 and 1: the same as in one
+        let mut s = head(5);
+        for p in sums.chunks(2) {
+            signature_piece(p, &mut s);
+        }
+        signature_end(&mut s);
+        super::super::proto::done(&mut s);
+        let (size, sig) = read_signature(&mut &s[..], 4096).unwrap().unwrap();
+        assert_eq!(size, 5 * 4096 + 7);
+        assert_eq!(sig.weak, vec![0, 1, 2, 3, 4]);
+        assert_eq!(sig.strong[4], [4u8; 32]);
+        // fewer sums than announced at a successful end: refused
+        let mut s = head(5);
+        signature_piece(&sums[..4], &mut s);
+        signature_end(&mut s);
+        super::super::proto::done(&mut s);
+        assert!(read_signature(&mut &s[..], 4096).is_err());
+        // more than announced: refused before they are read
+        let mut s = head(3);
+        s.extend_from_slice(&4u32.to_le_bytes());
+        assert!(read_signature(&mut &s[..], 4096).is_err());
+        // a piece over MAX_PIECE: refused
+        let mut s = head(MAX_PIECE + 1);
+        s.extend_from_slice(&(MAX_PIECE + 1).to_le_bytes());
+        assert!(read_signature(&mut &s[..], 4096).is_err());
+        // the helper's failure after some pieces: its reason
+        let mut s = head(5);
+        signature_piece(&sums[..2], &mut s);
+        signature_end(&mut s);
+        super::super::proto::failed(0, "changed while its blocks were hashed", &mut s);
+        let e = read_signature(&mut &s[..], 4096).unwrap().unwrap_err();
+        assert!(e.to_string().contains("changed while"), "{e}");
     }
 }

@@ -14,13 +14,19 @@
 //!   error item, not listed.
 //! - Set-user-ID and set-group-ID bits follow the file records' rule
 //!   ([`super::check_mode`]).
+//! - A rolling signature (`W`) is streamed by another thread while the
+//!   following records are served (`super::ordered` keeps the replies in
+//!   order); the delta that uses it checks the file's identity when it is
+//!   complete, so a change during the hashing is never applied.
 
+use super::ordered::{Shared, lock};
 use super::proto_tree::{self as pt, Attrs};
 use super::{Fail, Ident, ctx, names, open_regular};
 use crate::beneath::{Beneath, check_relative};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -43,7 +49,6 @@ pub(super) fn serve_op(
     input: &mut dyn Read,
     output: &mut dyn Write,
     fs: &mut Beneath,
-    hashed: &mut HashMap<Vec<u8>, Ident>,
 ) -> io::Result<bool> {
     let r: Result<(), Fail> = match op {
         b'L' => {
@@ -92,10 +97,6 @@ pub(super) fn serve_op(
                 }
                 Err(f) => Err(f),
             }
-        }
-        b'W' => {
-            let (p, block) = pt::read_signature_request(input)?;
-            return signature(fs, p, block, output, hashed).map(|()| true);
         }
         _ => return Ok(false),
     };
@@ -147,55 +148,107 @@ fn file_sum(fs: &mut Beneath, p: &[u8]) -> Result<[u8; 32], Fail> {
 /// Threads that compute a rolling signature, at most.
 const SIGNATURE_THREADS: usize = 4;
 
-/// A `W` record: the weak and strong sums of each full block of `p`, and
-/// its identity kept for the delta that follows (as for `H`).
-fn signature(
+/// A signature's pieces are about this many bytes of the file.
+const PIECE_BYTES: u32 = 1 << 20;
+
+/// A `W` record: the weak and strong sums of each full block of the file,
+/// streamed by another thread in pieces as they are computed (see
+/// `super::ordered`) while the records that follow are served; the
+/// file's identity is kept for the delta that follows (as for `H`), which
+/// checks it again when it is complete.
+pub(super) fn signature(
+    input: &mut dyn Read,
+    out: &mut super::ordered::Ordered,
     fs: &mut Beneath,
-    p: Vec<u8>,
-    block: u32,
-    output: &mut dyn Write,
     hashed: &mut HashMap<Vec<u8>, Ident>,
 ) -> io::Result<()> {
-    let r = (|| {
-        if hashed.len() >= super::proto::MAX_HASHED && !hashed.contains_key(&p) {
-            return Err(Fail(
-                libc::EINVAL,
-                "too many files awaiting their delta".into(),
-            ));
+    let (p, block) = pt::read_signature_request(input)?;
+    // one signature at a time: the previous one ends first
+    out.settle()?;
+    match open_for_signature(fs, &p, block, hashed) {
+        Err(f) => super::reply(out, &Err(f)),
+        Ok((f, id)) => {
+            let mut b = Vec::new();
+            pt::signature_head(id.size, (id.size / block as u64) as u32, &mut b);
+            out.write_all(&b)?;
+            out.flush()?;
+            hashed.insert(p, id);
+            out.spawn(move |w| stream_signature(f, id, block, w))
         }
-        use super::proto::{MAX_BLOCK, MIN_BLOCK};
-        if !(MIN_BLOCK..=MAX_BLOCK).contains(&block) {
-            let m = format!("block size {block} refused ({MIN_BLOCK}..={MAX_BLOCK})");
-            return Err(Fail(libc::EINVAL, m));
-        }
-        let (f, md) = open_regular(fs, rel_of(&p)?)?;
-        let id = Ident::of(&md);
-        if id.size / block as u64 > pt::MAX_BLOCK_SUMS as u64 {
-            let m = format!("more than {} blocks of {block} bytes", pt::MAX_BLOCK_SUMS);
-            return Err(Fail(libc::EINVAL, m));
-        }
-        // (in up to SIGNATURE_THREADS threads: the signature is the
-        // delta's critical path, the client waits for it)
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = threads.min(SIGNATURE_THREADS);
-        let sig = crate::rolling::Signature::of_file(&f, id.size, block as usize, threads)
-            .map_err(io_fail("read"))?;
+    }
+}
+
+/// The file a signature is asked for, checked against the bounds.
+fn open_for_signature(
+    fs: &mut Beneath,
+    p: &[u8],
+    block: u32,
+    hashed: &HashMap<Vec<u8>, Ident>,
+) -> Result<(File, Ident), Fail> {
+    if hashed.len() >= super::proto::MAX_HASHED && !hashed.contains_key(p) {
+        return Err(Fail(
+            libc::EINVAL,
+            "too many files awaiting their delta".into(),
+        ));
+    }
+    use super::proto::{MAX_BLOCK, MIN_BLOCK};
+    if !(MIN_BLOCK..=MAX_BLOCK).contains(&block) {
+        let m = format!("block size {block} refused ({MIN_BLOCK}..={MAX_BLOCK})");
+        return Err(Fail(libc::EINVAL, m));
+    }
+    let (f, md) = open_regular(fs, rel_of(p)?)?;
+    let id = Ident::of(&md);
+    if id.size / block as u64 > pt::MAX_BLOCK_SUMS as u64 {
+        let m = format!("more than {} blocks of {block} bytes", pt::MAX_BLOCK_SUMS);
+        return Err(Fail(libc::EINVAL, m));
+    }
+    Ok((f, id))
+}
+
+/// The pieces of a signature (in up to [`SIGNATURE_THREADS`] threads:
+/// the signature is the delta's critical path), each written out as soon
+/// as it is in order, then the end and a status: done, or why the sums
+/// are not to be used (a read error, the file changed meanwhile).
+/// `Err`: a write failed (the stream broke).
+fn stream_signature(f: File, id: Ident, block: u32, w: &Shared) -> io::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = threads.min(SIGNATURE_THREADS);
+    let piece = (PIECE_BYTES / block).max(1) as usize;
+    let mut broke: Option<io::Error> = None;
+    let read = crate::rolling::Signature::stream_file(
+        &f,
+        id.size,
+        block as usize,
+        threads,
+        piece,
+        |sums| {
+            let mut b = Vec::with_capacity(4 + sums.len() * 36);
+            pt::signature_piece(sums, &mut b);
+            let mut w = lock(w);
+            let r = w.write_all(&b).and_then(|()| w.flush());
+            r.map_err(|e| {
+                let again = io::Error::new(e.kind(), e.to_string());
+                broke = Some(e);
+                again
+            })
+        },
+    );
+    if let Some(e) = broke {
+        return Err(e);
+    }
+    let status = read.map_err(io_fail("read")).and_then(|()| {
         let now = f.metadata().map_err(io_fail("stat"))?;
         if Ident::of(&now) != id {
             return Err(Fail(0, "changed while its blocks were hashed".into()));
         }
-        Ok((id, sig))
-    })();
-    match r {
-        Ok((id, sig)) => {
-            let mut b = Vec::with_capacity(13 + sig.weak.len() * 36);
-            pt::signature_reply(id.size, &sig.weak, &sig.strong, &mut b);
-            output.write_all(&b)?;
-            hashed.insert(p, id);
-            Ok(())
-        }
-        Err(f) => super::reply(output, &Err(f)),
-    }
+        Ok(())
+    });
+    let mut b = Vec::new();
+    pt::signature_end(&mut b);
+    let mut w = lock(w);
+    w.write_all(&b)?;
+    super::reply(&mut **w, &status)?;
+    w.flush()
 }
 
 /// The `L` reply: no root, an error, or the whole tree as items.

@@ -21,13 +21,14 @@
 //! Room by room: `session` (connect, host keys, auth, remote commands),
 //! `listing` (`find` and SFTP readdir), `sftp_put` (SFTP writes, pipelined),
 //! `sftp_guard` (SFTP never through a target symlink: parents LSTATed),
-//! `helper_client` (files through `syncjob helper`), `sftp` (the SFTP v3
-//! client). This file holds the [`Ssh`] transport that ties them together.
+//! `helper_client` (files through `syncjob helper`), `helper_delta` (its
+//! rolling deltas), `sftp` (the SFTP v3 client). This file holds the [`Ssh`] transport that ties them together.
 
 mod buffered;
 mod certs;
 mod config_parse;
 mod helper_client;
+mod helper_delta;
 mod helper_probe;
 mod helper_tree;
 mod jump;
