@@ -45,7 +45,7 @@ use proto::{
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -203,6 +203,32 @@ pub(crate) fn names<'a>(
             ),
         )),
     }
+}
+
+/// Write the next `n` bytes of `input` to `file` (until an error, kept in
+/// `err`; then they are only read), straight from the reader's buffer: no
+/// copy through another one.
+fn write_from(
+    input: &mut dyn BufRead,
+    mut n: usize,
+    file: &mut Option<File>,
+    err: &mut Option<Fail>,
+) -> io::Result<()> {
+    while n > 0 {
+        let avail = input.fill_buf()?;
+        if avail.is_empty() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let k = avail.len().min(n);
+        if let (Some(f), None) = (file.as_mut(), err.as_ref())
+            && let Err(e) = f.write_all(&avail[..k])
+        {
+            *err = Some(ctx("write", e));
+        }
+        input.consume(k);
+        n -= k;
+    }
+    Ok(())
 }
 
 /// Set-user-ID and set-group-ID bits are set only on a file whose owner the
@@ -431,7 +457,7 @@ fn basis_unchanged((f, id): &(File, Ident)) -> Result<(), Fail> {
 }
 
 fn read_data(
-    input: &mut dyn Read,
+    input: &mut dyn BufRead,
     buf: &mut [u8],
     file: &mut Option<File>,
     err: &mut Option<Fail>,
@@ -468,13 +494,7 @@ fn read_data(
                 format!("data chunk of {n} bytes"),
             ));
         }
-        let data = &mut buf[..n as usize];
-        input.read_exact(data)?;
-        if let (Some(f), None) = (file.as_mut(), err.as_ref())
-            && let Err(e) = f.write_all(data)
-        {
-            *err = Some(ctx("write", e));
-        }
+        write_from(input, n as usize, file, err)?;
     }
     let mut commit = [0u8; 1];
     input.read_exact(&mut commit)?;
@@ -755,7 +775,8 @@ mod tests {
             assert_eq!((st.size, st.count as usize), (old.len() as u64, blocks));
             // the copy was made: the delta's start was checked
             let t = d.path().join(tmp);
-            while std::fs::metadata(&t).map_or(0, |m| m.len()) < 40_960 {
+            while being_written(d.path()).max(std::fs::metadata(&t).map_or(0, |m| m.len())) < 40_960
+            {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             if change {
@@ -792,6 +813,22 @@ mod tests {
                 assert!(std::fs::read(&fin).unwrap() == want, "not replaced");
             }
         }
+    }
+
+    /// The size of the biggest unnamed file (`O_TMPFILE`) this process has
+    /// open in `dir` (the helper writes its files so, see `land`).
+    fn being_written(dir: &Path) -> u64 {
+        let prefix = format!("{}/#", dir.display());
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with(&prefix))
+            })
+            .filter_map(|e| std::fs::metadata(e.path()).ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
     }
 
     #[test]
