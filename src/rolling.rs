@@ -799,20 +799,28 @@ mod tests {
         }
     }
 
+    /// `len` pseudo-random bytes, and a copy with one edit chosen by
+    /// `seed` (an insertion, a deletion, a replacement, or one byte put
+    /// first), at an offset picked with `salt` and `stride`.
+    fn random_edit(len: usize, seed: u64, salt: u64, stride: usize) -> (Vec<u8>, Vec<u8>) {
+        let old = pseudo(len, seed);
+        let mut new = old.clone();
+        let r = pseudo(8, seed + salt);
+        let at = (r[0] as usize * stride) % new.len();
+        let (range, with) = match seed % 4 {
+            0 => (at..at, pseudo(r[1] as usize + 1, seed)),
+            1 => (at..(at + r[1] as usize).min(new.len()), vec![]),
+            2 => (at..(at + 3).min(new.len()), pseudo(9, seed)),
+            _ => (0..0, vec![r[2]]),
+        };
+        new.splice(range, with);
+        (old, new)
+    }
+
     #[test]
     fn random_edits_rebuild_exactly() {
         for seed in 1..40u64 {
-            let old = pseudo(20_000 + seed as usize * 37, seed);
-            let mut new = old.clone();
-            let r = pseudo(8, seed + 100);
-            let at = (r[0] as usize * 61) % new.len();
-            let (range, with) = match seed % 4 {
-                0 => (at..at, pseudo(r[1] as usize + 1, seed)),
-                1 => (at..(at + r[1] as usize).min(new.len()), vec![]),
-                2 => (at..(at + 3).min(new.len()), pseudo(9, seed)),
-                _ => (0..0, vec![r[2]]),
-            };
-            new.splice(range, with);
+            let (old, new) = random_edit(20_000 + seed as usize * 37, seed, 100, 61);
             let sig = Signature::of(&old[..], 512).unwrap();
             let (got, _) = apply(&old, &new, &sig);
             assert!(got == new, "seed {seed}");
@@ -867,17 +875,7 @@ mod tests {
     #[test]
     fn a_signature_still_coming_rebuilds_exactly_and_is_read_as_needed() {
         for seed in 1..30u64 {
-            let old = pseudo(40_000 + seed as usize * 53, seed);
-            let mut new = old.clone();
-            let r = pseudo(8, seed + 200);
-            let at = (r[0] as usize * 151) % new.len();
-            let (range, with) = match seed % 4 {
-                0 => (at..at, pseudo(r[1] as usize + 1, seed)),
-                1 => (at..(at + r[1] as usize).min(new.len()), vec![]),
-                2 => (at..(at + 3).min(new.len()), pseudo(9, seed)),
-                _ => (0..0, vec![r[2]]),
-            };
-            new.splice(range, with);
+            let (old, new) = random_edit(40_000 + seed as usize * 53, seed, 200, 151);
             let sig = Signature::of(&old[..], 512).unwrap();
             let (_, want_lit) = apply(&old, &new, &sig);
             for (piece, ahead) in [(1, 0), (3, 1024), (7, 4096), (1000, 0)] {

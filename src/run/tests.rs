@@ -56,6 +56,23 @@ impl Fixture {
     }
 }
 
+/// An opener refused once (a transient error), then reachable; counts
+/// its calls in `tries`.
+fn refused_once<'a>(
+    t: &'a MemoryTarget,
+    tries: &'a Mutex<u32>,
+) -> impl Fn(&Target, &TransportSettings) -> Result<Box<dyn Transport>, OpenError> + Sync + 'a {
+    move |_, _| {
+        let mut n = tries.lock().unwrap();
+        *n += 1;
+        if *n == 1 {
+            let e = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+            return Err(OpenError::from(e));
+        }
+        Ok(t.open())
+    }
+}
+
 fn opts() -> Options {
     Options {
         trigger: Trigger::Manual,
@@ -127,17 +144,8 @@ fn a_permanent_failure_is_not_retried_and_a_transient_one_is() {
     assert_eq!(*calls.lock().unwrap(), 1);
 
     // refused once, then reachable: one retry, and the run is ok
-    let t = fx.target.clone();
     let tries = Mutex::new(0);
-    let flaky = |_: &Target, _: &TransportSettings| -> Result<Box<dyn Transport>, OpenError> {
-        let mut n = tries.lock().unwrap();
-        *n += 1;
-        if *n == 1 {
-            let e = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-            return Err(OpenError::from(e));
-        }
-        Ok(t.open())
-    };
+    let flaky = refused_once(&fx.target, &tries);
     let r = fx.run_with(&opts(), &flaky);
     assert_eq!(r.status, Status::Ok, "{:?}", r.records[0].reason);
     assert_eq!(*tries.lock().unwrap(), 2);
@@ -255,17 +263,8 @@ fn a_failed_scan_drops_the_early_connection_and_a_failed_early_connection_is_ret
     std::fs::rename(fx.dir.path().join("moved"), fx.src("")).unwrap();
     // the connection made during the scan fails (transient): it counts as
     // the first attempt, the retry connects again
-    let t = fx.target.clone();
     let tries = Mutex::new(0);
-    let flaky = |_: &Target, _: &TransportSettings| -> Result<Box<dyn Transport>, OpenError> {
-        let mut n = tries.lock().unwrap();
-        *n += 1;
-        if *n == 1 {
-            let e = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-            return Err(OpenError::from(e));
-        }
-        Ok(t.open())
-    };
+    let flaky = refused_once(&fx.target, &tries);
     let r = fx.run_with(&opts(), &flaky);
     assert_eq!(r.status, Status::Ok, "{:?}", r.records[0].reason);
     assert_eq!(*tries.lock().unwrap(), 2);
