@@ -629,16 +629,22 @@ impl<'a> Matcher<'a> {
 mod tests {
     use super::*;
 
+    /// Append what `op` stands for (a copy of `old`'s bytes, or literal
+    /// data) to `out`.
+    fn rebuild(old: &[u8], out: &mut Vec<u8>, op: Op) {
+        match op {
+            Op::Copy { offset, len } => {
+                out.extend_from_slice(&old[offset as usize..(offset + len) as usize])
+            }
+            Op::Literal(d) => out.extend_from_slice(d),
+        }
+    }
+
     /// Apply ops to `old`: the rebuilt file.
     fn apply(old: &[u8], new: &[u8], sig: &Signature) -> (Vec<u8>, u64) {
         let mut out = Vec::new();
         let lit = delta(new, sig, |op| {
-            match op {
-                Op::Copy { offset, len } => {
-                    out.extend_from_slice(&old[offset as usize..(offset + len) as usize])
-                }
-                Op::Literal(d) => out.extend_from_slice(d),
-            }
+            rebuild(old, &mut out, op);
             Ok(())
         })
         .unwrap();
@@ -691,12 +697,7 @@ mod tests {
         let start = run * 4096;
         let mut out = old[..start].to_vec();
         let lit = delta_from(&new[start..], start as u64, &sig, &aligned, |op| {
-            match op {
-                Op::Copy { offset, len } => {
-                    out.extend_from_slice(&old[offset as usize..(offset + len) as usize])
-                }
-                Op::Literal(d) => out.extend_from_slice(d),
-            }
+            rebuild(&old, &mut out, op);
             Ok(())
         })
         .unwrap();
@@ -860,12 +861,7 @@ mod tests {
         let total = whole.weak.len();
         let lit = delta_growing(new, 0, (&mut sig, total, lookahead), &mut more, &[], |op| {
             first.get_or_insert(pieces.get());
-            match op {
-                Op::Copy { offset, len } => {
-                    out.extend_from_slice(&old[offset as usize..(offset + len) as usize])
-                }
-                Op::Literal(d) => out.extend_from_slice(d),
-            }
+            rebuild(old, &mut out, op);
             Ok(())
         })
         .unwrap();
