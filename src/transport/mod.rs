@@ -312,6 +312,25 @@ pub fn open_source(
     Ok((f, md))
 }
 
+/// The next piece of a source being copied into `buf`, `done` bytes in:
+/// never past `before`'s size (the size it had when opened), so a complete
+/// file costs no read to see its end; a file that grew since is caught by
+/// [`verify_unchanged`] (size, mtime, ctime). `Ok(0)`: all read, or it
+/// ended early (then `verify_unchanged` fails it).
+pub fn read_source_piece(
+    input: &mut File,
+    before: &Metadata,
+    done: u64,
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    use std::io::Read;
+    let room = before.size().saturating_sub(done).min(buf.len() as u64) as usize;
+    if room == 0 {
+        return Ok(0);
+    }
+    input.read(&mut buf[..room])
+}
+
 /// After a copy: did the source stay as it was when opened?
 pub fn verify_unchanged(f: &File, before: &Metadata, copied: u64) -> io::Result<()> {
     let now = f.metadata()?;

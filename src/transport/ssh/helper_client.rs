@@ -12,7 +12,9 @@ use super::helper_delta::{Basis, ask_hashes, send_rolling};
 use super::openssh::Pipe;
 use super::session::shell_quote;
 use crate::helper::proto;
-use crate::transport::{CopyCtx, OpenError, open_source, temp_name, verify_unchanged};
+use crate::transport::{
+    CopyCtx, OpenError, open_source, read_source_piece, temp_name, verify_unchanged,
+};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -243,20 +245,12 @@ impl FileOut<'_> {
     ) -> io::Result<(u64, Option<io::Error>)> {
         use std::io::Write;
         let mut size = 0u64;
-        // the size it had when opened: a file that grew since is caught by
-        // `verify_unchanged` (size, mtime, ctime), without one more read to
-        // see the end
-        let want = self.before.len();
         loop {
             if ctx.cancelled() {
                 let e = io::Error::new(io::ErrorKind::Interrupted, "aborted by shutdown");
                 return Ok((size, Some(e)));
             }
-            let room = (want - size.min(want)).min(buf.len() as u64) as usize;
-            if room == 0 {
-                return Ok((size, None));
-            }
-            let n = match self.input.read(&mut buf[..room]) {
+            let n = match read_source_piece(&mut self.input, &self.before, size, buf) {
                 Ok(0) => return Ok((size, None)),
                 Ok(n) => n,
                 Err(e) => return Ok((size, Some(e))),

@@ -10,7 +10,9 @@
 use super::Ssh;
 use super::sftp::{self, Attrs, FXF_CREAT, FXF_EXCL, FXF_WRITE, Reply, secs32};
 use crate::plan::{Action, EntryKind};
-use crate::transport::{CopyCtx, apply_one, open_source, temp_name, verify_unchanged};
+use crate::transport::{
+    CopyCtx, apply_one, open_source, read_source_piece, temp_name, verify_unchanged,
+};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -433,10 +435,7 @@ impl Ssh {
             let (Some(h), Some((input, before))) = (&p.handle, &mut p.input) else {
                 continue;
             };
-            // the size it had when opened: a file that grew since is caught
-            // by `verify_unchanged`, without one more read to see the end
-            let want = before.len();
-            while sizes[k] < want {
+            loop {
                 if ctx.cancelled() {
                     p.result = Some(Err(io::Error::new(
                         io::ErrorKind::Interrupted,
@@ -444,8 +443,7 @@ impl Ssh {
                     )));
                     break;
                 }
-                let room = (want - sizes[k]).min(buf.len() as u64) as usize;
-                let n = match input.read(&mut buf[..room]) {
+                let n = match read_source_piece(input, before, sizes[k], &mut buf) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) => {
