@@ -263,6 +263,7 @@ fn handshake<S: std::os::fd::AsRawFd + 'static>(
     deadline: &Deadline,
 ) -> Result<ssh2::Session, OpenError> {
     let label = hop_label(hop);
+    super::fast_cipher::ensure_linked();
     let mut sess = ssh2::Session::new().map_err(io::Error::from)?;
     sess.set_tcp_stream(stream);
     // Chosen by measurement (bench/ciphers.sh, 2026-11-27, 2 cores, AES-NI,
