@@ -374,9 +374,6 @@ fn receive<R: Read>(
     reply(output, &result)
 }
 
-/// A file's data chunks (and, with a basis, copies from it), written to
-/// `file` until an error (kept in `err`); returns whether the sender
-/// committed the file.
 /// Append `len` bytes of `basis` at `off` to `f`: in the kernel
 /// (`copy_file_range`: no copy through this process; a reflink where the
 /// filesystem shares blocks), else read and written. Where the two
@@ -456,6 +453,9 @@ fn basis_unchanged((f, id): &(File, Ident)) -> Result<(), Fail> {
     Ok(())
 }
 
+/// A file's data chunks (and, with a basis, copies from it), written to
+/// `file` until an error (kept in `err`); returns whether the sender
+/// committed the file.
 fn read_data(
     input: &mut dyn BufRead,
     buf: &mut [u8],
