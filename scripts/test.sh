@@ -34,8 +34,8 @@ if ! cargo deb --version >/dev/null 2>&1; then
 fi
 
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
-cargo test --all-targets
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --all-targets
 # the SSH tests again with the system's ssh binary as the transport
 SYNCJOB_TEST_SSH_CLIENT=openssh cargo test --test ssh --test faults --test ssh_config \
   --test ssh_auto_helper --test ssh_certs --test secstate_ssh --test secfs --test helper_job \

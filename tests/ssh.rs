@@ -512,7 +512,7 @@ fn the_remote_helper_sends_only_the_changed_blocks_of_a_big_file() {
 }
 
 /// libssh2's ChaCha20 and Poly1305 are replaced by vectorised ones
-/// (`transport::ssh::fast_cipher`): with the server offering only
+/// (`crates/ssh-chachapoly`): with the server offering only
 /// chacha20-poly1305, files of many odd sizes (packets of every length,
 /// partial blocks) go both ways intact: written over SFTP and through the
 /// helper, listed and compared back.

@@ -27,7 +27,6 @@
 mod buffered;
 mod certs;
 mod config_parse;
-pub(crate) mod fast_cipher;
 mod helper_client;
 mod helper_delta;
 mod helper_probe;

@@ -263,7 +263,7 @@ fn handshake<S: std::os::fd::AsRawFd + 'static>(
     deadline: &Deadline,
 ) -> Result<ssh2::Session, OpenError> {
     let label = hop_label(hop);
-    super::fast_cipher::ensure_linked();
+    ssh_chachapoly::ensure_linked();
     let mut sess = ssh2::Session::new().map_err(io::Error::from)?;
     sess.set_tcp_stream(stream);
     // Chosen by measurement (bench/ciphers.sh, 2026-11-27, 2 cores, AES-NI,
@@ -272,7 +272,7 @@ fn handshake<S: std::os::fd::AsRawFd + 'static>(
     // aes128-ctr 11.0/11.0, aes128-gcm 12.2/10.2; over SFTP 12.7/11.0,
     // 12.2/12.4, 13.2/12.2. libssh2's AES-GCM costs this side 7-8 s/GiB
     // against 5 for its chacha20 (6 for CTR). Since then libssh2's
-    // ChaCha20 and Poly1305 are vectorised ones (`fast_cipher`): about 3.3
+    // ChaCha20 and Poly1305 are vectorised ones (`ssh-chachapoly`): about 3.3
     // s/GiB on this side, so the order stands. The first of these the
     // server offers is used.
     const CIPHERS: &str = "chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes192-ctr";

@@ -3,12 +3,20 @@
 //!
 //! libssh2 (vendored by `libssh2-sys`) implements that cipher over a
 //! portable C ChaCha20 and Poly1305 (`chacha.c`, `poly1305.c` from
-//! OpenSSH): about 60 % of this client's CPU when it moves big files. The
-//! four C functions below have exactly those files' names, signatures and
-//! results; being defined in this crate, the linker resolves libssh2's
-//! calls to them and never takes `chacha.o`/`poly1305.o` out of libssh2's
-//! archive (`ensure_linked` makes the SSH code reference them, so that
-//! they are in the link before libssh2's archive is read).
+//! OpenSSH): about 60 % of syncjob's client CPU when it moves big files.
+//! The four C functions below have exactly those files' names, signatures
+//! and results; defined here, they are what the linker resolves libssh2's
+//! calls to, and it never takes `chacha.o`/`poly1305.o` out of libssh2's
+//! archive:
+//! - this crate depends on `libssh2-sys` (`extern crate` below), so its
+//!   objects come before libssh2's archive on the link line;
+//! - [`ensure_linked`], called by syncjob's SSH code, makes the object
+//!   that holds them part of the link before that archive is read.
+//!
+//! A crate of its own so that test builds compile it optimised too
+//! (`[profile.dev.package.ssh-chachapoly]`): the cipher's generic code is
+//! instantiated here, and unoptimised it made every SSH transfer of the
+//! test suite CPU bound.
 //!
 //! Invariants:
 //! - `chacha_ctx` keeps the reference layout (16 little-endian state words:
@@ -22,6 +30,8 @@
 //! - A wrong result would fail every SSH connection's MAC check: the unit
 //!   tests hold them to RFC 7539 vectors and to the reference algorithm,
 //!   and every SSH test runs through them against a real sshd.
+
+extern crate libssh2_sys;
 
 use chacha20::ChaCha20LegacyCore;
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherCoreWrapper};
@@ -53,7 +63,7 @@ fn words_le<const N: usize>(words: &[u32]) -> [u8; N] {
 
 /// Makes the SSH session code refer to the replacements, so that the
 /// linker takes them from this crate before it reads libssh2's archive.
-pub(crate) fn ensure_linked() {
+pub fn ensure_linked() {
     std::hint::black_box(chacha_keysetup as *const ());
     std::hint::black_box(chacha_ivsetup as *const ());
     std::hint::black_box(chacha_encrypt_bytes as *const ());
