@@ -165,11 +165,17 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_new_file_is_written_unnamed_and_named_only_when_complete() {
+    /// A root holding an empty directory `d`, and the helper's view of it.
+    fn root_with_d() -> (tempfile::TempDir, Beneath) {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join("d")).unwrap();
-        let mut fs = Beneath::new(root.path().to_path_buf());
+        let fs = Beneath::new(root.path().to_path_buf());
+        (root, fs)
+    }
+
+    #[test]
+    fn a_new_file_is_written_unnamed_and_named_only_when_complete() {
+        let (root, mut fs) = root_with_d();
         let mut l = start(&mut fs, Path::new("d"), names().1).unwrap();
         assert!(l.unnamed, "tmpfs and ext4 have O_TMPFILE");
         l.file.write_all(b"data").unwrap();
@@ -182,13 +188,11 @@ mod tests {
 
     #[test]
     fn a_symlink_at_the_final_name_is_replaced_never_written_through() {
-        let root = tempfile::tempdir().unwrap();
+        let (root, mut fs) = root_with_d();
         let outside = tempfile::tempdir().unwrap();
         let secret = outside.path().join("secret");
         std::fs::write(&secret, b"keep").unwrap();
-        std::fs::create_dir(root.path().join("d")).unwrap();
         std::os::unix::fs::symlink(&secret, root.path().join("d/f")).unwrap();
-        let mut fs = Beneath::new(root.path().to_path_buf());
         let mut l = start(&mut fs, Path::new("d"), names().1).unwrap();
         l.file.write_all(b"new").unwrap();
         commit(&mut fs, l, names(), &attrs()).unwrap_or_else(|f| panic!("{}", f.1));
@@ -200,9 +204,7 @@ mod tests {
 
     #[test]
     fn an_unnamed_file_that_cannot_be_linked_is_copied_to_a_named_one() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("d")).unwrap();
-        let mut fs = Beneath::new(root.path().to_path_buf());
+        let (root, mut fs) = root_with_d();
         let mut f = fs.create_unnamed(Path::new("d")).unwrap().unwrap();
         let data: Vec<u8> = (0..600_000u32).map(|i| (i % 253) as u8).collect();
         f.write_all(&data).unwrap();
@@ -214,10 +216,8 @@ mod tests {
 
     #[test]
     fn without_the_capability_the_file_is_named_through_its_proc_entry() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("d")).unwrap();
+        let (root, mut fs) = root_with_d();
         std::fs::write(root.path().join("d/taken"), b"old").unwrap();
-        let mut fs = Beneath::new(root.path().to_path_buf());
         let mut f = fs.create_unnamed(Path::new("d")).unwrap().unwrap();
         f.write_all(b"via proc").unwrap();
         let d = Path::new("d");
@@ -230,10 +230,8 @@ mod tests {
 
     #[test]
     fn linking_never_replaces_an_entry() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("d")).unwrap();
+        let (root, mut fs) = root_with_d();
         std::fs::write(root.path().join("d/f"), b"old").unwrap();
-        let mut fs = Beneath::new(root.path().to_path_buf());
         let f = fs.create_unnamed(Path::new("d")).unwrap().unwrap();
         let e = fs
             .link_new(Path::new("d"), &f, OsStr::new("f"))
