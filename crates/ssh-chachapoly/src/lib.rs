@@ -25,16 +25,17 @@
 //!   block, as the reference does.
 //! - Input and output may be the same buffer (libssh2 encrypts in place);
 //!   a partial overlap is handled through a copy.
-//! - A 128-bit key (the reference allows it; libssh2 never uses it) goes
-//!   through the scalar reference algorithm kept here.
+//! - A 128-bit key (the reference allows it; libssh2 never uses it) and a
+//!   block counter that would wrap past 2^64 go through the scalar
+//!   reference algorithm kept here (the vectorised cipher would stop).
 //! - A wrong result would fail every SSH connection's MAC check: the unit
 //!   tests hold them to RFC 7539 vectors and to the reference algorithm,
 //!   and every SSH test runs through them against a real sshd.
 
 extern crate libssh2_sys;
 
-use chacha20::ChaCha20LegacyCore;
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherCoreWrapper};
+use chacha20::{ChaCha20Legacy, ChaCha20LegacyCore};
 use poly1305::Poly1305;
 use poly1305::universal_hash::KeyInit;
 
@@ -127,35 +128,50 @@ pub unsafe extern "C" fn chacha_encrypt_bytes(
     // when the two do not overlap
     let out = unsafe { std::slice::from_raw_parts_mut(c, bytes) };
     let overlap = (m as usize) < (c as usize) + bytes && (c as usize) < (m as usize) + bytes;
-    if !overlap {
-        // SAFETY: `m` holds `bytes` readable bytes, disjoint from `out`
-        let input = unsafe { std::slice::from_raw_parts(m, bytes) };
-        out.copy_from_slice(input);
-    } else if !std::ptr::eq(m, c) {
+    let copied;
+    let input: Option<&[u8]> = if std::ptr::eq(m, c) {
+        None
+    } else if overlap {
         // SAFETY: `m` holds `bytes` readable bytes (copied before writing)
-        let input = unsafe { std::slice::from_raw_parts(m, bytes) }.to_vec();
-        out.copy_from_slice(&input);
+        copied = unsafe { std::slice::from_raw_parts(m, bytes) }.to_vec();
+        Some(&copied)
+    } else {
+        // SAFETY: `m` holds `bytes` readable bytes, disjoint from `out`
+        Some(unsafe { std::slice::from_raw_parts(m, bytes) })
+    };
+    match (cipher_at(&ctx.input, bytes), input) {
+        // one pass: read the input, write the output
+        (Some(mut k), Some(input)) => k.apply_keystream_b2b(input, out),
+        (Some(mut k), None) => k.apply_keystream(out),
+        (None, input) => {
+            if let Some(input) = input {
+                out.copy_from_slice(input);
+            }
+            reference_xor(&ctx.input, out);
+        }
     }
-    xor_keystream(&ctx.input, out);
     let blocks = bytes.div_ceil(64) as u64;
     let counter = (u64::from(ctx.input[13]) << 32 | u64::from(ctx.input[12])).wrapping_add(blocks);
     ctx.input[12] = counter as u32;
     ctx.input[13] = (counter >> 32) as u32;
 }
 
-/// XORs `buf` with the keystream the state stands at (key, nonce, block
-/// counter). The crate's cipher knows only the 256-bit key constants; a
-/// 128-bit key (never used by libssh2) takes the scalar reference.
-fn xor_keystream(state: &[u32; 16], buf: &mut [u8]) {
+/// The vectorised keystream the state stands at (key, nonce, block
+/// counter), for `bytes` bytes. `None` where the crate's cipher does not
+/// apply and the scalar reference is used: a 128-bit key's constants
+/// (never used by libssh2), or a counter that would wrap past 2^64 (the
+/// crate's cipher stops there; libssh2's counters are 0 and 1).
+fn cipher_at(state: &[u32; 16], bytes: usize) -> Option<ChaCha20Legacy> {
     let counter = u64::from(state[13]) << 32 | u64::from(state[12]);
+    counter.checked_add(bytes.div_ceil(64) as u64)?;
     if words_le::<16>(&state[0..4]) != *SIGMA {
-        return reference_xor(state, buf);
+        return None;
     }
     let key: [u8; 32] = words_le(&state[4..12]);
     let nonce: [u8; 8] = words_le(&state[14..16]);
     let mut core = ChaCha20LegacyCore::new(&key.into(), &nonce.into());
     core.set_block_pos(counter);
-    StreamCipherCoreWrapper::from_core(core).apply_keystream(buf);
+    Some(StreamCipherCoreWrapper::from_core(core))
 }
 
 /// The reference algorithm, one 64-byte block at a time (D. J. Bernstein's
