@@ -97,7 +97,7 @@ fn name_by_copy(
         .create_new(dir, tmp)
         .map_err(|e| ctx("create temporary file", e))?;
     let mut buf = vec![0u8; 256 << 10];
-    super::copy_range(f, 0, len, &mut out, &mut buf)?;
+    super::copy::copy_range(f, 0, len, &mut out, &mut buf)?;
     set_attrs(&out, a)?;
     close(out)
 }

@@ -31,6 +31,7 @@
 //! unnamed file or removes the temporary one (a temporary name left by a
 //! killed helper goes at the next run's stale-temporary cleanup).
 
+mod copy;
 mod land;
 mod ordered;
 pub mod proto;
@@ -50,6 +51,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// A file the helper could not write: errno (0: none) and message.
+#[derive(Debug)]
 pub(crate) struct Fail(i32, String);
 
 pub(crate) fn reply(w: &mut dyn Write, r: &Result<(), Fail>) -> io::Result<()> {
@@ -374,59 +376,6 @@ fn receive<R: Read>(
     reply(output, &result)
 }
 
-/// Append `len` bytes of `basis` at `off` to `f`: in the kernel
-/// (`copy_file_range`: no copy through this process; a reflink where the
-/// filesystem shares blocks), else read and written. Where the two
-/// offsets differ within a page (an insertion shifted the data), read and
-/// written: the kernel's copy of pages that do not line up cost more
-/// (measured on tmpfs, 255 MiB: 0.27 s of CPU, against 0.20 s through a
-/// buffer and 0.17 s for pages that line up).
-fn copy_range(
-    basis: &File,
-    mut off: u64,
-    mut len: u64,
-    f: &mut File,
-    buf: &mut [u8],
-) -> Result<(), Fail> {
-    use std::os::unix::fs::FileExt;
-    let short = || {
-        Fail(
-            libc::EINVAL,
-            "copy beyond the end of the old version".into(),
-        )
-    };
-    use std::io::Seek;
-    let at = f.stream_position().map_err(|e| ctx("write", e))?;
-    let mut in_kernel = at % 4096 == off % 4096;
-    while len > 0 {
-        let step = len.min(64 << 20) as usize;
-        if in_kernel {
-            let mut at = off;
-            match rustix::fs::copy_file_range(basis, Some(&mut at), &*f, None, step) {
-                Ok(0) => return Err(short()),
-                Ok(n) => {
-                    off += n as u64;
-                    len -= n as u64;
-                    continue;
-                }
-                Err(rustix::io::Errno::INTR) => continue,
-                // not on this filesystem (or kernel): read and write
-                Err(_) => in_kernel = false,
-            }
-        }
-        let step = step.min(buf.len());
-        let data = &mut buf[..step];
-        basis.read_exact_at(data, off).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => short(),
-            _ => ctx("read the old version", e),
-        })?;
-        f.write_all(data).map_err(|e| ctx("write", e))?;
-        off += step as u64;
-        len -= step as u64;
-    }
-    Ok(())
-}
-
 /// A delta's basis: the file at the final name, as it was hashed (`id`),
 /// with that identity (checked again when the delta is complete: its
 /// signature may have been computed while the delta came, see `tree`).
@@ -482,7 +431,7 @@ fn read_data(
                 ));
             };
             if let (Some(f), None) = (file.as_mut(), err.as_ref())
-                && let Err(e) = copy_range(b, off, len as u64, f, buf)
+                && let Err(e) = copy::copy_range(b, off, len as u64, f, buf)
             {
                 *err = Some(e);
             }
