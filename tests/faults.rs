@@ -147,6 +147,9 @@ fn kill9_mid_copy_with(lab: &Lab, dst: &Path, size: usize, helper: bool) {
             assert!(attempt < 5, "could never kill the run mid-copy");
             let _ = fs::remove_dir_all(dst);
             let _ = fs::remove_file(lab.log_path());
+            // and the manifest that run left (else the next one trusts it
+            // and copies nothing)
+            let _ = fs::remove_dir_all(lab.state().join("manifests"));
             continue;
         }
         break;
