@@ -37,6 +37,7 @@ mod listing;
 mod mux;
 mod old_times;
 pub mod openssh;
+mod quickack;
 pub mod resolve;
 mod session;
 pub mod sftp;

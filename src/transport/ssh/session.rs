@@ -265,6 +265,8 @@ fn handshake<S: std::os::fd::AsRawFd + 'static>(
     let label = hop_label(hop);
     ssh_chachapoly::ensure_linked();
     let mut sess = ssh2::Session::new().map_err(io::Error::from)?;
+    // no 40 ms wait for a delayed ACK in the handshake (see quickack)
+    super::quickack::install(&sess, stream.as_raw_fd());
     sess.set_tcp_stream(stream);
     // Chosen by measurement (bench/ciphers.sh, 2026-11-27, 2 cores, AES-NI,
     // loopback sshd, CPU seconds per GiB moved, this client + the server,
