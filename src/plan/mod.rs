@@ -207,6 +207,13 @@ impl Sorted {
         self.names.extend_from_slice(p.as_os_str().as_bytes());
         self.items.push((self.names.len() as u64, e));
     }
+    /// Append all of `other`, whose paths all come after this one's.
+    pub(crate) fn append(&mut self, other: Sorted) {
+        let base = self.names.len() as u64;
+        self.names.extend_from_slice(&other.names);
+        self.items
+            .extend(other.items.into_iter().map(|(end, e)| (end + base, e)));
+    }
     pub(crate) fn shrink(&mut self) {
         self.names.shrink_to_fit();
         self.items.shrink_to_fit();
@@ -376,7 +383,7 @@ pub fn scan_source(root: &Path, filter: &Filter) -> Result<Scan, ScanError> {
     let mut found = Sorted::default();
     found.push(Path::new(""), crate::plan::source::entry_of(&st, None));
     let mut dirs = crate::plan::source::DirIds::new();
-    crate::plan::source::walk(
+    crate::plan::source::walk_parallel(
         walk_fd,
         Path::new(""),
         filter,

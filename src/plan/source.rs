@@ -26,6 +26,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+mod parallel;
+pub use parallel::walk as walk_parallel;
+
+/// The warning for an entry that vanished during the scan.
+const VANISHED: &str = "vanished during the scan";
+/// Vanished entries are listed while there are fewer warnings than this.
+const VANISHED_SHOWN: usize = 200;
+
 /// Device and inode of each directory the scan entered (the root too).
 pub type DirIds = HashMap<PathBuf, (u64, u64)>;
 
@@ -91,10 +99,10 @@ fn fail(scan: &mut Scan, rel: PathBuf, msg: String) {
 /// the target.
 fn vanished(scan: &mut Scan, rel: PathBuf) {
     scan.vanished += 1;
-    if scan.warnings.len() < 200 {
+    if scan.warnings.len() < VANISHED_SHOWN {
         scan.warnings.push(PathError {
             path: display_path(&rel),
-            message: "vanished during the scan".into(),
+            message: VANISHED.into(),
         });
     }
     scan.unknown.insert(rel);
@@ -149,6 +157,97 @@ fn read_names(
     names
 }
 
+/// What the scan makes of one name of a directory.
+enum Child {
+    /// nothing to list (a problem recorded, or a special file)
+    Skip,
+    Leaf(Entry),
+    /// a directory: its entry and its device and inode
+    Dir(Entry, (u64, u64)),
+}
+
+/// Stat the name `name` of the directory `fd` (the path `child`), symlinks
+/// never followed; problems and special files are recorded in `scan`.
+fn stat_child(fd: BorrowedFd, name: &OsStr, child: &Path, scan: &mut Scan) -> Child {
+    let st = match rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(err) => {
+            let gone = err == rustix::io::Errno::NOENT;
+            let msg = format!("cannot stat: {err}");
+            fail_or_vanished(scan, child.to_path_buf(), gone, msg);
+            return Child::Skip;
+        }
+    };
+    match FileType::from_raw_mode(st.st_mode as _) {
+        FileType::Fifo | FileType::Socket | FileType::BlockDevice | FileType::CharacterDevice => {
+            scan.warnings.push(PathError {
+                path: display_path(child),
+                message: "special file (fifo, socket or device) skipped".into(),
+            });
+            scan.unknown.insert(child.to_path_buf());
+            Child::Skip
+        }
+        FileType::Symlink => match rustix::fs::readlinkat(fd, name, Vec::new()) {
+            Ok(l) => {
+                let l = PathBuf::from(OsStr::from_bytes(l.as_bytes()));
+                Child::Leaf(entry_of(&st, Some(l)))
+            }
+            Err(err) => {
+                let gone = err == rustix::io::Errno::NOENT;
+                let msg = format!("cannot read link: {err}");
+                fail_or_vanished(scan, child.to_path_buf(), gone, msg);
+                Child::Skip
+            }
+        },
+        FileType::Directory => Child::Dir(entry_of(&st, None), id(&st)),
+        _ => Child::Leaf(entry_of(&st, None)),
+    }
+}
+
+/// The subtree of the subdirectory `name` of `fd` (the path `child`, the
+/// directory `want`), its entry already pushed: opened as checked, walked.
+fn descend(
+    fd: BorrowedFd,
+    name: &OsStr,
+    child: PathBuf,
+    want: (u64, u64),
+    filter: &Filter,
+    acc: (&mut Scan, &mut Sorted, &mut DirIds),
+) {
+    let (scan, found, dirs) = acc;
+    match open_checked(fd, name, want) {
+        Ok(sub) => {
+            dirs.insert(child.clone(), want);
+            walk(sub, &child, filter, scan, found, dirs);
+        }
+        Err(e) => {
+            let gone = e.kind() == io::ErrorKind::NotFound;
+            fail_or_vanished(scan, child, gone, e.to_string())
+        }
+    }
+}
+
+/// The names of the directory `dir` (the path `rel`), sorted, and the
+/// directory read; `None` where it cannot be read (recorded in `scan`).
+fn sorted_names(
+    dir: OwnedFd,
+    rel: &Path,
+    filter: &Filter,
+    scan: &mut Scan,
+) -> Option<(rustix::fs::Dir, Vec<OsString>)> {
+    let mut d = match rustix::fs::Dir::new(dir) {
+        Ok(d) => d,
+        Err(e) => {
+            let gone = e == rustix::io::Errno::NOENT;
+            fail_or_vanished(scan, rel.to_path_buf(), gone, e.to_string());
+            return None;
+        }
+    };
+    let mut names = read_names(&mut d, rel, filter, scan);
+    names.sort_unstable();
+    Some((d, names))
+}
+
 /// One directory of the scan (open as `dir`), then its subdirectories:
 /// entries sorted by name, each stat'ed relative to the directory's handle,
 /// symlinks never followed. One handle is held per level of depth.
@@ -160,61 +259,19 @@ pub fn walk(
     found: &mut Sorted,
     dirs: &mut DirIds,
 ) {
-    let mut d = match rustix::fs::Dir::new(dir) {
-        Ok(d) => d,
-        Err(e) => {
-            let gone = e == rustix::io::Errno::NOENT;
-            return fail_or_vanished(scan, rel.to_path_buf(), gone, e.to_string());
-        }
+    let Some((d, names)) = sorted_names(dir, rel, filter, scan) else {
+        return;
     };
-    let mut names = read_names(&mut d, rel, filter, scan);
-    names.sort_unstable();
     let Ok(fd) = d.fd() else { return };
     for name in names {
         let child = rel.join(&name);
-        let st = match rustix::fs::statat(fd, &name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(err) => {
-                let gone = err == rustix::io::Errno::NOENT;
-                fail_or_vanished(scan, child, gone, format!("cannot stat: {err}"));
-                continue;
+        match stat_child(fd, &name, &child, scan) {
+            Child::Skip => {}
+            Child::Leaf(e) => found.push(&child, e),
+            Child::Dir(e, want) => {
+                found.push(&child, e);
+                descend(fd, &name, child, want, filter, (scan, found, dirs));
             }
-        };
-        match FileType::from_raw_mode(st.st_mode as _) {
-            FileType::Fifo
-            | FileType::Socket
-            | FileType::BlockDevice
-            | FileType::CharacterDevice => {
-                scan.warnings.push(PathError {
-                    path: display_path(&child),
-                    message: "special file (fifo, socket or device) skipped".into(),
-                });
-                scan.unknown.insert(child);
-            }
-            FileType::Symlink => match rustix::fs::readlinkat(fd, &name, Vec::new()) {
-                Ok(l) => {
-                    let l = PathBuf::from(OsStr::from_bytes(l.as_bytes()));
-                    found.push(&child, entry_of(&st, Some(l)));
-                }
-                Err(err) => {
-                    let gone = err == rustix::io::Errno::NOENT;
-                    fail_or_vanished(scan, child, gone, format!("cannot read link: {err}"))
-                }
-            },
-            FileType::Directory => {
-                found.push(&child, entry_of(&st, None));
-                match open_checked(fd, &name, id(&st)) {
-                    Ok(sub) => {
-                        dirs.insert(child.clone(), id(&st));
-                        walk(sub, &child, filter, scan, found, dirs);
-                    }
-                    Err(e) => {
-                        let gone = e.kind() == io::ErrorKind::NotFound;
-                        fail_or_vanished(scan, child, gone, e.to_string())
-                    }
-                }
-            }
-            _ => found.push(&child, entry_of(&st, None)),
         }
     }
 }
