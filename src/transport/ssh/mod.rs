@@ -212,28 +212,6 @@ impl Ssh {
     }
 }
 
-impl Ssh {
-    /// The copied files whose mtime SFTP could not carry get it by `touch`
-    /// (a failure is reported on stderr; the file keeps the clamped time).
-    fn fix_old_times(&self, items: &[(&Path, PathBuf)], results: &[io::Result<u64>]) {
-        use std::os::unix::fs::MetadataExt;
-        let old: Vec<(Vec<u8>, i64)> = items
-            .iter()
-            .zip(results)
-            .filter(|(_, r)| r.is_ok())
-            .filter_map(|((rel, src), _)| {
-                let s = std::fs::symlink_metadata(src).ok()?.mtime();
-                (!old_times::fits_sftp(s)).then(|| (self.path(rel), s))
-            })
-            .collect();
-        if !old.is_empty()
-            && let Err(e) = self.touch_times(&old)
-        {
-            crate::errln!("syncjob: {e}");
-        }
-    }
-}
-
 /// Files in one batch of copies: one round of records and replies through
 /// the helper; over SFTP, each file holds a handle on the server for the
 /// round, so as many only where the server says it keeps twice as many
@@ -266,11 +244,7 @@ impl Transport for Ssh {
         let r = if self.helper.is_some() {
             self.put_batch_helper(items, preserve_owner, ctx)
         } else {
-            let r = self.put_batch(items, preserve_owner, ctx);
-            if let Ok(r) = &r {
-                self.fix_old_times(items, r);
-            }
-            r
+            self.put_batch(items, preserve_owner, ctx)
         };
         match r {
             Ok(r) => r

@@ -17,6 +17,18 @@ pub(super) fn fits_sftp(secs: i64) -> bool {
 }
 
 impl Ssh {
+    /// Files just written whose mtime SFTP could not carry (absolute remote
+    /// paths, and the source's seconds as the file was read) get it by
+    /// `touch`; a failure is reported on stderr (the file keeps the
+    /// clamped time).
+    pub(super) fn fix_old_times(&self, old: &[(Vec<u8>, i64)]) {
+        if !old.is_empty()
+            && let Err(e) = self.touch_times(old)
+        {
+            crate::errln!("syncjob: {e}");
+        }
+    }
+
     /// Set the mtimes of `items` (absolute remote paths) with `touch`.
     pub(super) fn touch_times(&self, items: &[(Vec<u8>, i64)]) -> io::Result<()> {
         let mut cmd: Vec<u8> = Vec::new();

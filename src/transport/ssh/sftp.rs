@@ -250,6 +250,8 @@ pub struct Sftp {
     /// bytes read from the channel and not yet parsed
     inbuf: Vec<u8>,
     inpos: usize,
+    /// what each read of the channel lands in (zeroed once, not per read)
+    scratch: Box<[u8]>,
 }
 
 /// Flush queued requests once this much is waiting (about one SSH packet).
@@ -282,6 +284,7 @@ impl Sftp {
             max_handles: None,
             out: Vec::with_capacity(2 * OUT_FLUSH + WRITE_CHUNK),
             inbuf: Vec::with_capacity(64 * 1024),
+            scratch: vec![0u8; 32 * 1024].into_boxed_slice(),
             inpos: 0,
         };
         let mut p = Vec::new();
@@ -354,9 +357,9 @@ impl Sftp {
         self.flush()?;
         self.inbuf.drain(..self.inpos);
         self.inpos = 0;
-        let mut chunk = [0u8; 32 * 1024];
         while self.inbuf.len() < n {
-            let k = self.chan.read(&mut chunk).map_err(chan_err)?;
+            let chunk = &mut self.scratch;
+            let k = self.chan.read(chunk).map_err(chan_err)?;
             if k == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
