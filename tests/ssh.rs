@@ -571,3 +571,93 @@ fn data_moves_intact_under_chacha20_poly1305_only() {
         assert_eq!(lab.last()["files_transferred"], 0, "{}", lab.last());
     }
 }
+
+/// A relay to `to` that forwards the key exchange and the client's first
+/// encrypted packet (its request for the authentication service), then
+/// closes the connection at the client's next one (its first
+/// authentication request): the server vanishes during authentication.
+/// Counts the connections it cut.
+fn relay_cut_at_auth(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let cut = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let c = cut.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut down) = conn else { return };
+            let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                return;
+            };
+            let (mut u2, mut d2) = (up.try_clone().unwrap(), down.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u2, &mut d2);
+            });
+            // the client's banner line, then cleartext packets up to NEWKEYS
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while !line.ends_with(b"\n") && down.read_exact(&mut b).is_ok() {
+                line.push(b[0]);
+            }
+            up.write_all(&line).unwrap();
+            loop {
+                let mut len = [0u8; 4];
+                if down.read_exact(&mut len).is_err() {
+                    break;
+                }
+                let n = u32::from_be_bytes(len) as usize;
+                assert!(n < 64 << 10, "cleartext packet of {n} bytes");
+                let mut body = vec![0u8; n];
+                down.read_exact(&mut body).unwrap();
+                up.write_all(&len).unwrap();
+                up.write_all(&body).unwrap();
+                if body[1] == 21 {
+                    break; // SSH_MSG_NEWKEYS: what follows is encrypted
+                }
+            }
+            // the request for the authentication service (answered before
+            // the client goes on) passes; the first authentication request
+            // does not
+            let mut buf = vec![0u8; 64 << 10];
+            if let Ok(k) = down.read(&mut buf) {
+                let _ = up.write_all(&buf[..k]);
+            }
+            let _ = down.read(&mut buf);
+            let _ = down.shutdown(std::net::Shutdown::Both);
+            let _ = up.shutdown(std::net::Shutdown::Both);
+            c.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (port, cut)
+}
+
+/// A server that goes away during authentication is a lost connection,
+/// tried again (`retries`), not an "authentication refused" that no retry
+/// can fix (which it was taken for).
+#[test]
+fn a_connection_lost_during_authentication_is_retried_not_refused() {
+    let lab = Lab::new();
+    let s = Sshd::start(&lab.path("sshd"));
+    let (port, cut) = relay_cut_at_auth(s.port);
+    let kh = lab.path("known_hosts_relay");
+    fs::write(&kh, format!("[127.0.0.1]:{port} {}\n", s.host_pub())).unwrap();
+    lab.write("a.txt", b"a");
+    lab.config(&format!(
+        "jobs:\n  web:\n    source: {{src}}\n    remote: ssh://{}@127.0.0.1:{port}{}\n    \
+         retries: 1\n    retry_interval: 1s\n    \
+         ssh: {{ identity: {}, known_hosts: {}, timeout: 10s{} }}\n",
+        common::sshd::user(),
+        lab.dst().display(),
+        s.key.display(),
+        kh.display(),
+        common::sshd::client_yaml()
+    ));
+    lab.run(&["run", "web"]).code(1);
+    let rec = lab.last();
+    let reason = rec["reason"].as_str().unwrap_or_default();
+    assert!(!reason.contains("refused"), "{reason}");
+    assert!(!reason.contains("not retried"), "{reason}");
+    assert!(reason.contains("after 1 retries"), "{reason}");
+    assert_eq!(cut.load(std::sync::atomic::Ordering::SeqCst), 2, "{reason}");
+}

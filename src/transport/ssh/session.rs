@@ -266,7 +266,8 @@ fn handshake<S: std::os::fd::AsRawFd + 'static>(
     ssh_chachapoly::ensure_linked();
     let mut sess = ssh2::Session::new().map_err(io::Error::from)?;
     // no 40 ms wait for a delayed ACK in the handshake (see quickack)
-    super::quickack::install(&sess, stream.as_raw_fd());
+    let fd = stream.as_raw_fd();
+    super::quickack::install(&sess, fd);
     sess.set_tcp_stream(stream);
     // Chosen by measurement (bench/ciphers.sh, 2026-11-27, 2 cores, AES-NI,
     // loopback sshd, CPU seconds per GiB moved, this client + the server,
@@ -309,7 +310,7 @@ fn handshake<S: std::os::fd::AsRawFd + 'static>(
     })?;
     check_host_key(&sess, &hop.host, hop.port, &eff, &kh)?;
     sess.set_timeout(ms(deadline.left(&label)?));
-    authenticate(&sess, hop, o)?;
+    authenticate(&sess, fd, hop, o)?;
     sess.set_timeout(ms(o.timeout()));
     Ok(sess)
 }
@@ -473,24 +474,68 @@ fn append_known_host(path: &Path, line: &[u8]) -> io::Result<()> {
 /// Public key authentication with `key`; as ssh, the user certificates
 /// for it (`CertificateFile`s that certify it, then `KEY-cert.pub` beside
 /// it: signed by a CA the server trusts) are offered first.
+/// Whether the connection under a session is still open: nothing to read
+/// yet, or data waiting (a peek, nothing consumed). libssh2 reports a
+/// connection lost during public key authentication with the same code as
+/// a key the server did not accept (`PUBLICKEY_UNVERIFIED`), so the socket
+/// is asked.
+fn still_open(fd: std::os::fd::RawFd) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: a peek of at most one byte into a live one-byte buffer
+    let r = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    r > 0 || (r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock)
+}
+
+/// The outcome of one authentication call on the session over `fd`:
+/// `Ok(true)` authenticated, `Ok(false)` refused, `Err`: the connection
+/// failed meanwhile (worth another try, unlike a refusal).
+fn auth_outcome(
+    sess: &ssh2::Session,
+    fd: std::os::fd::RawFd,
+    r: Result<(), ssh2::Error>,
+) -> io::Result<bool> {
+    match r {
+        Ok(()) => Ok(sess.authenticated()),
+        Err(e) if !still_open(fd) => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!("the connection was closed during authentication ({e})"),
+        )),
+        Err(_) => Ok(false),
+    }
+}
+
 fn try_key(
     sess: &ssh2::Session,
+    fd: std::os::fd::RawFd,
     user: &str,
     key: &Path,
     passphrase: Option<&str>,
     certificates: &[PathBuf],
-) -> bool {
-    super::certs::for_key(key, certificates).iter().any(|cert| {
-        sess.userauth_pubkey_file(user, Some(cert), key, passphrase)
-            .is_ok()
-            && sess.authenticated()
-    }) || (sess
-        .userauth_pubkey_file(user, None, key, passphrase)
-        .is_ok()
-        && sess.authenticated())
+) -> io::Result<bool> {
+    for cert in super::certs::for_key(key, certificates) {
+        let r = sess.userauth_pubkey_file(user, Some(&cert), key, passphrase);
+        if auth_outcome(sess, fd, r)? {
+            return Ok(true);
+        }
+    }
+    let r = sess.userauth_pubkey_file(user, None, key, passphrase);
+    auth_outcome(sess, fd, r)
 }
 
-fn authenticate(sess: &ssh2::Session, hop: &Hop, o: &SshOptions) -> Result<(), OpenError> {
+/// Authenticate `sess` (over the socket `fd`) as `hop` says.
+fn authenticate(
+    sess: &ssh2::Session,
+    fd: std::os::fd::RawFd,
+    hop: &Hop,
+    o: &SshOptions,
+) -> Result<(), OpenError> {
     let (user, host) = (hop.user.as_str(), hop.host.as_str());
     let secret = match &o.password_file {
         Some(p) => Some(read_secret(p)?),
@@ -504,7 +549,7 @@ fn authenticate(sess: &ssh2::Session, hop: &Hop, o: &SshOptions) -> Result<(), O
     } else {
         if std::env::var_os("SSH_AUTH_SOCK").is_some() && !hop.identities_only {
             tried.push("ssh-agent".to_string());
-            if sess.userauth_agent(user).is_ok() && sess.authenticated() {
+            if auth_outcome(sess, fd, sess.userauth_agent(user))? {
                 return Ok(());
             }
         }
@@ -533,7 +578,7 @@ fn authenticate(sess: &ssh2::Session, hop: &Hop, o: &SshOptions) -> Result<(), O
             tried.push(format!("(skipped: {e})"));
             continue;
         }
-        if try_key(sess, user, &k, passphrase, &hop.certificates) {
+        if try_key(sess, fd, user, &k, passphrase, &hop.certificates)? {
             return Ok(());
         }
     }
@@ -541,7 +586,7 @@ fn authenticate(sess: &ssh2::Session, hop: &Hop, o: &SshOptions) -> Result<(), O
         && let Some(pw) = &secret
     {
         tried.push("password".into());
-        if sess.userauth_password(user, pw).is_ok() && sess.authenticated() {
+        if auth_outcome(sess, fd, sess.userauth_password(user, pw))? {
             return Ok(());
         }
     }
