@@ -112,22 +112,18 @@ fn assemble(
         let Some(k) = task else { continue };
         let part = loop {
             if let Some(p) = held.remove(&k) {
-                break Some(p);
+                break p;
             }
             match rx.recv() {
                 Ok((i, p)) => {
                     held.insert(i, p);
                 }
-                // (only if a walking thread panicked: the scope re-raises it)
-                Err(_) => break None,
+                // every thread ended without this part: one panicked, and
+                // the scope raises that panic as soon as this returns
+                Err(_) => return,
             }
         };
-        match part {
-            Some(p) => merge(p, scan, found, dirs),
-            None => {
-                super::fail(scan, child, "the walk of this directory failed".into());
-            }
-        }
+        merge(part, scan, found, dirs);
     }
 }
 

@@ -17,13 +17,14 @@ pub(super) fn fits_sftp(secs: i64) -> bool {
 }
 
 impl Ssh {
-    /// Files just written whose mtime SFTP could not carry (absolute remote
-    /// paths, and the source's seconds as the file was read) get it by
-    /// `touch`; a failure is reported on stderr (the file keeps the
-    /// clamped time).
-    pub(super) fn fix_old_times(&self, old: &[(Vec<u8>, i64)]) {
+    /// Of the files just written (absolute remote paths, and the source's
+    /// seconds as the file was read), those whose mtime SFTP could not
+    /// carry get it by `touch`; a failure is reported on stderr (the file
+    /// keeps the clamped time).
+    pub(super) fn fix_old_times(&self, written: impl Iterator<Item = (Vec<u8>, i64)>) {
+        let old: Vec<(Vec<u8>, i64)> = written.filter(|(_, s)| !fits_sftp(*s)).collect();
         if !old.is_empty()
-            && let Err(e) = self.touch_times(old)
+            && let Err(e) = self.touch_times(&old)
         {
             crate::errln!("syncjob: {e}");
         }

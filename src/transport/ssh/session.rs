@@ -471,9 +471,6 @@ fn append_known_host(path: &Path, line: &[u8]) -> io::Result<()> {
     r
 }
 
-/// Public key authentication with `key`; as ssh, the user certificates
-/// for it (`CertificateFile`s that certify it, then `KEY-cert.pub` beside
-/// it: signed by a CA the server trusts) are offered first.
 /// Whether the connection under a session is still open: nothing to read
 /// yet, or data waiting (a peek, nothing consumed). libssh2 reports a
 /// connection lost during public key authentication with the same code as
@@ -511,6 +508,9 @@ fn auth_outcome(
     }
 }
 
+/// Public key authentication with `key`; as ssh, the user certificates
+/// for it (`CertificateFile`s that certify it, then `KEY-cert.pub` beside
+/// it: signed by a CA the server trusts) are offered first.
 fn try_key(
     sess: &ssh2::Session,
     fd: std::os::fd::RawFd,

@@ -367,17 +367,13 @@ impl Ssh {
         let mut puts = self.open_all(items, ctx)?;
         let sizes = self.write_all(&mut puts, preserve_owner, ctx)?;
         self.rename_all(&mut puts, &sizes)?;
-        // (from the metadata of the source as it was read: no stat again)
-        let old: Vec<(Vec<u8>, i64)> = puts
+        // (the mtimes of the sources as they were read: no stat again)
+        use std::os::unix::fs::MetadataExt;
+        let written = puts
             .iter()
             .filter(|p| matches!(p.result, Some(Ok(_))))
-            .filter_map(|p| {
-                use std::os::unix::fs::MetadataExt;
-                let secs = p.input.as_ref()?.1.mtime();
-                (!super::old_times::fits_sftp(secs)).then(|| (p.fin.clone(), secs))
-            })
-            .collect();
-        self.fix_old_times(&old);
+            .filter_map(|p| Some((p.fin.clone(), p.input.as_ref()?.1.mtime())));
+        self.fix_old_times(written);
         Ok(puts
             .into_iter()
             .map(|p| {
