@@ -289,11 +289,8 @@ impl Client {
 impl Drop for Client {
     /// The shared master (if any) exits with the destination's last client.
     fn drop(&mut self) {
-        if self
-            .mux
-            .as_ref()
-            .is_some_and(|m| m.release() && m.path.exists())
-        {
+        let Some(m) = self.mux.as_ref() else { return };
+        if m.release() && m.path.exists() {
             let mut c = self.command();
             c.args(["-O", "exit", "--"])
                 .arg(&self.dest)
@@ -301,6 +298,15 @@ impl Drop for Client {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             let _ = c.status();
+            // the master answers `exit` first and goes a moment later,
+            // removing its socket: wait a bounded while, so that a run
+            // that ended leaves no master behind
+            for _ in 0..40 {
+                if !m.path.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
         }
     }
 }
