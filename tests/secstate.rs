@@ -311,8 +311,8 @@ fn a_symlink_made_after_load_is_caught_at_run_time() {
     fs::create_dir(lab.path("elsewhere")).unwrap();
     std::os::unix::fs::symlink(lab.path("elsewhere"), lab.path("later")).unwrap();
     lab.config("jobs:\n  web:\n    source: {src}\n    remote: {dir}/later/sub\n    schedule: \"* * * * * *\"\n");
-    let mut d = lab.spawn(&["daemon"]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // (it has loaded the file once it says it started)
+    let mut d = common::daemon::DaemonProc::start(&lab);
     std::os::unix::fs::symlink(lab.src(), lab.path("later.new")).unwrap();
     fs::rename(lab.path("later.new"), lab.path("later")).unwrap();
     let t = std::time::Instant::now();
@@ -325,9 +325,7 @@ fn a_symlink_made_after_load_is_caught_at_run_time() {
                 .is_some_and(|x| x.contains("overlaps the source"))
         });
     }
-    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
-    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
-    d.wait().unwrap();
+    d.stop();
     assert!(refused, "a run refused the target: {:?}", lab.log());
     let nested = lab.src().join("sub/sub");
     assert!(!nested.exists(), "no copy nested in the source");

@@ -624,9 +624,10 @@ fn relay_cut_at_auth(to: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicU
                 let _ = up.write_all(&buf[..k]);
             }
             let _ = down.read(&mut buf);
+            // counted before the client can see the cut
+            c.fetch_add(1, Ordering::SeqCst);
             let _ = down.shutdown(std::net::Shutdown::Both);
             let _ = up.shutdown(std::net::Shutdown::Both);
-            c.fetch_add(1, Ordering::SeqCst);
         }
     });
     (port, cut)

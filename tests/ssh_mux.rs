@@ -7,6 +7,7 @@ use common::sshd::{Sshd, user};
 use common::*;
 use std::fs;
 use std::process::Command;
+use std::time::Duration;
 
 /// Logins the sshd accepted so far (its VERBOSE log).
 fn logins(s: &Sshd) -> usize {
@@ -53,18 +54,24 @@ fn one_run_logs_in_once_and_leaves_no_master_behind() {
     job(&lab, &s, "");
     lab.run(&["run", "web"]).code(0);
     assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &[]), "");
+    // (sshd logs a login just after it answers it)
+    until(Duration::from_secs(5), || logins(&s) >= 1);
     assert_eq!(logins(&s), 1, "the run's ssh processes share one login");
     // a changed tree: listing, helper streams, a delete, one login more
     lab.write("d1/new.txt", b"new\n");
     fs::remove_file(lab.src().join("d2/f2.txt")).unwrap();
     lab.run(&["run", "web"]).code(0);
+    until(Duration::from_secs(5), || logins(&s) >= 2);
     assert_eq!(logins(&s), 2);
     assert_eq!(rsync_diff(&lab.src(), &lab.dst(), &[]), "");
     // the master exited with the run
     let state = lab.state();
     let mux = state.join("ssh-mux");
     assert!(
-        fs::read_dir(&mux).unwrap().next().is_none(),
+        until(Duration::from_secs(5), || fs::read_dir(&mux)
+            .unwrap()
+            .next()
+            .is_none()),
         "a socket is left"
     );
     let needle = mux.display().to_string();

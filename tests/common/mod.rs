@@ -234,3 +234,19 @@ pub fn listing(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Poll `cond` every 50 ms until it holds; false after `limit`. For
+/// outcomes of asynchronous work (a daemon's next firing, a process's
+/// exit, a log line): a generous limit costs nothing when all goes well.
+pub fn until(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if t.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -149,9 +149,26 @@ impl Sshd {
                 all.extend(children(all[i]));
                 i += 1;
             }
-            for p in all {
+            for p in &all {
                 // SAFETY: kill(2) takes plain integers; a stale pid is ESRCH
-                unsafe { libc::kill(p as i32, libc::SIGKILL) };
+                unsafe { libc::kill(*p as i32, libc::SIGKILL) };
+            }
+            // dead (gone or a zombie: its port is free) before a restart
+            // binds the port again; the daemonized server is not our child
+            let dead = |p: &u32| {
+                fs::read_to_string(format!("/proc/{p}/stat"))
+                    .map(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .trim_start()
+                            .starts_with('Z')
+                    })
+                    .unwrap_or(true)
+            };
+            let t = std::time::Instant::now();
+            while !all.iter().all(dead) && t.elapsed() < std::time::Duration::from_secs(5) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
     }
