@@ -298,20 +298,23 @@ fn by_default_a_run_never_deletes_most_of_a_target() {
 /// has begun; returns the run's record.
 fn run_while_files_vanish(lab: &Lab) -> serde_json::Value {
     let f = fs::File::create(lab.src().join("a_big")).unwrap();
-    f.set_len(300 << 20).unwrap();
+    f.set_len(1 << 30).unwrap();
     for i in 0..20 {
         lab.write(&format!("z/f{i}"), b"x");
     }
     let mut child = lab.spawn(&["run", "web"]);
     let t = Instant::now();
-    let copying = wait_until(Duration::from_secs(30), || {
-        fs::read_dir(lab.dst())
+    // polled tightly: the copy of the big file is the window to act in
+    let mut copying = false;
+    while !copying && t.elapsed() < Duration::from_secs(30) {
+        copying = fs::read_dir(lab.dst())
             .map(|rd| {
                 rd.flatten()
                     .any(|e| e.file_name().to_string_lossy().starts_with(".syncjob-tmp"))
             })
-            .unwrap_or(false)
-    });
+            .unwrap_or(false);
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert!(copying, "the big copy never began ({:?})", t.elapsed());
     fs::remove_dir_all(lab.src().join("z")).unwrap();
     child.wait().unwrap();
