@@ -95,17 +95,19 @@ fn attack(swap: Swap) {
         }
     };
     // the attacker, ready: renames `sub` and puts the link there when told
-    let script = "import os, sys\nsys.stdin.readline()\nos.rename(sys.argv[1] + '/sub', sys.argv[1] + '/sub.old')\nif sys.argv[3]:\n    os.rename(sys.argv[3], sys.argv[1] + '/sub')\nelse:\n    os.symlink(sys.argv[2], sys.argv[1] + '/sub')\n";
+    let script = common::ATTACKER_READY.to_string()
+        + "os.rename(sys.argv[1] + '/sub', sys.argv[1] + '/sub.old')\nif sys.argv[3]:\n    os.rename(sys.argv[3], sys.argv[1] + '/sub')\nelse:\n    os.symlink(sys.argv[2], sys.argv[1] + '/sub')\n";
     let mut attacker = Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .args(["/usr/bin/python3", "-c", script])
+        .args(["/usr/bin/python3", "-c", &script])
         .arg(lab.src())
         .arg(&private)
         .arg(link.map(|l| l.into_os_string()).unwrap_or_default())
         .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    common::await_ready(&mut attacker);
     let mut child = lab
         .cmd()
         .args(["run", "web"])

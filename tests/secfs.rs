@@ -184,16 +184,18 @@ fn a_source_directory_swapped_by_its_owner_leaks_no_root_only_file() {
     let private = common::root_only_secret(&lab);
     common::give_to_nobody(&lab.src());
     // the attacker, ready: renames `sub` and plants the link when told
-    let script = "import os, sys\nsys.stdin.readline()\nos.rename(sys.argv[1] + '/sub', sys.argv[1] + '/sub.old')\nos.symlink(sys.argv[2], sys.argv[1] + '/sub')\n";
+    let script = common::ATTACKER_READY.to_string()
+        + "os.rename(sys.argv[1] + '/sub', sys.argv[1] + '/sub.old')\nos.symlink(sys.argv[2], sys.argv[1] + '/sub')\n";
     let mut attacker = Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .args(["/usr/bin/python3", "-c", script])
+        .args(["/usr/bin/python3", "-c", &script])
         .arg(lab.src())
         .arg(&private)
         .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    common::await_ready(&mut attacker);
     let mut child = lab.spawn(&["run", "web"]);
     // once the big file is being written, `sub` becomes the link
     let t = Instant::now();

@@ -671,15 +671,18 @@ fn a_dirty_directory_swapped_during_a_batch_leaks_no_root_only_file() {
     let p = Proc::start(&lab, &["watch", "web"], &[]);
     p.wait_for("watching");
     converges(&lab.src(), &lab.dst(), &["--no-o", "--no-g"], &p);
-    let script = "import os, sys\nsys.stdin.readline()\nos.rename(sys.argv[1] + '/sub', sys.argv[1] + '/sub.old')\nos.symlink(sys.argv[2], sys.argv[1] + '/sub')\n";
+    let script = common::ATTACKER_READY.to_string()
+        + "os.rename(sys.argv[1] + '/sub', sys.argv[1] + '/sub.old')\nos.symlink(sys.argv[2], sys.argv[1] + '/sub')\n";
     let mut attacker = std::process::Command::new("setpriv")
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
-        .args(["/usr/bin/python3", "-c", script])
+        .args(["/usr/bin/python3", "-c", &script])
         .arg(lab.src())
         .arg(&private)
         .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    common::await_ready(&mut attacker);
     // both moved in at once: one batch, `a_big` copied before `sub/...`
     fs::rename(staging.join("sub"), lab.src().join("sub")).unwrap();
     fs::rename(staging.join("a_big"), lab.src().join("a_big")).unwrap();

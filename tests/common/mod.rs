@@ -250,3 +250,18 @@ pub fn until(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Python lines an attacker script starts with: it says `ready` on its
+/// stdout (see [`await_ready`]), then waits for a line on its stdin.
+pub const ATTACKER_READY: &str =
+    "import os, sys\nprint('ready', flush=True)\nsys.stdin.readline()\n";
+
+/// Wait until a child started with a piped stdout says `ready`: an
+/// attacker process is up before the run it races starts.
+pub fn await_ready(c: &mut std::process::Child) {
+    use std::io::BufRead;
+    let out = c.stdout.take().expect("a piped stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the attacker did not start");
+}
