@@ -15,8 +15,9 @@
 //!   `ControlPersist`) before any other `ssh` of it runs, so the copy
 //!   streams of a target share it instead of racing to make their own;
 //!   it is told to exit (`ssh -O exit`) when the last client of the
-//!   destination is dropped; the persist time bounds how long it can
-//!   outlive a killed run.
+//!   destination is dropped, and its socket is waited for to go (at most
+//!   1 s: the master answers before it exits); the persist time bounds
+//!   how long it can outlive a killed run.
 //! - A socket path too long for `sun_path` (ssh adds 17 bytes while it
 //!   creates it) means no master: each `ssh` connects on its own.
 
