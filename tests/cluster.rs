@@ -1,6 +1,7 @@
 //! Several real daemons sharing one jobs file through a real etcd: each
-//! firing runs exactly once, a killed daemon's jobs move within ttl + 2 s,
-//! and nothing starts while etcd is down.
+//! firing runs exactly once, a killed daemon's jobs move within ttl + 3 s
+//! (ttl + 2 and a second of slack for a loaded box), and nothing starts
+//! while etcd is down.
 
 mod common;
 use common::daemon::{DaemonProc, http_get, sample};
@@ -163,13 +164,16 @@ fn each_firing_runs_once_across_three_daemons_and_a_killed_ones_jobs_move() {
         })
         .collect();
     for i in 0..JOBS {
+        let mut skips = 0;
         for s in from..to {
             let key = (format!("j{i}"), s);
+            skips += usize::from(overlapped.contains(&key));
             assert!(
                 f.contains_key(&key) || overlapped.contains(&key),
                 "j{i} did not run for second {s} (window {from}..{to})"
             );
         }
+        assert!(skips <= 1, "j{i}: {skips} firings skipped for overlap");
     }
     // list shows the same owners as status
     let r = lab.run(&["list", "--json"]);
@@ -361,7 +365,9 @@ fn a_daemon_cut_off_from_etcd_stops_and_its_jobs_move_without_a_double_run() {
     std::thread::sleep(Duration::from_secs((TTL + 4) as u64));
     let f = firings(&lab);
     assert_no_double(&f);
-    let grace = cut_at + chrono::Duration::milliseconds(2600);
+    // FRESH (2 s), and 1 s for a decision made in time to be stamped on
+    // a loaded box
+    let grace = cut_at + chrono::Duration::milliseconds(3000);
     for r in lab.log() {
         let started =
             chrono::DateTime::parse_from_rfc3339(r["started_at"].as_str().unwrap()).unwrap();
@@ -435,8 +441,10 @@ fn a_daemon_stopped_with_sigterm_hands_its_jobs_over_at_once() {
         if o.len() == JOBS && o.values().all(|x| pid(x) == stayed.child.id()) {
             break;
         }
+        // well before the lease could expire unrevoked (ttl 20 s, its
+        // keepalive every ttl/3)
         assert!(
-            t.elapsed() < Duration::from_secs(8),
+            t.elapsed() < Duration::from_secs(8) && stopped_at.elapsed() < Duration::from_secs(12),
             "jobs did not move at once (ttl 20 s): {o:?}"
         );
         std::thread::sleep(Duration::from_millis(100));

@@ -91,8 +91,11 @@ fn every_second_job_fires_on_each_second_and_carries_changes() {
         b"two",
         "the change arrived"
     );
-    let log = lab.log();
+    let mut log = lab.log();
     assert!(log.len() >= 4, "{} firings", log.len());
+    // in firing order (a skip is logged at once, the run it overlapped
+    // when it ends)
+    log.sort_by_key(|r| parse_ts(r["scheduled_for"].as_str().unwrap()));
     let mut prev: Option<i64> = None;
     let mut lateness = Vec::new();
     for r in &log {
@@ -118,9 +121,17 @@ fn every_second_job_fires_on_each_second_and_carries_changes() {
             lateness.push(late);
         }
     }
-    // generous bound for a loaded CI box; the benchmark reports real figures
-    let worst = *lateness.iter().max().unwrap();
+    assert!(
+        log.len() - lateness.len() <= 1,
+        "at most one firing skipped for overlap: {log:?}"
+    );
+    // generous bounds for a loaded CI box (a coarse tick would still show
+    // in the median); the benchmark reports real figures
+    lateness.sort_unstable();
+    let worst = *lateness.last().unwrap();
     assert!(worst < 750_000, "firing lateness {lateness:?} µs");
+    let median = lateness[lateness.len() / 2];
+    assert!(median < 150_000, "firing lateness {lateness:?} µs");
     let transfers: Vec<u64> = log
         .iter()
         .map(|r| r["files_transferred"].as_u64().unwrap())

@@ -251,8 +251,11 @@ fn a_target_that_is_a_file_is_a_permanent_error_not_retried() {
     lab.write("a", b"1");
     fs::write(lab.dst(), b"i am a file").unwrap();
     lab.job("retries: 3");
+    let t = Instant::now();
     let r = lab.run(&["run", "web"]);
     r.code(1);
+    // three retries would have waited 1 + 2 + 4 s
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     let rec = lab.last();
     let reason = rec["reason"].as_str().unwrap();
     assert!(

@@ -22,8 +22,12 @@ fn ssh_left(needle: &str) -> Vec<String> {
     let mut out = Vec::new();
     for e in fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(c) = fs::read(e.path().join("cmdline")) {
+            // `ssh` by any path, or a master that renamed itself `ssh: ...`
+            let argv0 = c.split(|&b| b == 0).next().unwrap_or_default();
+            let name = argv0.rsplit(|&b| b == b'/').next().unwrap_or_default();
+            let is_ssh = name == b"ssh" || argv0.starts_with(b"ssh:");
             let c = String::from_utf8_lossy(&c).replace('\0', " ");
-            if c.starts_with("ssh") && c.contains(needle) {
+            if is_ssh && c.contains(needle) {
                 out.push(c);
             }
         }

@@ -167,7 +167,11 @@ impl Sshd {
                     .unwrap_or(true)
             };
             let t = std::time::Instant::now();
-            while !all.iter().all(dead) && t.elapsed() < std::time::Duration::from_secs(5) {
+            while !all.iter().all(dead) {
+                assert!(
+                    t.elapsed() < std::time::Duration::from_secs(5),
+                    "the killed sshd is still alive"
+                );
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
         }
