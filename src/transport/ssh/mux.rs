@@ -16,8 +16,10 @@
 //!   streams of a target share it instead of racing to make their own;
 //!   it is told to exit (`ssh -O exit`) when the last client of the
 //!   destination is dropped, and its socket is waited for to go (at most
-//!   1 s: the master answers before it exits); the persist time bounds
-//!   how long it can outlive a killed run.
+//!   1 s: the master answers before it exits), with the destination's
+//!   entry held: a new client of it in this process starts the next
+//!   master only after that. The persist time bounds how long a master
+//!   can outlive a killed run.
 //! - A socket path too long for `sun_path` (ssh adds 17 bytes while it
 //!   creates it) means no master: each `ssh` connects on its own.
 
@@ -113,17 +115,24 @@ impl Mux {
         Ok(Some(m))
     }
 
-    /// Give this share back: `true` when it was the last (the master is
-    /// then to be told to exit).
-    pub fn release(&self) -> bool {
-        let mut all = masters().lock().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = all.get(&self.path).cloned() else {
+    /// Give this share back; the last one runs `stop` (tell the master to
+    /// exit and wait for it) with the destination's entry held, so a new
+    /// share of it starts the next master only once this one is gone.
+    /// `true` when this was the last share. (Entries stay in the map: one
+    /// per destination a process talks to.)
+    pub fn release(&self, stop: impl FnOnce()) -> bool {
+        let Some(entry) = masters()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&self.path)
+            .cloned()
+        else {
             return false;
         };
         let mut users = entry.lock().unwrap_or_else(|e| e.into_inner());
         *users = users.saturating_sub(1);
         if *users == 0 {
-            all.remove(&self.path);
+            stop();
             return true;
         }
         false
@@ -148,6 +157,35 @@ impl Mux {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A share taken while the last one stops the master waits for it: two
+    /// masters never race for one socket path.
+    #[test]
+    fn a_new_master_starts_only_after_the_old_one_stopped() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let d = tempfile::tempdir().unwrap();
+        let ok = |_: &[OsString]| -> Result<(), ()> { Ok(()) };
+        let a = Mux::acquire(d.path(), "race", ok).unwrap().unwrap();
+        let stopped = AtomicBool::new(false);
+        let stopping = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                a.release(|| {
+                    stopping.store(true, Ordering::SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    stopped.store(true, Ordering::SeqCst);
+                })
+            });
+            while !stopping.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            let b = Mux::acquire(d.path(), "race", |_| -> Result<(), ()> {
+                assert!(stopped.load(Ordering::SeqCst), "started beside the old");
+                Ok(())
+            });
+            assert!(b.unwrap().unwrap().release(|| {}));
+        });
+    }
 
     #[test]
     fn sockets_go_in_a_private_directory_one_master_per_destination() {
@@ -174,13 +212,24 @@ mod tests {
             again += 1;
             Ok(())
         });
-        assert!(e.unwrap().unwrap().release());
+        assert!(e.unwrap().unwrap().release(|| {}));
         assert_eq!(again, 1);
         assert_eq!(a.path, b.path);
         assert_ne!(a.path, c.path);
-        assert!(!a.release());
-        assert!(b.release());
-        assert!(c.release());
+        let mut stopped = 0;
+        assert!(!a.release(|| stopped += 1));
+        assert_eq!(stopped, 0, "a share is left");
+        assert!(b.release(|| stopped += 1));
+        assert_eq!(stopped, 1, "the last share stops the master");
+        assert!(c.release(|| {}));
+        // a share after the last one starts the master again
+        let mut restarted = 0;
+        let a2 = Mux::acquire(d.path(), "k1", |_| -> Result<(), ()> {
+            restarted += 1;
+            Ok(())
+        });
+        assert!(a2.unwrap().unwrap().release(|| {}));
+        assert_eq!(restarted, 1);
         let none = |_: &[OsString]| -> Result<(), ()> { panic!("not started") };
         // opened up, or a symlink planted there: not used
         let open = tempfile::tempdir().unwrap();

@@ -290,7 +290,10 @@ impl Drop for Client {
     /// The shared master (if any) exits with the destination's last client.
     fn drop(&mut self) {
         let Some(m) = self.mux.as_ref() else { return };
-        if m.release() && m.path.exists() {
+        m.release(|| {
+            if !m.path.exists() {
+                return;
+            }
             let mut c = self.command();
             c.args(["-O", "exit", "--"])
                 .arg(&self.dest)
@@ -306,7 +309,7 @@ impl Drop for Client {
                 std::thread::sleep(std::time::Duration::from_millis(25));
                 waits -= 1;
             }
-        }
+        });
     }
 }
 
