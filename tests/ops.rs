@@ -74,7 +74,7 @@ fn the_daemon_survives_a_closed_stderr() {
         .unwrap();
     // it kept firing and logging
     assert!(
-        wait_until(Duration::from_secs(15), || lab.log().len() >= 2),
+        until(Duration::from_secs(15), || lab.log().len() >= 2),
         "{:?}",
         lab.log()
     );
@@ -141,18 +141,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Wait until `cond` holds; false after `limit`.
-fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    cond()
-}
-
 #[test]
 fn a_frozen_sshd_never_holds_the_other_targets_back() {
     let lab = Lab::new();
@@ -171,7 +159,7 @@ fn a_frozen_sshd_never_holds_the_other_targets_back() {
             && fs::read(local.join("f")).ok().as_deref() == Some(v)
     };
     assert!(
-        wait_until(Duration::from_secs(20), || both(b"v0")),
+        until(Duration::from_secs(20), || both(b"v0")),
         "{}",
         d.stderr()
     );
@@ -183,7 +171,7 @@ fn a_frozen_sshd_never_holds_the_other_targets_back() {
         lab.write("f", v.as_bytes());
         let t = Instant::now();
         assert!(
-            wait_until(Duration::from_secs(4), || fs::read(local.join("f"))
+            until(Duration::from_secs(4), || fs::read(local.join("f"))
                 .ok()
                 .as_deref()
                 == Some(v.as_bytes())),
@@ -213,7 +201,7 @@ fn a_frozen_sshd_never_holds_the_other_targets_back() {
     );
     sshd.signal(libc::SIGCONT);
     assert!(
-        wait_until(Duration::from_secs(60), || both(b"v4")),
+        until(Duration::from_secs(60), || both(b"v4")),
         "{}",
         d.stderr()
     );
@@ -411,7 +399,7 @@ fn skipped_firings_carry_scheduled_for_and_each_target_line_has_its_own_level() 
     let mut d = Daemon::start(&lab);
     // a run (1.5 s long) finished and a firing during it was skipped
     let seen = |st: &str| lab.log().iter().any(|r| r["status"] == st);
-    assert!(wait_until(Duration::from_secs(20), || seen("skipped") && seen("ok")));
+    assert!(until(Duration::from_secs(20), || seen("skipped") && seen("ok")));
     assert_eq!(d.stop(), 0);
     let log = lab.log();
     let skipped: Vec<_> = log.iter().filter(|r| r["status"] == "skipped").collect();
@@ -603,12 +591,10 @@ fn frequent_jobs_log_compactly_and_log_noop_restores_every_record() {
     lab.job("schedule: \"* * * * * *\"");
     let mut d = Daemon::start(&lab);
     // the first run (it carries `a`) is logged; two no-op firings after it
-    assert!(wait_until(Duration::from_secs(15), || !lab
-        .log()
-        .is_empty()));
+    assert!(until(Duration::from_secs(15), || !lab.log().is_empty()));
     std::thread::sleep(Duration::from_millis(2600));
     lab.write("b", b"2");
-    assert!(wait_until(Duration::from_secs(5), || lab
+    assert!(until(Duration::from_secs(5), || lab
         .dst()
         .join("b")
         .exists()));
@@ -633,7 +619,7 @@ fn frequent_jobs_log_compactly_and_log_noop_restores_every_record() {
     lab.job("schedule: \"* * * * * *\"\nlog_noop: true");
     let mut d = Daemon::start(&lab);
     assert!(
-        wait_until(Duration::from_secs(15), || lab.log().len() >= 3),
+        until(Duration::from_secs(15), || lab.log().len() >= 3),
         "{:#?}",
         lab.log()
     );

@@ -8,7 +8,10 @@
 mod common;
 
 use common::sshd::Sshd;
-use common::{Lab, mode, rsync_diff, snapshot};
+use common::{Lab, mode, rsync_diff, snapshot, until};
+
+/// How long a change may take to show (a generous bound; polled).
+const WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
@@ -204,14 +207,14 @@ fn a_link_planted_between_two_watch_batches_is_not_written_through() {
     let _stop = start_watch(&lab);
     let dst = lab.dst();
     assert!(
-        eventually(|| dst.join("sub/a.txt").exists()),
+        until(WAIT, || dst.join("sub/a.txt").exists()),
         "{}",
         said(&lab)
     );
     // a batch that writes into `sub` on the kept connection
     lab.write("sub/b.txt", b"b");
     assert!(
-        eventually(|| dst.join("sub/b.txt").exists()),
+        until(WAIT, || dst.join("sub/b.txt").exists()),
         "{}",
         said(&lab)
     );
@@ -222,12 +225,12 @@ fn a_link_planted_between_two_watch_batches_is_not_written_through() {
     // the batch met the link: replaced, the files sent again later (the
     // code before the fix wrote them through the link, into `out`)
     let real = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
-    let landed = eventually(|| {
+    let landed = until(WAIT, || {
         out.join("c.txt").exists() || (real(&dst.join("sub")) && dst.join("sub/c.txt").exists())
     });
     assert_eq!(snapshot(&out), before, "{}", said(&lab));
     assert!(landed, "{}", said(&lab));
-    assert!(eventually(|| dst.join("sub/deeper/d.txt").exists()));
+    assert!(until(WAIT, || dst.join("sub/deeper/d.txt").exists()));
     assert_eq!(snapshot(&out), before);
 }
 
@@ -246,7 +249,7 @@ fn a_watched_rename_is_never_made_through_a_planted_link() {
     let _stop = start_watch(&lab);
     let dst = lab.dst();
     assert!(
-        eventually(|| dst.join("sub/deep/d.txt").exists()),
+        until(WAIT, || dst.join("sub/deep/d.txt").exists()),
         "{}",
         said(&lab)
     );
@@ -254,7 +257,7 @@ fn a_watched_rename_is_never_made_through_a_planted_link() {
     symlink(&out, dst.join("sub")).unwrap();
     fs::rename(lab.path("src/sub/deep"), lab.path("src/sub/moved")).unwrap();
     let real = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
-    let landed = eventually(|| {
+    let landed = until(WAIT, || {
         out.join("moved").exists()
             || (real(&dst.join("sub")) && dst.join("sub/moved/d.txt").exists())
     });
@@ -283,17 +286,6 @@ fn said(lab: &Lab) -> String {
 
 /// Poll `f` for up to 90 s (the watcher retries a failed batch with a full
 /// sync; generous for a loaded machine).
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    let t = std::time::Instant::now();
-    while t.elapsed() < std::time::Duration::from_secs(90) {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    false
-}
-
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {

@@ -85,13 +85,7 @@ fn one_run_logs_in_once_and_leaves_no_master_behind() {
 /// No `ssh` mentions `needle` within 5 s (a master that was told to exit
 /// answers first and goes a moment later).
 fn gone(needle: &str) -> bool {
-    (0..100).any(|_| {
-        if ssh_left(needle).is_empty() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        false
-    })
+    until(Duration::from_secs(5), || ssh_left(needle).is_empty())
 }
 
 #[test]

@@ -5,7 +5,7 @@
 mod common;
 
 use common::sshd::Sshd;
-use common::{Lab, is_root, set_mtime};
+use common::{Lab, is_root, set_mtime, until};
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -40,7 +40,7 @@ impl Proc {
     /// Wait until stderr holds `what`.
     #[track_caller]
     fn wait_for(&self, what: &str) {
-        let s = eventually(WAIT, || self.stderr().contains(what));
+        let s = until(WAIT, || self.stderr().contains(what));
         assert!(s, "never logged {what:?}:\n{}", self.stderr());
     }
     fn kill9(&mut self) {
@@ -68,17 +68,6 @@ impl Drop for Proc {
     }
 }
 
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    while Instant::now() < until {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    f()
-}
-
 /// What `rsync -anc --delete` would still change (files vanishing while
 /// it reads, as a watcher's temporary files do, count as a difference).
 fn rsync_diff(src: &Path, dst: &Path, extra: &[&str]) -> String {
@@ -98,7 +87,7 @@ fn rsync_diff(src: &Path, dst: &Path, extra: &[&str]) -> String {
 
 #[track_caller]
 fn converges(src: &Path, dst: &Path, extra: &[&str], p: &Proc) {
-    let ok = eventually(WAIT, || rsync_diff(src, dst, extra).is_empty());
+    let ok = until(WAIT, || rsync_diff(src, dst, extra).is_empty());
     assert!(
         ok,
         "target differs:\n{}\n--- stderr\n{}",
@@ -138,7 +127,7 @@ fn every_kind_of_change_is_sent_and_excluded_paths_are_ignored() {
     converges(&src, &dst, &ex, &p);
     fs::write(src.join("keep.txt"), b"KEEP").unwrap();
     set_mtime(&src.join("keep.txt"), 1_600_000_000, 0);
-    assert!(eventually(WAIT, || fs::read(dst.join("keep.txt")).unwrap() == b"KEEP"));
+    assert!(until(WAIT, || fs::read(dst.join("keep.txt")).unwrap() == b"KEEP"));
 
     // delete, rename a file, rename a directory
     fs::remove_file(src.join("new.txt")).unwrap();
@@ -269,7 +258,7 @@ fn a_real_queue_overflow_becomes_a_full_sync_with_its_reason() {
     }
     p.wait_for("overflow");
     converges(&lab.src(), &lab.dst(), &[], &p);
-    let ok = eventually(WAIT, || {
+    let ok = until(WAIT, || {
         watch_records(&lab).iter().any(|r| {
             r["status"] == "ok"
                 && r["reason"]
@@ -297,7 +286,7 @@ fn the_watch_limit_is_a_clear_error_and_falls_back_to_full_syncs() {
     assert!(p.stderr().contains("falling back to a full sync every 60s"));
     // it did not stop: the start's full sync happened
     converges(&lab.src(), &lab.dst(), &[], &p);
-    let shown = eventually(WAIT, || lab.run(&["status"]).stdout.contains("fallback"));
+    let shown = until(WAIT, || lab.run(&["status"]).stdout.contains("fallback"));
     assert!(shown, "{}", lab.run(&["status"]).stdout);
 }
 
@@ -323,7 +312,7 @@ fn a_stopped_ssh_target_catches_up_and_the_other_keeps_syncing() {
     converges(&lab.src(), &lab.dst(), &[], &p);
     fs::write(lab.src().join("a"), b"2").unwrap();
     set_mtime(&lab.src().join("a"), 1_600_000_000, 0);
-    assert!(eventually(WAIT, || fs::read(lab.dst().join("a")).unwrap() == b"2"));
+    assert!(until(WAIT, || fs::read(lab.dst().join("a")).unwrap() == b"2"));
     // (and its mtime: the batch is over before the target goes down)
     converges(&lab.src(), &lab.dst(), &[], &p);
 
@@ -331,7 +320,7 @@ fn a_stopped_ssh_target_catches_up_and_the_other_keeps_syncing() {
     lab.write("b/new", b"while down");
     fs::remove_file(lab.src().join("a")).unwrap();
     converges(&lab.src(), &local, &[], &p);
-    let down = eventually(WAIT, || {
+    let down = until(WAIT, || {
         watch_records(&lab).iter().any(|r| {
             r["status"] == "failed" && r["reason"].as_str().unwrap_or("").contains("cannot reach")
         })
@@ -368,7 +357,7 @@ fn kill_9_mid_batch_then_a_restart_converges() {
         lab.write(&format!("many/{}/{i}", i % 40), &vec![b'z'; 2048]);
     }
     // killed while the batch is being applied
-    assert!(eventually(WAIT, || lab.dst().join("many").exists()));
+    assert!(until(WAIT, || lab.dst().join("many").exists()));
     p.kill9();
     // more changes while it is dead
     fs::remove_file(lab.src().join("seed")).unwrap();
@@ -398,7 +387,7 @@ fn the_daemon_runs_watched_jobs_and_status_shows_them() {
     );
     let st = lab.run(&["status"]);
     assert!(
-        eventually(WAIT, || lab
+        until(WAIT, || lab
             .run(&["status"])
             .stdout
             .contains("watch web: watching")),
@@ -413,7 +402,7 @@ fn the_daemon_runs_watched_jobs_and_status_shows_them() {
         "{row}"
     );
     // the schedule beside watch: periodic full verification in the watcher
-    let verified = eventually(WAIT, || {
+    let verified = until(WAIT, || {
         watch_records(&lab).iter().any(|r| {
             r["reason"]
                 .as_str()
@@ -452,7 +441,7 @@ fn watch_batches_reach_an_rsync_daemon_target() {
     assert_eq!(fs::read(dst.join("index.html")).unwrap(), b"<h1>v2</h1>\n");
     assert!(!dst.join("gone.txt").exists());
     // the record is appended once the batch is done (just after the files)
-    let more = eventually(WAIT, || watch_records(&lab).len() > before);
+    let more = until(WAIT, || watch_records(&lab).len() > before);
     let recs = watch_records(&lab);
     assert!(more, "no batch record: {recs:?}");
     let last = recs.last().unwrap();
@@ -528,7 +517,7 @@ fn moved_directory_renamed(helper: bool) {
     converges(&src, &local, &[], &p);
     assert_eq!(fs::read(dst.join("rel/v2/f0")).unwrap(), vec![b'Z'; 8192]);
     assert!(!dst.join("rel/v1").exists() && !local.join("rel/v1").exists());
-    let done = eventually(WAIT, || batches_after(&lab, before).len() >= 2);
+    let done = until(WAIT, || batches_after(&lab, before).len() >= 2);
     let recs = batches_after(&lab, before);
     assert!(done, "{recs:?}");
     assert!(recs.iter().all(|r| r["status"] == "ok"), "{recs:?}");
@@ -692,11 +681,11 @@ fn a_dirty_directory_swapped_during_a_batch_leaks_no_root_only_file() {
                 .any(|e| e.file_name().to_string_lossy().starts_with(".syncjob-tmp."))
         })
     };
-    assert!(eventually(WAIT, busy), "the big copy never started");
+    assert!(until(WAIT, busy), "the big copy never started");
     attacker.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert!(attacker.wait().unwrap().success(), "the swap failed");
     // the swap's own batch (or full sync) has run
-    eventually(WAIT, || lab.dst().join("sub.old/secret.txt").exists());
+    until(WAIT, || lab.dst().join("sub.old/secret.txt").exists());
     for n in common::listing(&lab.dst()) {
         let f = lab.dst().join(&n);
         let md = fs::symlink_metadata(&f).unwrap();
