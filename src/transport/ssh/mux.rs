@@ -190,30 +190,27 @@ mod tests {
     #[test]
     fn sockets_go_in_a_private_directory_one_master_per_destination() {
         let d = tempfile::tempdir().unwrap();
-        let mut started = 0;
-        let mut start = |_: &[OsString]| -> Result<(), ()> {
-            started += 1;
+        // (a closure over a shared Cell is Copy: one counter for all starts)
+        let started = std::cell::Cell::new(0);
+        let start = |_: &[OsString]| -> Result<(), ()> {
+            started.set(started.get() + 1);
             Ok(())
         };
-        let a = Mux::acquire(d.path(), "k1", &mut start).unwrap().unwrap();
+        let a = Mux::acquire(d.path(), "k1", start).unwrap().unwrap();
         let md = std::fs::metadata(d.path().join("ssh-mux")).unwrap();
         assert_eq!(md.permissions().mode() & 0o777, 0o700);
         assert!(a.path.starts_with(d.path().join("ssh-mux")));
         assert!(a.options().iter().any(|o| o == "ControlMaster=auto"));
         // (no socket was made here, so each share would start it again)
         std::fs::write(&a.path, b"").unwrap();
-        let b = Mux::acquire(d.path(), "k1", &mut start).unwrap().unwrap();
-        let c = Mux::acquire(d.path(), "k2", &mut start).unwrap().unwrap();
-        assert_eq!(started, 2);
+        let b = Mux::acquire(d.path(), "k1", start).unwrap().unwrap();
+        let c = Mux::acquire(d.path(), "k2", start).unwrap().unwrap();
+        assert_eq!(started.get(), 2);
         // a master that fails to start is an error, and tried again next
         assert!(Mux::acquire(d.path(), "k3", |_| Err(())).is_err());
-        let mut again = 0;
-        let e = Mux::acquire(d.path(), "k3", |_| -> Result<(), ()> {
-            again += 1;
-            Ok(())
-        });
+        let e = Mux::acquire(d.path(), "k3", start);
         assert!(e.unwrap().unwrap().release(|| {}));
-        assert_eq!(again, 1);
+        assert_eq!(started.get(), 3);
         assert_eq!(a.path, b.path);
         assert_ne!(a.path, c.path);
         let mut stopped = 0;
@@ -223,13 +220,9 @@ mod tests {
         assert_eq!(stopped, 1, "the last share stops the master");
         assert!(c.release(|| {}));
         // a share after the last one starts the master again
-        let mut restarted = 0;
-        let a2 = Mux::acquire(d.path(), "k1", |_| -> Result<(), ()> {
-            restarted += 1;
-            Ok(())
-        });
+        let a2 = Mux::acquire(d.path(), "k1", start);
         assert!(a2.unwrap().unwrap().release(|| {}));
-        assert_eq!(restarted, 1);
+        assert_eq!(started.get(), 4);
         let none = |_: &[OsString]| -> Result<(), ()> { panic!("not started") };
         // opened up, or a symlink planted there: not used
         let open = tempfile::tempdir().unwrap();
