@@ -8,4 +8,5 @@ cargo build --release --locked >&2
 rm -rf target/assets
 target/release/syncjob generate --dir target/assets
 cargo deb --no-build >&2
-ls -t target/debian/syncjob_*.deb | head -1
+debs=$(ls -t target/debian/syncjob_*.deb)
+echo "${debs%%$'\n'*}"

@@ -20,21 +20,29 @@ for f in ./usr/bin/syncjob ./lib/systemd/system/syncjob.service \
          ./usr/share/doc/syncjob/README.md; do
   grep -qx -- "$f" <<<"$list" || fail "$f missing from $deb"
 done
-dpkg-deb -f "$deb" Package Version Depends | grep -q '^Package: syncjob$' || fail "control"
-dpkg-deb -f "$deb" Depends | grep -q libssl || fail "Depends lacks libssl: $(dpkg-deb -f "$deb" Depends)"
+# Outputs are read whole before they are matched: under pipefail,
+# `cmd | grep -q` fails whenever grep exits at its match before cmd's
+# last write (dpkg-deb writes one field per write; SIGPIPE, exit 141).
+control=$(dpkg-deb -f "$deb" Package Version Depends)
+grep -q '^Package: syncjob$' <<<"$control" || fail "control: $control"
+depends=$(dpkg-deb -f "$deb" Depends)
+grep -q libssl <<<"$depends" || fail "Depends lacks libssl: $depends"
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
 dpkg-deb -x "$deb" "$root"
 bin="$root/usr/bin/syncjob"
-"$bin" --version | grep -q "^syncjob $(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)$" || fail "--version"
+version=$("$bin" --version)
+want="syncjob $(grep -m1 '^version' Cargo.toml | cut -d'"' -f2)"
+[ "$version" = "$want" ] || fail "--version: '$version', want '$want'"
 # the shipped example is valid (its include of jobs.d may match nothing);
 # its source and keys are not on this machine, which check reports with
 # exit 1 (local problems), never 2 (an invalid file)
 rc=0
 "$bin" -c "$root/etc/syncjob/jobs.yaml.example" --state-dir "$root/state" check >/dev/null 2>&1 || rc=$?
 [ "$rc" -le 1 ] || fail "the shipped example does not pass check (exit $rc)"
-zcat "$root/usr/share/man/man1/syncjob.1.gz" | grep -q '^\.TH syncjob' || fail "man page"
+man=$(zcat "$root/usr/share/man/man1/syncjob.1.gz")
+grep -q '^\.TH syncjob' <<<"$man" || fail "man page"
 bash -n "$root/usr/share/bash-completion/completions/syncjob" || fail "bash completion"
 
 if command -v systemd-analyze >/dev/null 2>&1; then
