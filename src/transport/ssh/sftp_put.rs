@@ -270,6 +270,9 @@ impl Ssh {
             if let Ok(r) = self.sftp.remove(&tmp) {
                 let _ = self.sftp.wait(r);
             }
+        } else {
+            // as in a batch: an mtime SFTP cannot carry is set by `touch`
+            self.fix_old_times(std::iter::once((fin, before.mtime())));
         }
         result.map_err(|e| self.explain_failure(e, src))
     }
