@@ -2,6 +2,7 @@
 //! on free loopback ports with its own data dirs, for the cluster tests.
 //! Killed when dropped.
 
+use super::ports::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,14 +17,6 @@ pub struct Etcd {
     members: String,
     data: PathBuf,
     log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Etcd {

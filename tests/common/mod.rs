@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod etcd;
+pub mod ports;
 pub mod rsyncd;
 pub mod sshd;
 

@@ -4,6 +4,7 @@
 //! as the current user. Stopped when dropped.
 #![allow(dead_code)]
 
+use super::ports::free_port;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,14 +22,6 @@ pub struct Rsyncd {
     /// a client password file (mode 0600) holding the right password
     pub password_file: PathBuf,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 pub fn private_file(p: &Path, text: &str) {

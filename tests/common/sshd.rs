@@ -3,6 +3,7 @@
 //! (with all its session processes) when dropped.
 #![allow(dead_code)]
 
+use super::ports::free_port;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,14 +30,6 @@ fn keygen(path: &Path, comment: &str) {
             .expect("ssh-keygen (openssh-client; the README test command installs it)");
         assert!(st.success());
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 pub fn user() -> String {
