@@ -153,13 +153,15 @@ impl Proxy {
         std::thread::spawn(move || {
             for inc in l.incoming() {
                 let Ok(inc) = inc else { continue };
-                if c.load(Ordering::SeqCst) {
-                    continue; // dropped: connection closed at once
-                }
                 let Ok(out) = std::net::TcpStream::connect(&target) else {
                     continue;
                 };
+                // the flag is read and the pair kept under the lock that
+                // set_cut holds: a cut cannot miss a connection being set up
                 let mut g = cs.lock().unwrap();
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: connection closed at once
+                }
                 g.push(inc.try_clone().unwrap());
                 g.push(out.try_clone().unwrap());
                 for (mut a, mut b) in [
@@ -178,9 +180,10 @@ impl Proxy {
 
     /// Cut (or heal) the path: open connections are closed, new ones dropped.
     pub fn set_cut(&self, cut: bool) {
+        let mut conns = self.conns.lock().unwrap();
         self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
         if cut {
-            for s in self.conns.lock().unwrap().drain(..) {
+            for s in conns.drain(..) {
                 let _ = s.shutdown(std::net::Shutdown::Both);
             }
         }
