@@ -5,103 +5,11 @@
 mod common;
 
 use common::sshd::Sshd;
+use common::watch::{Proc, WAIT, converges, watch_records};
 use common::{Lab, is_root, set_mtime, until};
 use std::fs;
-use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
-
-const WAIT: Duration = Duration::from_secs(30);
-
-/// A `syncjob watch`/`daemon` process, its stderr in a file; killed on drop.
-struct Proc {
-    child: Child,
-    err: std::path::PathBuf,
-}
-
-impl Proc {
-    fn start(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let err = lab.path(&format!("stderr-{}.log", args.join("-")));
-        let mut c = lab.cmd();
-        c.args(args)
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&err).unwrap());
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        Proc {
-            child: c.spawn().unwrap(),
-            err,
-        }
-    }
-    fn stderr(&self) -> String {
-        fs::read_to_string(&self.err).unwrap_or_default()
-    }
-    /// Wait until stderr holds `what`.
-    #[track_caller]
-    fn wait_for(&self, what: &str) {
-        let s = until(WAIT, || self.stderr().contains(what));
-        assert!(s, "never logged {what:?}:\n{}", self.stderr());
-    }
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-    fn term(&mut self) -> Option<i32> {
-        // SAFETY: kill has no memory preconditions; the pid is our child's.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let until = Instant::now() + WAIT;
-        while Instant::now() < until {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return st.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill9();
-        None
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// What `rsync -anc --delete` would still change (files vanishing while
-/// it reads, as a watcher's temporary files do, count as a difference).
-fn rsync_diff(src: &Path, dst: &Path, extra: &[&str]) -> String {
-    let out = std::process::Command::new("rsync")
-        .args(["-anc", "--delete", "--itemize-changes"])
-        .args(extra)
-        .arg(format!("{}/", src.display()))
-        .arg(format!("{}/", dst.display()))
-        .output()
-        .expect("rsync is installed (the README test command installs it)");
-    let mut d = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        d.push_str(&String::from_utf8_lossy(&out.stderr));
-    }
-    d
-}
-
-#[track_caller]
-fn converges(src: &Path, dst: &Path, extra: &[&str], p: &Proc) {
-    let ok = until(WAIT, || rsync_diff(src, dst, extra).is_empty());
-    assert!(
-        ok,
-        "target differs:\n{}\n--- stderr\n{}",
-        rsync_diff(src, dst, extra),
-        p.stderr()
-    );
-}
-
-fn watch_records(lab: &Lab) -> Vec<serde_json::Value> {
-    lab.log()
-        .into_iter()
-        .filter(|r| r["trigger"] == "watch")
-        .collect()
-}
+use std::process::Stdio;
+use std::time::Duration;
 
 #[test]
 fn every_kind_of_change_is_sent_and_excluded_paths_are_ignored() {
@@ -216,57 +124,6 @@ fn the_source_root_removed_deletes_nothing_and_its_return_is_synced() {
         "{:?}",
         lab.log()
     );
-}
-
-/// Lowers fs.inotify.max_queued_events while the watcher starts (it takes
-/// its queue size then), and puts it back.
-struct QueueLimit(String);
-
-impl QueueLimit {
-    fn set(n: u32) -> QueueLimit {
-        let p = "/proc/sys/fs/inotify/max_queued_events";
-        let old = fs::read_to_string(p).unwrap();
-        fs::write(p, n.to_string()).unwrap();
-        QueueLimit(old)
-    }
-}
-
-impl Drop for QueueLimit {
-    fn drop(&mut self) {
-        let _ = fs::write("/proc/sys/fs/inotify/max_queued_events", self.0.trim());
-    }
-}
-
-#[test]
-fn a_real_queue_overflow_becomes_a_full_sync_with_its_reason() {
-    if !is_root() {
-        eprintln!("skipped: lowering fs.inotify.max_queued_events needs root");
-        return;
-    }
-    let lab = Lab::new();
-    lab.write("seed", b"x");
-    lab.job("delete: true\nwatch: {delay: 200ms}");
-    let p = {
-        let _limit = QueueLimit::set(16);
-        let p = Proc::start(&lab, &["watch", "web"], &[]);
-        p.wait_for("watching");
-        p
-    };
-    converges(&lab.src(), &lab.dst(), &[], &p);
-    for i in 0..3000 {
-        lab.write(&format!("burst/{}/{i}", i % 30), b"y");
-    }
-    p.wait_for("overflow");
-    converges(&lab.src(), &lab.dst(), &[], &p);
-    let ok = until(WAIT, || {
-        watch_records(&lab).iter().any(|r| {
-            r["status"] == "ok"
-                && r["reason"]
-                    .as_str()
-                    .is_some_and(|s| s.contains("full sync: inotify event queue overflow"))
-        })
-    });
-    assert!(ok, "{:?}\n{}", watch_records(&lab), p.stderr());
 }
 
 #[test]

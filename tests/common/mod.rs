@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod ports;
 pub mod rsyncd;
 pub mod sshd;
+pub mod watch;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
