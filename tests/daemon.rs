@@ -323,9 +323,17 @@ fn overlapping_firings_are_skipped_or_queued() {
 #[test]
 fn catch_up_runs_a_missed_firing_at_start() {
     for catch_up in [false, true] {
+        // the daemon below lives 1.5 s: not across a full hour, when
+        // @hourly would fire on its own
+        let into_hour = chrono::Utc::now().timestamp() % 3600;
+        if into_hour > 3600 - 5 {
+            std::thread::sleep(Duration::from_secs((3600 - into_hour + 1) as u64));
+        }
         let lab = Lab::new();
         lab.write("a.txt", b"a");
-        lab.job(&format!("schedule: \"@hourly\"\ncatch_up: {catch_up}"));
+        lab.job(&format!(
+            "schedule: \"@hourly\"\ntimezone: UTC\ncatch_up: {catch_up}"
+        ));
         // the last logged run was three hours ago: hourly firings were missed
         lab.run(&["run", "web", "--dry-run"]).code(0);
         let mut rec = lab.last();
@@ -378,8 +386,9 @@ fn a_failed_run_is_retried_after_retry_interval() {
     let lab = Lab::new();
     lab.write("a.txt", b"one");
     let marker = lab.path("ready");
-    // fire once, about two seconds from now (a daily spec at that second)
-    let at = chrono::Utc::now() + chrono::Duration::seconds(2);
+    // fire once, four to five seconds from now (a daily spec at that
+    // second): time for the daemon to start first, even on a busy machine
+    let at = chrono::Utc::now() + chrono::Duration::seconds(5);
     let spec = at.format("%S %M %H * * *").to_string();
     lab.job(&format!(
         "schedule: \"{spec}\"\ntimezone: UTC\nretry_interval: 1s\nbefore: test -e {}",
@@ -388,12 +397,12 @@ fn a_failed_run_is_retried_after_retry_interval() {
     let mut d = Daemon::start(&lab);
     let t = Instant::now();
     while lab.log().is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(10), "{}", d.err());
+        assert!(t.elapsed() < Duration::from_secs(15), "{}", d.err());
         std::thread::sleep(Duration::from_millis(20));
     }
     fs::write(&marker, b"").unwrap();
     while lab.log().len() < 2 {
-        assert!(t.elapsed() < Duration::from_secs(15), "{}", d.err());
+        assert!(t.elapsed() < Duration::from_secs(20), "{}", d.err());
         std::thread::sleep(Duration::from_millis(20));
     }
     d.signal(libc::SIGTERM);
