@@ -1,149 +1,18 @@
 //! The real daemon process: firing on time, reload, shutdown.
 
 mod common;
+use common::daemon::DaemonProc;
 use common::*;
 use std::fs;
 use std::io::Write;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-struct Daemon {
-    child: Child,
-    stderr: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(lab: &Lab) -> Daemon {
-        let stderr = lab.path("daemon.err");
-        let child = lab
-            .cmd()
-            .arg("daemon")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, stderr };
-        d.wait_for("daemon started", Duration::from_secs(10));
-        d
-    }
-    fn err(&self) -> String {
-        fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-    fn wait_for(&self, text: &str, limit: Duration) {
-        let t = Instant::now();
-        while !self.err().contains(text) {
-            assert!(
-                t.elapsed() < limit,
-                "daemon never said {text:?}:\n{}",
-                self.err()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) takes plain integers; a stale pid is ESRCH
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-    /// Wait for exit, up to `limit`.
-    fn wait(&mut self, limit: Duration) -> i32 {
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code().unwrap_or(-1);
-            }
-            assert!(
-                t.elapsed() < limit,
-                "daemon did not exit in {limit:?}:\n{}",
-                self.err()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn parse_ts(s: &str) -> chrono::DateTime<chrono::FixedOffset> {
-    chrono::DateTime::parse_from_rfc3339(s).unwrap()
-}
-
-#[test]
-fn every_second_job_fires_on_each_second_and_carries_changes() {
-    let lab = Lab::new();
-    lab.write("a.txt", b"one");
-    // a record for every firing (not the compact log of frequent jobs)
-    lab.job("schedule: \"* * * * * *\"\nlog_noop: true");
-    let mut d = Daemon::start(&lab);
-    std::thread::sleep(Duration::from_millis(2500));
-    lab.write("b.txt", b"two");
-    std::thread::sleep(Duration::from_millis(2500));
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait(Duration::from_secs(10)), 0);
-
-    assert_eq!(fs::read(lab.dst().join("a.txt")).unwrap(), b"one");
-    assert_eq!(
-        fs::read(lab.dst().join("b.txt")).unwrap(),
-        b"two",
-        "the change arrived"
-    );
-    let mut log = lab.log();
-    assert!(log.len() >= 4, "{} firings", log.len());
-    // in firing order (a skip is logged at once, the run it overlapped
-    // when it ends)
-    log.sort_by_key(|r| parse_ts(r["scheduled_for"].as_str().unwrap()));
-    let mut prev: Option<i64> = None;
-    let mut lateness = Vec::new();
-    for r in &log {
-        assert_eq!(r["trigger"], "schedule");
-        // a run that outlasted its second on a loaded box turns the next
-        // firing into a logged skip; any other outcome is a failure
-        let skipped = r["status"] == "skipped" && r["reason"] == "overlap";
-        assert!(r["status"] == "ok" || skipped, "{r}");
-        let due = parse_ts(r["scheduled_for"].as_str().unwrap());
-        let started = parse_ts(r["started_at"].as_str().unwrap());
-        assert_eq!(due.timestamp_subsec_nanos(), 0, "due on a second boundary");
-        if let Some(p) = prev {
-            assert_eq!(
-                due.timestamp(),
-                p + 1,
-                "one record per second, none missed or doubled"
-            );
-        }
-        prev = Some(due.timestamp());
-        let late = (started - due).num_microseconds().unwrap();
-        assert!(late >= 0, "never early: {late} µs");
-        if !skipped {
-            lateness.push(late);
-        }
-    }
-    assert!(
-        log.len() - lateness.len() <= 1,
-        "at most one firing skipped for overlap: {log:?}"
-    );
-    // generous bounds for a loaded CI box (a coarse tick would still show
-    // in the median); the benchmark reports real figures
-    lateness.sort_unstable();
-    let worst = *lateness.last().unwrap();
-    assert!(worst < 750_000, "firing lateness {lateness:?} µs");
-    let median = lateness[lateness.len() / 2];
-    assert!(median < 150_000, "firing lateness {lateness:?} µs");
-    let transfers: Vec<u64> = log
-        .iter()
-        .map(|r| r["files_transferred"].as_u64().unwrap())
-        .collect();
-    assert_eq!(transfers.iter().sum::<u64>(), 2, "{transfers:?}");
-}
 
 #[test]
 fn a_second_daemon_on_the_same_state_dir_refuses_to_start() {
     let lab = Lab::new();
     lab.job("schedule: \"@hourly\"");
-    let mut d = Daemon::start(&lab);
+    let mut d = DaemonProc::start(&lab);
     let r = lab.run(&["daemon"]);
     r.code(2);
     assert!(
@@ -163,7 +32,7 @@ fn sighup_reloads_and_an_invalid_file_keeps_the_old_jobs() {
     let lab = Lab::new();
     lab.write("a.txt", b"a");
     lab.job("schedule: \"* * * * * *\"\nlog_noop: true");
-    let mut d = Daemon::start(&lab);
+    let mut d = DaemonProc::start(&lab);
     // an invalid file: refused, old job keeps firing
     let good = fs::read_to_string(lab.path("jobs.yaml")).unwrap();
     fs::write(lab.path("jobs.yaml"), good.replace("schedule", "schedul")).unwrap();
@@ -226,7 +95,7 @@ fn sigterm_mid_run_lets_the_transfer_finish_within_shutdown_timeout() {
     let lab = Lab::new();
     big_file(&lab, "big.bin", 256);
     lab.config("shutdown_timeout: 60s\njobs:\n  web:\n    source: {src}\n    remote: {dst}\n    schedule: \"* * * * * *\"\n");
-    let mut d = Daemon::start(&lab);
+    let mut d = DaemonProc::start(&lab);
     wait_for_temp(&lab.dst(), Duration::from_secs(10));
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(60)), 0);
@@ -246,7 +115,7 @@ fn sigterm_past_shutdown_timeout_aborts_cleanly() {
     let lab = Lab::new();
     big_file(&lab, "big.bin", 768);
     lab.config("shutdown_timeout: 0s\njobs:\n  web:\n    source: {src}\n    remote: {dst}\n    schedule: \"* * * * * *\"\n");
-    let mut d = Daemon::start(&lab);
+    let mut d = DaemonProc::start(&lab);
     wait_for_temp(&lab.dst(), Duration::from_secs(10));
     let t = Instant::now();
     d.signal(libc::SIGTERM);
@@ -278,7 +147,7 @@ fn overlapping_firings_are_skipped_or_queued() {
     let lab = Lab::new();
     lab.write("a.txt", b"a");
     lab.job("schedule: \"* * * * * *\"\nbefore: sleep 1.5");
-    let mut d = Daemon::start(&lab);
+    let mut d = DaemonProc::start(&lab);
     std::thread::sleep(Duration::from_millis(4200));
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(60)), 0);
@@ -307,7 +176,7 @@ fn overlapping_firings_are_skipped_or_queued() {
     let lab = Lab::new();
     lab.write("a.txt", b"a");
     lab.job("schedule: \"* * * * * *\"\nbefore: sleep 1.5\noverlap: queue");
-    let mut d = Daemon::start(&lab);
+    let mut d = DaemonProc::start(&lab);
     std::thread::sleep(Duration::from_millis(4200));
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(60)), 0);
@@ -341,7 +210,7 @@ fn catch_up_runs_a_missed_firing_at_start() {
         rec["started_at"] = then.clone().into();
         rec["ts"] = then.into();
         fs::write(lab.log_path(), format!("{rec}\n")).unwrap();
-        let mut d = Daemon::start(&lab);
+        let mut d = DaemonProc::start(&lab);
         std::thread::sleep(Duration::from_millis(1500));
         d.signal(libc::SIGTERM);
         assert_eq!(d.wait(Duration::from_secs(10)), 0);
@@ -394,7 +263,7 @@ fn a_failed_run_is_retried_after_retry_interval() {
         "schedule: \"{spec}\"\ntimezone: UTC\nretry_interval: 1s\nbefore: test -e {}",
         marker.display()
     ));
-    let mut d = Daemon::start(&lab);
+    let mut d = DaemonProc::start(&lab);
     let t = Instant::now();
     while lab.log().is_empty() {
         assert!(t.elapsed() < Duration::from_secs(15), "{}", d.err());

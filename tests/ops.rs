@@ -3,6 +3,7 @@
 //! default `max_delete`, vanished source files, temporary names, records.
 mod common;
 
+use common::daemon::DaemonProc;
 use common::sshd;
 use common::*;
 use std::fs;
@@ -95,52 +96,6 @@ fn the_daemon_survives_a_closed_stderr() {
     }
 }
 
-/// The daemon on the lab's jobs file, stderr to a file; SIGTERM on drop.
-struct Daemon {
-    child: std::process::Child,
-    err: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(lab: &Lab) -> Daemon {
-        let err = lab.path("daemon.err");
-        let child = lab
-            .cmd()
-            .arg("daemon")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&err).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon { child, err }
-    }
-    fn stderr(&self) -> String {
-        fs::read_to_string(&self.err).unwrap_or_default()
-    }
-    fn stop(&mut self) -> i32 {
-        // SAFETY: kill has no memory preconditions; the pid is our child's.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code().unwrap_or(-1);
-            }
-            if t.elapsed() > Duration::from_secs(60) {
-                let _ = self.child.kill();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.try_wait().unwrap().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[test]
 fn a_frozen_sshd_never_holds_the_other_targets_back() {
     let lab = Lab::new();
@@ -153,7 +108,7 @@ fn a_frozen_sshd_never_holds_the_other_targets_back() {
         local.display(),
         sshd.ssh_yaml().replace("timeout: 10s", "timeout: 2s"),
     ));
-    let mut d = Daemon::start(&lab);
+    let mut d = DaemonProc::start(&lab);
     let both = |v: &[u8]| {
         fs::read(lab.dst().join("f")).ok().as_deref() == Some(v)
             && fs::read(local.join("f")).ok().as_deref() == Some(v)
@@ -161,7 +116,7 @@ fn a_frozen_sshd_never_holds_the_other_targets_back() {
     assert!(
         until(Duration::from_secs(20), || both(b"v0")),
         "{}",
-        d.stderr()
+        d.err()
     );
     sshd.signal(libc::SIGSTOP);
     // every change reaches the healthy target at its next firings, while
@@ -177,7 +132,7 @@ fn a_frozen_sshd_never_holds_the_other_targets_back() {
                 == Some(v.as_bytes())),
             "change {i} held back by the frozen target for {:?}\n{}",
             t.elapsed(),
-            d.stderr()
+            d.err()
         );
         std::thread::sleep(Duration::from_millis(1500));
     }
@@ -203,7 +158,7 @@ fn a_frozen_sshd_never_holds_the_other_targets_back() {
     assert!(
         until(Duration::from_secs(60), || both(b"v4")),
         "{}",
-        d.stderr()
+        d.err()
     );
     assert_eq!(d.stop(), 0);
 }
@@ -401,7 +356,7 @@ fn skipped_firings_carry_scheduled_for_and_each_target_line_has_its_own_level() 
         "jobs:\n  web:\n    source: {{src}}\n    remote: [{}, {{dir}}/afile]\n    schedule: \"* * * * * *\"\n    before: sleep 1.5\n",
         ok_dst.display()
     ));
-    let mut d = Daemon::start(&lab);
+    let mut d = DaemonProc::start(&lab);
     // a run (1.5 s long) finished and a firing during it was skipped
     let seen = |st: &str| lab.log().iter().any(|r| r["status"] == st);
     assert!(until(Duration::from_secs(20), || seen("skipped") && seen("ok")));
@@ -412,7 +367,7 @@ fn skipped_firings_carry_scheduled_for_and_each_target_line_has_its_own_level() 
     for r in &skipped {
         assert!(r["scheduled_for"].is_string(), "{r:#}");
     }
-    let err = d.stderr();
+    let err = d.err();
     let ok_line = err
         .lines()
         .find(|l| l.contains(&format!("-> {}: ok", ok_dst.display())))
@@ -613,46 +568,4 @@ fn a_target_may_carry_its_own_ssh_settings() {
         "{}",
         r.stderr
     );
-}
-
-#[test]
-fn frequent_jobs_log_compactly_and_log_noop_restores_every_record() {
-    let lab = Lab::new();
-    lab.write("a", b"1");
-    lab.job("schedule: \"* * * * * *\"");
-    let mut d = Daemon::start(&lab);
-    // the first run (it carries `a`) is logged; two no-op firings after it
-    assert!(until(Duration::from_secs(15), || !lab.log().is_empty()));
-    std::thread::sleep(Duration::from_millis(2600));
-    lab.write("b", b"2");
-    assert!(until(Duration::from_secs(5), || lab
-        .dst()
-        .join("b")
-        .exists()));
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(d.stop(), 0);
-    let log = lab.log();
-    // the first run and the one that carried `b`: no-op firings counted
-    let changed: Vec<_> = log
-        .iter()
-        .filter(|r| r["files_transferred"].as_u64() > Some(0))
-        .collect();
-    assert_eq!(changed.len(), 2, "{log:#?}");
-    assert!(
-        changed[1]["unlogged_noop"].as_u64().unwrap() >= 2,
-        "{log:#?}"
-    );
-    assert!(log.len() <= 3, "{log:#?}");
-
-    // log_noop: true appends every firing
-    let lab = Lab::new();
-    lab.write("a", b"1");
-    lab.job("schedule: \"* * * * * *\"\nlog_noop: true");
-    let mut d = Daemon::start(&lab);
-    assert!(
-        until(Duration::from_secs(15), || lab.log().len() >= 3),
-        "{:#?}",
-        lab.log()
-    );
-    assert_eq!(d.stop(), 0);
 }

@@ -78,13 +78,27 @@ impl DaemonProc {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
-    pub fn stop(&mut self) {
-        self.signal(libc::SIGTERM);
+    /// Wait until the daemon exits, at most `limit`: its exit code (-1
+    /// when a signal ended it).
+    pub fn wait(&mut self, limit: Duration) -> i32 {
         let t = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(t.elapsed() < Duration::from_secs(20), "daemon did not stop");
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                t.elapsed() < limit,
+                "daemon did not exit in {limit:?}:\n{}",
+                self.err()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGTERM, then wait for the exit: its code.
+    pub fn stop(&mut self) -> i32 {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(60))
     }
 }
 

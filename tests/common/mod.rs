@@ -267,3 +267,8 @@ pub fn await_ready(c: &mut std::process::Child) {
     std::io::BufReader::new(out).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready", "the attacker did not start");
 }
+
+/// An RFC 3339 time from a run record.
+pub fn parse_ts(s: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::DateTime::parse_from_rfc3339(s).unwrap()
+}
