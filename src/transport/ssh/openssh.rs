@@ -300,14 +300,17 @@ impl Drop for Client {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            let told = c.status().is_ok_and(|s| s.success());
+            if !c.status().is_ok_and(|s| s.success()) {
+                return;
+            }
             // the master answers `exit` first and goes a moment later,
-            // removing its socket: wait a bounded while, so that a run
-            // that ended leaves no master behind
-            let mut waits = if told { 40 } else { 0 };
-            while waits > 0 && m.path.exists() {
+            // removing its socket: wait a bounded while (1 s), so that a
+            // run that ended leaves no master behind
+            for _ in 0..40 {
+                if !m.path.exists() {
+                    break;
+                }
                 std::thread::sleep(std::time::Duration::from_millis(25));
-                waits -= 1;
             }
         });
     }
