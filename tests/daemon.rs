@@ -73,30 +73,13 @@ fn big_file(lab: &Lab, name: &str, mib: usize) -> Vec<u8> {
     block
 }
 
-fn wait_for_temp(dir: &std::path::Path, limit: Duration) {
-    let t = Instant::now();
-    loop {
-        if fs::read_dir(dir)
-            .map(|rd| {
-                rd.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with(".syncjob-tmp."))
-            })
-            .unwrap_or(false)
-        {
-            return;
-        }
-        assert!(t.elapsed() < limit, "no transfer seen");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 #[test]
 fn sigterm_mid_run_lets_the_transfer_finish_within_shutdown_timeout() {
     let lab = Lab::new();
     big_file(&lab, "big.bin", 256);
     lab.config("shutdown_timeout: 60s\njobs:\n  web:\n    source: {src}\n    remote: {dst}\n    schedule: \"* * * * * *\"\n");
     let mut d = DaemonProc::start(&lab);
-    wait_for_temp(&lab.dst(), Duration::from_secs(10));
+    await_temp_file(&lab.dst(), Duration::from_secs(10));
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(60)), 0);
     let got = fs::metadata(lab.dst().join("big.bin")).unwrap().len();
@@ -116,7 +99,7 @@ fn sigterm_past_shutdown_timeout_aborts_cleanly() {
     big_file(&lab, "big.bin", 768);
     lab.config("shutdown_timeout: 0s\njobs:\n  web:\n    source: {src}\n    remote: {dst}\n    schedule: \"* * * * * *\"\n");
     let mut d = DaemonProc::start(&lab);
-    wait_for_temp(&lab.dst(), Duration::from_secs(10));
+    await_temp_file(&lab.dst(), Duration::from_secs(10));
     let t = Instant::now();
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(15)), 0);

@@ -249,27 +249,10 @@ fn run_while_files_vanish(lab: &Lab) -> serde_json::Value {
         lab.write(&format!("z/f{i}"), b"x");
     }
     let mut child = lab.spawn(&["run", "web"]);
-    await_copy_begun(lab);
+    await_temp_file(&lab.dst(), Duration::from_secs(30));
     fs::remove_dir_all(lab.src().join("z")).unwrap();
     child.wait().unwrap();
     lab.last()
-}
-
-/// Wait until a temporary file is in the target's top directory: a copy
-/// has begun. Polled tightly: the copy of a big file is the window to act in.
-fn await_copy_begun(lab: &Lab) {
-    let t = Instant::now();
-    let mut copying = false;
-    while !copying && t.elapsed() < Duration::from_secs(30) {
-        copying = fs::read_dir(lab.dst())
-            .map(|rd| {
-                rd.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with(".syncjob-tmp"))
-            })
-            .unwrap_or(false);
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert!(copying, "the big copy never began ({:?})", t.elapsed());
 }
 
 #[test]
@@ -407,7 +390,7 @@ fn a_pre_1970_mtime_survives_the_retry_of_a_file_that_changed_while_copied() {
     set_mtime(&big, -315_619_200, 0);
     sshd::ssh_job(&lab, &sshd, "streams: 1");
     let mut child = lab.spawn(&["run", "web"]);
-    await_copy_begun(&lab);
+    await_temp_file(&lab.dst(), Duration::from_secs(30));
     set_mtime(&big, -2_145_916_800, 0);
     child.wait().unwrap();
     let rec = lab.last();

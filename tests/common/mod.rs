@@ -139,19 +139,35 @@ impl Run {
 /// `rsync -anc --delete --itemize-changes src/ dst/`: what rsync would still
 /// change. Empty means the trees are equal in content, mtimes, modes, links.
 pub fn rsync_diff(src: &Path, dst: &Path, extra: &[&str]) -> String {
-    let out = Command::new("rsync")
-        .args(["-anc", "--delete", "--itemize-changes"])
-        .args(extra)
-        .arg(format!("{}/", src.display()))
-        .arg(format!("{}/", dst.display()))
-        .output()
-        .expect("rsync is installed (the README test command installs it)");
+    let out = rsync_itemize(src, dst, extra);
     assert!(
         out.status.success(),
         "rsync failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The same, for trees still changing: a failed rsync (files vanishing
+/// while it reads, as a watcher's temporary files do) is no panic, its
+/// error counts as a difference.
+pub fn rsync_diff_or_error(src: &Path, dst: &Path, extra: &[&str]) -> String {
+    let out = rsync_itemize(src, dst, extra);
+    let mut d = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        d.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    d
+}
+
+fn rsync_itemize(src: &Path, dst: &Path, extra: &[&str]) -> Output {
+    Command::new("rsync")
+        .args(["-anc", "--delete", "--itemize-changes"])
+        .args(extra)
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", dst.display()))
+        .output()
+        .expect("rsync is installed (the README test command installs it)")
 }
 
 pub fn mode(p: &Path) -> u32 {
@@ -266,6 +282,28 @@ pub fn await_ready(c: &mut std::process::Child) {
     let mut line = String::new();
     std::io::BufReader::new(out).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready", "the attacker did not start");
+}
+
+/// Wait until a temporary file (`.syncjob-tmp.*`) is in `dir`: a copy into
+/// it has begun. Polled every millisecond: the copy of a big file is the
+/// window a test acts in.
+pub fn await_temp_file(dir: &Path, limit: std::time::Duration) {
+    let t = std::time::Instant::now();
+    loop {
+        let seen = fs::read_dir(dir).is_ok_and(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".syncjob-tmp."))
+        });
+        if seen {
+            return;
+        }
+        assert!(
+            t.elapsed() < limit,
+            "no copy began in {} ({limit:?})",
+            dir.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// An RFC 3339 time from a run record.

@@ -1,8 +1,9 @@
 //! What the watch tests share: a `syncjob watch`/`daemon` process with its
 //! stderr in a file (killed when dropped), and convergence checked with
-//! `rsync -anc --delete`. Bounds are seconds, never tight.
+//! `rsync -anc --delete` ([`rsync_diff_or_error`]). Bounds are seconds,
+//! never tight.
 
-use super::{Lab, until};
+use super::{Lab, rsync_diff_or_error, until};
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -65,30 +66,13 @@ impl Drop for Proc {
     }
 }
 
-/// What `rsync -anc --delete` would still change (files vanishing while
-/// it reads, as a watcher's temporary files do, count as a difference).
-pub fn rsync_diff(src: &Path, dst: &Path, extra: &[&str]) -> String {
-    let out = std::process::Command::new("rsync")
-        .args(["-anc", "--delete", "--itemize-changes"])
-        .args(extra)
-        .arg(format!("{}/", src.display()))
-        .arg(format!("{}/", dst.display()))
-        .output()
-        .expect("rsync is installed (the README test command installs it)");
-    let mut d = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        d.push_str(&String::from_utf8_lossy(&out.stderr));
-    }
-    d
-}
-
 #[track_caller]
 pub fn converges(src: &Path, dst: &Path, extra: &[&str], p: &Proc) {
-    let ok = until(WAIT, || rsync_diff(src, dst, extra).is_empty());
+    let ok = until(WAIT, || rsync_diff_or_error(src, dst, extra).is_empty());
     assert!(
         ok,
         "target differs:\n{}\n--- stderr\n{}",
-        rsync_diff(src, dst, extra),
+        rsync_diff_or_error(src, dst, extra),
         p.stderr()
     );
 }
