@@ -9,12 +9,13 @@ mod common;
 
 use common::sshd::Sshd;
 use common::{Lab, mode, rsync_diff, snapshot, until};
-
-/// How long a change may take to show (a generous bound; polled).
-const WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
+
+/// How long a change may take to show, polled (the watcher retries a
+/// failed batch with a full sync; generous for a loaded machine).
+const WAIT: std::time::Duration = std::time::Duration::from_secs(90);
 
 /// An outside directory (with a subdirectory `deep`) and a 0600 secret
 /// beside the lab's trees.
@@ -284,8 +285,6 @@ fn said(lab: &Lab) -> String {
     fs::read_to_string(lab.path("watch.err")).unwrap_or_default()
 }
 
-/// Poll `f` for up to 90 s (the watcher retries a failed batch with a full
-/// sync; generous for a loaded machine).
 struct KillOnDrop(std::process::Child);
 
 impl Drop for KillOnDrop {
